@@ -1,0 +1,115 @@
+"""The manifest schema: one row per image, validated column by column, with deterministic split assignment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+# column -> (pandas dtype, default when absent or None). `image_id`, `path`, `label`, `source` are required.
+MANIFEST_COLUMNS: dict[str, tuple[str, object]] = {
+    "image_id": ("string", None),
+    "path": ("string", None),
+    "label": ("int8", None),
+    "source": ("string", None),
+    "domain": ("string", ""),
+    "split": ("string", ""),
+    "pair_id": ("string", ""),
+    "width": ("int32", -1),
+    "height": ("int32", -1),
+    "format": ("string", ""),
+}
+REQUIRED_COLUMNS = tuple(c for c, (_, default) in MANIFEST_COLUMNS.items() if default is None)
+SPLITS = ("train", "val", "test", "")
+
+
+def validate_manifest(df: pd.DataFrame, *, name: str = "manifest", extra: tuple[str, ...] = ()) -> pd.DataFrame:
+    """Return a copy of `df` with the manifest's dtypes and defaults, or raise a ValueError naming the problem.
+
+    Args:
+        df: the rows to check.
+        name: what to call the table in error messages (usually its file path).
+        extra: further columns allowed beside the manifest's (a cache adds `view`).
+    """
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"{name}: missing column(s) {missing}; a manifest needs {list(REQUIRED_COLUMNS)}")
+    unknown = [c for c in df.columns if c not in MANIFEST_COLUMNS and c not in extra]
+    if unknown:
+        raise ValueError(f"{name}: unknown column(s) {unknown}; known columns are {list(MANIFEST_COLUMNS)}")
+    out = df.copy()
+    for col, (dtype, default) in MANIFEST_COLUMNS.items():
+        if col not in out.columns:
+            out[col] = default
+        elif default is not None:
+            out[col] = out[col].fillna(default) if dtype == "string" else out[col].fillna(default)
+        try:
+            out[col] = out[col].astype(dtype)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{name}: column {col!r} cannot be read as {dtype}: {err}") from None
+    if out[list(REQUIRED_COLUMNS)].isna().any().any():
+        bad = out[list(REQUIRED_COLUMNS)].isna().any()
+        raise ValueError(f"{name}: empty values in required column(s) {list(bad[bad].index)}")
+    labels = set(out["label"].unique().tolist())
+    if not labels <= {0, 1}:
+        raise ValueError(f"{name}: column 'label' must be 0 (real) or 1 (fake), found {sorted(labels - {0, 1})}")
+    splits = set(out["split"].unique().tolist())
+    if not splits <= set(SPLITS):
+        raise ValueError(f"{name}: column 'split' must be one of {SPLITS[:3]} or empty, found {sorted(splits)}")
+    return out[list(MANIFEST_COLUMNS) + [c for c in out.columns if c not in MANIFEST_COLUMNS]]
+
+
+def read_manifest(path: str | Path) -> pd.DataFrame:
+    """Read and validate a `manifest.parquet` (or a `.csv` with the same columns)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"manifest {path} does not exist; build one with `aigi index ROOT -o {path}`")
+    df = pd.read_csv(path, dtype=str, keep_default_na=False) if path.suffix == ".csv" else pd.read_parquet(path)
+    return validate_manifest(df, name=str(path))
+
+
+def write_manifest(df: pd.DataFrame, path: str | Path) -> Path:
+    """Validate `df` and write it atomically as Parquet."""
+    path = Path(path)
+    df = validate_manifest(df, name=str(path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    df.to_parquet(tmp, index=False)
+    tmp.replace(path)
+    return path
+
+
+def parse_split_ratio(text: str) -> dict[str, float]:
+    """Parse `train=0.8,test=0.2` into a dict whose values sum to 1."""
+    ratios: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = part.partition("=")
+        if not sep or key not in SPLITS[:3]:
+            raise ValueError(f"bad split ratio {part!r}: expected NAME=FRACTION with NAME in {SPLITS[:3]}")
+        try:
+            ratios[key] = float(value)
+        except ValueError:
+            raise ValueError(f"bad split ratio {part!r}: {value!r} is not a number") from None
+    total = sum(ratios.values())
+    if not ratios or any(v < 0 for v in ratios.values()) or abs(total - 1.0) > 1e-6:
+        raise ValueError(f"split ratios {text!r} must be non-negative and sum to 1 (they sum to {total:g})")
+    return ratios
+
+
+def assign_splits(df: pd.DataFrame, ratios: dict[str, float], *, seed: int = 0) -> pd.DataFrame:
+    """Assign `split` by pair, so a real image and its aligned fakes always land in the same split.
+
+    Pairs are keyed by `pair_id` (or `image_id` when it is empty), sorted, shuffled with `seed`, and cut in
+    the given proportions: the result depends only on the set of pairs and the seed, not on row order.
+    """
+    out = df.copy()
+    key = out["pair_id"].where(out["pair_id"].astype(str) != "", out["image_id"]).astype(str)
+    groups = np.array(sorted(set(key)))
+    order = np.random.default_rng(seed).permutation(len(groups))
+    bounds = np.round(np.cumsum([0.0] + list(ratios.values())) * len(groups)).astype(int)
+    assigned: dict[str, str] = {}
+    for (name, _), lo, hi in zip(ratios.items(), bounds[:-1], bounds[1:]):
+        assigned.update((g, name) for g in groups[order[lo:hi]])
+    out["split"] = key.map(assigned).astype("string")
+    return out

@@ -1,0 +1,1 @@
+"""Frozen backbones behind one interface: registry, preprocessing, views, multi-layer pooling."""

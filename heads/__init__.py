@@ -1,0 +1,1 @@
+"""Small detection heads on cached features: registry, configs, the fit loop, save/load."""

@@ -1,0 +1,1 @@
+"""Stages and command line of aigi: index, fakes, extract, import, train, eval, ablate, predict, demo."""
