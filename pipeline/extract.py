@@ -1,0 +1,368 @@
+"""The extract stage: manifest rows x views -> frozen-backbone features -> cache shards, resumable and batched."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+JOBS_DIR = "jobs"
+KEY_COLUMNS = ["image_id", "view"]
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    """Everything an extract run needs; picklable, so a dask worker can rebuild the same extractor from it."""
+
+    manifest: str
+    root: str
+    backbone: str
+    cache: str
+    weights: str | None = None
+    features: tuple[str, ...] | None = None
+    preprocess: str | None = None
+    views: tuple[str, ...] = ("orig",)
+    fmt: str = "h5"
+    shard_size: int = 1024
+    batch_size: int = 32
+    num_workers: int = 0
+    device: str = "auto"
+    dtype: str = "auto"
+    arch: dict = field(default_factory=dict)
+
+    def extractor_kwargs(self) -> dict:
+        feats = list(self.features) if self.features else None
+        return dict(
+            weights=self.weights,
+            features=feats,
+            preprocess=self.preprocess,
+            device=self.device,
+            dtype=self.dtype,
+            **self.arch,
+        )
+
+
+# ---------------------------------------------------------------------------------------------------- planning
+
+
+def _key_digest(keys: pd.DataFrame) -> str:
+    h = hashlib.sha256()
+    for image_id, view in zip(keys["image_id"].astype(str), keys["view"].astype(str)):
+        h.update(f"{image_id}\t{view}\n".encode())
+    return h.hexdigest()
+
+
+def plan_rows(manifest: pd.DataFrame, views: tuple[str, ...]) -> pd.DataFrame:
+    """Every (image, view) row of the job in a deterministic order: image_id, then the views as given."""
+    base = manifest.sort_values("image_id", kind="stable").reset_index(drop=True)
+    parts = [base.assign(view=v, _vorder=i) for i, v in enumerate(views)]
+    rows = pd.concat(parts, ignore_index=True).sort_values(["image_id", "_vorder"], kind="stable")
+    return rows.drop(columns="_vorder").reset_index(drop=True)
+
+
+def _existing_shard_indices(cache_dir: Path) -> list[int]:
+    shards = cache_dir / "shards"
+    if not shards.is_dir():
+        return []
+    out = []
+    for p in shards.iterdir():
+        stem = p.name.split(".")[0]
+        if stem.isdigit() and not p.name.endswith((".tmp", ".errors.json")):
+            out.append(int(stem))
+    return sorted(set(out))
+
+
+def load_or_create_job(cfg: ExtractConfig, rows: pd.DataFrame, cached_keys: set[tuple[str, str]]) -> dict:
+    """The job's plan: which rows go to which shard. Re-running the same job finds and reuses its plan.
+
+    A job is identified by the digest of its full (image_id, view) list. Rows already in the cache from another job
+    are left out; the rest is cut into shards numbered after every shard that exists, and the plan is written
+    before any work, so a resumed or distributed run cuts exactly the same shards.
+    """
+    cache_dir = Path(cfg.cache)
+    digest = _key_digest(rows)[:16]
+    jobs = cache_dir / JOBS_DIR
+    plan_file, keys_file = jobs / f"{digest}.json", jobs / f"{digest}.keys.parquet"
+    if plan_file.exists() and keys_file.exists():
+        plan = json.loads(plan_file.read_text())
+        plan["keys"] = pd.read_parquet(keys_file)
+        return plan
+    todo = rows[[k not in cached_keys for k in zip(rows["image_id"].astype(str), rows["view"].astype(str))]]
+    taken = _existing_shard_indices(cache_dir)
+    for other in jobs.glob("*.json") if jobs.is_dir() else []:
+        info = json.loads(other.read_text())
+        taken.append(info["first_shard"] + info["n_shards"] - 1)
+    first = max(taken, default=-1) + 1
+    plan = {
+        "job": digest,
+        "first_shard": first,
+        "n_shards": -(-len(todo) // cfg.shard_size),
+        "shard_size": cfg.shard_size,
+        "rows": len(todo),
+        "skipped_already_cached": len(rows) - len(todo),
+    }
+    jobs.mkdir(parents=True, exist_ok=True)
+    keys = todo[KEY_COLUMNS].reset_index(drop=True).astype(str)
+    tmp = keys_file.with_name(keys_file.name + ".tmp")
+    keys.to_parquet(tmp, index=False)
+    os.replace(tmp, keys_file)
+    tmp = plan_file.with_name(plan_file.name + ".tmp")
+    tmp.write_text(json.dumps(plan, indent=1))
+    os.replace(tmp, plan_file)
+    plan["keys"] = keys
+    return plan
+
+
+def shard_tasks(plan: dict, rows: pd.DataFrame) -> list[tuple[int, pd.DataFrame]]:
+    """(shard index, its manifest rows in plan order) for every shard of the plan."""
+    indexed = rows.set_index(KEY_COLUMNS, drop=False)
+    keys = plan["keys"]
+    ordered = indexed.loc[list(zip(keys["image_id"], keys["view"]))].reset_index(drop=True)
+    size = plan["shard_size"]
+    return [
+        (plan["first_shard"] + i, ordered.iloc[i * size : (i + 1) * size].reset_index(drop=True))
+        for i in range(plan["n_shards"])
+    ]
+
+
+# ---------------------------------------------------------------------------------------------------- running
+
+
+class ImageRows:
+    """A map-style dataset over manifest rows: decode, apply the view, preprocess; failures carry their reason."""
+
+    def __init__(self, rows: pd.DataFrame, *, root: str, transform) -> None:
+        self.paths = [str(Path(root) / p) for p in rows["path"].astype(str)]
+        self.ids = rows["image_id"].astype(str).tolist()
+        self.views = rows["view"].astype(str).tolist()
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        from extractors import apply_view
+        from extractors.images import ImageLoadError, load_image
+
+        try:
+            img = apply_view(load_image(self.paths[i]), self.views[i])
+            return i, self.transform(img, self.ids[i]), ""
+        except ImageLoadError as err:
+            return i, None, err.reason
+        except Exception as err:  # a broken file must never stop the run: record it
+            return i, None, f"{type(err).__name__}: {err}"
+
+
+def collate_rows(items: list) -> tuple[list[int], object, list[tuple[int, str]]]:
+    """Stack the images that decoded; keep (row, reason) for the ones that did not."""
+    import torch
+
+    ok = [(i, t) for i, t, _ in items if t is not None]
+    failed = [(i, reason) for i, t, reason in items if t is None]
+    batch = torch.stack([t for _, t in ok]) if ok else None
+    return [i for i, _ in ok], batch, failed
+
+
+_EXTRACTORS: dict[str, object] = {}
+
+
+def get_extractor(cfg: ExtractConfig):
+    """Build the backbone once per process and configuration (dask workers reuse it across shard tasks)."""
+    import extractors
+
+    key = json.dumps([cfg.backbone, cfg.weights, cfg.features, cfg.preprocess, cfg.device, cfg.dtype, cfg.arch])
+    if key not in _EXTRACTORS:
+        _EXTRACTORS.clear()  # one backbone in memory at a time
+        _EXTRACTORS[key] = extractors.build(cfg.backbone, **cfg.extractor_kwargs())
+    return _EXTRACTORS[key]
+
+
+def _writer(cfg: ExtractConfig, extractor):
+    from cache import CacheWriter
+
+    return CacheWriter(
+        cfg.cache,
+        spec=asdict(extractor.spec),
+        features=dict(extractor.feature_shapes),
+        fmt=cfg.fmt,
+        shard_size=cfg.shard_size,
+    )
+
+
+def _features_of(rows: pd.DataFrame, done: list[tuple[int, dict]], shapes: dict) -> dict[str, np.ndarray]:
+    feats = {}
+    for name, shape in shapes.items():
+        arr = np.zeros((len(done), *shape), dtype=np.float32)
+        for j, (_, out) in enumerate(done):
+            arr[j] = out[name]
+        feats[name] = arr
+    return feats
+
+
+def _shard_payload(rows: pd.DataFrame, done: list[tuple[int, dict]], failed: list[tuple[int, str]], shapes: dict):
+    done.sort(key=lambda t: t[0])
+    meta = rows.iloc[[i for i, _ in done]].reset_index(drop=True)
+    errors = [
+        {
+            "image_id": str(rows["image_id"].iat[i]),
+            "path": str(rows["path"].iat[i]),
+            "view": str(rows["view"].iat[i]),
+            "reason": reason,
+        }
+        for i, reason in sorted(failed)
+    ]
+    return meta, _features_of(rows, done, shapes), errors
+
+
+def run_shard(cfg: ExtractConfig, index: int, rows: pd.DataFrame, progress=None) -> dict:
+    """Extract one shard and write it atomically; a finished shard is skipped. Returns counts for the summary."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    extractor = get_extractor(cfg)
+    writer = _writer(cfg, extractor)
+    if writer.shard_done(index):
+        return {"shard": index, "rows": len(rows), "errors": 0, "skipped": True}
+    loader = DataLoader(
+        ImageRows(rows, root=cfg.root, transform=extractor.transform),
+        batch_size=cfg.batch_size,
+        num_workers=cfg.num_workers,
+        collate_fn=collate_rows,
+        persistent_workers=False,
+        pin_memory=torch.cuda.is_available(),
+    )
+    done, failed = [], []
+    for idx, batch, bad in loader:
+        failed.extend(bad)
+        if batch is not None:
+            out = {k: v.float().cpu().numpy() for k, v in extractor(batch).items()}
+            done.extend((i, {k: v[j] for k, v in out.items()}) for j, i in enumerate(idx))
+        if progress is not None:
+            progress(len(idx) + len(bad))
+    meta, feats, errors = _shard_payload(rows, done, failed, extractor.feature_shapes)
+    writer.write_shard(index, meta, feats, errors)
+    return {"shard": index, "rows": len(meta), "errors": len(errors), "skipped": False}
+
+
+def prepare(cfg: ExtractConfig) -> tuple[list[tuple[int, pd.DataFrame]], dict]:
+    """Read the manifest, plan the job (or find its plan), and list the shard tasks."""
+    from cache import read_manifest
+
+    manifest = read_manifest(cfg.manifest)
+    if manifest.empty:
+        raise ValueError(f"{cfg.manifest} has no rows: nothing to extract")
+    rows = plan_rows(manifest, cfg.views)
+    cached = set()
+    cache_dir = Path(cfg.cache)
+    if (cache_dir / "cache.json").exists() and len(_existing_shard_indices(cache_dir)):
+        import cache as cache_pkg
+
+        meta = cache_pkg.open(cache_dir).meta()
+        cached = set(zip(meta["image_id"].astype(str), meta["view"].astype(str)))
+    plan = load_or_create_job(cfg, rows, cached)
+    return shard_tasks(plan, rows), plan
+
+
+def run_local(cfg: ExtractConfig, tasks: list[tuple[int, pd.DataFrame]]) -> list[dict]:
+    """Run the shard tasks in this process, with one progress bar over images."""
+    from tqdm import tqdm
+
+    extractor = get_extractor(cfg)
+    _writer(cfg, extractor)  # writes or checks cache.json before any work (fingerprint guard)
+    results = []
+    total = sum(len(r) for _, r in tasks)
+    with tqdm(total=total, unit="img", desc=f"extract {cfg.backbone}", disable=None, dynamic_ncols=True) as bar:
+        for index, rows in tasks:
+            res = run_shard(cfg, index, rows, progress=bar.update)
+            if res["skipped"]:
+                bar.update(len(rows))
+            results.append(res)
+    return results
+
+
+def summarize(results: list[dict], seconds: float, cfg: ExtractConfig) -> str:
+    done = [r for r in results if not r["skipped"]]
+    rows = sum(r["rows"] for r in done)
+    errors = sum(r["errors"] for r in done)
+    skipped = len(results) - len(done)
+    rate = (rows + errors) / seconds if seconds > 0 else float("nan")
+    return (
+        f"extracted {rows} rows into {len(done)} shard(s) ({skipped} already done), {errors} image(s) failed "
+        f"(see shards/*.errors.json), {rate:.1f} img/s; cache: {cfg.cache}"
+    )
+
+
+def config_from_args(args: argparse.Namespace) -> ExtractConfig:
+    from extractors import parse_views
+
+    manifest = Path(args.manifest)
+    return ExtractConfig(
+        manifest=str(manifest),
+        root=str(Path(args.root) if args.root else manifest.parent),
+        backbone=args.backbone,
+        cache=str(args.cache),
+        weights=args.weights,
+        features=tuple(f.strip() for f in args.features.split(",") if f.strip()) if args.features else None,
+        preprocess=args.preprocess,
+        views=tuple(parse_views(args.views)),
+        fmt=args.format,
+        shard_size=args.shard_size,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        device=args.device,
+        dtype=args.dtype,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    start = time.perf_counter()
+    tasks, plan = prepare(cfg)
+    if plan.get("skipped_already_cached"):
+        print(f"{plan['skipped_already_cached']} row(s) already in the cache are not extracted again", file=sys.stderr)
+    if getattr(args, "workers", 0) or getattr(args, "scheduler", None):
+        from pipeline.distributed import run_distributed
+
+        results = run_distributed(cfg, tasks, workers=args.workers, scheduler=args.scheduler)
+    else:
+        results = run_local(cfg, tasks)
+    print(summarize(results, time.perf_counter() - start, cfg))
+    return 0
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--manifest", required=True, help="manifest.parquet from `aigi index` (or `aigi fakes`)")
+    p.add_argument("--root", help="folder the manifest's paths are relative to (default: the manifest's folder)")
+    p.add_argument("--backbone", required=True, help="extractor, e.g. clip-l14, aim-v1-3b, timm:vit_base_patch16_224")
+    p.add_argument("--weights", help="local weights file of the backbone (nothing is downloaded)")
+    p.add_argument("--features", help="comma-separated feature names, e.g. l23.cls,proj (default: the backbone's)")
+    p.add_argument("--preprocess", help="resize | center_crop | rich_patch (default: the backbone's)")
+    p.add_argument("--views", default="orig", help="comma-separated views: orig, jpeg:75, blur:1.0, resize:0.5")
+    p.add_argument("--cache", required=True, help="cache directory to create or extend")
+    p.add_argument("--format", default="h5", choices=["h5", "parquet"], help="shard format")
+    p.add_argument("--shard-size", type=int, default=1024, help="rows per shard (the unit of resume and distribution)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--num-workers", type=int, default=0, help="DataLoader processes decoding images")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
+    p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument("--workers", type=int, default=0, help="run shards on a local dask cluster of N processes")
+    p.add_argument("--scheduler", help="run shards on an existing dask cluster, e.g. tcp://host:8786")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "extract",
+        help="extract backbone features of a manifest's images into a cache",
+        description="Extract frozen-backbone features into a feature cache. Batched, resumable (finished shards are "
+        "skipped), fingerprinted; unreadable images are recorded in shards/*.errors.json and the run goes on.",
+    )
+    add_arguments(p)
+    p.set_defaults(func=run)
