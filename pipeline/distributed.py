@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -33,7 +34,8 @@ def dask_client(*, workers: int = 0, scheduler: str | None = None, threads_per_w
             processes=True,
             dashboard_address=None,
             env=env,
-            silence_logs="error",
+            silence_logs=logging.ERROR,
+            host="127.0.0.1",
         ) as cluster,
         Client(cluster) as client,
     ):
