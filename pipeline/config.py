@@ -1,0 +1,364 @@
+"""Run configs: YAML presets -> frozen dataclasses with strict keys, `--set key=value` overrides, resolved copies.
+
+A run config has four sections (see configs/uar.yaml):
+
+    head:  name + the head's own config keys (checked by `heads.build`), incl. `inputs`, the feature names it reads
+    fit:   `heads.FitConfig` fields (optimizer, lr, weight_decay, epochs, batch_size, schedule, seed, ...)
+    data:  caches (one path, a list, or ALIAS: PATH; several are joined on (image_id, view) by `cache.join`),
+           where (meta filters, e.g. view: orig), split_column and the train / val / test values, and the
+           validation policy: rows with split == val when there are any, else a seeded `val_fraction` of the
+           training pairs (by pair_id, so a real and its aligned fakes never straddle train and val)
+    eval:  defaults of `aigi eval`: by, threshold (a number or `val`), reals, bootstrap
+
+Paths (cache paths) are relative to the current working directory, like paths given on the command line; the
+resolved config saved in a run directory holds them absolute so the run can be replayed from anywhere.
+Unknown keys are errors that name close matches.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import re
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+_FLOAT_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+@dataclass(frozen=True)
+class HeadSection:
+    """Which head to build: `heads.build(name, **params)` (params hold `inputs`, the feature names)."""
+
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """The feature names the head reads."""
+        return tuple(self.params.get("inputs", ()))
+
+
+@dataclass(frozen=True)
+class DataSection:
+    """Where the rows come from and how they are split."""
+
+    caches: dict[str, str] = field(default_factory=dict)
+    where: dict[str, Any] = field(default_factory=dict)
+    split_column: str = "split"
+    train: str = "train"
+    val: str = "val"
+    test: str = "test"
+    val_fraction: float = 0.1
+    val_seed: int = 0
+
+
+@dataclass(frozen=True)
+class EvalSection:
+    """Defaults of `aigi eval` for this run (each has a command-line flag)."""
+
+    by: str = "source"
+    threshold: float | str = 0.5
+    reals: str = "auto"
+    bootstrap: int = 0
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A whole run: head, fit, data, eval."""
+
+    head: HeadSection
+    data: DataSection = field(default_factory=DataSection)
+    fit: dict[str, Any] = field(default_factory=dict)
+    eval: EvalSection = field(default_factory=EvalSection)
+    description: str = ""
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# parsing
+
+
+def _unknown_key(key: str, known: Sequence[str], *, where: str, source: str) -> ValueError:
+    close = difflib.get_close_matches(key, list(known), n=3, cutoff=0.6)
+    hint = f"; did you mean {', '.join(repr(where + c) for c in close)}?" if close else ""
+    return ValueError(
+        f"{source}: unknown key {where + key!r}{hint} (known keys under {where or 'top level'!r}: {', '.join(known)})"
+    )
+
+
+def _as_number(value: Any) -> Any:
+    """YAML 1.1 reads `1e-3` as a string: turn number-looking strings into floats."""
+    return float(value) if isinstance(value, str) and _FLOAT_RE.match(value.strip()) else value
+
+
+def _coerce(value: Any, hint: Any, *, key: str, source: str) -> Any:
+    """Check `value` against a type hint (int, float, str, bool, unions, dict, tuple); convert where safe."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        for option in args:
+            try:
+                return _coerce(value, option, key=key, source=source)
+            except ValueError:
+                continue
+        raise ValueError(f"{source}: {key} = {value!r} matches none of {hint}")
+    if hint is Any or value is None and hint is type(None):
+        return value
+    if origin in (dict, Mapping) or hint is dict:
+        if not isinstance(value, Mapping):
+            raise ValueError(f"{source}: {key} must be a mapping, got {value!r}")
+        return dict(value)
+    if origin in (tuple, list) or hint in (tuple, list):
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, Sequence):
+            raise ValueError(f"{source}: {key} must be a list, got {value!r}")
+        return tuple(items)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(_as_number(value), float) and float(_as_number(value)).is_integer():
+            return int(_as_number(value))
+    elif hint is float:
+        number = _as_number(value)
+        if isinstance(number, int | float) and not isinstance(number, bool):
+            return float(number)
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    elif value is None or isinstance(value, hint):
+        return value
+    name = getattr(hint, "__name__", str(hint))
+    raise ValueError(f"{source}: {key} must be {name}, got {value!r} ({type(value).__name__})")
+
+
+def _build(cls: type, data: Any, *, where: str, source: str) -> Any:
+    """Strictly build dataclass `cls` from a mapping: unknown keys and wrong types raise ValueError."""
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{source}: {where.rstrip('.') or 'the config'} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in names:
+            raise _unknown_key(str(key), names, where=where, source=source)
+    kwargs = {}
+    for key, value in data.items():
+        sub = hints[key]
+        if dataclasses.is_dataclass(sub):
+            kwargs[key] = _build(sub, value, where=f"{where}{key}.", source=source)
+        else:
+            kwargs[key] = _coerce(value, sub, key=where + key, source=source)
+    try:
+        return cls(**kwargs)
+    except TypeError as err:
+        raise ValueError(f"{source}: {where.rstrip('.') or 'the config'} is incomplete: {err}") from None
+
+
+def _numbers_in(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _numbers_in(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_numbers_in(v) for v in value]
+    return _as_number(value)
+
+
+def _head_section(data: Any, *, source: str) -> HeadSection:
+    if not isinstance(data, Mapping) or not data.get("name"):
+        raise ValueError(
+            f"{source}: `head` must be a mapping with a `name` (e.g. head: {{name: linear, inputs: [probe]}})"
+        )
+    params = _numbers_in({k: v for k, v in data.items() if k != "name"})
+    if "inputs" in params:
+        inputs = params["inputs"]
+        params["inputs"] = [inputs] if isinstance(inputs, str) else [str(i) for i in inputs]
+    if not params.get("inputs"):
+        raise ValueError(f"{source}: head.inputs must name the feature(s) the head reads, e.g. [probe]")
+    return HeadSection(name=str(data["name"]), params=params)
+
+
+def _fit_section(data: Any, *, source: str) -> dict[str, Any]:
+    """Check fit keys and types against `heads.FitConfig`; return every field, defaults filled in."""
+    import heads
+
+    return _plain(dataclasses.asdict(_build(heads.FitConfig, data, where="fit.", source=source)))
+
+
+def cache_aliases(caches: Any, *, source: str = "config") -> dict[str, str]:
+    """Normalise `data.caches` (a path, a list of paths or ALIAS: PATH) to {alias: path}; aliases default to stems."""
+    if caches is None or caches == "":
+        return {}
+    if isinstance(caches, str | Path):
+        caches = [caches]
+    if isinstance(caches, Mapping):
+        return {str(k): str(v) for k, v in caches.items()}
+    if not isinstance(caches, Sequence):
+        raise ValueError(f"{source}: data.caches must be a path, a list of paths or a mapping ALIAS: PATH")
+    out: dict[str, str] = {}
+    for item in caches:
+        alias, sep, path = str(item).partition("=")
+        if not sep:
+            alias, path = Path(str(item)).stem or "cache", str(item)
+        base, i = alias, 2
+        while alias in out:
+            alias, i = f"{base}{i}", i + 1
+        out[alias] = path
+    return out
+
+
+def parse_config(data: Mapping[str, Any], *, source: str = "config") -> RunConfig:
+    """Build a RunConfig from a plain mapping (a YAML document); cache paths become absolute (cwd-relative)."""
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{source}: a run config is a mapping with `head`, `fit`, `data`, `eval`")
+    top = [f.name for f in dataclasses.fields(RunConfig)]
+    for key in data:
+        if key not in top:
+            raise _unknown_key(str(key), top, where="", source=source)
+    raw_data = dict(data.get("data") or {})
+    raw_data["caches"] = {
+        a: str(Path(p).expanduser().resolve()) for a, p in cache_aliases(raw_data.get("caches"), source=source).items()
+    }
+    cfg = RunConfig(
+        head=_head_section(data.get("head"), source=source),
+        data=_build(DataSection, raw_data, where="data.", source=source),
+        fit=_fit_section(data.get("fit"), source=source),
+        eval=_build(EvalSection, data.get("eval"), where="eval.", source=source),
+        description=str(data.get("description", "")),
+    )
+    _check_values(cfg, source=source)
+    return cfg
+
+
+def _check_values(cfg: RunConfig, *, source: str) -> None:
+    """Value checks the types cannot express."""
+    from pipeline.evaluate import REAL_POLICIES, parse_threshold
+
+    if not 0.0 <= cfg.data.val_fraction < 1.0:
+        raise ValueError(f"{source}: data.val_fraction must be in [0, 1), got {cfg.data.val_fraction}")
+    if cfg.eval.reals not in REAL_POLICIES:
+        raise ValueError(f"{source}: eval.reals must be one of {REAL_POLICIES}, got {cfg.eval.reals!r}")
+    if cfg.eval.bootstrap < 0:
+        raise ValueError(f"{source}: eval.bootstrap must be >= 0, got {cfg.eval.bootstrap}")
+    try:
+        parse_threshold(cfg.eval.threshold)
+    except ValueError as err:
+        raise ValueError(f"{source}: eval.{err}") from None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# files and overrides
+
+
+def parse_value(text: str) -> Any:
+    """A `--set` value: YAML-parsed (`[a, b]`, `true`, `null`, `0.1`), number-looking strings become floats."""
+    import yaml
+
+    return _as_number(yaml.safe_load(text)) if text.strip() else ""
+
+
+def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply `key.sub=value` overrides to a copy of a raw config mapping (keys are checked later by parsing)."""
+    out = copy.deepcopy(dict(data))
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE with a dotted key, e.g. fit.lr=1e-4")
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ValueError(f"--set {item!r}: {part!r} is a value, not a section")
+            node = child
+        node[parts[-1]] = parse_value(text)
+    return out
+
+
+def override_caches(data: Mapping[str, Any], caches: Sequence[str]) -> dict[str, Any]:
+    """Apply `--cache [ALIAS=]PATH` options: ALIAS= replaces that alias; bare paths replace the config's in order."""
+    out = copy.deepcopy(dict(data))
+    section = dict(out.get("data") or {})
+    current = cache_aliases(section.get("caches"))
+    named = [c for c in caches if "=" in c]
+    bare = [c for c in caches if "=" not in c]
+    aliases = list(current)
+    if bare and len(bare) != len(aliases) and aliases:
+        raise ValueError(
+            f"got {len(bare)} --cache path(s) for a config with {len(aliases)} caches ({', '.join(aliases)}); "
+            "name them as --cache ALIAS=PATH"
+        )
+    updated = dict(current) if aliases else {}
+    for alias, path in zip(aliases, bare, strict=False):
+        updated[alias] = path
+    if not aliases:
+        updated.update(cache_aliases(bare))
+    for item in named:
+        alias, _, path = item.partition("=")
+        updated[alias] = path
+    section["caches"] = updated
+    out["data"] = section
+    return out
+
+
+def load_config(
+    path: str | Path | None = None, *, overrides: Sequence[str] = (), caches: Sequence[str] = ()
+) -> RunConfig:
+    """Read a YAML run config, apply `--cache` then `--set` overrides, and parse it strictly.
+
+    Args:
+        path: the YAML file (None: start from an empty mapping, everything from overrides).
+        overrides: `key.sub=value` strings.
+        caches: `[ALIAS=]PATH` strings replacing the config's caches.
+    """
+    import yaml
+
+    raw: Any = {}
+    source = "--set"
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config {path} does not exist (presets live in configs/, e.g. configs/uar.yaml)")
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as err:
+            raise ValueError(f"{path}: not valid YAML: {err}") from None
+        source = f"{path}" + (" (with --set)" if overrides else "")
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"{source}: a run config is a YAML mapping")
+    raw = override_caches(raw, caches) if caches else dict(raw)
+    return parse_config(apply_overrides(raw, overrides), source=source)
+
+
+def to_dict(cfg: RunConfig) -> dict[str, Any]:
+    """The config as plain YAML-ready data, in the layout of the preset files (head params flattened)."""
+    data = dataclasses.asdict(cfg)
+    head = data.pop("head")
+    data["head"] = {"name": head["name"], **head["params"]}
+    return _plain({k: data[k] for k in ("description", "head", "fit", "data", "eval")})
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def save_config(cfg: RunConfig, directory: str | Path) -> Path:
+    """Write the resolved config to DIRECTORY/config.yaml; `load_config` reads it back to an equal RunConfig."""
+    import yaml
+
+    path = Path(directory) / "config.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
+    return path

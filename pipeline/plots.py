@@ -1,0 +1,116 @@
+"""PNG plots of an evaluation (matplotlib Agg): ROC per group, ACC by group, score histograms by label."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+MAX_HIST_PANELS = 16
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def draw_all(
+    out_dir: Path, *, metrics: Mapping[str, Any], scores: pd.DataFrame, index: Mapping[str, np.ndarray]
+) -> list[Path]:
+    """Draw roc.png, acc_by_group.png and score_hist.png into `out_dir`; return their paths."""
+    labels = scores["label"].to_numpy().astype(np.int64)
+    values = scores["score"].to_numpy().astype(np.float64)
+    return [
+        roc_plot(out_dir / "roc.png", labels=labels, scores=values, index=index),
+        acc_plot(out_dir / "acc_by_group.png", metrics=metrics),
+        hist_plot(
+            out_dir / "score_hist.png", labels=labels, scores=values, index=index, threshold=metrics["threshold"]
+        ),
+    ]
+
+
+def roc_plot(path: Path, *, labels: np.ndarray, scores: np.ndarray, index: Mapping[str, np.ndarray]) -> Path:
+    """One ROC curve per group with both classes (AUC in the legend), with the chance diagonal."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 6.0))
+    colors = plt.get_cmap("tab20" if len(index) > 10 else "tab10")
+    drawn = 0
+    for i, (name, idx) in enumerate(index.items()):
+        y, s = labels[idx], scores[idx]
+        if np.unique(y).size < 2:
+            continue
+        fpr, tpr, _ = roc_curve(y, s)
+        ax.plot(fpr, tpr, color=colors(i % colors.N), lw=1.6, label=f"{name} (AUC {100 * roc_auc_score(y, s):.2f})")
+        drawn += 1
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="chance")
+    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="false positive rate (reals called fake)", ylabel="true positive rate")
+    ax.set_title("ROC per group" if drawn else "ROC per group (no group has both classes)")
+    ax.legend(loc="lower right", fontsize="small")
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def acc_plot(path: Path, *, metrics: Mapping[str, Any]) -> Path:
+    """Grouped bars per group (and the mean): ACC, real ACC, fake ACC in %, at the report's threshold."""
+    plt = _pyplot()
+    rows = [*metrics["groups"].items(), ("mean", metrics["mean"])]
+    keys = (("acc", "ACC"), ("real_acc", "real ACC"), ("fake_acc", "fake ACC"))
+    x = np.arange(len(rows))
+    width = 0.27
+    fig, ax = plt.subplots(figsize=(max(6.4, 0.9 * len(rows) + 2), 4.8))
+    for j, (key, label) in enumerate(keys):
+        heights = [np.nan if r.get(key) is None else 100 * r[key] for _, r in rows]
+        bars = ax.bar(x + (j - 1) * width, heights, width, label=label)
+        if key == "acc":
+            ax.bar_label(bars, fmt="%.2f", fontsize="x-small", padding=2)
+    ax.set_xticks(
+        x, [name for name, _ in rows], rotation=30 if len(rows) > 6 else 0, ha="right" if len(rows) > 6 else "center"
+    )
+    ax.set(ylim=(0, 119), ylabel="accuracy (%)")
+    ax.set_title(f"Accuracy by {metrics.get('by', 'group')} at threshold {metrics['threshold']:.3g}")
+    ax.axhline(50, color="grey", ls=":", lw=1)
+    ax.legend(loc="upper center", ncol=3, fontsize="small")
+    return _save(fig, path)
+
+
+def hist_plot(
+    path: Path, *, labels: np.ndarray, scores: np.ndarray, index: Mapping[str, np.ndarray], threshold: float
+) -> Path:
+    """Histograms of P(fake) for reals and fakes: all rows first, then one panel per group (up to 15)."""
+    plt = _pyplot()
+    panels = [("all rows", np.arange(labels.size)), *list(index.items())[: MAX_HIST_PANELS - 1]]
+    cols = min(4, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.8 * rows), squeeze=False)
+    bins = np.linspace(0.0, 1.0, 41)
+    for ax, (name, idx) in zip(axes.flat, panels, strict=False):
+        y, s = labels[idx], scores[idx]
+        ax.hist(s[y == 0], bins=bins, alpha=0.6, color="tab:blue", label=f"real ({int((y == 0).sum())})")
+        ax.hist(s[y == 1], bins=bins, alpha=0.6, color="tab:red", label=f"fake ({int((y == 1).sum())})")
+        ax.axvline(threshold, color="black", ls="--", lw=1)
+        ax.set_title(str(name), fontsize="small")
+        ax.set_xlabel("score P(fake)", fontsize="small")
+        ax.legend(fontsize="x-small")
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.axis("off")
+    fig.suptitle(f"Score histograms by label (dashed: threshold {threshold:.3g})")
+    return _save(fig, path)
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path
