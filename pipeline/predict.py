@@ -1,0 +1,235 @@
+"""`aigi predict`: score image files with a trained head, extracting features on the fly with its recorded backbone."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".jfif"}
+
+
+def list_images(inputs: list[str]) -> list[Path]:
+    """Files named directly (whatever their suffix) and image files found recursively in named folders, sorted."""
+    out: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            out.extend(sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES))
+        elif path.exists():
+            out.append(path)
+        else:
+            raise FileNotFoundError(f"{path} does not exist")
+    if not out:
+        raise ValueError(f"no image files found in {inputs}")
+    return out
+
+
+def parse_assignments(text: str | None, *, what: str) -> dict[str, str]:
+    """`a=1,b=2` -> {"a": "1", "b": "2"}."""
+    out: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in (text or "").split(","))):
+        key, sep, value = part.partition("=")
+        if not sep or not key:
+            raise ValueError(f"bad {what} {part!r}: expected NAME=VALUE")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def parse_weights(items: list[str], aliases: list[str]) -> dict[str, str | None]:
+    """`--weights PATH` (one backbone) or `--weights ALIAS=PATH` (several) -> alias -> weights path."""
+    out: dict[str, str | None] = {a: None for a in aliases}
+    for item in items:
+        alias, sep, path = item.partition("=")
+        if sep and alias in out:
+            out[alias] = path
+        elif len(aliases) == 1:
+            out[aliases[0]] = item
+        else:
+            raise ValueError(f"the head reads {len(aliases)} backbones {aliases}: give --weights ALIAS=PATH for each")
+    return out
+
+
+def extractor_from_spec(spec: dict, *, weights: str | None, device: str) -> Any:
+    """Rebuild the extractor a cache was made with, from the spec recorded in the head."""
+    import extractors
+
+    params = dict(spec.get("preprocess_params") or [])
+    policy = spec["preprocess"] + (":" + ",".join(f"{k}={v}" for k, v in params.items()) if params else "")
+    dtype = spec.get("dtype", "fp32")
+    if dtype != "fp32" and not str(device).startswith("cuda"):
+        import torch
+
+        if device != "auto" or not torch.cuda.is_available():
+            raise ValueError(
+                f"the head's features were extracted in {dtype}, which needs a GPU here; its fingerprint would not "
+                "match fp32 features. Re-extract the training cache with --dtype fp32 to predict on a CPU."
+            )
+    return extractors.build(
+        spec["name"],
+        weights=weights,
+        features=list(spec["features"]),
+        preprocess=policy,
+        device=device,
+        dtype=dtype,
+        **dict(spec.get("arch_params") or {}),
+    )
+
+
+def check_fingerprint(extractor: Any, *, recorded: str | None, recorded_spec: dict, alias: str) -> None:
+    """Refuse features that would not match the head's training cache, naming the differing fields."""
+    import cache
+
+    spec = asdict(extractor.spec)
+    if recorded is None or cache.fingerprint(spec) == recorded:
+        return
+    diff = cache.spec_diff(recorded_spec, spec)
+    raise ValueError(
+        f"backbone {alias!r}: these weights/settings give fingerprint {cache.fingerprint(spec)[:12]}, but the head "
+        f"was trained on {recorded[:12]}; differing fields: {diff}. Pass the weights file the training cache used."
+    )
+
+
+def input_map(head: Any, specs: dict[str, dict]) -> dict[str, tuple[str, str]]:
+    """Head input name -> (backbone alias, feature name), the way `aigi train` joined its caches."""
+    out = {}
+    for name in head.cfg.inputs:
+        alias, sep, feat = name.partition("/")
+        if sep and alias in specs:
+            out[name] = (alias, feat)
+            continue
+        owners = [a for a, s in specs.items() if name in s["features"]]
+        if len(owners) != 1:
+            raise ValueError(f"head input {name!r} is produced by {owners or 'no'} recorded backbone(s)")
+        out[name] = (owners[0], name)
+    return out
+
+
+def load_batch(paths: list[Path], transform) -> tuple[list[int], Any, list[tuple[int, str]]]:
+    import torch
+
+    from extractors.images import ImageLoadError, load_image
+
+    ok, tensors, bad = [], [], []
+    for i, path in enumerate(paths):
+        try:
+            tensors.append(transform(load_image(path), _file_id(path)))
+            ok.append(i)
+        except ImageLoadError as err:
+            bad.append((i, err.reason))
+    return ok, (torch.stack(tensors) if tensors else None), bad
+
+
+def _file_id(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def features_for(paths: list[Path], backbones: dict[str, Any], *, batch_size: int) -> tuple[dict, list[int], dict]:
+    """Features of every readable image for every backbone: {alias: {feature: array}}, rows kept, failures."""
+    from tqdm import tqdm
+
+    feats: dict[str, dict[str, list]] = {a: {} for a in backbones}
+    kept: list[int] = []
+    failed: dict[int, str] = {}
+    for start in tqdm(range(0, len(paths), batch_size), desc="predict", unit="batch", disable=None):
+        chunk = paths[start : start + batch_size]
+        first = next(iter(backbones.values()))
+        ok, batch, bad = load_batch(chunk, first.transform)
+        failed.update({start + i: reason for i, reason in bad})
+        if batch is None:
+            continue
+        for alias, ex in backbones.items():
+            x = batch if ex is first else load_batch([chunk[i] for i in ok], ex.transform)[1]
+            for name, value in ex(x).items():
+                feats[alias].setdefault(name, []).append(value.numpy())
+        kept.extend(start + i for i in ok)
+    stacked = {a: {n: np.concatenate(v) for n, v in f.items()} for a, f in feats.items()}
+    return stacked, kept, failed
+
+
+def score_images(args: argparse.Namespace) -> pd.DataFrame:
+    """Scores (and expert gates) of the images in args.images; failed images get an `error` and no score."""
+    import heads
+
+    head, info = heads.load(args.head_dir)
+    specs: dict[str, dict] = info.get("extractor_spec") or {}
+    if not specs:
+        raise ValueError(
+            f"{args.head_dir} records no extractor (an imported head): extract a cache with the matching backbone "
+            "and use `aigi eval`, or train the head with `aigi train` so it records its backbone"
+        )
+    if args.expert_weights:
+        if not hasattr(head, "set_manual_weights"):
+            raise ValueError(f"--expert-weights needs a router head; this head is '{info.get('name')}'")
+        head.set_manual_weights({k: float(v) for k, v in parse_assignments(args.expert_weights, what="weight").items()})
+    weights = parse_weights(args.weights or [], list(specs))
+    backbones = {}
+    for alias, spec in specs.items():
+        ex = extractor_from_spec(spec, weights=weights[alias], device=args.device)
+        check_fingerprint(ex, recorded=(info.get("fingerprints") or {}).get(alias), recorded_spec=spec, alias=alias)
+        backbones[alias] = ex
+    paths = list_images(args.images)
+    feats, kept, failed = features_for(paths, backbones, batch_size=args.batch_size)
+    table = pd.DataFrame({"path": [str(p) for p in paths], "p_fake": np.nan, "error": ""})
+    for i, reason in failed.items():
+        table.loc[i, "error"] = reason
+    if kept:
+        X = {name: feats[alias][feat] for name, (alias, feat) in input_map(head, specs).items()}
+        table.loc[kept, "p_fake"] = heads.predict(head, X)
+        if hasattr(head, "explain"):
+            ex = heads.explain(head, X)
+            for k, name in enumerate(ex["expert_names"]):
+                table.loc[kept, f"gate.{name}"] = ex["gates"][:, k]
+                table.loc[kept, f"expert.{name}"] = ex["expert_scores"][:, k]
+    return table
+
+
+def run(args: argparse.Namespace) -> int:
+    table = score_images(args)
+    good = table[table["error"] == ""]
+    extra = [c for c in table.columns if c.startswith(("gate.", "expert."))]
+    with pd.option_context("display.max_colwidth", 80, "display.width", 200):
+        print(good[["path", "p_fake", *extra]].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    for path, reason in table.loc[table["error"] != "", ["path", "error"]].itertuples(index=False):
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        table.to_csv(args.output, index=False)
+        print(f"wrote {len(table)} rows to {args.output}", file=sys.stderr)
+    print(f"{len(good)} image(s) scored, {len(table) - len(good)} skipped", file=sys.stderr)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "predict",
+        help="score images with a trained head (features extracted on the fly)",
+        description="Score image files or folders with a head trained by `aigi train`. Features are extracted with "
+        "the backbone and preprocessing the head's training cache recorded; the weights must reproduce its "
+        "fingerprint. Prints P(fake) per image and, for expert heads, the gates and per-expert scores. Unreadable "
+        "files are reported and skipped (exit code 0).",
+    )
+    p.add_argument("head_dir", help="RUN_DIR written by `aigi train`")
+    p.add_argument("images", nargs="+", help="image files and/or folders (searched recursively)")
+    p.add_argument(
+        "--weights",
+        action="append",
+        metavar="[ALIAS=]PATH",
+        help="backbone weights file (ALIAS=PATH per backbone when the head reads several)",
+    )
+    p.add_argument(
+        "--expert-weights",
+        metavar="DOMAIN=W,...",
+        help="router heads: manual semantic-expert weights, e.g. human=0.7,animal=0.3 (artifact gate stays 1)",
+    )
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("-o", "--output", help="write all rows (scores, gates, errors) to this CSV")
+    p.set_defaults(func=run)

@@ -1,0 +1,68 @@
+"""`aigi predict`: the same scores as the head on cached features, clear messages for bad files, fingerprint guard."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+import cache
+import heads
+from pipeline.cli import main
+from tests.pipeline.test_extract import _hostile_files, extract_args, make_manifest, weights  # noqa: F401
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, weights: Path) -> tuple[Path, Path]:  # noqa: F811
+    root = tmp_path_factory.mktemp("predict")
+    manifest = make_manifest(root, 12)
+    assert main(extract_args(manifest, root / "cache", weights)) == 0
+    config = {
+        "head": {"name": "linear", "inputs": ["pooler"]},
+        "fit": {"optimizer": "adam", "lr": 1e-2, "epochs": 3, "batch_size": 4, "seed": 0},
+        "data": {"caches": {"tiny": str(root / "cache")}, "val_fraction": 0.0},
+    }
+    (root / "run.yaml").write_text(yaml.safe_dump(config))
+    assert main(["train", str(root / "run.yaml"), "-o", str(root / "run")]) == 0
+    return root, root / "run"
+
+
+def test_scores_equal_the_head_on_cached_features(trained, weights: Path, tmp_path: Path, capsys) -> None:  # noqa: F811
+    root, run = trained
+    out = tmp_path / "scores.csv"
+    assert main(["predict", str(run), str(root / "img"), "--weights", str(weights), "-o", str(out)]) == 0
+    table = pd.read_csv(out, keep_default_na=False)
+    assert len(table) == 12 and (table["error"] == "").all()
+    head, _ = heads.load(run)
+    fs = cache.open(root / "cache").load(["pooler"])
+    want = dict(zip(fs.meta["path"], heads.predict(head, fs.features)))
+    got = {str(Path(p).relative_to(root)): s for p, s in zip(table["path"], table["p_fake"])}
+    assert got.keys() == want.keys()
+    # predict uses float32 features, the cache float16: scores agree to float16 rounding
+    np.testing.assert_allclose([got[k] for k in want], list(want.values()), atol=2e-3)
+    printed = capsys.readouterr()
+    assert "12 image(s) scored, 0 skipped" in printed.err
+
+
+def test_hostile_files_get_a_message_each_and_exit_zero(trained, weights: Path, tmp_path: Path, capsys) -> None:  # noqa: F811
+    root, run = trained
+    files = _hostile_files(tmp_path / "bad")
+    assert main(["predict", str(run), str(tmp_path / "bad"), "--weights", str(weights)]) == 0
+    err = capsys.readouterr().err
+    for name in ("truncated.png", "empty.jpg", "text.jpg", "bomb.png"):
+        assert f"skipped {files[[k for k, v in files.items() if v.name == name][0]]}" in err
+    assert "7 image(s) scored, 4 skipped" in err
+
+
+def test_other_weights_are_refused(trained, weights: Path, tmp_path: Path, capsys) -> None:  # noqa: F811
+    import torch
+
+    root, run = trained
+    sd = torch.load(weights, weights_only=True)
+    sd["cls_token"] = sd["cls_token"] + 0.5
+    torch.save(sd, tmp_path / "other.pth")
+    assert main(["predict", str(run), str(root / "img"), "--weights", str(tmp_path / "other.pth")]) == 2
+    assert "weights_sha256" in capsys.readouterr().err
