@@ -1,0 +1,126 @@
+"""The extractor interface: the spec the cache fingerprints, device/dtype handling and the batched call."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+SPEC_VERSION = 1
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+_LAYER_FEATURE = re.compile(r"^l(\d+)\.(cls|mean)$")
+
+
+@dataclass(frozen=True)
+class ExtractorSpec:
+    """Everything that changes a feature; `dataclasses.asdict(spec)` is what a cache fingerprints.
+
+    Attributes:
+        name: registry name, e.g. "clip-l14-336", "aim-v1-3b", "timm:vit_tiny_patch16_224".
+        arch: the architecture actually built (timm model name or family + size).
+        arch_params: sorted (key, value) pairs of architecture overrides (empty for the published sizes).
+        weights_sha256: sha256 of the weights file(s) loaded, "+"-joined; "random-init" when none was given.
+        input_size: side of the square network input in pixels.
+        mean: per-channel normalisation mean (RGB, 0-1 scale).
+        std: per-channel normalisation std.
+        interpolation: resampling filter used by the preprocessing when it resizes.
+        preprocess: policy name: "resize", "center_crop" or "rich_patch".
+        preprocess_params: sorted (key, value) pairs of the policy's parameters.
+        features: requested feature names, in order.
+        dims: per-row shape of each feature, aligned with `features`.
+        dtype: compute dtype: "fp32", "bf16" or "fp16".
+        spec_version: version of this spec's schema.
+    """
+
+    name: str
+    arch: str
+    arch_params: tuple[tuple[str, Any], ...]
+    weights_sha256: str
+    input_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str
+    preprocess: str
+    preprocess_params: tuple[tuple[str, Any], ...]
+    features: tuple[str, ...]
+    dims: tuple[tuple[int, ...], ...]
+    dtype: str
+    spec_version: int = SPEC_VERSION
+
+
+def resolve_device(device: str) -> torch.device:
+    """ "auto" -> CUDA when available else CPU; anything else is passed to torch.device."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but no CUDA device is available; use --device cpu")
+    return dev
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> str:
+    """ "auto" -> fp32 on the CPU, bf16 on a GPU that supports it, else fp16; validates explicit choices."""
+    if dtype == "auto":
+        if device.type != "cuda":
+            return "fp32"
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if dtype not in _DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of auto, {', '.join(_DTYPES)}")
+    if dtype != "fp32" and device.type != "cuda":
+        raise ValueError(f"dtype {dtype} (autocast) is only used on a GPU; on {device.type} use fp32")
+    return dtype
+
+
+def parse_layer_feature(name: str) -> tuple[int, str] | None:
+    """("l23.cls") -> (23, "cls"); None for names that are not per-block features."""
+    match = _LAYER_FEATURE.match(name)
+    return (int(match.group(1)), match.group(2)) if match else None
+
+
+class Extractor:
+    """A frozen backbone: `extractor(batch) -> {feature name: float32 CPU tensor [B, ...]}`.
+
+    Attributes:
+        spec: the ExtractorSpec of this build.
+        transform: picklable `(PIL image, image_id) -> Tensor[3, H, W]` preprocessing.
+        model: the underlying torch module (eval mode, on `device`).
+        device: where the forward runs.
+    """
+
+    def __init__(
+        self,
+        *,
+        spec: ExtractorSpec,
+        model: nn.Module,
+        transform: Callable[..., torch.Tensor],
+        forward: Callable[[torch.Tensor], dict[str, torch.Tensor]],
+        device: torch.device,
+    ) -> None:
+        self.spec = spec
+        self.model = model.eval().requires_grad_(False).to(device)
+        self.transform = transform
+        self.device = device
+        self._forward = forward
+
+    @property
+    def feature_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Per-row shape of each requested feature, e.g. {"l23.cls": (1024,)}."""
+        return dict(zip(self.spec.features, self.spec.dims))
+
+    def __call__(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Features of a preprocessed batch [B, 3, H, W], float32 on the CPU."""
+        batch = batch.to(self.device, non_blocking=True)
+        with torch.inference_mode():
+            if self.spec.dtype == "fp32":
+                out = self._forward(batch)
+            else:
+                with torch.autocast(device_type=self.device.type, dtype=_DTYPES[self.spec.dtype]):
+                    out = self._forward(batch)
+        return {name: out[name].float().cpu() for name in self.spec.features}
+
+    def __repr__(self) -> str:
+        return f"Extractor({self.spec.name}, features={list(self.spec.features)}, device={self.device})"

@@ -1,0 +1,90 @@
+"""Read local weight files safely (no pickle) and fingerprint them by content."""
+
+from __future__ import annotations
+
+import hashlib
+import zipfile
+from pathlib import Path
+
+import torch
+
+_HASH_CHUNK = 8 * 1024 * 1024
+_SHA_CACHE: dict[tuple[str, int, int], str] = {}
+_WRAPPER_KEYS = ("state_dict", "model", "module", "params")
+
+
+def file_sha256(path: str | Path) -> str:
+    """Sha256 hex of a file's bytes, streamed; cached per (path, size, mtime) for this process.
+
+    Args:
+        path: the weights file.
+
+    Returns:
+        The hex digest.
+    """
+    path = Path(path).resolve()
+    stat = path.stat()
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _SHA_CACHE:
+        digest = hashlib.sha256()
+        with path.open("rb") as fh:
+            while chunk := fh.read(_HASH_CHUNK):
+                digest.update(chunk)
+        _SHA_CACHE[key] = digest.hexdigest()
+    return _SHA_CACHE[key]
+
+
+def _is_torchscript(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as zf:
+        names = zf.namelist()
+    return any(n.endswith("constants.pkl") or "/code/" in n for n in names)
+
+
+def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:
+    while isinstance(obj, dict):
+        tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+        if tensors and len(tensors) >= len(obj) // 2:
+            return {k.removeprefix("module."): v for k, v in tensors.items()}
+        inner = next((obj[k] for k in _WRAPPER_KEYS if isinstance(obj.get(k), dict)), None)
+        if inner is None:
+            break
+        obj = inner
+    raise ValueError(f"{path}: no state dict (a mapping of names to tensors) found in this file")
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Load a state dict from a local .pth/.pt/.bin/.safetensors file without executing pickled code.
+
+    Training checkpoints wrapping the weights under "state_dict" / "model" are unwrapped and a "module." prefix
+    (DataParallel) is removed. Large zip-format files are memory-mapped rather than read into RAM.
+
+    Args:
+        path: the weights file.
+
+    Returns:
+        Parameter name -> tensor (on the CPU).
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: a TorchScript archive, a pickle that needs code execution, or no tensors in the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: weights file not found (weights are never downloaded; pass a local file)")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return _unwrap(load_file(str(path), device="cpu"), path)
+    if _is_torchscript(path):
+        raise ValueError(
+            f"{path} is a TorchScript archive (OpenAI's original CLIP release), which cannot be loaded without "
+            'executing its code. Convert it once to a plain state dict: python -c "import torch; '
+            "m = torch.jit.load('ViT-L-14.pt', map_location='cpu'); torch.save(m.state_dict(), 'ViT-L-14.pth')\""
+        )
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except Exception as err:  # an unpickling error from weights_only is the common case
+        raise ValueError(f"{path}: cannot be read as plain weights ({type(err).__name__}: {err})") from None
+    return _unwrap(obj, path)
