@@ -1,0 +1,113 @@
+"""Head registry: names -> head classes, and dict -> frozen config conversion that rejects typos."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+_HEADS: dict[str, type[nn.Module]] = {}
+
+
+def register_head(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
+    """Class decorator adding a head under `name`; the class needs a `cfg_cls` frozen dataclass."""
+
+    def add(cls: type[nn.Module]) -> type[nn.Module]:
+        if name in _HEADS:
+            raise ValueError(f"head '{name}' is already registered by {_HEADS[name].__qualname__}")
+        if not dataclasses.is_dataclass(getattr(cls, "cfg_cls", None)):
+            raise TypeError(f"head '{name}' ({cls.__qualname__}) needs a dataclass `cfg_cls`")
+        cls.head_name = name
+        _HEADS[name] = cls
+        return cls
+
+    return add
+
+
+def available() -> list[str]:
+    """Names of every registered head, sorted."""
+    return sorted(_HEADS)
+
+
+def head_class(name: str) -> type[nn.Module]:
+    """The class registered as `name`; unknown names raise ValueError with close matches."""
+    if name not in _HEADS:
+        close = difflib.get_close_matches(name, list(_HEADS), n=3)
+        hint = f" Did you mean {close}?" if close else ""
+        raise ValueError(f"unknown head '{name}'.{hint} Available: {available()}")
+    return _HEADS[name]
+
+
+def build(name: str, *, dims: Mapping[str, Any] | None = None, seed: int = 0, **cfg: Any) -> nn.Module:
+    """Build head `name` from keyword config values.
+
+    Args:
+        name: a registered head name (see `available()`).
+        dims: optional feature name -> per-row shape (or width), used to fill `in_dim` / `in_dims` when omitted.
+        seed: seeds the parameter initialisation, so equal calls build equal heads.
+        **cfg: the head's config fields; unknown keys raise ValueError naming close matches.
+    """
+    cls = head_class(name)
+    values = _fill_dims(cls.cfg_cls, dict(cfg), dims)
+    config = make_config(cls.cfg_cls, values, what=f"head '{name}'")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return cls(config)
+
+
+def make_config(cfg_cls: type, values: Mapping[str, Any], *, what: str = "config") -> Any:
+    """Turn a plain dict (YAML/JSON) into the frozen dataclass `cfg_cls`; lists become tuples."""
+    fields = {f.name: f for f in dataclasses.fields(cfg_cls)}
+    unknown = [k for k in values if k not in fields]
+    if unknown:
+        hints = {k: difflib.get_close_matches(k, list(fields), n=2) for k in unknown}
+        hint = "; ".join(f"'{k}' (did you mean {v}?)" if v else f"'{k}'" for k, v in hints.items())
+        raise ValueError(f"unknown key(s) for {what}: {hint}. Valid keys: {sorted(fields)}")
+    required = [n for n, f in fields.items() if _is_required(f) and n not in values]
+    if required:
+        raise ValueError(f"{what} needs {required} (e.g. in_dim from the cache's feature width)")
+    return cfg_cls(**{k: _freeze(v) for k, v in values.items()})
+
+
+def _is_required(field: dataclasses.Field) -> bool:
+    return field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, list | tuple):
+        return tuple(_freeze(v) for v in value)
+    if isinstance(value, Mapping):
+        return {str(k): _freeze(v) for k, v in value.items()}
+    return value
+
+
+def _width(shape: Any) -> int:
+    if isinstance(shape, int):
+        return shape
+    shape = tuple(shape)
+    if len(shape) != 1:
+        raise ValueError(f"heads take one vector per row; got per-row shape {shape}")
+    return int(shape[0])
+
+
+def _fill_dims(cfg_cls: type, values: dict[str, Any], dims: Mapping[str, Any] | None) -> dict[str, Any]:
+    if isinstance(values.get("inputs"), str):
+        values["inputs"] = (values["inputs"],)
+    if not dims or "inputs" not in values:
+        return values
+    names = {f.name for f in dataclasses.fields(cfg_cls)}
+    missing = [i for i in values["inputs"] if i not in dims]
+    if missing:
+        raise ValueError(f"input feature(s) {missing} are not in the cache; it has {sorted(dims)}")
+    widths = [_width(dims[i]) for i in values["inputs"]]
+    if "in_dims" in names and "in_dims" not in values:
+        values["in_dims"] = tuple(widths)
+    if "in_dim" in names and "in_dim" not in values:
+        if len(set(widths)) != 1:
+            raise ValueError(f"inputs {list(values['inputs'])} have different widths {widths}; use one width")
+        values["in_dim"] = widths[0]
+    return values

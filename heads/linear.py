@@ -1,0 +1,42 @@
+"""The `linear` head: one `nn.Linear(D, 1)` on one feature (UAR, UnivFD; exact)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from torch import Tensor, nn
+
+from heads._blocks import check_inputs
+from heads._registry import register_head
+
+
+@dataclass(frozen=True)
+class LinearCfg:
+    """Config of `linear`.
+
+    Attributes:
+        inputs: the one feature it reads, e.g. ("probe",) for UAR or ("proj",) for UnivFD.
+        in_dim: that feature's width.
+    """
+
+    inputs: tuple[str, ...]
+    in_dim: int
+
+    def __post_init__(self) -> None:
+        check_inputs(self.inputs, head="linear", exactly_one=True)
+
+
+@register_head("linear")
+class LinearHead(nn.Module):
+    """`logit = x @ w.T + b`; parameter names `linear.weight` / `linear.bias` match UAR's released state dict."""
+
+    cfg_cls = LinearCfg
+
+    def __init__(self, cfg: LinearCfg) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.linear = nn.Linear(cfg.in_dim, 1)
+
+    def forward(self, x: Mapping[str, Tensor]) -> Tensor:
+        return self.linear(x[self.cfg.inputs[0]]).squeeze(-1)

@@ -1,0 +1,123 @@
+"""The `prototype` head (GAPL): a normalised projection attending over frozen real/fake PCA prototypes."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from heads._blocks import check_inputs
+from heads._registry import register_head
+from heads.train import Stage
+
+
+@dataclass(frozen=True)
+class PrototypeCfg:
+    """Config of `prototype`.
+
+    Attributes:
+        inputs: the one feature it reads (CLIP ViT-L/14 `pooler`, 1024-d, in GAPL).
+        in_dim: that feature's width.
+        embed_dim: projection width d (128).
+        per_class: PCA axes kept per class (32 -> 64 prototypes).
+        num_heads: attention heads (4).
+        train_stage1: run stage 1 (projection + linear on the normalised embedding); off for GAPL's released
+            projection.
+        fit_prototypes: compute the prototypes by PCA at the start of stage 2; off when they are loaded.
+        stage1_epochs: epochs of stage 1 (None = FitConfig.epochs).
+    """
+
+    inputs: tuple[str, ...]
+    in_dim: int
+    embed_dim: int = 128
+    per_class: int = 32
+    num_heads: int = 4
+    train_stage1: bool = True
+    fit_prototypes: bool = True
+    stage1_epochs: int | None = None
+
+    def __post_init__(self) -> None:
+        check_inputs(self.inputs, head="prototype", exactly_one=True)
+        if self.embed_dim % self.num_heads or self.per_class < 1:
+            raise ValueError(
+                f"prototype: embed_dim {self.embed_dim} must divide by num_heads {self.num_heads}, "
+                f"per_class >= 1 (got {self.per_class})"
+            )
+
+
+def pca_prototypes(emb: np.ndarray, y: np.ndarray, per_class: int) -> np.ndarray:
+    """GAPL's prototypes: top `per_class` PCA axes (sklearn) of the real rows' embeddings, then of the fake rows',
+    stacked [2 * per_class, d] with unit rows."""
+    from sklearn.decomposition import PCA
+
+    out = []
+    for c in (0, 1):
+        rows = emb[y == c]
+        if len(rows) < per_class or emb.shape[1] < per_class:
+            raise ValueError(
+                f"prototype: {per_class} PCA axes per class need >= {per_class} rows of class {c} "
+                f"and embed_dim >= {per_class}; got {len(rows)} rows, embed_dim {emb.shape[1]}"
+            )
+        out.append(PCA(n_components=per_class).fit(rows).components_)
+    protos = np.concatenate(out).astype(np.float32)
+    return protos / np.linalg.norm(protos, axis=1, keepdims=True)
+
+
+@register_head("prototype")
+class PrototypeHead(nn.Module):
+    """GAPL on cached features.
+
+    Math: `e = normalize(P x)` with `P = Linear(D, d, bias=False)`; stage 1 trains P and `Linear(d, 1, bias=False)`
+    on e (GAPL's stage 1). The prototypes are the top `per_class` PCA axes of the training rows' e for real and for
+    fake rows (unit rows, a frozen buffer). Stage 2: `a = MultiheadAttention(d, heads)(query=e, key=value=
+    prototypes)` (with its in/out projections, no residual, no normalisation after it, as GAPL), then
+    `logit = Linear(d, 1, bias=False)(a)`; P keeps training from stage 1, the stage-1 linear stays frozen.
+
+    Exact: everything above. Adapted: GAPL's stage 2 also trains LoRA (r 16) on CLIP's q/k/v, impossible on
+    pooled features; the stage-2 classifier and attention start fresh as in GAPL.
+    """
+
+    cfg_cls = PrototypeCfg
+
+    def __init__(self, cfg: PrototypeCfg) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.proj = nn.Linear(cfg.in_dim, cfg.embed_dim, bias=False)
+        self.stage1_fc = nn.Linear(cfg.embed_dim, 1, bias=False)
+        self.register_buffer("prototypes", torch.zeros(2 * cfg.per_class, cfg.embed_dim))
+        self.attn = nn.MultiheadAttention(cfg.embed_dim, cfg.num_heads, batch_first=True)
+        self.fc = nn.Linear(cfg.embed_dim, 1, bias=False)
+
+    def embed(self, x: Mapping[str, Tensor]) -> Tensor:
+        """The normalised embedding e [N, d]."""
+        return F.normalize(self.proj(x[self.cfg.inputs[0]]), dim=-1)
+
+    def attend(self, e: Tensor) -> Tensor:
+        """Cross-attention of each embedding over the prototypes, [N, d]."""
+        kv = self.prototypes.unsqueeze(0).expand(e.shape[0], -1, -1)
+        out, _ = self.attn(e.unsqueeze(1), kv, kv, need_weights=False)
+        return out.squeeze(1)
+
+    def forward(self, x: Mapping[str, Tensor]) -> Tensor:
+        return self.fc(self.attend(self.embed(x))).squeeze(-1)
+
+    def _stage1(self, xb: Mapping[str, Tensor], aux: Mapping[str, Tensor]) -> Tensor:
+        return self.stage1_fc(self.embed(xb)).squeeze(-1)
+
+    def _start_stage2(self, x: Mapping[str, Tensor], y: Tensor) -> None:
+        if not self.cfg.fit_prototypes:
+            return
+        emb = torch.cat([self.embed({k: v[i : i + 65536] for k, v in x.items()}) for i in range(0, len(y), 65536)])
+        protos = pca_prototypes(emb.cpu().numpy(), y.cpu().numpy(), self.cfg.per_class)
+        self.prototypes.copy_(torch.from_numpy(protos))
+
+    def stages(self) -> list[Stage]:
+        stage2 = Stage("stage2", trainable=("proj", "attn", "fc"), setup=self._start_stage2)
+        if not self.cfg.train_stage1:
+            return [stage2]
+        stage1 = Stage("stage1", trainable=("proj", "stage1_fc"), forward=self._stage1, epochs=self.cfg.stage1_epochs)
+        return [stage1, stage2]

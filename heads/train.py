@@ -1,0 +1,461 @@
+"""The one fit loop for every head (index-permutation minibatches on in-memory tensors), plus predict/explain."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from heads._fastlinear import LinearAdamStep
+
+Groups = Mapping[str, np.ndarray] | None
+StageForward = Callable[[dict[str, Tensor], dict[str, Tensor]], "Tensor | tuple[Tensor, Tensor]"]
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """Training settings shared by every head and stage.
+
+    Attributes:
+        optimizer: "adam" or "adamw".
+        lr: base learning rate.
+        weight_decay: decoupled (adamw) or L2 (adam) weight decay.
+        epochs: epochs per stage (a stage may override it).
+        batch_size: rows per step.
+        schedule: "constant" or "cosine" (per step, from lr down to lr * min_lr_ratio).
+        min_lr_ratio: floor of the cosine schedule as a fraction of lr.
+        balance: weight rows so that real and fake weigh the same in the loss.
+        early_stop: patience in epochs on validation AP (0 = off); the best epoch's weights are restored.
+        seed: seeds the permutation, dropout and any re-initialisation inside stages.
+        device: "auto" (CUDA when available), "cpu" or "cuda".
+        label_smoothing: targets become y (1 - e) + e / 2 (heads may set their own per stage).
+        fused: fused optimizer step (None = when the device supports it).
+        eval_batch_size: rows per forward when scoring validation data.
+        threads: CPU threads while fitting (None = 1 when a batch is small: thread hand-offs then cost more than
+            they save, and on a busy machine far more; else torch's setting).
+    """
+
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    epochs: int = 5
+    batch_size: int = 256
+    schedule: str = "constant"
+    min_lr_ratio: float = 0.0
+    balance: bool = False
+    early_stop: int = 0
+    seed: int = 0
+    device: str = "auto"
+    label_smoothing: float = 0.0
+    fused: bool | None = None
+    eval_batch_size: int = 65536
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        checks = {
+            "optimizer": self.optimizer in ("adam", "adamw"),
+            "schedule": self.schedule in ("constant", "cosine"),
+            "device": self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
+            "lr": self.lr > 0,
+            "epochs": self.epochs >= 0,
+            "batch_size": self.batch_size >= 1,
+            "early_stop": self.early_stop >= 0,
+            "label_smoothing": 0 <= self.label_smoothing < 1,
+        }
+        bad = [k for k, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(f"invalid FitConfig value(s) {[(k, getattr(self, k)) for k in bad]}")
+
+
+@dataclass
+class Stage:
+    """One training stage of a head, run by `fit`.
+
+    Attributes:
+        name: shown in the history.
+        trainable: module-name prefixes of the parameters this stage trains ("" = all); the rest stay frozen.
+        forward: `(x, aux) -> logits` or `(logits, extra_loss)`; default the head's forward.
+        rows: `(groups, y) -> bool mask` of the training rows this stage uses (None = all).
+        aux: `(groups, y) -> {name: per-row numeric array}` handed to `forward` batch by batch.
+        setup: `(x, y)` called on this stage's training rows before training (re-inits, PCA, ...).
+        epochs / lr / label_smoothing: overrides of the FitConfig values for this stage.
+        optional: skip the stage (noted in the history) instead of failing when its rows lack one class.
+    """
+
+    name: str
+    trainable: tuple[str, ...] = ("",)
+    forward: StageForward | None = None
+    rows: Callable[[Groups, np.ndarray], np.ndarray] | None = None
+    aux: Callable[[Groups, np.ndarray], dict[str, np.ndarray]] | None = None
+    setup: Callable[[dict[str, Tensor], Tensor], None] | None = None
+    epochs: int | None = None
+    lr: float | None = None
+    label_smoothing: float | None = None
+    optional: bool = False
+
+
+def head_stages(head: nn.Module) -> list[Stage]:
+    """The head's declared stages, or one stage training everything."""
+    return list(head.stages()) if hasattr(head, "stages") else [Stage("main")]
+
+
+def stage_parameters(head: nn.Module, stage: Stage) -> dict[str, nn.Parameter]:
+    """Name -> parameter for the parameters `stage` trains."""
+    out = {
+        name: p
+        for name, p in head.named_parameters()
+        if any(pre == "" or name == pre or name.startswith(pre + ".") for pre in stage.trainable)
+    }
+    if not out:
+        raise ValueError(f"stage '{stage.name}' of head '{head.head_name}' trains no parameter ({stage.trainable})")
+    return out
+
+
+def lr_at(step: int, total: int, *, lr: float, schedule: str, min_lr_ratio: float = 0.0) -> float:
+    """Learning rate at `step` (0-based) of `total` steps: constant, or cosine from lr to lr * min_lr_ratio."""
+    if schedule == "constant" or total <= 1:
+        return lr
+    progress = min(step / (total - 1), 1.0)
+    return lr * (min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def class_weights(y: np.ndarray) -> np.ndarray:
+    """Per-row weights making both classes weigh half of the loss (mean weight 1)."""
+    y = np.asarray(y)
+    out = np.empty(len(y), dtype=np.float32)
+    for c in (0, 1):
+        n_c = int((y == c).sum())
+        out[y == c] = len(y) / (2 * n_c) if n_c else 0.0
+    return out
+
+
+def resolve_device(device: str) -> torch.device:
+    """ "auto" -> CUDA when available, else CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def as_inputs(head: nn.Module, X: Mapping[str, np.ndarray] | np.ndarray) -> dict[str, np.ndarray]:
+    """Pick the head's input features from `X` (a dict, or one matrix for a one-input head)."""
+    inputs = head.cfg.inputs
+    if not isinstance(X, Mapping):
+        if len(inputs) != 1:
+            raise ValueError(f"head '{head.head_name}' reads {list(inputs)}: pass a dict of feature arrays")
+        X = {inputs[0]: X}
+    missing = [k for k in inputs if k not in X]
+    if missing:
+        raise ValueError(f"head '{head.head_name}' needs feature(s) {missing}; got {sorted(X)}")
+    n = {k: len(X[k]) for k in inputs}
+    if len(set(n.values())) != 1:
+        raise ValueError(f"input features have different row counts: {n}")
+    return {k: X[k] for k in inputs}
+
+
+def _to_tensors(X: Mapping[str, np.ndarray], device: torch.device) -> dict[str, Tensor]:
+    return {k: torch.as_tensor(np.ascontiguousarray(v, dtype=np.float32)).to(device) for k, v in X.items()}
+
+
+def _labels(y: Any, n: int) -> np.ndarray:
+    y = np.asarray(y)
+    if y.shape != (n,):
+        raise ValueError(f"labels must have shape ({n},), got {y.shape}")
+    if not np.isin(y, (0, 1)).all():
+        raise ValueError(f"labels must be 0 (real) or 1 (fake); got values {np.unique(y)[:10].tolist()}")
+    return y.astype(np.int64)
+
+
+def fit(
+    head: nn.Module,
+    X: Mapping[str, np.ndarray] | np.ndarray,
+    y: np.ndarray,
+    *,
+    cfg: FitConfig | None = None,
+    X_val: Mapping[str, np.ndarray] | np.ndarray | None = None,
+    y_val: np.ndarray | None = None,
+    groups: Groups = None,
+    groups_val: Groups = None,
+    on_stage_end: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Train `head` on in-memory features, running each of its stages in turn.
+
+    Args:
+        head: a head from `heads.build`.
+        X: feature name -> [N, D] array (or one array for one-input heads).
+        y: labels [N], 0 real / 1 fake.
+        cfg: training settings (default `FitConfig()`).
+        X_val: validation features for AP per epoch and early stopping.
+        y_val: validation labels.
+        groups: per-row string columns multi-stage heads select rows by ("source", "domain").
+        groups_val: the same for the validation rows.
+        on_stage_end: called with each stage's name when it finishes.
+
+    Returns:
+        The history: {"stages": [{"name", "trainable", "rows", "epochs": [...], "best_epoch", "best_val_ap"}],
+        "device", "seconds", "val_ap"}.
+    """
+    cfg = cfg or FitConfig()
+    X = as_inputs(head, X)
+    y = _labels(y, len(next(iter(X.values()))))
+    device = resolve_device(cfg.device)
+    head.to(device)
+    data = _Data(_to_tensors(X, device), y, groups)
+    val = None
+    if X_val is not None and y_val is not None:
+        Xv = as_inputs(head, X_val)
+        val = _Data(_to_tensors(Xv, device), _labels(y_val, len(next(iter(Xv.values())))), groups_val)
+    start, history = time.perf_counter(), {"stages": [], "device": str(device)}
+    devices = [device.index or 0] if device.type == "cuda" else []
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(_fit_threads(cfg, device, data))
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(cfg.seed)
+            gen = torch.Generator().manual_seed(cfg.seed)
+            for stage in head_stages(head):
+                history["stages"].append(_run_stage(head, stage, data=data, val=val, cfg=cfg, gen=gen))
+                if on_stage_end is not None:
+                    on_stage_end(stage.name)
+    finally:
+        torch.set_num_threads(threads)
+        for p in head.parameters():
+            p.requires_grad_(True)
+        head.eval()
+    history["seconds"] = time.perf_counter() - start
+    history["val_ap"] = history["stages"][-1]["best_val_ap"] if history["stages"] else None
+    return history
+
+
+SMALL_BATCH = 1 << 20  # floats per batch below which one CPU thread is faster
+
+
+def _fit_threads(cfg: FitConfig, device: torch.device, data: _Data) -> int:
+    if cfg.threads is not None:
+        return cfg.threads
+    width = sum(v.shape[1] for v in data.x.values())
+    if device.type == "cpu" and cfg.batch_size * width < SMALL_BATCH:
+        return 1
+    return torch.get_num_threads()
+
+
+@dataclass
+class _Data:
+    x: dict[str, Tensor]
+    y: np.ndarray
+    groups: Groups
+
+    def select(self, stage: Stage, *, required: bool) -> tuple[dict[str, Tensor], np.ndarray, np.ndarray | None]:
+        """This stage's rows: features, labels and the row indices (None = all rows)."""
+        if stage.rows is None or (self.groups is None and not required):
+            return self.x, self.y, None
+        idx = np.flatnonzero(stage.rows(self.groups, self.y))
+        device = next(iter(self.x.values())).device
+        index = torch.from_numpy(idx).to(device)
+        return {k: v.index_select(0, index) for k, v in self.x.items()}, self.y[idx], idx
+
+
+def _run_stage(
+    head: nn.Module, stage: Stage, *, data: _Data, val: _Data | None, cfg: FitConfig, gen: torch.Generator
+) -> dict[str, Any]:
+    x, y, idx = data.select(stage, required=True)
+    if len(np.unique(y)) < 2 and stage.optional:
+        counts = np.bincount(y, minlength=2).tolist()
+        return {
+            "name": stage.name,
+            "skipped": f"rows of one class only ({counts} real/fake)",
+            "trainable": [],
+            "rows": len(y),
+            "epochs": [],
+            "best_epoch": None,
+            "best_val_ap": None,
+        }
+    if len(np.unique(y)) < 2:
+        raise ValueError(
+            f"stage '{stage.name}' of head '{head.head_name}' has {len(y)} training rows of one class "
+            f"only ({np.bincount(y, minlength=2).tolist()} real/fake); check the groups patterns"
+        )
+    device = next(iter(x.values())).device
+    y_t = torch.as_tensor(y, dtype=torch.float32, device=device)
+    if stage.setup is not None:
+        with torch.no_grad():
+            stage.setup(x, y_t)
+    params = stage_parameters(head, stage)
+    for p in head.parameters():
+        p.requires_grad_(False)
+    for p in params.values():
+        p.requires_grad_(True)
+    smooth = cfg.label_smoothing if stage.label_smoothing is None else stage.label_smoothing
+    batch = _Batches(
+        x=x,
+        target=y_t * (1 - smooth) + 0.5 * smooth,
+        weight=torch.as_tensor(class_weights(y), device=device) if cfg.balance else None,
+        aux=_aux(stage, data.groups, data.y, idx, device),
+    )
+    lr = cfg.lr if stage.lr is None else stage.lr
+    epochs = cfg.epochs if stage.epochs is None else stage.epochs
+    opt = _fast_linear(head, stage, params, cfg, lr) or _optimizer(list(params.values()), cfg, lr, device)
+    forward = stage.forward or (lambda xb, aux: head(xb))
+    val_sel = val.select(stage, required=False) if val is not None else None
+    record = {"name": stage.name, "trainable": sorted(params), "rows": len(y), "epochs": []}
+    best_ap, best_epoch, best_state = -1.0, None, None
+    steps_per_epoch = math.ceil(len(y) / cfg.batch_size)
+    for epoch in range(epochs):
+        t0 = time.perf_counter()
+        head.train()
+        loss = _epoch(
+            forward, batch, opt, gen=gen, cfg=cfg, lr=lr, step0=epoch * steps_per_epoch, total=epochs * steps_per_epoch
+        )
+        row = {"epoch": epoch, "loss": loss, "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
+        if val_sel is not None:
+            row["val_ap"] = _val_ap(head, forward, val_sel, cfg)
+            if row["val_ap"] > best_ap:
+                best_ap, best_epoch = row["val_ap"], epoch
+                best_state = {k: p.detach().clone() for k, p in params.items()} if cfg.early_stop else None
+        record["epochs"].append(row)
+        if cfg.early_stop and best_epoch is not None and epoch - best_epoch >= cfg.early_stop:
+            break
+    if best_state is not None:
+        with torch.no_grad():
+            for k, p in params.items():
+                p.copy_(best_state[k])
+    record["best_epoch"] = best_epoch
+    record["best_val_ap"] = best_ap if best_epoch is not None else None
+    return record
+
+
+def _aux(stage: Stage, groups: Groups, y: np.ndarray, idx: np.ndarray | None, device: torch.device) -> dict:
+    if stage.aux is None:
+        return {}
+    out = {}
+    for k, v in stage.aux(groups, y).items():
+        v = np.asarray(v)
+        out[k] = torch.as_tensor(v if idx is None else v[idx], device=device)
+    return out
+
+
+@dataclass
+class _Batches:
+    x: dict[str, Tensor]
+    target: Tensor
+    weight: Tensor | None
+    aux: dict[str, Tensor]
+
+
+FAST_LINEAR = True  # train `linear` heads with the no-autograd step (tests compare it with the autograd path)
+
+
+def _fast_linear(head: nn.Module, stage: Stage, params: dict, cfg: FitConfig, lr: float) -> LinearAdamStep | None:
+    plain = stage.forward is None and stage.aux is None and sorted(params) == ["linear.bias", "linear.weight"]
+    if not (FAST_LINEAR and plain and getattr(head, "head_name", "") == "linear"):
+        return None
+    return LinearAdamStep(head.linear, lr=lr, weight_decay=cfg.weight_decay, decoupled=cfg.optimizer == "adamw")
+
+
+def _optimizer(params: list[Tensor], cfg: FitConfig, lr: float, device: torch.device) -> torch.optim.Optimizer:
+    cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    fused = cfg.fused
+    if fused is None:
+        fused = device.type == "cuda"  # on the CPU the fused step is slower than foreach for small heads
+    kwargs = {"fused": True} if fused else {"foreach": True}
+    return cls(params, lr=lr, weight_decay=cfg.weight_decay, **kwargs)
+
+
+def _epoch(
+    forward: StageForward,
+    batch: _Batches,
+    opt: torch.optim.Optimizer | LinearAdamStep,
+    *,
+    gen: torch.Generator,
+    cfg: FitConfig,
+    lr: float,
+    step0: int,
+    total: int,
+) -> float:
+    """One pass over the rows in a seeded random order; returns the mean training loss."""
+    n = len(batch.target)
+    device = batch.target.device
+    perm = torch.randperm(n, generator=gen).to(device)
+    cosine = cfg.schedule == "cosine"
+    fast = isinstance(opt, LinearAdamStep)
+    losses = []
+    for step, index in enumerate(perm.split(cfg.batch_size)):
+        if cosine:
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step0 + step, total, lr=lr, schedule="cosine", min_lr_ratio=cfg.min_lr_ratio)
+        xb = {k: v.index_select(0, index) for k, v in batch.x.items()}
+        if fast:
+            weight = None if batch.weight is None else batch.weight.index_select(0, index)
+            losses.append(opt(next(iter(xb.values())), batch.target.index_select(0, index), weight))
+            continue
+        aux = {k: v.index_select(0, index) for k, v in batch.aux.items()}
+        out = forward(xb, aux)
+        logits, extra = out if isinstance(out, tuple) else (out, None)
+        # BCE-with-logits as softplus(z) - z t: same math; the fused kernel stalls for ms on a busy multi-core CPU
+        per_row = F.softplus(logits) - logits * batch.target.index_select(0, index)
+        loss = per_row.mean() if batch.weight is None else (per_row * batch.weight.index_select(0, index)).mean()
+        if extra is not None:
+            loss = loss + extra
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.detach())
+    return float(torch.stack(losses).mean()) if losses else float("nan")
+
+
+def _val_ap(head: nn.Module, forward: StageForward, sel: tuple, cfg: FitConfig) -> float:
+    from sklearn.metrics import average_precision_score
+
+    x, y, _ = sel
+    if len(np.unique(y)) < 2:
+        return float("nan")
+    head.eval()
+    n = len(y)
+    with torch.inference_mode():
+        parts = []
+        for i in range(0, n, cfg.eval_batch_size):
+            out = forward({k: v[i : i + cfg.eval_batch_size] for k, v in x.items()}, {})
+            parts.append((out[0] if isinstance(out, tuple) else out).float().cpu())
+    head.train()
+    return float(average_precision_score(y, torch.cat(parts).numpy()))
+
+
+def _batched(head: nn.Module, X: Mapping[str, np.ndarray] | np.ndarray, batch_size: int, fn: Callable) -> list:
+    X = as_inputs(head, X)
+    n = len(next(iter(X.values())))
+    device = next(iter(head.parameters())).device
+    head.eval()
+    out = []
+    with torch.inference_mode():
+        for i in range(0, n, batch_size):
+            xb = _to_tensors({k: v[i : i + batch_size] for k, v in X.items()}, device)
+            out.append(fn(xb))
+    return out
+
+
+def predict(head: nn.Module, X: Mapping[str, np.ndarray] | np.ndarray, *, batch_size: int = 65536) -> np.ndarray:
+    """P(fake) = sigmoid(logit) for every row, float64 [N]."""
+    parts = _batched(head, X, batch_size, lambda xb: torch.sigmoid(head(xb).double()).cpu())
+    return torch.cat(parts).numpy() if parts else np.zeros(0)
+
+
+def explain(head: nn.Module, X: Mapping[str, np.ndarray] | np.ndarray, *, batch_size: int = 65536) -> dict:
+    """A mixing head's per-row gates and per-expert scores as numpy arrays, plus "expert_names" and "score"."""
+    if not hasattr(head, "explain"):
+        raise ValueError(f"head '{head.head_name}' does not mix experts; explain works for gating/router-like heads")
+    parts = _batched(head, X, batch_size, head.explain)
+    if not parts:
+        raise ValueError("explain needs at least one row")
+    out: dict[str, Any] = {}
+    for key, value in parts[0].items():
+        if isinstance(value, Tensor):
+            out[key] = torch.cat([p[key].double().cpu() for p in parts]).numpy()
+        else:
+            out[key] = value
+    return out

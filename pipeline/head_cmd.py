@@ -1,0 +1,84 @@
+"""`aigi head`: import released classifiers (UAR, GAPL) as aigi heads and describe saved heads."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add `aigi head import-uar | import-gapl | info`."""
+    parser = subparsers.add_parser("head", help="import released heads, describe saved heads")
+    sub = parser.add_subparsers(dest="head_command", metavar="ACTION", required=True)
+
+    uar = sub.add_parser("import-uar", help="UAR's released linear classifier (.pth) -> an aigi `linear` head")
+    uar.add_argument("file", type=Path, help="UAR state dict with linear.weight (1, D) and linear.bias (1,)")
+    uar.add_argument("-o", "--out", type=Path, required=True, help="head directory to write")
+    uar.add_argument("--feature", default="probe", help="input feature name the head reads (default: probe)")
+    uar.set_defaults(func=run_import_uar)
+
+    gapl = sub.add_parser("import-gapl", help="GAPL's projection + prototypes -> an aigi `prototype` head")
+    gapl.add_argument("--stage1", type=Path, required=True, help="GAPL pretrained/stage1.pt (128 x D projection)")
+    gapl.add_argument("--prototypes", type=Path, required=True, help="GAPL prototype/pca_3type_num64.pt (64 x 128)")
+    gapl.add_argument("-o", "--out", type=Path, required=True, help="head directory to write")
+    gapl.add_argument("--feature", default="pooler", help="input feature name (default: pooler, CLIP-L/14 224)")
+    gapl.set_defaults(func=run_import_gapl)
+
+    info = sub.add_parser("info", help="print a saved head's name, inputs, config and parameter counts")
+    info.add_argument("directory", type=Path, help="head directory (head.json + head.safetensors)")
+    info.add_argument("--json", action="store_true", help="print JSON")
+    info.set_defaults(func=run_info)
+
+
+def run_import_uar(args: argparse.Namespace) -> int:
+    import heads
+
+    head = heads.uar_linear(args.file, feature=args.feature)
+    meta = {"imported_from": {"kind": "uar", "file": args.file.name, "sha256": _sha256(args.file)}}
+    heads.save(head, args.out, meta=meta)
+    print(f"wrote {args.out} (linear head on '{args.feature}', {head.cfg.in_dim}-d)")
+    return 0
+
+
+def run_import_gapl(args: argparse.Namespace) -> int:
+    import heads
+
+    head = heads.gapl_prototype(args.stage1, args.prototypes, feature=args.feature)
+    files = {"stage1": args.stage1, "prototypes": args.prototypes}
+    meta = {
+        "imported_from": {"kind": "gapl", **{k: {"file": p.name, "sha256": _sha256(p)} for k, p in files.items()}},
+        "note": "attention and classifier are untrained: run `aigi train` (stage 2) before scoring",
+    }
+    heads.save(head, args.out, meta=meta)
+    print(f"wrote {args.out} (prototype head on '{args.feature}'; train stage 2 before use)")
+    return 0
+
+
+def run_info(args: argparse.Namespace) -> int:
+    import heads
+
+    head, info = heads.load(args.directory)
+    counts = {
+        "parameters": sum(p.numel() for p in head.parameters()),
+        "buffers": sum(b.numel() for b in head.buffers()),
+    }
+    summary = {"directory": str(args.directory), **info, **counts}
+    if args.json:
+        print(json.dumps(summary, indent=2, default=str))
+        return 0
+    print(f"head      {info['name']}  ({counts['parameters']:,} parameters, {counts['buffers']:,} buffer values)")
+    print(f"inputs    {', '.join(info['inputs'])}")
+    print("config    " + ", ".join(f"{k}={v}" for k, v in info["config"].items() if k != "inputs"))
+    for key, value in info.items():
+        if key not in ("format", "version", "name", "config", "inputs"):
+            print(f"{key:<9} {json.dumps(value, default=str)[:300]}")
+    return 0
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    return hashlib.sha256(path.read_bytes()).hexdigest()

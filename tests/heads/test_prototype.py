@@ -1,0 +1,89 @@
+"""GAPL prototype head: released tensors, an independent attention computation, PCA prototypes."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.decomposition import PCA
+
+import heads
+from tests.conftest import shared_path
+from tests.heads.synth import make_set
+
+
+def _released():
+    gapl = shared_path("gapl")
+    return gapl / "stage1.pt", gapl / "pca_3type_num64.pt"
+
+
+def test_released_tensors_load_into_the_head() -> None:
+    stage1, protos = _released()
+    head = heads.gapl_prototype(stage1, protos)
+    w = torch.load(stage1, weights_only=True, map_location="cpu")
+    p = torch.load(protos, weights_only=True, map_location="cpu")
+    assert head.cfg.inputs == ("pooler",) and head.cfg.in_dim == 1024 and head.prototypes.shape == (64, 128)
+    assert torch.equal(head.proj.weight, w) and torch.equal(head.prototypes, p)
+    torch.testing.assert_close(p.norm(dim=1), torch.ones(64))
+
+
+def test_forward_equals_independent_multihead_attention() -> None:
+    stage1, protos = _released()
+    head = heads.gapl_prototype(stage1, protos)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in (*head.attn.parameters(), head.fc.weight):
+            p.normal_(0, 0.1)
+    x = torch.randn(7, 1024)
+    with torch.no_grad():
+        got = head({"pooler": x})
+        w = torch.load(stage1, weights_only=True, map_location="cpu")
+        kv = torch.load(protos, weights_only=True, map_location="cpu")
+        q = F.normalize(x @ w.T, dim=1)
+        # (1) torch's MultiheadAttention, sequence-first layout, weights copied
+        mha = torch.nn.MultiheadAttention(128, 4)
+        mha.load_state_dict(head.attn.state_dict())
+        out, _ = mha(q.unsqueeze(0), kv.unsqueeze(1).expand(-1, 7, -1), kv.unsqueeze(1).expand(-1, 7, -1))
+        ref1 = out.squeeze(0) @ head.fc.weight.T
+        # (2) the same attention written out per head
+        wq, wk, wv = head.attn.in_proj_weight.chunk(3)
+        bq, bk, bv = head.attn.in_proj_bias.chunk(3)
+        qh = (q @ wq.T + bq).view(7, 4, 32)
+        kh = (kv @ wk.T + bk).view(64, 4, 32)
+        vh = (kv @ wv.T + bv).view(64, 4, 32)
+        att = torch.softmax(torch.einsum("nhd,phd->nhp", qh, kh) / 32**0.5, dim=-1)
+        heads_out = torch.einsum("nhp,phd->nhd", att, vh).reshape(7, 128)
+        ref2 = (heads_out @ head.attn.out_proj.weight.T + head.attn.out_proj.bias) @ head.fc.weight.T
+    torch.testing.assert_close(got, ref1.squeeze(-1), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got, ref2.squeeze(-1), rtol=1e-5, atol=1e-6)
+
+
+def test_imported_head_trains_stage2_only_and_keeps_prototypes() -> None:
+    stage1, protos = _released()
+    head = heads.gapl_prototype(stage1, protos, feature="f")
+    before = head.prototypes.clone()
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((200, 1024)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(int)
+    hist = heads.fit(head, {"f": X}, y, cfg=heads.FitConfig(epochs=1, batch_size=50))
+    assert [s["name"] for s in hist["stages"]] == ["stage2"]
+    assert torch.equal(head.prototypes, before)
+
+
+def test_pca_prototypes_are_orthonormal_per_class_and_match_sklearn() -> None:
+    data = make_set(500, seed=5)
+    head = heads.build("prototype", inputs="a", in_dim=16, embed_dim=8, per_class=4, num_heads=2)
+    proj_after_stage1 = {}
+
+    def snap(name: str) -> None:
+        if name == "stage1":
+            proj_after_stage1["w"] = head.proj.weight.detach().clone()
+
+    heads.fit(head, data["X"], data["y"], cfg=heads.FitConfig(epochs=3, batch_size=64), on_stage_end=snap)
+    protos = head.prototypes.numpy()
+    for block in (protos[:4], protos[4:]):
+        np.testing.assert_allclose(block @ block.T, np.eye(4), atol=1e-5)
+    emb = F.normalize(torch.from_numpy(data["X"]["a"]) @ proj_after_stage1["w"].T, dim=1).numpy()
+    real = PCA(n_components=4).fit(emb[data["y"] == 0]).components_
+    fake = PCA(n_components=4).fit(emb[data["y"] == 1]).components_
+    np.testing.assert_allclose(np.abs(protos), np.abs(np.concatenate([real, fake])), atol=1e-5)
