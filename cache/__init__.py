@@ -1,5 +1,7 @@
 """The on-disk feature cache: manifests, shards (HDF5 / Parquet), fingerprints, readers and writers. No torch."""
 
+from cache.featureset import FeatureSet, join
+from cache.fingerprint import canonical_json, fingerprint, spec_diff
 from cache.manifest import (
     MANIFEST_COLUMNS,
     assign_splits,
@@ -8,12 +10,34 @@ from cache.manifest import (
     validate_manifest,
     write_manifest,
 )
+from cache.reader import Cache
+from cache.reader import open_cache as open  # noqa: A001  (the public name is `cache.open`)
+from cache.shards import META_COLUMNS, SCHEMA_VERSION
+from cache.tools import compact, info, verify
+from cache.uar import load_npy, scan_uar, uar_spec
+from cache.writer import CacheWriter
 
 __all__ = [
     "MANIFEST_COLUMNS",
+    "META_COLUMNS",
+    "SCHEMA_VERSION",
+    "Cache",
+    "CacheWriter",
+    "FeatureSet",
     "assign_splits",
+    "canonical_json",
+    "compact",
+    "fingerprint",
+    "info",
+    "join",
+    "load_npy",
+    "open",
     "parse_split_ratio",
     "read_manifest",
+    "scan_uar",
+    "spec_diff",
+    "uar_spec",
     "validate_manifest",
+    "verify",
     "write_manifest",
 ]

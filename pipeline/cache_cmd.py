@@ -1,0 +1,76 @@
+"""`aigi cache info|verify|compact`: inspect, check and compact feature caches."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def _print_info(info: dict) -> None:
+    print(f"{info['path']} ({info['kind']}, {info['format']}, {info['dtype']})")
+    print(f"  rows        {info['rows']}  (labels {info['labels']})")
+    print("  features    " + ", ".join(f"{k} {tuple(v)}" for k, v in info["features"].items()))
+    for key in ("sources", "splits", "views"):
+        print(f"  {key:<11} " + ", ".join(f"{k or '-'}={v}" for k, v in info[key].items()))
+    print(f"  shards      {info['shards']}, errors recorded {info['errors']}, {_human(info['bytes_on_disk'])} on disk")
+    print(f"  fingerprint {info['fingerprint']}")
+    print(f"  spec        {json.dumps(info['spec'], sort_keys=True)}")
+
+
+def run_info(args: argparse.Namespace) -> int:
+    """Entry point of `aigi cache info`."""
+    import cache
+
+    info = cache.info(args.path)
+    print(json.dumps(info, indent=2)) if args.json else _print_info(info)
+    return 0
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    """Entry point of `aigi cache verify`: exit 0 when sound, 2 with the list of problems otherwise."""
+    import cache
+
+    result = cache.verify(args.path)
+    stale = result["stale_temp_files"]
+    print(
+        f"ok: {result['rows']} rows in {result['shards']} shard(s), fingerprint {result['fingerprint'][:12]}, "
+        f"{result['errors']} unreadable image(s) recorded"
+    )
+    if stale:
+        print(f"note: {len(stale)} temporary file(s) left by interrupted writers (safe to delete): {stale[:3]}")
+    return 0
+
+
+def run_compact(args: argparse.Namespace) -> int:
+    """Entry point of `aigi cache compact`."""
+    import cache
+
+    out = cache.compact(args.path, args.output)
+    print(f"wrote {out} ({len(cache.open(out))} rows)")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add `aigi cache info|verify|compact`."""
+    p = subparsers.add_parser("cache", help="inspect, verify and compact feature caches")
+    sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    info = sub.add_parser("info", help="rows, features, sources, splits, views, size, fingerprint")
+    info.add_argument("path", type=Path, help="cache directory, compacted .h5, Parquet dataset or .npy folder")
+    info.add_argument("--json", action="store_true", help="print JSON")
+    info.set_defaults(func=run_info)
+    verify = sub.add_parser("verify", help="check shards, row counts, NaN/inf, fingerprints, duplicate keys")
+    verify.add_argument("path", type=Path)
+    verify.set_defaults(func=run_verify)
+    compact = sub.add_parser("compact", help="write one self-describing .h5 with every row")
+    compact.add_argument("path", type=Path)
+    compact.add_argument("-o", "--output", type=Path, required=True, help="the .h5 file to write")
+    compact.set_defaults(func=run_compact)

@@ -1,0 +1,185 @@
+"""`aigi import uar` / `aigi export npy`: move shipped `.npy` feature folders (UAR layout) into and out of a cache."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.index import add_split_args, apply_splits
+
+LABEL_DIRS = ("0_real", "1_fake")
+
+
+def _existing(out: Path) -> tuple[set[str], dict]:
+    """image_ids already in the cache at `out` and its header (empty when it does not exist yet)."""
+    from cache.writer import CACHE_JSON, read_cache_json
+
+    if not (out / CACHE_JSON).exists():
+        return set(), {}
+    import cache
+
+    return set(cache.open(out).meta()["image_id"].astype(str)), read_cache_json(out)
+
+
+def import_uar(
+    folder: str | Path,
+    out: str | Path,
+    *,
+    source: str | None = None,
+    split: str | None = None,
+    split_ratio: str | None = None,
+    seed: int = 0,
+    fmt: str | None = None,
+    shard_size: int = 4096,
+    dtype: str | None = None,
+    extractor: str | None = None,
+    progress: bool = True,
+) -> dict:
+    """Import a UAR-style `.npy` folder into the cache `out`, appending to it when it exists.
+
+    Rows already in the cache (same image_id: an interrupted or repeated import) are skipped, so re-running
+    resumes. Row rules (source, pair_id, image_id) are those of `cache.scan_uar`. Features are stored as
+    `probe` in `dtype` (float32 by default, so values equal `np.load`'s exactly). `fmt` and `dtype` default to
+    those of the existing cache, else h5 and float32.
+
+    Returns:
+        Counts: files found, rows written, rows skipped as already present, and the feature dim.
+    """
+    from tqdm.auto import tqdm
+
+    from cache import CacheWriter, load_npy, scan_uar, uar_spec
+    from cache.uar import UAR_FEATURE, load_npy_batch
+
+    folder, out = Path(folder), Path(out)
+    rows = scan_uar(folder, source=source)
+    rows = apply_splits(rows, split=split, split_ratio=split_ratio, seed=seed)
+    dim = load_npy(rows["file"].iloc[0]).shape[0]
+    done, header = _existing(out)
+    todo = rows[~rows["image_id"].isin(done)].reset_index(drop=True)
+    writer = CacheWriter(
+        out,
+        spec=uar_spec(dim, extractor=extractor),
+        features={UAR_FEATURE: (dim,)},
+        fmt=fmt or header.get("format", "h5"),
+        shard_size=shard_size,
+        dtype=dtype or header.get("dtype", "float32"),
+    )
+    step = max(1, min(shard_size, 4096))
+    with (
+        writer,
+        tqdm(total=len(todo), desc=f"import {folder.name}", unit="file", disable=None if progress else True) as bar,
+    ):
+        for lo in range(0, len(todo), step):
+            chunk = todo.iloc[lo : lo + step]
+            feats = load_npy_batch(chunk["file"].tolist(), dim=dim)
+            writer.append(chunk.drop(columns=["file"]), {UAR_FEATURE: feats})
+            bar.update(len(chunk))
+    return {"files": len(rows), "written": len(todo), "skipped_present": len(rows) - len(todo), "dim": dim}
+
+
+def _save_npy(path: Path, arr: np.ndarray) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        np.save(f, arr, allow_pickle=False)
+    os.replace(tmp, path)
+
+
+def export_npy(cache_path: str | Path, out: str | Path, *, feature: str | None = None, view: str = "orig") -> int:
+    """Write one `(1, D)` float32 `.npy` per row as `<out>/<source>/0_real|1_fake/<stem>.npy`; return the count.
+
+    Raises:
+        ValueError: for an unknown or non-vector feature, or when two rows would write the same file.
+    """
+    import cache
+
+    store = cache.open(cache_path)
+    name = feature or ("probe" if "probe" in store.features else next(iter(store.features)))
+    if name not in store.features:
+        raise ValueError(f"{cache_path}: no feature {name!r}; it has {list(store.features)} (use --feature)")
+    if len(store.features[name]) != 1:
+        raise ValueError(f"{cache_path}: feature {name!r} has per-row shape {store.features[name]}, not a vector")
+    meta = store.meta(where={"view": view})
+    targets = meta["source"].astype(str) + "/" + meta["label"].map(dict(enumerate(LABEL_DIRS)))
+    targets = targets + "/" + meta["path"].map(lambda p: Path(str(p)).stem) + ".npy"
+    dup = targets.duplicated(keep=False)
+    if dup.any():
+        raise ValueError(
+            f"{cache_path}: {int(dup.sum())} rows map to the same file, e.g. {targets[dup].iloc[0]!r} "
+            "(same source, label and file stem); export a narrower selection"
+        )
+    written = 0
+    lookup = pd.Series(targets.to_numpy(), index=meta["image_id"].astype(str).to_numpy())
+    for batch in store.iter_batches(4096, features=[name], where={"view": view}):
+        for image_id, vec in zip(batch.meta["image_id"].astype(str), batch.features[name]):
+            path = Path(out) / lookup[image_id]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _save_npy(path, vec.reshape(1, -1).astype(np.float32))
+            written += 1
+    return written
+
+
+def run_import_uar(args: argparse.Namespace) -> int:
+    """Entry point of `aigi import uar`."""
+    stats = import_uar(
+        args.folder,
+        args.cache,
+        source=args.source,
+        split=args.split,
+        split_ratio=args.split_ratio,
+        seed=args.seed,
+        fmt=args.format,
+        shard_size=args.shard_size,
+        dtype=args.dtype,
+        extractor=args.extractor,
+    )
+    print(
+        f"imported {stats['written']} of {stats['files']} files ({stats['dim']}-d) into {args.cache}"
+        + (f"; {stats['skipped_present']} already present" if stats["skipped_present"] else "")
+    )
+    return 0
+
+
+def run_export_npy(args: argparse.Namespace) -> int:
+    """Entry point of `aigi export npy`."""
+    n = export_npy(args.cache, args.output, feature=args.feature, view=args.view)
+    print(f"wrote {n} .npy files under {args.output}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add `aigi import uar` and `aigi export npy`."""
+    imp = subparsers.add_parser("import", help="import shipped feature sets into a cache")
+    kinds = imp.add_subparsers(dest="kind", metavar="KIND", required=True)
+    p = kinds.add_parser(
+        "uar",
+        help="UAR layout: **/0_real/*.npy, **/1_fake/*.npy, each (1, D) or (D,)",
+        description="Import a UAR-style folder of .npy features. The first folder under DIR is the "
+        "source of its rows (reals and fakes alike); a real and a fake with the same file stem in "
+        "one folder share a pair_id. Appends to an existing cache; re-running resumes.",
+    )
+    p.add_argument("folder", type=Path, help="the folder to import")
+    p.add_argument("--cache", type=Path, required=True, help="cache directory to create or append to")
+    p.add_argument("--source", help="source when 0_real/1_fake sit directly in FOLDER (default: uar)")
+    add_split_args(p)
+    p.add_argument("--format", choices=("h5", "parquet"), help="shard format of a new cache (default h5)")
+    p.add_argument("--shard-size", type=int, default=4096, help="rows per shard (default 4096)")
+    p.add_argument(
+        "--dtype",
+        choices=("float32", "float16"),
+        help="stored dtype of a new cache (default float32: values stay exactly those of the .npy files)",
+    )
+    p.add_argument("--extractor", help="extractor name recorded in the spec (default: aim-v1-3b for 3072-d)")
+    p.set_defaults(func=run_import_uar)
+
+    exp = subparsers.add_parser("export", help="export cached features to other layouts")
+    kinds = exp.add_subparsers(dest="kind", metavar="KIND", required=True)
+    p = kinds.add_parser("npy", help="write <source>/0_real|1_fake/<stem>.npy, (1, D) float32 each")
+    p.add_argument("cache", type=Path, help="a cache directory, compacted .h5 or Parquet dataset")
+    p.add_argument("-o", "--output", type=Path, required=True, help="folder to write")
+    p.add_argument("--feature", help="feature to export (default: probe, else the first)")
+    p.add_argument("--view", default="orig", help="view to export (default orig)")
+    p.set_defaults(func=run_export_npy)

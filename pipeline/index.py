@@ -1,0 +1,282 @@
+"""`aigi index`: build a manifest (one row per image: sha256 id, label, source, split, size) from a folder layout."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+LAYOUTS = ("auto", "uar", "genimage", "flat", "csv")
+LABEL_DIRS = {"0_real": 0, "1_fake": 1}
+GENIMAGE_DIRS = {"nature": 0, "ai": 1}
+GENIMAGE_SPLITS = {"train": "train", "val": "val"}
+FLAT_DIRS = {"real": 0, "fake": 1}
+
+
+@dataclass(frozen=True)
+class Found:
+    """One candidate image found in a layout."""
+
+    path: Path
+    label: int
+    source: str
+    split: str = ""
+    domain: str = ""
+    pair_id: str = ""
+
+
+def _files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+
+
+def scan_uar(root: Path, *, source: str) -> list[Found]:
+    """`<source>/[...]/0_real|1_fake/*` (ForenSynths, AIGCDetectBenchmark, UAR): the source is the first folder
+    under `root` (category sub-folders merge into it), or `source` when `0_real`/`1_fake` sit in `root` itself."""
+    found = []
+    for name, label in LABEL_DIRS.items():
+        for folder in sorted(d for d in root.rglob(name) if d.is_dir()):
+            rel = folder.relative_to(root)
+            src = rel.parts[0] if len(rel.parts) > 1 else source
+            found += [Found(f, label, src) for f in _files(folder)]
+    return found
+
+
+def scan_genimage(root: Path, *, source: str) -> list[Found]:
+    """GenImage: `<gen>/{train,val}/{ai,nature}/*`; the source is `<gen>`, the split comes from the folder."""
+    found = []
+    for folder in sorted(d for d in root.rglob("*") if d.is_dir() and d.name in GENIMAGE_DIRS):
+        if folder.parent.name not in GENIMAGE_SPLITS:
+            continue
+        rel = folder.relative_to(root)
+        src = rel.parts[0] if len(rel.parts) > 2 else source
+        split = GENIMAGE_SPLITS[folder.parent.name]
+        found += [Found(f, GENIMAGE_DIRS[folder.name], src, split) for f in _files(folder)]
+    return found
+
+
+def scan_flat(root: Path, *, source: str) -> list[Found]:
+    """`real/` and `fake/` directly in `root` (any depth below them); every row gets `source`."""
+    return [
+        Found(f, label, source)
+        for name, label in FLAT_DIRS.items()
+        if (root / name).is_dir()
+        for f in _files(root / name)
+    ]
+
+
+def scan_csv(root: Path, csv: Path, *, source: str) -> list[Found]:
+    """A CSV with columns `path` (relative to `root`) and `label`, optionally `source`, `domain`, `split`, `pair_id`."""
+    if not csv.is_file():
+        raise FileNotFoundError(f"CSV {csv} does not exist")
+    df = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    missing = [c for c in ("path", "label") if c not in df.columns]
+    if missing:
+        raise ValueError(
+            f"{csv}: missing column(s) {missing}; a layout CSV needs 'path' and 'label' "
+            "(optional: source, domain, split, pair_id)"
+        )
+    bad = sorted(set(df["label"]) - {"0", "1"})
+    if bad:
+        raise ValueError(f"{csv}: column 'label' must be 0 or 1, found {bad[:5]}")
+    get = lambda row, col, default="": row[col] if col in df.columns and row[col] != "" else default
+    return [
+        Found(
+            root / r["path"],
+            int(r["label"]),
+            get(r, "source", source),
+            get(r, "split"),
+            get(r, "domain"),
+            get(r, "pair_id"),
+        )
+        for r in df.to_dict("records")
+    ]
+
+
+def detect_layout(root: Path) -> str:
+    """The layout of `root`: genimage, uar or flat (checked in that order)."""
+    dirs = [d for d in root.rglob("*") if d.is_dir()]
+    if any(d.name in GENIMAGE_DIRS and d.parent.name in GENIMAGE_SPLITS for d in dirs):
+        return "genimage"
+    if any(d.name in LABEL_DIRS for d in dirs):
+        return "uar"
+    if any((root / name).is_dir() for name in FLAT_DIRS):
+        return "flat"
+    raise ValueError(
+        f"{root}: no known layout: expected <source>/0_real|1_fake (ForenSynths/UAR), <gen>/train|val/ai|nature "
+        "(GenImage), real/ + fake/ (flat), or pass --layout csv --csv FILE"
+    )
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _describe(found: list[Found], root: Path, *, progress: bool) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
+    """Hash and probe every candidate; return manifest rows and the (path, reason) of skipped files."""
+    from tqdm.auto import tqdm
+
+    from extractors.images import ImageLoadError, probe_image
+
+    rows, skipped = [], []
+    for item in tqdm(found, desc="index", unit="img", disable=None if progress else True):
+        rel = item.path.relative_to(root).as_posix() if item.path.is_relative_to(root) else str(item.path)
+        try:
+            width, height, fmt = probe_image(item.path)
+        except ImageLoadError as err:
+            skipped.append((rel, err.reason))
+            continue
+        rows.append(
+            {
+                "image_id": sha256_file(item.path),
+                "path": rel,
+                "label": item.label,
+                "source": item.source,
+                "domain": item.domain,
+                "split": item.split,
+                "pair_id": item.pair_id,
+                "width": width,
+                "height": height,
+                "format": fmt,
+            }
+        )
+    columns = ["image_id", "path", "label", "source", "domain", "split", "pair_id", "width", "height", "format"]
+    return pd.DataFrame(rows, columns=columns), skipped
+
+
+def pair_by_stem(df: pd.DataFrame) -> pd.DataFrame:
+    """Reals keep their own image_id as pair_id; a fake gets the image_id of the real with its stem in its set."""
+    out = df.copy()
+    parts = out["path"].map(lambda p: Path(p).parts)
+    group = parts.map(lambda p: "/".join(p[:-2]))
+    stem = out["path"].map(lambda p: Path(p).stem)
+    is_real = out["label"] == 0
+    reals = dict(zip(zip(group[is_real], stem[is_real]), out.loc[is_real, "image_id"]))
+    fakes = pd.Series(list(zip(group, stem)), index=out.index).map(reals).fillna("")
+    out["pair_id"] = out["pair_id"].where(out["pair_id"] != "", fakes.where(~is_real, out["image_id"]))
+    return out
+
+
+def add_split_args(parser: argparse.ArgumentParser) -> None:
+    """`--split S` or `--split-ratio train=0.8,test=0.2 [--seed N]` (shared by index and import)."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--split", choices=("train", "val", "test"), help="give every row this split")
+    group.add_argument(
+        "--split-ratio",
+        metavar="RATIOS",
+        help="assign splits by pair_id, e.g. train=0.8,test=0.2 (a real and its fakes stay together)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of --split-ratio (default 0)")
+
+
+def apply_splits(df: pd.DataFrame, *, split: str | None, split_ratio: str | None, seed: int) -> pd.DataFrame:
+    """Apply `--split` / `--split-ratio` to manifest-like rows (unchanged when neither is given)."""
+    from cache import assign_splits, parse_split_ratio
+
+    if split:
+        return df.assign(split=split)
+    if split_ratio:
+        return assign_splits(df, parse_split_ratio(split_ratio), seed=seed)
+    return df
+
+
+def build_manifest(
+    root: str | Path,
+    *,
+    layout: str = "auto",
+    csv: str | Path | None = None,
+    source: str | None = None,
+    domain: str = "",
+    pair_stems: bool = False,
+    progress: bool = True,
+) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
+    """Manifest rows for the images under `root` (splits untouched), and the files skipped as non-images."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root} is not a directory")
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; choose one of {LAYOUTS}")
+    if csv is not None and layout == "auto":
+        layout = "csv"
+    if layout == "csv" and csv is None:
+        raise ValueError("--layout csv needs --csv FILE")
+    layout = detect_layout(root) if layout == "auto" else layout
+    src = source or root.resolve().name
+    scanners = {"uar": scan_uar, "genimage": scan_genimage, "flat": scan_flat}
+    found = scan_csv(root, Path(csv), source=src) if layout == "csv" else scanners[layout](root, source=src)
+    if not found:
+        raise ValueError(f"{root}: no files found for layout {layout!r}")
+    df, skipped = _describe(found, root, progress=progress)
+    df = df.sort_values("path", kind="stable").reset_index(drop=True)
+    if domain:
+        df["domain"] = df["domain"].where(df["domain"] != "", domain)
+    df["pair_id"] = df["pair_id"].where(df["pair_id"] != "", df["image_id"].where(df["label"] == 0, ""))
+    return (pair_by_stem(df) if pair_stems else df), skipped
+
+
+def _report(df: pd.DataFrame, skipped: list[tuple[str, str]], out: Path, dropped: int) -> None:
+    print(f"wrote {out}: {len(df)} images ({int((df['label'] == 0).sum())} real, {int((df['label'] == 1).sum())} fake)")
+    print("by source: " + ", ".join(f"{k}={v}" for k, v in df["source"].value_counts().sort_index().items()))
+    if (df["split"] != "").any():
+        print("by split: " + ", ".join(f"{k or '-'}={v}" for k, v in df["split"].value_counts().sort_index().items()))
+    if dropped:
+        print(f"dropped {dropped} duplicate file(s) (same bytes as an earlier image)", file=sys.stderr)
+    if skipped:
+        shown = "; ".join(f"{p} ({r})" for p, r in skipped[:5])
+        print(f"skipped {len(skipped)} file(s) that are not readable images, e.g. {shown}", file=sys.stderr)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of `aigi index`."""
+    from cache import write_manifest
+
+    df, skipped = build_manifest(
+        args.root,
+        layout=args.layout,
+        csv=args.csv,
+        source=args.source,
+        domain=args.domain or "",
+        pair_stems=args.pair_by_stem,
+    )
+    if df.empty:
+        raise ValueError(f"{args.root}: none of the {len(skipped)} files found is a readable image")
+    before = len(df)
+    df = df.drop_duplicates(subset="image_id", keep="first").reset_index(drop=True)
+    df = apply_splits(df, split=args.split, split_ratio=args.split_ratio, seed=args.seed)
+    write_manifest(df, args.output)
+    _report(df, skipped, Path(args.output), before - len(df))
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add `aigi index`."""
+    p = subparsers.add_parser(
+        "index", help="build manifest.parquet from a folder of images", description=__doc__.split(":", 1)[1].strip()
+    )
+    p.add_argument("root", type=Path, help="the dataset folder")
+    p.add_argument("-o", "--output", type=Path, required=True, help="manifest file to write (.parquet)")
+    p.add_argument(
+        "--layout",
+        choices=LAYOUTS,
+        default="auto",
+        help="uar: <source>/0_real|1_fake; genimage: <gen>/train|val/ai|nature; flat: real/ + fake/; "
+        "csv: --csv FILE with path,label[,source,domain,split,pair_id] (default: auto)",
+    )
+    p.add_argument("--csv", type=Path, help="the CSV of --layout csv (paths relative to ROOT)")
+    p.add_argument("--source", help="source of rows not inside a generator folder (default: ROOT's name)")
+    p.add_argument("--domain", help="semantic domain of every row without one (human, animal, object, ...)")
+    p.add_argument(
+        "--pair-by-stem",
+        action="store_true",
+        help="a fake whose file stem equals a real's in the same folder is that real's aligned fake",
+    )
+    add_split_args(p)
+    p.set_defaults(func=run)

@@ -1,0 +1,98 @@
+"""`aigi import uar` / `aigi export npy`: exact values, pairs, splits, appending, resuming, refusals."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import cache
+from pipeline.cli import main
+from pipeline.importers import export_npy, import_uar
+from tests.conftest import shared_path
+
+
+def test_import_shared_uar_sample_exactly(tmp_path):
+    folder = shared_path("uar_sample")
+    out = tmp_path / "c"
+    assert main(["import", "uar", str(folder), "--cache", str(out), "--split-ratio", "train=0.8,test=0.2"]) == 0
+    c = cache.open(out)
+    assert c.dtype == "float32" and c.features == {"probe": (3072,)}
+    assert c.spec["extractor"] == {"name": "aim-v1-3b", "feature": "probe", "source": "uar-shipped"}
+    fs = c.load()
+    assert (fs.labels == 0).sum() == 2000 and (fs.labels == 1).sum() == 2000
+    for path, vec in zip(fs.meta["path"], fs.features["probe"]):  # float32 storage: bit-identical to np.load
+        np.testing.assert_array_equal(vec, np.load(folder / path.removeprefix("uar/"), allow_pickle=False)[0])
+    pairs = fs.meta.groupby("pair_id")["label"].agg(["count", "sum"])
+    assert len(pairs) == 2000 and (pairs["count"] == 2).all() and (pairs["sum"] == 1).all()
+    assert fs.meta.groupby("pair_id")["split"].nunique().max() == 1  # a real and its fake share the split
+    assert abs((fs.meta["split"] == "train").mean() - 0.8) < 1e-9
+    assert cache.verify(out)["rows"] == 4000
+
+
+def make_sets(root, names=("progan", "sd14"), n=3, dim=5, seed=0):
+    rng = np.random.default_rng(seed)
+    values = {}
+    for name in names:
+        for label in ("0_real", "1_fake"):
+            (root / name / label).mkdir(parents=True)
+            for i in range(n):
+                arr = rng.standard_normal((1, dim)).astype(np.float32)
+                np.save(root / name / label / f"im{i}.npy", arr)
+                values[f"{name}/{label}/im{i}.npy"] = arr[0]
+    return values
+
+
+def test_sets_sources_append_and_export_roundtrip(tmp_path):
+    values = make_sets(tmp_path / "a")
+    stats = import_uar(tmp_path / "a", tmp_path / "c", split="test", fmt="parquet", shard_size=4, progress=False)
+    assert stats == {"files": 12, "written": 12, "skipped_present": 0, "dim": 5}
+    values.update({f"extra/{k.split('/', 1)[1]}": v for k, v in make_sets(tmp_path / "b", ("x",), seed=1).items()})
+    import_uar(tmp_path / "b" / "x", tmp_path / "c", source="extra", split="train", progress=False)  # bare folder
+    again = import_uar(tmp_path / "a", tmp_path / "c", split="test", progress=False)
+    assert again["written"] == 0 and again["skipped_present"] == 12  # re-running is a no-op (resume)
+    meta = cache.open(tmp_path / "c").meta()
+    assert meta.groupby("source")["split"].agg(lambda s: sorted(set(s))).to_dict() == {
+        "extra": ["train"],
+        "progan": ["test"],
+        "sd14": ["test"],
+    }
+    assert len(meta) == 18 and cache.verify(tmp_path / "c")["rows"] == 18
+    assert export_npy(tmp_path / "c", tmp_path / "out") == 18
+    for rel, vec in values.items():
+        back = np.load(tmp_path / "out" / rel, allow_pickle=False)
+        assert back.shape == (1, 5) and back.dtype == np.float32
+        np.testing.assert_array_equal(back[0], vec)
+
+
+def test_float16_import_is_the_float16_cast(tmp_path):
+    values = make_sets(tmp_path / "a", ("g",))
+    import_uar(tmp_path / "a", tmp_path / "c", dtype="float16", progress=False)
+    fs = cache.open(tmp_path / "c").load()
+    for path, vec in zip(fs.meta["path"], fs.features["probe"]):
+        np.testing.assert_array_equal(vec, values[path].astype(np.float16).astype(np.float32))
+
+
+def test_cli_refusals_name_the_file(tmp_path, capsys):
+    make_sets(tmp_path / "a", ("g",))
+    np.save(tmp_path / "a/g/1_fake/odd.npy", np.zeros((1, 7), np.float32))
+    assert main(["import", "uar", str(tmp_path / "a"), "--cache", str(tmp_path / "c")]) == 2
+    assert "odd.npy: has 7 values but earlier files have 5" in capsys.readouterr().err
+    (tmp_path / "a/g/1_fake/odd.npy").unlink()
+    np.save(tmp_path / "a/g/1_fake/obj.npy", np.array([None, 1], dtype=object), allow_pickle=True)
+    assert main(["import", "uar", str(tmp_path / "a"), "--cache", str(tmp_path / "c")]) == 2
+    assert "obj.npy: refused, it needs pickle" in capsys.readouterr().err
+    (tmp_path / "a/g/1_fake/obj.npy").unlink()
+    assert main(["import", "uar", str(tmp_path / "a"), "--cache", str(tmp_path / "c")]) == 0
+    make_sets(tmp_path / "wide", ("w",), dim=9)
+    assert main(["import", "uar", str(tmp_path / "wide"), "--cache", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err
+    assert "fingerprint mismatch" in err and "dim: 5 -> 9" in err
+
+
+def test_export_refuses_colliding_stems(tmp_path):
+    for cat in ("car", "cat"):
+        (tmp_path / "a/gen" / cat / "0_real").mkdir(parents=True)
+        np.save(tmp_path / "a/gen" / cat / "0_real/x.npy", np.ones((1, 3), np.float32))
+    import_uar(tmp_path / "a", tmp_path / "c", progress=False)
+    with pytest.raises(ValueError, match="same file"):
+        export_npy(tmp_path / "c", tmp_path / "out")
