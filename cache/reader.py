@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +28,8 @@ from cache.shards import (
 )
 from cache.uar import UAR_FEATURE, load_npy, load_npy_batch, scan_uar, uar_spec
 from cache.writer import CACHE_JSON, SHARD_DIR, SHARD_RE, read_cache_json
+
+READ_THREADS = max(2, min(8, os.cpu_count() or 1))
 
 
 class _ShardPart:
@@ -158,14 +162,24 @@ class Cache:
         names = self._names(features)
         sel = self._selection(where)
         out = {n: np.empty((len(sel), *self.features[n]), dtype=dtype) for n in names}
-        for part_id, rows, span in self._groups(sel):
+
+        def read(group: tuple[int, np.ndarray, slice]) -> None:
+            part_id, rows, span = group
             part = self.parts[part_id]
             whole = len(rows) == part.n and (len(rows) == 0 or (rows[0] == 0 and rows[-1] == part.n - 1))
             if whole and dtype == self.dtype and hasattr(part, "read_into"):
                 part.read_into({name: out[name][span] for name in names})  # straight into place, one copy
-                continue
+                return
             for name, arr in self._read_rows(part_id, rows, names).items():
                 out[name][span] = arr
+
+        groups = list(self._groups(sel))
+        if len(groups) > 1 and self.kind != "npy":  # file reads release the GIL: overlap shards on the cores
+            with ThreadPoolExecutor(max_workers=min(READ_THREADS, len(groups))) as pool:
+                list(pool.map(read, groups))
+        else:
+            for group in groups:
+                read(group)
         return FeatureSet(out, sel.drop(columns=["_part", "_row"]))
 
     def take(
