@@ -1,19 +1,33 @@
-"""Frozen backbones behind one interface: registry, preprocessing, views, multi-layer pooling."""
+"""Frozen backbones behind one interface: registry, preprocessing, views, multi-layer pooling.
+
+Attributes are imported lazily, so `extractors.images` (image decoding) does not pull in torch, timm and open_clip.
+"""
 
 from __future__ import annotations
 
-from . import aim, clip, timm_backbone  # noqa: F401  (register their extractors)
-from ._registry import available, build, register_extractor
-from .base import Extractor, ExtractorSpec
-from .views import apply_view, canonical_view, parse_views
+import importlib
+from typing import Any
 
-__all__ = [
-    "Extractor",
-    "ExtractorSpec",
-    "apply_view",
-    "available",
-    "build",
-    "canonical_view",
-    "parse_views",
-    "register_extractor",
-]
+_EXPORTS = {
+    "available": "._registry",
+    "build": "._registry",
+    "register_extractor": "._registry",
+    "Extractor": ".base",
+    "ExtractorSpec": ".base",
+    "apply_view": ".views",
+    "canonical_view": ".views",
+    "parse_views": ".views",
+}
+_BACKBONES = (".aim", ".clip", ".timm_backbone")  # importing them registers their extractors
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'extractors' has no attribute {name!r}")
+    for module in _BACKBONES:
+        importlib.import_module(module, __name__)
+    value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+    globals()[name] = value
+    return value
