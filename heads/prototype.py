@@ -62,7 +62,8 @@ def pca_prototypes(emb: np.ndarray, y: np.ndarray, per_class: int) -> np.ndarray
                 f"prototype: {per_class} PCA axes per class need >= {per_class} rows of class {c} "
                 f"and embed_dim >= {per_class}; got {len(rows)} rows, embed_dim {emb.shape[1]}"
             )
-        out.append(PCA(n_components=per_class).fit(rows).components_)
+        # exact solver: sklearn's "auto" may pick the randomized one (unseeded), making fits irreproducible
+        out.append(PCA(n_components=per_class, svd_solver="full").fit(rows).components_)
     protos = np.concatenate(out).astype(np.float32)
     return protos / np.linalg.norm(protos, axis=1, keepdims=True)
 

@@ -7,7 +7,8 @@ A run config has four sections (see configs/uar.yaml):
     data:  caches (one path, a list, or ALIAS: PATH; several are joined on (image_id, view) by `cache.join`),
            where (meta filters, e.g. view: orig), split_column and the train / val / test values, and the
            validation policy: rows with split == val when there are any, else a seeded `val_fraction` of the
-           training pairs (by pair_id, so a real and its aligned fakes never straddle train and val)
+           training pairs (by pair_id, so a real and its aligned fakes never straddle train and val);
+           optional `domains`, an `aigi domains` table whose domain replaces the rows' by image_id
     eval:  defaults of `aigi eval`: by, threshold (a number or `val`), reals, bootstrap
 
 Paths (cache paths) are relative to the current working directory, like paths given on the command line; the
@@ -56,6 +57,7 @@ class DataSection:
     test: str = "test"
     val_fraction: float = 0.1
     val_seed: int = 0
+    domains: str = ""  # optional `aigi domains` table (image_id -> domain) replacing the rows' `domain` column
 
 
 @dataclass(frozen=True)
@@ -225,6 +227,8 @@ def parse_config(data: Mapping[str, Any], *, source: str = "config") -> RunConfi
     raw_data["caches"] = {
         a: str(Path(p).expanduser().resolve()) for a, p in cache_aliases(raw_data.get("caches"), source=source).items()
     }
+    if raw_data.get("domains"):
+        raw_data["domains"] = str(Path(str(raw_data["domains"])).expanduser().resolve())
     cfg = RunConfig(
         head=_head_section(data.get("head"), source=source),
         data=_build(DataSection, raw_data, where="data.", source=source),

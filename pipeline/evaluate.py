@@ -371,6 +371,7 @@ def evaluate_run(
     bootstrap: int | None = None,
     seed: int = 0,
     where: Sequence[str] = (),
+    plots: bool = True,
 ) -> dict[str, Any]:
     """Score one split with a trained head and write the report (see EVAL_HELP); None means the run's default.
 
@@ -382,6 +383,7 @@ def evaluate_run(
         by: grouping column. threshold: a number or "val". reals: pairing policy. bootstrap: resamplings.
         seed: bootstrap seed.
         where: extra `COLUMN=VALUE` row filters replacing the config's (e.g. view=jpeg:75).
+        plots: also draw the PNG plots (the ablation runner turns them off: they cost seconds per run).
 
     Returns:
         The metrics (metrics.json's content).
@@ -403,7 +405,7 @@ def evaluate_run(
     split = cfg.data.test if split is None else split
     thr = parse_threshold(cfg.eval.threshold if threshold is None else threshold)
     rows_where = dict(cfg.data.where) if split == "all" else {**cfg.data.where, cfg.data.split_column: split}
-    fs = load_rows(opened, inputs=list(info["inputs"]), where=rows_where)
+    fs = load_rows(opened, inputs=list(info["inputs"]), where=rows_where, domains=cfg.data.domains)
     if len(fs) == 0:
         present = sorted({str(v) for c in opened.values() for v in c.meta().get(cfg.data.split_column, [])})
         raise ValueError(
@@ -435,7 +437,13 @@ def evaluate_run(
         *[f"warning: {n}" for n in notes],
     ]
     write_report(
-        out_dir, metrics=metrics, scores=frame, title=f"Evaluation of {run_dir.name}", context=context, index=index
+        out_dir,
+        metrics=metrics,
+        scores=frame,
+        title=f"Evaluation of {run_dir.name}",
+        context=context,
+        index=index,
+        plots=plots,
     )
     return metrics
 

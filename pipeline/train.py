@@ -53,8 +53,11 @@ def feature_plan(caches: Mapping[str, Any], inputs: Sequence[str]) -> dict[str, 
     return {alias: feats for alias, feats in plan.items() if feats}
 
 
-def load_rows(caches: Mapping[str, Any], *, inputs: Sequence[str], where: Mapping[str, Any]) -> Any:
-    """The rows matching `where` with the head's input features, joined across caches on (image_id, view)."""
+def load_rows(caches: Mapping[str, Any], *, inputs: Sequence[str], where: Mapping[str, Any], domains: str = "") -> Any:
+    """The rows matching `where` with the head's input features, joined across caches on (image_id, view).
+
+    `domains` (data.domains) names an `aigi domains` table whose domain replaces each row's `domain` by image_id.
+    """
     import cache
 
     plan = feature_plan(caches, inputs)
@@ -66,6 +69,10 @@ def load_rows(caches: Mapping[str, Any], *, inputs: Sequence[str], where: Mappin
             f"after joining {list(sets)} the features are {sorted(fs.features)}; inputs {missing} are "
             "missing (name them ALIAS/FEATURE when two caches share a name)"
         )
+    if domains:
+        from pipeline.domains import attach_domains
+
+        fs = attach_domains(fs, domains)
     return fs
 
 
@@ -78,7 +85,7 @@ def train_val_rows(caches: Mapping[str, Any], data: Any, *, inputs: Sequence[str
     import cache
 
     col = data.split_column
-    rows = load_rows(caches, inputs=inputs, where={**data.where, col: [data.train, data.val]})
+    rows = load_rows(caches, inputs=inputs, where={**data.where, col: [data.train, data.val]}, domains=data.domains)
     split = rows.column(col).astype(str)
     train, val = rows.subset(split == data.train), rows.subset(split == data.val)
     if len(train) == 0:

@@ -1,0 +1,152 @@
+"""`aigi ablate configs/ablate_fusion.yaml` on UAR's shipped features plus a synthetic SR-type fake domain, timed.
+
+Recipe (each step is an `aigi` command; re-running skips finished work):
+1. `aigi import uar UAR_SAMPLE --cache WORK/uar_import --source vae:sd14 --split-ratio train=0.6,val=0.2,test=0.2`:
+   2,000 real ImageNet images and their SD-1.4 VAE reconstructions as AIM-3B `probe` features (3072-d).
+2. WORK/uar_sr (written here with `cache.CacheWriter`): the same rows, reals renamed to source `real`, plus one
+   synthetic SR-type fake per real (source `sr:synthetic`, same pair_id and split): the real's feature shifted
+   inside a random rank-16 subspace of the 3072-d space, as `bench_fusion.make_fakes` documents (shift 2.5,
+   jitter 0.5, noise 0.3, in units of the reals' RMS per-dimension std). The spec records the generator.
+3. `aigi domains --cache WORK/uar_sr --k 4 -o WORK/domains.parquet` (k-means: the cache holds no CLIP `proj`).
+4. `aigi ablate configs/ablate_fusion.yaml --cache uar=WORK/uar_sr --set data.domains=WORK/domains.parquet
+   -o WORK/ablation --jobs 2`: 6 heads x 3 seeds; timed from a cold start (no finished run).
+
+Prints the step times and summary.md; writes benchmarks/out/bench_ablate.json.
+Run: `python benchmarks/bench_ablate.py [--uar DIR] [--work DIR] [--jobs 2] [--keep]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from bench_fusion import make_fakes, subspaces  # noqa: E402
+
+SR_SOURCE = "sr:synthetic"
+SR_PARAMS = {"rank": 16, "shift": 2.5, "jitter": 0.5, "noise": 0.3, "seed": 0}
+
+
+def add_sr_domain(staged: Path, out: Path) -> Path:
+    """Copy the imported UAR cache to `out` with reals as source `real` and one synthetic SR fake per real."""
+    import cache
+
+    if (out / "cache.json").exists():
+        return out
+    src = cache.open(staged)
+    fs = src.load()
+    meta = fs.meta.copy()
+    x = fs.features["probe"]
+    real = meta["label"].to_numpy() == 0
+    meta.loc[real, "source"] = "real"
+    rng = np.random.default_rng(SR_PARAMS["seed"])
+    basis = subspaces(x.shape[1], SR_PARAMS["rank"], seed=SR_PARAMS["seed"])["B"]
+    args = {k: SR_PARAMS[k] for k in ("shift", "jitter", "noise")}
+    sr_x = make_fakes(x[real], basis, rng=rng, **args)
+    sr = meta[real].copy()
+    sr["path"] = [f"{SR_SOURCE}/{Path(p).name}" for p in sr["path"]]
+    sr["image_id"] = [hashlib.sha256(p.encode()).hexdigest() for p in sr["path"]]
+    sr["label"], sr["source"] = 1, SR_SOURCE
+    spec = {**src.spec, "synthetic_sr": {"source": SR_SOURCE, "generator": "bench_fusion.make_fakes", **SR_PARAMS}}
+    with cache.CacheWriter(out, spec=spec, features={"probe": (x.shape[1],)}, dtype="float32") as writer:
+        writer.append(pd.concat([meta, sr], ignore_index=True), {"probe": np.concatenate([x, sr_x])})
+    return out
+
+
+def _timed(label: str, argv: list[str], times: dict) -> None:
+    from pipeline.cli import main
+
+    start = time.perf_counter()
+    code = main(argv)
+    times[label] = time.perf_counter() - start
+    if code != 0:
+        raise SystemExit(f"{label} failed with exit code {code}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    shared = Path(os.environ.get("AIGI_SHARED", ROOT.parent / "shared"))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--uar", type=Path, default=shared / "data" / "uar_sample", help="UAR .npy sample folder")
+    parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "out" / "ablate_work")
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--keep", action="store_true", help="keep finished runs (default: time a cold ablation)")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "bench_ablate.json")
+    args = parser.parse_args(argv)
+    if not args.uar.is_dir():
+        raise SystemExit(f"{args.uar} is absent: pass --uar FOLDER (UAR's 0_real/1_fake .npy features)")
+    work, times = args.work, {}
+    staged, combined, domains, ablation = (
+        work / "uar_import",
+        work / "uar_sr",
+        work / "domains.parquet",
+        work / "ablation",
+    )
+    _timed(
+        "import",
+        [
+            "import",
+            "uar",
+            str(args.uar),
+            "--cache",
+            str(staged),
+            "--source",
+            "vae:sd14",
+            "--split-ratio",
+            "train=0.6,val=0.2,test=0.2",
+        ],
+        times,
+    )
+    start = time.perf_counter()
+    add_sr_domain(staged, combined)
+    times["sr_domain"] = time.perf_counter() - start
+    _timed("domains", ["domains", "--cache", str(combined), "--k", "4", "-o", str(domains)], times)
+    if ablation.exists() and not args.keep:
+        shutil.rmtree(ablation)
+    config = ROOT / "configs" / "ablate_fusion.yaml"
+    _timed(
+        "ablate",
+        [
+            "ablate",
+            str(config),
+            "--cache",
+            f"uar={combined}",
+            "--set",
+            f"data.domains={domains}",
+            "-o",
+            str(ablation),
+            "--jobs",
+            str(args.jobs),
+        ],
+        times,
+    )
+    summary = (ablation / "summary.md").read_text(encoding="utf-8")
+    print(summary)
+    print("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in times.items()) + f" (cores: {os.cpu_count()})")
+    table = pd.read_parquet(ablation / "results.parquet")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    result = {
+        "seconds": times,
+        "jobs": args.jobs,
+        "runs": len(table),
+        "summary_md": summary,
+        "results": json.loads(table.to_json(orient="records")),
+    }
+    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print(f"-> {args.out}, {ablation}/summary.png")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,577 @@
+"""The `aigi ablate` stage: expand a grid of run configs x seeds, run each once (resumably, in parallel), tabulate."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import itertools
+import json
+import os
+import re
+import shutil
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ABLATION_KEYS = ("grid", "variants", "seeds", "sort_by")
+RESULT_FILE = "result.json"
+METRIC_COLUMNS = ("acc", "real_acc", "fake_acc", "ap", "auc")
+SUMMARY_METRICS = ("acc", "ap", "auc", "real_acc")
+GROUP_SUMMARY_METRICS = ("fake_acc", "ap")
+DEFAULT_SORT = "auc"
+
+ABLATE_HELP = """\
+An ablation config is a run config (the schema of `aigi train` presets: head, fit, data, eval) plus:
+  variants:  named sets of overrides, a mapping NAME: {KEY: VALUE, ...} or a list of {name: NAME, KEY: VALUE, ...};
+             each changes several keys at once (e.g. `head: {name: gating, ...}` swaps the whole head section)
+  grid:      {DOTTED.KEY: [VALUE, ...]}, crossed with every variant (e.g. fit.lr: [1.0e-3, 1.0e-4])
+  seeds:     [0, 1, 2]: each setting runs once per seed (the seed goes to fit.seed)
+  sort_by:   the metric summary.md is sorted by (default auc; e.g. ap, acc, or GROUP/fake_acc)
+A KEY is dotted (fit.lr, head.rank, data.where.view); its VALUE replaces whatever the key held before.
+Overrides apply in the order base config -> variant -> grid point -> seed.
+
+Each run = one resolved config, run id = readable name + 8 hex of the sha256 of that config. It trains the head
+(as `aigi train`) and evaluates it on the test split (as `aigi eval`) in DIR/runs/RUN_ID/ and writes
+DIR/runs/RUN_ID/result.json last, atomically. Runs whose result.json exists are skipped, so a killed ablation
+restarted with the same config redoes no finished run. At the end: DIR/results.parquet (one row per run),
+DIR/summary.md (mean +- std over seeds, one row per setting, best first) and DIR/summary.png.
+
+Parallelism: --jobs N runs N processes (joblib, loky) with cores // N torch threads each; --workers N runs on a
+dask LocalCluster of N processes; --scheduler tcp://HOST:PORT on an existing dask cluster (its workers need the
+project installed and the caches and DIR on shared storage).
+"""
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of an ablation: a resolved run config and what distinguishes it from its siblings."""
+
+    run_id: str
+    setting: str
+    variant: str
+    values: dict[str, Any]
+    seed: int
+    config: dict[str, Any] = field(repr=False)
+
+
+@dataclass(frozen=True)
+class AblationPlan:
+    """Every run of an ablation, in order, and how to summarise them."""
+
+    runs: list[RunSpec]
+    grid_keys: list[str]
+    sort_by: str = DEFAULT_SORT
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# expansion
+
+
+def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    """Replace the value at dotted `key` of a nested mapping, creating sections on the way."""
+    parts = [p for p in key.split(".") if p]
+    if not parts:
+        raise ValueError(f"empty override key {key!r}")
+    node = data
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ValueError(f"override {key!r}: {part!r} holds a value, not a section")
+        node = child
+    node[parts[-1]] = copy.deepcopy(value)
+
+
+def _variants(raw: Any, *, source: str) -> list[tuple[str, dict[str, Any]]]:
+    """Normalise `variants:` to [(name, {dotted key: value})]; no variants = one unnamed setting."""
+    if raw is None:
+        return [("base", {})]
+    if isinstance(raw, Mapping):
+        items = [(str(k), v) for k, v in raw.items()]
+    elif isinstance(raw, Sequence) and not isinstance(raw, str):
+        items = []
+        for i, entry in enumerate(raw):
+            if not isinstance(entry, Mapping) or not entry.get("name"):
+                raise ValueError(f"{source}: variants[{i}] must be a mapping with a `name` and its overrides")
+            items.append((str(entry["name"]), {k: v for k, v in entry.items() if k != "name"}))
+    else:
+        raise ValueError(f"{source}: `variants` must be a mapping NAME: {{overrides}} or a list of them")
+    names = [n for n, _ in items]
+    bad = [n for n in names if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.+-]*", n)]
+    if bad or len(set(names)) != len(names):
+        raise ValueError(f"{source}: variant names must be unique and use letters, digits, _ . + - (got {names})")
+    for name, overrides in items:
+        if not isinstance(overrides, Mapping):
+            raise ValueError(f"{source}: variant {name!r} must map dotted keys to values, got {overrides!r}")
+    return [(n, dict(o)) for n, o in items]
+
+
+def _grid(raw: Any, *, source: str) -> dict[str, list[Any]]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"{source}: `grid` must map dotted keys to lists of values, e.g. fit.lr: [1.0e-3, 1.0e-4]")
+    out = {}
+    for key, values in raw.items():
+        if not isinstance(values, list) or not values:
+            raise ValueError(f"{source}: grid.{key} must be a non-empty list of values, got {values!r}")
+        if key in ("fit.seed", "seed"):
+            raise ValueError(f"{source}: put seeds in `seeds: [...]`, not in the grid")
+        out[str(key)] = values
+    return out
+
+
+def _seeds(raw: Any, *, source: str) -> list[int]:
+    if raw is None:
+        return [0]
+    seeds = [raw] if isinstance(raw, int) else raw
+    if not isinstance(seeds, Sequence) or not seeds or not all(isinstance(s, int) for s in seeds):
+        raise ValueError(f"{source}: `seeds` must be a list of integers, e.g. [0, 1, 2]; got {raw!r}")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"{source}: `seeds` has duplicates: {seeds}")
+    return [int(s) for s in seeds]
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list | tuple):
+        return "+".join(_short(v) for v in value)
+    if isinstance(value, Mapping):
+        return "+".join(str(k) for k in value)
+    return str(value)
+
+
+def setting_name(variant: str, values: Mapping[str, Any]) -> str:
+    """Readable, file-system-safe name of a setting: variant + `lastkey=value` per grid key."""
+    parts = [variant] + [f"{key.split('.')[-1]}={_short(v)}" for key, v in values.items()]
+    name = re.sub(r"[^A-Za-z0-9_.+=-]+", "-", "_".join(parts)).strip("-")
+    return name[:80]
+
+
+def config_hash(config: Mapping[str, Any]) -> str:
+    """The first 8 hex digits of the sha256 of a resolved config's canonical JSON."""
+    import cache
+
+    return cache.fingerprint(dict(config))[:8]
+
+
+def expand(
+    raw: Mapping[str, Any], *, source: str = "ablation", seeds: Sequence[int] | None = None, sort_by: str | None = None
+) -> AblationPlan:
+    """Expand an ablation mapping into resolved runs: variants x grid points x seeds, each parsed strictly.
+
+    Args:
+        raw: the ablation YAML: a run config plus `variants`, `grid`, `seeds`, `sort_by`.
+        source: name used in error messages (the file).
+        seeds: replaces the config's seeds.
+        sort_by: replaces the config's sort metric.
+    """
+    from pipeline.config import parse_config, to_dict
+
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"{source}: an ablation config is a mapping (a run config plus grid/variants/seeds)")
+    base = {k: copy.deepcopy(v) for k, v in raw.items() if k not in ABLATION_KEYS}
+    grid = _grid(raw.get("grid"), source=source)
+    seed_list = _seeds(raw.get("seeds") if seeds is None else list(seeds), source=source)
+    runs = []
+    for variant, overrides in _variants(raw.get("variants"), source=source):
+        for point in itertools.product(*grid.values()):
+            values = dict(zip(grid, point, strict=True))
+            setting = setting_name(variant, values)
+            for seed in seed_list:
+                data = copy.deepcopy(base)
+                for key, value in [*overrides.items(), *values.items(), ("fit.seed", seed)]:
+                    set_dotted(data, key, value)
+                cfg = to_dict(parse_config(data, source=f"{source} [{setting}, seed {seed}]"))
+                run_id = f"{setting}_s{seed}-{config_hash(cfg)}"
+                runs.append(RunSpec(run_id, setting, variant, values, seed, cfg))
+    seen: dict[str, str] = {}
+    for r in runs:
+        digest = r.run_id.rsplit("-", 1)[-1]
+        if digest in seen:
+            raise ValueError(f"{source}: {seen[digest]} and {r.run_id} resolve to identical configs; drop one")
+        seen[digest] = r.run_id
+    return AblationPlan(runs=runs, grid_keys=list(grid), sort_by=str(sort_by or raw.get("sort_by") or DEFAULT_SORT))
+
+
+def load_ablation(
+    path: str | Path,
+    *,
+    overrides: Sequence[str] = (),
+    caches: Sequence[str] = (),
+    seeds: Sequence[int] | None = None,
+    sort_by: str | None = None,
+) -> AblationPlan:
+    """Read an ablation YAML, apply `--cache` and `--set` overrides to its base config, and expand it."""
+    import yaml
+
+    from pipeline.config import apply_overrides, override_caches
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"ablation config {path} does not exist (e.g. configs/ablate_fusion.yaml)")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"{path}: an ablation config is a YAML mapping")
+    raw = override_caches(raw, caches) if caches else dict(raw)
+    return expand(apply_overrides(raw, overrides), source=str(path), seeds=seeds, sort_by=sort_by)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# one run (runs in a worker process)
+
+
+def _atomic_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_result(run_dir: str | Path) -> dict[str, Any] | None:
+    """The finished result of a run directory, or None when the run has not finished."""
+    path = Path(run_dir) / RESULT_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def execute_run(run_dir: str, config: dict[str, Any], info: dict[str, Any], threads: int | None = None) -> dict:
+    """Train and evaluate one resolved config in `run_dir`; skip it when its result exists.
+
+    Idempotent: a finished run returns its stored result (with "skipped": True); leftovers of an unfinished
+    attempt are removed first. Safe to retry after a worker dies.
+
+    Args:
+        run_dir: the run's directory (DIR/runs/RUN_ID).
+        config: the resolved run config (`pipeline.config.to_dict`).
+        info: run_id, setting, variant, values, seed (copied into the result).
+        threads: torch threads for this process (None: leave as is).
+    """
+    done = read_result(run_dir)
+    if done is not None:
+        return {**done, "skipped": True}
+    import torch
+
+    from pipeline.config import parse_config
+    from pipeline.evaluate import evaluate_run
+    from pipeline.train import train_run
+
+    path = Path(run_dir)
+    if path.exists():
+        shutil.rmtree(path)
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        start = time.perf_counter()
+        cfg = parse_config(config, source=f"{path}/config.yaml")
+        trained = train_run(cfg, path)
+        metrics = evaluate_run(path, out_dir=path / "eval", plots=False)
+        seconds = time.perf_counter() - start
+    finally:
+        torch.set_num_threads(previous)
+    val = trained.get("val_metrics") or {}
+    result = {
+        **info,
+        "metrics": {"mean": metrics["mean"], "groups": metrics["groups"], "threshold": metrics["threshold"]},
+        "train_rows": trained["train_rows"],
+        "val_rows": trained["val_rows"],
+        "val_ap": val.get("ap"),
+        "train_seconds": trained["seconds"],
+        "seconds": seconds,
+        "threads": torch.get_num_threads() if not threads else threads,
+        "pid": os.getpid(),
+        "finished_at": time.time(),
+    }
+    _atomic_json(path / RESULT_FILE, result)
+    return {**result, "skipped": False}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# running many
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS / Windows
+        return os.cpu_count() or 1
+
+
+def _tasks(plan: AblationPlan, out_dir: Path, threads: int | None) -> list[tuple[str, tuple]]:
+    tasks = []
+    for r in plan.runs:
+        info = {"run_id": r.run_id, "setting": r.setting, "variant": r.variant, "values": r.values, "seed": r.seed}
+        tasks.append((r.run_id, (str(out_dir / "runs" / r.run_id), r.config, info, threads)))
+    return tasks
+
+
+def _run_local(tasks: list[tuple[str, tuple]], *, jobs: int, bar: Any) -> list[dict]:
+    if jobs <= 1:
+        results = []
+        for _, args in tasks:
+            results.append(execute_run(*args))
+            bar.update(1)
+        return results
+    from joblib import Parallel, delayed, parallel_config
+
+    threads = tasks[0][1][3] if tasks else 1
+    order = {key: i for i, (key, _) in enumerate(tasks)}
+    out: list[dict | None] = [None] * len(tasks)
+    with parallel_config(backend="loky", inner_max_num_threads=threads):
+        gen = Parallel(n_jobs=jobs, return_as="generator_unordered")(delayed(execute_run)(*a) for _, a in tasks)
+        for result in gen:
+            out[order[result["run_id"]]] = result
+            bar.update(1)
+    return [r for r in out if r is not None]
+
+
+def _run_dask(tasks: list[tuple[str, tuple]], *, workers: int, scheduler: str | None, out_dir: Path, bar: Any):
+    import hashlib
+
+    from pipeline.distributed import dask_client, map_tasks
+
+    tag = hashlib.sha256(str(out_dir.resolve()).encode()).hexdigest()[:8]
+    keyed = [(f"ablate-{tag}-{key}", args) for key, args in tasks]
+    with dask_client(workers=workers, scheduler=scheduler) as client:
+        return map_tasks(client, execute_run, keyed, on_done=lambda _k, _r: bar.update(1))
+
+
+def run_ablation(
+    plan: AblationPlan,
+    out_dir: str | Path,
+    *,
+    jobs: int = 1,
+    workers: int = 0,
+    scheduler: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run every unfinished run of `plan` into OUT_DIR/runs/, then write results.parquet, summary.md, summary.png.
+
+    Args:
+        plan: from `expand` / `load_ablation`.
+        out_dir: the ablation directory.
+        jobs: local joblib (loky) processes; each gets cores // jobs torch threads.
+        workers: dask LocalCluster worker processes (0 = not dask).
+        scheduler: address of an existing dask scheduler (tcp://HOST:PORT).
+        progress: show a progress bar over runs.
+
+    Returns:
+        {"ran": n, "skipped": n, "results": DataFrame, "summary": DataFrame, "files": {name: path}}.
+    """
+    from tqdm.auto import tqdm
+
+    if jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {jobs}")
+    out = Path(out_dir)
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    threads = None if scheduler else max(1, _cores() // max(workers or jobs, 1))
+    finished = {r.run_id: read_result(out / "runs" / r.run_id) for r in plan.runs}
+    pending = [(key, args) for key, args in _tasks(plan, out, threads) if finished[key] is None]
+    results = {key: {**r, "skipped": True} for key, r in finished.items() if r is not None}
+    with tqdm(
+        total=len(plan.runs), initial=len(results), unit="run", desc="ablate", disable=None if progress else True
+    ) as bar:
+        if pending and (workers or scheduler):
+            new = _run_dask(pending, workers=workers, scheduler=scheduler, out_dir=out, bar=bar)
+        else:
+            new = _run_local(pending, jobs=jobs, bar=bar) if pending else []
+    results.update({key: r for (key, _), r in zip(pending, new, strict=True)})
+    results = [results[r.run_id] for r in plan.runs]
+    ran = sum(not r.get("skipped") for r in results)
+    table = results_table(results, grid_keys=plan.grid_keys)
+    summary = summary_table(table, sort_by=plan.sort_by)
+    files = write_outputs(out, table=table, summary=summary, sort_by=plan.sort_by)
+    return {
+        "ran": ran,
+        "skipped": len(results) - ran,
+        "results": table,
+        "summary": summary,
+        "files": files,
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# tables and plot
+
+
+def results_table(results: Sequence[Mapping[str, Any]], *, grid_keys: Sequence[str] = ()) -> Any:
+    """One row per run: run_id, setting, variant, seed, grid values, mean metrics, GROUP/metric, timings."""
+    import pandas as pd
+
+    rows = []
+    for r in results:
+        row: dict[str, Any] = {k: r[k] for k in ("run_id", "setting", "variant", "seed")}
+        for key in grid_keys:
+            value = r["values"].get(key)
+            row[key] = value if isinstance(value, int | float | str | bool) else json.dumps(value)
+        mean = r["metrics"]["mean"]
+        row.update({m: mean.get(m) for m in METRIC_COLUMNS})
+        for group, g in r["metrics"]["groups"].items():
+            row.update({f"{group}/{m}": g.get(m) for m in METRIC_COLUMNS})
+        row.update({k: r.get(k) for k in ("val_ap", "train_rows", "train_seconds", "seconds")})
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    metric_cols = [c for c in table.columns if c.split("/")[-1] in METRIC_COLUMNS or c == "val_ap"]
+    table[metric_cols] = table[metric_cols].astype("float64")
+    return table
+
+
+def _group_names(table: Any) -> list[str]:
+    return list(dict.fromkeys(c.rsplit("/", 1)[0] for c in table.columns if "/" in c))
+
+
+def summary_columns(table: Any) -> list[str]:
+    """The metric columns summary.md shows: mean ACC/AP/AUC/real ACC, then each group's fake ACC and AP."""
+    cols = [m for m in SUMMARY_METRICS if m in table.columns]
+    for group in _group_names(table):
+        cols += [f"{group}/{m}" for m in GROUP_SUMMARY_METRICS if f"{group}/{m}" in table.columns]
+    return cols
+
+
+def summary_table(table: Any, *, sort_by: str = DEFAULT_SORT) -> Any:
+    """Mean and std (over seeds, ddof 1) of every summary metric per setting, best `sort_by` first."""
+    if sort_by not in table.columns:
+        known = [c for c in table.columns if c.split("/")[-1] in METRIC_COLUMNS]
+        raise ValueError(f"sort_by {sort_by!r} is not a metric of the results; choose one of {known}")
+    cols = list(dict.fromkeys([*summary_columns(table), sort_by]))
+    grouped = table.groupby("setting", sort=False)
+    out = grouped.agg(variant=("variant", "first"), seeds=("seed", "count"))
+    for col in cols:
+        out[f"{col}.mean"] = grouped[col].mean()
+        out[f"{col}.std"] = grouped[col].std(ddof=1)
+    out = out.reset_index()
+    return out.sort_values(f"{sort_by}.mean", ascending=False, kind="stable").reset_index(drop=True)
+
+
+def _pct(mean: float, std: float) -> str:
+    if mean != mean:  # NaN
+        return "n/a"
+    return f"{100 * mean:.2f}" if std != std else f"{100 * mean:.2f} ± {100 * std:.2f}"
+
+
+def summary_markdown(summary: Any, *, sort_by: str, n_runs: int) -> str:
+    """summary.md: one row per setting, metrics in percent as mean ± std over seeds."""
+    cols = [c[: -len(".mean")] for c in summary.columns if c.endswith(".mean")]
+    head = ["setting", "seeds", *[c.replace("_", " ") for c in cols]]
+    lines = [
+        "# Ablation summary",
+        "",
+        f"{len(summary)} settings, {n_runs} runs; metrics on the test split in percent, mean ± std over seeds "
+        f"(sample std); sorted by {sort_by} (best first). Mean columns average over evaluation groups; "
+        "GROUP/fake acc is the share of that group's fakes called fake at the run's threshold.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join(["---"] * 2 + ["---:"] * len(cols)) + "|",
+    ]
+    for _, row in summary.iterrows():
+        cells = [str(row["setting"]), str(int(row["seeds"]))]
+        cells += [_pct(float(row[f"{c}.mean"]), float(row[f"{c}.std"])) for c in cols]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_summary(summary: Any, path: str | Path, *, metrics: Sequence[str] = ("acc", "ap", "auc")) -> Path:
+    """Grouped bar chart (one group of bars per setting, one bar per metric) with ± std error bars, as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    metrics = [m for m in metrics if f"{m}.mean" in summary.columns]
+    n, k = len(summary), len(metrics)
+    x = np.arange(n)
+    width = 0.8 / max(k, 1)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * n * max(k, 1) * 0.5 + 2), 4.5))
+    lows = []
+    for i, m in enumerate(metrics):
+        mean = 100 * summary[f"{m}.mean"].to_numpy(dtype=float)
+        std = np.nan_to_num(100 * summary[f"{m}.std"].to_numpy(dtype=float))
+        ax.bar(x + (i - (k - 1) / 2) * width, mean, width, yerr=std, capsize=3, label=m.upper().replace("_", " "))
+        lows.append(np.nanmin(mean - std) if n else 0.0)
+    floor = max(0.0, min(lows, default=0.0) - 5.0)
+    ax.set_ylim(floor, 100.5)
+    ax.set_xticks(x, summary["setting"].tolist(), rotation=30, ha="right")
+    ax.set_ylabel("test metric (%), mean ± std over seeds")
+    ax.set_title("Ablation: mean over evaluation groups")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_outputs(out: Path, *, table: Any, summary: Any, sort_by: str) -> dict[str, Path]:
+    """Write results.parquet, summary.md and summary.png atomically into `out`."""
+    files = {"results": out / "results.parquet", "summary": out / "summary.md", "plot": out / "summary.png"}
+    tmp = out / ".results.parquet.tmp"
+    table.to_parquet(tmp, index=False)
+    os.replace(tmp, files["results"])
+    tmp = out / ".summary.md.tmp"
+    tmp.write_text(summary_markdown(summary, sort_by=sort_by, n_runs=len(table)), encoding="utf-8")
+    os.replace(tmp, files["summary"])
+    tmp = out / ".summary.tmp.png"
+    plot_summary(summary, tmp)
+    os.replace(tmp, files["plot"])
+    return files
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# CLI
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add `aigi ablate CONFIG -o DIR [--jobs N] [--workers N | --scheduler ADDR] [--seeds ...]`."""
+    p = subparsers.add_parser(
+        "ablate",
+        help="grid of run configs x seeds: train + evaluate each (resumable, parallel), summarise",
+        description=ABLATE_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("config", type=Path, help="ablation YAML (a run config plus variants / grid / seeds)")
+    p.add_argument("-o", "--out", type=Path, required=True, metavar="DIR", help="ablation directory")
+    p.add_argument("--jobs", type=int, default=1, metavar="N", help="local processes (joblib loky; default 1)")
+    dist = p.add_mutually_exclusive_group()
+    dist.add_argument("--workers", type=int, default=0, metavar="N", help="run on a dask LocalCluster of N processes")
+    dist.add_argument("--scheduler", metavar="tcp://HOST:PORT", help="run on an existing dask scheduler")
+    p.add_argument("--seeds", type=int, nargs="+", metavar="SEED", help="replace the config's seeds")
+    p.add_argument("--sort-by", metavar="METRIC", help="summary metric to sort by (default: config's, else auc)")
+    p.add_argument(
+        "--cache", action="append", default=[], metavar="[ALIAS=]PATH", help="replace the base config's cache(s)"
+    )
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a base config key"
+    )
+    p.add_argument("--dry-run", action="store_true", help="list the runs and whether each is done, run nothing")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of `aigi ablate`."""
+    if (args.workers or args.scheduler) and args.jobs > 1:
+        raise ValueError("give either --jobs N (joblib) or --workers N / --scheduler (dask), not both")
+    plan = load_ablation(
+        args.config, overrides=args.overrides, caches=args.cache, seeds=args.seeds, sort_by=args.sort_by
+    )
+    if args.dry_run:
+        for r in plan.runs:
+            state = "done" if read_result(args.out / "runs" / r.run_id) is not None else "todo"
+            print(f"{state}  {r.run_id}")
+        return 0
+    start = time.perf_counter()
+    out = run_ablation(plan, args.out, jobs=args.jobs, workers=args.workers, scheduler=args.scheduler)
+    best = out["summary"].iloc[0]
+    print(
+        f"ablate: {len(plan.runs)} runs ({out['ran']} ran, {out['skipped']} already done) in "
+        f"{time.perf_counter() - start:.1f} s; best by {plan.sort_by}: {best['setting']} "
+        f"({100 * best[f'{plan.sort_by}.mean']:.2f}) -> {out['files']['summary']}"
+    )
+    return 0

@@ -1,0 +1,334 @@
+"""The `aigi domains` stage: give every cached image a semantic domain (CLIP zero-shot prompts, else k-means)."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+DOMAINS = ("human", "animal", "object", "scene", "anime")
+
+# Prompt ensembles per domain (CLIP zero-shot: mean of the normalised text embeddings, renormalised).
+PROMPTS: dict[str, tuple[str, ...]] = {
+    "human": (
+        "a photo of a person.",
+        "a portrait photo of a man.",
+        "a portrait photo of a woman.",
+        "a photo of a group of people.",
+        "a close-up photo of a human face.",
+    ),
+    "animal": (
+        "a photo of an animal.",
+        "a photo of a dog.",
+        "a photo of a cat.",
+        "a photo of a bird.",
+        "a wildlife photo of a wild animal.",
+    ),
+    "object": (
+        "a photo of an object.",
+        "a product photo of an item on a table.",
+        "a close-up photo of a tool.",
+        "a photo of a vehicle.",
+        "a photo of food on a plate.",
+    ),
+    "scene": (
+        "a photo of a landscape.",
+        "a photo of a city street.",
+        "a photo of the inside of a room.",
+        "a photo of a building.",
+        "a photo of nature with mountains and sky.",
+    ),
+    "anime": (
+        "an anime illustration.",
+        "a cartoon drawing.",
+        "a manga style drawing of a character.",
+        "a digital painting of an anime character.",
+        "a colourful 2D illustration.",
+    ),
+}
+ZERO_SHOT_SCALE = 100.0  # CLIP's learned logit scale (exp of 4.6052): softmax temperature of the zero-shot scores
+
+DOMAINS_HELP = """\
+Assigns a semantic domain to every image of a cache (one value per image_id, from its `orig` view):
+  zero-shot  when --text-weights is given and the cache holds CLIP's projected embedding (--feature, default
+             proj): cosine similarity to CLIP text embeddings of prompt ensembles for human, animal, object,
+             scene, anime (OpenAI's prompt-ensembling recipe); the text tower is read from a local OpenAI /
+             open_clip CLIP checkpoint (e.g. ViT-L/14 or ViT-L/14-336: the text towers are the same)
+  k-means    otherwise: sklearn KMeans (k = --k) on the L2-normalised feature (--feature, default: the cache's
+             first), domains named cluster0 .. cluster{k-1}
+The output says which method was used (column `method`, and the printed summary).
+
+Outputs: -o DOMAINS.parquet (image_id, domain, score, method); with --manifest M, -o is instead a copy of M whose
+empty `domain` cells are filled (all cells with --overwrite), so `aigi extract` carries the domains into new
+caches. For an existing cache, point a run config at the table: data.domains: DOMAINS.parquet (joined by
+image_id when rows are loaded; `router` heads read the `domain` column).
+"""
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# features
+
+
+def image_features(store: Any, *, feature: str, view: str = "orig") -> tuple[np.ndarray, np.ndarray]:
+    """(image_ids, features) with one row per image of a cache: its `view` row (else its first row)."""
+    if feature not in store.features:
+        raise ValueError(f"{store.path}: no feature {feature!r}; the cache holds {sorted(store.features)}")
+    if len(store.features[feature]) != 1:
+        raise ValueError(f"{store.path}: feature {feature!r} has per-row shape {store.features[feature]}, not a vector")
+    fs = store.load([feature])
+    if len(fs) == 0:
+        raise ValueError(f"{store.path}: the cache has no rows")
+    meta = fs.meta.assign(_first=fs.meta["view"].astype(str) != view)
+    order = meta.sort_values(["image_id", "_first"], kind="stable")
+    keep = order.drop_duplicates("image_id").index.to_numpy()
+    return fs.meta["image_id"].astype(str).to_numpy()[keep], fs.features[feature][keep]
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# zero-shot
+
+
+def load_text_tower(weights: str | Path, *, quick_gelu: bool = True) -> Any:
+    """CLIP's text tower (an open_clip `TextTransformer`) from a local OpenAI / open_clip checkpoint.
+
+    The architecture is read from the tensors (as open_clip does for OpenAI state dicts): vocabulary, context
+    length, width, layers and output width from their shapes, heads = width // 64. Visual weights are ignored.
+
+    Args:
+        weights: .pt / .pth / .bin / .safetensors file holding the CLIP state dict (optionally wrapped).
+        quick_gelu: QuickGELU activations (OpenAI's weights were trained with them).
+    """
+    from open_clip.model import QuickGELU
+    from open_clip.transformer import TextTransformer
+    from torch import nn
+
+    from extractors.weights import read_state_dict
+
+    state = read_state_dict(weights)
+    need = ("token_embedding.weight", "positional_embedding", "ln_final.weight", "text_projection")
+    missing = [k for k in need if k not in state]
+    if missing:
+        raise ValueError(
+            f"{weights}: not a CLIP checkpoint with a text tower (missing {missing}); give the OpenAI or open_clip "
+            "weights of the model the cache was extracted with (e.g. ViT-L-14)"
+        )
+    text = {k: v for k, v in state.items() if not k.startswith("visual.") and k not in ("logit_scale", "logit_bias")}
+    vocab, width = text["token_embedding.weight"].shape
+    layers = len({m.group(1) for k in text if (m := re.match(r"transformer\.resblocks\.(\d+)\.", k))})
+    tower = TextTransformer(
+        context_length=text["positional_embedding"].shape[0],
+        vocab_size=vocab,
+        width=width,
+        heads=max(1, width // 64),
+        layers=layers,
+        output_dim=text["text_projection"].shape[1],
+        act_layer=QuickGELU if quick_gelu else nn.GELU,
+    )
+    tower.load_state_dict(text)
+    return tower.eval()
+
+
+def text_embeddings(tower: Any, prompts: Mapping[str, Sequence[str]] = PROMPTS) -> np.ndarray:
+    """[n_domains, d]: per domain, the mean of its prompts' normalised text embeddings, renormalised."""
+    import open_clip
+    import torch
+
+    tokenizer = open_clip.get_tokenizer("ViT-L-14")
+    out = []
+    with torch.inference_mode():
+        for texts in prompts.values():
+            tokens = tokenizer(list(texts), context_length=tower.context_length)
+            out.append(_normalise(tower(tokens).float().numpy()).mean(0))
+    return _normalise(np.stack(out))
+
+
+def zero_shot(features: np.ndarray, text: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Index of the most similar text embedding per row, and its softmax probability at CLIP's logit scale."""
+    if features.shape[1] != text.shape[1]:
+        raise ValueError(
+            f"the image feature has {features.shape[1]} dims but the text tower outputs {text.shape[1]}: "
+            "use the cache's CLIP `proj` feature and the text weights of the same CLIP model"
+        )
+    logits = ZERO_SHOT_SCALE * _normalise(features) @ text.T
+    logits -= logits.max(axis=1, keepdims=True)
+    prob = np.exp(logits)
+    prob /= prob.sum(axis=1, keepdims=True)
+    index = prob.argmax(axis=1)
+    return index, prob[np.arange(len(index)), index]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# k-means
+
+
+def kmeans_domains(features: np.ndarray, *, k: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Cluster index per row (sklearn KMeans on L2-normalised rows) and the row's cosine similarity to its centre.
+
+    Clusters are numbered by decreasing size (ties: by the smallest row index), so names do not depend on
+    KMeans' internal order.
+    """
+    from sklearn.cluster import KMeans
+
+    if not 2 <= k <= len(features):
+        raise ValueError(f"--k must be between 2 and the number of images ({len(features)}), got {k}")
+    x = _normalise(features).astype(np.float32)
+    labels = KMeans(n_clusters=k, n_init=4, random_state=seed).fit_predict(x)
+    sizes = np.bincount(labels, minlength=k)
+    first = np.array([np.flatnonzero(labels == c)[0] for c in range(k)])
+    rank = np.empty(k, dtype=np.int64)
+    rank[np.lexsort((first, -sizes))] = np.arange(k)
+    labels = rank[labels]
+    centres = _normalise(np.stack([x[labels == c].mean(0) for c in range(k)]))
+    return labels, np.einsum("nd,nd->n", x.astype(np.float64), centres[labels])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the stage
+
+
+def assign_domains(
+    cache_path: str | Path,
+    *,
+    k: int = 5,
+    text_weights: str | Path | None = None,
+    feature: str | None = None,
+    view: str = "orig",
+    seed: int = 0,
+) -> tuple[Any, str]:
+    """Domains of every image of a cache.
+
+    Args:
+        cache_path: the cache (any format `cache.open` reads).
+        k: clusters for k-means.
+        text_weights: CLIP checkpoint with the text tower; when given, zero-shot on `feature` (default proj).
+        feature: the feature to use (zero-shot: default `proj`; k-means: default the cache's first feature).
+        view: the view whose row represents each image.
+        seed: k-means seed.
+
+    Returns:
+        (DataFrame image_id, domain, score, method; a sentence saying which method was used).
+    """
+    import pandas as pd
+
+    import cache
+
+    store = cache.open(cache_path)
+    if text_weights is not None:
+        feature = feature or "proj"
+        ids, x = image_features(store, feature=feature, view=view)
+        index, score = zero_shot(x, text_embeddings(load_text_tower(text_weights)))
+        domain = np.array(list(PROMPTS))[index]
+        method = "zero-shot"
+        how = f"zero-shot CLIP prompts ({', '.join(PROMPTS)}) on `{feature}` with the text tower of {text_weights}"
+    else:
+        feature = feature or next(iter(store.features))
+        ids, x = image_features(store, feature=feature, view=view)
+        index, score = kmeans_domains(x, k=k, seed=seed)
+        domain = np.array([f"cluster{i}" for i in range(k)])[index]
+        method = f"kmeans:k={k}"
+        reason = "no --text-weights given" if "proj" in store.features else "the cache holds no CLIP `proj`"
+        how = f"k-means (k={k}, seed {seed}) on L2-normalised `{feature}` ({reason}: zero-shot needs both)"
+    frame = pd.DataFrame({"image_id": ids, "domain": domain, "score": score.astype(np.float64), "method": method})
+    return frame, how
+
+
+def read_domains(path: str | Path) -> Any:
+    """A domains table (Parquet or CSV with `image_id`, `domain`), one row per image_id."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"domains table {path} does not exist; write it with `aigi domains --cache C -o {path}`"
+        )
+    table = pd.read_csv(path, dtype=str, keep_default_na=False) if path.suffix == ".csv" else pd.read_parquet(path)
+    missing = [c for c in ("image_id", "domain") if c not in table.columns]
+    if missing:
+        raise ValueError(f"{path}: a domains table needs columns image_id and domain (missing {missing})")
+    if table["image_id"].duplicated().any():
+        raise ValueError(f"{path}: image_id values repeat; a domains table has one row per image")
+    return table
+
+
+def attach_domains(fs: Any, path: str | Path) -> Any:
+    """A FeatureSet whose `domain` column is taken from the domains table by image_id ("" where it has none)."""
+    table = read_domains(path)
+    lookup = dict(zip(table["image_id"].astype(str), table["domain"].astype(str), strict=True))
+    meta = fs.meta.copy()
+    meta["domain"] = meta["image_id"].astype(str).map(lookup).fillna("").astype("string")
+    return type(fs)(fs.features, meta)
+
+
+def fill_manifest(manifest: Any, domains: Any, *, overwrite: bool = False) -> tuple[Any, int]:
+    """Copy of a manifest with `domain` set from the table by image_id (empty cells only, unless `overwrite`).
+
+    Returns:
+        (the manifest, the number of rows changed).
+    """
+    lookup = dict(zip(domains["image_id"].astype(str), domains["domain"].astype(str), strict=True))
+    out = manifest.copy()
+    new = out["image_id"].astype(str).map(lookup)
+    current = out["domain"].astype(str)
+    take = new.notna() & (overwrite | (current == ""))
+    out.loc[take, "domain"] = new[take]
+    return out, int((take & (current != new.fillna(""))).sum())
+
+
+def _write_table(frame: Any, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    frame.to_parquet(tmp, index=False)
+    tmp.replace(path)
+    return path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add `aigi domains --cache C [--k N] [--text-weights W --feature proj] [--manifest M] -o OUT`."""
+    p = subparsers.add_parser(
+        "domains",
+        help="assign semantic domains to cached images (CLIP zero-shot prompts, else k-means clusters)",
+        description=DOMAINS_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--cache", type=Path, required=True, help="the feature cache")
+    p.add_argument("--k", type=int, default=5, help="k-means clusters when zero-shot is not possible (default 5)")
+    p.add_argument("--text-weights", type=Path, help="local CLIP checkpoint holding the text tower (zero-shot)")
+    p.add_argument("--feature", help="feature to use (zero-shot default: proj; k-means default: the first)")
+    p.add_argument("--view", default="orig", help="view representing each image (default orig)")
+    p.add_argument("--seed", type=int, default=0, help="k-means seed (default 0)")
+    p.add_argument("--manifest", type=Path, help="write the domains into a copy of this manifest (to -o)")
+    p.add_argument("--overwrite", action="store_true", help="with --manifest: replace non-empty domains too")
+    p.add_argument("-o", "--out", type=Path, required=True, help="domains table (.parquet), or the new manifest")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of `aigi domains`."""
+    if args.text_weights is not None and not args.text_weights.is_file():
+        raise FileNotFoundError(f"--text-weights {args.text_weights} does not exist")
+    frame, how = assign_domains(
+        args.cache, k=args.k, text_weights=args.text_weights, feature=args.feature, view=args.view, seed=args.seed
+    )
+    counts = ", ".join(f"{d}: {n}" for d, n in frame["domain"].value_counts().sort_index().items())
+    if args.manifest is not None:
+        import cache
+
+        manifest = cache.read_manifest(args.manifest)
+        out, changed = fill_manifest(manifest, frame, overwrite=args.overwrite)
+        cache.write_manifest(out, args.out)
+        matched = int(manifest["image_id"].astype(str).isin(set(frame["image_id"])).sum())
+        where = f"{changed} manifest rows changed ({matched} of {len(manifest)} matched a cached image)"
+    else:
+        _write_table(frame, args.out)
+        where = f"{len(frame)} images"
+    print(f"domains by {how}: {counts}; {where} -> {args.out}")
+    return 0
