@@ -42,13 +42,18 @@ def head_class(name: str) -> type[nn.Module]:
     return _HEADS[name]
 
 
-def build(name: str, *, dims: Mapping[str, Any] | None = None, seed: int = 0, **cfg: Any) -> nn.Module:
+def build(
+    name: str, *, dims: Mapping[str, Any] | None = None, seed: int = 0, standardize: bool = False, **cfg: Any
+) -> nn.Module:
     """Build head `name` from keyword config values.
 
     Args:
         name: a registered head name (see `available()`).
         dims: optional feature name -> per-row shape (or width), used to fill `in_dim` / `in_dims` when omitted.
         seed: seeds the parameter initialisation, so equal calls build equal heads.
+        standardize: give the head an `input_norm` (per-dimension mean/std of the training rows, set by heads.fit
+            and saved with the head); heads.fit/predict/explain standardise inputs with it, so a direct
+            `head(x)` call then expects standardised features. Off by default (the seeds' heads use raw features).
         **cfg: the head's config fields; unknown keys raise ValueError naming close matches.
     """
     cls = head_class(name)
@@ -56,7 +61,12 @@ def build(name: str, *, dims: Mapping[str, Any] | None = None, seed: int = 0, **
     config = make_config(cls.cfg_cls, values, what=f"head '{name}'")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return cls(config)
+        head = cls(config)
+    if standardize:
+        from heads._norm import InputNorm, input_widths
+
+        head.input_norm = InputNorm(config.inputs, input_widths(config))
+    return head
 
 
 def make_config(cfg_cls: type, values: Mapping[str, Any], *, what: str = "config") -> Any:

@@ -15,7 +15,7 @@ from heads._registry import build
 
 FORMAT = "aigi-head"
 VERSION = 1
-RESERVED = ("format", "version", "name", "config", "inputs")
+RESERVED = ("format", "version", "name", "config", "inputs", "standardize")
 
 
 def save(head: nn.Module, directory: str | Path, *, meta: dict[str, Any] | None = None) -> Path:
@@ -38,6 +38,7 @@ def save(head: nn.Module, directory: str | Path, *, meta: dict[str, Any] | None 
         "name": head.head_name,
         "config": dataclasses.asdict(head.cfg),
         "inputs": list(head.cfg.inputs),
+        "standardize": getattr(head, "input_norm", None) is not None,
         **meta,
     }
     tensors = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
@@ -60,7 +61,7 @@ def load(directory: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     info = json.loads(json_path.read_text(encoding="utf-8"))
     if info.get("format") != FORMAT:
         raise ValueError(f"{json_path} is not an aigi head file (format={info.get('format')!r})")
-    head = build(info["name"], **info["config"])
+    head = build(info["name"], standardize=bool(info.get("standardize", False)), **info["config"])
     state = load_file(str(weights), device="cpu")
     missing, unexpected = set(head.state_dict()) - set(state), set(state) - set(head.state_dict())
     if missing or unexpected:

@@ -204,6 +204,11 @@ def fit(
     cfg = cfg or FitConfig()
     X = as_inputs(head, X)
     y = _labels(y, len(next(iter(X.values()))))
+    norm = getattr(head, "input_norm", None)
+    if norm is not None:  # statistics of the training rows, kept with the head
+        norm.fit(X)
+        X = norm.apply(X)
+        X_val = None if X_val is None else norm.apply(as_inputs(head, X_val))
     device = resolve_device(cfg.device)
     head.to(device)
     data = _Data(_to_tensors(X, device), y, groups)
@@ -428,6 +433,8 @@ def _val_ap(head: nn.Module, forward: StageForward, sel: tuple, cfg: FitConfig) 
 
 def _batched(head: nn.Module, X: Mapping[str, np.ndarray] | np.ndarray, batch_size: int, fn: Callable) -> list:
     X = as_inputs(head, X)
+    if getattr(head, "input_norm", None) is not None:
+        X = head.input_norm.apply(X)
     n = len(next(iter(X.values())))
     device = next(iter(head.parameters())).device
     head.eval()
