@@ -475,11 +475,11 @@ def real_flow_commands() -> list[str]:
         "aigi index PHOTOS/ -o data/manifest.parquet --split-ratio train=0.8,test=0.2",
         "aigi fakes vae --manifest data/manifest.parquet --weights SD_VAE_FOLDER --out data/fakes",
         "aigi fakes sr --manifest data/manifest.parquet --weights RealESRGAN_x4plus.pth --scale 4 --out data/fakes",
-        "aigi extract --manifest data/manifest.parquet --backbone clip-l14 --weights ViT-L-14.pt "
+        "aigi extract --manifest data/manifest.parquet --backbone clip-l14 --weights ViT-L-14.safetensors "
         "--features pooler,proj --cache features/clip-l14",
         "aigi train configs/sef.yaml --cache features/clip-l14 -o runs/sef",
         "aigi eval runs/sef -o runs/sef/eval",
-        "aigi predict runs/sef NEW_IMAGES/ --weights ViT-L-14.pt -o scores.csv",
+        "aigi predict runs/sef NEW_IMAGES/ --weights ViT-L-14.safetensors -o scores.csv",
     ]
 
 
