@@ -15,6 +15,7 @@ demo: $(STAMP)
 	$(VENV)/bin/aigi demo -o demo_out
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check cache extractors heads pipeline tests benchmarks
 	$(PY) -m pytest -q -ra
 
 lint: $(STAMP)

@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"aigi {args.command}: error: {msg}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("aigi: interrupted; finished shards/outputs are kept, re-run the same command to resume.", file=sys.stderr)
+        print("aigi: interrupted; finished shards and outputs are kept: re-run the command to resume.", file=sys.stderr)
         return 130
     return int(code or 0)
 
