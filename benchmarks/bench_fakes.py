@@ -101,7 +101,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=2, help="images per size (512^2 takes ~17 s each on 2 cores)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--repeats", type=int, default=1, help="alternate bare/fakes runs this often, keep the best")
-    parser.add_argument("--json", type=Path, default=Path("bench_fakes.json"), help="where to write the results")
+    parser.add_argument(
+        "--json",
+        type=Path,
+        default=Path(__file__).resolve().parent / "out" / "bench_fakes.json",
+        help="where to write the results",
+    )
     args = parser.parse_args(argv)
 
     import torch
@@ -136,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         row = (r["size"], r["images"], r["bare_img_s"], r["pipeline_img_s"], r["ratio"])
         print("{:>6} {:>6} {:>11.3f} {:>12.3f} {:>6.2f}".format(*row))
     meta = {"benchmark": "fakes_vae", "threads": torch.get_num_threads(), "repeats": args.repeats}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({**meta, "rows": results}))
     return 0
 
