@@ -60,3 +60,18 @@ def expert_stages(
             )
         )
     return stages
+
+
+def artifact_expert_stages(head: object, *, bank_attr: str = "experts") -> list[Stage]:
+    """Stages of a head whose config maps expert names to source patterns (`cfg.experts`, `cfg.column`): each
+    expert reads the head's first input and trains on the reals plus its own fake type (SEF's separate training)."""
+    cfg = head.cfg
+    return expert_stages(
+        getattr(head, bank_attr),
+        prefix=bank_attr,
+        source=lambda xb: xb[cfg.inputs[0]],
+        patterns=list(cfg.experts.values()),
+        column=cfg.column,
+        keep_real=True,
+        head=head.head_name,
+    )

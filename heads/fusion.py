@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from heads._blocks import ExpertBank, check_inputs
-from heads._experts import expert_stages
+from heads._experts import artifact_expert_stages
 from heads._registry import register_head
 from heads.train import Stage
 
@@ -78,17 +78,7 @@ class _Fusion(nn.Module):
     def stages(self) -> list[Stage]:
         if self.experts is None:
             return [Stage("fusion")]
-        cfg = self.cfg
-        experts = expert_stages(
-            self.experts,
-            prefix="experts",
-            source=lambda xb: xb[cfg.inputs[0]],
-            patterns=list(cfg.experts.values()),
-            column=cfg.column,
-            keep_real=True,
-            head=self.head_name,
-        )
-        return [*experts, Stage("fusion", trainable=("classifier",))]
+        return [*artifact_expert_stages(self), Stage("fusion", trainable=("classifier",))]
 
 
 @register_head("concat")

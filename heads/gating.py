@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from heads._blocks import ExpertBank, check_inputs
-from heads._experts import expert_stages
+from heads._experts import artifact_expert_stages
 from heads._registry import register_head
 from heads.train import Stage
 
@@ -87,14 +87,4 @@ class GatingHead(nn.Module):
         }
 
     def stages(self) -> list[Stage]:
-        cfg = self.cfg
-        experts = expert_stages(
-            self.experts,
-            prefix="experts",
-            source=lambda xb: xb[cfg.inputs[0]],
-            patterns=list(cfg.experts.values()),
-            column=cfg.column,
-            keep_real=True,
-            head="gating",
-        )
-        return [*experts, Stage("fusion", trainable=("gate", "classifier"))]
+        return [*artifact_expert_stages(self), Stage("fusion", trainable=("gate", "classifier"))]
