@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.bench_extract import OUT, make_images  # noqa: E402
+from benchmarks.bench_extract import OUT, extract_argv, make_images, random_weights  # noqa: E402
 
 
 def main() -> None:
@@ -25,36 +25,27 @@ def main() -> None:
     ap.add_argument("--backbone", default="timm:vit_tiny_patch16_224")
     args = ap.parse_args()
 
-    import timm
-    import torch
-
     from pipeline.cli import main as aigi
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         manifest = make_images(tmp / "img", args.images)
-        weights = tmp / "w.pth"
-        torch.save(timm.create_model(args.backbone.removeprefix("timm:"), pretrained=False).state_dict(), weights)
+        weights = random_weights(args.backbone, tmp / "w.pth")
         for label, extra in [
             ("single process", []),
             ("dask, 1 worker", ["--workers", "1"]),
             ("dask, 2 workers", ["--workers", "2"]),
         ]:
-            cmd = [
-                "extract",
-                "--manifest",
-                str(manifest),
-                "--backbone",
+            cmd = extract_argv(
+                manifest,
                 args.backbone,
-                "--weights",
-                str(weights),
-                "--cache",
-                str(tmp / label.replace(" ", "_").replace(",", "")),
+                weights,
+                tmp / label.replace(" ", "_").replace(",", ""),
                 "--shard-size",
                 str(args.shard_size),
                 *extra,
-            ]
+            )
             start = time.perf_counter()
             assert aigi(cmd) == 0
             seconds = time.perf_counter() - start

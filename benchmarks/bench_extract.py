@@ -48,6 +48,21 @@ def make_images(folder: Path, n: int, size: int = 256) -> Path:
     return cache.write_manifest(pd.DataFrame(rows), folder / "manifest.parquet")
 
 
+def random_weights(backbone: str, path: Path) -> Path:
+    """Save a random-weight timm model's state dict, loaded back by `aigi extract --weights` like real weights."""
+    import timm
+    import torch
+
+    torch.save(timm.create_model(backbone.removeprefix("timm:"), pretrained=False).state_dict(), path)
+    return path
+
+
+def extract_argv(manifest: Path, backbone: str, weights: Path, cache_dir: Path, *extra: str) -> list[str]:
+    """`aigi extract` arguments for the benchmarks."""
+    return ["extract", "--manifest", str(manifest), "--backbone", backbone, "--weights", str(weights),
+            "--cache", str(cache_dir), *extra]  # fmt: skip
+
+
 def bare_forward(backbone: str, weights: Path, manifest: Path, batch_size: int) -> tuple[float, int]:
     """Images/s of `model(x)` alone over batches preprocessed beforehand (nothing else timed)."""
     import torch
@@ -76,7 +91,6 @@ def main() -> None:
     ap.add_argument("--num-workers", type=int, default=1)
     args = ap.parse_args()
 
-    import timm
     import torch
 
     from pipeline.cli import main as aigi
@@ -84,27 +98,21 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         manifest = make_images(tmp / "img", args.images)
-        weights = tmp / "w.pth"
-        torch.save(timm.create_model(args.backbone.removeprefix("timm:"), pretrained=False).state_dict(), weights)
+        weights = random_weights(args.backbone, tmp / "w.pth")
         bare, n = bare_forward(args.backbone, weights, manifest, args.batch_size)
 
-        cmd = [
-            "extract",
-            "--manifest",
-            str(manifest),
-            "--backbone",
+        cmd = extract_argv(
+            manifest,
             args.backbone,
-            "--weights",
-            str(weights),
-            "--cache",
-            str(tmp / "cache"),
+            weights,
+            tmp / "cache",
             "--batch-size",
             str(args.batch_size),
             "--shard-size",
             "256",
             "--num-workers",
             str(args.num_workers),
-        ]
+        )
         start = time.perf_counter()
         assert aigi(cmd) == 0
         e2e = n / (time.perf_counter() - start)
