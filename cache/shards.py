@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-import socket
 from pathlib import Path
 
 import h5py
@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from cache.locking import temp_name, writing
 from cache.manifest import MANIFEST_COLUMNS, validate_manifest
 
 SCHEMA_VERSION = 1
@@ -28,17 +29,22 @@ ERROR_FIELDS = ("image_id", "path", "view", "reason")
 UNIQUE_COLUMNS = ("image_id", "path", "pair_id")  # nearly one value per row: dictionary encoding only costs
 
 
-def temp_name(path: Path) -> Path:
-    """A hidden temporary sibling of `path`, unique per host and process (readers never list it)."""
-    return path.with_name(f".{path.name}.tmp-{socket.gethostname()}-{os.getpid()}")
+DIGEST = "blake2b"  # digest of a whole shard file, recorded in the shard index when the shard is committed
+
+
+def file_digest(path: Path) -> str:
+    """The blake2b hex digest of a file's bytes (read in 1 MiB blocks)."""
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "blake2b").hexdigest()
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file and `os.replace`."""
+    """Write `text` to `path` through an owner-tagged temporary file and `os.replace`."""
     tmp = temp_name(path)
     try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
+        with writing(path):
+            tmp.write_text(text, encoding="utf-8")
+            os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -105,24 +111,22 @@ def meta_columns_h5(meta: pd.DataFrame) -> dict[str, np.ndarray]:
     return out
 
 
-def write_h5(path: Path, *, header: dict, meta: pd.DataFrame, feats: dict[str, np.ndarray], errors=None) -> None:
-    """Write one self-describing HDF5 file (`meta/<col>`, `features/<name>`, header attribute), atomically."""
-    tmp = temp_name(path)
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.attrs[HEADER_KEY] = json.dumps(header)
-            f.attrs["n_rows"] = len(meta)
-            if errors is not None:
-                f.attrs[ERRORS_KEY] = json.dumps(list(errors))
-            group = f.create_group("meta")
-            for col, values in meta_columns_h5(meta).items():
-                group.create_dataset(col, data=values)
-            fgroup = f.create_group("features")
-            for name, arr in feats.items():
-                fgroup.create_dataset(name, data=arr)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+def write_h5(target: Path, *, header: dict, meta: pd.DataFrame, feats: dict[str, np.ndarray], errors=None) -> None:
+    """Write one self-describing HDF5 file (`meta/<col>`, `features/<name>`, header attribute) at `target`.
+
+    `target` is a temporary name: the caller commits it (see `CacheWriter`).
+    """
+    with h5py.File(target, "w") as f:
+        f.attrs[HEADER_KEY] = json.dumps(header)
+        f.attrs["n_rows"] = len(meta)
+        if errors is not None:
+            f.attrs[ERRORS_KEY] = json.dumps(list(errors))
+        group = f.create_group("meta")
+        for col, values in meta_columns_h5(meta).items():
+            group.create_dataset(col, data=values)
+        fgroup = f.create_group("features")
+        for name, arr in feats.items():
+            fgroup.create_dataset(name, data=arr)
 
 
 def _binary_column(arr: np.ndarray) -> pa.Array:
@@ -133,25 +137,20 @@ def _binary_column(arr: np.ndarray) -> pa.Array:
     return pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), n, [None, pa.py_buffer(raw)])
 
 
-def write_parquet(path: Path, *, header: dict, meta: pd.DataFrame, feats: dict[str, np.ndarray]) -> None:
-    """Write one Parquet shard (meta columns + `feat.<name>` as fixed_size_binary), atomically."""
+def write_parquet(target: Path, *, header: dict, meta: pd.DataFrame, feats: dict[str, np.ndarray]) -> None:
+    """Write one Parquet shard (meta columns + `feat.<name>` as fixed_size_binary) at the temporary `target`."""
     table = pa.Table.from_pandas(meta, preserve_index=False)
     for name, arr in feats.items():
         table = table.append_column(FEAT_PREFIX + name, _binary_column(arr))
     table = table.replace_schema_metadata({HEADER_KEY: json.dumps(header)})
-    tmp = temp_name(path)
-    try:
-        pq.write_table(
-            table,
-            tmp,
-            compression="none",
-            use_dictionary=[c for c in META_COLUMNS if c not in UNIQUE_COLUMNS],
-            write_statistics=list(META_COLUMNS),
-            row_group_size=max(len(meta), 1),
-        )
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    pq.write_table(
+        table,
+        target,
+        compression="none",
+        use_dictionary=[c for c in META_COLUMNS if c not in UNIQUE_COLUMNS],
+        write_statistics=list(META_COLUMNS),
+        row_group_size=max(len(meta), 1),
+    )
 
 
 def coerce_meta(df: pd.DataFrame) -> pd.DataFrame:
@@ -283,9 +282,9 @@ def read_errors(path: Path) -> list[dict]:
         return json.loads(raw) if raw is not None else []
 
 
-def count_rows(path: Path) -> int:
-    """Row count of a shard without reading its features."""
-    if path.suffix == ".parquet":
+def count_rows(path: Path, fmt: str | None = None) -> int:
+    """Row count of a shard without reading its features (`fmt` h5/parquet, by default from the suffix)."""
+    if (fmt or path.suffix.lstrip(".")) == "parquet":
         return pq.read_metadata(path).num_rows
     with h5py.File(path, "r") as f:
         return int(f.attrs["n_rows"])

@@ -1,0 +1,108 @@
+"""Cooperation between writers of one folder: a lock file, owner-tagged temporary names, cleanup of dead owners' files.
+
+A temporary or claim file carries its owner as `<host>-<pid>` at the end of its name. Cleanup removes only files
+whose owner ran on this host and is no longer alive, so a writer never deletes another live writer's file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+from filelock import FileLock
+
+LOCK_NAME = ".lock"
+HOST = socket.gethostname()
+_LOCKS: dict[str, FileLock] = {}
+_GUARD = threading.Lock()
+
+
+def owner_tag() -> str:
+    """`<host>-<pid>` of this process (the suffix of its temporary and claim file names)."""
+    return f"{HOST}-{os.getpid()}"
+
+
+def temp_name(path: Path) -> Path:
+    """A hidden temporary sibling of `path` owned by this process (readers never list it)."""
+    return path.with_name(f".{path.name}.tmp-{owner_tag()}")
+
+
+def pid_alive(pid: int) -> bool:
+    """True when a process with this id exists on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
+
+
+def owner_dead(name: str) -> bool:
+    """True when the file name ends in `-<host>-<pid>` of a process of this host that no longer runs.
+
+    Files of other hosts (a shared file system) or without an owner tag are never called dead.
+    """
+    head, sep, pid = name.rpartition("-")
+    if not sep or not pid.isdigit() or not head.endswith(f"-{HOST}"):
+        return False
+    return not pid_alive(int(pid))
+
+
+def remove_dead(folder: Path, pattern: str) -> list[Path]:
+    """Delete the files of `folder` matching `pattern` whose owner is dead; return what was removed."""
+    removed = []
+    if not folder.is_dir():
+        return removed
+    for file in folder.glob(pattern):
+        if owner_dead(file.name):
+            with contextlib.suppress(FileNotFoundError):
+                file.unlink()
+                removed.append(file)
+    return removed
+
+
+def folder_lock(folder: Path) -> FileLock:
+    """The inter-process lock of `folder` (`folder/.lock`, an OS file lock released when its holder dies).
+
+    One object per folder and process, so holding it again in the same process nests instead of deadlocking.
+    """
+    key = str(Path(folder).resolve())
+    with _GUARD:
+        if key not in _LOCKS:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+            _LOCKS[key] = FileLock(str(Path(key) / LOCK_NAME), thread_local=False)
+        return _LOCKS[key]
+
+
+@contextlib.contextmanager
+def writing(path: Path, what: str = "writing") -> Iterator[None]:
+    """Re-raise an OSError met while writing `path` with the file named and a hint (disk full, permissions)."""
+    try:
+        yield
+    except OSError as err:
+        code = err.errno if err.errno is not None else _errno_in(err)
+        if err.filename is not None or code is None:
+            raise
+        hint = {
+            errno.ENOSPC: "the disk is full: free space and re-run (finished parts are kept)",
+            errno.EDQUOT: "the disk quota is exceeded: free space and re-run",
+            errno.EFBIG: "the file size limit was reached",
+            errno.EACCES: "permission denied: choose a folder you may write to",
+            errno.EROFS: "the file system is read-only",
+        }.get(code, str(err))
+        raise OSError(code, f"{what} failed ({hint})", str(path)) from err
+
+
+def _errno_in(err: OSError) -> int | None:
+    """The errno named inside a library's message (h5py reports `errno = 28` as text)."""
+    text = str(err)
+    for code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EROFS):
+        if f"errno = {code}," in text or os.strerror(code) in text:
+            return code
+    return None
