@@ -67,16 +67,17 @@ def remove_dead(folder: Path, pattern: str) -> list[Path]:
     return removed
 
 
-def folder_lock(folder: Path) -> FileLock:
-    """The inter-process lock of `folder` (`folder/.lock`, an OS file lock released when its holder dies).
+def folder_lock(folder: Path, name: str = LOCK_NAME) -> FileLock:
+    """The inter-process lock `name` of `folder` (an OS file lock, released when its holder dies).
 
-    One object per folder and process, so holding it again in the same process nests instead of deadlocking.
+    One object per file and process, so holding it again in the same process nests instead of deadlocking.
     """
-    key = str(Path(folder).resolve())
+    key = str(Path(folder).resolve() / name)
     with _GUARD:
         if key not in _LOCKS:
-            Path(folder).mkdir(parents=True, exist_ok=True)
-            _LOCKS[key] = FileLock(str(Path(key) / LOCK_NAME), thread_local=False)
+            with writing(Path(folder), "creating the folder"):
+                Path(folder).mkdir(parents=True, exist_ok=True)
+            _LOCKS[key] = FileLock(key, thread_local=False)
         return _LOCKS[key]
 
 
