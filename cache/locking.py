@@ -94,10 +94,10 @@ def writing(path: Path, what: str = "writing") -> Iterator[None]:
             errno.ENOSPC: "the disk is full: free space and re-run (finished parts are kept)",
             errno.EDQUOT: "the disk quota is exceeded: free space and re-run",
             errno.EFBIG: "the file size limit was reached",
-            errno.EACCES: "permission denied: choose a folder you may write to",
-            errno.EROFS: "the file system is read-only",
-        }.get(code, str(err))
-        raise OSError(code, f"{what} failed ({hint})", str(path)) from err
+            errno.EACCES: "choose a folder you may write to",
+            errno.EROFS: "choose a writable folder",
+        }.get(code)
+        raise OSError(code, f"{what} failed: {os.strerror(code)}" + (f" ({hint})" if hint else ""), str(path)) from err
 
 
 def _errno_in(err: OSError) -> int | None:

@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cache.locking import temp_name, writing
+
 # column -> (pandas dtype, default when absent or None). `image_id`, `path`, `label`, `source` are required.
 MANIFEST_COLUMNS: dict[str, tuple[str, object]] = {
     "image_id": ("string", None),
@@ -66,17 +68,34 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     if not path.exists():
         raise FileNotFoundError(f"manifest {path} does not exist; build one with `aigi index ROOT -o {path}`")
     df = pd.read_csv(path, dtype=str, keep_default_na=False) if path.suffix == ".csv" else pd.read_parquet(path)
-    return validate_manifest(df, name=str(path))
+    return refuse_repeats(validate_manifest(df, name=str(path)), name=str(path))
+
+
+def refuse_repeats(df: pd.DataFrame, *, name: str) -> pd.DataFrame:
+    """Raise a ValueError naming the paths when an image_id or a path occurs on more than one row."""
+    for col in ("image_id", "path"):
+        dup = df[col].duplicated(keep=False)
+        if dup.any():
+            paths = df.loc[dup, "path"].astype(str).tolist()
+            raise ValueError(
+                f"{name}: {int(dup.sum())} rows repeat a {col} ({int(df.loc[dup, col].nunique())} value(s)), at "
+                f"paths {paths[:6]}; keep one row per image (`aigi index` writes each image once)"
+            )
+    return df
 
 
 def write_manifest(df: pd.DataFrame, path: str | Path) -> Path:
     """Validate `df` and write it atomically as Parquet."""
     path = Path(path)
-    df = validate_manifest(df, name=str(path))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    df.to_parquet(tmp, index=False)
-    tmp.replace(path)
+    df = refuse_repeats(validate_manifest(df, name=str(path)), name=str(path))
+    tmp = temp_name(path)
+    try:
+        with writing(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            df.to_parquet(tmp, index=False)
+            tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 from pathlib import Path
@@ -33,9 +34,14 @@ DIGEST = "blake2b"  # digest of a whole shard file, recorded in the shard index 
 
 
 def file_digest(path: Path) -> str:
-    """The blake2b hex digest of a file's bytes (read in 1 MiB blocks)."""
+    """The blake2b hex digest of a file's bytes."""
     with open(path, "rb") as fh:
         return hashlib.file_digest(fh, "blake2b").hexdigest()
+
+
+def bytes_digest(data: bytes) -> str:
+    """The blake2b hex digest of `data` (equal to `file_digest` of a file holding it)."""
+    return hashlib.blake2b(data).hexdigest()
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -111,12 +117,13 @@ def meta_columns_h5(meta: pd.DataFrame) -> dict[str, np.ndarray]:
     return out
 
 
-def write_h5(target: Path, *, header: dict, meta: pd.DataFrame, feats: dict[str, np.ndarray], errors=None) -> None:
-    """Write one self-describing HDF5 file (`meta/<col>`, `features/<name>`, header attribute) at `target`.
+def h5_bytes(*, header: dict, meta: pd.DataFrame, feats: dict[str, np.ndarray], errors=None) -> bytes:
+    """One self-describing HDF5 file (`meta/<col>`, `features/<name>`, header attribute), built in memory.
 
-    `target` is a temporary name: the caller commits it (see `CacheWriter`).
+    Built in memory so that a failing disk meets plain file writes (a clean OSError), never HDF5's own I/O.
     """
-    with h5py.File(target, "w") as f:
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as f:
         f.attrs[HEADER_KEY] = json.dumps(header)
         f.attrs["n_rows"] = len(meta)
         if errors is not None:
@@ -127,6 +134,18 @@ def write_h5(target: Path, *, header: dict, meta: pd.DataFrame, feats: dict[str,
         fgroup = f.create_group("features")
         for name, arr in feats.items():
             fgroup.create_dataset(name, data=arr)
+    return buffer.getvalue()
+
+
+def write_h5(target: Path, **kwargs) -> None:
+    """Write `h5_bytes(**kwargs)` to the temporary `target` (the caller commits it)."""
+    write_bytes(target, h5_bytes(**kwargs))
+
+
+def write_bytes(target: Path, data: bytes, *, shown: Path | None = None) -> None:
+    """Write `data` to `target`; a disk-full or permission error names `shown` (default `target`)."""
+    with writing(shown or target), open(target, "wb") as fh:
+        fh.write(data)
 
 
 def _binary_column(arr: np.ndarray) -> pa.Array:
@@ -137,20 +156,27 @@ def _binary_column(arr: np.ndarray) -> pa.Array:
     return pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), n, [None, pa.py_buffer(raw)])
 
 
-def write_parquet(target: Path, *, header: dict, meta: pd.DataFrame, feats: dict[str, np.ndarray]) -> None:
-    """Write one Parquet shard (meta columns + `feat.<name>` as fixed_size_binary) at the temporary `target`."""
+def parquet_bytes(*, header: dict, meta: pd.DataFrame, feats: dict[str, np.ndarray]) -> bytes:
+    """One Parquet shard (meta columns + `feat.<name>` as fixed_size_binary), built in memory."""
     table = pa.Table.from_pandas(meta, preserve_index=False)
     for name, arr in feats.items():
         table = table.append_column(FEAT_PREFIX + name, _binary_column(arr))
     table = table.replace_schema_metadata({HEADER_KEY: json.dumps(header)})
+    sink = pa.BufferOutputStream()
     pq.write_table(
         table,
-        target,
+        sink,
         compression="none",
         use_dictionary=[c for c in META_COLUMNS if c not in UNIQUE_COLUMNS],
         write_statistics=list(META_COLUMNS),
         row_group_size=max(len(meta), 1),
     )
+    return sink.getvalue().to_pybytes()
+
+
+def write_parquet(target: Path, **kwargs) -> None:
+    """Write `parquet_bytes(**kwargs)` to the temporary `target` (the caller commits it)."""
+    write_bytes(target, parquet_bytes(**kwargs))
 
 
 def coerce_meta(df: pd.DataFrame) -> pd.DataFrame:

@@ -49,7 +49,8 @@ def compact(src: str | Path, out_h5: str | Path) -> Path:
     header = {**cache.header, "format": "h5"}  # whatever the source was (Parquet, a UAR folder), this is HDF5
     tmp = temp_name(out)
     try:
-        with writing(out), h5py.File(tmp, "w") as f:
+        # through a Python file object: a full disk raises a clean OSError instead of failing inside HDF5's close
+        with writing(out), open(tmp, "w+b") as fh, h5py.File(fh, "w") as f:
             f.attrs[HEADER_KEY] = json.dumps(header)
             f.attrs["n_rows"] = len(meta)
             f.attrs[ERRORS_KEY] = json.dumps(cache.errors())

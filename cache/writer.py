@@ -21,12 +21,14 @@ from cache.shards import (
     SCHEMA_VERSION,
     SUFFIX,
     atomic_write_text,
+    bytes_digest,
     check_features,
     count_rows,
     file_digest,
+    h5_bytes,
+    parquet_bytes,
     prepare_meta,
-    write_h5,
-    write_parquet,
+    write_bytes,
 )
 
 CACHE_JSON = "cache.json"
@@ -232,9 +234,10 @@ class CacheWriter:
             with writing(path):
                 # the errors file goes first: a committed shard always has its errors beside it
                 atomic_write_text(self.errors_path(index), json.dumps(errors, indent=1))
-                write = write_h5 if self.fmt == "h5" else write_parquet
-                write(tmp, header=self.header, meta=meta, feats=feats)
-                record = shard_record(tmp, self.fmt)
+                encode = h5_bytes if self.fmt == "h5" else parquet_bytes
+                data = encode(header=self.header, meta=meta, feats=feats)
+                write_bytes(tmp, data, shown=path)
+                record = {"rows": len(meta), "bytes": len(data), DIGEST: bytes_digest(data)}
                 with self.lock:
                     shards = read_index(self.path) or {}
                     if path.name not in shards:  # another writer of the same plan may have committed it first

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import sys
 from pathlib import Path
@@ -137,10 +138,20 @@ def _write_rows(writer, todo: pd.DataFrame, dim: int, *, desc: str, progress: bo
 
 
 def _save_npy(path: Path, arr: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        np.save(f, arr, allow_pickle=False)
-    os.replace(tmp, path)
+    """Write one `.npy` atomically. It is encoded in memory first: `np.save` to a file ignores short writes."""
+    from cache.locking import temp_name, writing
+    from cache.shards import write_bytes
+
+    buffer = io.BytesIO()
+    np.save(buffer, arr, allow_pickle=False)
+    tmp = temp_name(path)
+    try:
+        with writing(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_bytes(tmp, buffer.getvalue(), shown=path)
+            os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def export_npy(cache_path: str | Path, out: str | Path, *, feature: str | None = None, view: str = "orig") -> int:
@@ -171,7 +182,6 @@ def export_npy(cache_path: str | Path, out: str | Path, *, feature: str | None =
     for batch in store.iter_batches(4096, features=[name], where={"view": view}):
         for image_id, vec in zip(batch.meta["image_id"].astype(str), batch.features[name]):
             path = Path(out) / lookup[image_id]
-            path.parent.mkdir(parents=True, exist_ok=True)
             _save_npy(path, vec.reshape(1, -1).astype(np.float32))
             written += 1
     return written

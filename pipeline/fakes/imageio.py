@@ -115,14 +115,33 @@ def encoding_for(spec: str, source: str | Path) -> Encoding:
 
 
 def write_atomic(data: bytes, path: Path) -> None:
-    """Write `data` to `path` through a temporary sibling and `os.replace`: readers see all or nothing."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    """Write `data` to `path` through a temporary sibling and `os.replace`: readers see all or nothing.
+
+    The temporary name carries this process's host and pid (`remove_dead_temps` deletes it if the process dies).
+    """
+    from cache.locking import temp_name, writing
+
+    tmp = temp_name(path)
+    try:
+        with writing(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def remove_dead_temps(folder: Path) -> int:
+    """Delete the temporary files left below `folder` by killed runs (never a live run's); return how many."""
+    from cache.locking import remove_dead
+
+    if not folder.is_dir():
+        return 0
+    dirs = [folder, *(p for p in folder.rglob("*") if p.is_dir())]
+    return sum(len(remove_dead(d, ".*.tmp-*")) for d in dirs)
 
 
 def sha256_bytes(data: bytes) -> str:

@@ -20,7 +20,14 @@ from PIL import Image
 
 from cache import read_manifest, write_manifest
 from extractors.images import ImageLoadError, load_image, probe_image
-from pipeline.fakes.imageio import Encoding, encoding_for, parse_format, sha256_file, write_atomic
+from pipeline.fakes.imageio import (
+    Encoding,
+    encoding_for,
+    parse_format,
+    remove_dead_temps,
+    sha256_file,
+    write_atomic,
+)
 
 # A transform maps same-key images (and their ids) to outputs of the same sizes; see VaeTransform / SrTransform.
 Transform = Callable[[list[Image.Image], list[str]], list[Image.Image]]
@@ -171,6 +178,7 @@ class FakeMaker:
         if cfg.splits:
             reals = reals[reals["split"].isin(cfg.splits)]
         base = Path(cfg.out_dir) / slug(self.source)
+        remove_dead_temps(Path(cfg.out_dir))  # partial files of a killed run
         items, errors = _plan(reals, cfg, root, base)
         result = FakesResult(errors=errors)
         todo = [it for it in items if not _done(it)]
