@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from cache.fingerprint import fingerprint, spec_diff
-from cache.locking import folder_lock, owner_tag, remove_dead, temp_name, writing
+from cache.locking import folder_lock, owner_dead, owner_tag, remove_dead, temp_name, writing
 from cache.shards import (
     DIGEST,
     DTYPES,
@@ -84,6 +84,24 @@ def taken_indices(path: Path) -> set[int]:
 def next_free_index(path: Path) -> int:
     """The first shard number after every taken one (callers hold the cache lock)."""
     return max(taken_indices(path), default=-1) + 1
+
+
+def job_plan(path: Path, key: str, make: Callable[[int], dict]) -> dict:
+    """The job plan `jobs/<key>.json` of the cache at `path`, made once under the cache lock.
+
+    When the plan exists it is read; otherwise `make(first)` builds it, with `first` the first shard number no
+    shard, claim or other plan uses, and it is written atomically. Two writers starting one job get one plan.
+    """
+    path = Path(path)
+    file = path / JOBS_DIR / f"{key}.json"
+    with folder_lock(path):
+        if file.is_file():
+            return json.loads(file.read_text(encoding="utf-8"))
+        plan = make(next_free_index(path))
+        with writing(file):
+            file.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(file, json.dumps(plan, indent=1))
+        return plan
 
 
 def remove_dead_files(path: Path) -> list[Path]:
@@ -247,6 +265,24 @@ class CacheWriter:
         finally:
             tmp.unlink(missing_ok=True)
         return path
+
+    def claim_shard(self, index: int) -> Path | None:
+        """Claim planned shard `index` for this process (a create-exclusive claim file; delete it when done).
+
+        Returns None when the shard is committed or another live writer holds it; a dead writer's claim is taken
+        over. Two processes running one plan thus split its shards instead of both extracting every one.
+        """
+        mine = self.path / SHARD_DIR / f".{index:05d}.claim-{owner_tag()}"
+        with self.lock:
+            if self.shard_done(index):
+                return None
+            for other in (self.path / SHARD_DIR).glob(f".{index:05d}.claim-*"):
+                if other != mine and not owner_dead(other.name):
+                    return None
+                other.unlink(missing_ok=True)
+            with writing(mine):
+                mine.open("x").close()
+            return mine
 
     def _claim(self) -> tuple[int, Path]:
         """Claim the next free shard number with a create-exclusive claim file owned by this process."""

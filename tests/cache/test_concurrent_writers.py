@@ -98,3 +98,73 @@ def test_two_writers_of_one_shard_both_succeed_and_it_is_stored_once(tmp_path):
     assert child.returncode == 0 and out.strip() == "done"  # its temporary file was not deleted under it
     assert sorted(p.name for p in (path / "shards").iterdir()) == ["00000.errors.json", "00000.h5"]
     assert cache.verify(path)["rows"] == 8
+
+
+CLAIMER = textwrap.dedent(
+    """
+    import sys, time
+    sys.path.insert(0, {root!r})
+    import cache
+    from tests.cache.helpers import FEATURES, SPEC
+    w = cache.CacheWriter({path!r}, spec=SPEC, features=FEATURES)
+    print("claimed" if w.claim_shard(4) else "refused", flush=True)
+    time.sleep(120)
+    """
+)
+
+
+def test_a_live_writers_shard_claim_is_respected_and_a_dead_ones_taken_over(tmp_path):
+    path = tmp_path / "c"
+    code = CLAIMER.format(root=str(ROOT), path=str(path))
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert child.stdout.readline().strip() == "claimed"
+        w = cache.CacheWriter(path, spec=SPEC, features=FEATURES)
+        assert w.claim_shard(4) is None  # the other process works on it
+        mine = w.claim_shard(5)
+        assert mine is not None and w.claim_shard(5) == mine  # claiming again in one process is idempotent
+    finally:
+        child.kill()
+        child.wait(timeout=30)
+    assert w.claim_shard(4) is not None  # its owner died: taken over
+    meta, feats = rows(3)
+    w.write_shard(5, meta, feats)
+    assert w.claim_shard(5) is None  # committed
+
+
+PLANNER = textwrap.dedent(
+    """
+    import json, sys, time
+    sys.path.insert(0, {root!r})
+    from cache.writer import job_plan
+
+    def make(first):
+        time.sleep(1.5)  # the other process asks for the same plan meanwhile
+        return {{"first_shard": first, "n_shards": 3, "maker": {who!r}}}
+
+    print(json.dumps(job_plan({path!r}, "job", make)), flush=True)
+    """
+)
+
+
+def test_two_processes_starting_one_job_get_one_plan(tmp_path):
+    import json
+
+    path = tmp_path / "c"
+    (path / "shards").mkdir(parents=True)
+    (path / "shards/00002.h5").touch()  # numbers after every shard on disk
+    kids = [
+        subprocess.Popen(
+            [sys.executable, "-c", PLANNER.format(root=str(ROOT), path=str(path), who=who)],
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )  # fmt: skip
+        for who in ("a", "b")
+    ]
+    plans = [json.loads(k.communicate(timeout=120)[0]) for k in kids]
+    assert plans[0] == plans[1] and plans[0]["first_shard"] == 3
+    from cache.writer import job_plan
+
+    other = job_plan(path, "other", lambda first: {"first_shard": first, "n_shards": 2})
+    assert other["first_shard"] == 6  # after the first job's reserved range
