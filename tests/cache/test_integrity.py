@@ -47,7 +47,7 @@ def test_index_records_rows_size_and_digest_of_each_committed_shard(tmp_path):
 
     for name, rec in index["shards"].items():
         data = (tmp_path / "shards" / name).read_bytes()
-        assert rec == {"rows": SHARD, "bytes": len(data), "blake2b": hashlib.blake2b(data).hexdigest()}
+        assert rec == {"rows": SHARD, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
 def test_flipped_feature_byte_is_caught_by_verify(tmp_path):
