@@ -242,7 +242,7 @@ def parse_config(data: Mapping[str, Any], *, source: str = "config") -> RunConfi
 
 def _check_values(cfg: RunConfig, *, source: str) -> None:
     """Value checks the types cannot express."""
-    from pipeline.evaluate import REAL_POLICIES, parse_threshold
+    from pipeline.metrics import REAL_POLICIES, parse_threshold
 
     if not 0.0 <= cfg.data.val_fraction < 1.0:
         raise ValueError(f"{source}: data.val_fraction must be in [0, 1), got {cfg.data.val_fraction}")

@@ -18,10 +18,11 @@ import yaml
 from PIL import Image
 
 import cache
-from pipeline.ablate import expand, load_ablation, read_result, run_ablation, summary_markdown
+from pipeline.ablate import expand, load_ablation, read_result, run_ablation
 from pipeline.cli import main
 from pipeline.config import parse_config, to_dict
 from pipeline.evaluate import evaluate_run
+from pipeline.report import ablation_markdown
 from pipeline.train import train_run
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -157,7 +158,7 @@ def test_summary_is_mean_and_std_over_seeds(finished: dict) -> None:
         assert row["auc.mean"] == pytest.approx(auc.mean())
         assert row["auc.std"] == pytest.approx(np.std(auc, ddof=1))
     text = (finished["out"] / "summary.md").read_text()
-    assert text == summary_markdown(summary, sort_by="auc", n_runs=4)
+    assert text == ablation_markdown(summary, sort_by="auc", n_runs=4)
     best = summary.iloc[0]
     cell = f"{100 * best['auc.mean']:.2f} ± {100 * best['auc.std']:.2f}"
     assert f"| {best['setting']} | 2 |" in text and cell in text

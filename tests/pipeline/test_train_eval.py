@@ -16,8 +16,8 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 import cache
 from pipeline.cli import main
 from pipeline.config import load_config
-from pipeline.evaluate import calibrate_threshold
-from pipeline.train import train_val_rows
+from pipeline.metrics import calibrate_threshold
+from pipeline.rows import train_val_rows
 
 
 def _id(text: str) -> str:
