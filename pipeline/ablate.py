@@ -52,7 +52,8 @@ class RunSpec:
     variant: str
     values: dict[str, Any]
     seed: int
-    config: dict[str, Any] = field(repr=False)
+    config: dict[str, Any] = field(repr=False)  # the resolved config as plain data (its hash is in run_id)
+    parsed: Any = field(default=None, repr=False, compare=False)  # the same as a RunConfig, parsed once
 
 
 @dataclass(frozen=True)
@@ -185,9 +186,10 @@ def expand(
                 data = copy.deepcopy(base)
                 for key, value in [*overrides.items(), *values.items(), ("fit.seed", seed)]:
                     set_dotted(data, key, value)
-                cfg = to_dict(parse_config(data, source=f"{source} [{setting}, seed {seed}]"))
+                parsed = parse_config(data, source=f"{source} [{setting}, seed {seed}]")
+                cfg = to_dict(parsed)
                 run_id = f"{setting}_s{seed}-{config_hash(cfg)}"
-                runs.append(RunSpec(run_id, setting, variant, values, seed, cfg))
+                runs.append(RunSpec(run_id, setting, variant, values, seed, cfg, parsed))
     seen: dict[str, str] = {}
     for r in runs:
         digest = r.run_id.rsplit("-", 1)[-1]
@@ -206,19 +208,11 @@ def load_ablation(
     sort_by: str | None = None,
 ) -> AblationPlan:
     """Read an ablation YAML, apply `--cache` and `--set` overrides to its base config, and expand it."""
-    import yaml
-
-    from pipeline.config import apply_overrides, override_caches
+    from pipeline.config import apply_overrides, override_caches, read_yaml
 
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"ablation config {path} does not exist (e.g. configs/ablate_fusion.yaml)")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as err:
-        raise ValueError(f"{path}: not valid YAML: {err}") from None
-    if not isinstance(raw, Mapping):
-        raise ValueError(f"{path}: an ablation config is a YAML mapping")
+    missing = f"ablation config {path} does not exist (e.g. configs/ablate_fusion.yaml)"
+    raw = read_yaml(path, what="an ablation config", missing=missing)
     raw = override_caches(raw, caches) if caches else dict(raw)
     return expand(apply_overrides(raw, overrides), source=str(path), seeds=seeds, sort_by=sort_by)
 
@@ -233,7 +227,7 @@ def read_result(run_dir: str | Path) -> dict[str, Any] | None:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
-def execute_run(run_dir: str, config: dict[str, Any], info: dict[str, Any], threads: int | None = None) -> dict:
+def execute_run(run_dir: str, config: Any, info: dict[str, Any], threads: int | None = None) -> dict:
     """Train and evaluate one resolved config in `run_dir`; skip it when its result exists.
 
     Idempotent: a finished run returns its stored result (with "skipped": True); leftovers of an unfinished
@@ -241,7 +235,7 @@ def execute_run(run_dir: str, config: dict[str, Any], info: dict[str, Any], thre
 
     Args:
         run_dir: the run's directory (DIR/runs/RUN_ID).
-        config: the resolved run config (`pipeline.config.to_dict`).
+        config: the run's `RunConfig` (or its plain-data form, `pipeline.config.to_dict`, parsed here).
         info: run_id, setting, variant, values, seed (copied into the result).
         threads: torch threads for this process (None: leave as is).
     """
@@ -250,7 +244,7 @@ def execute_run(run_dir: str, config: dict[str, Any], info: dict[str, Any], thre
         return {**done, "skipped": True}
     import torch
 
-    from pipeline.config import parse_config
+    from pipeline.config import RunConfig, parse_config
     from pipeline.evaluate import evaluate_run
     from pipeline.train import train_run
 
@@ -262,9 +256,9 @@ def execute_run(run_dir: str, config: dict[str, Any], info: dict[str, Any], thre
         torch.set_num_threads(threads)
     try:
         start = time.perf_counter()
-        cfg = parse_config(config, source=f"{path}/config.yaml")
+        cfg = config if isinstance(config, RunConfig) else parse_config(config, source=f"{path}/config.yaml")
         trained = train_run(cfg, path)
-        metrics = evaluate_run(path, out_dir=path / "eval", plots=False)
+        metrics = evaluate_run(path, out_dir=path / "eval", plots=False, config=cfg)
         seconds = time.perf_counter() - start
     finally:
         torch.set_num_threads(previous)
@@ -300,7 +294,7 @@ def _tasks(plan: AblationPlan, out_dir: Path, threads: int | None) -> list[tuple
     tasks = []
     for r in plan.runs:
         info = {"run_id": r.run_id, "setting": r.setting, "variant": r.variant, "values": r.values, "seed": r.seed}
-        tasks.append((r.run_id, (str(out_dir / "runs" / r.run_id), r.config, info, threads)))
+        tasks.append((r.run_id, (str(out_dir / "runs" / r.run_id), r.parsed or r.config, info, threads)))
     return tasks
 
 

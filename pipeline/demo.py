@@ -283,11 +283,11 @@ def step_extract(state: DemoState, *, weights: Path) -> None:
 
 def load_demo_config(path: Path = CONFIG) -> dict[str, Any]:
     """The demo's ablation config (configs/demo.yaml) as plain data."""
-    import yaml
+    from pipeline.config import parse_yaml
 
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: `aigi demo` runs from a source checkout (pip install -e .)")
-    return yaml.safe_load(path.read_text())
+    return parse_yaml(path.read_text())
 
 
 def demo_configs(base: dict[str, Any], *, state: DemoState) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
@@ -308,11 +308,11 @@ def demo_configs(base: dict[str, Any], *, state: DemoState) -> tuple[dict[str, d
 
 
 def write_yaml(path: Path, data: dict[str, Any]) -> Path:
-    """Write `data` as YAML (creating the folder)."""
-    import yaml
+    """Write `data` as YAML (creating the folder) that the config reader reads back equal."""
+    from pipeline.config import dump_yaml
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    path.write_text(dump_yaml(data))
     return path
 
 

@@ -106,6 +106,7 @@ def evaluate_run(
     seed: int = 0,
     where: Sequence[str] = (),
     plots: bool = True,
+    config: Any = None,
 ) -> dict[str, Any]:
     """Score one split with a trained head and write the report (see EVAL_HELP); None means the run's default.
 
@@ -118,6 +119,7 @@ def evaluate_run(
         seed: bootstrap seed.
         where: extra `COLUMN=VALUE` row filters replacing the config's (e.g. view=jpeg:75).
         plots: also draw the PNG plots (the ablation runner turns them off: they cost seconds per run).
+        config: the run's `RunConfig` when the caller holds it (the ablation runner); default: read from RUN_DIR.
 
     Returns:
         The metrics (metrics.json's content).
@@ -130,10 +132,12 @@ def evaluate_run(
 
     run_dir = Path(run_dir)
     head, info = heads.load(run_dir)
-    raw = to_dict(_run_config(run_dir, info))
-    raw = override_caches(raw, list(caches)) if caches else raw
-    raw = apply_overrides(raw, [f"data.where.{w}" for w in where])
-    cfg = parse_config(raw, source=f"{run_dir}/head.json")
+    cfg = config if config is not None else _run_config(run_dir, info)
+    if caches or where:  # overrides go to the plain mapping, which is parsed once more
+        raw = to_dict(cfg)
+        raw = override_caches(raw, list(caches)) if caches else raw
+        raw = apply_overrides(raw, [f"data.where.{w}" for w in where])
+        cfg = parse_config(raw, source=f"{run_dir}/head.json")
     opened = open_caches(cfg.data.caches)
     notes = check_fingerprints(info, opened, run_dir=run_dir)
     by = by or cfg.eval.by

@@ -29,6 +29,7 @@ def train_run(cfg: Any, run_dir: str | Path) -> dict[str, Any]:
     from pipeline.metrics import binary_metrics
     from pipeline.rows import groups_of, open_caches, train_val_rows
 
+    resolved = to_dict(cfg)
     caches = open_caches(cfg.data.caches)
     train, val, val_how = train_val_rows(caches, cfg.data, inputs=cfg.head.inputs)
     fit_cfg = heads.FitConfig(**cfg.fit)
@@ -54,7 +55,7 @@ def train_run(cfg: Any, run_dir: str | Path) -> dict[str, Any]:
         },
         "fingerprints": {a: c.fingerprint for a, c in caches.items()},
         "extractor_spec": {a: c.spec for a, c in caches.items()},
-        "run_config": to_dict(cfg),
+        "run_config": resolved,
         "fit": dict(cfg.fit),
         "history": history,
         "train_rows": len(train),
@@ -64,7 +65,7 @@ def train_run(cfg: Any, run_dir: str | Path) -> dict[str, Any]:
     }
     run_dir = Path(run_dir)
     heads.save(head, run_dir, meta=meta)
-    save_config(cfg, run_dir)
+    save_config(resolved, run_dir)
     return {
         "head": cfg.head.name,
         "train_rows": len(train),

@@ -191,6 +191,27 @@ def test_cli_dry_run_lists_states(finished: dict, store: Path, tmp_path: Path, c
     assert lines.count("done") == 4 and lines.count("todo") == 0
 
 
+def test_one_run_parses_its_config_once(store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pipeline.config
+
+    calls = []
+    real = pipeline.config.parse_config
+    monkeypatch.setattr(pipeline.config, "parse_config", lambda *a, **k: calls.append(1) or real(*a, **k))
+    plan = expand(ablation(store, variants=None, seeds=[0]))
+    out = run_ablation(plan, tmp_path / "once", jobs=1, progress=False)
+    assert out["ran"] == 1 and len(calls) == 1
+
+
+def test_dry_run_catches_a_head_parameter_typo(store: Path, tmp_path: Path, capsys) -> None:
+    bad = ablation(store, variants={"mlp": {"head": {"name": "mlp", "inputs": ["f"], "hiden": 8}}})
+    path = tmp_path / "typo.yaml"
+    path.write_text(yaml.safe_dump(bad), encoding="utf-8")
+    assert main(["ablate", str(path), "-o", str(tmp_path / "out"), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "head.hiden" in err and "did you mean 'head.hidden'" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.slow
 def test_sigkill_mid_ablation_then_restart_redoes_no_finished_run(store: Path, tmp_path: Path) -> None:
     path = tmp_path / "abl.yaml"
