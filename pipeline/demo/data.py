@@ -167,7 +167,7 @@ def find_shared_weights(
         if not path.exists():
             raise FileNotFoundError(f"--{kind}-weights {path} does not exist; give a weights file or folder")
         return path
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     for root in roots if roots is not None else [Path.cwd(), repo]:
         for name in SHARED_HINTS[kind]:
             folder = root.parent / "shared" / "data" / name
