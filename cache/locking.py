@@ -7,14 +7,16 @@ whose owner ran on this host and is no longer alive, so a writer never deletes a
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import socket
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 from filelock import FileLock
+
+from common.files import temp_name, writing
+
+__all__ = ["folder_lock", "owner_dead", "owner_tag", "pid_alive", "remove_dead", "temp_name", "writing"]
 
 LOCK_NAME = ".lock"
 HOST = socket.gethostname()
@@ -25,11 +27,6 @@ _GUARD = threading.Lock()
 def owner_tag() -> str:
     """`<host>-<pid>` of this process (the suffix of its temporary and claim file names)."""
     return f"{HOST}-{os.getpid()}"
-
-
-def temp_name(path: Path) -> Path:
-    """A hidden temporary sibling of `path` owned by this process (readers never list it)."""
-    return path.with_name(f".{path.name}.tmp-{owner_tag()}")
 
 
 def pid_alive(pid: int) -> bool:
@@ -79,31 +76,3 @@ def folder_lock(folder: Path, name: str = LOCK_NAME) -> FileLock:
                 Path(folder).mkdir(parents=True, exist_ok=True)
             _LOCKS[key] = FileLock(key, thread_local=False)
         return _LOCKS[key]
-
-
-@contextlib.contextmanager
-def writing(path: Path, what: str = "writing") -> Iterator[None]:
-    """Re-raise an OSError met while writing `path` with the file named and a hint (disk full, permissions)."""
-    try:
-        yield
-    except OSError as err:
-        code = err.errno if err.errno is not None else _errno_in(err)
-        if err.filename is not None or code is None:
-            raise
-        hint = {
-            errno.ENOSPC: "the disk is full: free space and re-run (finished parts are kept)",
-            errno.EDQUOT: "the disk quota is exceeded: free space and re-run",
-            errno.EFBIG: "the file size limit was reached",
-            errno.EACCES: "choose a folder you may write to",
-            errno.EROFS: "choose a writable folder",
-        }.get(code)
-        raise OSError(code, f"{what} failed: {os.strerror(code)}" + (f" ({hint})" if hint else ""), str(path)) from err
-
-
-def _errno_in(err: OSError) -> int | None:
-    """The errno named inside a library's message (h5py reports `errno = 28` as text)."""
-    text = str(err)
-    for code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EROFS):
-        if f"errno = {code}," in text or os.strerror(code) in text:
-            return code
-    return None

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cache.locking import temp_name, writing
+from common.files import atomic_path
 
 # column -> (pandas dtype, default when absent or None). `image_id`, `path`, `label`, `source` are required.
 MANIFEST_COLUMNS: dict[str, tuple[str, object]] = {
@@ -88,14 +88,8 @@ def write_manifest(df: pd.DataFrame, path: str | Path) -> Path:
     """Validate `df` and write it atomically as Parquet."""
     path = Path(path)
     df = refuse_repeats(validate_manifest(df, name=str(path)), name=str(path))
-    tmp = temp_name(path)
-    try:
-        with writing(path):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            df.to_parquet(tmp, index=False)
-            tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path) as tmp:
+        df.to_parquet(tmp, index=False)
     return path
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 from pathlib import Path
 
 import h5py
@@ -15,8 +14,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from cache.locking import temp_name, writing
 from cache.manifest import MANIFEST_COLUMNS, validate_manifest
+from common.files import writing
 
 SCHEMA_VERSION = 1
 FORMATS = ("h5", "parquet")
@@ -44,17 +43,6 @@ def file_digest(path: Path) -> str:
 def bytes_digest(data: bytes) -> str:
     """The hex digest of `data` (equal to `file_digest` of a file holding it)."""
     return hashlib.new(DIGEST, data).hexdigest()
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write `text` to `path` through an owner-tagged temporary file and `os.replace`."""
-    tmp = temp_name(path)
-    try:
-        with writing(path):
-            tmp.write_text(text, encoding="utf-8")
-            os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def prepare_meta(meta: pd.DataFrame, *, where: str) -> pd.DataFrame:

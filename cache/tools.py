@@ -36,6 +36,7 @@ from cache.writer import (
     shard_record,
     write_index,
 )
+from common.files import atomic_path
 
 
 def compact(src: str | Path, out_h5: str | Path) -> Path:
@@ -47,28 +48,22 @@ def compact(src: str | Path, out_h5: str | Path) -> Path:
     remove_dead(out.parent, f".{out.name}.tmp-*")  # left by a killed compact
     meta = cache.meta()
     header = {**cache.header, "format": "h5"}  # whatever the source was (Parquet, a UAR folder), this is HDF5
-    tmp = temp_name(out)
-    try:
-        # through a Python file object: a full disk raises a clean OSError instead of failing inside HDF5's close
-        with writing(out), open(tmp, "w+b") as fh, h5py.File(fh, "w") as f:
-            f.attrs[HEADER_KEY] = json.dumps(header)
-            f.attrs["n_rows"] = len(meta)
-            f.attrs[ERRORS_KEY] = json.dumps(cache.errors())
-            group = f.create_group("meta")
-            for col, values in meta_columns_h5(meta).items():
-                group.create_dataset(col, data=values)
-            feats = f.create_group("features")
-            for name, shape in cache.features.items():
-                feats.create_dataset(name, shape=(len(meta), *shape), dtype=cache.dtype)
-            offset = 0
-            for batch in cache.iter_batches(65536, dtype=cache.dtype):
-                for name, arr in batch.features.items():
-                    feats[name][offset : offset + len(batch)] = arr
-                offset += len(batch)
-        with writing(out):
-            os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    # through a Python file object: a full disk raises a clean OSError instead of failing inside HDF5's close
+    with atomic_path(out) as tmp, open(tmp, "w+b") as fh, h5py.File(fh, "w") as f:
+        f.attrs[HEADER_KEY] = json.dumps(header)
+        f.attrs["n_rows"] = len(meta)
+        f.attrs[ERRORS_KEY] = json.dumps(cache.errors())
+        group = f.create_group("meta")
+        for col, values in meta_columns_h5(meta).items():
+            group.create_dataset(col, data=values)
+        feats = f.create_group("features")
+        for name, shape in cache.features.items():
+            feats.create_dataset(name, shape=(len(meta), *shape), dtype=cache.dtype)
+        offset = 0
+        for batch in cache.iter_batches(65536, dtype=cache.dtype):
+            for name, arr in batch.features.items():
+                feats[name][offset : offset + len(batch)] = arr
+            offset += len(batch)
     return out
 
 

@@ -20,7 +20,6 @@ from cache.shards import (
     FORMATS,
     SCHEMA_VERSION,
     SUFFIX,
-    atomic_write_text,
     bytes_digest,
     check_features,
     count_rows,
@@ -30,6 +29,7 @@ from cache.shards import (
     prepare_meta,
     write_bytes,
 )
+from common.files import atomic_write
 
 CACHE_JSON = "cache.json"
 INDEX_JSON = "index.json"  # the shard index: name -> rows, bytes, digest of every committed shard
@@ -58,7 +58,7 @@ def read_index(path: Path) -> dict[str, dict] | None:
 def write_index(path: Path, shards: dict[str, dict]) -> None:
     """Write the shard index atomically (callers hold the cache lock)."""
     body = {"version": 1, "digest": DIGEST, "shards": dict(sorted(shards.items()))}
-    atomic_write_text(Path(path) / INDEX_JSON, json.dumps(body, indent=1))
+    atomic_write(Path(path) / INDEX_JSON, json.dumps(body, indent=1))
 
 
 def shard_record(file: Path, fmt: str | None = None) -> dict:
@@ -100,7 +100,7 @@ def job_plan(path: Path, key: str, make: Callable[[int], dict]) -> dict:
         plan = make(next_free_index(path))
         with writing(file):
             file.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(file, json.dumps(plan, indent=1))
+        atomic_write(file, json.dumps(plan, indent=1))
         return plan
 
 
@@ -198,7 +198,7 @@ class CacheWriter:
             if (self.path / CACHE_JSON).exists():
                 check_compatible(read_cache_json(self.path), self.header, where=str(self.path / CACHE_JSON))
             else:
-                atomic_write_text(self.path / CACHE_JSON, json.dumps(self.header, indent=2))
+                atomic_write(self.path / CACHE_JSON, json.dumps(self.header, indent=2))
             remove_dead_files(self.path)
             if read_index(self.path) is None:  # a new cache, or one written before shard indexes: record its shards
                 write_index(self.path, {p.name: shard_record(p) for p in self._shard_files()})
@@ -251,7 +251,7 @@ class CacheWriter:
         try:
             with writing(path):
                 # the errors file goes first: a committed shard always has its errors beside it
-                atomic_write_text(self.errors_path(index), json.dumps(errors, indent=1))
+                atomic_write(self.errors_path(index), json.dumps(errors, indent=1))
                 encode = h5_bytes if self.fmt == "h5" else parquet_bytes
                 data = encode(header=self.header, meta=meta, feats=feats)
                 write_bytes(tmp, data, shown=path)

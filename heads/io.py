@@ -15,6 +15,7 @@ from safetensors.torch import load as load_bytes
 from safetensors.torch import save as save_bytes
 from torch import nn
 
+from common.files import temp_name
 from heads._registry import build
 
 FORMAT = "aigi-head"
@@ -126,16 +127,11 @@ def _check_finite(tensors: dict[str, torch.Tensor], *, where: str) -> None:
         raise ValueError(f"{where}: weights {bad[:5]} hold NaN/inf values; such a head cannot score images")
 
 
-def _tag() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}"
-
-
 def _write_pair(directory: Path, files: dict[str, bytes]) -> None:
     """Replace head.safetensors and head.json together: both are written in full first; if either rename fails
     the previous pair is put back, so a failed save leaves the old head whole."""
-    tag = _tag()
-    temps = {name: directory / f".{name}.tmp-{tag}" for name in files}
-    backups = {name: directory / f".{name}.prev-{tag}" for name in files}
+    temps = {name: temp_name(directory / name) for name in files}
+    backups = {name: directory / f".{name}.prev-{socket.gethostname()}-{os.getpid()}" for name in files}
     replaced: list[str] = []
     try:
         for name, data in files.items():

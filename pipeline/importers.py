@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from common.files import atomic_write
 from pipeline.index import add_split_args, apply_splits
 
 LABEL_DIRS = ("0_real", "1_fake")
@@ -139,19 +139,9 @@ def _write_rows(writer, todo: pd.DataFrame, dim: int, *, desc: str, progress: bo
 
 def _save_npy(path: Path, arr: np.ndarray) -> None:
     """Write one `.npy` atomically. It is encoded in memory first: `np.save` to a file ignores short writes."""
-    from cache.locking import temp_name, writing
-    from cache.shards import write_bytes
-
     buffer = io.BytesIO()
     np.save(buffer, arr, allow_pickle=False)
-    tmp = temp_name(path)
-    try:
-        with writing(path):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_bytes(tmp, buffer.getvalue(), shown=path)
-            os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(path, buffer.getvalue())
 
 
 def export_npy(cache_path: str | Path, out: str | Path, *, feature: str | None = None, view: str = "orig") -> int:
