@@ -52,7 +52,11 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return _unwrap(load_file(str(path), device="cpu"), path)
+        try:
+            state = load_file(str(path), device="cpu")
+        except Exception as err:  # SafetensorError: truncated, empty or not a safetensors file
+            raise ValueError(f"{path}: not a readable safetensors file ({' '.join(str(err).split())})") from None
+        return _unwrap(state, path)
     if _is_torchscript(path):
         raise ValueError(
             f"{path} is a TorchScript archive (OpenAI's original CLIP release), which cannot be loaded without "
