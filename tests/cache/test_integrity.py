@@ -169,3 +169,20 @@ def test_compact_removes_a_dead_compacts_temp_file(tmp_path):
     left.write_bytes(b"x" * 1000)
     cache.compact(tmp_path / "c", tmp_path / "all.h5")
     assert not left.exists() and len(cache.open(tmp_path / "all.h5")) == N
+
+
+def test_compact_refuses_repeated_keys_and_the_cli_repairs_them(tmp_path, capsys):
+    from pipeline.cli import main
+
+    meta, feats = make(tmp_path / "c")
+    cache.CacheWriter(tmp_path / "c", spec=SPEC, features=FEATURES).write_shard(
+        3, meta.iloc[:2], {k: v[:2] for k, v in feats.items()}
+    )
+    with pytest.raises(ValueError, match="rows repeat an"):
+        cache.compact(tmp_path / "c", tmp_path / "all.h5")
+    assert main(["cache", "verify", str(tmp_path / "c")]) == 2
+    assert "key(s) occur on several rows" in capsys.readouterr().err
+    assert main(["cache", "repair", str(tmp_path / "c")]) == 0
+    out = capsys.readouterr().out
+    assert "2 repeated row(s)" in out and f"ok: {N} rows" in out
+    assert len(cache.open(cache.compact(tmp_path / "c", tmp_path / "all.h5"))) == N
