@@ -289,9 +289,12 @@ def _run_stage(
             "best_val_ap": None,
         }
     if len(np.unique(y)) < 2:
+        sources = sorted({str(s) for s in (data.groups or {}).get("source", [])})
+        present = f"; the training rows' sources are {sources[:8]}" if sources else ""
         raise ValueError(
             f"stage '{stage.name}' of head '{head.head_name}' has {len(y)} training rows of one class "
-            f"only ({np.bincount(y, minlength=2).tolist()} real/fake); check the groups patterns"
+            f"only ({np.bincount(y, minlength=2).tolist()} real/fake){present}; make the head's source patterns "
+            "name sources of the cache, or train on a cache that holds those fake types"
         )
     device = next(iter(x.values())).device
     y_t = torch.as_tensor(y, dtype=torch.float32, device=device)

@@ -528,6 +528,13 @@ def test_train_interrupted_says_nothing_was_saved(syn, capsys, monkeypatch):
     assert not (syn["tmp"] / "run").exists()
 
 
+def test_train_expert_patterns_matching_no_fake_name_the_sources(syn, capsys):
+    head = {"name": "concat", "inputs": ["f"], "experts": {"vae": ["vae*"], "sr": ["sr:*"]}, "rank": 2}
+    cfg = write_config(syn["tmp"] / "concat.yaml", head=head, caches={"syn": str(syn["cache"])})
+    user_error(capsys, "train", cfg, "-o", syn["tmp"] / "run", words=("expert:sr", "'gan', 'real', 'vae'", "patterns"))
+    assert not (syn["tmp"] / "run").exists()
+
+
 def test_train_missing_cache(syn, capsys):
     user_error(capsys, "train", syn["config"], "--cache", syn["tmp"] / "nope", "-o", syn["tmp"] / "run",
                words=("nope", "does not exist"))  # fmt: skip
