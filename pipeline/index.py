@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+
+from common.files import sha256_file
 
 LAYOUTS = ("auto", "uar", "genimage", "flat", "csv", "plain")
 LABEL_DIRS = {"0_real": 0, "1_fake": 1}
@@ -150,15 +151,6 @@ def outside_root(found: list[Found], root: Path) -> list[str]:
         link = item.path.is_symlink() or real != Path(os.path.abspath(item.path))
         out.append(f"{shown} (a symlink to {printable(real)})" if link and item.path.is_relative_to(root) else shown)
     return out
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _describe(found: list[Found], root: Path, *, progress: bool) -> tuple[pd.DataFrame, list[tuple[str, str]]]:

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from common.files import atomic_path, sha256_file
 from pipeline.index import printable
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".jfif"}
@@ -121,17 +122,11 @@ def load_batch(paths: list[Path], transform) -> tuple[list[int], Any, list[tuple
     ok, tensors, bad = [], [], []
     for i, path in enumerate(paths):
         try:
-            tensors.append(transform(load_image(path), _file_id(path)))
+            tensors.append(transform(load_image(path), sha256_file(path)))
             ok.append(i)
         except ImageLoadError as err:
             bad.append((i, err.reason))
     return ok, (torch.stack(tensors) if tensors else None), bad
-
-
-def _file_id(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def features_for(paths: list[Path], backbones: dict[str, Any], *, batch_size: int) -> tuple[dict, list[int], dict]:
@@ -233,17 +228,14 @@ def score_images(args: argparse.Namespace) -> pd.DataFrame:
 
 def write_table(table: pd.DataFrame, path: str) -> None:
     """Write the rows as CSV, JSON (a list of records) or Parquet, by the file's suffix, atomically."""
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    kind = out.suffix.lower()
-    if kind == ".json":
-        tmp.write_text(table.to_json(orient="records", indent=1), encoding="utf-8")
-    elif kind == ".parquet":
-        table.to_parquet(tmp, index=False)
-    else:
-        table.to_csv(tmp, index=False)
-    os.replace(tmp, out)
+    kind = Path(path).suffix.lower()
+    with atomic_path(path) as tmp:
+        if kind == ".json":
+            tmp.write_text(table.to_json(orient="records", indent=1), encoding="utf-8")
+        elif kind == ".parquet":
+            table.to_parquet(tmp, index=False)
+        else:
+            table.to_csv(tmp, index=False)
 
 
 def run(args: argparse.Namespace) -> int:
