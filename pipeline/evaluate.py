@@ -131,7 +131,14 @@ def evaluate_run(
     from pipeline.rows import load_rows, open_caches, val_rows
 
     run_dir = Path(run_dir)
+    if bootstrap is not None and bootstrap < 0:
+        raise ValueError(f"--bootstrap {bootstrap}: the number of resamplings must be >= 0 (0: no intervals)")
     head, info = heads.load(run_dir)
+    if info.get("untrained"):
+        raise ValueError(
+            f"{run_dir} is an imported head whose {info['untrained']} is untrained, so its scores mean nothing; "
+            f"train stage 2 first: aigi train configs/gapl.yaml --init {run_dir} -o RUN_DIR, then evaluate RUN_DIR"
+        )
     cfg = config if config is not None else _run_config(run_dir, info)
     if caches or where:  # overrides go to the plain mapping, which is parsed once more
         raw = to_dict(cfg)
