@@ -503,6 +503,14 @@ def test_train_where_value_lists_that_columns_values(syn, capsys):
     assert "'test'" not in line and "'val'" not in line
 
 
+def test_eval_where_value_lists_that_columns_values(syn, capsys):
+    run = syn["tmp"] / "run"
+    assert cli(capsys, "train", syn["config"], "-o", run)[0] == 0
+    user_error(capsys, "eval", run, "--where", "view=jpeg:75", "-o", syn["tmp"] / "rep",
+               words=("view", "jpeg:75", "'orig'", "--where view=VALUE"))  # fmt: skip
+    assert not (syn["tmp"] / "rep").exists()
+
+
 def test_train_refuses_to_overwrite_a_run(syn, capsys):
     run = syn["tmp"] / "run"
     assert cli(capsys, "train", syn["config"], "-o", run)[0] == 0
