@@ -50,10 +50,14 @@ def run_import_gapl(args: argparse.Namespace) -> int:
     files = {"stage1": args.stage1, "prototypes": args.prototypes}
     meta = {
         "imported_from": {"kind": "gapl", **{k: {"file": p.name, "sha256": sha256_file(p)} for k, p in files.items()}},
-        "note": "attention and classifier are untrained: run `aigi train` (stage 2) before scoring",
+        "untrained": "stage 2 (attention and classifier)",
+        "note": f"train stage 2 before scoring: aigi train configs/gapl.yaml --init {args.out} -o RUN_DIR",
     }
     heads.save(head, args.out, meta=meta)
-    print(f"wrote {args.out} (prototype head on '{args.feature}'; train stage 2 before use)")
+    print(
+        f"wrote {args.out} (prototype head on '{args.feature}'); its stage 2 is untrained: "
+        f"aigi train configs/gapl.yaml --init {args.out} -o RUN_DIR trains it"
+    )
     return 0
 
 
