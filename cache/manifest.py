@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from common.files import atomic_path
+
 # column -> (pandas dtype, default when absent or None). `image_id`, `path`, `label`, `source` are required.
 MANIFEST_COLUMNS: dict[str, tuple[str, object]] = {
     "image_id": ("string", None),
@@ -65,7 +67,16 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"manifest {path} does not exist; build one with `aigi index ROOT -o {path}`")
-    df = pd.read_csv(path, dtype=str, keep_default_na=False) if path.suffix == ".csv" else pd.read_parquet(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"manifest {path} is a folder; pass the manifest file (e.g. {path}/manifest.parquet)")
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False) if path.suffix == ".csv" else pd.read_parquet(path)
+    except (ValueError, OSError, pd.errors.ParserError) as err:  # pyarrow's ArrowInvalid is a ValueError
+        kind = "CSV" if path.suffix == ".csv" else "Parquet"
+        reason = " ".join(str(err).split())[:160]
+        raise ValueError(
+            f"manifest {path} is not a readable {kind} file ({reason}); build one with `aigi index ROOT -o {path}`"
+        ) from None
     return validate_manifest(df, name=str(path))
 
 
@@ -73,10 +84,8 @@ def write_manifest(df: pd.DataFrame, path: str | Path) -> Path:
     """Validate `df` and write it atomically as Parquet."""
     path = Path(path)
     df = validate_manifest(df, name=str(path))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    df.to_parquet(tmp, index=False)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        df.to_parquet(tmp, index=False)
     return path
 
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from common.files import atomic_path, atomic_write
 from heads._registry import build
 
 FORMAT = "aigi-head"
@@ -42,9 +42,9 @@ def save(head: nn.Module, directory: str | Path, *, meta: dict[str, Any] | None 
         **meta,
     }
     tensors = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
-    _atomic(directory / "head.safetensors", lambda tmp: save_file(tensors, str(tmp), metadata={"format": FORMAT}))
-    text = json.dumps(info, indent=2, sort_keys=False, default=_json_default)
-    _atomic(directory / "head.json", lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"))
+    with atomic_path(directory / "head.safetensors") as tmp:
+        save_file(tensors, str(tmp), metadata={"format": FORMAT})
+    atomic_write(directory / "head.json", json.dumps(info, indent=2, sort_keys=False, default=_json_default) + "\n")
     return directory
 
 
@@ -58,11 +58,25 @@ def load(directory: str | Path) -> tuple[nn.Module, dict[str, Any]]:
                 f"{path} is missing: a head directory holds head.json + head.safetensors "
                 "(written by `aigi train` or `aigi head import-*`)"
             )
-    info = json.loads(json_path.read_text(encoding="utf-8"))
-    if info.get("format") != FORMAT:
-        raise ValueError(f"{json_path} is not an aigi head file (format={info.get('format')!r})")
-    head = build(info["name"], standardize=bool(info.get("standardize", False)), **info["config"])
-    state = load_file(str(weights), device="cpu")
+    fix = "re-create the head with `aigi train` or `aigi head import-*`"
+    try:
+        info = json.loads(json_path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"{json_path} is not valid JSON ({err}); {fix}") from None
+    if not isinstance(info, dict) or info.get("format") != FORMAT:
+        found = info.get("format") if isinstance(info, dict) else type(info).__name__
+        raise ValueError(f"{json_path} is not an aigi head file (format={found!r}); {fix}")
+    absent = [k for k in ("name", "config") if k not in info]
+    if absent or not isinstance(info["config"], dict):
+        raise ValueError(f"{json_path} lacks {absent or ['a config mapping']}; {fix}")
+    try:
+        head = build(info["name"], standardize=bool(info.get("standardize", False)), **info["config"])
+    except TypeError as err:
+        raise ValueError(f"{json_path}: its config does not build head {info['name']!r} ({err}); {fix}") from None
+    try:
+        state = load_file(str(weights), device="cpu")
+    except Exception as err:  # safetensors raises its own SafetensorError for truncated or foreign files
+        raise ValueError(f"{weights} is not a readable safetensors file ({err}); {fix}") from None
     missing, unexpected = set(head.state_dict()) - set(state), set(state) - set(head.state_dict())
     if missing or unexpected:
         raise ValueError(
@@ -70,12 +84,6 @@ def load(directory: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         )
     head.load_state_dict(state, strict=True)
     return head.eval(), info
-
-
-def _atomic(path: Path, write: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
 
 
 def _json_default(value: Any) -> Any:

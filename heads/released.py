@@ -12,13 +12,22 @@ from heads._registry import build
 
 
 def _load_tensor_file(path: str | Path) -> Any:
+    import pickle
+
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder; pass the released .pth/.pt file itself")
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist")
+        raise FileNotFoundError(f"{path} does not exist; pass the released .pth/.pt file")
     try:
         return torch.load(path, weights_only=True, map_location="cpu")
-    except Exception as err:  # torch raises several types for a non-torch or pickled-code file
-        raise ValueError(f"{path} is not a plain torch tensor file (weights_only load failed: {err})") from err
+    except pickle.UnpicklingError:
+        raise ValueError(
+            f"{path}: refused, it needs pickled code to load (weights-only loading); pass the released tensor file"
+        ) from None
+    except Exception as err:  # torch raises several types for a non-torch file
+        reason = " ".join(str(err).split())[:160]
+        raise ValueError(f"{path} is not a plain torch tensor file ({type(err).__name__}: {reason})") from None
 
 
 _PROBE_PREFIXES = ("", "linear.", "fc.")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -13,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from common.files import atomic_path, atomic_write
 
 JOBS_DIR = "jobs"
 KEY_COLUMNS = ["image_id", "view"]
@@ -111,12 +112,9 @@ def load_or_create_job(cfg: ExtractConfig, rows: pd.DataFrame, cached_keys: set[
     }
     jobs.mkdir(parents=True, exist_ok=True)
     keys = todo[KEY_COLUMNS].reset_index(drop=True).astype(str)
-    tmp = keys_file.with_name(keys_file.name + ".tmp")
-    keys.to_parquet(tmp, index=False)
-    os.replace(tmp, keys_file)
-    tmp = plan_file.with_name(plan_file.name + ".tmp")
-    tmp.write_text(json.dumps(plan, indent=1))
-    os.replace(tmp, plan_file)
+    with atomic_path(keys_file) as tmp:
+        keys.to_parquet(tmp, index=False)
+    atomic_write(plan_file, json.dumps(plan, indent=1))
     plan["keys"] = keys
     return plan
 
@@ -288,6 +286,24 @@ def run_local(cfg: ExtractConfig, tasks: list[tuple[int, pd.DataFrame]]) -> list
     return results
 
 
+def run_dask(cfg: ExtractConfig, tasks: list, *, workers: int = 0, scheduler: str | None = None) -> list[dict]:
+    """Extract every shard task on dask; the driver writes `cache.json` first and shows progress over images."""
+    from tqdm import tqdm
+
+    from pipeline.distributed import dask_client, map_tasks, task_key
+
+    _writer(cfg, get_extractor(cfg))  # cache.json and the fingerprint guard, before any worker writes a shard
+    resources = {"GPU": 1} if str(cfg.device).startswith("cuda") else None
+    total = sum(len(rows) for _, rows in tasks)
+    keyed = [(task_key("extract", cfg.cache, f"{index:05d}"), (cfg, index, rows)) for index, rows in tasks]
+    with (
+        dask_client(workers=workers, scheduler=scheduler) as client,
+        tqdm(total=total, unit="img", desc=f"extract {cfg.backbone} (dask)", disable=None, dynamic_ncols=True) as bar,
+    ):
+        sizes = {key: len(args[2]) for key, args in keyed}
+        return map_tasks(client, run_shard, keyed, resources=resources, on_done=lambda k, _: bar.update(sizes[k]))
+
+
 def summarize(results: list[dict], seconds: float, cfg: ExtractConfig) -> str:
     done = [r for r in results if not r["skipped"]]
     rows = sum(r["rows"] for r in done)
@@ -322,18 +338,61 @@ def config_from_args(args: argparse.Namespace) -> ExtractConfig:
     )
 
 
+def check_weights_choice(weights: str | None, random_weights: bool) -> None:
+    """Refuse to extract with random weights unless asked: features of an untrained backbone look like real ones."""
+    if weights and random_weights:
+        raise ValueError("--weights and --random-weights exclude each other; pass one of them")
+    if not weights and not random_weights:
+        raise ValueError(
+            "no --weights: the backbone would run with random weights; pass --weights FILE (a local file: nothing "
+            "is downloaded), or --random-weights to extract features of a randomly initialised backbone on purpose"
+        )
+
+
+def fail_if_all_failed(cfg: ExtractConfig, tasks: list[tuple[int, pd.DataFrame]]) -> None:
+    """When every image of this job failed, remove what the job wrote (a re-run after fixing the images or the
+    manifest's paths then extracts them) and raise with the first reasons."""
+    import shutil
+
+    planned = sum(len(rows) for _, rows in tasks)
+    shards = Path(cfg.cache) / "shards"
+    errors: list[dict] = []
+    for index, _ in tasks:
+        listing = shards / f"{index:05d}.errors.json"
+        if listing.is_file():
+            errors += json.loads(listing.read_text())
+    if not planned or len(errors) < planned:
+        return
+    mine = {index for index, _ in tasks}
+    for index in mine:
+        for f in shards.glob(f"{index:05d}.*"):
+            f.unlink(missing_ok=True)
+    jobs = Path(cfg.cache) / JOBS_DIR
+    if not _existing_shard_indices(Path(cfg.cache)):  # the cache holds nothing else: remove what this run made
+        shutil.rmtree(jobs, ignore_errors=True)
+        (Path(cfg.cache) / "cache.json").unlink(missing_ok=True)
+        for folder in (shards, Path(cfg.cache)):
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+    first = "; ".join(f"{e.get('path')}: {e.get('reason')}" for e in errors[:3])
+    raise ValueError(
+        f"every one of the {planned} image(s) failed ({first}); nothing was extracted. Fix the images, or the "
+        f"manifest's paths (read relative to {cfg.root}; see --root), and re-run"
+    )
+
+
 def run(args: argparse.Namespace) -> int:
+    check_weights_choice(args.weights, getattr(args, "random_weights", False))
     cfg = config_from_args(args)
     start = time.perf_counter()
     tasks, plan = prepare(cfg)
     if plan.get("skipped_already_cached"):
         print(f"{plan['skipped_already_cached']} row(s) already in the cache are not extracted again", file=sys.stderr)
     if getattr(args, "workers", 0) or getattr(args, "scheduler", None):
-        from pipeline.distributed import run_distributed
-
-        results = run_distributed(cfg, tasks, workers=args.workers, scheduler=args.scheduler)
+        results = run_dask(cfg, tasks, workers=args.workers, scheduler=args.scheduler)
     else:
         results = run_local(cfg, tasks)
+    fail_if_all_failed(cfg, tasks)
     print(summarize(results, time.perf_counter() - start, cfg))
     return 0
 
@@ -343,6 +402,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--root", help="folder the manifest's paths are relative to (default: the manifest's folder)")
     p.add_argument("--backbone", required=True, help="extractor, e.g. clip-l14, aim-v1-3b, timm:vit_base_patch16_224")
     p.add_argument("--weights", help="local weights file of the backbone (nothing is downloaded)")
+    p.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="extract with a randomly initialised backbone on purpose (tests, benchmarks); without it --weights is "
+        "required",
+    )
     p.add_argument("--features", help="comma-separated feature names, e.g. l23.cls,proj (default: the backbone's)")
     p.add_argument("--preprocess", help="resize | center_crop | rich_patch (default: the backbone's)")
     p.add_argument("--views", default="orig", help="comma-separated views: orig, jpeg:75, blur:1.0, resize:0.5")

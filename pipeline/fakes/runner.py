@@ -19,8 +19,9 @@ import pandas as pd
 from PIL import Image
 
 from cache import read_manifest, write_manifest
+from common.files import atomic_write, sha256_file
 from extractors.images import ImageLoadError, load_image, probe_image
-from pipeline.fakes.imageio import Encoding, encoding_for, parse_format, sha256_file, write_atomic
+from pipeline.fakes.imageio import Encoding, encoding_for, parse_format
 
 # A transform maps same-key images (and their ids) to outputs of the same sizes; see VaeTransform / SrTransform.
 Transform = Callable[[list[Image.Image], list[str]], list[Image.Image]]
@@ -171,6 +172,9 @@ class FakeMaker:
         if cfg.splits:
             reals = reals[reals["split"].isin(cfg.splits)]
         base = Path(cfg.out_dir) / slug(self.source)
+        if reals.empty:
+            where = f" in splits {list(cfg.splits)}" if cfg.splits else ""
+            raise ValueError(f"{cfg.manifest} has no real image (label 0){where} to make fakes of; index reals first")
         items, errors = _plan(reals, cfg, root, base)
         result = FakesResult(errors=errors)
         todo = [it for it in items if not _done(it)]
@@ -181,9 +185,11 @@ class FakeMaker:
                 result.written += self._run_batch(batch, result.errors)
                 bar.update(len(batch))
         done = [it for it in items if _done(it)]
+        self._write_errors(base, result.errors)
+        if not done:
+            raise ValueError(_all_failed(result.errors, base / "errors.json"))
         result.rows = self._fake_rows(done, new_root)
         result.manifest = self._write_manifest(df, done, result.rows, root=root, new_root=new_root, out=out_manifest)
-        self._write_errors(base, result.errors)
         return result
 
     def _run_batch(self, batch: list[_Item], errors: list[dict]) -> int:
@@ -212,8 +218,8 @@ class FakeMaker:
     def _save(self, item: _Item, real: Image.Image, fake: Image.Image) -> None:
         enc = self._encoding(item)
         if item.real_path is not None:
-            write_atomic(enc.encode(real), item.real_path)
-        write_atomic(enc.encode(fake), item.fake_path)  # last: its presence marks the item done
+            atomic_write(item.real_path, enc.encode(real), fsync=True)
+        atomic_write(item.fake_path, enc.encode(fake), fsync=True)  # last: its presence marks the item done
 
     def _encoding(self, item: _Item) -> Encoding:
         enc = encoding_for(self.cfg.fmt, item.src)
@@ -257,9 +263,18 @@ class FakeMaker:
     def _write_errors(base: Path, errors: list[dict]) -> None:
         path = base / "errors.json"
         if errors:
-            write_atomic(json.dumps(errors, indent=1).encode(), path)
+            atomic_write(path, json.dumps(errors, indent=1), fsync=True)
         elif path.exists():
             path.unlink()
+
+
+def _all_failed(errors: list[dict], listing: Path) -> str:
+    """The message of a run in which no real image gave a fake: the first reasons and where the rest are."""
+    first = "; ".join(f"{e['path']}: {e['reason']}" for e in errors[:3])
+    return (
+        f"every one of the {len(errors)} real image(s) failed ({first}); fix or remove them "
+        f"(all reasons in {listing}); the manifest is unchanged"
+    )
 
 
 def _pair(real: dict) -> str:
