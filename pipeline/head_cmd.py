@@ -52,7 +52,7 @@ def run_import_linear(args: argparse.Namespace) -> int:
     import heads
 
     head = heads.linear_probe(args.file, feature=args.feature, fake_class=args.fake_class)
-    meta = {"imported_from": {"kind": "linear", "file": args.file.name, "sha256": _sha256(args.file)}}
+    meta = {"imported_from": {"kind": "linear", "file": args.file.name, "sha256": sha256_file(args.file)}}
     if args.cache is not None:
         meta |= _bound_cache(args.cache, args.feature, head.cfg.in_dim)
     heads.save(head, args.out, meta=meta)
