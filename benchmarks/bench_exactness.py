@@ -11,6 +11,8 @@ Rows (random weights and generated inputs; nothing is downloaded):
   normalisation, on 2 x 4,000 embeddings (GAPL's released projection when ../shared has it, else random).
 - CLIP (tiny, random weights): `proj` / `pooler` against open_clip and transformers (4.x and 5.x key layouts).
 - UnivFD's probe imported with `aigi head import-linear` against `x @ w.T + b`.
+- `aigi extract` (random-weight vit_tiny, 6 photos-sized noise images, batch 1) against the direct forward:
+  the default float16 cache, then `--store-dtype float32`.
 
 Prints a table; writes benchmarks/out/bench_exactness.json. Run: `python benchmarks/bench_exactness.py`.
 """
@@ -190,12 +192,50 @@ def univfd_row(tmp: Path) -> dict:
     return {"gap": "UnivFD fc_weights.pth vs x @ w.T + b", "before": "no importer", "after": delta}
 
 
+def store_dtype_row(tmp: Path) -> dict:
+    import pandas as pd
+    import timm
+    from PIL import Image
+
+    import cache
+    from extractors.images import load_image
+    from pipeline.cli import main as aigi
+
+    torch.manual_seed(0)
+    torch.save(timm.create_model("vit_tiny_patch16_224", pretrained=False).state_dict(), tmp / "vit.pth")
+    rng = np.random.default_rng(0)
+    (tmp / "img").mkdir()
+    paths = []
+    for i in range(6):
+        paths.append(tmp / "img" / f"{i}.png")
+        Image.fromarray(rng.integers(0, 256, (180 + 10 * i, 240, 3), dtype=np.uint8)).save(paths[-1])
+    table = pd.DataFrame({"image_id": [p.stem for p in paths], "path": [f"img/{p.name}" for p in paths]})
+    cache.write_manifest(table.assign(label=0, source="s"), tmp / "m.parquet")
+    ex = extractors.build("timm:vit_tiny_patch16_224", weights=tmp / "vit.pth", features=["pooler"])
+    deltas = {}
+    for store in ("float16", "float32"):
+        args = ["extract", "--manifest", str(tmp / "m.parquet"), "--backbone", "timm:vit_tiny_patch16_224"]
+        args += ["--weights", str(tmp / "vit.pth"), "--features", "pooler", "--batch-size", "1"]
+        assert aigi([*args, "--store-dtype", store, "--cache", str(tmp / store)]) == 0
+        fs = cache.open(tmp / store).load()
+        with torch.no_grad():
+            direct = [
+                ex(torch.stack([ex.transform(load_image(tmp / p), i)]))["pooler"][0]
+                for p, i in zip(fs.meta["path"], fs.meta["image_id"])
+            ]
+        deltas[store] = float(np.abs(fs.features["pooler"] - torch.stack(direct).numpy()).max())
+    return {
+        "gap": "aigi extract cache vs forward (float16 -> float32)",
+        "before": deltas["float16"],
+        "after": deltas["float32"],
+    }
+
+
 def main() -> None:
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory() as tmp:
-        rows = (
-            preprocessing_rows(_images()) + [aim_row()] + gapl_rows() + clip_rows(Path(tmp)) + [univfd_row(Path(tmp))]
-        )
+        rows = preprocessing_rows(_images()) + [aim_row()] + gapl_rows() + clip_rows(Path(tmp))
+        rows += [univfd_row(Path(tmp)), store_dtype_row(Path(tmp))]
     fmt = lambda v: "-" if v is None else (v if isinstance(v, str) else f"{v:.3g}")  # noqa: E731
     print(f"| {'gap':<50} | {'before':>12} | {'after':>10} |")
     print(f"| {'-' * 50} | {'-' * 12} | {'-' * 10} |")
