@@ -457,6 +457,14 @@ def test_export_npy_never_writes_outside_the_output_folder(tmp_path, capsys):
     assert len(files) == 6 and all(p.resolve().is_relative_to(out.resolve()) for p in files)
 
 
+def test_export_npy_of_a_view_the_cache_lacks(tmp_path, capsys):
+    uar_folder(tmp_path / "npy", n=2)
+    assert main(["import", "uar", str(tmp_path / "npy"), "--cache", str(tmp_path / "c")]) == 0
+    user_error(capsys, "export", "npy", tmp_path / "c", "-o", tmp_path / "out", "--view", "jpeg:75",
+               words=("jpeg:75", "'orig'", "--view"))  # fmt: skip
+    assert not (tmp_path / "out").exists()
+
+
 # ------------------------------------------------------------------------------------------------ train / eval
 
 
