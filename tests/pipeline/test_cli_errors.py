@@ -478,8 +478,15 @@ def syn(tmp_path: Path) -> dict:
 def test_train_yaml_syntax_error(syn, capsys):
     bad = syn["tmp"] / "bad.yaml"
     bad.write_text("head: {name: linear\nfit: [")
-    user_error(capsys, "train", bad, "-o", syn["tmp"] / "run", words=("bad.yaml", "YAML"))
+    line = user_error(capsys, "train", bad, "-o", syn["tmp"] / "run", words=("bad.yaml", "YAML", "line 2", "fix"))
+    assert "<unicode string>" not in line
     assert not (syn["tmp"] / "run").exists()
+
+
+def test_train_config_that_is_not_text(syn, capsys):
+    bad = syn["tmp"] / "weights.yaml"
+    bad.write_bytes(b"\x80\x04\x95\xff\x00pickle")
+    user_error(capsys, "train", bad, "-o", syn["tmp"] / "run", words=("weights.yaml", "UTF-8 YAML"))
 
 
 def test_train_yaml_of_the_wrong_shape(syn, capsys):
