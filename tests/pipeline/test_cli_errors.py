@@ -44,7 +44,10 @@ def _case() -> str:
 
 
 def record(line: str) -> None:
-    CASES[_case()] = line
+    key, n = _case(), 2
+    while key in CASES:
+        key, n = f"{_case()} ({n})", n + 1
+    CASES[key] = line
 
 
 def cli(capsys: pytest.CaptureFixture, *argv: object) -> tuple[int, str, str]:
