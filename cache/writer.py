@@ -104,6 +104,19 @@ def job_plan(path: Path, key: str, make: Callable[[int], dict]) -> dict:
         return plan
 
 
+def drop_shards(path: Path, indices: Iterable[int]) -> dict[str, dict]:
+    """Delete shards (files, errors files and index entries) under the cache lock; return the index left."""
+    path = Path(path)
+    with folder_lock(path):
+        shards = dict(read_index(path) or {})
+        for index in indices:
+            for file in (path / SHARD_DIR).glob(f"{int(index):05d}.*"):
+                file.unlink(missing_ok=True)
+                shards.pop(file.name, None)
+        write_index(path, shards)
+    return shards
+
+
 def remove_dead_files(path: Path) -> list[Path]:
     """Delete temporary and claim files of writers of this host that died (never a live writer's)."""
     path = Path(path)

@@ -23,6 +23,7 @@ VERSION = 1
 WEIGHTS, HEAD_JSON = "head.safetensors", "head.json"
 WEIGHTS_DIGEST = "weights_sha256"  # head.json records the digest of the weights file saved with it
 RESERVED = ("format", "version", "name", "config", "inputs", "standardize", WEIGHTS_DIGEST)
+FIX = "re-create the head with `aigi train` or `aigi head import-*`"
 
 
 def save(head: nn.Module, directory: str | Path, *, meta: dict[str, Any] | None = None) -> Path:
@@ -75,11 +76,13 @@ def load(directory: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     data = weights.read_bytes()
     digest = info.get(WEIGHTS_DIGEST)
     if digest is not None and hashlib.sha256(data).hexdigest() != digest:
-        raise ValueError(f"{weights} does not match {json_path} (changed, damaged or from another save); save again")
+        raise ValueError(f"{weights} does not match {json_path} (changed, damaged or from another save); {FIX}")
     try:
         state = load_bytes(data)
     except Exception as err:  # SafetensorError: truncated, empty or not a safetensors file
-        raise ValueError(f"{weights} is not a readable safetensors file ({' '.join(str(err).split())})") from None
+        raise ValueError(
+            f"{weights} is not a readable safetensors file ({' '.join(str(err).split())}); {FIX}"
+        ) from None
     head = _build_checked(info, state, json_path, weights)
     _check_finite(state, where=str(weights))
     head.load_state_dict(state, strict=True)
@@ -90,13 +93,12 @@ def _read_info(json_path: Path) -> dict[str, Any]:
     try:
         info = json.loads(json_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{json_path} is not valid JSON ({err}); save the head again") from None
-    if not isinstance(info, dict) or info.get("format") != FORMAT:
-        raise ValueError(
-            f"{json_path} is not an aigi head file (format={getattr(info, 'get', dict().get)('format')!r})"
-        )
+        raise ValueError(f"{json_path} is not valid JSON ({err}); {FIX}") from None
+    found = info.get("format") if isinstance(info, dict) else type(info).__name__
+    if found != FORMAT:
+        raise ValueError(f"{json_path} is not an aigi head file (format={found!r}); {FIX}")
     if not isinstance(info.get("config"), dict) or not isinstance(info.get("name"), str):
-        raise ValueError(f"{json_path} lacks a head name or config; save the head again")
+        raise ValueError(f"{json_path} lacks a head name or config mapping; {FIX}")
     return info
 
 
@@ -107,7 +109,7 @@ def _build_checked(info: dict, state: dict, json_path: Path, weights: Path) -> n
         with torch.device("meta"):
             shapes = {k: tuple(v.shape) for k, v in build(info["name"], **kwargs).state_dict().items()}
     except (TypeError, ValueError, RuntimeError, OverflowError) as err:
-        raise ValueError(f"{json_path}: config does not build head '{info['name']}' ({err})") from None
+        raise ValueError(f"{json_path}: its config does not build head {info['name']!r} ({err}); {FIX}") from None
     missing, unexpected = set(shapes) - set(state), set(state) - set(shapes)
     if missing or unexpected:
         raise ValueError(

@@ -19,15 +19,16 @@ LABEL_DIRS = ("0_real", "1_fake")
 IMPORT_LOCK = ".import.lock"
 
 
-def _existing(out: Path) -> tuple[set[str], dict]:
-    """image_ids already in the cache at `out` and its header (empty when it does not exist yet)."""
+def _existing(out: Path) -> tuple[dict[str, str], dict]:
+    """image_id -> split of the rows already in the cache at `out`, and its header (empty when it does not exist)."""
     from cache.writer import CACHE_JSON, read_cache_json
 
     if not (out / CACHE_JSON).exists():
-        return set(), {}
+        return {}, {}
     import cache
 
-    return set(cache.open(out, keep_duplicates=True).meta()["image_id"].astype(str)), read_cache_json(out)
+    meta = cache.open(out, keep_duplicates=True).meta()
+    return dict(zip(meta["image_id"].astype(str), meta["split"].astype(str))), read_cache_json(out)
 
 
 def _load_files(files: list[str], dim: int) -> tuple[np.ndarray, np.ndarray, list[tuple[int, str]]]:
@@ -59,6 +60,19 @@ def _first_dim(files: list[str]) -> int:
             if len(reasons) == len(files) or len(reasons) >= 100:
                 break
     raise ValueError(f"none of the first {len(reasons)} .npy files loads, e.g. {reasons[0]}")
+
+
+def _split_note(rows: pd.DataFrame, done: dict[str, str], out: Path, asked: str) -> str:
+    """A note when rows already in the cache would get another split from this import's split options."""
+    present = rows[rows["image_id"].isin(done)]
+    changed = int((present["split"].astype(str) != present["image_id"].map(done)).sum())
+    if not changed:
+        return ""
+    return (
+        f"note: {len(present)} row(s) were already in {out} and keep their split from the first import ({changed} "
+        f"would get another one with {asked}); {asked} applies to the {len(rows) - len(present)} new row(s) only. "
+        "To re-split, import into a new cache"
+    )
 
 
 def import_uar(
@@ -95,6 +109,10 @@ def import_uar(
     dim = _first_dim(rows["file"].tolist())
     with folder_lock(out, IMPORT_LOCK):  # imports into one cache run one after the other: none repeats a row
         done, header = _existing(out)
+        if split or split_ratio:
+            note = _split_note(rows, done, out, f"--split {split}" if split else f"--split-ratio {split_ratio}")
+            if note:
+                print(note, file=sys.stderr)
         todo = rows[~rows["image_id"].isin(done)].reset_index(drop=True)
         writer = CacheWriter(
             out,
@@ -137,6 +155,12 @@ def _write_rows(writer, todo: pd.DataFrame, dim: int, *, desc: str, progress: bo
     return failed
 
 
+def safe_component(name: object) -> str:
+    """`name` as one path component that stays in its folder: separators, NUL and `..`/`.` become `_`."""
+    text = "".join("_" if c in "/\\\0" else c for c in str(name)).strip()
+    return "_" if text in ("", ".", "..") else text
+
+
 def _save_npy(path: Path, arr: np.ndarray) -> None:
     """Write one `.npy` atomically. It is encoded in memory first: `np.save` to a file ignores short writes."""
     buffer = io.BytesIO()
@@ -159,8 +183,11 @@ def export_npy(cache_path: str | Path, out: str | Path, *, feature: str | None =
     if len(store.features[name]) != 1:
         raise ValueError(f"{cache_path}: feature {name!r} has per-row shape {store.features[name]}, not a vector")
     meta = store.meta(where={"view": view})
-    targets = meta["source"].astype(str) + "/" + meta["label"].map(dict(enumerate(LABEL_DIRS)))
-    targets = targets + "/" + meta["path"].map(lambda p: Path(str(p)).stem) + ".npy"
+    if meta.empty:
+        views = sorted(store.meta()["view"].astype(str).unique().tolist())
+        raise ValueError(f"{cache_path}: no row has view {view!r}; its views are {views} (use --view)")
+    targets = meta["source"].map(safe_component) + "/" + meta["label"].map(dict(enumerate(LABEL_DIRS)))
+    targets = targets + "/" + meta["path"].map(lambda p: safe_component(Path(str(p)).stem)) + ".npy"
     dup = targets.duplicated(keep=False)
     if dup.any():
         raise ValueError(
@@ -168,10 +195,14 @@ def export_npy(cache_path: str | Path, out: str | Path, *, feature: str | None =
             "(same source, label and file stem); export a narrower selection"
         )
     written = 0
+    top = Path(out).resolve()
     lookup = pd.Series(targets.to_numpy(), index=meta["image_id"].astype(str).to_numpy())
     for batch in store.iter_batches(4096, features=[name], where={"view": view}):
         for image_id, vec in zip(batch.meta["image_id"].astype(str), batch.features[name]):
             path = Path(out) / lookup[image_id]
+            if not path.resolve().is_relative_to(top):  # a symlinked folder inside `out`
+                raise ValueError(f"{path} leads outside {out} (a symlink); export into a fresh folder")
+            path.parent.mkdir(parents=True, exist_ok=True)
             _save_npy(path, vec.reshape(1, -1).astype(np.float32))
             written += 1
     return written
