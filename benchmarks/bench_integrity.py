@@ -74,7 +74,11 @@ def count(cache_dir: Path, expected: set[tuple[str, str]]) -> dict:
     """Rows lost and duplicated in a cache against the expected (image_id, view) keys."""
     import cache
 
-    meta = cache.open(cache_dir, keep_duplicates=True).meta()
+    try:
+        meta = cache.open(cache_dir, keep_duplicates=True).meta()
+    except (OSError, ValueError) as err:  # nothing usable was written
+        print(f"  cannot read {cache_dir}: {err}", file=sys.stderr)
+        return {"lost": len(expected), "duplicated": 0}
     keys = list(zip(meta["image_id"].astype(str), meta["view"].astype(str)))
     return {"lost": len(expected - set(keys)), "duplicated": len(keys) - len(set(keys))}
 
