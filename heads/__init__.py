@@ -1,8 +1,8 @@
 """Small detection heads on cached features: registry, configs, the fit loop, save/load."""
 
-from heads import expert, fusion, gating, linear, mlp, prototype, router  # noqa: F401  (imports register heads)
+from heads import expert, fusion, gating, linear, mlp, prototype, router, tail  # noqa: F401  (imports register heads)
 from heads._registry import available, build, make_config, register_head
-from heads.io import load, save
+from heads.io import load, needs_frozen, read_info, save
 from heads.released import gapl_prototype, uar_linear
 from heads.train import FitConfig, Stage, explain, fit, lr_at, predict
 
@@ -17,7 +17,9 @@ __all__ = [
     "load",
     "lr_at",
     "make_config",
+    "needs_frozen",
     "predict",
+    "read_info",
     "register_head",
     "save",
     "uar_linear",

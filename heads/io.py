@@ -48,8 +48,11 @@ def save(head: nn.Module, directory: str | Path, *, meta: dict[str, Any] | None 
     return directory
 
 
-def load(directory: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild a saved head (on the CPU, in eval mode) and return it with head.json's content."""
+def load(directory: str | Path, *, frozen: nn.Module | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a saved head (on the CPU, in eval mode) and return it with head.json's content.
+
+    `frozen`: the frozen backbone tail a `tail_*` head runs (`read_info(directory)` says what it was trained on).
+    """
     directory = Path(directory)
     json_path, weights = directory / "head.json", directory / "head.safetensors"
     for path in (json_path, weights):
@@ -58,10 +61,8 @@ def load(directory: str | Path) -> tuple[nn.Module, dict[str, Any]]:
                 f"{path} is missing: a head directory holds head.json + head.safetensors "
                 "(written by `aigi train` or `aigi head import-*`)"
             )
-    info = json.loads(json_path.read_text(encoding="utf-8"))
-    if info.get("format") != FORMAT:
-        raise ValueError(f"{json_path} is not an aigi head file (format={info.get('format')!r})")
-    head = build(info["name"], standardize=bool(info.get("standardize", False)), **info["config"])
+    info = read_info(directory)
+    head = build(info["name"], standardize=bool(info.get("standardize", False)), frozen=frozen, **info["config"])
     state = load_file(str(weights), device="cpu")
     missing, unexpected = set(head.state_dict()) - set(state), set(state) - set(head.state_dict())
     if missing or unexpected:
@@ -70,6 +71,24 @@ def load(directory: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         )
     head.load_state_dict(state, strict=True)
     return head.eval(), info
+
+
+def read_info(directory: str | Path) -> dict[str, Any]:
+    """head.json of a saved head (name, config, inputs and the training metadata), without building it."""
+    json_path = Path(directory) / "head.json"
+    if not json_path.is_file():
+        raise FileNotFoundError(f"{json_path} is missing: a head directory holds head.json + head.safetensors")
+    info = json.loads(json_path.read_text(encoding="utf-8"))
+    if info.get("format") != FORMAT:
+        raise ValueError(f"{json_path} is not an aigi head file (format={info.get('format')!r})")
+    return info
+
+
+def needs_frozen(name: str) -> bool:
+    """Whether head `name` runs a frozen backbone tail (the `tail_*` heads)."""
+    from heads._registry import head_class
+
+    return bool(getattr(head_class(name), "needs_frozen", False))
 
 
 def _atomic(path: Path, write: Any) -> None:

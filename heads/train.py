@@ -244,7 +244,7 @@ SMALL_BATCH = 1 << 20  # floats per batch below which one CPU thread is faster
 def _fit_threads(cfg: FitConfig, device: torch.device, data: _Data) -> int:
     if cfg.threads is not None:
         return cfg.threads
-    width = sum(v.shape[1] for v in data.x.values())
+    width = sum(math.prod(v.shape[1:]) for v in data.x.values())
     if device.type == "cpu" and cfg.batch_size * width < SMALL_BATCH:
         return 1
     return torch.get_num_threads()
@@ -422,10 +422,11 @@ def _val_ap(head: nn.Module, forward: StageForward, sel: tuple, cfg: FitConfig) 
         return float("nan")
     head.eval()
     n = len(y)
+    step = min(cfg.eval_batch_size, getattr(head, "batch_rows", cfg.eval_batch_size))
     with torch.inference_mode():
         parts = []
-        for i in range(0, n, cfg.eval_batch_size):
-            out = forward({k: v[i : i + cfg.eval_batch_size] for k, v in x.items()}, {})
+        for i in range(0, n, step):
+            out = forward({k: v[i : i + step] for k, v in x.items()}, {})
             parts.append((out[0] if isinstance(out, tuple) else out).float().cpu())
     head.train()
     return float(average_precision_score(y, torch.cat(parts).numpy()))
@@ -435,6 +436,7 @@ def _batched(head: nn.Module, X: Mapping[str, np.ndarray] | np.ndarray, batch_si
     X = as_inputs(head, X)
     if getattr(head, "input_norm", None) is not None:
         X = head.input_norm.apply(X)
+    batch_size = min(batch_size, getattr(head, "batch_rows", batch_size))
     n = len(next(iter(X.values())))
     device = next(iter(head.parameters())).device
     head.eval()
