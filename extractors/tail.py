@@ -99,7 +99,7 @@ class AimTail(nn.Module):
 
 
 def tail_block(feature: str) -> int:
-    """"l<i>.tokens" -> i (the tail starts at block i + 1)."""
+    """ "l<i>.tokens" -> i (the tail starts at block i + 1)."""
     parsed = parse_layer_feature(feature)
     if parsed is None or parsed[1] != "tokens":
         raise ValueError(f"a tail starts from cached tokens: the feature must be 'l<i>.tokens', got {feature!r}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -55,8 +56,8 @@ def parse_weights(items: list[str], aliases: list[str]) -> dict[str, str | None]
     return out
 
 
-def extractor_from_spec(spec: dict, *, weights: str | None, device: str) -> Any:
-    """Rebuild the extractor a cache was made with, from the spec recorded in the head."""
+def extractor_from_spec(spec: dict, *, weights: str | None, device: str, features: list[str] | None = None) -> Any:
+    """Rebuild the extractor a cache was made with, from the spec recorded in the head (`features`: only these)."""
     import extractors
 
     params = dict(spec.get("preprocess_params") or [])
@@ -73,7 +74,7 @@ def extractor_from_spec(spec: dict, *, weights: str | None, device: str) -> Any:
     return extractors.build(
         spec["name"],
         weights=weights,
-        features=list(spec["features"]),
+        features=list(features or spec["features"]),
         preprocess=policy,
         device=device,
         dtype=dtype,
@@ -86,6 +87,8 @@ def check_fingerprint(extractor: Any, *, recorded: str | None, recorded_spec: di
     import cache
 
     spec = asdict(extractor.spec)
+    if list(spec["features"]) != list(recorded_spec["features"]):  # built for a subset: compare the rest
+        spec.update(features=recorded_spec["features"], dims=recorded_spec["dims"])
     if recorded is None or cache.fingerprint(spec) == recorded:
         return
     diff = cache.spec_diff(recorded_spec, spec)
@@ -131,11 +134,14 @@ def _file_id(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def features_for(paths: list[Path], backbones: dict[str, Any], *, batch_size: int) -> tuple[dict, list[int], dict]:
-    """Features of every readable image for every backbone: {alias: {feature: array}}, rows kept, failures."""
+def score_batches(
+    paths: list[Path], backbones: dict[str, Any], *, batch_size: int, score: Callable[[dict], dict]
+) -> tuple[dict[str, np.ndarray], list[int], dict[int, str]]:
+    """Extract each batch of readable images with every backbone and score it at once (features, token features
+    above all, are never kept for the whole folder): ({column: values of the kept rows}, rows kept, failures)."""
     from tqdm import tqdm
 
-    feats: dict[str, dict[str, list]] = {a: {} for a in backbones}
+    columns: dict[str, list] = {}
     kept: list[int] = []
     failed: dict[int, str] = {}
     for start in tqdm(range(0, len(paths), batch_size), desc="predict", unit="batch", disable=None):
@@ -145,49 +151,77 @@ def features_for(paths: list[Path], backbones: dict[str, Any], *, batch_size: in
         failed.update({start + i: reason for i, reason in bad})
         if batch is None:
             continue
+        feats: dict[str, dict[str, np.ndarray]] = {}
         for alias, ex in backbones.items():
             x = batch if ex is first else load_batch([chunk[i] for i in ok], ex.transform)[1]
-            for name, value in ex(x).items():
-                feats[alias].setdefault(name, []).append(value.numpy())
+            feats[alias] = {name: value.numpy() for name, value in ex(x).items()}
+        for name, values in score(feats).items():
+            columns.setdefault(name, []).append(np.asarray(values))
         kept.extend(start + i for i in ok)
-    stacked = {a: {n: np.concatenate(v) for n, v in f.items()} for a, f in feats.items()}
-    return stacked, kept, failed
+    return {name: np.concatenate(v) for name, v in columns.items()}, kept, failed
 
 
-def score_images(args: argparse.Namespace) -> pd.DataFrame:
-    """Scores (and expert gates) of the images in args.images; failed images get an `error` and no score."""
+def head_scores(head: Any, X: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """P(fake) and, for expert heads, each expert's gate and score."""
     import heads
 
-    head, info = heads.load(args.head_dir)
+    out = {"p_fake": heads.predict(head, X)}
+    if hasattr(head, "explain"):
+        ex = heads.explain(head, X)
+        for k, name in enumerate(ex["expert_names"]):
+            out[f"gate.{name}"] = ex["gates"][:, k]
+            out[f"expert.{name}"] = ex["expert_scores"][:, k]
+    return out
+
+
+def load_head(args: argparse.Namespace) -> tuple[Any, dict, dict[str, dict], dict[str, str | None]]:
+    """The head (with its frozen tail for `tail_*` heads), head.json, the recorded specs and the weights per alias."""
+    import heads
+    from pipeline.tail import frozen_tail
+
+    info = heads.read_info(args.head_dir)
     specs: dict[str, dict] = info.get("extractor_spec") or {}
     if not specs:
         raise ValueError(
             f"{args.head_dir} records no extractor (an imported head): extract a cache with the matching backbone "
             "and use `aigi eval`, or train the head with `aigi train` so it records its backbone"
         )
+    weights = parse_weights(args.weights or [], list(specs))
+    frozen = frozen_tail(info["name"], info["inputs"], specs, weights)
+    head, info = heads.load(args.head_dir, frozen=frozen)
     if args.expert_weights:
         if not hasattr(head, "set_manual_weights"):
             raise ValueError(f"--expert-weights needs a router head; this head is '{info.get('name')}'")
         head.set_manual_weights({k: float(v) for k, v in parse_assignments(args.expert_weights, what="weight").items()})
-    weights = parse_weights(args.weights or [], list(specs))
+    return head, info, specs, weights
+
+
+def score_images(args: argparse.Namespace) -> pd.DataFrame:
+    """Scores (and expert gates) of the images in args.images; failed images get an `error` and no score."""
+    import heads
+
+    head, info, specs, weights = load_head(args)
+    inputs = input_map(head, specs)
+    tail = heads.needs_frozen(info["name"])  # the backbone runs only up to the cached block, the head does the rest
     backbones = {}
     for alias, spec in specs.items():
-        ex = extractor_from_spec(spec, weights=weights[alias], device=args.device)
+        wanted = [feat for a, feat in inputs.values() if a == alias] if tail else None
+        if tail and not wanted:
+            continue
+        ex = extractor_from_spec(spec, weights=weights[alias], device=args.device, features=wanted)
         check_fingerprint(ex, recorded=(info.get("fingerprints") or {}).get(alias), recorded_spec=spec, alias=alias)
         backbones[alias] = ex
     paths = list_images(args.images)
-    feats, kept, failed = features_for(paths, backbones, batch_size=args.batch_size)
+
+    def score(feats: dict) -> dict:
+        return head_scores(head, {name: feats[alias][feat] for name, (alias, feat) in inputs.items()})
+
+    columns, kept, failed = score_batches(paths, backbones, batch_size=args.batch_size, score=score)
     table = pd.DataFrame({"path": [str(p) for p in paths], "p_fake": np.nan, "error": ""})
     for i, reason in failed.items():
         table.loc[i, "error"] = reason
-    if kept:
-        X = {name: feats[alias][feat] for name, (alias, feat) in input_map(head, specs).items()}
-        table.loc[kept, "p_fake"] = heads.predict(head, X)
-        if hasattr(head, "explain"):
-            ex = heads.explain(head, X)
-            for k, name in enumerate(ex["expert_names"]):
-                table.loc[kept, f"gate.{name}"] = ex["gates"][:, k]
-                table.loc[kept, f"expert.{name}"] = ex["expert_scores"][:, k]
+    for name, values in columns.items():
+        table.loc[kept, name] = values
     return table
 
 
