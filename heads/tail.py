@@ -5,8 +5,8 @@ heads/_lora.py) at build time and reads the cached tokens leaving block i (`l<i>
 router and classifiers are trained and saved. Exact: the adapters in blocks i+1 .. L are the seed's adapters (same
 targets, rank, scaling, zero-initialised B, separate/two-stage training). Not exact: the seeds also adapt blocks <= i.
 
-- `tail_lora`: LoRA + a linear classifier on one pooled output (GAPL's stage-2 LoRA on q/k/v, or one SEF expert when
-  trained on a subset).
+- `tail_lora`: LoRA + a linear classifier on one pooled output (one SEF expert when trained on a subset), or GAPL:
+  its prototype mapping on that output, stage 1 on the frozen tail, stage 2 with LoRA (on q/k/v in GAPL).
 - `tail_sef`: SEF: K LoRA experts, each trained apart with its own classifier on the reals + one fake type, frozen;
   then a gate `softmax(MLP(f0))` on the frozen backbone's output f0 fuses the experts' outputs `sum_k g_k f_k` for a
   classifier (only gate + classifier train).
@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from heads._blocks import subset_rows
 from heads._lora import LoraExperts, TailHead, orthogonality_loss
 from heads._registry import register_head
+from heads.prototype import PrototypeCfg, PrototypeHead
 from heads.router import RouterHead, balance_loss, domain_loss, manual_gates, top_k_gates
 from heads.train import Stage
 
@@ -47,6 +48,10 @@ class TailLoraCfg:
         targets: where LoRA goes: q, k, v, out, fc1, fc2 (groups: attn, qkv, mlp).
         column: group column choosing the training subset ("" = every row), as in `expert`.
         subset: glob patterns over `column`; every real row is added when column is "source".
+        mapping: "linear" (a linear classifier) or "prototype" (GAPL: stage 1 trains the `prototype` head's
+            projection on the frozen tail's output, PCA prototypes, then stage 2 trains LoRA + projection +
+            cross-attention + classifier).
+        embed_dim / per_class / num_heads / stage1_epochs: the prototype mapping's settings (see `prototype`).
     """
 
     inputs: tuple[str, ...]
@@ -57,11 +62,21 @@ class TailLoraCfg:
     targets: tuple[str, ...] = ATTN
     column: str = ""
     subset: tuple[str, ...] = ()
+    mapping: str = "linear"
+    embed_dim: int = 128
+    per_class: int = 32
+    num_heads: int = 4
+    stage1_epochs: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.mapping not in ("linear", "prototype"):
+            raise ValueError(f"tail_lora: mapping must be 'linear' or 'prototype', got {self.mapping!r}")
 
 
 @register_head("tail_lora")
 class TailLoraHead(TailHead):
-    """`logit = w . tail_LoRA(tokens)[output] + b`: LoRA in the tail's blocks + a linear classifier."""
+    """`logit = w . tail_LoRA(tokens)[output] + b`: LoRA in the tail's blocks + a linear classifier; or, with
+    mapping "prototype", GAPL's prototype mapping of the `prototype` head on that output instead of `w`."""
 
     cfg_cls = TailLoraCfg
 
@@ -71,17 +86,44 @@ class TailLoraHead(TailHead):
         self.attach(frozen, inputs=cfg.inputs, output=cfg.output)
         lora = dict(rank=cfg.rank, alpha=cfg.alpha, dropout=cfg.dropout, targets=cfg.targets)
         self.lora = LoraExperts(frozen, experts=1, **lora)
-        self.classifier = nn.Linear(frozen.outputs[cfg.output], 1)
+        width = frozen.outputs[cfg.output]
+        if cfg.mapping == "prototype":
+            proto = dict(embed_dim=cfg.embed_dim, per_class=cfg.per_class, num_heads=cfg.num_heads)
+            self.mapping = PrototypeHead(PrototypeCfg(inputs=("pooled",), in_dim=width, **proto))
+        else:
+            self.classifier = nn.Linear(width, 1)
 
-    def pooled(self, x: Mapping[str, Tensor]) -> Tensor:
-        """The adapted tail's pooled output [N, W]."""
-        return self.run_tail(x[self.cfg.inputs[0]], 0)[self.cfg.output]
+    def pooled(self, x: Mapping[str, Tensor], *, adapted: bool = True) -> Tensor:
+        """The (adapted) tail's pooled output [N, W]."""
+        return self.run_tail(x[self.cfg.inputs[0]], 0 if adapted else None)[self.cfg.output]
 
     def forward(self, x: Mapping[str, Tensor]) -> Tensor:
+        if self.cfg.mapping == "prototype":
+            return self.mapping({"pooled": self.pooled(x)})
         return self.classifier(self.pooled(x)).squeeze(-1)
+
+    def _gapl_stage1(self, xb: Mapping[str, Tensor], aux: Mapping[str, Tensor]) -> Tensor:
+        with torch.no_grad():  # GAPL's stage 1: the backbone is frozen, no adapter yet
+            pooled = self.pooled(xb, adapted=False)
+        return self.mapping.stage1_fc(self.mapping.embed({"pooled": pooled})).squeeze(-1)
+
+    def _gapl_prototypes(self, x: Mapping[str, Tensor], y: Tensor) -> None:
+        step = self.batch_rows
+        pooled = torch.cat([self.pooled({k: v[i : i + step] for k, v in x.items()}) for i in range(0, len(y), step)])
+        self.mapping._start_stage2({"pooled": pooled}, y)
+
+    def _gapl_stages(self) -> list[Stage]:
+        stage1 = Stage(
+            "stage1", trainable=("mapping.proj", "mapping.stage1_fc"), forward=self._gapl_stage1,
+            epochs=self.cfg.stage1_epochs,
+        )  # fmt: skip
+        trainable = ("lora", "mapping.proj", "mapping.attn", "mapping.fc")
+        return [stage1, Stage("stage2", trainable=trainable, setup=self._gapl_prototypes)]
 
     def stages(self) -> list[Stage]:
         cfg = self.cfg
+        if cfg.mapping == "prototype":
+            return self._gapl_stages()
         if not cfg.column:
             return [Stage("lora", trainable=("lora", "classifier"))]
 

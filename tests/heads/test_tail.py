@@ -241,3 +241,31 @@ def test_learns_a_separable_token_set(name: str) -> None:
     from sklearn.metrics import roc_auc_score
 
     assert roc_auc_score(y, heads.predict(head, {"l0.tokens": tokens[n:].numpy()})) > 0.9
+
+
+def test_gapl_mapping_prototypes_are_pca_of_stage1_embeddings() -> None:
+    from sklearn.decomposition import PCA
+
+    tail = VitTail(_vit(), 1, proj=False)
+    gen = torch.Generator().manual_seed(2)
+    tokens = torch.randn(40, 17, 32, generator=gen)
+    y = np.array([0, 1] * 20)
+    head = heads.build(
+        "tail_lora", frozen=tail, inputs=["l0.tokens"], mapping="prototype", targets=["qkv"],
+        embed_dim=8, per_class=3, num_heads=2,
+    )  # fmt: skip
+    snaps = {}
+    hist = heads.fit(
+        head, {"l0.tokens": tokens.numpy()}, y, cfg=heads.FitConfig(epochs=2, batch_size=8),
+        on_stage_end=lambda name: snaps.setdefault(name, head.mapping.proj.weight.detach().clone()),
+    )  # fmt: skip
+    assert [s["name"] for s in hist["stages"]] == ["stage1", "stage2"]
+    assert not any(n.startswith("lora") for n in hist["stages"][0]["trainable"])
+    assert any(n.startswith("lora") for n in hist["stages"][1]["trainable"])
+    with torch.no_grad():
+        emb = F.normalize(tail(tokens)["pooler"] @ snaps["stage1"].T, dim=-1).numpy()
+    for c, rows in enumerate((slice(0, 3), slice(3, 6))):
+        axes = PCA(n_components=3, svd_solver="full").fit(emb[y == c]).components_
+        got = head.mapping.prototypes[rows].numpy()
+        # same axes up to sign
+        assert np.allclose(np.abs((axes * got).sum(1)), 1.0, atol=1e-4)
