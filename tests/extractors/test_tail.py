@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import extractors
+import heads
 from extractors.tail import build_tail
 
 from . import tiny
@@ -55,6 +56,9 @@ def test_tail_on_tokens_reproduces_pooled_features(cases: dict, family: str) -> 
         out16 = tail(feats[tokens].half().float())  # a float16 token cache
     for f in pooled:
         assert (out32[f] - feats[f]).abs().max().item() <= 1e-5, f
+        head = heads.build("tail_lora", frozen=tail, inputs=[tokens], output=f, targets=["attn", "mlp"])
+        with torch.no_grad():  # a fresh LoRA head (B = 0) gives the same pooled feature
+            assert (head.pooled({tokens: feats[tokens]}) - feats[f]).abs().max().item() <= 1e-5, f
         # float16 storage of the tokens moves the tail's output by about one float16 step of the feature itself
         step = float(np.spacing(np.float16(feats[f].abs().max().item())))
         err16 = (out16[f] - feats[f]).abs().max().item()
