@@ -8,8 +8,8 @@ re-upsamplings, split by pair; `--vae-weights` / `--sr-weights` name the pretrai
 The backbone is a random-weight vit_tiny (no pretrained ViT exists offline), saved to a file by the demo.
 
 Heads (same fit settings, 3 seeds): `gating` on `pooler` (two rank-16 residual adapters trained apart, then gate +
-classifier), `tail_sef` on `l10.tokens` (k = 1: LoRA rank 16 on q/k/v/out of block 11) and on `l8.tokens`
-(k = 3: blocks 9-11), classifier on the tail's `pooler`. Reported on the test split: ACC of the reals, fake ACC of
+classifier), `tail_sef` on `l10.tokens` (k = 1: LoRA rank 16 on q/k/v/out of block 11, classifier on the tail's
+`pooler`). Reported on the test split: ACC of the reals, fake ACC of
 each fake type at threshold 0.5, AP of each fake type against the reals; mean +- std over seeds.
 
 Run: `nice -n 10 python benchmarks/bench_tail_sef.py --demo DIR [--seeds 0,1,2] [--epochs 10]`; prints a table and
@@ -32,7 +32,6 @@ sys.path.insert(0, str(ROOT))
 RUNS = {  # name -> (head, input, extra config)
     "gating (pooler, adapted)": ("gating", "pooler", {"rank": 16, "gate_hidden": 128}),
     "tail_sef k=1 (l10.tokens)": ("tail_sef", "l10.tokens", {"rank": 16, "gate_hidden": 128}),
-    "tail_sef k=3 (l8.tokens)": ("tail_sef", "l8.tokens", {"rank": 16, "gate_hidden": 128}),
 }
 
 
