@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from common.files import sha256_file
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".jfif"}
 
 
@@ -39,20 +41,6 @@ def parse_assignments(text: str | None, *, what: str) -> dict[str, str]:
         if not sep or not key:
             raise ValueError(f"bad {what} {part!r}: expected NAME=VALUE")
         out[key.strip()] = value.strip()
-    return out
-
-
-def parse_weights(items: list[str], aliases: list[str]) -> dict[str, str | None]:
-    """`--weights PATH` (one backbone) or `--weights ALIAS=PATH` (several) -> alias -> weights path."""
-    out: dict[str, str | None] = {a: None for a in aliases}
-    for item in items:
-        alias, sep, path = item.partition("=")
-        if sep and alias in out:
-            out[alias] = path
-        elif len(aliases) == 1:
-            out[aliases[0]] = item
-        else:
-            raise ValueError(f"the head reads {len(aliases)} backbones {aliases}: give --weights ALIAS=PATH for each")
     return out
 
 
@@ -121,17 +109,11 @@ def load_batch(paths: list[Path], transform) -> tuple[list[int], Any, list[tuple
     ok, tensors, bad = [], [], []
     for i, path in enumerate(paths):
         try:
-            tensors.append(transform(load_image(path), _file_id(path)))
+            tensors.append(transform(load_image(path), sha256_file(path)))
             ok.append(i)
         except ImageLoadError as err:
             bad.append((i, err.reason))
     return ok, (torch.stack(tensors) if tensors else None), bad
-
-
-def _file_id(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def score_batches(
@@ -177,7 +159,7 @@ def head_scores(head: Any, X: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 def load_head(args: argparse.Namespace) -> tuple[Any, dict, dict[str, dict], dict[str, str | None]]:
     """The head (with its frozen tail for `tail_*` heads), head.json, the recorded specs and the weights per alias."""
     import heads
-    from pipeline.tail import frozen_tail
+    from pipeline.tail import frozen_tail, parse_weights
 
     info = heads.read_info(args.head_dir)
     specs: dict[str, dict] = info.get("extractor_spec") or {}

@@ -70,3 +70,20 @@ def test_weights_are_required_and_checked(trained, weights: Path, tmp_path: Path
     assert "same --weights" in capsys.readouterr().err
     assert main(["train", str(root / "run.yaml"), "-o", str(tmp_path / "r2")]) == 2
     assert "pass --weights" in capsys.readouterr().err
+
+
+def test_eval_rebuilds_the_tail_from_weights(trained, weights: Path, tmp_path: Path, capsys) -> None:  # noqa: F811
+    root, run = trained
+    out = tmp_path / "eval"
+    assert main(["eval", str(run), "--split", "train", "--weights", str(weights), "-o", str(out)]) == 0
+    scores = pd.read_parquet(out / "scores.parquet")
+    fs = cache.open(root / "cache").load([TOKENS])
+    info = heads.read_info(run)
+    head, _ = heads.load(
+        run, frozen=frozen_tail(info["name"], info["inputs"], info["extractor_spec"], {"tiny": str(weights)})
+    )
+    want = heads.predict(head, fs.features)
+    got = scores.set_index("image_id").loc[fs.meta["image_id"], "score"].to_numpy()
+    assert np.allclose(got, want, atol=1e-6)
+    assert main(["eval", str(run), "--split", "train", "-o", str(tmp_path / "e2")]) == 2
+    assert "pass --weights" in capsys.readouterr().err
