@@ -12,8 +12,8 @@ classifier), `tail_sef` on `l10.tokens` (k = 1: LoRA rank 16 on q/k/v/out of blo
 `pooler`). Reported on the test split: ACC of the reals, fake ACC of
 each fake type at threshold 0.5, AP of each fake type against the reals; mean +- std over seeds.
 
-Run: `nice -n 10 python benchmarks/bench_tail_sef.py --demo DIR [--seeds 0,1,2] [--epochs 10]`; prints a table and
-writes benchmarks/out/bench_tail_sef.json.
+Run: `nice -n 10 python benchmarks/bench_tail_sef.py [--demo DIR] [--seeds 0,1,2] [--epochs 10]` (the demo is made in
+DIR, default demo_out_tail/, when absent); prints a table and writes benchmarks/out/bench_tail_sef.json.
 """
 
 from __future__ import annotations
@@ -33,6 +33,22 @@ RUNS = {  # name -> (head, input, extra config)
     "gating (pooler, adapted)": ("gating", "pooler", {"rank": 16, "gate_hidden": 128}),
     "tail_sef k=1 (l10.tokens)": ("tail_sef", "l10.tokens", {"rank": 16, "gate_hidden": 128}),
 }
+
+
+def make_demo(demo: Path) -> None:
+    """Run the demo command of the module doc into `demo` (resumes; pretrained fakes from ../shared when present)."""
+    from pipeline.cli import main as aigi
+
+    shared = ROOT.parent / "shared" / "data"
+    extra = []
+    if (shared / "taesd").is_dir():
+        extra += ["--vae-weights", str(shared / "taesd")]
+    sr = sorted((shared / "sr").glob("*.pth")) if (shared / "sr").is_dir() else []
+    if sr:
+        extra += ["--sr-weights", str(sr[0])]
+    argv = ["demo", "-o", str(demo), "--quick", "--no-ablate", "--backbone", "timm:vit_tiny_patch16_224"]
+    if aigi([*argv, "--features", "l8.tokens,l10.tokens,pooler", "--head-input", "pooler", *extra]) != 0:
+        raise SystemExit("the demo failed; see its message above")
 
 
 def _load(demo: Path) -> tuple[dict, dict, Path]:
@@ -80,10 +96,17 @@ def _run(name: str, sets: dict, spec: dict, weights: Path, *, seed: int, epochs:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--demo", type=Path, required=True, help="output folder of the aigi demo command above")
+    parser.add_argument(
+        "--demo",
+        type=Path,
+        default=ROOT / "demo_out_tail",
+        help="output folder of the demo command above (made when absent)",
+    )
     parser.add_argument("--seeds", type=lambda s: [int(v) for v in s.split(",")], default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=10, help="epochs per stage")
     args = parser.parse_args()
+    if not (args.demo / "features").is_dir():
+        make_demo(args.demo)
     sets, spec, weights = _load(args.demo)
     rows = []
     for name in RUNS:
