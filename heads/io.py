@@ -61,9 +61,16 @@ def load(directory: str | Path, *, frozen: nn.Module | None = None) -> tuple[nn.
                 f"{path} is missing: a head directory holds head.json + head.safetensors "
                 "(written by `aigi train` or `aigi head import-*`)"
             )
+    fix = "re-create the head with `aigi train` or `aigi head import-*`"
     info = read_info(directory)
-    head = build(info["name"], standardize=bool(info.get("standardize", False)), frozen=frozen, **info["config"])
-    state = load_file(str(weights), device="cpu")
+    try:
+        head = build(info["name"], standardize=bool(info.get("standardize", False)), frozen=frozen, **info["config"])
+    except TypeError as err:
+        raise ValueError(f"{json_path}: its config does not build head {info['name']!r} ({err}); {fix}") from None
+    try:
+        state = load_file(str(weights), device="cpu")
+    except Exception as err:  # safetensors raises its own SafetensorError for truncated or foreign files
+        raise ValueError(f"{weights} is not a readable safetensors file ({err}); {fix}") from None
     missing, unexpected = set(head.state_dict()) - set(state), set(state) - set(head.state_dict())
     if missing or unexpected:
         raise ValueError(
@@ -74,13 +81,21 @@ def load(directory: str | Path, *, frozen: nn.Module | None = None) -> tuple[nn.
 
 
 def read_info(directory: str | Path) -> dict[str, Any]:
-    """head.json of a saved head (name, config, inputs and the training metadata), without building it."""
+    """head.json of a saved head (name, config, inputs and the training metadata), checked, without building it."""
     json_path = Path(directory) / "head.json"
+    fix = "re-create the head with `aigi train` or `aigi head import-*`"
     if not json_path.is_file():
         raise FileNotFoundError(f"{json_path} is missing: a head directory holds head.json + head.safetensors")
-    info = json.loads(json_path.read_text(encoding="utf-8"))
-    if info.get("format") != FORMAT:
-        raise ValueError(f"{json_path} is not an aigi head file (format={info.get('format')!r})")
+    try:
+        info = json.loads(json_path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"{json_path} is not valid JSON ({err}); {fix}") from None
+    if not isinstance(info, dict) or info.get("format") != FORMAT:
+        found = info.get("format") if isinstance(info, dict) else type(info).__name__
+        raise ValueError(f"{json_path} is not an aigi head file (format={found!r}); {fix}")
+    absent = [k for k in ("name", "config") if k not in info]
+    if absent or not isinstance(info["config"], dict):
+        raise ValueError(f"{json_path} lacks {absent or ['a config mapping']}; {fix}")
     return info
 
 

@@ -19,7 +19,42 @@ Paths in the config and on the command line are relative to the working director
 """
 
 
-def train_run(cfg: Any, run_dir: str | Path, *, weights: Sequence[str] = ()) -> dict[str, Any]:
+def check_run_dir(run_dir: Path, *, overwrite: bool) -> None:
+    """Refuse to replace a trained head unless asked."""
+    if run_dir.is_file():
+        raise FileExistsError(f"-o {run_dir} is a file; RUN_DIR is the folder the head is written to")
+    if not overwrite and any((run_dir / name).exists() for name in ("head.json", "head.safetensors")):
+        raise FileExistsError(
+            f"{run_dir} already holds a trained head; pass --overwrite to replace it, or choose another -o RUN_DIR"
+        )
+
+
+def initial_head(
+    cfg: Any, dims: dict, *, seed: int, init: str | Path | None, frozen: Any = None
+) -> tuple[Any, dict | None]:
+    """A new head built from the config, or the saved head at `init` (checked against the config and the rows)."""
+    import heads
+
+    if init is None:
+        return heads.build(cfg.head.name, dims=dims, seed=seed, frozen=frozen, **cfg.head.params), None
+    head, info = heads.load(init, frozen=frozen)
+    if info["name"] != cfg.head.name or tuple(info["inputs"]) != tuple(cfg.head.inputs):
+        raise ValueError(
+            f"--init {init} holds a '{info['name']}' head on {list(info['inputs'])}, the config trains "
+            f"'{cfg.head.name}' on {list(cfg.head.inputs)}; set head.name / head.inputs to match (--set)"
+        )
+    in_dim, first = getattr(head.cfg, "in_dim", None), dims.get(cfg.head.inputs[0])
+    if in_dim is not None and first is not None and int(in_dim) != int(first[-1]):
+        raise ValueError(
+            f"--init {init} reads {in_dim}-d '{cfg.head.inputs[0]}' features, the cache holds {first[-1]}-d ones; "
+            "train on features of the backbone the head was made for"
+        )
+    return head, {"from": str(init), "name": info["name"], "imported_from": info.get("imported_from")}
+
+
+def train_run(
+    cfg: Any, run_dir: str | Path, *, init: str | Path | None = None, weights: Sequence[str] = ()
+) -> dict[str, Any]:
     """Fit the head of `cfg` (a `pipeline.config.RunConfig`) and save it with its metadata in `run_dir`.
 
     `weights` (`PATH` or `ALIAS=PATH` items): the backbone weights a `tail_*` head re-runs its last blocks with.
@@ -39,7 +74,7 @@ def train_run(cfg: Any, run_dir: str | Path, *, weights: Sequence[str] = ()) -> 
     fit_cfg = heads.FitConfig(**cfg.fit)
     specs = {a: c.spec for a, c in caches.items()}
     frozen = frozen_tail(cfg.head.name, cfg.head.inputs, specs, parse_weights(list(weights), list(caches)))
-    head = heads.build(cfg.head.name, dims=train.dims, seed=fit_cfg.seed, frozen=frozen, **cfg.head.params)
+    head, started_from = initial_head(cfg, train.dims, seed=fit_cfg.seed, init=init, frozen=frozen)
     start = time.perf_counter()
     history = heads.fit(
         head,
@@ -68,6 +103,7 @@ def train_run(cfg: Any, run_dir: str | Path, *, weights: Sequence[str] = ()) -> 
         "val_rows": 0 if val is None else len(val),
         "val_policy": val_how,
         "val_metrics": val_metrics,
+        **({"init": started_from} if started_from else {}),
     }
     run_dir = Path(run_dir)
     heads.save(head, run_dir, meta=meta)
@@ -115,6 +151,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="tail_* heads: the backbone weights file the token cache was extracted with (ALIAS=PATH per cache)",
     )
     p.add_argument("-o", "--out", type=Path, required=True, metavar="RUN_DIR", help="where to write the head")
+    p.add_argument("--overwrite", action="store_true", help="replace the head already in RUN_DIR")
+    p.add_argument(
+        "--init",
+        type=Path,
+        metavar="HEAD_DIR",
+        help="start from a saved head (its config and weights) instead of a new one, e.g. an imported GAPL head "
+        "whose stage 2 is untrained; the config's head.name and inputs must match it",
+    )
     p.set_defaults(func=run)
 
 
@@ -122,8 +166,9 @@ def run(args: argparse.Namespace) -> int:
     """Entry point of `aigi train`."""
     from pipeline.config import load_config
 
+    check_run_dir(args.out, overwrite=args.overwrite)
     cfg = load_config(args.config, overrides=args.overrides, caches=args.cache)
-    s = train_run(cfg, args.out, weights=args.weights)
+    s = train_run(cfg, args.out, init=args.init, weights=args.weights)
     dims = ", ".join(f"{k}: {'x'.join(map(str, v))}" for k, v in s["dims"].items())
     vm = s["val_metrics"]
     val = (
