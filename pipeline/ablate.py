@@ -258,6 +258,18 @@ def execute_run(run_dir: str, config: Any, info: dict[str, Any], threads: int | 
     done = read_result(run_dir)
     if done is not None:
         return {**done, "skipped": True}
+    from cache.locking import folder_lock
+
+    # one process per run: a re-run waits for a live process still working on it instead of deleting its folder
+    with folder_lock(Path(run_dir).parent, f".{Path(run_dir).name}.lock"):
+        done = read_result(run_dir)
+        if done is not None:
+            return {**done, "skipped": True}
+        return _train_and_evaluate(run_dir, config, info, threads)
+
+
+def _train_and_evaluate(run_dir: str, config: Any, info: dict[str, Any], threads: int | None) -> dict:
+    """The body of `execute_run`, holding the run's lock: a fresh run folder, train, evaluate, write the result."""
     import torch
 
     from pipeline.config import RunConfig, parse_config
@@ -314,6 +326,33 @@ def _tasks(plan: AblationPlan, out_dir: Path, threads: int | None) -> list[tuple
     return tasks
 
 
+_WATCHED: list[int] = []
+
+
+def _exit_with_parent(parent: int) -> None:
+    """In a worker process: end it (os._exit) soon after process `parent` is gone. Started once per process."""
+    import threading
+
+    from cache.locking import pid_alive
+
+    if _WATCHED:
+        return
+    _WATCHED.append(parent)
+
+    def watch() -> None:
+        while pid_alive(parent) and os.getppid() != 1:
+            time.sleep(0.5)
+        os._exit(1)  # the main process died: do not go on with queued runs
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+def _watched_run(parent: int, *args: Any) -> dict:
+    """`execute_run` in a joblib worker that ends with the main process `parent`."""
+    _exit_with_parent(parent)
+    return execute_run(*args)
+
+
 def _run_local(tasks: list[tuple[str, tuple]], *, jobs: int, bar: Any) -> list[dict]:
     if jobs <= 1:
         results = []
@@ -327,7 +366,10 @@ def _run_local(tasks: list[tuple[str, tuple]], *, jobs: int, bar: Any) -> list[d
     order = {key: i for i, (key, _) in enumerate(tasks)}
     out: list[dict | None] = [None] * len(tasks)
     with parallel_config(backend="loky", inner_max_num_threads=threads):
-        gen = Parallel(n_jobs=jobs, return_as="generator_unordered")(delayed(execute_run)(*a) for _, a in tasks)
+        parent = os.getpid()
+        gen = Parallel(n_jobs=jobs, return_as="generator_unordered")(
+            delayed(_watched_run)(parent, *a) for _, a in tasks
+        )
         for result in gen:
             out[order[result["run_id"]]] = result
             bar.update(1)
