@@ -12,19 +12,27 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from heads._registry import build
+from heads.calibration import Calibration
 
 FORMAT = "aigi-head"
 VERSION = 1
-RESERVED = ("format", "version", "name", "config", "inputs", "standardize")
+RESERVED = ("format", "version", "name", "config", "inputs", "standardize", "calibration")
 
 
-def save(head: nn.Module, directory: str | Path, *, meta: dict[str, Any] | None = None) -> Path:
+def save(
+    head: nn.Module,
+    directory: str | Path,
+    *,
+    meta: dict[str, Any] | None = None,
+    calibration: Calibration | None = None,
+) -> Path:
     """Write `directory/head.json` and `directory/head.safetensors`; returns the directory.
 
     Args:
         head: a head from `heads.build`.
         directory: created when missing; existing head files are replaced atomically.
         meta: extra JSON-ready entries (fingerprints, training config, metrics, extractor spec).
+        calibration: stored under `calibration` in head.json (see `heads.calibration`); none means identity.
     """
     meta = dict(meta or {})
     clash = [k for k in meta if k in RESERVED]
@@ -41,6 +49,8 @@ def save(head: nn.Module, directory: str | Path, *, meta: dict[str, Any] | None 
         "standardize": getattr(head, "input_norm", None) is not None,
         **meta,
     }
+    if calibration is not None:
+        info["calibration"] = calibration.to_dict()
     tensors = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
     _atomic(directory / "head.safetensors", lambda tmp: save_file(tensors, str(tmp), metadata={"format": FORMAT}))
     text = json.dumps(info, indent=2, sort_keys=False, default=_json_default)
@@ -70,6 +80,27 @@ def load(directory: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         )
     head.load_state_dict(state, strict=True)
     return head.eval(), info
+
+
+def save_calibration(directory: str | Path, calibration: Calibration | None) -> Path:
+    """Store (or with None remove) the calibration in an existing `directory/head.json`, atomically."""
+    json_path = Path(directory) / "head.json"
+    if not json_path.is_file():
+        raise FileNotFoundError(f"{json_path} is missing: calibrate a head directory written by `aigi train`")
+    info = json.loads(json_path.read_text(encoding="utf-8"))
+    if info.get("format") != FORMAT:
+        raise ValueError(f"{json_path} is not an aigi head file (format={info.get('format')!r})")
+    info.pop("calibration", None)
+    if calibration is not None:
+        info["calibration"] = calibration.to_dict()
+    text = json.dumps(info, indent=2, sort_keys=False, default=_json_default)
+    _atomic(json_path, lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"))
+    return Path(directory)
+
+
+def calibration_of(info: dict[str, Any]) -> Calibration:
+    """The calibration recorded in head.json's content (identity, threshold 0.5, when there is none)."""
+    return Calibration.from_dict(info.get("calibration"))
 
 
 def _atomic(path: Path, write: Any) -> None:
