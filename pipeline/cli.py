@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "pipeline.extract",
     "pipeline.train",
     "pipeline.evaluate",
+    "pipeline.calibrate",
     "pipeline.head_cmd",
     "pipeline.domains",
     "pipeline.ablate",
