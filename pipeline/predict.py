@@ -155,8 +155,13 @@ def features_for(paths: list[Path], backbones: dict[str, Any], *, batch_size: in
 
 
 def score_images(args: argparse.Namespace) -> pd.DataFrame:
-    """Scores (and expert gates) of the images in args.images; failed images get an `error` and no score."""
+    """Calibrated P(fake), verdict (and expert gates) of the images in args.images; failed images get an `error`.
+
+    The head's stored calibration (`aigi calibrate`) maps its logits to P(fake) and gives the threshold and the
+    abstain band; a head without one uses sigmoid(logit) and 0.5.
+    """
     import heads
+    from heads.calibration import VERDICTS
 
     head, info = heads.load(args.head_dir)
     specs: dict[str, dict] = info.get("extractor_spec") or {}
@@ -177,12 +182,15 @@ def score_images(args: argparse.Namespace) -> pd.DataFrame:
         backbones[alias] = ex
     paths = list_images(args.images)
     feats, kept, failed = features_for(paths, backbones, batch_size=args.batch_size)
-    table = pd.DataFrame({"path": [str(p) for p in paths], "p_fake": np.nan, "error": ""})
+    table = pd.DataFrame({"path": [str(p) for p in paths], "p_fake": np.nan, "verdict": "", "error": ""})
     for i, reason in failed.items():
         table.loc[i, "error"] = reason
     if kept:
         X = {name: feats[alias][feat] for name, (alias, feat) in input_map(head, specs).items()}
-        table.loc[kept, "p_fake"] = heads.predict(head, X)
+        cal = heads.calibration_of(info)
+        probs = cal.probability(heads.logits(head, X))
+        table.loc[kept, "p_fake"] = probs
+        table.loc[kept, "verdict"] = [VERDICTS[int(v)] for v in cal.verdict(probs)]
         if hasattr(head, "explain"):
             ex = heads.explain(head, X)
             for k, name in enumerate(ex["expert_names"]):
@@ -196,14 +204,18 @@ def run(args: argparse.Namespace) -> int:
     good = table[table["error"] == ""]
     extra = [c for c in table.columns if c.startswith(("gate.", "expert."))]
     with pd.option_context("display.max_colwidth", 80, "display.width", 200):
-        print(good[["path", "p_fake", *extra]].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+        print(good[["path", "p_fake", "verdict", *extra]].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     for path, reason in table.loc[table["error"] != "", ["path", "error"]].itertuples(index=False):
         print(f"skipped {path}: {reason}", file=sys.stderr)
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         table.to_csv(args.output, index=False)
         print(f"wrote {len(table)} rows to {args.output}", file=sys.stderr)
-    print(f"{len(good)} image(s) scored, {len(table) - len(good)} skipped", file=sys.stderr)
+    counts = good["verdict"].value_counts()
+    verdicts = ", ".join(
+        f"{int(counts.get(v, 0))} {v}" for v in ("fake", "real", "unsure") if v in counts or v != "unsure"
+    )
+    print(f"{len(good)} image(s) scored, {len(table) - len(good)} skipped ({verdicts})", file=sys.stderr)
     return 0
 
 
@@ -213,7 +225,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="score images with a trained head (features extracted on the fly)",
         description="Score image files or folders with a head trained by `aigi train`. Features are extracted with "
         "the backbone and preprocessing the head's training cache recorded; the weights must reproduce its "
-        "fingerprint. Prints P(fake) per image and, for expert heads, the gates and per-expert scores. Unreadable "
+        "fingerprint. Prints the calibrated P(fake) per image and the verdict (real / fake, or unsure inside the "
+        "head's abstain band; see `aigi calibrate`) and, for expert heads, the gates and per-expert scores. Unreadable "
         "files are reported and skipped (exit code 0).",
     )
     p.add_argument("head_dir", help="RUN_DIR written by `aigi train`")
