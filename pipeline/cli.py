@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "pipeline.train",
     "pipeline.evaluate",
     "pipeline.calibrate",
+    "pipeline.robustness",
     "pipeline.head_cmd",
     "pipeline.domains",
     "pipeline.ablate",
