@@ -8,7 +8,8 @@ Recipe (each step is an `aigi` command):
    the validation rows calibration is fitted on. The test split is never used for fitting.
 3. For each method (none, temperature, platt): `aigi calibrate WORK/run --method M --threshold fpr:0.01`, then
    the stored calibration is applied to the test rows: ECE (15 bins), Brier, the stored threshold, and the FPR
-   (reals called fake) and TPR it gives on the test split; plus `aigi eval` of the same run.
+   (reals called fake) and TPR it gives on the test split; then temperature scaling with an abstain band
+   (`--band error:0.02`): coverage and ACC on the covered test rows; last, `aigi eval` of the run as calibrated.
 
 Prints the table; writes benchmarks/out/bench_calibration.json.
 Run: `python benchmarks/bench_calibration.py [--uar DIR] [--work DIR]`.
@@ -27,7 +28,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-METHODS = ("none", "temperature", "platt")
+# (method, band): the three scalings with the 1%-FPR threshold, then temperature scaling with a conformal band
+SETTINGS = (
+    ("none", "none"),
+    ("temperature", "none"),
+    ("platt", "none"),
+    ("temperature", "error:0.01"),
+    ("temperature", "coverage:0.9"),
+)
 TARGET_FPR = 0.01
 
 
@@ -49,20 +57,23 @@ def test_logits(run: Path, store: Path) -> tuple[np.ndarray, np.ndarray]:
     return heads.logits(head, fs.features), fs.labels.astype(np.int64)
 
 
-def measure(run: Path, store: Path, method: str) -> dict:
-    """Calibrate with `method` and a 1%-FPR threshold; the numbers on val (fit) and test (held out)."""
+def measure(run: Path, store: Path, method: str, band: str) -> dict:
+    """Calibrate with `method`, a 1%-FPR threshold and `band`; the numbers on val (fit) and test (held out)."""
     import heads
     from pipeline.calibrate import CalibrationSpec, calibrate_run
     from pipeline.verdict_metrics import brier, ece, tpr_at_fpr
 
-    summary = calibrate_run(run, CalibrationSpec(method=method, threshold=f"fpr:{TARGET_FPR}"))
+    summary = calibrate_run(run, CalibrationSpec(method=method, threshold=f"fpr:{TARGET_FPR}", band=band))
     cal = heads.calibration_of(heads.load(run)[1])
     z, y = test_logits(run, store)
     p = cal.probability(z)
-    called = p >= cal.threshold
+    verdict = cal.verdict(p)
+    called, covered = verdict == 1, verdict != -1
     reals, fakes = y == 0, y == 1
     return {
         "method": method,
+        "band": band,
+        "band_range": cal.band,
         "temperature": cal.temperature if method == "temperature" else None,
         "platt": [cal.slope, cal.bias] if method == "platt" else None,
         "val_rows": summary["val_rows"],
@@ -80,6 +91,9 @@ def measure(run: Path, store: Path, method: str) -> dict:
         "test_false_positives": f"{int(called[reals].sum())}/{int(reals.sum())}",
         "test_tpr": float(called[fakes].mean()),
         "test_acc": float((called == y).mean()),
+        "test_coverage": float(covered.mean()),
+        "test_acc_covered": float((verdict[covered] == y[covered]).mean()),
+        "test_fakes_called_real": float((verdict[fakes] == 0).mean()),
         "test_tpr_at_1pct_fpr_oracle": tpr_at_fpr(y, p, TARGET_FPR)[0],
     }
 
@@ -98,11 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     if not (run / "head.json").exists():
         _aigi(["train", str(ROOT / "configs" / "uar.yaml"), "--cache", f"uar={store}",
                "--set", "data.val_fraction=0.1", "-o", str(run)])  # fmt: skip
-    rows = [measure(run, store, m) for m in METHODS]
+    rows = [measure(run, store, m, b) for m, b in SETTINGS]
     _aigi(["eval", str(run), "-o", str(args.work / "eval"), "--bootstrap", "200"])
     evaluated = json.loads((args.work / "eval" / "metrics.json").read_text())["mean"]
-    cols = ["method", "val_ece_raw", "val_ece", "test_ece_raw", "test_ece", "test_brier", "threshold", "val_fpr",
-            "test_fpr", "test_false_positives", "test_tpr"]  # fmt: skip
+    cols = ["method", "band", "val_ece", "test_ece_raw", "test_ece", "test_brier", "threshold", "val_fpr", "test_fpr",
+            "test_false_positives", "test_tpr", "test_coverage", "test_acc_covered"]  # fmt: skip
     print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
     for r in rows:
         print("| " + " | ".join(f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")
