@@ -50,9 +50,11 @@ def demo_data(demo: Path, shared: Path) -> tuple[Path, Path, Path]:
     """(manifest, backbone weights, linear train config) of an `aigi demo` output, running the demo if needed."""
     if not (demo / "configs" / "linear.yaml").exists():
         extra = []
-        for flag, sub in (("--vae-weights", "taesd"), ("--sr-weights", "sr")):
-            if (shared / "data" / sub).is_dir():
-                extra += [flag, str(shared / "data" / sub)]
+        if (shared / "data" / "taesd").is_dir():
+            extra += ["--vae-weights", str(shared / "data" / "taesd")]
+        sr = sorted((shared / "data" / "sr").glob("*.pth"))
+        if sr:
+            extra += ["--sr-weights", str(sr[0])]
         _aigi(["demo", "--no-ablate", "-o", str(demo), *extra])
     weights = sorted((demo / "models").glob("convnext_atto-random-seed*.safetensors"))
     if not weights:

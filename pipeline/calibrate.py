@@ -32,6 +32,22 @@ class CalibrationSpec:
     threshold: str | float = 0.5
     band: str = "none"
 
+    @classmethod
+    def from_mapping(cls, data: Any, *, source: str = "config") -> CalibrationSpec | None:
+        """The `calibration:` section of a run config (None or `false` = no calibration at the end of training)."""
+        if data in (None, False, {}):
+            return None
+        if not isinstance(data, dict):
+            raise ValueError(f"{source}: calibration must be a mapping (method, threshold, band), got {data!r}")
+        unknown = sorted(set(data) - {"method", "threshold", "band"})
+        if unknown:
+            raise ValueError(f"{source}: unknown key(s) calibration.{unknown[0]} (known: method, threshold, band)")
+        spec = cls(**data)
+        spec.fit_kwargs()  # validate now, not after training
+        if spec.method not in ("temperature", "platt", "none"):
+            raise ValueError(f"{source}: calibration.method must be temperature, platt or none, got {spec.method!r}")
+        return spec
+
     def fit_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of `heads.fit_calibration`."""
         out: dict[str, Any] = {"method": self.method, **parse_threshold_policy(self.threshold)}
@@ -123,6 +139,15 @@ def calibrate_run(run_dir: str | Path, spec: CalibrationSpec, *, caches: list[st
             "fpr": float((verdict[y == 0] == 1).mean()) if (y == 0).any() else None,
         },
     }
+
+
+def calibrated(head: Any, info: dict[str, Any], features: Any) -> tuple[np.ndarray, np.ndarray, Any]:
+    """(calibrated P(fake), verdicts 0 / 1 / -1, the calibration) of rows under the head's stored calibration."""
+    import heads
+
+    cal = heads.calibration_of(info)
+    probs = cal.probability(heads.logits(head, features))
+    return probs, cal.verdict(probs), cal
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -146,6 +146,7 @@ def score_views(
     """Rows of `split` under every view with calibrated P(fake): (frame, calibration, context lines)."""
     import heads
     from extractors.views import canonical_view
+    from pipeline.calibrate import calibrated
     from pipeline.config import override_caches, parse_config, to_dict
     from pipeline.evaluate import _run_config, check_fingerprints
     from pipeline.train import load_rows, open_caches
@@ -172,10 +173,9 @@ def score_views(
             f"no rows of view(s) {missing} in split {split!r} of the cache (views present: {present}); extract them "
             f"with `aigi extract ... --views {','.join(views)}` into the same cache"
         )
-    cal = heads.calibration_of(info)
     frame = fs.meta[["image_id", "view", "label"]].reset_index(drop=True).copy()
     frame["label"] = frame["label"].astype(np.int64)
-    frame["prob"] = cal.probability(heads.logits(head, fs.features))
+    frame["prob"], _, cal = calibrated(head, info, fs.features)
     context = [f"head `{info['name']}` from `{run_dir}`", f"rows: split {split}, views {', '.join(views)}",
                f"calibration: {cal.method}, threshold {cal.threshold:.6g} ({cal.threshold_policy})"
                + ("" if cal.band is None else f", unsure band ({cal.band[0]:.4g}, {cal.band[1]:.4g})"),
