@@ -132,8 +132,9 @@ def comparison(tables: pd.DataFrame) -> pd.DataFrame:
             row = {"training views": name, "metric": label}
             for view in VIEWS:
                 v = part.loc[part["view"] == view, key].astype(float).to_numpy()
-                star = "" if view in TRAINING[name] else "*"
-                row[view + star] = "" if np.isnan(v).all() else f"{100 * np.nanmean(v):.2f} +- {100 * np.nanstd(v):.2f}"
+                star = "" if view in TRAINING[name] else " *"
+                cell = f"{100 * np.nanmean(v):.2f} +- {100 * np.nanstd(v):.2f}{star}"
+                row[view] = "" if np.isnan(v).all() else cell
             rows.append(row)
     return pd.DataFrame(rows)
 
