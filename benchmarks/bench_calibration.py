@@ -60,8 +60,9 @@ def test_logits(run: Path, store: Path) -> tuple[np.ndarray, np.ndarray]:
 def measure(run: Path, store: Path, method: str, band: str) -> dict:
     """Calibrate with `method`, a 1%-FPR threshold and `band`; the numbers on val (fit) and test (held out)."""
     import heads
-    from pipeline.calibrate import CalibrationSpec, calibrate_run
-    from pipeline.verdict_metrics import brier, ece, tpr_at_fpr
+    from pipeline.calibrate import calibrate_run
+    from pipeline.config import CalibrationSpec
+    from pipeline.metrics import brier, ece, tpr_at_fpr
 
     summary = calibrate_run(run, CalibrationSpec(method=method, threshold=f"fpr:{TARGET_FPR}", band=band))
     cal = heads.calibration_of(heads.load(run)[1])

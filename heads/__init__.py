@@ -1,7 +1,7 @@
 """Small detection heads on cached features: registry, configs, the fit loop, save/load."""
 
 from heads import expert, fusion, gating, linear, mlp, prototype, router  # noqa: F401  (imports register heads)
-from heads._registry import available, build, make_config, register_head
+from heads._registry import available, build, head_class, make_config, register_head
 from heads.calibration import Calibration, fit_calibration
 from heads.io import calibration_of, load, save, save_calibration
 from heads.released import gapl_prototype, uar_linear
@@ -19,6 +19,7 @@ __all__ = [
     "explain",
     "fit",
     "gapl_prototype",
+    "head_class",
     "load",
     "logits",
     "lr_at",

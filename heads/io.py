@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from common.files import atomic_path, atomic_write
 from heads._registry import build
 from heads.calibration import Calibration
 
@@ -52,9 +52,9 @@ def save(
     if calibration is not None:
         info["calibration"] = calibration.to_dict()
     tensors = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
-    _atomic(directory / "head.safetensors", lambda tmp: save_file(tensors, str(tmp), metadata={"format": FORMAT}))
-    text = json.dumps(info, indent=2, sort_keys=False, default=_json_default)
-    _atomic(directory / "head.json", lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"))
+    with atomic_path(directory / "head.safetensors") as tmp:
+        save_file(tensors, str(tmp), metadata={"format": FORMAT})
+    atomic_write(directory / "head.json", json.dumps(info, indent=2, sort_keys=False, default=_json_default) + "\n")
     return directory
 
 
@@ -93,20 +93,13 @@ def save_calibration(directory: str | Path, calibration: Calibration | None) -> 
     info.pop("calibration", None)
     if calibration is not None:
         info["calibration"] = calibration.to_dict()
-    text = json.dumps(info, indent=2, sort_keys=False, default=_json_default)
-    _atomic(json_path, lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"))
+    atomic_write(json_path, json.dumps(info, indent=2, sort_keys=False, default=_json_default) + "\n")
     return Path(directory)
 
 
 def calibration_of(info: dict[str, Any]) -> Calibration:
     """The calibration recorded in head.json's content (identity, threshold 0.5, when there is none)."""
     return Calibration.from_dict(info.get("calibration"))
-
-
-def _atomic(path: Path, write: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
 
 
 def _json_default(value: Any) -> Any:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from pipeline.config import CalibrationSpec
 
 CALIBRATE_HELP = """\
 Fits, on the run's validation rows (the rows `aigi train` held out: split == val, or its seeded val_fraction
@@ -24,86 +25,20 @@ real / fake / unsure verdicts. A run trained with no validation rows cannot be c
 """
 
 
-@dataclass(frozen=True)
-class CalibrationSpec:
-    """What to fit: the `calibration:` section of a run config and the options of `aigi calibrate`."""
-
-    method: str = "temperature"
-    threshold: str | float = 0.5
-    band: str = "none"
-
-    @classmethod
-    def from_mapping(cls, data: Any, *, source: str = "config") -> CalibrationSpec | None:
-        """The `calibration:` section of a run config (None or `false` = no calibration at the end of training)."""
-        if data in (None, False, {}):
-            return None
-        if not isinstance(data, dict):
-            raise ValueError(f"{source}: calibration must be a mapping (method, threshold, band), got {data!r}")
-        unknown = sorted(set(data) - {"method", "threshold", "band"})
-        if unknown:
-            raise ValueError(f"{source}: unknown key(s) calibration.{unknown[0]} (known: method, threshold, band)")
-        spec = cls(**data)
-        spec.fit_kwargs()  # validate now, not after training
-        if spec.method not in ("temperature", "platt", "none"):
-            raise ValueError(f"{source}: calibration.method must be temperature, platt or none, got {spec.method!r}")
-        return spec
-
-    def fit_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments of `heads.fit_calibration`."""
-        out: dict[str, Any] = {"method": self.method, **parse_threshold_policy(self.threshold)}
-        kind, target = _split(self.band, "band", ("none", "coverage", "error"))
-        out.update(band_policy=kind, band_target=target)
-        return out
-
-
-def _split(text: str, what: str, kinds: tuple[str, ...]) -> tuple[str, float | None]:
-    kind, sep, arg = str(text).strip().partition(":")
-    if kind not in kinds or (kind == "none") == bool(sep):
-        raise ValueError(f"--{what} {text!r}: expected " + " or ".join(k if k == "none" else f"{k}:X" for k in kinds))
-    if not sep:
-        return kind, None
-    try:
-        value = float(arg)
-    except ValueError:
-        raise ValueError(f"--{what} {text!r}: {arg!r} is not a number") from None
-    if not 0.0 < value < 1.0:
-        raise ValueError(f"--{what} {text!r}: the target must be in (0, 1)")
-    return kind, value
-
-
-def parse_threshold_policy(text: str | float) -> dict[str, Any]:
-    """`0.5` -> fixed, `val_acc` (or `val`) -> best validation cut, `fpr:0.01` -> target FPR on reals."""
-    word = str(text).strip().lower()
-    if word in ("val", "val_acc"):
-        return {"threshold_policy": "val_acc"}
-    if word.startswith("fpr:"):
-        return {"threshold_policy": "target_fpr", "target_fpr": _split(word, "threshold", ("fpr",))[1]}
-    try:
-        value = float(word)
-    except ValueError:
-        raise ValueError(
-            f"--threshold {text!r}: expected a number in [0, 1], val_acc or fpr:A (e.g. fpr:0.01)"
-        ) from None
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"--threshold {text!r}: a fixed threshold is a probability in [0, 1]")
-    return {"threshold_policy": "fixed", "threshold": value}
-
-
 def validation_logits(
     run_dir: Path, *, caches: list[str] | None = None
 ) -> tuple[Any, dict, np.ndarray, np.ndarray, str]:
     """(head, head.json content, raw logits, labels, where the rows came from) of the run's validation rows."""
     import heads
     from pipeline.config import override_caches, parse_config, to_dict
-    from pipeline.evaluate import _run_config, check_fingerprints
-    from pipeline.train import open_caches, train_val_rows
+    from pipeline.rows import check_fingerprints, open_caches, run_config, val_rows
 
     head, info = heads.load(run_dir)
-    raw = to_dict(_run_config(run_dir, info))
+    raw = to_dict(run_config(run_dir, info))
     cfg = parse_config(override_caches(raw, caches) if caches else raw, source=f"{run_dir}/head.json")
     opened = open_caches(cfg.data.caches)
     check_fingerprints(info, opened, run_dir=run_dir)
-    _, val, how = train_val_rows(opened, cfg.data, inputs=list(info["inputs"]))
+    val, how = val_rows(opened, cfg.data, inputs=list(info["inputs"]))
     if val is None or len(val) == 0:
         raise ValueError(
             f"{run_dir} has no validation rows to calibrate on ({how}); retrain with --set data.val_fraction=0.1 "
@@ -115,7 +50,7 @@ def validation_logits(
 def calibrate_run(run_dir: str | Path, spec: CalibrationSpec, *, caches: list[str] | None = None) -> dict[str, Any]:
     """Fit `spec` on the run's validation rows, store it in head.json and return a summary with val ECE/Brier."""
     import heads
-    from pipeline.verdict_metrics import brier, ece
+    from pipeline.metrics import brier, ece
 
     run_dir = Path(run_dir)
     _, _, z, y, how = validation_logits(run_dir, caches=caches)

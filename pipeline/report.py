@@ -1,4 +1,5 @@
-"""Write an evaluation's files: report.md (papers-style tables), metrics.csv, metrics.json, scores.parquet, plots."""
+"""Every table and report file: an evaluation's report.md (papers-style table), metrics.csv, metrics.json,
+scores.parquet and plots; an ablation's results.parquet, summary.md and summary.png. Figures are drawn by `plots`."""
 
 from __future__ import annotations
 
@@ -11,7 +12,26 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-COLUMNS = (("n", "n"), ("acc", "ACC"), ("real_acc", "Real ACC"), ("fake_acc", "Fake ACC"), ("ap", "AP"), ("auc", "AUC"))
+from common.files import atomic_path, atomic_write
+from pipeline.metrics import COVERAGE_METRICS, METRICS
+
+LABELS = {
+    "n": "n", "acc": "ACC", "real_acc": "Real ACC", "fake_acc": "Fake ACC", "ap": "AP", "auc": "AUC",
+    "tpr_at_1pct_fpr": "TPR@1%FPR", "tpr_at_0.1pct_fpr": "TPR@0.1%FPR", "oracle_acc": "Oracle ACC", "ece": "ECE",
+    "brier": "Brier", "coverage": "Coverage", "acc_covered": "ACC covered",
+}  # fmt: skip
+COLUMNS = tuple((key, LABELS[key]) for key in ("n", *METRICS))
+
+
+def _columns(metrics: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    """The report's columns: every metric, plus coverage when the head abstains."""
+    extra = tuple((k, LABELS[k]) for k in COVERAGE_METRICS if k in metrics["mean"])
+    return COLUMNS + extra
+
+
+SUMMARY_METRICS = ("acc", "ap", "auc", "real_acc", "tpr_at_1pct_fpr")  # an ablation summary's mean columns
+GROUP_SUMMARY_METRICS = ("fake_acc", "ap")  # and its per-group columns
+VIEW_SUMMARY_METRICS = ("acc", "auc", "tpr_at_1pct_fpr")  # and its per-view columns (@VIEW/METRIC)
 
 
 def _clean(value: Any) -> Any:
@@ -32,7 +52,8 @@ def metrics_table(metrics: Mapping[str, Any]) -> pd.DataFrame:
     rows = []
     for name, row in [*metrics["groups"].items(), ("mean", metrics["mean"])]:
         out: dict[str, Any] = {"group": name}
-        out.update({k: row.get(k) for k in ("n", "n_real", "n_fake", "acc", "real_acc", "fake_acc", "ap", "auc")})
+        out.update({k: row.get(k) for k in ("n", "n_real", "n_fake", *METRICS)})
+        out.update({k: row[k] for k in COVERAGE_METRICS if k in row})
         for key, bounds in (row.get("ci") or {}).items():
             if isinstance(bounds, list):
                 out[f"{key}_lo"], out[f"{key}_hi"] = bounds
@@ -59,7 +80,8 @@ def markdown(metrics: Mapping[str, Any], *, title: str, context: Sequence[str] =
     lines = [f"# {title}", "", *[f"- {c}" for c in context]]
     lines += [
         f"- threshold {metrics['threshold']:.4g}: a row is called fake when its score (P(fake)) >= the threshold",
-        f"- groups by `{by}`; values in %; AP/AUC are undefined (–) for a group with one class",
+        f"- groups by `{by}`; values in % (ECE and Brier too); AP, AUC, TPR@FPR and oracle ACC are undefined (–) "
+        "for a group with one class; oracle ACC uses the best threshold for the rows themselves (an upper bound)",
     ]
     pairing = metrics.get("reals") or {}
     if pairing.get("real_groups"):
@@ -70,12 +92,13 @@ def markdown(metrics: Mapping[str, Any], *, title: str, context: Sequence[str] =
         )
     if metrics["mean"].get("ci"):
         lines.append(f"- [lo, hi]: 95% bootstrap interval ({metrics['mean']['ci']['n_boot']} resamplings)")
-    header = ["Group" if by == "group" else by.capitalize(), *[label for _, label in COLUMNS]]
-    lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" + "---:|" * len(COLUMNS)]
+    columns = _columns(metrics)
+    header = ["Group" if by == "group" else by.capitalize(), *[label for _, label in columns]]
+    lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" + "---:|" * len(columns)]
     for name, row in metrics["groups"].items():
-        lines.append("| " + " | ".join([str(name), *[_cell(row, k) for k, _ in COLUMNS]]) + " |")
+        lines.append("| " + " | ".join([str(name), *[_cell(row, k) for k, _ in columns]]) + " |")
     mean = metrics["mean"]
-    lines.append("| **Mean** | " + " | ".join(f"**{_cell(mean, k)}**" for k, _ in COLUMNS) + " |")
+    lines.append("| **Mean** | " + " | ".join(f"**{_cell(mean, k)}**" for k, _ in columns) + " |")
     notes = [(n, r["note"]) for n, r in [*metrics["groups"].items(), ("Mean", mean)] if r.get("note")]
     if notes:
         lines += ["", "Notes:", *[f"- {name}: {text}" for name, text in notes]]
@@ -98,11 +121,11 @@ def write_report(
 
     Args:
         out_dir: the report directory (created).
-        metrics: `pipeline.evaluate.summarize`'s result.
+        metrics: `pipeline.metrics.summarize`'s result.
         scores: one row per scored row: image_id, view, label, group columns, score.
         title: the report's heading.
         context: bullet lines describing the run (head, cache, split).
-        index: group name -> positional row indices into `scores` (`evaluate.assemble_groups`); by default the
+        index: group name -> positional row indices into `scores` (`metrics.assemble_groups`); by default the
             rows are grouped by `metrics["by"]` as they are.
         plots: also draw roc.png, acc_by_group.png and score_hist.png.
 
@@ -129,4 +152,104 @@ def write_report(
     files["report.md"] = out / "report.md"
     text = markdown(clean, title=title, context=context, plots=[p.name for p in pngs])
     files["report.md"].write_text(text, encoding="utf-8")
+    return files
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# ablation tables
+
+
+def ablation_table(results: Sequence[Mapping[str, Any]], *, grid_keys: Sequence[str] = ()) -> Any:
+    """One row per run: run_id, setting, variant, seed, grid values, mean metrics, GROUP/metric, timings."""
+    rows = []
+    for r in results:
+        row: dict[str, Any] = {k: r[k] for k in ("run_id", "setting", "variant", "seed")}
+        for key in grid_keys:
+            value = r["values"].get(key)
+            row[key] = value if isinstance(value, int | float | str | bool) else json.dumps(value)
+        mean = r["metrics"]["mean"]
+        row.update({m: mean.get(m) for m in METRICS})
+        for group, g in r["metrics"]["groups"].items():
+            row.update({f"{group}/{m}": g.get(m) for m in METRICS})
+        for view, v in (r.get("views") or {}).items():
+            row.update({f"@{view}/{m}": v.get(m) for m in METRICS})
+        row.update({k: r.get(k) for k in ("val_ap", "train_rows", "train_seconds", "seconds")})
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    metric_cols = [c for c in table.columns if c.split("/")[-1] in METRICS or c == "val_ap"]
+    table[metric_cols] = table[metric_cols].astype("float64")
+    return table
+
+
+def _group_names(table: Any) -> list[str]:
+    return list(dict.fromkeys(c.rsplit("/", 1)[0] for c in table.columns if "/" in c and not c.startswith("@")))
+
+
+def _view_names(table: Any) -> list[str]:
+    return list(dict.fromkeys(c.rsplit("/", 1)[0] for c in table.columns if c.startswith("@")))
+
+
+def ablation_summary_columns(table: Any) -> list[str]:
+    """The metric columns summary.md shows: mean ACC/AP/AUC/real ACC, then each group's fake ACC and AP."""
+    cols = [m for m in SUMMARY_METRICS if m in table.columns]
+    for group in _group_names(table):
+        cols += [f"{group}/{m}" for m in GROUP_SUMMARY_METRICS if f"{group}/{m}" in table.columns]
+    for view in _view_names(table):
+        cols += [f"{view}/{m}" for m in VIEW_SUMMARY_METRICS if f"{view}/{m}" in table.columns]
+    return cols
+
+
+def ablation_summary(table: Any, *, sort_by: str) -> Any:
+    """Mean and std (over seeds, ddof 1) of every summary metric per setting, best `sort_by` first."""
+    if sort_by not in table.columns:
+        known = [c for c in table.columns if c.split("/")[-1] in METRICS]
+        raise ValueError(f"sort_by {sort_by!r} is not a metric of the results; choose one of {known}")
+    cols = list(dict.fromkeys([*ablation_summary_columns(table), sort_by]))
+    grouped = table.groupby("setting", sort=False)
+    out = grouped.agg(variant=("variant", "first"), seeds=("seed", "count"))
+    for col in cols:
+        out[f"{col}.mean"] = grouped[col].mean()
+        out[f"{col}.std"] = grouped[col].std(ddof=1)
+    out = out.reset_index()
+    return out.sort_values(f"{sort_by}.mean", ascending=False, kind="stable").reset_index(drop=True)
+
+
+def _pct(mean: float, std: float) -> str:
+    if mean != mean:  # NaN
+        return "n/a"
+    return f"{100 * mean:.2f}" if std != std else f"{100 * mean:.2f} ± {100 * std:.2f}"
+
+
+def ablation_markdown(summary: Any, *, sort_by: str, n_runs: int) -> str:
+    """summary.md: one row per setting, metrics in percent as mean ± std over seeds."""
+    cols = [c[: -len(".mean")] for c in summary.columns if c.endswith(".mean")]
+    head = ["setting", "seeds", *[c.replace("_", " ") for c in cols]]
+    lines = [
+        "# Ablation summary",
+        "",
+        f"{len(summary)} settings, {n_runs} runs; metrics on the test split in percent, mean ± std over seeds "
+        f"(sample std); sorted by {sort_by} (best first). Mean columns average over evaluation groups; "
+        "GROUP/fake acc is the share of that group's fakes called fake at the run's threshold; @VIEW columns are the "
+        "mean over groups on the test rows of that cached view.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join(["---"] * 2 + ["---:"] * len(cols)) + "|",
+    ]
+    for _, row in summary.iterrows():
+        cells = [str(row["setting"]), str(int(row["seeds"]))]
+        cells += [_pct(float(row[f"{c}.mean"]), float(row[f"{c}.std"])) for c in cols]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_ablation_report(out: Path, *, table: Any, summary: Any, sort_by: str) -> dict[str, Path]:
+    """Write an ablation's results.parquet, summary.md and summary.png atomically into `out`."""
+    from pipeline.plots import ablation_plot
+
+    files = {"results": out / "results.parquet", "summary": out / "summary.md", "plot": out / "summary.png"}
+    with atomic_path(files["results"]) as tmp:
+        table.to_parquet(tmp, index=False)
+    atomic_write(files["summary"], ablation_markdown(summary, sort_by=sort_by, n_runs=len(table)))
+    with atomic_path(files["plot"]) as tmp:
+        ablation_plot(summary, tmp)
     return files

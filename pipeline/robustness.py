@@ -37,18 +37,10 @@ def view_strength(view: str) -> tuple[str, float | None]:
 
 
 def view_metrics(labels: np.ndarray, probs: np.ndarray, verdicts: np.ndarray, *, threshold: float) -> dict[str, Any]:
-    """The metrics of one view's rows (probabilities calibrated, verdicts from the stored calibration)."""
-    from pipeline.evaluate import binary_metrics
-    from pipeline.verdict_metrics import ece, tpr_at_fpr
+    """Every metric of `pipeline.metrics` for one view's rows, plus coverage and ACC on the covered rows."""
+    from pipeline.metrics import binary_metrics, coverage_metrics
 
-    m = binary_metrics(labels, probs, threshold=threshold)
-    both = 0 < labels.sum() < labels.size
-    m["tpr_at_1pct_fpr"] = tpr_at_fpr(labels, probs, 0.01)[0] if both else None
-    m["ece"] = ece(labels, probs)
-    covered = verdicts != -1
-    m["coverage"] = float(covered.mean())
-    m["acc_covered"] = float((verdicts[covered] == labels[covered]).mean()) if covered.any() else None
-    return m
+    return {**binary_metrics(labels, probs, threshold=threshold), **coverage_metrics(labels, verdicts)}
 
 
 def flip_stats(flips: pd.DataFrame, probs: pd.DataFrame, view: str, *, reference: str = "orig") -> dict[str, Any]:
@@ -148,12 +140,11 @@ def score_views(
     from extractors.views import canonical_view
     from pipeline.calibrate import calibrated
     from pipeline.config import override_caches, parse_config, to_dict
-    from pipeline.evaluate import _run_config, check_fingerprints
-    from pipeline.train import load_rows, open_caches
+    from pipeline.rows import check_fingerprints, load_rows, open_caches, run_config
 
     views = [canonical_view(v) for v in views]
     head, info = heads.load(run_dir)
-    raw = to_dict(_run_config(run_dir, info))
+    raw = to_dict(run_config(run_dir, info))
     cfg = parse_config(override_caches(raw, list(caches)) if caches else raw, source=f"{run_dir}/head.json")
     opened = open_caches(cfg.data.caches)
     notes = check_fingerprints(info, opened, run_dir=run_dir)

@@ -13,7 +13,7 @@ import yaml
 import cache
 import heads
 from pipeline.cli import main
-from pipeline.verdict_metrics import brier, ece, oracle_acc, tpr_at_fpr
+from pipeline.metrics import brier, ece, oracle_acc, tpr_at_fpr
 from tests.pipeline.test_train_eval import make_cache, write_config
 
 

@@ -81,3 +81,11 @@ def test_a_view_missing_from_the_cache_is_one_line(run: dict, capsys: pytest.Cap
     assert main(["robustness", str(run["run"]), "--views", "orig,blur:2", "-o", str(run["tmp"] / "x")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "blur:2.0" in err and "--views orig,blur:2.0" in err
+
+
+def test_eval_views_writes_the_same_report(run: dict) -> None:
+    out = run["tmp"] / "via_eval"
+    assert main(["eval", str(run["run"]), "--views", ",".join(VIEWS), "-o", str(out)]) == 0
+    again = run["tmp"] / "via_robustness"
+    assert main(["robustness", str(run["run"]), "--views", ",".join(VIEWS), "-o", str(again)]) == 0
+    pd.testing.assert_frame_equal(pd.read_csv(out / "robustness.csv"), pd.read_csv(again / "robustness.csv"))
