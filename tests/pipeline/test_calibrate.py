@@ -14,8 +14,8 @@ import heads
 from heads.calibration import conformal_high, fit_temperature
 from pipeline.cli import main
 from pipeline.config import load_config
-from pipeline.rows import open_caches, train_val_rows
 from pipeline.metrics import ece
+from pipeline.rows import open_caches, train_val_rows
 from tests.pipeline.test_train_eval import make_cache, write_config
 
 
