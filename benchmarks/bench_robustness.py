@@ -6,15 +6,17 @@ Recipe (each step is an `aigi` command; re-running skips finished work):
    backbone saved as a file. Pass --demo DIR to reuse an existing `aigi demo` output.
 2. `aigi extract --manifest WORK/demo/data/manifest.parquet --backbone timm:convnext_atto --weights ...
    --features l0.mean,l1.mean --views orig,jpeg:75,resize:0.5 --cache WORK/views`.
-3. The demo's linear head config (WORK/demo/configs/linear.yaml: `l1.mean`, AdamW, 300 epochs) trained on the
-   rows of some views (`--set data.where.view=[...]`): orig only; orig + jpeg:75 (resize:0.5 held out);
-   orig + resize:0.5 (jpeg:75 held out); for each of --seeds. Each head is calibrated on its validation rows
-   (`aigi calibrate --method temperature --threshold val_acc`) and scored by `aigi robustness` on the test
-   split under every view.
+3. `aigi ablate WORK/ablate.yaml -o WORK/ablation`: the demo's linear head config (WORK/demo/configs/linear.yaml:
+   `l1.mean`, AdamW, 300 epochs) with `calibration: {method: temperature, threshold: val_acc}` (fitted on the
+   validation rows at the end of training), a grid over the training views `data.where.view`: orig only;
+   orig + jpeg:75 (resize:0.5 held out); orig + resize:0.5 (jpeg:75 held out), x --seeds, and
+   `eval_views: [orig, jpeg:75, resize:0.5]` (every run evaluated on the test rows of each view).
+4. `aigi eval RUN --views orig,jpeg:75,resize:0.5` of the orig-trained run of the first seed: the robustness
+   table (per view metrics, verdict flips against orig) and plot.
 
-Prints (a) the robustness table of the orig-trained head (seed 0) and (b) per training set, ACC / AUC /
-TPR@1%FPR on every view, mean +- std over seeds, held-out views marked; writes benchmarks/out/bench_robustness.json
-and copies the orig head's robustness.png to benchmarks/out/robustness.png.
+Prints (a) the robustness table and (b) per training set, ACC / AUC / TPR@1%FPR on every view, mean +- std over
+seeds, held-out views marked; writes benchmarks/out/bench_robustness.json and copies the plot to
+benchmarks/out/robustness.png.
 Run: `python benchmarks/bench_robustness.py [--demo DIR] [--work DIR] [--seeds 0,1,2]`.
 """
 
@@ -62,16 +64,39 @@ def demo_data(demo: Path, shared: Path) -> tuple[Path, Path, Path]:
     return demo / "data" / "manifest.parquet", weights[0], demo / "configs" / "linear.yaml"
 
 
-def train_and_score(config: Path, views_cache: Path, work: Path, name: str, seed: int) -> pd.DataFrame:
-    """Train on the views of TRAINING[name] with `seed`, calibrate, score every view; the robustness table."""
-    run = work / "runs" / f"{name}-seed{seed}"
-    if not (run / "head.json").exists():
-        view_list = "[" + ",".join(f"'{v}'" for v in TRAINING[name]) + "]"
-        _aigi(["train", str(config), "--cache", f"demo={views_cache}", "--set", f"data.where.view={view_list}",
-               "--set", f"fit.seed={seed}", "-o", str(run)])  # fmt: skip
-    _aigi(["calibrate", str(run), "--method", "temperature", "--threshold", "val_acc"])
-    _aigi(["robustness", str(run), "--views", ",".join(VIEWS), "-o", str(run / "robustness")])
-    return pd.read_csv(run / "robustness" / "robustness.csv").assign(training=name, seed=seed)
+def ablation_config(config: Path, views_cache: Path, seeds: list[int]) -> dict:
+    """The demo's linear run config as an ablation over training views, calibrated, evaluated on every view."""
+    from pipeline.config import read_yaml
+
+    raw = read_yaml(config)
+    raw["data"]["caches"] = {"demo": str(views_cache)}
+    raw["calibration"] = {"method": "temperature", "threshold": "val_acc", "band": "none"}
+    raw["grid"] = {"data.where.view": list(TRAINING.values())}
+    raw["seeds"] = seeds
+    raw["eval_views"] = list(VIEWS)
+    return raw
+
+
+def view_results(ablation: Path) -> pd.DataFrame:
+    """One row per (run, view): training views, seed and the view's mean metrics, from the runs' result.json."""
+    rows = []
+    for path in sorted((ablation / "runs").glob("*/result.json")):
+        r = json.loads(path.read_text())
+        name = "+".join(r["train_views"])
+        for view, m in r["views"].items():
+            rows.append({"training": name, "seed": r["seed"], "view": view, "run_dir": str(path.parent), **m})
+    return pd.DataFrame(rows)
+
+
+def with_flips(tables: pd.DataFrame) -> pd.DataFrame:
+    """Add each run's verdict-flip rate against orig: `aigi eval RUN --views ...` (written to RUN/robustness)."""
+    flips = []
+    for run_dir in tables["run_dir"].unique():
+        out = Path(run_dir) / "robustness"
+        _aigi(["eval", run_dir, "--views", ",".join(VIEWS), "-o", str(out)])
+        rob = pd.read_csv(out / "robustness.csv")
+        flips.append(rob[["view", "flip_rate"]].assign(run_dir=run_dir))
+    return tables.merge(pd.concat(flips), on=["run_dir", "view"], how="left")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,8 +112,15 @@ def main(argv: list[str] | None = None) -> int:
     _aigi(["extract", "--manifest", str(manifest), "--backbone", BACKBONE, "--weights", str(weights),
            "--features", FEATURES, "--views", ",".join(VIEWS), "--cache", str(views_cache)])  # fmt: skip
     seeds = [int(s) for s in args.seeds.split(",")]
-    tables = pd.concat([train_and_score(config, views_cache, args.work, n, s) for n in TRAINING for s in seeds])
-    base = tables[(tables["training"] == "orig") & (tables["seed"] == seeds[0])]
+    from pipeline.config import dump_yaml
+
+    ablate_yaml = args.work / "ablate.yaml"
+    ablate_yaml.write_text(dump_yaml(ablation_config(config, views_cache, seeds)), encoding="utf-8")
+    _aigi(["ablate", str(ablate_yaml), "-o", str(args.work / "ablation"), "--jobs", "1"])
+    tables = with_flips(view_results(args.work / "ablation"))
+    orig_run = Path(tables[(tables["training"] == "orig") & (tables["seed"] == seeds[0])]["run_dir"].iloc[0])
+    report = orig_run / "robustness"
+    base = pd.read_csv(report / "robustness.csv")
     cols = ["view", "n", "acc", "real_acc", "fake_acc", "auc", "tpr_at_1pct_fpr", "ece", "flip_rate", "real_to_fake",
             "mean_abs_dp"]  # fmt: skip
     print("(a) head trained on orig, seed", seeds[0])
@@ -97,8 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n(b) training views vs held-out views (mean +- std over seeds {seeds}; * = view not seen in training)")
     print(markdown(summary))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    src = args.work / "runs" / f"orig-seed{seeds[0]}" / "robustness" / "robustness.png"
-    shutil.copy(src, args.out.parent / "robustness.png")
+    shutil.copy(report / "robustness.png", args.out.parent / "robustness.png")
     result = {
         "views": VIEWS,
         "seeds": seeds,
@@ -125,16 +156,23 @@ def markdown(frame: pd.DataFrame) -> str:
 
 
 def comparison(tables: pd.DataFrame) -> pd.DataFrame:
-    """One row per (training views, metric): mean +- std over seeds on each evaluated view."""
+    """One row per (training views, metric): mean +- std over seeds on each evaluated view.
+
+    ACC / AUC / TPR@1%FPR are the ablation's: the mean over evaluation groups (sources) of the view's test rows;
+    flips are over all test images (`aigi eval --views`).
+    """
     rows = []
     for name, part in tables.groupby("training", sort=False):
         for key, label in (("acc", "ACC"), ("auc", "AUC"), ("tpr_at_1pct_fpr", "TPR@1%FPR"), ("flip_rate", "flips")):
             row = {"training views": name, "metric": label}
             for view in VIEWS:
                 v = part.loc[part["view"] == view, key].astype(float).to_numpy()
-                star = "" if view in TRAINING[name] else " *"
+                if np.isnan(v).all():
+                    row[view] = ""
+                    continue
+                star = "" if view in name.split("+") else " *"
                 cell = f"{100 * np.nanmean(v):.2f} +- {100 * np.nanstd(v):.2f}{star}"
-                row[view] = "" if np.isnan(v).all() else cell
+                row[view] = cell
             rows.append(row)
     return pd.DataFrame(rows)
 
