@@ -51,15 +51,44 @@ def _score(head: Any, info: Mapping[str, Any], fs: Any, *, by: str) -> pd.DataFr
     return frame
 
 
-def _threshold(threshold: str | float | None, cfg: Any, info: Mapping[str, Any]) -> tuple[float | str, str]:
-    """The threshold asked for (--threshold), else the head's stored one, else the config's; and where it came from."""
-    import heads
-    from pipeline.metrics import parse_threshold
+def _threshold(
+    threshold: str | float | None, cfg: Any, info: Mapping[str, Any], *, head: Any, caches: Mapping[str, Any]
+) -> tuple[float, str]:
+    """The threshold asked for (--threshold), else the head's stored one, else the config's; and where it came from.
 
+    `val` is the best balanced-accuracy cut on the run's validation rows, scored with the stored calibration.
+    """
+    import heads
+    from pipeline.metrics import calibrate_threshold, parse_threshold
+    from pipeline.rows import val_rows
+
+    cal = heads.calibration_of(dict(info))
     if threshold is None and info.get("calibration"):
-        cal = heads.calibration_of(dict(info))
         return cal.threshold, f"stored with the head ({cal.threshold_policy}, calibration {cal.method})"
-    return parse_threshold(cfg.eval.threshold if threshold is None else threshold), "fixed"
+    thr = parse_threshold(cfg.eval.threshold if threshold is None else threshold)
+    if thr != "val":
+        return float(thr), "fixed"
+    val, how = val_rows(caches, cfg.data, inputs=list(info["inputs"]))
+    if val is None:
+        raise ValueError(f"--threshold val: the run has no validation rows ({how})")
+    return calibrate_threshold(
+        val.labels, cal.probability(heads.logits(head, val.features))
+    ), f"calibrated on val ({how})"
+
+
+def _split_rows(opened: Mapping[str, Any], cfg: Any, *, inputs: list[str], split: str) -> Any:
+    """The rows of `split` (or every row for "all") with the run's filters; an error naming the splits present."""
+    from pipeline.rows import load_rows
+
+    rows_where = dict(cfg.data.where) if split == "all" else {**cfg.data.where, cfg.data.split_column: split}
+    fs = load_rows(opened, inputs=inputs, where=rows_where, domains=cfg.data.domains)
+    if len(fs) == 0:
+        present = sorted({str(v) for c in opened.values() for v in c.meta().get(cfg.data.split_column, [])})
+        raise ValueError(
+            f"no rows of {list(cfg.data.caches.values())} match {rows_where} (values of "
+            f"{cfg.data.split_column!r} present: {present}); pass --split NAME or --split all"
+        )
+    return fs
 
 
 def _calibration_text(cal: Any) -> str:
@@ -107,9 +136,9 @@ def evaluate_run(
     """
     import heads
     from pipeline.config import apply_overrides, override_caches, parse_config, to_dict
-    from pipeline.metrics import assemble_groups, calibrate_threshold, summarize
+    from pipeline.metrics import assemble_groups, summarize
     from pipeline.report import write_report
-    from pipeline.rows import check_fingerprints, load_rows, open_caches, run_config, val_rows
+    from pipeline.rows import check_fingerprints, open_caches, run_config
 
     run_dir = Path(run_dir)
     head, info = heads.load(run_dir)
@@ -123,23 +152,10 @@ def evaluate_run(
     notes = check_fingerprints(info, opened, run_dir=run_dir)
     by = by or cfg.eval.by
     split = cfg.data.test if split is None else split
-    thr, thr_how = _threshold(threshold, cfg, info)
-    rows_where = dict(cfg.data.where) if split == "all" else {**cfg.data.where, cfg.data.split_column: split}
-    fs = load_rows(opened, inputs=list(info["inputs"]), where=rows_where, domains=cfg.data.domains)
-    if len(fs) == 0:
-        present = sorted({str(v) for c in opened.values() for v in c.meta().get(cfg.data.split_column, [])})
-        raise ValueError(
-            f"no rows of {list(cfg.data.caches.values())} match {rows_where} (values of "
-            f"{cfg.data.split_column!r} present: {present}); pass --split NAME or --split all"
-        )
+    fs = _split_rows(opened, cfg, inputs=list(info["inputs"]), split=split)
     frame = _score(head, info, fs, by=by)
     cal = heads.calibration_of(info)
-    if thr == "val":
-        val, how = val_rows(opened, cfg.data, inputs=list(info["inputs"]))
-        if val is None:
-            raise ValueError(f"--threshold val: the run has no validation rows ({how})")
-        val_p = cal.probability(heads.logits(head, val.features))
-        thr, thr_how = calibrate_threshold(val.labels, val_p), f"calibrated on val ({how})"
+    thr, thr_how = _threshold(threshold, cfg, info, head=head, caches=opened)
     metrics = summarize(
         frame,
         by=by,
@@ -151,11 +167,11 @@ def evaluate_run(
     )
     metrics["threshold_source"] = thr_how
     index, _, _ = assemble_groups(frame, by=by, reals=reals or cfg.eval.reals)
+    rows = "all" if split == "all" else f"{cfg.data.split_column} == {split}"
     context = [
         f"head `{info['name']}` from `{run_dir}` on inputs {', '.join(f'`{i}`' for i in info['inputs'])}",
         *[f"cache `{a}`: `{c.path}` (fingerprint {c.fingerprint[:12]})" for a, c in opened.items()],
-        f"rows: {'all' if split == 'all' else f'{cfg.data.split_column} == {split}'}, filters {dict(cfg.data.where)}",
-        f"threshold: {thr_how}",
+        f"rows: {rows}, filters {dict(cfg.data.where)}; threshold: {thr_how}",
         f"scores: P(fake) = sigmoid(logit){_calibration_text(cal)}",
         *[f"warning: {n}" for n in notes],
     ]
@@ -231,9 +247,10 @@ def run(args: argparse.Namespace) -> int:
     )
     m = result["mean"]
     pct = lambda v: "n/a" if v is None else f"{100 * v:.2f}"
+    covered = f", coverage {pct(m['coverage'])}, ACC covered {pct(m['acc_covered'])}" if "coverage" in m else ""
     print(
         f"eval: {len(result['groups'])} group(s) by {result['by']}, {m['n']} rows, "
-        f"threshold {result['threshold']:.4g}: "
-        f"mean ACC {pct(m['acc'])}, AP {pct(m['ap'])}, AUC {pct(m['auc'])} -> {args.out}/report.md"
+        f"threshold {result['threshold']:.4g}: mean ACC {pct(m['acc'])}, AP {pct(m['ap'])}, AUC {pct(m['auc'])}, "
+        f"TPR@1%FPR {pct(m['tpr_at_1pct_fpr'])}, ECE {pct(m['ece'])}{covered} -> {args.out}/report.md"
     )
     return 0
