@@ -4,7 +4,7 @@ from heads import expert, fusion, gating, linear, mlp, prototype, router  # noqa
 from heads._registry import available, build, head_class, make_config, register_head
 from heads.calibration import Calibration, fit_calibration
 from heads.io import calibration_of, load, save, save_calibration
-from heads.released import gapl_prototype, uar_linear
+from heads.released import gapl_prototype, linear_probe, uar_linear
 from heads.train import FitConfig, Stage, explain, fit, logits, lr_at, predict
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "fit",
     "gapl_prototype",
     "head_class",
+    "linear_probe",
     "load",
     "logits",
     "lr_at",

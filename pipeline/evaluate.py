@@ -78,11 +78,12 @@ def _threshold(
 
 def _split_rows(opened: Mapping[str, Any], cfg: Any, *, inputs: list[str], split: str) -> Any:
     """The rows of `split` (or every row for "all") with the run's filters; an error naming the splits present."""
-    from pipeline.rows import load_rows
+    from pipeline.rows import check_where, load_rows
 
     rows_where = dict(cfg.data.where) if split == "all" else {**cfg.data.where, cfg.data.split_column: split}
     fs = load_rows(opened, inputs=inputs, where=rows_where, domains=cfg.data.domains)
     if len(fs) == 0:
+        check_where(opened, cfg.data.where, flag="--where")
         present = sorted({str(v) for c in opened.values() for v in c.meta().get(cfg.data.split_column, [])})
         raise ValueError(
             f"no rows of {list(cfg.data.caches.values())} match {rows_where} (values of "
@@ -141,7 +142,14 @@ def evaluate_run(
     from pipeline.rows import check_fingerprints, open_caches, run_config
 
     run_dir = Path(run_dir)
+    if bootstrap is not None and bootstrap < 0:
+        raise ValueError(f"--bootstrap {bootstrap}: the number of resamplings must be >= 0 (0: no intervals)")
     head, info = heads.load(run_dir)
+    if info.get("untrained"):
+        raise ValueError(
+            f"{run_dir} is an imported head whose {info['untrained']} is untrained, so its scores mean nothing; "
+            f"train stage 2 first: aigi train configs/gapl.yaml --init {run_dir} -o RUN_DIR, then evaluate RUN_DIR"
+        )
     cfg = config if config is not None else run_config(run_dir, info)
     if caches or where:  # overrides go to the plain mapping, which is parsed once more
         raw = to_dict(cfg)
