@@ -108,7 +108,8 @@ class Calibration:
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.clip(z, -745.0, 745.0)))
+    """torch's float64 sigmoid, so an identity calibration gives exactly `heads.predict`'s scores."""
+    return torch.sigmoid(torch.as_tensor(np.asarray(z, dtype=np.float64))).numpy()
 
 
 def _logit(p: float) -> float:

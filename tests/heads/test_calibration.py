@@ -119,6 +119,7 @@ def test_calibration_round_trips_through_head_json(tmp_path: Path) -> None:
     x = np.random.default_rng(0).standard_normal((50, 4)).astype(np.float32)
     z, y = heads.logits(head, {"f": x}), (np.arange(50) % 2)
     np.testing.assert_allclose(_sigmoid(z), heads.predict(head, {"f": x}), rtol=1e-12)
+    np.testing.assert_array_equal(Calibration().probability(z), heads.predict(head, {"f": x}))  # bit for bit
     cal = fit_calibration(z, y, method="platt", threshold_policy="val_acc", band_policy="coverage", band_target=0.9)
     heads.save(head, tmp_path / "h", meta={"train_rows": 7})
     assert heads.calibration_of(heads.load(tmp_path / "h")[1]) == Calibration()
