@@ -15,24 +15,32 @@ from safetensors.torch import load as load_bytes
 from safetensors.torch import save as save_bytes
 from torch import nn
 
-from common.files import temp_name
+from common.files import atomic_write, temp_name
 from heads._registry import build
+from heads.calibration import Calibration
 
 FORMAT = "aigi-head"
 VERSION = 1
 WEIGHTS, HEAD_JSON = "head.safetensors", "head.json"
 WEIGHTS_DIGEST = "weights_sha256"  # head.json records the digest of the weights file saved with it
-RESERVED = ("format", "version", "name", "config", "inputs", "standardize", WEIGHTS_DIGEST)
+RESERVED = ("format", "version", "name", "config", "inputs", "standardize", "calibration", WEIGHTS_DIGEST)
 FIX = "re-create the head with `aigi train` or `aigi head import-*`"
 
 
-def save(head: nn.Module, directory: str | Path, *, meta: dict[str, Any] | None = None) -> Path:
+def save(
+    head: nn.Module,
+    directory: str | Path,
+    *,
+    meta: dict[str, Any] | None = None,
+    calibration: Calibration | None = None,
+) -> Path:
     """Write `directory/head.json` and `directory/head.safetensors`; returns the directory.
 
     Args:
         head: a head from `heads.build`.
         directory: created when missing; an existing head is replaced as a pair (both files or neither).
         meta: extra JSON-ready entries (fingerprints, training config, metrics, extractor spec).
+        calibration: stored under `calibration` in head.json (see `heads.calibration`); none means identity.
     """
     meta = dict(meta or {})
     clash = [k for k in meta if k in RESERVED]
@@ -49,6 +57,8 @@ def save(head: nn.Module, directory: str | Path, *, meta: dict[str, Any] | None 
         "standardize": getattr(head, "input_norm", None) is not None,
         **meta,
     }
+    if calibration is not None:
+        info["calibration"] = calibration.to_dict()
     tensors = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
     _check_finite(tensors, where=f"head '{head.head_name}' to save in {directory}")
     weights = save_bytes(tensors, metadata={"format": FORMAT})
@@ -157,6 +167,26 @@ def _write_pair(directory: Path, files: dict[str, bytes]) -> None:
     finally:
         for path in (*temps.values(), *backups.values()):
             path.unlink(missing_ok=True)
+
+
+def save_calibration(directory: str | Path, calibration: Calibration | None) -> Path:
+    """Store (or with None remove) the calibration in an existing `directory/head.json`, atomically."""
+    json_path = Path(directory) / "head.json"
+    if not json_path.is_file():
+        raise FileNotFoundError(f"{json_path} is missing: calibrate a head directory written by `aigi train`")
+    info = json.loads(json_path.read_text(encoding="utf-8"))
+    if info.get("format") != FORMAT:
+        raise ValueError(f"{json_path} is not an aigi head file (format={info.get('format')!r})")
+    info.pop("calibration", None)
+    if calibration is not None:
+        info["calibration"] = calibration.to_dict()
+    atomic_write(json_path, json.dumps(info, indent=2, sort_keys=False, default=_json_default) + "\n")
+    return Path(directory)
+
+
+def calibration_of(info: dict[str, Any]) -> Calibration:
+    """The calibration recorded in head.json's content (identity, threshold 0.5, when there is none)."""
+    return Calibration.from_dict(info.get("calibration"))
 
 
 def _json_default(value: Any) -> Any:

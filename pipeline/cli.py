@@ -18,6 +18,8 @@ COMMAND_MODULES = [
     "pipeline.extract",
     "pipeline.train",
     "pipeline.evaluate",
+    "pipeline.calibrate",
+    "pipeline.robustness",
     "pipeline.head_cmd",
     "pipeline.domains",
     "pipeline.ablate",

@@ -428,7 +428,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--features", help="comma-separated feature names, e.g. l23.cls,proj (default: the backbone's)")
     p.add_argument("--preprocess", help="resize | center_crop | rich_patch (default: the backbone's)")
-    p.add_argument("--views", default="orig", help="comma-separated views: orig, jpeg:75, blur:1.0, resize:0.5")
+    p.add_argument(
+        "--views",
+        default="orig",
+        help="comma-separated views: orig, jpeg:Q, webp:Q, blur:SIGMA, resize:SCALE, crop:FRACTION (e.g. orig,jpeg:75)",
+    )
     p.add_argument("--cache", required=True, help="cache directory to create or extend")
     p.add_argument("--format", default="h5", choices=["h5", "parquet"], help="shard format")
     p.add_argument("--shard-size", type=int, default=1024, help="rows per shard (the unit of resume and distribution)")
