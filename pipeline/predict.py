@@ -165,11 +165,14 @@ def score_batches(
     return {name: np.concatenate(v) for name, v in columns.items()}, kept, failed
 
 
-def head_scores(head: Any, X: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """P(fake) and, for expert heads, each expert's gate and score."""
+def head_scores(head: Any, X: dict[str, np.ndarray], info: dict) -> dict[str, np.ndarray]:
+    """Calibrated P(fake), verdict and, for expert heads, each expert's gate and score."""
     import heads
+    from heads.calibration import VERDICTS
 
-    out = {"p_fake": heads.predict(head, X)}
+    cal = heads.calibration_of(info)
+    probs = cal.probability(heads.logits(head, X))
+    out = {"p_fake": probs, "verdict": np.array([VERDICTS[int(v)] for v in cal.verdict(probs)], dtype=object)}
     if hasattr(head, "explain"):
         ex = heads.explain(head, X)
         for k, name in enumerate(ex["expert_names"]):
@@ -237,7 +240,11 @@ def load_head(args: argparse.Namespace) -> tuple[Any, dict, dict[str, dict], dic
 
 
 def score_images(args: argparse.Namespace) -> pd.DataFrame:
-    """Scores (and expert gates) of the images in args.images; failed images get an `error` and no score."""
+    """Calibrated P(fake), verdict (and expert gates) of the images in args.images; failed images get an `error`.
+
+    The head's stored calibration (`aigi calibrate`) maps its logits to P(fake) and gives the threshold and the
+    abstain band; a head without one uses sigmoid(logit) and 0.5.
+    """
     import heads
 
     head, info, specs, weights = load_head(args)
@@ -258,12 +265,12 @@ def score_images(args: argparse.Namespace) -> pd.DataFrame:
         X = {name: feats[alias][feat] for name, (alias, feat) in inputs.items()}
         # a tail head scores each batch (its tokens are large); other heads score all rows at once, exactly as
         # `aigi eval` does on the cache
-        return head_scores(head, X) if tail else {f"x:{name}": v for name, v in X.items()}
+        return head_scores(head, X, info) if tail else {f"x:{name}": v for name, v in X.items()}
 
     columns, kept, failed = score_batches(paths, backbones, batch_size=args.batch_size, score=rows, storage=storage)
     if not tail and kept:
-        columns = head_scores(head, {name[2:]: v for name, v in columns.items()})
-    table = pd.DataFrame({"path": [printable(p) for p in paths], "p_fake": np.nan, "error": ""})
+        columns = head_scores(head, {name[2:]: v for name, v in columns.items()}, info)
+    table = pd.DataFrame({"path": [printable(p) for p in paths], "p_fake": np.nan, "verdict": "", "error": ""})
     for i, reason in failed.items():
         table.loc[i, "error"] = reason
     for name, values in columns.items():
@@ -296,11 +303,15 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"none of the {len(bad)} image(s) could be read ({first}); pass readable image files")
     extra = [c for c in table.columns if c.startswith(("gate.", "expert."))]
     with pd.option_context("display.max_colwidth", 80, "display.width", 200):
-        print(good[["path", "p_fake", *extra]].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+        print(good[["path", "p_fake", "verdict", *extra]].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     if args.output:
         write_table(table, args.output)
         print(f"wrote {len(table)} rows to {args.output}", file=sys.stderr)
-    print(f"{len(good)} image(s) scored, {len(bad)} skipped", file=sys.stderr)
+    counts = good["verdict"].value_counts()
+    verdicts = ", ".join(
+        f"{int(counts.get(v, 0))} {v}" for v in ("fake", "real", "unsure") if v in counts or v != "unsure"
+    )
+    print(f"{len(good)} image(s) scored, {len(bad)} skipped ({verdicts})", file=sys.stderr)
     return 0
 
 
@@ -310,7 +321,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="score images with a trained head (features extracted on the fly)",
         description="Score image files or folders with a head trained by `aigi train`. Features are extracted with "
         "the backbone and preprocessing the head's training cache recorded; the weights must reproduce its "
-        "fingerprint. Prints P(fake) per image and, for expert heads, the gates and per-expert scores. Unreadable "
+        "fingerprint. Prints the calibrated P(fake) per image and the verdict (real / fake, or unsure inside the "
+        "head's abstain band; see `aigi calibrate`) and, for expert heads, the gates and per-expert scores. Unreadable "
         "files are reported and skipped (exit code 0; 2 when no file could be read).",
     )
     p.add_argument("head_dir", help="RUN_DIR written by `aigi train`")
