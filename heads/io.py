@@ -153,7 +153,10 @@ def read_info(directory: str | Path) -> dict[str, Any]:
     """head.json of a saved head (name, config, inputs and the training metadata), checked, without building it."""
     json_path = Path(directory) / HEAD_JSON
     if not json_path.is_file():
-        raise FileNotFoundError(f"{json_path} is missing: a head directory holds head.json + head.safetensors")
+        raise FileNotFoundError(
+            f"{json_path} is missing: a head directory holds head.json + head.safetensors "
+            "(written by `aigi train` or `aigi head import-*`)"
+        )
     return _read_info(json_path)
 
 
