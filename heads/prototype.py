@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,23 +49,55 @@ class PrototypeCfg:
             )
 
 
-def pca_prototypes(emb: np.ndarray, y: np.ndarray, per_class: int) -> np.ndarray:
-    """GAPL's prototypes: top `per_class` PCA axes (sklearn) of the real rows' embeddings, then of the fake rows',
-    stacked [2 * per_class, d] with unit rows."""
-    from sklearn.decomposition import PCA
+class ClassMoments:
+    """Per-class row count, mean and scatter matrix of embeddings, merged batch by batch (Chan et al., float64):
+    one pass over the rows in memory bounded by one batch, whatever the row count."""
 
-    out = []
-    for c in (0, 1):
-        rows = emb[y == c]
-        if len(rows) < per_class or emb.shape[1] < per_class:
-            raise ValueError(
-                f"prototype: {per_class} PCA axes per class need >= {per_class} rows of class {c} "
-                f"and embed_dim >= {per_class}; got {len(rows)} rows, embed_dim {emb.shape[1]}"
+    def __init__(self) -> None:
+        self.n = [0, 0]
+        self.mean: list = [0.0, 0.0]
+        self.scatter: list = [0.0, 0.0]
+
+    def add(self, emb: np.ndarray, y: np.ndarray) -> None:
+        for c in (0, 1):
+            rows = np.asarray(emb[y == c], dtype=np.float64)
+            if not len(rows):
+                continue
+            mb = rows.mean(0)
+            centred = rows - mb
+            total = self.n[c] + len(rows)
+            delta = mb - self.mean[c]
+            self.scatter[c] = (
+                self.scatter[c] + centred.T @ centred + np.outer(delta, delta) * (self.n[c] * len(rows) / total)
             )
-        # exact solver: sklearn's "auto" may pick the randomized one (unseeded), making fits irreproducible
-        out.append(PCA(n_components=per_class, svd_solver="full").fit(rows).components_)
-    protos = np.concatenate(out).astype(np.float32)
-    return protos / np.linalg.norm(protos, axis=1, keepdims=True)
+            self.mean[c] = self.mean[c] + delta * (len(rows) / total)
+            self.n[c] = total
+
+    def prototypes(self, per_class: int) -> np.ndarray:
+        """GAPL's prototypes: the top `per_class` principal axes of the real rows, then of the fake rows, stacked
+        [2 * per_class, d] with unit rows. Principal axes are the covariance's leading eigenvectors (what
+        sklearn's PCA finds by SVD), each signed so that its largest-magnitude entry is positive."""
+        out = []
+        for c in (0, 1):
+            dim = np.shape(self.scatter[c])[0] if self.n[c] else 0
+            if self.n[c] < per_class or dim < per_class:
+                raise ValueError(
+                    f"prototype: {per_class} PCA axes per class need >= {per_class} rows of class {c} "
+                    f"and embed_dim >= {per_class}; got {self.n[c]} rows, embed_dim {dim}"
+                )
+            values, vectors = np.linalg.eigh(self.scatter[c] / max(self.n[c] - 1, 1))
+            axes = vectors[:, np.argsort(values)[::-1][:per_class]].T
+            signs = np.sign(axes[np.arange(per_class), np.abs(axes).argmax(1)])
+            out.append(axes * signs[:, None])
+        protos = np.concatenate(out).astype(np.float32)
+        return protos / np.linalg.norm(protos, axis=1, keepdims=True)
+
+
+def pca_prototypes(emb: np.ndarray, y: np.ndarray, per_class: int) -> np.ndarray:
+    """`ClassMoments.prototypes` of embeddings in memory."""
+    moments = ClassMoments()
+    moments.add(emb, np.asarray(y))
+    return moments.prototypes(per_class)
 
 
 @register_head("prototype")
@@ -109,12 +141,14 @@ class PrototypeHead(nn.Module):
     def _stage1(self, xb: Mapping[str, Tensor], aux: Mapping[str, Tensor]) -> Tensor:
         return self.stage1_fc(self.embed(xb)).squeeze(-1)
 
-    def _start_stage2(self, x: Mapping[str, Tensor], y: Tensor) -> None:
+    def _start_stage2(self, batches: Callable[[], Iterator[tuple[dict[str, Tensor], Tensor]]]) -> None:
+        """PCA prototypes of the stage-1 embeddings, in one pass over the training rows."""
         if not self.cfg.fit_prototypes:
             return
-        emb = torch.cat([self.embed({k: v[i : i + 65536] for k, v in x.items()}) for i in range(0, len(y), 65536)])
-        protos = pca_prototypes(emb.cpu().numpy(), y.cpu().numpy(), self.cfg.per_class)
-        self.prototypes.copy_(torch.from_numpy(protos))
+        moments = ClassMoments()
+        for xb, yb in batches():
+            moments.add(self.embed(xb).double().cpu().numpy(), yb.cpu().numpy())
+        self.prototypes.copy_(torch.from_numpy(moments.prototypes(self.cfg.per_class)))
 
     def stages(self) -> list[Stage]:
         stage2 = Stage("stage2", trainable=("proj", "attn", "fc"), setup=self._start_stage2)
