@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -69,13 +70,17 @@ def import_uar(
         dtype=dtype or header.get("dtype", "float32"),
     )
     step = max(1, min(shard_size, 4096))
+    chunks = [todo.iloc[lo : lo + step] for lo in range(0, len(todo), step)]
     with (
         writer,
         tqdm(total=len(todo), desc=f"import {folder.name}", unit="file", disable=None if progress else True) as bar,
+        ThreadPoolExecutor(max_workers=1) as reader,  # the next chunk is read while this one is written
     ):
-        for lo in range(0, len(todo), step):
-            chunk = todo.iloc[lo : lo + step]
-            feats = load_npy_batch(chunk["file"].tolist(), dim=dim)
+        load = lambda chunk: load_npy_batch(chunk["file"].tolist(), dim=dim)  # noqa: E731
+        pending = reader.submit(load, chunks[0]) if chunks else None
+        for i, chunk in enumerate(chunks):
+            feats = pending.result()
+            pending = reader.submit(load, chunks[i + 1]) if i + 1 < len(chunks) else None
             writer.append(chunk.drop(columns=["file"]), {UAR_FEATURE: feats})
             bar.update(len(chunk))
     return {"files": len(rows), "written": len(todo), "skipped_present": len(rows) - len(todo), "dim": dim}
