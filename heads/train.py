@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,6 +89,9 @@ class Stage:
             over this stage's training rows in order, one bounded batch at a time (one pass each call).
         epochs / lr / label_smoothing: overrides of the FitConfig values for this stage.
         optional: skip the stage (noted in the history) instead of failing when its rows lack one class.
+        share: a tag marking a stage whose result depends only on its trainable parameters' initial values (its
+            forward reads no other parameter), its rows, the fit settings and the RNG state; `fit` then reuses
+            a finished identical stage from `stage_store` (e.g. the same frozen experts of gating/concat/mean).
     """
 
     name: str
@@ -100,6 +104,7 @@ class Stage:
     lr: float | None = None
     label_smoothing: float | None = None
     optional: bool = False
+    share: str | None = None
 
 
 def head_stages(head: nn.Module) -> list[Stage]:
@@ -206,6 +211,8 @@ def fit(
     groups: Groups = None,
     groups_val: Groups = None,
     on_stage_end: Callable[[str], None] | None = None,
+    stage_store: MutableMapping[str, dict] | None = None,
+    data_key: str = "",
 ) -> dict[str, Any]:
     """Train `head` on features in memory or streamed from a batch source, running each of its stages in turn.
 
@@ -220,6 +227,10 @@ def fit(
         groups: per-row string columns multi-stage heads select rows by ("source", "domain").
         groups_val: the same for the validation rows.
         on_stage_end: called with each stage's name when it finishes.
+        stage_store: finished shareable stages (see `Stage.share`) by key; a stage found there is restored (its
+            parameters, RNG states and history: the same numbers as training it) instead of trained again.
+        data_key: names the training and validation rows for `stage_store` keys (the caller's promise that two
+            fits with the same key see the same rows).
 
     Returns:
         The history: {"stages": [{"name", "trainable", "rows", "epochs": [...], "best_epoch", "best_val_ap"}],
@@ -244,7 +255,11 @@ def fit(
             torch.manual_seed(cfg.seed)
             gen = torch.Generator().manual_seed(cfg.seed)
             for stage in head_stages(head):
-                history["stages"].append(_run_stage(head, stage, data=data, val=val_data, cfg=cfg, gen=gen))
+                run = lambda st=stage: _run_stage(head, st, data=data, val=val_data, cfg=cfg, gen=gen)  # noqa: E731
+                if stage.share and stage_store is not None:
+                    history["stages"].append(_shared(head, stage, run, stage_store, data, cfg, gen, data_key))
+                else:
+                    history["stages"].append(run())
                 if on_stage_end is not None:
                     on_stage_end(stage.name)
     finally:
@@ -255,6 +270,39 @@ def fit(
     history["seconds"] = time.perf_counter() - start
     history["val_ap"] = history["stages"][-1]["best_val_ap"] if history["stages"] else None
     return history
+
+
+def _shared(head, stage, run, store, data, cfg, gen, data_key) -> dict[str, Any]:
+    """Run a shareable stage, or restore it from `store` when an identical one has run (bit-identical result)."""
+    params = stage_parameters(head, stage)
+    h = hashlib.sha256()
+    for part in (stage.share, stage.name, repr(cfg), repr((stage.epochs, stage.lr, stage.label_smoothing)), data_key):
+        h.update(str(part).encode())
+    for name, p in sorted(params.items()):
+        h.update(name.encode() + p.detach().cpu().numpy().tobytes())
+    norm = getattr(head, "input_norm", None)
+    for t in [*(norm.buffers() if norm is not None else []), gen.get_state(), torch.get_rng_state()]:
+        h.update(t.detach().cpu().numpy().tobytes())
+    h.update(np.ascontiguousarray(data.y).tobytes())
+    if stage.rows is not None and data.groups is not None:
+        h.update(np.asarray(stage.rows(data.groups, data.y)).tobytes())
+    key = h.hexdigest()
+    if key in store:
+        done = store[key]
+        with torch.no_grad():
+            for name, p in params.items():
+                p.copy_(done["params"][name])
+        gen.set_state(done["gen"])
+        torch.set_rng_state(done["rng"])
+        return {**done["record"], "reused": True}
+    record = run()
+    store[key] = {
+        "params": {k: p.detach().cpu().clone() for k, p in params.items()},
+        "gen": gen.get_state(),
+        "rng": torch.get_rng_state(),
+        "record": record,
+    }
+    return record
 
 
 SMALL_BATCH = 1 << 20  # floats per batch below which one CPU thread is faster
