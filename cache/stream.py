@@ -21,7 +21,8 @@ import numpy as np
 
 BUFFER_BYTES = 256 << 20  # default memory of a stream's chunks, shuffle buffer and prefetched batches
 MIX_CHUNKS = 4  # chunks mixed per shuffle buffer
-PREFETCH = 4  # batches prepared ahead of the consumer
+PREFETCH = 4  # blocks of batches prepared ahead of the consumer
+BLOCK_BYTES = 4 << 20  # a block handed from the reader thread holds whole batches of at least this many bytes
 BUDGET_SHARE = 4  # a stream's buffers take 1/4 of a memory budget; the rest is headroom (batches, model, allocator)
 
 
@@ -138,7 +139,7 @@ class FeatureStream:
     # planning and reading
 
     def _chunk_rows(self) -> int:
-        return max(1, self.buffer_bytes // (3 * MIX_CHUNKS) // max(self.row_bytes, 1))
+        return max(1, self.buffer_bytes // (2 * MIX_CHUNKS) // max(self.row_bytes, 1))  # half: the mixed chunks
 
     def _units(self, rows: np.ndarray | None) -> list[_Unit]:
         """The selection (or the given stream positions of it) cut into units of consecutive rows of one part."""
@@ -176,23 +177,33 @@ class FeatureStream:
             return np.array([part.n])
         return np.arange(chunk, part.n + chunk, chunk)
 
-    def _read(self, unit: _Unit) -> dict[str, np.ndarray]:
-        """Features of a unit's selected rows, stored dtype; counts the bytes read."""
+    def _read_into(self, unit: _Unit, dest: dict[str, np.ndarray]) -> int:
+        """Read a unit's selected rows to the start of `dest` (arrays of >= hi - lo rows); returns their count."""
         part = self.cache.parts[unit.part]
         path = Path(getattr(part, "path", ""))
-        if hasattr(part, "header") and path.suffix not in (".parquet", ""):
-            feats = self._read_h5(unit, path)
-        elif path.suffix == ".parquet":
+        k = len(unit.rows)
+        if hasattr(part, "header") and path.suffix == ".parquet":
             feats = self._read_parquet(unit, path)
-        else:
+        elif hasattr(part, "header"):
+            self._read_h5(unit, path, dest)
+            feats = None
+        else:  # UAR .npy files: only the selected rows are read
             feats = part.feature_rows(self.names, unit.rows)
-            self.stats.bytes += len(unit.rows) * self.row_bytes
-            return {n: np.asarray(v, dtype=self.dtype) for n, v in feats.items()}
-        if len(unit.rows) == unit.hi - unit.lo:
-            return feats
-        return {n: v[unit.rows - unit.lo] for n, v in feats.items()}
+            self.stats.bytes += k * self.row_bytes
+            for n, arr in feats.items():
+                dest[n][:k] = arr
+            return k
+        for n in self.names:
+            if feats is not None and k == unit.hi - unit.lo:
+                dest[n][:k] = feats[n]
+            elif feats is not None:
+                dest[n][:k] = feats[n][unit.rows - unit.lo]
+            elif k != unit.hi - unit.lo:
+                dest[n][:k] = dest[n][unit.rows - unit.lo]
+        return k
 
-    def _read_h5(self, unit: _Unit, path: Path) -> dict[str, np.ndarray]:
+    def _read_h5(self, unit: _Unit, path: Path, dest: dict[str, np.ndarray]) -> None:
+        """Rows [lo, hi) of an HDF5 part into dest: one `readinto` at the file offset of a contiguous dataset."""
         import h5py
 
         if unit.part not in self._offsets:
@@ -205,20 +216,17 @@ class FeatureStream:
                     offs[n] = ds.id.get_offset() if native else None
                 self._offsets[unit.part] = offs
         offs = self._offsets[unit.part]
-        out = {}
-        with open(path, "rb") as fh:
-            for n, shape in self.dims.items():
-                arr = np.empty((unit.hi - unit.lo, *shape), dtype=self.dtype)
+        with open(path, "rb", buffering=0) as fh:
+            for n in self.names:
+                arr = dest[n][: unit.hi - unit.lo]
                 if offs[n] is None:
                     with h5py.File(path, "r") as f:
                         f["features"][n].read_direct(arr, np.s_[unit.lo : unit.hi])
                 else:
                     fh.seek(offs[n] + unit.lo * arr[0].nbytes)
-                    if fh.readinto(arr.reshape(-1).view(np.uint8)) != arr.nbytes:
+                    if fh.readinto(memoryview(arr.reshape(-1).view(np.uint8))) != arr.nbytes:
                         raise ValueError(f"{path}: feature {n!r} is truncated; `aigi cache verify` lists all problems")
                 self.stats.bytes += arr.nbytes
-                out[n] = arr
-        return out
 
     def _read_parquet(self, unit: _Unit, path: Path) -> dict[str, np.ndarray]:
         import pyarrow.parquet as pq
@@ -256,7 +264,7 @@ class FeatureStream:
             rows: stream positions to read (default all); duplicates are read once.
             shuffle: seeded random chunk order plus a shuffle of every `MIX_CHUNKS` chunks; else position order.
             seed: the shuffle's seed.
-            prefetch: batches prepared ahead by the background reader.
+            prefetch: blocks of batches prepared ahead by the background reader.
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -278,9 +286,11 @@ class FeatureStream:
                     break
                 if isinstance(item, BaseException):
                     raise item
-                self.stats.rows += len(item[1])
-                self.stats.seconds = base + time.perf_counter() - start
-                yield item
+                feats, pos = item
+                for lo in range(0, len(pos), batch_size):
+                    self.stats.rows += len(pos[lo : lo + batch_size])
+                    self.stats.seconds = base + time.perf_counter() - start
+                    yield {n: v[lo : lo + batch_size] for n, v in feats.items()}, pos[lo : lo + batch_size]
         finally:
             self.stats.seconds = base + time.perf_counter() - start
             stop.set()
@@ -292,6 +302,9 @@ class FeatureStream:
             worker.join()
 
     def _produce(self, units, batch_size, shuffle, rng, out: queue.Queue, stop: threading.Event) -> None:
+        """Reader thread: fill one reused buffer with `MIX_CHUNKS` units (plus the rows carried over), hand out
+        batches gathered from it (copies, in a seeded random order when shuffling), carry the remainder."""
+
         def put(item) -> bool:
             while not stop.is_set():
                 try:
@@ -302,30 +315,46 @@ class FeatureStream:
             return False
 
         try:
+            buf: dict[str, np.ndarray] = {}
             carry: tuple[dict[str, np.ndarray], np.ndarray] | None = None
             mix = MIX_CHUNKS if shuffle else 1
             for i in range(0, len(units), mix):
                 group = units[i : i + mix]
-                reads = [self._read(u) for u in group]
-                if stop.is_set():
-                    return
-                parts = ([carry] if carry is not None else []) + [(r, u.pos) for r, u in zip(reads, group)]
-                feats = {n: np.concatenate([p[0][n] for p in parts]) for n in self.names}
-                pos = np.concatenate([p[1] for p in parts])
-                del reads, parts
-                if shuffle:
-                    perm = rng.permutation(len(pos))
-                    feats, pos = {n: v[perm] for n, v in feats.items()}, pos[perm]
-                full = len(pos) - len(pos) % batch_size
-                for lo in range(0, full, batch_size):
-                    if not put(({n: v[lo : lo + batch_size] for n, v in feats.items()}, pos[lo : lo + batch_size])):
+                kept = 0 if carry is None else len(carry[1])
+                need = kept + sum(u.hi - u.lo for u in group)
+                for n, shape in self.dims.items():
+                    if n not in buf or len(buf[n]) < need:  # reused: fresh memory would cost page faults
+                        buf[n] = np.empty((need, *shape), dtype=self.dtype)
+                pos = [] if carry is None else [carry[1]]
+                for n in self.names if carry is not None else ():
+                    buf[n][:kept] = carry[0][n]
+                filled = kept
+                for u in group:
+                    filled += self._read_into(u, {n: v[filled:] for n, v in buf.items()})
+                    pos.append(u.pos)
+                    if stop.is_set():
                         return
-                carry = ({n: v[full:] for n, v in feats.items()}, pos[full:]) if full < len(pos) else None
+                pos = np.concatenate(pos)
+                order = rng.permutation(filled) if shuffle else np.arange(filled)
+                full = filled - filled % batch_size
+                block = batch_size * max(1, BLOCK_BYTES // max(batch_size * self.row_bytes, 1))
+                for lo in range(0, full, block):  # a queue item holds whole batches, >= BLOCK_BYTES
+                    take = order[lo : min(lo + block, full)]
+                    if not put(({n: self._gather(buf[n], take, shuffle) for n in self.names}, pos[take])):
+                        return
+                rest = order[full:]
+                carry = ({n: buf[n][rest] for n in self.names}, pos[rest]) if len(rest) else None
             if carry is not None and not put(carry):
                 return
             put(None)
         except BaseException as err:  # handed to the consumer, raised there
             put(err)
+
+    @staticmethod
+    def _gather(arr: np.ndarray, take: np.ndarray, shuffled: bool) -> np.ndarray:
+        if shuffled:
+            return np.take(arr, take, axis=0)
+        return arr[take[0] : take[-1] + 1].copy()
 
 
 def open_stream(

@@ -250,7 +250,7 @@ def fit(
     devices = [device.index or 0] if device.type == "cuda" else []
     threads = torch.get_num_threads()
     try:
-        torch.set_num_threads(_fit_threads(cfg, device, head))
+        torch.set_num_threads(_fit_threads(cfg, device, head, is_source(X)))
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(cfg.seed)
             gen = torch.Generator().manual_seed(cfg.seed)
@@ -308,13 +308,14 @@ def _shared(head, stage, run, store, data, cfg, gen, data_key) -> dict[str, Any]
 SMALL_BATCH = 1 << 20  # floats per batch below which one CPU thread is faster
 
 
-def _fit_threads(cfg: FitConfig, device: torch.device, head: nn.Module) -> int:
+def _fit_threads(cfg: FitConfig, device: torch.device, head: nn.Module, streamed: bool) -> int:
+    """CPU threads for the fit: one for small batches, one core left to the reader thread when streaming."""
     if cfg.threads is not None:
         return cfg.threads
     widths = getattr(head.cfg, "in_dims", None) or (head.cfg.in_dim,) * len(head.cfg.inputs)
     if device.type == "cpu" and cfg.batch_size * sum(widths) < SMALL_BATCH:
         return 1
-    return torch.get_num_threads()
+    return max(1, torch.get_num_threads() - 1) if streamed else torch.get_num_threads()
 
 
 @dataclass

@@ -43,7 +43,7 @@ def store(request, tmp_path):
 def test_every_selected_row_once_with_the_stored_values(store, shuffle: bool) -> None:
     where = {"split": "train", "source": ["gen0", "gen2"]}
     ref = store.load(where=where, dtype="float16")
-    stream = open_stream(store, None, where, buffer_bytes=3 * MIX_CHUNKS * 40 * stream_row_bytes(store))
+    stream = open_stream(store, None, where, buffer_bytes=2 * MIX_CHUNKS * 40 * stream_row_bytes(store))
     assert len(stream) == len(ref) and stream._chunk_rows() == 40  # several chunks per shard, shards > chunks
     got, order = _gather(stream, shuffle=shuffle, seed=3)
     assert np.array_equal(np.sort(order), np.arange(len(ref)))
@@ -62,7 +62,7 @@ def stream_row_bytes(store) -> int:
 
 def test_shuffle_is_seeded_and_mixes_chunks(tmp_path) -> None:
     store = _write(tmp_path / "c", "h5", n=2000, shard_size=500)
-    stream = open_stream(store, ["l3.cls"], buffer_bytes=3 * MIX_CHUNKS * 50 * 16)
+    stream = open_stream(store, ["l3.cls"], buffer_bytes=2 * MIX_CHUNKS * 50 * 16)
     a = _gather(stream, shuffle=True, seed=1)[1]
     b = _gather(stream, shuffle=True, seed=1)[1]
     c = _gather(stream, shuffle=True, seed=2)[1]
