@@ -22,7 +22,7 @@ import numpy as np
 BUFFER_BYTES = 256 << 20  # default memory of a stream's chunks, shuffle buffer and prefetched batches
 MIX_CHUNKS = 4  # chunks mixed per shuffle buffer
 PREFETCH = 4  # blocks of batches prepared ahead of the consumer
-BLOCK_BYTES = 4 << 20  # a block handed from the reader thread holds whole batches of at least this many bytes
+BLOCK_BYTES = 4 << 20  # a block handed over by the reader thread: whole batches, about this many bytes at most
 BUDGET_SHARE = 4  # a stream's buffers take 1/4 of a memory budget; the rest is headroom (batches, model, allocator)
 
 
@@ -137,6 +137,10 @@ class FeatureStream:
 
     # --------------------------------------------------------------------------------------------------------
     # planning and reading
+
+    def _block_bytes(self, prefetch: int) -> int:
+        """Bytes per block: the blocks in flight (queued, being filled, being consumed) share half the buffer."""
+        return min(BLOCK_BYTES, self.buffer_bytes // (2 * (prefetch + 2)))
 
     def _chunk_rows(self) -> int:
         return max(1, self.buffer_bytes // (2 * MIX_CHUNKS) // max(self.row_bytes, 1))  # half: the mixed chunks
@@ -275,7 +279,10 @@ class FeatureStream:
         out: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
         stop = threading.Event()
         worker = threading.Thread(
-            target=self._produce, args=(units, batch_size, shuffle, rng, out, stop), daemon=True, name="aigi-stream"
+            target=self._produce,
+            args=(units, batch_size, shuffle, rng, out, stop, prefetch),
+            daemon=True,
+            name="aigi-stream",
         )
         base, start = self.stats.seconds, time.perf_counter()
         worker.start()
@@ -301,7 +308,7 @@ class FeatureStream:
                     pass
             worker.join()
 
-    def _produce(self, units, batch_size, shuffle, rng, out: queue.Queue, stop: threading.Event) -> None:
+    def _produce(self, units, batch_size, shuffle, rng, out: queue.Queue, stop: threading.Event, prefetch: int) -> None:
         """Reader thread: fill one reused buffer with `MIX_CHUNKS` units (plus the rows carried over), hand out
         batches gathered from it (copies, in a seeded random order when shuffling), carry the remainder."""
 
@@ -337,7 +344,7 @@ class FeatureStream:
                 pos = np.concatenate(pos)
                 order = rng.permutation(filled) if shuffle else np.arange(filled)
                 full = filled - filled % batch_size
-                block = batch_size * max(1, BLOCK_BYTES // max(batch_size * self.row_bytes, 1))
+                block = batch_size * max(1, self._block_bytes(prefetch) // max(batch_size * self.row_bytes, 1))
                 for lo in range(0, full, block):  # a queue item holds whole batches, >= BLOCK_BYTES
                     take = order[lo : min(lo + block, full)]
                     if not put(({n: self._gather(buf[n], take, shuffle) for n in self.names}, pos[take])):
