@@ -39,8 +39,9 @@ SR_SOURCE = "sr:synthetic"
 SR_PARAMS = {"rank": 16, "shift": 2.5, "jitter": 0.5, "noise": 0.3, "seed": 0}
 
 
-def add_sr_domain(staged: Path, out: Path) -> Path:
-    """Copy the imported UAR cache to `out` with reals as source `real` and one synthetic SR fake per real."""
+def add_sr_domain(staged: Path, out: Path, fraction: float = 1.0) -> Path:
+    """Copy the imported UAR cache to `out` with reals as source `real` and one synthetic SR fake per real (for the
+    first `fraction` of the reals)."""
     import cache
 
     if (out / "cache.json").exists():
@@ -51,12 +52,14 @@ def add_sr_domain(staged: Path, out: Path) -> Path:
     x = fs.features["probe"]
     real = meta["label"].to_numpy() == 0
     meta.loc[real, "source"] = "real"
+    real = real.copy()
     rng = np.random.default_rng(SR_PARAMS["seed"])
     basis = subspaces(x.shape[1], SR_PARAMS["rank"], seed=SR_PARAMS["seed"])["B"]
     args = {k: SR_PARAMS[k] for k in ("shift", "jitter", "noise")}
+    real[np.flatnonzero(real)[int(round(fraction * real.sum())) :]] = False
     sr_x = make_fakes(x[real], basis, rng=rng, **args)
     sr = meta[real].copy()
-    sr["path"] = [f"{SR_SOURCE}/{Path(p).name}" for p in sr["path"]]
+    sr["path"] = [f"{SR_SOURCE}/{p}" for p in sr["path"]]  # unique also when the sample is imported twice
     sr["image_id"] = [hashlib.sha256(p.encode()).hexdigest() for p in sr["path"]]
     sr["label"], sr["source"] = 1, SR_SOURCE
     spec = {**src.spec, "synthetic_sr": {"source": SR_SOURCE, "generator": "bench_fusion.make_fakes", **SR_PARAMS}}
@@ -81,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--uar", type=Path, default=shared / "data" / "uar_sample", help="UAR .npy sample folder")
     parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "out" / "ablate_work")
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--copies", type=int, default=1, help="import the sample this many times (4 -> 16,000 rows)")
+    parser.add_argument("--sr-fraction", type=float, default=1.0, help="share of reals given an SR fake (0.5)")
     parser.add_argument("--keep", action="store_true", help="keep finished runs (default: time a cold ablation)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "bench_ablate.json")
     args = parser.parse_args(argv)
@@ -93,23 +98,13 @@ def main(argv: list[str] | None = None) -> int:
         work / "domains.parquet",
         work / "ablation",
     )
-    _timed(
-        "import",
-        [
-            "import",
-            "uar",
-            str(args.uar),
-            "--cache",
-            str(staged),
-            "--source",
-            "vae:sd14",
-            "--split-ratio",
-            "train=0.6,val=0.2,test=0.2",
-        ],
-        times,
-    )
+    for k in range(args.copies):  # the sample again under another source: new paths, new rows
+        source = "vae:sd14" if k == 0 else f"vae:sd14-copy{k}"
+        split = ["--split-ratio", "train=0.6,val=0.2,test=0.2"]
+        argv = ["import", "uar", str(args.uar), "--cache", str(staged), "--source", source, *split]
+        _timed(f"import{k}", argv, times)
     start = time.perf_counter()
-    add_sr_domain(staged, combined)
+    add_sr_domain(staged, combined, args.sr_fraction)
     times["sr_domain"] = time.perf_counter() - start
     _timed("domains", ["domains", "--cache", str(combined), "--k", "4", "-o", str(domains)], times)
     if ablation.exists() and not args.keep:
