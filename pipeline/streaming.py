@@ -66,7 +66,11 @@ def parse_stream(value: Any) -> str | bool:
 
 
 def gb(n: float) -> str:
-    return f"{n / 1e9:.2f} GB"
+    """A byte count for people: GB, MB or kB."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n / 1e3:.1f} kB"
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ def test_choice_by_hand() -> None:
     assert choose(rows=1000, row_values=1000, stored="float16", stream="auto", budget=1_000_000).mode == "stream"
     assert choose(rows=10, row_values=10, stored="float32", stream=True, budget=10**9).mode == "stream"
     forced = choose(rows=1000, row_values=1000, stored="float16", stream="false", budget=1_000_000)
-    assert forced.mode == "float16" and "budget 0.00 GB" in forced.why
+    assert forced.mode == "float16" and "float32 copy 4.00 MB, memory budget 1.00 MB" in forced.why
     with pytest.raises(ValueError, match="data.stream"):
         choose(rows=1, row_values=1, stored="float32", stream="sometimes", budget=1)
 
