@@ -79,6 +79,7 @@ class Choice:
 
     mode: str
     why: str
+    budget: int = 0
 
 
 def choose(*, rows: int, row_values: int, stored: str, stream: Any, budget: int) -> Choice:
@@ -87,14 +88,14 @@ def choose(*, rows: int, row_values: int, stored: str, stream: Any, budget: int)
     sizes = f"float32 copy {gb(f32)}, memory budget {gb(budget)}"
     mode = parse_stream(stream)
     if mode is True:
-        return Choice("stream", f"streamed from disk (data.stream: true; {sizes})")
+        return Choice("stream", f"streamed from disk (data.stream: true; {sizes})", budget)
     if f32 <= budget:
-        return Choice("float32", f"in memory as float32 ({sizes})")
+        return Choice("float32", f"in memory as float32 ({sizes})", budget)
     if stored == "float16" and (f16 <= budget or mode is False):
-        return Choice("float16", f"in memory as stored float16 {gb(f16)} ({sizes})")
+        return Choice("float16", f"in memory as stored float16 {gb(f16)} ({sizes})", budget)
     if mode is False:
-        return Choice("float32", f"in memory as float32 although over budget (data.stream: false; {sizes})")
-    return Choice("stream", f"streamed from disk: the in-memory copy would exceed the budget ({sizes})")
+        return Choice("float32", f"in memory as float32 although over budget (data.stream: false; {sizes})", budget)
+    return Choice("stream", f"streamed from disk: the in-memory copy would exceed the budget ({sizes})", budget)
 
 
 class StreamedSet:
@@ -173,6 +174,7 @@ def row_values(dims: Mapping[str, Sequence[int]]) -> int:
 # ----------------------------------------------------------------------------------------------------------------
 # reuse inside one process (the ablation runner's workers train many heads on the same rows)
 
+REUSE = False  # set in ablation workers: rows of one selection are loaded once per process
 _ROWS: dict[tuple, Any] = {}
 _STAGES: dict[str, dict] = {}
 MAX_KEPT = 4
@@ -187,9 +189,56 @@ def reuse_rows(key: tuple, load: Any) -> Any:
     return _ROWS[key]
 
 
-def stage_store() -> dict[str, dict]:
-    """This process's store of finished shareable head stages (see heads.fit's `stage_store`)."""
-    return _STAGES
+STAGE_DIR: str | None = None  # set in ablation workers: finished shared stages are also kept here for the others
+
+
+def stage_store() -> Any:
+    """The store of finished shareable head stages (see heads.fit's `stage_store`): this process's, and when
+    STAGE_DIR is set, files every worker of the ablation reads."""
+    return DiskStages(STAGE_DIR, _STAGES) if STAGE_DIR else _STAGES
+
+
+class DiskStages:
+    """A `key -> finished stage` mapping kept in memory and as files `KEY.safetensors` (parameters, RNG states)
+    + `KEY.json` (the stage's history record, written last: its presence marks a complete entry). No pickle."""
+
+    def __init__(self, folder: str, memory: dict) -> None:
+        from pathlib import Path
+
+        self.folder, self.memory = Path(folder), memory
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.memory or (self.folder / f"{key}.json").is_file()
+
+    def __getitem__(self, key: str) -> dict:
+        if key not in self.memory:
+            import json
+
+            from safetensors.torch import load_file
+
+            tensors = load_file(str(self.folder / f"{key}.safetensors"))
+            record = json.loads((self.folder / f"{key}.json").read_text(encoding="utf-8"))
+            params = {k[len("param.") :]: v for k, v in tensors.items() if k.startswith("param.")}
+            self.memory[key] = {"params": params, "gen": tensors["gen"], "rng": tensors["rng"], "record": record}
+        return self.memory[key]
+
+    def __setitem__(self, key: str, value: dict) -> None:
+        import json
+
+        from safetensors.torch import save_file
+
+        self.memory[key] = value
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tensors = {f"param.{k}": v.contiguous() for k, v in value["params"].items()}
+        tensors.update(gen=value["gen"], rng=value["rng"])
+        for suffix, write in (
+            (".safetensors", lambda tmp: save_file(tensors, str(tmp))),
+            (".json", lambda tmp: tmp.write_text(json.dumps(value["record"], default=float), encoding="utf-8")),
+        ):
+            final = self.folder / f"{key}{suffix}"
+            tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+            write(tmp)
+            os.replace(tmp, final)
 
 
 def cache_key(caches: Mapping[str, Any]) -> tuple:

@@ -23,12 +23,12 @@ def process_seconds() -> float:
 class Stages:
     """Durations of consecutive stages: `mark("load")` closes the stage that began at the previous mark.
 
-    The first stage, "start", runs from the process start (interpreter, imports, argument parsing) to the
-    construction of this object.
+    The first stage, "start" (unless `start=False`), runs from the process start (interpreter, imports, argument
+    parsing) to the construction of this object.
     """
 
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {"start": process_seconds()}
+    def __init__(self, *, start: bool = True) -> None:
+        self.seconds: dict[str, float] = {"start": process_seconds()} if start else {}
         self._last = time.perf_counter()
 
     def mark(self, name: str) -> None:
