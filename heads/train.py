@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from common.device import resolve_device
+from common.metrics import average_precision
 from heads._rows import MemoryRows, StreamRows, is_source, memory_tensors
 
 Groups = Mapping[str, np.ndarray] | None
@@ -140,13 +142,6 @@ def class_weights(y: np.ndarray) -> np.ndarray:
         n_c = int((y == c).sum())
         out[y == c] = len(y) / (2 * n_c) if n_c else 0.0
     return out
-
-
-def resolve_device(device: str) -> torch.device:
-    """ "auto" -> CUDA when available, else CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def as_inputs(head: nn.Module, X: Mapping[str, np.ndarray] | np.ndarray) -> dict[str, np.ndarray]:
@@ -512,8 +507,7 @@ def _scores(rows: MemoryRows | StreamRows, batch_size: int, fn: Callable[[dict[s
 
 
 def _val_ap(head: nn.Module, forward: StageForward, rows: MemoryRows | StreamRows, cfg: FitConfig) -> float:
-    from sklearn.metrics import average_precision_score
-
+    """Validation AP of the current weights (the one AP of `common.metrics`, as `aigi eval` reports it)."""
     if len(np.unique(rows.y)) < 2:
         return float("nan")
     head.eval()
@@ -525,7 +519,7 @@ def _val_ap(head: nn.Module, forward: StageForward, rows: MemoryRows | StreamRow
     with torch.inference_mode():
         scores = _scores(rows, cfg.eval_batch_size, logits)
     head.train()
-    return float(average_precision_score(rows.y, scores.numpy()))
+    return average_precision(rows.y, scores.numpy())
 
 
 def _prepared(head: nn.Module, X: Any) -> MemoryRows | StreamRows:

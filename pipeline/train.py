@@ -1,14 +1,11 @@
-"""The `aigi train` stage: run config + feature cache(s) -> a fitted head in RUN_DIR; also the row loading eval uses."""
+"""The `aigi train` stage: run config + feature cache(s) -> a fitted head in RUN_DIR (rows: `pipeline.rows`)."""
 
 from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 TRAIN_HELP = """\
 Trains the head a run config names on the rows of its cache(s) with split == train and writes RUN_DIR/head.json +
@@ -20,118 +17,36 @@ of the training pairs (pair_id, or image_id for unpaired rows), so a real and it
 Paths in the config and on the command line are relative to the working directory.
 """
 
-GROUP_COLUMNS = ("source", "domain")
 
-
-# ----------------------------------------------------------------------------------------------------------------
-# rows: shared by train and eval
-
-
-def open_caches(paths: Mapping[str, str]) -> dict[str, Any]:
-    """Open every cache of a run: alias -> `cache.Cache`."""
-    import cache
-
-    if not paths:
-        raise ValueError("the run names no cache: set data.caches in the config or pass --cache PATH")
-    return {alias: cache.open(path) for alias, path in paths.items()}
-
-
-def feature_plan(caches: Mapping[str, Any], inputs: Sequence[str]) -> dict[str, list[str]]:
-    """Which features to read from which cache: `alias/name` picks a cache, a bare name must be in exactly one."""
-    plan: dict[str, list[str]] = {alias: [] for alias in caches}
-    for name in inputs:
-        alias, sep, feat = name.partition("/")
-        if sep and alias in caches:
-            owners = [alias] if feat in caches[alias].features else []
-        else:
-            feat, owners = name, [a for a, c in caches.items() if name in c.features]
-        if len(owners) != 1:
-            have = {a: sorted(c.features) for a, c in caches.items()}
-            what = "is in no cache" if not owners else f"is in several caches ({owners}); name it ALIAS/{feat}"
-            raise ValueError(f"head input {name!r} {what}; the caches hold {have}")
-        plan[owners[0]].append(feat)
-    return {alias: feats for alias, feats in plan.items() if feats}
-
-
-def load_rows(caches: Mapping[str, Any], *, inputs: Sequence[str], where: Mapping[str, Any], domains: str = "") -> Any:
-    """The rows matching `where` with the head's input features, joined across caches on (image_id, view).
-
-    `domains` (data.domains) names an `aigi domains` table whose domain replaces each row's `domain` by image_id.
-    """
-    import cache
-
-    plan = feature_plan(caches, inputs)
-    sets = {alias: caches[alias].load(feats, where=dict(where)) for alias, feats in plan.items()}
-    fs = next(iter(sets.values())) if len(sets) == 1 else cache.join(sets)
-    missing = [name for name in inputs if name not in fs.features]
-    if missing:
-        raise ValueError(
-            f"after joining {list(sets)} the features are {sorted(fs.features)}; inputs {missing} are "
-            "missing (name them ALIAS/FEATURE when two caches share a name)"
-        )
-    if domains:
-        from pipeline.domains import attach_domains
-
-        fs = attach_domains(fs, domains)
-    return fs
-
-
-def train_val_rows(caches: Mapping[str, Any], data: Any, *, inputs: Sequence[str]) -> tuple[Any, Any, str]:
-    """Training and validation FeatureSets of a run, following the validation policy (see TRAIN_HELP).
-
-    Returns:
-        (train, val or None, a sentence describing where val came from).
-    """
-    import cache
-
-    col = data.split_column
-    rows = load_rows(caches, inputs=inputs, where={**data.where, col: [data.train, data.val]}, domains=data.domains)
-    split = rows.column(col).astype(str)
-    train, val = rows.subset(split == data.train), rows.subset(split == data.val)
-    if len(train) == 0:
-        first = next(iter(caches.values()))
-        present = sorted(first.meta()[col].astype(str).unique().tolist()) if col in first.meta().columns else []
-        raise ValueError(
-            f"no training rows: no row of {list(caches)} has {col} == {data.train!r} with "
-            f"{dict(data.where)} (values present: {present}); assign splits at import/index time"
-        )
-    if len(val):
-        return train, val, f"{len(val)} rows with {col} == {data.val!r}"
-    if data.val_fraction <= 0:
-        return train, None, "none (data.val_fraction is 0)"
-    ratios = {"train": 1.0 - data.val_fraction, "val": data.val_fraction}
-    cut = cache.assign_splits(train.meta, ratios, seed=data.val_seed)["split"].astype(str).to_numpy()
-    if not (cut == "val").any() or not (cut == "train").any():
-        return train, None, f"none (too few training pairs for a {data.val_fraction:g} validation share)"
-    how = (
-        f"{int((cut == 'val').sum())} rows: a seeded {data.val_fraction:g} of the training pairs (seed {data.val_seed})"
-    )
-    return train.subset(cut == "train"), train.subset(cut == "val"), how
-
-
-def groups_of(fs: Any) -> dict[str, np.ndarray]:
-    """Per-row string columns multi-stage heads select rows by."""
-    return {c: fs.column(c).astype(str) for c in GROUP_COLUMNS if c in fs.meta.columns}
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# training
-
-
-def train_run(cfg: Any, run_dir: str | Path) -> dict[str, Any]:
+def train_run(cfg: Any, run_dir: str | Path, *, stages: Any = None) -> dict[str, Any]:
     """Fit the head of `cfg` (a `pipeline.config.RunConfig`) and save it with its metadata in `run_dir`.
 
+    Rows stay in memory or are streamed from the cache as `data.stream` / `data.memory_budget` decide
+    (`pipeline.rows.hold_choice`). In an ablation worker (`pipeline.streaming.REUSE`) the rows are loaded once per
+    process and stages that heads share (the frozen experts of gating / concat / mean) are trained once.
+
     Returns:
-        A summary: head, rows, seconds, val metrics, run_dir.
+        A summary: head, rows, seconds, val metrics, run_dir, how the rows were held, stage seconds.
     """
     import heads
+    from pipeline import streaming
     from pipeline.config import save_config, to_dict
-    from pipeline.evaluate import binary_metrics
+    from pipeline.metrics import binary_metrics
+    from pipeline.rows import groups_of, open_caches, train_val_rows
+    from pipeline.timing import Stages
 
+    stages = stages or Stages(start=False)
+    resolved = to_dict(cfg)
     caches = open_caches(cfg.data.caches)
+    stages.mark("open")
     train, val, val_how = train_val_rows(caches, cfg.data, inputs=cfg.head.inputs)
+    val = _val_in_memory(val, cfg.data.memory_budget)
+    stages.mark("load")
     fit_cfg = heads.FitConfig(**cfg.fit)
     head = heads.build(cfg.head.name, dims=train.dims, seed=fit_cfg.seed, **cfg.head.params)
+    share = {}
+    if streaming.REUSE:
+        share = {"stage_store": streaming.stage_store(), "data_key": repr((streaming.cache_key(caches), cfg.data))}
     start = time.perf_counter()
     history = heads.fit(
         head,
@@ -142,28 +57,32 @@ def train_run(cfg: Any, run_dir: str | Path) -> dict[str, Any]:
         y_val=None if val is None else val.labels,
         groups=groups_of(train),
         groups_val=None if val is None else groups_of(val),
+        **share,
     )
     seconds = time.perf_counter() - start
     val_metrics = None
     if val is not None:
         val_metrics = binary_metrics(val.labels, heads.predict(head, val.features), threshold=0.5)
+    stages.mark("fit")
     meta = {
         "caches": {
             a: {"path": str(c.path), "fingerprint": c.fingerprint, "format": c.format} for a, c in caches.items()
         },
         "fingerprints": {a: c.fingerprint for a, c in caches.items()},
         "extractor_spec": {a: c.spec for a, c in caches.items()},
-        "run_config": to_dict(cfg),
+        "run_config": resolved,
         "fit": dict(cfg.fit),
         "history": history,
         "train_rows": len(train),
         "val_rows": 0 if val is None else len(val),
         "val_policy": val_how,
         "val_metrics": val_metrics,
+        "rows_held": getattr(train, "held", ""),
     }
     run_dir = Path(run_dir)
     heads.save(head, run_dir, meta=meta)
-    save_config(cfg, run_dir)
+    save_config(resolved, run_dir)
+    stages.mark("write")
     return {
         "head": cfg.head.name,
         "train_rows": len(train),
@@ -172,7 +91,20 @@ def train_run(cfg: Any, run_dir: str | Path) -> dict[str, Any]:
         "val_metrics": val_metrics,
         "run_dir": str(run_dir),
         "dims": train.dims,
+        "held": meta["rows_held"],
+        "stages": dict(stages.seconds),
     }
+
+
+def _val_in_memory(val: Any, budget: Any) -> Any:
+    """Streamed validation rows small enough for a quarter of the budget, loaded (scored every epoch)."""
+    from pipeline.streaming import StreamedSet, parse_budget
+
+    if not isinstance(val, StreamedSet) or val.stream.nbytes("float32") * 4 > parse_budget(budget):
+        return val
+    import cache
+
+    return cache.FeatureSet(val.stream.load("float32"), val.meta)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -206,9 +138,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Entry point of `aigi train`."""
     from pipeline.config import load_config
+    from pipeline.timing import Stages
 
+    stages = Stages()
     cfg = load_config(args.config, overrides=args.overrides, caches=args.cache)
-    s = train_run(cfg, args.out)
+    stages.mark("config")
+    s = train_run(cfg, args.out, stages=stages)
     dims = ", ".join(f"{k}: {'x'.join(map(str, v))}" for k, v in s["dims"].items())
     vm = s["val_metrics"]
     val = (
@@ -218,5 +153,7 @@ def run(args: argparse.Namespace) -> int:
             f"val n={vm['n']} ACC {100 * vm['acc']:.2f} AP " + ("n/a" if vm["ap"] is None else f"{100 * vm['ap']:.2f}")
         )
     )
+    print(f"data: {s['train_rows']} training rows {s['held']}")
     print(f"train: {s['head']} ({dims}) on {s['train_rows']} rows in {s['seconds']:.1f} s; {val} -> {args.out}")
+    print(f"time: {stages.line()}")
     return 0

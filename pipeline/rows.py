@@ -1,0 +1,201 @@
+"""Where a run's rows come from: open its caches, plan which feature comes from which cache, load and join the rows,
+and split them into training and validation rows. Used by `aigi train`, `aigi eval` and `aigi predict`.
+
+Validation policy: the rows with split == val when the caches have any; otherwise a seeded `data.val_fraction` of
+the training pairs (pair_id, or image_id for unpaired rows), so a real and its aligned fakes stay together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+GROUP_COLUMNS = ("source", "domain")
+
+
+def open_caches(paths: Mapping[str, str]) -> dict[str, Any]:
+    """Open every cache of a run: alias -> `cache.Cache`."""
+    import cache
+
+    if not paths:
+        raise ValueError("the run names no cache: set data.caches in the config or pass --cache PATH")
+    return {alias: cache.open(path) for alias, path in paths.items()}
+
+
+def feature_plan(caches: Mapping[str, Any], inputs: Sequence[str]) -> dict[str, list[str]]:
+    """Which features to read from which cache: `alias/name` picks a cache, a bare name must be in exactly one."""
+    plan: dict[str, list[str]] = {alias: [] for alias in caches}
+    for name in inputs:
+        alias, sep, feat = name.partition("/")
+        if sep and alias in caches:
+            owners = [alias] if feat in caches[alias].features else []
+        else:
+            feat, owners = name, [a for a, c in caches.items() if name in c.features]
+        if len(owners) != 1:
+            have = {a: sorted(c.features) for a, c in caches.items()}
+            what = "is in no cache" if not owners else f"is in several caches ({owners}); name it ALIAS/{feat}"
+            raise ValueError(f"head input {name!r} {what}; the caches hold {have}")
+        plan[owners[0]].append(feat)
+    return {alias: feats for alias, feats in plan.items() if feats}
+
+
+def hold_choice(caches: Mapping[str, Any], data: Any, *, inputs: Sequence[str], where: Mapping[str, Any]) -> Any:
+    """How to hold the rows matching `where` (`pipeline.streaming.choose` with data.stream / data.memory_budget):
+    in memory as float32 or float16, or streamed (one cache only; several caches are joined in memory)."""
+    from cache.featureset import where_mask
+    from pipeline.streaming import Choice, choose, parse_budget, row_values
+
+    plan = feature_plan(caches, inputs)
+    first = caches[next(iter(plan))]
+    rows = int(np.count_nonzero(where_mask(first.meta(), dict(where)))) if where else len(first)
+    dims = {f"{a}/{f}": caches[a].features[f] for a, feats in plan.items() for f in feats}
+    stored = "float16" if all(caches[a].dtype == "float16" for a in plan) else "float32"
+    budget = parse_budget(getattr(data, "memory_budget", None))
+    choice = choose(rows=rows, row_values=row_values(dims), stored=stored, stream=data.stream, budget=budget)
+    if choice.mode == "stream" and (len(plan) > 1 or any("/" in name for name in inputs)):
+        if data.stream is True:
+            raise ValueError(
+                f"data.stream: true streams one cache, this run joins {list(plan)}; compact the features into one "
+                "cache, or set data.stream: auto"
+            )
+        mode = "float16" if stored == "float16" else "float32"
+        return Choice(mode, f"in memory as {mode} (streaming reads one cache; {choice.why})", budget)
+    return choice
+
+
+def load_rows(
+    caches: Mapping[str, Any],
+    *,
+    inputs: Sequence[str],
+    where: Mapping[str, Any],
+    domains: str = "",
+    hold: Any = None,
+) -> Any:
+    """The rows matching `where` with the head's input features, joined across caches on (image_id, view).
+
+    `domains` (data.domains) names an `aigi domains` table whose domain replaces each row's `domain` by image_id.
+    `hold` (a `hold_choice`) keeps them in memory as float32 (default) or float16, or streams them from the cache
+    (a `pipeline.streaming.StreamedSet`). Inside an ablation worker the rows of one selection are loaded once
+    (`pipeline.streaming.reuse_rows`). The choice's sentence is kept as the set's `held` attribute.
+    """
+    from pipeline import streaming
+
+    mode = "float32" if hold is None else hold.mode
+    load = lambda: _load(caches, inputs=inputs, where=where, domains=domains, hold=hold)  # noqa: E731
+    if streaming.REUSE and mode != "stream":
+        key = (streaming.cache_key(caches), tuple(inputs), repr(sorted(dict(where).items())), domains, mode)
+        fs = streaming.reuse_rows(key, load)
+    else:
+        fs = load()
+    fs.held = "" if hold is None else hold.why
+    return fs
+
+
+def _load(caches: Mapping[str, Any], *, inputs: Sequence[str], where: Mapping[str, Any], domains: str, hold: Any):
+    import cache
+
+    plan = feature_plan(caches, inputs)
+    if hold is not None and hold.mode == "stream":
+        from cache.stream import open_stream, stream_buffer
+        from pipeline.streaming import StreamedSet
+
+        ((alias, feats),) = plan.items()
+        stream = open_stream(caches[alias], feats, dict(where), buffer_bytes=stream_buffer(hold.budget))
+        fs = StreamedSet(stream)
+    else:
+        dtype = "float32" if hold is None else hold.mode
+        sets = {alias: caches[alias].load(feats, where=dict(where), dtype=dtype) for alias, feats in plan.items()}
+        fs = next(iter(sets.values())) if len(sets) == 1 else cache.join(sets)
+    missing = [name for name in inputs if name not in fs.dims]
+    if missing:
+        raise ValueError(
+            f"after joining {list(plan)} the features are {sorted(fs.dims)}; inputs {missing} are "
+            "missing (name them ALIAS/FEATURE when two caches share a name)"
+        )
+    if domains:
+        from pipeline.domains import attach_domains
+
+        fs = attach_domains(fs, domains)
+    return fs
+
+
+def train_val_rows(caches: Mapping[str, Any], data: Any, *, inputs: Sequence[str]) -> tuple[Any, Any, str]:
+    """Training and validation FeatureSets of a run, following the validation policy (module docstring).
+
+    Returns:
+        (train, val or None, a sentence describing where val came from).
+    """
+    col = data.split_column
+    where = {**data.where, col: [data.train, data.val]}
+    hold = hold_choice(caches, data, inputs=inputs, where=where)
+    rows = load_rows(caches, inputs=inputs, where=where, domains=data.domains, hold=hold)
+    split = rows.column(col).astype(str)
+    train, val = _checked_train(rows.subset(split == data.train), caches, data), rows.subset(split == data.val)
+    if len(val):
+        return train, val, _val_how(val, data)
+    return _cut_val(train, data)
+
+
+def val_rows(caches: Mapping[str, Any], data: Any, *, inputs: Sequence[str]) -> tuple[Any, str]:
+    """Only the validation rows of a run (as `train_val_rows` picks them), loading the training rows only when the
+    validation rows are a seeded share of them.
+
+    Returns:
+        (val or None, a sentence describing where val came from).
+    """
+    col = data.split_column
+    where = {**data.where, col: data.val}
+    val = load_rows(
+        caches,
+        inputs=inputs,
+        where=where,
+        domains=data.domains,
+        hold=hold_choice(caches, data, inputs=inputs, where=where),
+    )
+    if len(val):
+        return val, _val_how(val, data)
+    where = {**data.where, col: data.train}
+    hold = hold_choice(caches, data, inputs=inputs, where=where)
+    train = load_rows(caches, inputs=inputs, where=where, domains=data.domains, hold=hold)
+    _, val, how = _cut_val(_checked_train(train, caches, data), data)
+    return val, how
+
+
+def _val_how(val: Any, data: Any) -> str:
+    return f"{len(val)} rows with {data.split_column} == {data.val!r}"
+
+
+def _checked_train(train: Any, caches: Mapping[str, Any], data: Any) -> Any:
+    """`train`, or a ValueError naming the split values present when it has no row."""
+    if len(train) == 0:
+        col = data.split_column
+        first = next(iter(caches.values()))
+        present = sorted(first.meta()[col].astype(str).unique().tolist()) if col in first.meta().columns else []
+        raise ValueError(
+            f"no training rows: no row of {list(caches)} has {col} == {data.train!r} with "
+            f"{dict(data.where)} (values present: {present}); assign splits at import/index time"
+        )
+    return train
+
+
+def _cut_val(train: Any, data: Any) -> tuple[Any, Any, str]:
+    """Cut a seeded `data.val_fraction` of the training pairs off as validation rows (none when it is 0)."""
+    import cache
+
+    if data.val_fraction <= 0:
+        return train, None, "none (data.val_fraction is 0)"
+    ratios = {"train": 1.0 - data.val_fraction, "val": data.val_fraction}
+    cut = cache.assign_splits(train.meta, ratios, seed=data.val_seed)["split"].astype(str).to_numpy()
+    if not (cut == "val").any() or not (cut == "train").any():
+        return train, None, f"none (too few training pairs for a {data.val_fraction:g} validation share)"
+    how = (
+        f"{int((cut == 'val').sum())} rows: a seeded {data.val_fraction:g} of the training pairs (seed {data.val_seed})"
+    )
+    return train.subset(cut == "train"), train.subset(cut == "val"), how
+
+
+def groups_of(fs: Any) -> dict[str, np.ndarray]:
+    """Per-row string columns multi-stage heads select rows by."""
+    return {c: fs.column(c).astype(str) for c in GROUP_COLUMNS if c in fs.meta.columns}
