@@ -128,7 +128,7 @@ def evaluate_run(
     from pipeline.config import apply_overrides, override_caches, parse_config, to_dict
     from pipeline.metrics import assemble_groups, calibrate_threshold, parse_threshold, summarize
     from pipeline.report import write_report
-    from pipeline.rows import load_rows, open_caches, val_rows
+    from pipeline.rows import hold_choice, load_rows, open_caches, val_rows
 
     run_dir = Path(run_dir)
     head, info = heads.load(run_dir)
@@ -144,7 +144,9 @@ def evaluate_run(
     split = cfg.data.test if split is None else split
     thr = parse_threshold(cfg.eval.threshold if threshold is None else threshold)
     rows_where = dict(cfg.data.where) if split == "all" else {**cfg.data.where, cfg.data.split_column: split}
-    fs = load_rows(opened, inputs=list(info["inputs"]), where=rows_where, domains=cfg.data.domains)
+    inputs = list(info["inputs"])
+    hold = hold_choice(opened, cfg.data, inputs=inputs, where=rows_where)
+    fs = load_rows(opened, inputs=inputs, where=rows_where, domains=cfg.data.domains, hold=hold)
     if len(fs) == 0:
         present = sorted({str(v) for c in opened.values() for v in c.meta().get(cfg.data.split_column, [])})
         raise ValueError(
@@ -167,12 +169,14 @@ def evaluate_run(
         seed=seed,
     )
     metrics["threshold_source"] = thr_how
+    metrics["rows_held"] = fs.held
     index, _, _ = assemble_groups(frame, by=by, reals=reals or cfg.eval.reals)
     context = [
         f"head `{info['name']}` from `{run_dir}` on inputs {', '.join(f'`{i}`' for i in info['inputs'])}",
         *[f"cache `{a}`: `{c.path}` (fingerprint {c.fingerprint[:12]})" for a, c in opened.items()],
         f"rows: {'all' if split == 'all' else f'{cfg.data.split_column} == {split}'}, filters {dict(cfg.data.where)}",
         f"threshold: {thr_how}",
+        f"features: {fs.held}",
         *[f"warning: {n}" for n in notes],
     ]
     write_report(
@@ -237,6 +241,7 @@ def run(args: argparse.Namespace) -> int:
     )
     m = result["mean"]
     pct = lambda v: "n/a" if v is None else f"{100 * v:.2f}"
+    print(f"data: {m['n']} rows {result['rows_held']}")
     print(
         f"eval: {len(result['groups'])} group(s) by {result['by']}, {m['n']} rows, "
         f"threshold {result['threshold']:.4g}: "

@@ -133,9 +133,11 @@ def train_val_rows(caches: Mapping[str, Any], data: Any, *, inputs: Sequence[str
     rows = load_rows(caches, inputs=inputs, where=where, domains=data.domains, hold=hold)
     split = rows.column(col).astype(str)
     train, val = _checked_train(rows.subset(split == data.train), caches, data), rows.subset(split == data.val)
-    if len(val):
-        return train, val, _val_how(val, data)
-    return _cut_val(train, data)
+    out = (train, val, _val_how(val, data)) if len(val) else _cut_val(train, data)
+    for part in out[:2]:
+        if part is not None:
+            part.held = rows.held
+    return out
 
 
 def val_rows(caches: Mapping[str, Any], data: Any, *, inputs: Sequence[str]) -> tuple[Any, str]:
