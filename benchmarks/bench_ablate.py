@@ -68,6 +68,24 @@ def add_sr_domain(staged: Path, out: Path, fraction: float = 1.0) -> Path:
     return out
 
 
+def run_breakdown(ablation: Path) -> list[dict]:
+    """Per-run seconds from each run's result.json: load (open + load), fit, write, eval, total; printed."""
+    rows = []
+    for file in sorted((ablation / "runs").glob("*/result.json")):
+        r = json.loads(file.read_text(encoding="utf-8"))
+        st = r.get("stage_seconds") or {}
+        load = st.get("open", float("nan")) + st.get("load", float("nan"))
+        fit = st.get("fit", r.get("train_seconds", float("nan")))
+        rows.append({"run": r["run_id"], "variant": r["variant"], "seed": r["seed"], "load": load, "fit": fit,
+                     "write": st.get("write", float("nan")), "eval": st.get("eval", float("nan")),
+                     "total": r["seconds"], "pid": r["pid"]})  # fmt: skip
+    print(f"{'run':<24} {'load s':>7} {'fit s':>7} {'write s':>7} {'eval s':>7} {'total s':>8} {'pid':>8}")
+    for r in rows:
+        print(f"{r['variant'] + ' s' + str(r['seed']):<24} {r['load']:>7.2f} {r['fit']:>7.2f} {r['write']:>7.2f} "
+              f"{r['eval']:>7.2f} {r['total']:>8.2f} {r['pid']:>8}")  # fmt: skip
+    return rows
+
+
 def _timed(label: str, argv: list[str], times: dict) -> None:
     from pipeline.cli import main
 
@@ -128,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     summary = (ablation / "summary.md").read_text(encoding="utf-8")
     print(summary)
+    runs = run_breakdown(ablation)
     print("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in times.items()) + f" (cores: {os.cpu_count()})")
     table = pd.read_parquet(ablation / "results.parquet")
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -136,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         "jobs": args.jobs,
         "runs": len(table),
         "summary_md": summary,
+        "per_run": runs,
         "results": json.loads(table.to_json(orient="records")),
     }
     args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")

@@ -33,8 +33,8 @@ OUT_DIR = ROOT / "benchmarks" / "out"
 SPEC = {"extractor": {"name": "synthetic", "feature": "x"}, "generator": "bench_stream linear rule, seed 0"}
 
 
-def make_cache(path: Path, rows: int, dim: int, shard_size: int) -> Path:
-    """Write the synthetic cache (skipped when it is complete)."""
+def make_cache(path: Path, rows: int, dim: int, shard_size: int, test_every: int = 0) -> Path:
+    """Write the synthetic cache (skipped when it is complete); every `test_every`-th row is in split test."""
     import pandas as pd
 
     import cache
@@ -51,7 +51,13 @@ def make_cache(path: Path, rows: int, dim: int, shard_size: int) -> Path:
             y = (x @ w * 4 + rng.logistic(size=n) > 0).astype(np.int64)
             ids = [f"{i:09d}" for i in range(lo, lo + n)]
             meta = pd.DataFrame(
-                {"image_id": ids, "path": ids, "label": y, "source": np.where(y == 1, "fake", "real"), "split": "train"}
+                {
+                    "image_id": ids,
+                    "path": ids,
+                    "label": y,
+                    "source": np.where(y == 1, "fake", "real"),
+                    "split": np.where(test_every and np.arange(lo, lo + n) % max(test_every, 1) == 0, "test", "train"),
+                }
             )
             out.append(meta, {"x": x.astype(np.float16)})
     return path
