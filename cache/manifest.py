@@ -67,7 +67,16 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"manifest {path} does not exist; build one with `aigi index ROOT -o {path}`")
-    df = pd.read_csv(path, dtype=str, keep_default_na=False) if path.suffix == ".csv" else pd.read_parquet(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"manifest {path} is a folder; pass the manifest file (e.g. {path}/manifest.parquet)")
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False) if path.suffix == ".csv" else pd.read_parquet(path)
+    except (ValueError, OSError, pd.errors.ParserError) as err:  # pyarrow's ArrowInvalid is a ValueError
+        kind = "CSV" if path.suffix == ".csv" else "Parquet"
+        reason = " ".join(str(err).split())[:160]
+        raise ValueError(
+            f"manifest {path} is not a readable {kind} file ({reason}); build one with `aigi index ROOT -o {path}`"
+        ) from None
     return validate_manifest(df, name=str(path))
 
 

@@ -352,14 +352,17 @@ def open_cache(path: str | Path, *, source: str | None = None) -> Cache:
         FileNotFoundError: when `path` does not exist or holds nothing readable.
     """
     path = Path(path)
+    make = "make one with `aigi extract` or `aigi import uar`, or pass the path of an existing cache"
     if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist")
+        raise FileNotFoundError(f"cache {path} does not exist; {make}")
     if path.is_file():
         if path.suffix in (".h5", ".hdf5"):
             return _open_h5(path)
         if path.suffix == ".parquet":
             return _open_parquet_dataset(path)
-        raise ValueError(f"{path}: expected a cache directory, a .h5 file, a .parquet file or a folder of .npy files")
+        raise ValueError(
+            f"{path}: expected a cache directory, a .h5 file, a .parquet file or a folder of .npy files; {make}"
+        )
     if (path / CACHE_JSON).exists():
         return _open_dir_cache(path)
     if next(path.rglob("*.parquet"), None) is not None:
@@ -367,5 +370,5 @@ def open_cache(path: str | Path, *, source: str | None = None) -> Cache:
     if any(next(path.rglob(f"{d}/*.npy"), None) is not None for d in ("0_real", "1_fake")):
         return _open_npy_folder(path, source=source)
     raise FileNotFoundError(
-        f"{path}: no {CACHE_JSON}, no .parquet files and no 0_real/1_fake .npy folders; nothing to open"
+        f"{path}: no {CACHE_JSON}, no .parquet files and no 0_real/1_fake .npy folders, so not a cache; {make}"
     )

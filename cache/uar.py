@@ -38,10 +38,13 @@ def scan_uar(root: str | Path, *, source: str | None = None) -> pd.DataFrame:
     """
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"{root} is not a directory")
+        raise FileNotFoundError(f"{root} is not a directory; pass the folder of .npy features to import")
     rels = sorted(_npy_files(root))
     if not rels:
-        raise FileNotFoundError(f"{root}: no **/0_real/*.npy or **/1_fake/*.npy files (UAR layout) found")
+        raise FileNotFoundError(
+            f"{root}: no **/0_real/*.npy or **/1_fake/*.npy files (UAR layout) found; pass the folder that holds "
+            "0_real/ and 1_fake/ (or <source>/0_real, <source>/1_fake)"
+        )
     base = root.resolve()
     rows = []
     for rel in rels:

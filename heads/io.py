@@ -58,11 +58,25 @@ def load(directory: str | Path) -> tuple[nn.Module, dict[str, Any]]:
                 f"{path} is missing: a head directory holds head.json + head.safetensors "
                 "(written by `aigi train` or `aigi head import-*`)"
             )
-    info = json.loads(json_path.read_text(encoding="utf-8"))
-    if info.get("format") != FORMAT:
-        raise ValueError(f"{json_path} is not an aigi head file (format={info.get('format')!r})")
-    head = build(info["name"], standardize=bool(info.get("standardize", False)), **info["config"])
-    state = load_file(str(weights), device="cpu")
+    fix = "re-create the head with `aigi train` or `aigi head import-*`"
+    try:
+        info = json.loads(json_path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"{json_path} is not valid JSON ({err}); {fix}") from None
+    if not isinstance(info, dict) or info.get("format") != FORMAT:
+        found = info.get("format") if isinstance(info, dict) else type(info).__name__
+        raise ValueError(f"{json_path} is not an aigi head file (format={found!r}); {fix}")
+    absent = [k for k in ("name", "config") if k not in info]
+    if absent or not isinstance(info["config"], dict):
+        raise ValueError(f"{json_path} lacks {absent or ['a config mapping']}; {fix}")
+    try:
+        head = build(info["name"], standardize=bool(info.get("standardize", False)), **info["config"])
+    except TypeError as err:
+        raise ValueError(f"{json_path}: its config does not build head {info['name']!r} ({err}); {fix}") from None
+    try:
+        state = load_file(str(weights), device="cpu")
+    except Exception as err:  # safetensors raises its own SafetensorError for truncated or foreign files
+        raise ValueError(f"{weights} is not a readable safetensors file ({err}); {fix}") from None
     missing, unexpected = set(head.state_dict()) - set(state), set(state) - set(head.state_dict())
     if missing or unexpected:
         raise ValueError(

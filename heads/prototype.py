@@ -94,10 +94,29 @@ class ClassMoments:
 
 
 def pca_prototypes(emb: np.ndarray, y: np.ndarray, per_class: int) -> np.ndarray:
-    """`ClassMoments.prototypes` of embeddings in memory."""
-    moments = ClassMoments()
-    moments.add(emb, np.asarray(y))
-    return moments.prototypes(per_class)
+    """GAPL's prototypes: top `per_class` PCA axes of the real rows' embeddings, then of the fake rows', stacked
+    [2 * per_class, d] and L2-normalised row-wise, computed as GAPL's script does (sklearn `PCA(n_components)` with
+    its default solver on float32 rows, float32 components, torch's normalize)."""
+    from sklearn.decomposition import PCA
+
+    out = []
+    for c in (0, 1):
+        rows = emb[y == c]
+        if len(rows) < per_class or emb.shape[1] < per_class:
+            raise ValueError(
+                f"prototype: {per_class} PCA axes per class need >= {per_class} rows of class {c} "
+                f"and embed_dim >= {per_class}; got {len(rows)} rows, embed_dim {emb.shape[1]}"
+            )
+        # GAPL's solver ("auto": covariance eigendecomposition for >= 10 rows per dimension); the seed only
+        # matters when "auto" picks the randomized solver, which GAPL leaves unseeded
+        pca = PCA(n_components=per_class, random_state=0).fit(rows.astype(np.float32, copy=False))
+        out.append(torch.tensor(pca.components_, dtype=torch.float32))
+    # joined through numpy as GAPL does: that keeps sklearn's column-major layout, which sets the rounding of the
+    # row norms (a contiguous copy normalises up to 6e-8 differently)
+    return F.normalize(torch.tensor(np.concatenate(out, axis=0)), dim=1).numpy()
+
+
+EXACT_PCA_BYTES = 256 << 20  # embeddings kept for GAPL's exact PCA; beyond, per-class moments (streaming)
 
 
 @register_head("prototype")
@@ -132,7 +151,7 @@ class PrototypeHead(nn.Module):
     def attend(self, e: Tensor) -> Tensor:
         """Cross-attention of each embedding over the prototypes, [N, d]."""
         kv = self.prototypes.unsqueeze(0).expand(e.shape[0], -1, -1)
-        out, _ = self.attn(e.unsqueeze(1), kv, kv, need_weights=False)
+        out, _ = self.attn(e.unsqueeze(1), kv, kv)  # GAPL's call: torch's defaults (need_weights=True)
         return out.squeeze(1)
 
     def forward(self, x: Mapping[str, Tensor]) -> Tensor:
@@ -142,13 +161,25 @@ class PrototypeHead(nn.Module):
         return self.stage1_fc(self.embed(xb)).squeeze(-1)
 
     def _start_stage2(self, batches: Callable[[], Iterator[tuple[dict[str, Tensor], Tensor]]]) -> None:
-        """PCA prototypes of the stage-1 embeddings, in one pass over the training rows."""
+        """PCA prototypes of the stage-1 embeddings in one pass over the training rows: exactly as GAPL
+        (`pca_prototypes`) while the embeddings fit EXACT_PCA_BYTES, else from per-class moments
+        (`ClassMoments`: the same axes up to float rounding, memory bounded by one batch)."""
         if not self.cfg.fit_prototypes:
             return
-        moments = ClassMoments()
+        moments, kept, size = ClassMoments(), [], 0
         for xb, yb in batches():
-            moments.add(self.embed(xb).double().cpu().numpy(), yb.cpu().numpy())
-        self.prototypes.copy_(torch.from_numpy(moments.prototypes(self.cfg.per_class)))
+            emb, y = self.embed(xb).cpu().numpy(), yb.cpu().numpy()
+            moments.add(emb, y)
+            if kept is not None:
+                kept.append((emb.copy(), y))
+                size += emb.nbytes
+                kept = kept if size <= EXACT_PCA_BYTES else None
+        if kept is not None:
+            emb, y = np.concatenate([e for e, _ in kept]), np.concatenate([t for _, t in kept])
+            protos = pca_prototypes(emb, y, self.cfg.per_class)
+        else:
+            protos = moments.prototypes(self.cfg.per_class)
+        self.prototypes.copy_(torch.from_numpy(protos))
 
     def stages(self) -> list[Stage]:
         stage2 = Stage("stage2", trainable=("proj", "attn", "fc"), setup=self._start_stage2)

@@ -17,7 +17,7 @@ from typing import Any
 
 from common.files import atomic_write
 
-ABLATION_KEYS = ("grid", "variants", "seeds", "sort_by")
+ABLATION_KEYS = ("grid", "variants", "seeds", "sort_by", "prepare")
 RESULT_FILE = "result.json"
 SHARED_STAGES = "shared_stages"  # finished expert stages the runs share (pipeline.streaming.DiskStages)
 DEFAULT_SORT = "auc"
@@ -64,6 +64,7 @@ class AblationPlan:
     runs: list[RunSpec]
     grid_keys: list[str]
     sort_by: str = DEFAULT_SORT
+    prepare: str = ""  # the commands that make the data the config reads (its `prepare` key)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -197,7 +198,22 @@ def expand(
         if digest in seen:
             raise ValueError(f"{source}: {seen[digest]} and {r.run_id} resolve to identical configs; drop one")
         seen[digest] = r.run_id
-    return AblationPlan(runs=runs, grid_keys=list(grid), sort_by=str(sort_by or raw.get("sort_by") or DEFAULT_SORT))
+    return AblationPlan(
+        runs=runs,
+        grid_keys=list(grid),
+        sort_by=str(sort_by or raw.get("sort_by") or DEFAULT_SORT),
+        prepare=" ".join(str(raw.get("prepare") or "").split()),
+    )
+
+
+def check_inputs_exist(plan: AblationPlan) -> None:
+    """Refuse to start when a cache or domains table of the runs is missing, saying how to make it."""
+    data = plan.runs[0].parsed.data if plan.runs else None
+    wanted = {**(data.caches if data else {}), **({"data.domains": data.domains} if data and data.domains else {})}
+    missing = [f"{name} = {path}" for name, path in wanted.items() if not Path(path).exists()]
+    if missing:
+        how = f"make it first: {plan.prepare}" if plan.prepare else "pass --cache ALIAS=PATH / --set data.domains=PATH"
+        raise FileNotFoundError(f"{'; '.join(missing)} does not exist; {how}")
 
 
 def load_ablation(
@@ -425,6 +441,7 @@ def run(args: argparse.Namespace) -> int:
     plan = load_ablation(
         args.config, overrides=args.overrides, caches=args.cache, seeds=args.seeds, sort_by=args.sort_by
     )
+    check_inputs_exist(plan)
     if args.dry_run:
         for r in plan.runs:
             state = "done" if read_result(args.out / "runs" / r.run_id) is not None else "todo"

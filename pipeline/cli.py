@@ -42,8 +42,20 @@ COMMANDS = {
     "demo": "pipeline.demo",
 }
 
-# Errors a user can fix: printed as one line (set AIGI_DEBUG=1 for the traceback), exit code 2.
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError, KeyError)
+# Errors a user can fix: printed as one line (set AIGI_DEBUG=1 for the traceback), exit code 2. A KeyError or any
+# other exception is a bug and keeps its traceback: code that meets a user mistake raises one of these with a message.
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError)
+# Commands that keep their finished work when interrupted and resume it when re-run: what they keep.
+RESUMABLE = {
+    "extract": "finished shards",
+    "import": "imported shards",
+    "fakes": "finished fakes",
+    "ablate": "finished runs",
+    "demo": "finished steps",
+}
+# Commands that write their output only at the end (atomically): interrupted, they leave nothing behind.
+WRITE_AT_END = ("index", "train", "predict")
+MAX_MESSAGE = 600
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
@@ -64,6 +76,31 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def one_line(message: object) -> str:
+    """A message on one line (inner newlines folded), cut to MAX_MESSAGE characters."""
+    text = " ".join(str(message).split())
+    return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 1] + "…"
+
+
+def interrupted_message(command: str) -> str:
+    """What an interrupted command leaves behind and what re-running it does."""
+    kept = RESUMABLE.get(command)
+    if kept:
+        return f"aigi {command}: interrupted; {kept} are kept: re-run the same command to resume"
+    if command in WRITE_AT_END:
+        return f"aigi {command}: interrupted; nothing was saved: re-run the command to start again"
+    return f"aigi {command}: interrupted; its outputs may be incomplete: re-run the command to start again"
+
+
+def _quiet_stdout() -> None:
+    """After a closed pipe (`aigi ... | head`), point stdout at /dev/null so the final flush stays silent."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # stdout replaced by an object without a file descriptor
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `aigi` console script; returns the process exit code."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -71,14 +108,17 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser(command).parse_args(argv)
     try:
         code = args.func(args)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _quiet_stdout()
+        return 141  # as a shell reports a command ended by SIGPIPE
     except USER_ERRORS as err:
         if os.environ.get("AIGI_DEBUG"):
             raise
-        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"aigi {args.command}: error: {msg}", file=sys.stderr)
+        print(f"aigi {args.command}: error: {one_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("aigi: interrupted; finished shards and outputs are kept: re-run the command to resume.", file=sys.stderr)
+        print(interrupted_message(args.command), file=sys.stderr)
         return 130
     return int(code or 0)
 

@@ -128,10 +128,17 @@ def evaluate_run(
     from pipeline.config import apply_overrides, override_caches, parse_config, to_dict
     from pipeline.metrics import assemble_groups, calibrate_threshold, parse_threshold, summarize
     from pipeline.report import write_report
-    from pipeline.rows import hold_choice, load_rows, open_caches, val_rows
+    from pipeline.rows import check_where, hold_choice, load_rows, open_caches, val_rows
 
     run_dir = Path(run_dir)
+    if bootstrap is not None and bootstrap < 0:
+        raise ValueError(f"--bootstrap {bootstrap}: the number of resamplings must be >= 0 (0: no intervals)")
     head, info = heads.load(run_dir)
+    if info.get("untrained"):
+        raise ValueError(
+            f"{run_dir} is an imported head whose {info['untrained']} is untrained, so its scores mean nothing; "
+            f"train stage 2 first: aigi train configs/gapl.yaml --init {run_dir} -o RUN_DIR, then evaluate RUN_DIR"
+        )
     cfg = config if config is not None else _run_config(run_dir, info)
     if caches or where:  # overrides go to the plain mapping, which is parsed once more
         raw = to_dict(cfg)
@@ -148,6 +155,7 @@ def evaluate_run(
     hold = hold_choice(opened, cfg.data, inputs=inputs, where=rows_where)
     fs = load_rows(opened, inputs=inputs, where=rows_where, domains=cfg.data.domains, hold=hold)
     if len(fs) == 0:
+        check_where(opened, cfg.data.where, flag="--where")
         present = sorted({str(v) for c in opened.values() for v in c.meta().get(cfg.data.split_column, [])})
         raise ValueError(
             f"no rows of {list(cfg.data.caches.values())} match {rows_where} (values of "

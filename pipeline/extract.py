@@ -37,6 +37,7 @@ class ExtractConfig:
     num_workers: int = 0
     device: str = "auto"
     dtype: str = "auto"
+    store_dtype: str = "float16"
     arch: dict = field(default_factory=dict)
 
     def extractor_kwargs(self) -> dict:
@@ -183,15 +184,33 @@ def get_extractor(cfg: ExtractConfig):
     return _EXTRACTORS[key]
 
 
+def cache_spec(extractor, store_dtype: str, cache_dir: str | Path | None = None) -> dict:
+    """The spec a cache of these features records: the extractor's, plus the storage dtype (float16 rounds the
+    forward's values, float32 keeps them), so that the two never share a fingerprint.
+
+    A cache written before the storage dtype was recorded keeps its spec when its stored dtype is the one asked,
+    so that its extraction still resumes.
+    """
+    from cache.writer import CACHE_JSON, read_cache_json
+
+    spec = asdict(extractor.spec)
+    if cache_dir is not None and (Path(cache_dir) / CACHE_JSON).exists():
+        header = read_cache_json(Path(cache_dir))
+        if header["spec"] == json.loads(json.dumps(spec)) and header["dtype"] == store_dtype:
+            return spec
+    return {**spec, "storage_dtype": store_dtype}
+
+
 def _writer(cfg: ExtractConfig, extractor):
     from cache import CacheWriter
 
     return CacheWriter(
         cfg.cache,
-        spec=asdict(extractor.spec),
+        spec=cache_spec(extractor, cfg.store_dtype, cfg.cache),
         features=dict(extractor.feature_shapes),
         fmt=cfg.fmt,
         shard_size=cfg.shard_size,
+        dtype=cfg.store_dtype,
     )
 
 
@@ -335,10 +354,55 @@ def config_from_args(args: argparse.Namespace) -> ExtractConfig:
         num_workers=args.num_workers,
         device=args.device,
         dtype=args.dtype,
+        store_dtype=args.store_dtype,
+    )
+
+
+def check_weights_choice(weights: str | None, random_weights: bool) -> None:
+    """Refuse to extract with random weights unless asked: features of an untrained backbone look like real ones."""
+    if weights and random_weights:
+        raise ValueError("--weights and --random-weights exclude each other; pass one of them")
+    if not weights and not random_weights:
+        raise ValueError(
+            "no --weights: the backbone would run with random weights; pass --weights FILE (a local file: nothing "
+            "is downloaded), or --random-weights to extract features of a randomly initialised backbone on purpose"
+        )
+
+
+def fail_if_all_failed(cfg: ExtractConfig, tasks: list[tuple[int, pd.DataFrame]]) -> None:
+    """When every image of this job failed, remove what the job wrote (a re-run after fixing the images or the
+    manifest's paths then extracts them) and raise with the first reasons."""
+    import shutil
+
+    planned = sum(len(rows) for _, rows in tasks)
+    shards = Path(cfg.cache) / "shards"
+    errors: list[dict] = []
+    for index, _ in tasks:
+        listing = shards / f"{index:05d}.errors.json"
+        if listing.is_file():
+            errors += json.loads(listing.read_text())
+    if not planned or len(errors) < planned:
+        return
+    mine = {index for index, _ in tasks}
+    for index in mine:
+        for f in shards.glob(f"{index:05d}.*"):
+            f.unlink(missing_ok=True)
+    jobs = Path(cfg.cache) / JOBS_DIR
+    if not _existing_shard_indices(Path(cfg.cache)):  # the cache holds nothing else: remove what this run made
+        shutil.rmtree(jobs, ignore_errors=True)
+        (Path(cfg.cache) / "cache.json").unlink(missing_ok=True)
+        for folder in (shards, Path(cfg.cache)):
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+    first = "; ".join(f"{e.get('path')}: {e.get('reason')}" for e in errors[:3])
+    raise ValueError(
+        f"every one of the {planned} image(s) failed ({first}); nothing was extracted. Fix the images, or the "
+        f"manifest's paths (read relative to {cfg.root}; see --root), and re-run"
     )
 
 
 def run(args: argparse.Namespace) -> int:
+    check_weights_choice(args.weights, getattr(args, "random_weights", False))
     cfg = config_from_args(args)
     start = time.perf_counter()
     tasks, plan = prepare(cfg)
@@ -348,6 +412,7 @@ def run(args: argparse.Namespace) -> int:
         results = run_dask(cfg, tasks, workers=args.workers, scheduler=args.scheduler)
     else:
         results = run_local(cfg, tasks)
+    fail_if_all_failed(cfg, tasks)
     print(summarize(results, time.perf_counter() - start, cfg))
     return 0
 
@@ -357,6 +422,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--root", help="folder the manifest's paths are relative to (default: the manifest's folder)")
     p.add_argument("--backbone", required=True, help="extractor, e.g. clip-l14, aim-v1-3b, timm:vit_base_patch16_224")
     p.add_argument("--weights", help="local weights file of the backbone (nothing is downloaded)")
+    p.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="extract with a randomly initialised backbone on purpose (tests, benchmarks); without it --weights is "
+        "required",
+    )
     p.add_argument("--features", help="comma-separated feature names, e.g. l23.cls,proj (default: the backbone's)")
     p.add_argument("--preprocess", help="resize | center_crop | rich_patch (default: the backbone's)")
     p.add_argument("--views", default="orig", help="comma-separated views: orig, jpeg:75, blur:1.0, resize:0.5")
@@ -366,7 +437,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader processes decoding images")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
-    p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"], help="compute dtype")
+    p.add_argument(
+        "--store-dtype",
+        default="float16",
+        choices=["float16", "float32"],
+        help="dtype the cache stores (recorded in the fingerprint); float32 keeps the forward's values bit for bit",
+    )
     p.add_argument("--workers", type=int, default=0, help="run shards on a local dask cluster of N processes")
     p.add_argument("--scheduler", help="run shards on an existing dask cluster, e.g. tcp://host:8786")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -15,15 +16,29 @@ from pipeline.index import add_split_args, apply_splits
 LABEL_DIRS = ("0_real", "1_fake")
 
 
-def _existing(out: Path) -> tuple[set[str], dict]:
-    """image_ids already in the cache at `out` and its header (empty when it does not exist yet)."""
+def _existing(out: Path) -> tuple[dict[str, str], dict]:
+    """image_id -> split of the rows already in the cache at `out`, and its header (empty when it does not exist)."""
     from cache.writer import CACHE_JSON, read_cache_json
 
     if not (out / CACHE_JSON).exists():
-        return set(), {}
+        return {}, {}
     import cache
 
-    return set(cache.open(out).meta()["image_id"].astype(str)), read_cache_json(out)
+    meta = cache.open(out).meta()
+    return dict(zip(meta["image_id"].astype(str), meta["split"].astype(str))), read_cache_json(out)
+
+
+def _split_note(rows: pd.DataFrame, done: dict[str, str], out: Path, asked: str) -> str:
+    """A note when rows already in the cache would get another split from this import's split options."""
+    present = rows[rows["image_id"].isin(done)]
+    changed = int((present["split"].astype(str) != present["image_id"].map(done)).sum())
+    if not changed:
+        return ""
+    return (
+        f"note: {len(present)} row(s) were already in {out} and keep their split from the first import ({changed} "
+        f"would get another one with {asked}); {asked} applies to the {len(rows) - len(present)} new row(s) only. "
+        "To re-split, import into a new cache"
+    )
 
 
 def import_uar(
@@ -60,6 +75,10 @@ def import_uar(
     rows = apply_splits(rows, split=split, split_ratio=split_ratio, seed=seed)
     dim = load_npy(rows["file"].iloc[0]).shape[0]
     done, header = _existing(out)
+    if split or split_ratio:
+        note = _split_note(rows, done, out, f"--split {split}" if split else f"--split-ratio {split_ratio}")
+        if note:
+            print(note, file=sys.stderr)
     todo = rows[~rows["image_id"].isin(done)].reset_index(drop=True)
     writer = CacheWriter(
         out,
@@ -86,6 +105,12 @@ def import_uar(
     return {"files": len(rows), "written": len(todo), "skipped_present": len(rows) - len(todo), "dim": dim}
 
 
+def safe_component(name: object) -> str:
+    """`name` as one path component that stays in its folder: separators, NUL and `..`/`.` become `_`."""
+    text = "".join("_" if c in "/\\\0" else c for c in str(name)).strip()
+    return "_" if text in ("", ".", "..") else text
+
+
 def _save_npy(path: Path, arr: np.ndarray) -> None:
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.save(f, arr, allow_pickle=False)
@@ -106,8 +131,11 @@ def export_npy(cache_path: str | Path, out: str | Path, *, feature: str | None =
     if len(store.features[name]) != 1:
         raise ValueError(f"{cache_path}: feature {name!r} has per-row shape {store.features[name]}, not a vector")
     meta = store.meta(where={"view": view})
-    targets = meta["source"].astype(str) + "/" + meta["label"].map(dict(enumerate(LABEL_DIRS)))
-    targets = targets + "/" + meta["path"].map(lambda p: Path(str(p)).stem) + ".npy"
+    if meta.empty:
+        views = sorted(store.meta()["view"].astype(str).unique().tolist())
+        raise ValueError(f"{cache_path}: no row has view {view!r}; its views are {views} (use --view)")
+    targets = meta["source"].map(safe_component) + "/" + meta["label"].map(dict(enumerate(LABEL_DIRS)))
+    targets = targets + "/" + meta["path"].map(lambda p: safe_component(Path(str(p)).stem)) + ".npy"
     dup = targets.duplicated(keep=False)
     if dup.any():
         raise ValueError(
@@ -115,10 +143,13 @@ def export_npy(cache_path: str | Path, out: str | Path, *, feature: str | None =
             "(same source, label and file stem); export a narrower selection"
         )
     written = 0
+    top = Path(out).resolve()
     lookup = pd.Series(targets.to_numpy(), index=meta["image_id"].astype(str).to_numpy())
     for batch in store.iter_batches(4096, features=[name], where={"view": view}):
         for image_id, vec in zip(batch.meta["image_id"].astype(str), batch.features[name]):
             path = Path(out) / lookup[image_id]
+            if not path.resolve().is_relative_to(top):  # a symlinked folder inside `out`
+                raise ValueError(f"{path} leads outside {out} (a symlink); export into a fresh folder")
             path.parent.mkdir(parents=True, exist_ok=True)
             _save_npy(path, vec.reshape(1, -1).astype(np.float32))
             written += 1

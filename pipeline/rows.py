@@ -172,6 +172,7 @@ def _val_how(val: Any, data: Any) -> str:
 def _checked_train(train: Any, caches: Mapping[str, Any], data: Any) -> Any:
     """`train`, or a ValueError naming the split values present when it has no row."""
     if len(train) == 0:
+        check_where(caches, data.where)
         col = data.split_column
         first = next(iter(caches.values()))
         present = sorted(first.meta()[col].astype(str).unique().tolist()) if col in first.meta().columns else []
@@ -180,6 +181,19 @@ def _checked_train(train: Any, caches: Mapping[str, Any], data: Any) -> Any:
             f"{dict(data.where)} (values present: {present}); assign splits at import/index time"
         )
     return train
+
+
+def check_where(caches: Mapping[str, Any], where: Mapping[str, Any], *, flag: str = "") -> None:
+    """A ValueError naming the `data.where` value that matches no row, with the values its column holds."""
+    for col, wanted in where.items():
+        present = sorted({str(v) for c in caches.values() for v in c.meta().get(col, [])})
+        values = [str(v) for v in (wanted if isinstance(wanted, list | tuple) else [wanted])]
+        if not set(values) & set(present):
+            how = f"{flag} {col}=VALUE" if flag else f"--set data.where.{col}=VALUE"
+            raise ValueError(
+                f"data.where.{col} = {wanted!r} matches no row: the values of {col!r} present are {present[:20]}; "
+                f"pick one of them ({how})"
+            )
 
 
 def _cut_val(train: Any, data: Any) -> tuple[Any, Any, str]:
