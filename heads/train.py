@@ -539,6 +539,13 @@ def _prepared(head: nn.Module, X: Any) -> MemoryRows | StreamRows:
     return rows
 
 
+def logits(head: nn.Module, X: Mapping[str, np.ndarray] | np.ndarray | Any, *, batch_size: int = 65536) -> np.ndarray:
+    """The raw logit of every row, float64 [N] (what calibration rescales; `predict` is its sigmoid)."""
+    rows = _prepared(head, X)
+    with torch.inference_mode():
+        return _scores(rows, batch_size, lambda xb: head(xb).double()).numpy()
+
+
 def predict(head: nn.Module, X: Mapping[str, np.ndarray] | np.ndarray | Any, *, batch_size: int = 65536) -> np.ndarray:
     """P(fake) = sigmoid(logit) for every row (arrays in memory or a batch source, in its order), float64 [N]."""
     rows = _prepared(head, X)

@@ -71,6 +71,11 @@ def train_run(cfg: Any, run_dir: str | Path, *, init: str | Path | None = None, 
     caches = open_caches(cfg.data.caches)
     stages.mark("open")
     train, val, val_how = train_val_rows(caches, cfg.data, inputs=cfg.head.inputs)
+    if cfg.calibration and val is None:
+        raise ValueError(
+            f"the config asks for calibration but the run has no validation rows ({val_how}); set "
+            "data.val_fraction (e.g. --set data.val_fraction=0.1) or give the cache rows with split == val"
+        )
     val = _val_in_memory(val, cfg.data.memory_budget)
     stages.mark("load")
     fit_cfg = heads.FitConfig(**cfg.fit)
@@ -111,8 +116,14 @@ def train_run(cfg: Any, run_dir: str | Path, *, init: str | Path | None = None, 
         "rows_held": getattr(train, "held", ""),
         **({"init": started_from} if started_from else {}),
     }
+    calibration = None
+    if cfg.calibration:
+        from pipeline.config import CalibrationSpec
+
+        spec = CalibrationSpec(**cfg.calibration)
+        calibration = heads.fit_calibration(heads.logits(head, val.features), val.labels, **spec.fit_kwargs())
     run_dir = Path(run_dir)
-    heads.save(head, run_dir, meta=meta)
+    heads.save(head, run_dir, meta=meta, calibration=calibration)
     save_config(resolved, run_dir)
     stages.mark("write")
     return {
