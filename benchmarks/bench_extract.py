@@ -7,7 +7,6 @@ Prints a table and writes benchmarks/out/bench_extract.json.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import resource
 import sys
@@ -27,6 +26,7 @@ OUT = Path(__file__).resolve().parent / "out"
 def make_images(folder: Path, n: int, size: int = 256) -> Path:
     """`n` smooth random JPEGs (like photos, unlike white noise) and their manifest."""
     import cache
+    from common.files import sha256_file
 
     rng = np.random.default_rng(0)
     folder.mkdir(parents=True, exist_ok=True)
@@ -38,7 +38,7 @@ def make_images(folder: Path, n: int, size: int = 256) -> Path:
         img.save(path, quality=90)
         rows.append(
             {
-                "image_id": hashlib.sha256(path.read_bytes()).hexdigest(),
+                "image_id": sha256_file(path),
                 "path": path.name,
                 "label": i % 2,
                 "source": "gen" if i % 2 else "real",

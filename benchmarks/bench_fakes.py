@@ -9,7 +9,6 @@ the PNGs, padding, writing PNGs atomically, hashing and the manifest. Target: pi
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import tempfile
@@ -52,12 +51,13 @@ def write_manifest_for(folder: Path, images) -> Path:
     import pandas as pd
 
     from cache import write_manifest
+    from common.files import sha256_file
 
     rows = []
     for i, img in enumerate(images):
         path = folder / f"img{i:03d}.png"
         img.save(path)
-        rows.append({"image_id": hashlib.sha256(path.read_bytes()).hexdigest(), "path": path.name, "label": 0,
+        rows.append({"image_id": sha256_file(path), "path": path.name, "label": 0,
                      "source": "real", "width": img.width, "height": img.height, "format": "png"})  # fmt: skip
     return write_manifest(pd.DataFrame(rows), folder / "manifest.parquet")
 

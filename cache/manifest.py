@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from common.files import atomic_path
+
 # column -> (pandas dtype, default when absent or None). `image_id`, `path`, `label`, `source` are required.
 MANIFEST_COLUMNS: dict[str, tuple[str, object]] = {
     "image_id": ("string", None),
@@ -73,10 +75,8 @@ def write_manifest(df: pd.DataFrame, path: str | Path) -> Path:
     """Validate `df` and write it atomically as Parquet."""
     path = Path(path)
     df = validate_manifest(df, name=str(path))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    df.to_parquet(tmp, index=False)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        df.to_parquet(tmp, index=False)
     return path
 
 

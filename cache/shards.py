@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
 from pathlib import Path
 
 import h5py
@@ -15,6 +13,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from cache.manifest import MANIFEST_COLUMNS, validate_manifest
+from common.files import atomic_path
 
 SCHEMA_VERSION = 1
 FORMATS = ("h5", "parquet")
@@ -26,21 +25,6 @@ ERRORS_KEY = "aigi.errors"  # HDF5 attribute of a compacted file holding the err
 FEAT_PREFIX = "feat."
 ERROR_FIELDS = ("image_id", "path", "view", "reason")
 UNIQUE_COLUMNS = ("image_id", "path", "pair_id")  # nearly one value per row: dictionary encoding only costs
-
-
-def temp_name(path: Path) -> Path:
-    """A hidden temporary sibling of `path`, unique per host and process (readers never list it)."""
-    return path.with_name(f".{path.name}.tmp-{socket.gethostname()}-{os.getpid()}")
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file and `os.replace`."""
-    tmp = temp_name(path)
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def prepare_meta(meta: pd.DataFrame, *, where: str) -> pd.DataFrame:
@@ -107,22 +91,17 @@ def meta_columns_h5(meta: pd.DataFrame) -> dict[str, np.ndarray]:
 
 def write_h5(path: Path, *, header: dict, meta: pd.DataFrame, feats: dict[str, np.ndarray], errors=None) -> None:
     """Write one self-describing HDF5 file (`meta/<col>`, `features/<name>`, header attribute), atomically."""
-    tmp = temp_name(path)
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.attrs[HEADER_KEY] = json.dumps(header)
-            f.attrs["n_rows"] = len(meta)
-            if errors is not None:
-                f.attrs[ERRORS_KEY] = json.dumps(list(errors))
-            group = f.create_group("meta")
-            for col, values in meta_columns_h5(meta).items():
-                group.create_dataset(col, data=values)
-            fgroup = f.create_group("features")
-            for name, arr in feats.items():
-                fgroup.create_dataset(name, data=arr)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        f.attrs[HEADER_KEY] = json.dumps(header)
+        f.attrs["n_rows"] = len(meta)
+        if errors is not None:
+            f.attrs[ERRORS_KEY] = json.dumps(list(errors))
+        group = f.create_group("meta")
+        for col, values in meta_columns_h5(meta).items():
+            group.create_dataset(col, data=values)
+        fgroup = f.create_group("features")
+        for name, arr in feats.items():
+            fgroup.create_dataset(name, data=arr)
 
 
 def _binary_column(arr: np.ndarray) -> pa.Array:
@@ -139,8 +118,7 @@ def write_parquet(path: Path, *, header: dict, meta: pd.DataFrame, feats: dict[s
     for name, arr in feats.items():
         table = table.append_column(FEAT_PREFIX + name, _binary_column(arr))
     table = table.replace_schema_metadata({HEADER_KEY: json.dumps(header)})
-    tmp = temp_name(path)
-    try:
+    with atomic_path(path) as tmp:
         pq.write_table(
             table,
             tmp,
@@ -149,9 +127,6 @@ def write_parquet(path: Path, *, header: dict, meta: pd.DataFrame, feats: dict[s
             write_statistics=list(META_COLUMNS),
             row_group_size=max(len(meta), 1),
         )
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def coerce_meta(df: pd.DataFrame) -> pd.DataFrame:

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import h5py
 import numpy as np
 
 from cache.reader import Cache, open_cache
-from cache.shards import ERRORS_KEY, HEADER_KEY, meta_columns_h5, read_header, temp_name
+from cache.shards import ERRORS_KEY, HEADER_KEY, meta_columns_h5, read_header
 from cache.writer import SHARD_DIR
+from common.files import atomic_path
 
 
 def compact(src: str | Path, out_h5: str | Path) -> Path:
@@ -21,26 +21,21 @@ def compact(src: str | Path, out_h5: str | Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = cache.meta()
     header = {**cache.header, "format": "h5"}  # whatever the source was (Parquet, a UAR folder), this is HDF5
-    tmp = temp_name(out)
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.attrs[HEADER_KEY] = json.dumps(header)
-            f.attrs["n_rows"] = len(meta)
-            f.attrs[ERRORS_KEY] = json.dumps(cache.errors())
-            group = f.create_group("meta")
-            for col, values in meta_columns_h5(meta).items():
-                group.create_dataset(col, data=values)
-            feats = f.create_group("features")
-            for name, shape in cache.features.items():
-                feats.create_dataset(name, shape=(len(meta), *shape), dtype=cache.dtype)
-            offset = 0
-            for batch in cache.iter_batches(65536, dtype=cache.dtype):
-                for name, arr in batch.features.items():
-                    feats[name][offset : offset + len(batch)] = arr
-                offset += len(batch)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(out) as tmp, h5py.File(tmp, "w") as f:
+        f.attrs[HEADER_KEY] = json.dumps(header)
+        f.attrs["n_rows"] = len(meta)
+        f.attrs[ERRORS_KEY] = json.dumps(cache.errors())
+        group = f.create_group("meta")
+        for col, values in meta_columns_h5(meta).items():
+            group.create_dataset(col, data=values)
+        feats = f.create_group("features")
+        for name, shape in cache.features.items():
+            feats.create_dataset(name, shape=(len(meta), *shape), dtype=cache.dtype)
+        offset = 0
+        for batch in cache.iter_batches(65536, dtype=cache.dtype):
+            for name, arr in batch.features.items():
+                feats[name][offset : offset + len(batch)] = arr
+            offset += len(batch)
     return out
 
 

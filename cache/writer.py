@@ -17,12 +17,12 @@ from cache.shards import (
     FORMATS,
     SCHEMA_VERSION,
     SUFFIX,
-    atomic_write_text,
     check_features,
     prepare_meta,
     write_h5,
     write_parquet,
 )
+from common.files import atomic_write
 
 CACHE_JSON = "cache.json"
 SHARD_DIR = "shards"
@@ -111,7 +111,7 @@ class CacheWriter:
         if (self.path / CACHE_JSON).exists():
             check_compatible(read_cache_json(self.path), self.header, where=str(self.path / CACHE_JSON))
         else:
-            atomic_write_text(self.path / CACHE_JSON, json.dumps(self.header, indent=2))
+            atomic_write(self.path / CACHE_JSON, json.dumps(self.header, indent=2))
         self._meta: list[pd.DataFrame] = []
         self._feats: list[dict[str, np.ndarray]] = []
         self._errors: list[dict] = []
@@ -158,7 +158,7 @@ class CacheWriter:
         for stale in path.parent.glob(f".{path.name}.tmp-*"):  # left by a killed writer of this very shard
             stale.unlink(missing_ok=True)
         # the errors file goes first: a finished shard always has its errors beside it
-        atomic_write_text(self.errors_path(index), json.dumps(errors, indent=1))
+        atomic_write(self.errors_path(index), json.dumps(errors, indent=1))
         if self.fmt == "h5":
             write_h5(path, header=self.header, meta=meta, feats=feats)
         else:

@@ -25,11 +25,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from common.device import resolve_device
+from common.files import sha256_file
+
 from ._registry import register_extractor
-from .base import Extractor, ExtractorSpec, parse_layer_feature, resolve_device, resolve_dtype
+from .base import Extractor, ExtractorSpec, parse_layer_feature, resolve_dtype
 from .preprocess import policy_fields, resolve_policy
 from .timm_backbone import RANDOM_INIT, feature_dims, plan_blocks, seeded
-from .weights import file_sha256, read_state_dict
+from .weights import read_state_dict
 
 
 @dataclass(frozen=True)
@@ -230,7 +233,7 @@ def load_aim_weights(model: AimV1, weights: str | Path, *, need_head: bool) -> s
         raise ValueError(
             f"{weights}: not AIM-v1 weights of this size (missing {missing[:4]}, unexpected {unexpected[:4]})"
         )
-    return "+".join(file_sha256(p) for p in used)
+    return "+".join(sha256_file(p) for p in used)
 
 
 def _build_aim(

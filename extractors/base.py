@@ -52,16 +52,6 @@ class ExtractorSpec:
     spec_version: int = SPEC_VERSION
 
 
-def resolve_device(device: str) -> torch.device:
-    """ "auto" -> CUDA when available else CPU; anything else is passed to torch.device."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but no CUDA device is available; use --device cpu")
-    return dev
-
-
 def resolve_dtype(dtype: str, device: torch.device) -> str:
     """ "auto" -> fp32 on the CPU, bf16 on a GPU that supports it, else fp16; validates explicit choices."""
     if dtype == "auto":

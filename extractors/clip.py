@@ -22,11 +22,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from common.device import resolve_device
+from common.files import sha256_file
+
 from ._registry import register_extractor
-from .base import Extractor, ExtractorSpec, resolve_device, resolve_dtype
+from .base import Extractor, ExtractorSpec, resolve_dtype
 from .preprocess import policy_fields, resolve_policy
 from .timm_backbone import RANDOM_INIT, BlockFeatures, feature_dims, plan_blocks, seeded
-from .weights import file_sha256, read_state_dict
+from .weights import read_state_dict
 
 # name -> (timm architecture, default preprocessing, default normalisation); defaults follow the seeds:
 # GAPL uses CLIP-L/14 at 224 with a 224 center crop and ImageNet statistics; OmniAID resizes to 336 with CLIP's.
@@ -113,7 +116,7 @@ def load_clip_weights(model: nn.Module, path: str | Path, *, need_proj: bool) ->
             f"{path}: not a CLIP ViT checkpoint of this size (missing {missing[:4]}, unexpected {unexpected[:4]}). "
             "Formats that load: OpenAI state dict, open_clip, timm, Hugging Face transformers."
         )
-    return file_sha256(path)
+    return sha256_file(path)
 
 
 def _build_clip(

@@ -10,7 +10,7 @@ import importlib.metadata
 from dataclasses import dataclass
 from pathlib import Path
 
-from .weights import file_sha256
+from common.files import sha256_file
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,6 @@ def find_packaged_weights(arch: str) -> tuple[Path, PackagedWeights] | None:
         except importlib.metadata.PackageNotFoundError:
             continue
         path = Path(str(dist.locate_file(entry.path)))
-        if path.is_file() and file_sha256(path) == entry.sha256:
+        if path.is_file() and sha256_file(path) == entry.sha256:
             return path, entry
     return None

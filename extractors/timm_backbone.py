@@ -19,11 +19,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from common.device import resolve_device
+from common.files import sha256_file
+
 from ._registry import register_extractor
-from .base import Extractor, ExtractorSpec, parse_layer_feature, resolve_device, resolve_dtype
+from .base import Extractor, ExtractorSpec, parse_layer_feature, resolve_dtype
 from .layouts import to_timm_layout
 from .preprocess import policy_fields, resolve_policy
-from .weights import file_sha256, read_state_dict
+from .weights import read_state_dict
 
 RANDOM_INIT = "random-init"
 _FINAL_FEATURES = ("pooler", "pre_logits", "proj")
@@ -162,7 +165,7 @@ def load_timm_weights(model: nn.Module, path: str | Path, *, drop_prefixes: tupl
             f"{path}: weights do not fit {type(model).__name__}: missing {missing[:5]} ({len(missing)} in all), "
             f"unexpected {unexpected[:5]} ({len(unexpected)} in all). Is it the right file for this model?"
         )
-    return file_sha256(path)
+    return sha256_file(path)
 
 
 def _classifier_prefixes(model: nn.Module) -> tuple[str, ...]:

@@ -1,37 +1,13 @@
-"""Read local weight files safely (no pickle) and fingerprint them by content."""
+"""Read local weight files safely (no pickle); their content fingerprint is `common.files.sha256_file`."""
 
 from __future__ import annotations
 
-import hashlib
 import zipfile
 from pathlib import Path
 
 import torch
 
-_HASH_CHUNK = 8 * 1024 * 1024
-_SHA_CACHE: dict[tuple[str, int, int], str] = {}
 _WRAPPER_KEYS = ("state_dict", "model", "module", "params")
-
-
-def file_sha256(path: str | Path) -> str:
-    """Sha256 hex of a file's bytes, streamed; cached per (path, size, mtime) for this process.
-
-    Args:
-        path: the weights file.
-
-    Returns:
-        The hex digest.
-    """
-    path = Path(path).resolve()
-    stat = path.stat()
-    key = (str(path), stat.st_size, stat.st_mtime_ns)
-    if key not in _SHA_CACHE:
-        digest = hashlib.sha256()
-        with path.open("rb") as fh:
-            while chunk := fh.read(_HASH_CHUNK):
-                digest.update(chunk)
-        _SHA_CACHE[key] = digest.hexdigest()
-    return _SHA_CACHE[key]
 
 
 def _is_torchscript(path: Path) -> bool:

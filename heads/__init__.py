@@ -1,7 +1,7 @@
 """Small detection heads on cached features: registry, configs, the fit loop, save/load."""
 
 from heads import expert, fusion, gating, linear, mlp, prototype, router  # noqa: F401  (imports register heads)
-from heads._registry import available, build, make_config, register_head
+from heads._registry import available, build, head_class, make_config, register_head
 from heads.io import load, save
 from heads.released import gapl_prototype, uar_linear
 from heads.train import FitConfig, Stage, explain, fit, lr_at, predict
@@ -14,6 +14,7 @@ __all__ = [
     "explain",
     "fit",
     "gapl_prototype",
+    "head_class",
     "load",
     "lr_at",
     "make_config",

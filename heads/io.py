@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from common.files import atomic_path, atomic_write
 from heads._registry import build
 
 FORMAT = "aigi-head"
@@ -42,9 +42,9 @@ def save(head: nn.Module, directory: str | Path, *, meta: dict[str, Any] | None 
         **meta,
     }
     tensors = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
-    _atomic(directory / "head.safetensors", lambda tmp: save_file(tensors, str(tmp), metadata={"format": FORMAT}))
-    text = json.dumps(info, indent=2, sort_keys=False, default=_json_default)
-    _atomic(directory / "head.json", lambda tmp: tmp.write_text(text + "\n", encoding="utf-8"))
+    with atomic_path(directory / "head.safetensors") as tmp:
+        save_file(tensors, str(tmp), metadata={"format": FORMAT})
+    atomic_write(directory / "head.json", json.dumps(info, indent=2, sort_keys=False, default=_json_default) + "\n")
     return directory
 
 
@@ -70,12 +70,6 @@ def load(directory: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         )
     head.load_state_dict(state, strict=True)
     return head.eval(), info
-
-
-def _atomic(path: Path, write: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
 
 
 def _json_default(value: Any) -> Any:

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from common.device import resolve_device
+from common.metrics import average_precision
 from heads._fastlinear import LinearAdamStep
 
 Groups = Mapping[str, np.ndarray] | None
@@ -134,13 +136,6 @@ def class_weights(y: np.ndarray) -> np.ndarray:
         n_c = int((y == c).sum())
         out[y == c] = len(y) / (2 * n_c) if n_c else 0.0
     return out
-
-
-def resolve_device(device: str) -> torch.device:
-    """ "auto" -> CUDA when available, else CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def as_inputs(head: nn.Module, X: Mapping[str, np.ndarray] | np.ndarray) -> dict[str, np.ndarray]:
@@ -415,8 +410,7 @@ def _epoch(
 
 
 def _val_ap(head: nn.Module, forward: StageForward, sel: tuple, cfg: FitConfig) -> float:
-    from sklearn.metrics import average_precision_score
-
+    """Validation AP of the current weights (the one AP of `common.metrics`, as `aigi eval` reports it)."""
     x, y, _ = sel
     if len(np.unique(y)) < 2:
         return float("nan")
@@ -428,7 +422,7 @@ def _val_ap(head: nn.Module, forward: StageForward, sel: tuple, cfg: FitConfig) 
             out = forward({k: v[i : i + cfg.eval_batch_size] for k, v in x.items()}, {})
             parts.append((out[0] if isinstance(out, tuple) else out).float().cpu())
     head.train()
-    return float(average_precision_score(y, torch.cat(parts).numpy()))
+    return average_precision(y, torch.cat(parts).numpy())
 
 
 def _batched(head: nn.Module, X: Mapping[str, np.ndarray] | np.ndarray, batch_size: int, fn: Callable) -> list:

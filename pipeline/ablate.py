@@ -15,11 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.files import atomic_write
+
 ABLATION_KEYS = ("grid", "variants", "seeds", "sort_by")
 RESULT_FILE = "result.json"
-METRIC_COLUMNS = ("acc", "real_acc", "fake_acc", "ap", "auc")
-SUMMARY_METRICS = ("acc", "ap", "auc", "real_acc")
-GROUP_SUMMARY_METRICS = ("fake_acc", "ap")
 DEFAULT_SORT = "auc"
 
 ABLATE_HELP = """\
@@ -53,7 +52,8 @@ class RunSpec:
     variant: str
     values: dict[str, Any]
     seed: int
-    config: dict[str, Any] = field(repr=False)
+    config: dict[str, Any] = field(repr=False)  # the resolved config as plain data (its hash is in run_id)
+    parsed: Any = field(default=None, repr=False, compare=False)  # the same as a RunConfig, parsed once
 
 
 @dataclass(frozen=True)
@@ -186,9 +186,10 @@ def expand(
                 data = copy.deepcopy(base)
                 for key, value in [*overrides.items(), *values.items(), ("fit.seed", seed)]:
                     set_dotted(data, key, value)
-                cfg = to_dict(parse_config(data, source=f"{source} [{setting}, seed {seed}]"))
+                parsed = parse_config(data, source=f"{source} [{setting}, seed {seed}]")
+                cfg = to_dict(parsed)
                 run_id = f"{setting}_s{seed}-{config_hash(cfg)}"
-                runs.append(RunSpec(run_id, setting, variant, values, seed, cfg))
+                runs.append(RunSpec(run_id, setting, variant, values, seed, cfg, parsed))
     seen: dict[str, str] = {}
     for r in runs:
         digest = r.run_id.rsplit("-", 1)[-1]
@@ -207,19 +208,11 @@ def load_ablation(
     sort_by: str | None = None,
 ) -> AblationPlan:
     """Read an ablation YAML, apply `--cache` and `--set` overrides to its base config, and expand it."""
-    import yaml
-
-    from pipeline.config import apply_overrides, override_caches
+    from pipeline.config import apply_overrides, override_caches, read_yaml
 
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"ablation config {path} does not exist (e.g. configs/ablate_fusion.yaml)")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as err:
-        raise ValueError(f"{path}: not valid YAML: {err}") from None
-    if not isinstance(raw, Mapping):
-        raise ValueError(f"{path}: an ablation config is a YAML mapping")
+    missing = f"ablation config {path} does not exist (e.g. configs/ablate_fusion.yaml)"
+    raw = read_yaml(path, what="an ablation config", missing=missing)
     raw = override_caches(raw, caches) if caches else dict(raw)
     return expand(apply_overrides(raw, overrides), source=str(path), seeds=seeds, sort_by=sort_by)
 
@@ -228,19 +221,13 @@ def load_ablation(
 # one run (runs in a worker process)
 
 
-def _atomic_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def read_result(run_dir: str | Path) -> dict[str, Any] | None:
     """The finished result of a run directory, or None when the run has not finished."""
     path = Path(run_dir) / RESULT_FILE
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
-def execute_run(run_dir: str, config: dict[str, Any], info: dict[str, Any], threads: int | None = None) -> dict:
+def execute_run(run_dir: str, config: Any, info: dict[str, Any], threads: int | None = None) -> dict:
     """Train and evaluate one resolved config in `run_dir`; skip it when its result exists.
 
     Idempotent: a finished run returns its stored result (with "skipped": True); leftovers of an unfinished
@@ -248,7 +235,7 @@ def execute_run(run_dir: str, config: dict[str, Any], info: dict[str, Any], thre
 
     Args:
         run_dir: the run's directory (DIR/runs/RUN_ID).
-        config: the resolved run config (`pipeline.config.to_dict`).
+        config: the run's `RunConfig` (or its plain-data form, `pipeline.config.to_dict`, parsed here).
         info: run_id, setting, variant, values, seed (copied into the result).
         threads: torch threads for this process (None: leave as is).
     """
@@ -257,7 +244,7 @@ def execute_run(run_dir: str, config: dict[str, Any], info: dict[str, Any], thre
         return {**done, "skipped": True}
     import torch
 
-    from pipeline.config import parse_config
+    from pipeline.config import RunConfig, parse_config
     from pipeline.evaluate import evaluate_run
     from pipeline.train import train_run
 
@@ -269,9 +256,9 @@ def execute_run(run_dir: str, config: dict[str, Any], info: dict[str, Any], thre
         torch.set_num_threads(threads)
     try:
         start = time.perf_counter()
-        cfg = parse_config(config, source=f"{path}/config.yaml")
+        cfg = config if isinstance(config, RunConfig) else parse_config(config, source=f"{path}/config.yaml")
         trained = train_run(cfg, path)
-        metrics = evaluate_run(path, out_dir=path / "eval", plots=False)
+        metrics = evaluate_run(path, out_dir=path / "eval", plots=False, config=cfg)
         seconds = time.perf_counter() - start
     finally:
         torch.set_num_threads(previous)
@@ -288,7 +275,7 @@ def execute_run(run_dir: str, config: dict[str, Any], info: dict[str, Any], thre
         "pid": os.getpid(),
         "finished_at": time.time(),
     }
-    _atomic_json(path / RESULT_FILE, result)
+    atomic_write(path / RESULT_FILE, json.dumps(result, indent=2, default=str) + "\n")
     return {**result, "skipped": False}
 
 
@@ -307,7 +294,7 @@ def _tasks(plan: AblationPlan, out_dir: Path, threads: int | None) -> list[tuple
     tasks = []
     for r in plan.runs:
         info = {"run_id": r.run_id, "setting": r.setting, "variant": r.variant, "values": r.values, "seed": r.seed}
-        tasks.append((r.run_id, (str(out_dir / "runs" / r.run_id), r.config, info, threads)))
+        tasks.append((r.run_id, (str(out_dir / "runs" / r.run_id), r.parsed or r.config, info, threads)))
     return tasks
 
 
@@ -332,12 +319,9 @@ def _run_local(tasks: list[tuple[str, tuple]], *, jobs: int, bar: Any) -> list[d
 
 
 def _run_dask(tasks: list[tuple[str, tuple]], *, workers: int, scheduler: str | None, out_dir: Path, bar: Any):
-    import hashlib
+    from pipeline.distributed import dask_client, map_tasks, task_key
 
-    from pipeline.distributed import dask_client, map_tasks
-
-    tag = hashlib.sha256(str(out_dir.resolve()).encode()).hexdigest()[:8]
-    keyed = [(f"ablate-{tag}-{key}", args) for key, args in tasks]
+    keyed = [(task_key("ablate", out_dir, key), args) for key, args in tasks]
     with dask_client(workers=workers, scheduler=scheduler) as client:
         return map_tasks(client, execute_run, keyed, on_done=lambda _k, _r: bar.update(1))
 
@@ -384,9 +368,11 @@ def run_ablation(
     results.update({key: r for (key, _), r in zip(pending, new, strict=True)})
     results = [results[r.run_id] for r in plan.runs]
     ran = sum(not r.get("skipped") for r in results)
-    table = results_table(results, grid_keys=plan.grid_keys)
-    summary = summary_table(table, sort_by=plan.sort_by)
-    files = write_outputs(out, table=table, summary=summary, sort_by=plan.sort_by)
+    from pipeline.report import ablation_summary, ablation_table, write_ablation_report
+
+    table = ablation_table(results, grid_keys=plan.grid_keys)
+    summary = ablation_summary(table, sort_by=plan.sort_by)
+    files = write_ablation_report(out, table=table, summary=summary, sort_by=plan.sort_by)
     return {
         "ran": ran,
         "skipped": len(results) - ran,
@@ -394,134 +380,6 @@ def run_ablation(
         "summary": summary,
         "files": files,
     }
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# tables and plot
-
-
-def results_table(results: Sequence[Mapping[str, Any]], *, grid_keys: Sequence[str] = ()) -> Any:
-    """One row per run: run_id, setting, variant, seed, grid values, mean metrics, GROUP/metric, timings."""
-    import pandas as pd
-
-    rows = []
-    for r in results:
-        row: dict[str, Any] = {k: r[k] for k in ("run_id", "setting", "variant", "seed")}
-        for key in grid_keys:
-            value = r["values"].get(key)
-            row[key] = value if isinstance(value, int | float | str | bool) else json.dumps(value)
-        mean = r["metrics"]["mean"]
-        row.update({m: mean.get(m) for m in METRIC_COLUMNS})
-        for group, g in r["metrics"]["groups"].items():
-            row.update({f"{group}/{m}": g.get(m) for m in METRIC_COLUMNS})
-        row.update({k: r.get(k) for k in ("val_ap", "train_rows", "train_seconds", "seconds")})
-        rows.append(row)
-    table = pd.DataFrame(rows)
-    metric_cols = [c for c in table.columns if c.split("/")[-1] in METRIC_COLUMNS or c == "val_ap"]
-    table[metric_cols] = table[metric_cols].astype("float64")
-    return table
-
-
-def _group_names(table: Any) -> list[str]:
-    return list(dict.fromkeys(c.rsplit("/", 1)[0] for c in table.columns if "/" in c))
-
-
-def summary_columns(table: Any) -> list[str]:
-    """The metric columns summary.md shows: mean ACC/AP/AUC/real ACC, then each group's fake ACC and AP."""
-    cols = [m for m in SUMMARY_METRICS if m in table.columns]
-    for group in _group_names(table):
-        cols += [f"{group}/{m}" for m in GROUP_SUMMARY_METRICS if f"{group}/{m}" in table.columns]
-    return cols
-
-
-def summary_table(table: Any, *, sort_by: str = DEFAULT_SORT) -> Any:
-    """Mean and std (over seeds, ddof 1) of every summary metric per setting, best `sort_by` first."""
-    if sort_by not in table.columns:
-        known = [c for c in table.columns if c.split("/")[-1] in METRIC_COLUMNS]
-        raise ValueError(f"sort_by {sort_by!r} is not a metric of the results; choose one of {known}")
-    cols = list(dict.fromkeys([*summary_columns(table), sort_by]))
-    grouped = table.groupby("setting", sort=False)
-    out = grouped.agg(variant=("variant", "first"), seeds=("seed", "count"))
-    for col in cols:
-        out[f"{col}.mean"] = grouped[col].mean()
-        out[f"{col}.std"] = grouped[col].std(ddof=1)
-    out = out.reset_index()
-    return out.sort_values(f"{sort_by}.mean", ascending=False, kind="stable").reset_index(drop=True)
-
-
-def _pct(mean: float, std: float) -> str:
-    if mean != mean:  # NaN
-        return "n/a"
-    return f"{100 * mean:.2f}" if std != std else f"{100 * mean:.2f} ± {100 * std:.2f}"
-
-
-def summary_markdown(summary: Any, *, sort_by: str, n_runs: int) -> str:
-    """summary.md: one row per setting, metrics in percent as mean ± std over seeds."""
-    cols = [c[: -len(".mean")] for c in summary.columns if c.endswith(".mean")]
-    head = ["setting", "seeds", *[c.replace("_", " ") for c in cols]]
-    lines = [
-        "# Ablation summary",
-        "",
-        f"{len(summary)} settings, {n_runs} runs; metrics on the test split in percent, mean ± std over seeds "
-        f"(sample std); sorted by {sort_by} (best first). Mean columns average over evaluation groups; "
-        "GROUP/fake acc is the share of that group's fakes called fake at the run's threshold.",
-        "",
-        "| " + " | ".join(head) + " |",
-        "|" + "|".join(["---"] * 2 + ["---:"] * len(cols)) + "|",
-    ]
-    for _, row in summary.iterrows():
-        cells = [str(row["setting"]), str(int(row["seeds"]))]
-        cells += [_pct(float(row[f"{c}.mean"]), float(row[f"{c}.std"])) for c in cols]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def plot_summary(summary: Any, path: str | Path, *, metrics: Sequence[str] = ("acc", "ap", "auc")) -> Path:
-    """Grouped bar chart (one group of bars per setting, one bar per metric) with ± std error bars, as PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    metrics = [m for m in metrics if f"{m}.mean" in summary.columns]
-    n, k = len(summary), len(metrics)
-    x = np.arange(n)
-    width = 0.8 / max(k, 1)
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * n * max(k, 1) * 0.5 + 2), 4.5))
-    lows = []
-    for i, m in enumerate(metrics):
-        mean = 100 * summary[f"{m}.mean"].to_numpy(dtype=float)
-        std = np.nan_to_num(100 * summary[f"{m}.std"].to_numpy(dtype=float))
-        ax.bar(x + (i - (k - 1) / 2) * width, mean, width, yerr=std, capsize=3, label=m.upper().replace("_", " "))
-        lows.append(np.nanmin(mean - std) if n else 0.0)
-    floor = max(0.0, min(lows, default=0.0) - 5.0)
-    ax.set_ylim(floor, 100.5)
-    ax.set_xticks(x, summary["setting"].tolist(), rotation=30, ha="right")
-    ax.set_ylabel("test metric (%), mean ± std over seeds")
-    ax.set_title("Ablation: mean over evaluation groups")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
-def write_outputs(out: Path, *, table: Any, summary: Any, sort_by: str) -> dict[str, Path]:
-    """Write results.parquet, summary.md and summary.png atomically into `out`."""
-    files = {"results": out / "results.parquet", "summary": out / "summary.md", "plot": out / "summary.png"}
-    tmp = out / ".results.parquet.tmp"
-    table.to_parquet(tmp, index=False)
-    os.replace(tmp, files["results"])
-    tmp = out / ".summary.md.tmp"
-    tmp.write_text(summary_markdown(summary, sort_by=sort_by, n_runs=len(table)), encoding="utf-8")
-    os.replace(tmp, files["summary"])
-    tmp = out / ".summary.tmp.png"
-    plot_summary(summary, tmp)
-    os.replace(tmp, files["plot"])
-    return files
 
 
 # ----------------------------------------------------------------------------------------------------------------

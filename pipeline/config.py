@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 _FLOAT_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+BUILD_OPTIONS = {"standardize": bool}  # head keys that are `heads.build` options, not fields of the head's config
 
 
 @dataclass(frozen=True)
@@ -113,12 +114,14 @@ def _coerce(value: Any, hint: Any, *, key: str, source: str) -> Any:
     if origin in (dict, Mapping) or hint is dict:
         if not isinstance(value, Mapping):
             raise ValueError(f"{source}: {key} must be a mapping, got {value!r}")
-        return dict(value)
+        sub = args[1] if len(args) == 2 else Any
+        return {k: _coerce(v, sub, key=f"{key}.{k}", source=source) for k, v in value.items()}
     if origin in (tuple, list) or hint in (tuple, list):
         items = [value] if isinstance(value, str) else value
         if not isinstance(items, Sequence):
             raise ValueError(f"{source}: {key} must be a list, got {value!r}")
-        return tuple(items)
+        sub = args[0] if args and (len(args) == 1 or args[1:] == (Ellipsis,)) else Any
+        return tuple(_coerce(v, sub, key=f"{key}[{i}]", source=source) for i, v in enumerate(items))
     if hint is bool:
         if isinstance(value, bool):
             return value
@@ -140,47 +143,55 @@ def _coerce(value: Any, hint: Any, *, key: str, source: str) -> Any:
     raise ValueError(f"{source}: {key} must be {name}, got {value!r} ({type(value).__name__})")
 
 
-def _build(cls: type, data: Any, *, where: str, source: str) -> Any:
-    """Strictly build dataclass `cls` from a mapping: unknown keys and wrong types raise ValueError."""
+def _fields(
+    cls: type, data: Any, *, where: str, source: str, extra: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The values of a mapping checked against dataclass `cls`: unknown keys and wrong types raise ValueError.
+
+    Every value is converted by its field's type hint (nested dataclasses, lists and mappings element by element),
+    so a quoted "0" stays a string where a string is expected and 1e-3 becomes a float where a float is.
+    `extra` names further allowed keys and their types.
+    """
     if data is None:
         data = {}
     if not isinstance(data, Mapping):
         raise ValueError(f"{source}: {where.rstrip('.') or 'the config'} must be a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    for key in data:
-        if key not in names:
-            raise _unknown_key(str(key), names, where=where, source=source)
+    hints = {**typing.get_type_hints(cls), **(extra or {})}
+    names = [*(f.name for f in dataclasses.fields(cls)), *(extra or {})]
     kwargs = {}
     for key, value in data.items():
+        if key not in names:
+            raise _unknown_key(str(key), names, where=where, source=source)
         sub = hints[key]
         if dataclasses.is_dataclass(sub):
             kwargs[key] = _build(sub, value, where=f"{where}{key}.", source=source)
         else:
             kwargs[key] = _coerce(value, sub, key=where + key, source=source)
+    return kwargs
+
+
+def _build(cls: type, data: Any, *, where: str, source: str) -> Any:
+    """Strictly build dataclass `cls` from a mapping (see `_fields`); missing required fields raise ValueError."""
     try:
-        return cls(**kwargs)
+        return cls(**_fields(cls, data, where=where, source=source))
     except TypeError as err:
         raise ValueError(f"{source}: {where.rstrip('.') or 'the config'} is incomplete: {err}") from None
 
 
-def _numbers_in(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {k: _numbers_in(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_numbers_in(v) for v in value]
-    return _as_number(value)
-
-
 def _head_section(data: Any, *, source: str) -> HeadSection:
+    """The head's name and parameters, checked against its config class (fields the cache fills may be absent)."""
+    import heads
+
     if not isinstance(data, Mapping) or not data.get("name"):
         raise ValueError(
             f"{source}: `head` must be a mapping with a `name` (e.g. head: {{name: linear, inputs: [probe]}})"
         )
-    params = _numbers_in({k: v for k, v in data.items() if k != "name"})
-    if "inputs" in params:
-        inputs = params["inputs"]
-        params["inputs"] = [inputs] if isinstance(inputs, str) else [str(i) for i in inputs]
+    try:
+        cfg_cls = heads.head_class(str(data["name"])).cfg_cls
+    except ValueError as err:
+        raise ValueError(f"{source}: head.name: {err}") from None
+    given = {k: v for k, v in data.items() if k != "name"}
+    params = _plain(_fields(cfg_cls, given, where="head.", source=source, extra=BUILD_OPTIONS))
     if not params.get("inputs"):
         raise ValueError(f"{source}: head.inputs must name the feature(s) the head reads, e.g. [probe]")
     return HeadSection(name=str(data["name"]), params=params)
@@ -242,7 +253,7 @@ def parse_config(data: Mapping[str, Any], *, source: str = "config") -> RunConfi
 
 def _check_values(cfg: RunConfig, *, source: str) -> None:
     """Value checks the types cannot express."""
-    from pipeline.evaluate import REAL_POLICIES, parse_threshold
+    from pipeline.metrics import REAL_POLICIES, parse_threshold
 
     if not 0.0 <= cfg.data.val_fraction < 1.0:
         raise ValueError(f"{source}: data.val_fraction must be in [0, 1), got {cfg.data.val_fraction}")
@@ -260,11 +271,66 @@ def _check_values(cfg: RunConfig, *, source: str) -> None:
 # files and overrides
 
 
-def parse_value(text: str) -> Any:
-    """A `--set` value: YAML-parsed (`[a, b]`, `true`, `null`, `0.1`), number-looking strings become floats."""
+def _yaml_classes() -> tuple[type, type]:
+    """yaml's SafeLoader / SafeDumper that also treat `1e-3` (no dot: YAML 1.1 keeps it a string) as a float.
+
+    The loader reads a bare 1e-3 as a number and a quoted '1e-3' as text; the dumper quotes such strings, so a
+    written config reads back equal.
+    """
     import yaml
 
-    return _as_number(yaml.safe_load(text)) if text.strip() else ""
+    class Loader(yaml.SafeLoader):
+        pass
+
+    class Dumper(yaml.SafeDumper):
+        pass
+
+    for cls in (Loader, Dumper):
+        cls.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_RE, list("-+0123456789."))
+    return Loader, Dumper
+
+
+def parse_yaml(text: str) -> Any:
+    """YAML text as plain data (`yaml.safe_load` rules, plus `1e-3` read as a number)."""
+    import yaml
+
+    return yaml.load(text, Loader=_yaml_classes()[0])  # noqa: S506 - a SafeLoader subclass: builds plain data only
+
+
+def dump_yaml(data: Any) -> str:
+    """Plain data as YAML text that `parse_yaml` reads back equal (keys in their order)."""
+    import yaml
+
+    return yaml.dump(data, Dumper=_yaml_classes()[1], sort_keys=False)
+
+
+def read_yaml(path: str | Path, *, what: str = "a run config", missing: str = "") -> dict[str, Any]:
+    """Read a YAML mapping file; a missing file, invalid YAML or a non-mapping is an error naming the path.
+
+    Args:
+        path: the file.
+        what: what the mapping is, for the error ("a run config", "an ablation config").
+        missing: the whole message when the file does not exist (default: names the presets).
+    """
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            missing or f"config {path} does not exist (presets live in configs/, e.g. configs/uar.yaml)"
+        )
+    try:
+        raw = parse_yaml(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"{path}: {what} is a YAML mapping")
+    return dict(raw)
+
+
+def parse_value(text: str) -> Any:
+    """A `--set` value, YAML-parsed: `[a, b]`, `true`, `null`, `0.1`, `1e-4` (a number), `'1e-4'` (a string)."""
+    return parse_yaml(text) if text.strip() else ""
 
 
 def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
@@ -323,22 +389,12 @@ def load_config(
         overrides: `key.sub=value` strings.
         caches: `[ALIAS=]PATH` strings replacing the config's caches.
     """
-    import yaml
-
-    raw: Any = {}
+    raw: dict[str, Any] = {}
     source = "--set"
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config {path} does not exist (presets live in configs/, e.g. configs/uar.yaml)")
-        try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as err:
-            raise ValueError(f"{path}: not valid YAML: {err}") from None
+        raw = read_yaml(path)
         source = f"{path}" + (" (with --set)" if overrides else "")
-    if not isinstance(raw, Mapping):
-        raise ValueError(f"{source}: a run config is a YAML mapping")
-    raw = override_caches(raw, caches) if caches else dict(raw)
+    raw = override_caches(raw, caches) if caches else raw
     return parse_config(apply_overrides(raw, overrides), source=source)
 
 
@@ -358,11 +414,11 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def save_config(cfg: RunConfig, directory: str | Path) -> Path:
-    """Write the resolved config to DIRECTORY/config.yaml; `load_config` reads it back to an equal RunConfig."""
-    import yaml
-
+def save_config(cfg: RunConfig | Mapping[str, Any], directory: str | Path) -> Path:
+    """Write the resolved config (a RunConfig or its `to_dict` form) to DIRECTORY/config.yaml; `load_config` reads
+    it back to an equal RunConfig."""
     path = Path(directory) / "config.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False), encoding="utf-8")
+    data = to_dict(cfg) if isinstance(cfg, RunConfig) else dict(cfg)
+    path.write_text(dump_yaml(data), encoding="utf-8")
     return path

@@ -1,4 +1,7 @@
-"""Run shard tasks (extraction, ablation runs) on a dask cluster: a LocalCluster of processes or a remote scheduler."""
+"""Run idempotent tasks on a dask cluster (a LocalCluster of processes or a remote scheduler); knows no stage.
+
+`aigi extract` (shards) and `aigi ablate` (runs) build their tasks and hand them to `map_tasks`.
+"""
 
 from __future__ import annotations
 
@@ -42,6 +45,12 @@ def dask_client(*, workers: int = 0, scheduler: str | None = None, threads_per_w
         yield client
 
 
+def task_key(stage: str, target: str | os.PathLike, name: str) -> str:
+    """A dask key naming the stage, the output folder (8 hex of its absolute path's sha256) and the task."""
+    tag = hashlib.sha256(os.path.abspath(target).encode()).hexdigest()[:8]
+    return f"{stage}-{tag}-{name}"
+
+
 def map_tasks(
     client: Any,
     fn: Callable[..., dict],
@@ -67,22 +76,3 @@ def map_tasks(
         if on_done is not None:
             on_done(key, results[key])
     return [results[key] for key, _ in tasks]
-
-
-def run_distributed(cfg, tasks: list, *, workers: int = 0, scheduler: str | None = None) -> list[dict]:
-    """Extract every shard task on dask; the driver writes `cache.json` first and shows progress over images."""
-    from tqdm import tqdm
-
-    from pipeline.extract import _writer, get_extractor, run_shard
-
-    _writer(cfg, get_extractor(cfg))  # cache.json and the fingerprint guard, before any worker writes a shard
-    resources = {"GPU": 1} if str(cfg.device).startswith("cuda") else None
-    total = sum(len(rows) for _, rows in tasks)
-    tag = hashlib.sha256(os.path.abspath(cfg.cache).encode()).hexdigest()[:8]
-    keyed = [(f"extract-{tag}-{index:05d}", (cfg, index, rows)) for index, rows in tasks]
-    with (
-        dask_client(workers=workers, scheduler=scheduler) as client,
-        tqdm(total=total, unit="img", desc=f"extract {cfg.backbone} (dask)", disable=None, dynamic_ncols=True) as bar,
-    ):
-        sizes = {key: len(args[2]) for key, args in keyed}
-        return map_tasks(client, run_shard, keyed, resources=resources, on_done=lambda k, _: bar.update(sizes[k]))

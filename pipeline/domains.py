@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from common.files import atomic_path
+
 DOMAINS = ("human", "animal", "object", "scene", "anime")
 
 # Prompt ensembles per domain (CLIP zero-shot: mean of the normalised text embeddings, renormalised).
@@ -284,10 +286,8 @@ def fill_manifest(manifest: Any, domains: Any, *, overwrite: bool = False) -> tu
 
 
 def _write_table(frame: Any, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    frame.to_parquet(tmp, index=False)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        frame.to_parquet(tmp, index=False)
     return path
 
 

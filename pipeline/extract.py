@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -13,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from common.files import atomic_path, atomic_write
 
 JOBS_DIR = "jobs"
 KEY_COLUMNS = ["image_id", "view"]
@@ -111,12 +112,9 @@ def load_or_create_job(cfg: ExtractConfig, rows: pd.DataFrame, cached_keys: set[
     }
     jobs.mkdir(parents=True, exist_ok=True)
     keys = todo[KEY_COLUMNS].reset_index(drop=True).astype(str)
-    tmp = keys_file.with_name(keys_file.name + ".tmp")
-    keys.to_parquet(tmp, index=False)
-    os.replace(tmp, keys_file)
-    tmp = plan_file.with_name(plan_file.name + ".tmp")
-    tmp.write_text(json.dumps(plan, indent=1))
-    os.replace(tmp, plan_file)
+    with atomic_path(keys_file) as tmp:
+        keys.to_parquet(tmp, index=False)
+    atomic_write(plan_file, json.dumps(plan, indent=1))
     plan["keys"] = keys
     return plan
 
@@ -288,6 +286,24 @@ def run_local(cfg: ExtractConfig, tasks: list[tuple[int, pd.DataFrame]]) -> list
     return results
 
 
+def run_dask(cfg: ExtractConfig, tasks: list, *, workers: int = 0, scheduler: str | None = None) -> list[dict]:
+    """Extract every shard task on dask; the driver writes `cache.json` first and shows progress over images."""
+    from tqdm import tqdm
+
+    from pipeline.distributed import dask_client, map_tasks, task_key
+
+    _writer(cfg, get_extractor(cfg))  # cache.json and the fingerprint guard, before any worker writes a shard
+    resources = {"GPU": 1} if str(cfg.device).startswith("cuda") else None
+    total = sum(len(rows) for _, rows in tasks)
+    keyed = [(task_key("extract", cfg.cache, f"{index:05d}"), (cfg, index, rows)) for index, rows in tasks]
+    with (
+        dask_client(workers=workers, scheduler=scheduler) as client,
+        tqdm(total=total, unit="img", desc=f"extract {cfg.backbone} (dask)", disable=None, dynamic_ncols=True) as bar,
+    ):
+        sizes = {key: len(args[2]) for key, args in keyed}
+        return map_tasks(client, run_shard, keyed, resources=resources, on_done=lambda k, _: bar.update(sizes[k]))
+
+
 def summarize(results: list[dict], seconds: float, cfg: ExtractConfig) -> str:
     done = [r for r in results if not r["skipped"]]
     rows = sum(r["rows"] for r in done)
@@ -329,9 +345,7 @@ def run(args: argparse.Namespace) -> int:
     if plan.get("skipped_already_cached"):
         print(f"{plan['skipped_already_cached']} row(s) already in the cache are not extracted again", file=sys.stderr)
     if getattr(args, "workers", 0) or getattr(args, "scheduler", None):
-        from pipeline.distributed import run_distributed
-
-        results = run_distributed(cfg, tasks, workers=args.workers, scheduler=args.scheduler)
+        results = run_dask(cfg, tasks, workers=args.workers, scheduler=args.scheduler)
     else:
         results = run_local(cfg, tasks)
     print(summarize(results, time.perf_counter() - start, cfg))

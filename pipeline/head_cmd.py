@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from common.files import sha256_file
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `aigi head import-uar | import-gapl | info`."""
@@ -35,7 +37,7 @@ def run_import_uar(args: argparse.Namespace) -> int:
     import heads
 
     head = heads.uar_linear(args.file, feature=args.feature)
-    meta = {"imported_from": {"kind": "uar", "file": args.file.name, "sha256": _sha256(args.file)}}
+    meta = {"imported_from": {"kind": "uar", "file": args.file.name, "sha256": sha256_file(args.file)}}
     heads.save(head, args.out, meta=meta)
     print(f"wrote {args.out} (linear head on '{args.feature}', {head.cfg.in_dim}-d)")
     return 0
@@ -47,7 +49,7 @@ def run_import_gapl(args: argparse.Namespace) -> int:
     head = heads.gapl_prototype(args.stage1, args.prototypes, feature=args.feature)
     files = {"stage1": args.stage1, "prototypes": args.prototypes}
     meta = {
-        "imported_from": {"kind": "gapl", **{k: {"file": p.name, "sha256": _sha256(p)} for k, p in files.items()}},
+        "imported_from": {"kind": "gapl", **{k: {"file": p.name, "sha256": sha256_file(p)} for k, p in files.items()}},
         "note": "attention and classifier are untrained: run `aigi train` (stage 2) before scoring",
     }
     heads.save(head, args.out, meta=meta)
@@ -74,11 +76,3 @@ def run_info(args: argparse.Namespace) -> int:
         if key not in ("format", "version", "name", "config", "inputs"):
             print(f"{key:<9} {json.dumps(value, default=str)[:300]}")
     return 0
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist")
-    return hashlib.sha256(path.read_bytes()).hexdigest()

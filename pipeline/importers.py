@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from common.files import atomic_path
 from pipeline.index import add_split_args, apply_splits
 
 LABEL_DIRS = ("0_real", "1_fake")
@@ -82,10 +82,8 @@ def import_uar(
 
 
 def _save_npy(path: Path, arr: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.save(f, arr, allow_pickle=False)
-    os.replace(tmp, path)
 
 
 def export_npy(cache_path: str | Path, out: str | Path, *, feature: str | None = None, view: str = "orig") -> int:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+
+from common.files import sha256_file
 
 LAYOUTS = ("auto", "uar", "genimage", "flat", "csv")
 LABEL_DIRS = {"0_real": 0, "1_fake": 1}
@@ -109,15 +110,6 @@ def detect_layout(root: Path) -> str:
         f"{root}: no known layout: expected <source>/0_real|1_fake (ForenSynths/UAR), <gen>/train|val/ai|nature "
         "(GenImage), real/ + fake/ (flat), or pass --layout csv --csv FILE"
     )
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _describe(found: list[Found], root: Path, *, progress: bool) -> tuple[pd.DataFrame, list[tuple[str, str]]]:

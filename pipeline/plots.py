@@ -1,9 +1,9 @@
-"""PNG plots of an evaluation (matplotlib Agg): ROC per group, ACC by group, score histograms by label."""
+"""Every PNG figure (matplotlib Agg): an evaluation's ROC, ACC by group, score histograms; an ablation's bars."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -112,5 +112,33 @@ def _save(fig, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     import matplotlib.pyplot as plt
 
+    plt.close(fig)
+    return path
+
+
+def ablation_plot(summary: Any, path: str | Path, *, metrics: Sequence[str] = ("acc", "ap", "auc")) -> Path:
+    """Grouped bar chart (one group of bars per setting, one bar per metric) with ± std error bars, as PNG."""
+    plt = _pyplot()
+    metrics = [m for m in metrics if f"{m}.mean" in summary.columns]
+    n, k = len(summary), len(metrics)
+    x = np.arange(n)
+    width = 0.8 / max(k, 1)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * n * max(k, 1) * 0.5 + 2), 4.5))
+    lows = []
+    for i, m in enumerate(metrics):
+        mean = 100 * summary[f"{m}.mean"].to_numpy(dtype=float)
+        std = np.nan_to_num(100 * summary[f"{m}.std"].to_numpy(dtype=float))
+        ax.bar(x + (i - (k - 1) / 2) * width, mean, width, yerr=std, capsize=3, label=m.upper().replace("_", " "))
+        lows.append(np.nanmin(mean - std) if n else 0.0)
+    floor = max(0.0, min(lows, default=0.0) - 5.0)
+    ax.set_ylim(floor, 100.5)
+    ax.set_xticks(x, summary["setting"].tolist(), rotation=30, ha="right")
+    ax.set_ylabel("test metric (%), mean ± std over seeds")
+    ax.set_title("Ablation: mean over evaluation groups")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120, format="png")
     plt.close(fig)
     return path

@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from common.files import sha256_file
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".jfif"}
 
 
@@ -118,17 +120,11 @@ def load_batch(paths: list[Path], transform) -> tuple[list[int], Any, list[tuple
     ok, tensors, bad = [], [], []
     for i, path in enumerate(paths):
         try:
-            tensors.append(transform(load_image(path), _file_id(path)))
+            tensors.append(transform(load_image(path), sha256_file(path)))
             ok.append(i)
         except ImageLoadError as err:
             bad.append((i, err.reason))
     return ok, (torch.stack(tensors) if tensors else None), bad
-
-
-def _file_id(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def features_for(paths: list[Path], backbones: dict[str, Any], *, batch_size: int) -> tuple[dict, list[int], dict]:

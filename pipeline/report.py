@@ -1,4 +1,5 @@
-"""Write an evaluation's files: report.md (papers-style tables), metrics.csv, metrics.json, scores.parquet, plots."""
+"""Every table and report file: an evaluation's report.md (papers-style table), metrics.csv, metrics.json,
+scores.parquet and plots; an ablation's results.parquet, summary.md and summary.png. Figures are drawn by `plots`."""
 
 from __future__ import annotations
 
@@ -11,7 +12,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-COLUMNS = (("n", "n"), ("acc", "ACC"), ("real_acc", "Real ACC"), ("fake_acc", "Fake ACC"), ("ap", "AP"), ("auc", "AUC"))
+from common.files import atomic_path, atomic_write
+from pipeline.metrics import METRICS
+
+LABELS = {"n": "n", "acc": "ACC", "real_acc": "Real ACC", "fake_acc": "Fake ACC", "ap": "AP", "auc": "AUC"}
+COLUMNS = tuple((key, LABELS[key]) for key in ("n", *METRICS))
+SUMMARY_METRICS = ("acc", "ap", "auc", "real_acc")  # an ablation summary's mean columns
+GROUP_SUMMARY_METRICS = ("fake_acc", "ap")  # and its per-group columns
 
 
 def _clean(value: Any) -> Any:
@@ -32,7 +39,7 @@ def metrics_table(metrics: Mapping[str, Any]) -> pd.DataFrame:
     rows = []
     for name, row in [*metrics["groups"].items(), ("mean", metrics["mean"])]:
         out: dict[str, Any] = {"group": name}
-        out.update({k: row.get(k) for k in ("n", "n_real", "n_fake", "acc", "real_acc", "fake_acc", "ap", "auc")})
+        out.update({k: row.get(k) for k in ("n", "n_real", "n_fake", *METRICS)})
         for key, bounds in (row.get("ci") or {}).items():
             if isinstance(bounds, list):
                 out[f"{key}_lo"], out[f"{key}_hi"] = bounds
@@ -98,11 +105,11 @@ def write_report(
 
     Args:
         out_dir: the report directory (created).
-        metrics: `pipeline.evaluate.summarize`'s result.
+        metrics: `pipeline.metrics.summarize`'s result.
         scores: one row per scored row: image_id, view, label, group columns, score.
         title: the report's heading.
         context: bullet lines describing the run (head, cache, split).
-        index: group name -> positional row indices into `scores` (`evaluate.assemble_groups`); by default the
+        index: group name -> positional row indices into `scores` (`metrics.assemble_groups`); by default the
             rows are grouped by `metrics["by"]` as they are.
         plots: also draw roc.png, acc_by_group.png and score_hist.png.
 
@@ -129,4 +136,96 @@ def write_report(
     files["report.md"] = out / "report.md"
     text = markdown(clean, title=title, context=context, plots=[p.name for p in pngs])
     files["report.md"].write_text(text, encoding="utf-8")
+    return files
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# ablation tables
+
+
+
+def ablation_table(results: Sequence[Mapping[str, Any]], *, grid_keys: Sequence[str] = ()) -> Any:
+    """One row per run: run_id, setting, variant, seed, grid values, mean metrics, GROUP/metric, timings."""
+    rows = []
+    for r in results:
+        row: dict[str, Any] = {k: r[k] for k in ("run_id", "setting", "variant", "seed")}
+        for key in grid_keys:
+            value = r["values"].get(key)
+            row[key] = value if isinstance(value, int | float | str | bool) else json.dumps(value)
+        mean = r["metrics"]["mean"]
+        row.update({m: mean.get(m) for m in METRICS})
+        for group, g in r["metrics"]["groups"].items():
+            row.update({f"{group}/{m}": g.get(m) for m in METRICS})
+        row.update({k: r.get(k) for k in ("val_ap", "train_rows", "train_seconds", "seconds")})
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    metric_cols = [c for c in table.columns if c.split("/")[-1] in METRICS or c == "val_ap"]
+    table[metric_cols] = table[metric_cols].astype("float64")
+    return table
+
+
+def _group_names(table: Any) -> list[str]:
+    return list(dict.fromkeys(c.rsplit("/", 1)[0] for c in table.columns if "/" in c))
+
+
+def ablation_summary_columns(table: Any) -> list[str]:
+    """The metric columns summary.md shows: mean ACC/AP/AUC/real ACC, then each group's fake ACC and AP."""
+    cols = [m for m in SUMMARY_METRICS if m in table.columns]
+    for group in _group_names(table):
+        cols += [f"{group}/{m}" for m in GROUP_SUMMARY_METRICS if f"{group}/{m}" in table.columns]
+    return cols
+
+
+def ablation_summary(table: Any, *, sort_by: str) -> Any:
+    """Mean and std (over seeds, ddof 1) of every summary metric per setting, best `sort_by` first."""
+    if sort_by not in table.columns:
+        known = [c for c in table.columns if c.split("/")[-1] in METRICS]
+        raise ValueError(f"sort_by {sort_by!r} is not a metric of the results; choose one of {known}")
+    cols = list(dict.fromkeys([*ablation_summary_columns(table), sort_by]))
+    grouped = table.groupby("setting", sort=False)
+    out = grouped.agg(variant=("variant", "first"), seeds=("seed", "count"))
+    for col in cols:
+        out[f"{col}.mean"] = grouped[col].mean()
+        out[f"{col}.std"] = grouped[col].std(ddof=1)
+    out = out.reset_index()
+    return out.sort_values(f"{sort_by}.mean", ascending=False, kind="stable").reset_index(drop=True)
+
+
+def _pct(mean: float, std: float) -> str:
+    if mean != mean:  # NaN
+        return "n/a"
+    return f"{100 * mean:.2f}" if std != std else f"{100 * mean:.2f} ± {100 * std:.2f}"
+
+
+def ablation_markdown(summary: Any, *, sort_by: str, n_runs: int) -> str:
+    """summary.md: one row per setting, metrics in percent as mean ± std over seeds."""
+    cols = [c[: -len(".mean")] for c in summary.columns if c.endswith(".mean")]
+    head = ["setting", "seeds", *[c.replace("_", " ") for c in cols]]
+    lines = [
+        "# Ablation summary",
+        "",
+        f"{len(summary)} settings, {n_runs} runs; metrics on the test split in percent, mean ± std over seeds "
+        f"(sample std); sorted by {sort_by} (best first). Mean columns average over evaluation groups; "
+        "GROUP/fake acc is the share of that group's fakes called fake at the run's threshold.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join(["---"] * 2 + ["---:"] * len(cols)) + "|",
+    ]
+    for _, row in summary.iterrows():
+        cells = [str(row["setting"]), str(int(row["seeds"]))]
+        cells += [_pct(float(row[f"{c}.mean"]), float(row[f"{c}.std"])) for c in cols]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_ablation_report(out: Path, *, table: Any, summary: Any, sort_by: str) -> dict[str, Path]:
+    """Write an ablation's results.parquet, summary.md and summary.png atomically into `out`."""
+    from pipeline.plots import ablation_plot
+
+    files = {"results": out / "results.parquet", "summary": out / "summary.md", "plot": out / "summary.png"}
+    with atomic_path(files["results"]) as tmp:
+        table.to_parquet(tmp, index=False)
+    atomic_write(files["summary"], ablation_markdown(summary, sort_by=sort_by, n_runs=len(table)))
+    with atomic_path(files["plot"]) as tmp:
+        ablation_plot(summary, tmp)
     return files

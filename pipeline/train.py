@@ -1,14 +1,11 @@
-"""The `aigi train` stage: run config + feature cache(s) -> a fitted head in RUN_DIR; also the row loading eval uses."""
+"""The `aigi train` stage: run config + feature cache(s) -> a fitted head in RUN_DIR (rows: `pipeline.rows`)."""
 
 from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 TRAIN_HELP = """\
 Trains the head a run config names on the rows of its cache(s) with split == train and writes RUN_DIR/head.json +
@@ -20,103 +17,6 @@ of the training pairs (pair_id, or image_id for unpaired rows), so a real and it
 Paths in the config and on the command line are relative to the working directory.
 """
 
-GROUP_COLUMNS = ("source", "domain")
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# rows: shared by train and eval
-
-
-def open_caches(paths: Mapping[str, str]) -> dict[str, Any]:
-    """Open every cache of a run: alias -> `cache.Cache`."""
-    import cache
-
-    if not paths:
-        raise ValueError("the run names no cache: set data.caches in the config or pass --cache PATH")
-    return {alias: cache.open(path) for alias, path in paths.items()}
-
-
-def feature_plan(caches: Mapping[str, Any], inputs: Sequence[str]) -> dict[str, list[str]]:
-    """Which features to read from which cache: `alias/name` picks a cache, a bare name must be in exactly one."""
-    plan: dict[str, list[str]] = {alias: [] for alias in caches}
-    for name in inputs:
-        alias, sep, feat = name.partition("/")
-        if sep and alias in caches:
-            owners = [alias] if feat in caches[alias].features else []
-        else:
-            feat, owners = name, [a for a, c in caches.items() if name in c.features]
-        if len(owners) != 1:
-            have = {a: sorted(c.features) for a, c in caches.items()}
-            what = "is in no cache" if not owners else f"is in several caches ({owners}); name it ALIAS/{feat}"
-            raise ValueError(f"head input {name!r} {what}; the caches hold {have}")
-        plan[owners[0]].append(feat)
-    return {alias: feats for alias, feats in plan.items() if feats}
-
-
-def load_rows(caches: Mapping[str, Any], *, inputs: Sequence[str], where: Mapping[str, Any], domains: str = "") -> Any:
-    """The rows matching `where` with the head's input features, joined across caches on (image_id, view).
-
-    `domains` (data.domains) names an `aigi domains` table whose domain replaces each row's `domain` by image_id.
-    """
-    import cache
-
-    plan = feature_plan(caches, inputs)
-    sets = {alias: caches[alias].load(feats, where=dict(where)) for alias, feats in plan.items()}
-    fs = next(iter(sets.values())) if len(sets) == 1 else cache.join(sets)
-    missing = [name for name in inputs if name not in fs.features]
-    if missing:
-        raise ValueError(
-            f"after joining {list(sets)} the features are {sorted(fs.features)}; inputs {missing} are "
-            "missing (name them ALIAS/FEATURE when two caches share a name)"
-        )
-    if domains:
-        from pipeline.domains import attach_domains
-
-        fs = attach_domains(fs, domains)
-    return fs
-
-
-def train_val_rows(caches: Mapping[str, Any], data: Any, *, inputs: Sequence[str]) -> tuple[Any, Any, str]:
-    """Training and validation FeatureSets of a run, following the validation policy (see TRAIN_HELP).
-
-    Returns:
-        (train, val or None, a sentence describing where val came from).
-    """
-    import cache
-
-    col = data.split_column
-    rows = load_rows(caches, inputs=inputs, where={**data.where, col: [data.train, data.val]}, domains=data.domains)
-    split = rows.column(col).astype(str)
-    train, val = rows.subset(split == data.train), rows.subset(split == data.val)
-    if len(train) == 0:
-        first = next(iter(caches.values()))
-        present = sorted(first.meta()[col].astype(str).unique().tolist()) if col in first.meta().columns else []
-        raise ValueError(
-            f"no training rows: no row of {list(caches)} has {col} == {data.train!r} with "
-            f"{dict(data.where)} (values present: {present}); assign splits at import/index time"
-        )
-    if len(val):
-        return train, val, f"{len(val)} rows with {col} == {data.val!r}"
-    if data.val_fraction <= 0:
-        return train, None, "none (data.val_fraction is 0)"
-    ratios = {"train": 1.0 - data.val_fraction, "val": data.val_fraction}
-    cut = cache.assign_splits(train.meta, ratios, seed=data.val_seed)["split"].astype(str).to_numpy()
-    if not (cut == "val").any() or not (cut == "train").any():
-        return train, None, f"none (too few training pairs for a {data.val_fraction:g} validation share)"
-    how = (
-        f"{int((cut == 'val').sum())} rows: a seeded {data.val_fraction:g} of the training pairs (seed {data.val_seed})"
-    )
-    return train.subset(cut == "train"), train.subset(cut == "val"), how
-
-
-def groups_of(fs: Any) -> dict[str, np.ndarray]:
-    """Per-row string columns multi-stage heads select rows by."""
-    return {c: fs.column(c).astype(str) for c in GROUP_COLUMNS if c in fs.meta.columns}
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# training
-
 
 def train_run(cfg: Any, run_dir: str | Path) -> dict[str, Any]:
     """Fit the head of `cfg` (a `pipeline.config.RunConfig`) and save it with its metadata in `run_dir`.
@@ -126,8 +26,10 @@ def train_run(cfg: Any, run_dir: str | Path) -> dict[str, Any]:
     """
     import heads
     from pipeline.config import save_config, to_dict
-    from pipeline.evaluate import binary_metrics
+    from pipeline.metrics import binary_metrics
+    from pipeline.rows import groups_of, open_caches, train_val_rows
 
+    resolved = to_dict(cfg)
     caches = open_caches(cfg.data.caches)
     train, val, val_how = train_val_rows(caches, cfg.data, inputs=cfg.head.inputs)
     fit_cfg = heads.FitConfig(**cfg.fit)
@@ -153,7 +55,7 @@ def train_run(cfg: Any, run_dir: str | Path) -> dict[str, Any]:
         },
         "fingerprints": {a: c.fingerprint for a, c in caches.items()},
         "extractor_spec": {a: c.spec for a, c in caches.items()},
-        "run_config": to_dict(cfg),
+        "run_config": resolved,
         "fit": dict(cfg.fit),
         "history": history,
         "train_rows": len(train),
@@ -163,7 +65,7 @@ def train_run(cfg: Any, run_dir: str | Path) -> dict[str, Any]:
     }
     run_dir = Path(run_dir)
     heads.save(head, run_dir, meta=meta)
-    save_config(cfg, run_dir)
+    save_config(resolved, run_dir)
     return {
         "head": cfg.head.name,
         "train_rows": len(train),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -114,26 +113,6 @@ def encoding_for(spec: str, source: str | Path) -> Encoding:
     return Encoding("jpeg", {"quality": quality, "subsampling": sampling if sampling in (0, 1, 2) else 2})
 
 
-def write_atomic(data: bytes, path: Path) -> None:
-    """Write `data` to `path` through a temporary sibling and `os.replace`: readers see all or nothing."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def sha256_bytes(data: bytes) -> str:
     """Hex sha256 of `data` (the manifest's image_id of a written file)."""
     return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -19,8 +19,9 @@ import pandas as pd
 from PIL import Image
 
 from cache import read_manifest, write_manifest
+from common.files import atomic_write, sha256_file
 from extractors.images import ImageLoadError, load_image, probe_image
-from pipeline.fakes.imageio import Encoding, encoding_for, parse_format, sha256_file, write_atomic
+from pipeline.fakes.imageio import Encoding, encoding_for, parse_format
 
 # A transform maps same-key images (and their ids) to outputs of the same sizes; see VaeTransform / SrTransform.
 Transform = Callable[[list[Image.Image], list[str]], list[Image.Image]]
@@ -212,8 +213,8 @@ class FakeMaker:
     def _save(self, item: _Item, real: Image.Image, fake: Image.Image) -> None:
         enc = self._encoding(item)
         if item.real_path is not None:
-            write_atomic(enc.encode(real), item.real_path)
-        write_atomic(enc.encode(fake), item.fake_path)  # last: its presence marks the item done
+            atomic_write(item.real_path, enc.encode(real), fsync=True)
+        atomic_write(item.fake_path, enc.encode(fake), fsync=True)  # last: its presence marks the item done
 
     def _encoding(self, item: _Item) -> Encoding:
         enc = encoding_for(self.cfg.fmt, item.src)
@@ -257,7 +258,7 @@ class FakeMaker:
     def _write_errors(base: Path, errors: list[dict]) -> None:
         path = base / "errors.json"
         if errors:
-            write_atomic(json.dumps(errors, indent=1).encode(), path)
+            atomic_write(path, json.dumps(errors, indent=1), fsync=True)
         elif path.exists():
             path.unlink()
 

@@ -199,7 +199,7 @@ def save_small_sr(model: nn.Module, path: Path) -> Path:
 
 def crops_of_bundled_photos(data: DataSettings, folder: Path) -> np.ndarray:
     """Crops of the bundled photos as uint8 [N, H, W, 3] (written as PNG under `folder`)."""
-    from pipeline.demo_data import collect_photos, cut_crops, load_rgb
+    from pipeline.demo.data import collect_photos, cut_crops, load_rgb
 
     photos, _ = collect_photos()
     table = cut_crops(photos, folder, n_crops=data.crops, size=data.size, seed=data.seed)

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from common.device import resolve_device
 from pipeline.fakes.ops import padded_size, read_checkpoint, stack_padded, to_image, to_tensor
-from pipeline.fakes.vae import resolve_device
 
 
 @dataclass

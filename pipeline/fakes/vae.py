@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from common.device import resolve_device
 from pipeline.fakes.ops import padded_size, read_checkpoint, stack_padded, to_image, to_tensor
 from pipeline.fakes.taesd import TinyAutoencoder, load_pair
 
@@ -21,13 +22,6 @@ VAE_KEY_ROOTS = ("encoder.", "decoder.", "quant_conv.", "post_quant_conv.")
 # Images up to this side are encoded whole; larger ones in overlapping tiles (diffusers' tiled encode/decode).
 DEFAULT_TILE = 1024
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """`auto` -> CUDA when available, else CPU; anything else is passed to torch.device."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:

@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 import cache
+import common.files as file_io
 from cache import shards as shard_io
 from tests.cache.helpers import FEATURES, SPEC, rows
 
@@ -71,7 +72,7 @@ def test_exception_inside_a_shard_write_leaves_no_file(tmp_path, fmt, monkeypatc
             raise OSError("disk vanished")
         real_replace(src, dst)
 
-    monkeypatch.setattr(shard_io.os, "replace", exploding_replace)
+    monkeypatch.setattr(file_io.os, "replace", exploding_replace)
     with pytest.raises(OSError, match="disk vanished"):
         w.write_shard(
             1,

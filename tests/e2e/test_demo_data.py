@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline import demo_data
-from pipeline.demo_data import (
+from pipeline.demo import data as demo_data
+from pipeline.demo.data import (
     PHOTO_SOURCES,
     Photo,
     collect_photos,

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import extractors
-from extractors.weights import _SHA_CACHE, file_sha256, read_state_dict
+from extractors.weights import read_state_dict
 
 from . import tiny
 
@@ -140,17 +140,6 @@ def test_intermediate_only_requests_stop_early() -> None:
     ex = extractors.build("timm:vit_tiny_patch16_224", features=["l1.mean"], device="cpu", **tiny.TIMM_TINY)
     assert len(ex.model.model.blocks) == 2  # blocks after the deepest requested one are dropped
     assert ex(torch.randn(1, 3, 224, 224))["l1.mean"].shape == (1, 192)
-
-
-def test_file_sha256_streams_and_caches(tmp_path: Path) -> None:
-    path = tmp_path / "w.bin"
-    path.write_bytes(b"a" * 10_000_000)
-    assert file_sha256(path) == hashlib.sha256(b"a" * 10_000_000).hexdigest()
-    key = next(k for k in _SHA_CACHE if k[0] == str(path.resolve()))
-    _SHA_CACHE[key] = "cached"
-    assert file_sha256(path) == "cached"  # same (path, size, mtime): not hashed again
-    path.write_bytes(b"b")
-    assert file_sha256(path) == hashlib.sha256(b"b").hexdigest()  # changed file: hashed again
 
 
 def test_read_state_dict_formats_and_refusals(tmp_path: Path) -> None:

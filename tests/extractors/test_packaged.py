@@ -7,8 +7,8 @@ import importlib.metadata
 import pytest
 import torch
 
+from common.files import sha256_file
 from extractors.packaged import PACKAGED, find_packaged_weights
-from extractors.weights import file_sha256
 
 
 def test_unknown_arch_finds_nothing():
@@ -22,7 +22,7 @@ def test_installed_mobilenet_v2_is_the_recorded_file():
     except importlib.metadata.PackageNotFoundError:
         pytest.skip(f"{entry.distribution} is not installed (the `demo` extra installs it)")
     path, found = find_packaged_weights("mobilenetv2_100")
-    assert found == entry and file_sha256(path) == entry.sha256
+    assert found == entry and sha256_file(path) == entry.sha256
     state = torch.load(path, weights_only=True, map_location="cpu")
     assert len(state) == 312 and tuple(state["features.18.0.weight"].shape) == (1280, 320, 1, 1)
 

@@ -18,10 +18,11 @@ import yaml
 from PIL import Image
 
 import cache
-from pipeline.ablate import expand, load_ablation, read_result, run_ablation, summary_markdown
+from pipeline.ablate import expand, load_ablation, read_result, run_ablation
 from pipeline.cli import main
 from pipeline.config import parse_config, to_dict
 from pipeline.evaluate import evaluate_run
+from pipeline.report import ablation_markdown
 from pipeline.train import train_run
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -157,7 +158,7 @@ def test_summary_is_mean_and_std_over_seeds(finished: dict) -> None:
         assert row["auc.mean"] == pytest.approx(auc.mean())
         assert row["auc.std"] == pytest.approx(np.std(auc, ddof=1))
     text = (finished["out"] / "summary.md").read_text()
-    assert text == summary_markdown(summary, sort_by="auc", n_runs=4)
+    assert text == ablation_markdown(summary, sort_by="auc", n_runs=4)
     best = summary.iloc[0]
     cell = f"{100 * best['auc.mean']:.2f} ± {100 * best['auc.std']:.2f}"
     assert f"| {best['setting']} | 2 |" in text and cell in text
@@ -188,6 +189,27 @@ def test_cli_dry_run_lists_states(finished: dict, store: Path, tmp_path: Path, c
     assert main(["ablate", str(path), "-o", str(finished["out"]), "--dry-run"]) == 0
     lines = capsys.readouterr().out.split()
     assert lines.count("done") == 4 and lines.count("todo") == 0
+
+
+def test_one_run_parses_its_config_once(store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pipeline.config
+
+    calls = []
+    real = pipeline.config.parse_config
+    monkeypatch.setattr(pipeline.config, "parse_config", lambda *a, **k: calls.append(1) or real(*a, **k))
+    plan = expand(ablation(store, variants=None, seeds=[0]))
+    out = run_ablation(plan, tmp_path / "once", jobs=1, progress=False)
+    assert out["ran"] == 1 and len(calls) == 1
+
+
+def test_dry_run_catches_a_head_parameter_typo(store: Path, tmp_path: Path, capsys) -> None:
+    bad = ablation(store, variants={"mlp": {"head": {"name": "mlp", "inputs": ["f"], "hiden": 8}}})
+    path = tmp_path / "typo.yaml"
+    path.write_text(yaml.safe_dump(bad), encoding="utf-8")
+    assert main(["ablate", str(path), "-o", str(tmp_path / "out"), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "head.hiden" in err and "did you mean 'head.hidden'" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.slow

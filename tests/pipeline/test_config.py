@@ -105,3 +105,24 @@ def test_resolved_config_round_trips(tmp_path: Path) -> None:
     saved = yaml.safe_load(path.read_text())
     assert saved["fit"]["eval_batch_size"] == cfg.fit["eval_batch_size"]  # defaults are written out
     assert Path(saved["data"]["caches"]["uar"]).is_absolute()
+
+
+def test_quoted_strings_stay_strings(tmp_path: Path) -> None:
+    path = tmp_path / "quoted.yaml"
+    path.write_text('head: {name: router, inputs: [probe], domains: ["0", "1", "2"], artifact: ["1e-3"]}\n')
+    cfg = load_config(path)
+    assert cfg.head.params["domains"] == ["0", "1", "2"] and cfg.head.params["artifact"] == ["1e-3"]
+    assert load_config(save_config(cfg, tmp_path / "run")) == cfg  # written and read back: still strings
+    set_cfg = load_config(_write(tmp_path, BASE), overrides=["head.name=router", "head.domains=['7', '8']"])
+    assert set_cfg.head.params["domains"] == ["7", "8"]
+    assert parse_value("'1e-4'") == "1e-4" and parse_value("1e-4") == 1e-4  # quoted: a string; bare: a number
+
+
+def test_head_parameter_typo_is_caught_when_the_config_is_read(tmp_path: Path) -> None:
+    path = _write(tmp_path, {**BASE, "head": {"name": "mlp", "inputs": ["probe"], "hiden": 8}})
+    with pytest.raises(ValueError, match=r"unknown key 'head.hiden'; did you mean 'head.hidden'"):
+        load_config(path)
+    with pytest.raises(ValueError, match="head.dropout must be float"):
+        load_config(_write(tmp_path, BASE), overrides=["head.name=mlp", "head.dropout=lots"])
+    with pytest.raises(ValueError, match="unknown head 'linaer'"):
+        load_config(_write(tmp_path, BASE), overrides=["head.name=linaer"])

@@ -16,7 +16,7 @@ import cache
 from pipeline.cli import main
 from pipeline.config import load_config
 from pipeline.domains import PROMPTS, load_text_tower, text_embeddings
-from pipeline.train import groups_of, open_caches, train_val_rows
+from pipeline.rows import groups_of, open_caches, train_val_rows
 
 
 def _id(text: str) -> str:

@@ -1,4 +1,4 @@
-"""Output formats of aligned fakes: JPEG quality estimation from quantization tables, format choice, atomic writes."""
+"""Output formats of aligned fakes: JPEG quality estimation from quantization tables, format choice, output names."""
 
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ from pipeline.fakes.imageio import (
     estimate_jpeg_quality,
     ijg_table,
     parse_format,
-    write_atomic,
 )
 from pipeline.fakes.runner import safe_relative, slug
 
@@ -75,13 +74,6 @@ def test_encoding_for_same_keeps_format_quality_and_subsampling(tmp_path: Path) 
         assert img.format == "JPEG" and estimate_jpeg_quality(img.quantization) == (88, True)
     with Image.open(io.BytesIO(Encoding("png").encode(photo(1)))) as img:
         np.testing.assert_array_equal(np.asarray(img), np.asarray(photo(1)))
-
-
-def test_write_atomic_replaces_whole_files(tmp_path: Path) -> None:
-    target = tmp_path / "sub" / "x.png"
-    write_atomic(b"first", target)
-    write_atomic(b"second", target)
-    assert target.read_bytes() == b"second" and sorted(p.name for p in target.parent.iterdir()) == ["x.png"]
 
 
 def test_output_names() -> None:

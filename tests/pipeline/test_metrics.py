@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.evaluate import (
+from pipeline.metrics import (
     assemble_groups,
     binary_metrics,
     calibrate_threshold,

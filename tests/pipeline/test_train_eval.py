@@ -16,8 +16,8 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 import cache
 from pipeline.cli import main
 from pipeline.config import load_config
-from pipeline.evaluate import calibrate_threshold
-from pipeline.train import train_val_rows
+from pipeline.metrics import calibrate_threshold
+from pipeline.rows import train_val_rows, val_rows
 
 
 def _id(text: str) -> str:
@@ -131,6 +131,16 @@ def test_threshold_val_is_calibrated_on_the_val_rows(trained: dict) -> None:
     assert list(metrics["groups"]) == ["test"] and "calibrated on val" in metrics["threshold_source"]
 
 
+def test_threshold_val_loads_only_the_validation_rows(trained: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pipeline.rows
+
+    asked = []
+    real = pipeline.rows.load_rows
+    monkeypatch.setattr(pipeline.rows, "load_rows", lambda *a, **k: asked.append(k["where"]) or real(*a, **k))
+    assert main(["eval", str(trained["run"]), "--threshold", "val", "-o", str(trained["tmp"] / "report_v")]) == 0
+    assert sorted(w["split"] for w in asked) == ["test", "val"]  # the scored split and val, never train
+
+
 def test_eval_refuses_a_cache_with_another_fingerprint(trained: dict, capsys: pytest.CaptureFixture) -> None:
     other = make_cache(trained["tmp"] / "other", ratios={"train": 0.5, "test": 0.5}, spec_tag="B")
     code = main(["eval", str(trained["run"]), "--cache", str(other), "-o", str(trained["tmp"] / "r")])
@@ -151,6 +161,8 @@ def test_validation_falls_back_to_a_seeded_share_of_pairs(tmp_path: Path) -> Non
     assert len(key(val)) == round(0.1 * n_pairs) and "seeded 0.1" in how
     again = train_val_rows(caches, cfg.data, inputs=["f"])[1]
     assert again.meta["image_id"].tolist() == val.meta["image_id"].tolist()
+    only_val, only_how = val_rows(caches, cfg.data, inputs=["f"])
+    assert only_val.meta["image_id"].tolist() == val.meta["image_id"].tolist() and only_how == how
 
 
 def test_two_caches_are_joined_for_a_fusion_head(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ Runs the whole aigi flow on real photos that ship inside scikit-image, scikit-le
   4. `aigi train` linear, gating, router and prototype heads (configs/demo.yaml), `aigi eval` per source;
   5. `aigi ablate` over those heads and seeds; then DIR/report.md gathers the tables and plots.
 Re-running resumes: finished crops, fakes and feature shards are kept."""
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
 MAIN_HEADS = ("linear", "gating", "router", "prototype")
 SPLIT_RATIO = "train=0.6,val=0.1,test=0.3"
 TRAIN = "train"  # --vae-weights / --sr-weights value: skip pretrained weights, train a small model here
@@ -94,7 +94,7 @@ def _rel(path: Path, state: DemoState) -> str:
 
 def step_photos(state: DemoState) -> None:
     """Real photos from installed packages -> crops (PNG) -> `aigi index` with a seeded split by pair."""
-    from pipeline.demo_data import NO_ANIME_NOTE, collect_photos, cut_crops
+    from pipeline.demo.data import NO_ANIME_NOTE, collect_photos, cut_crops
 
     photos, skipped = collect_photos()
     table = cut_crops(photos, state.data, n_crops=state.size.crops, size=state.size.crop_size, seed=state.seed)
@@ -132,7 +132,7 @@ def step_photos(state: DemoState) -> None:
 def _fake_weights(state: DemoState, kind: str, explicit: str | None) -> Path:
     """Pretrained weights for `kind` (user's, or ../shared/data), else a small model trained here on train crops."""
     from cache import read_manifest
-    from pipeline.demo_data import find_shared_weights, load_rgb, train_small_sr, train_small_vae
+    from pipeline.demo.data import find_shared_weights, load_rgb, train_small_sr, train_small_vae
 
     found = None if explicit == TRAIN else find_shared_weights(kind, explicit=explicit)
     if found is not None:
@@ -171,7 +171,7 @@ def step_fakes(state: DemoState, *, vae_weights: str | None, sr_weights: str | N
 def fake_quality(state: DemoState) -> list[dict[str, Any]]:
     """Per fake source: rows and PSNR against the paired real, measured on the written files."""
     from cache import read_manifest
-    from pipeline.demo_data import load_rgb, psnr
+    from pipeline.demo.data import load_rgb, psnr
 
     df = read_manifest(state.manifest)
     reals = df[df["label"] == 0].set_index("image_id")["path"]
@@ -200,7 +200,7 @@ def draw_gallery(state: DemoState, path: Path, *, per_domain: int = 2) -> str:
     import matplotlib.pyplot as plt
 
     from cache import read_manifest
-    from pipeline.demo_data import load_rgb
+    from pipeline.demo.data import load_rgb
 
     df = read_manifest(state.manifest)
     reals = df[(df["label"] == 0) & (df["split"] == "test")]
@@ -283,11 +283,11 @@ def step_extract(state: DemoState, *, weights: Path) -> None:
 
 def load_demo_config(path: Path = CONFIG) -> dict[str, Any]:
     """The demo's ablation config (configs/demo.yaml) as plain data."""
-    import yaml
+    from pipeline.config import parse_yaml
 
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: `aigi demo` runs from a source checkout (pip install -e .)")
-    return yaml.safe_load(path.read_text())
+    return parse_yaml(path.read_text())
 
 
 def demo_configs(base: dict[str, Any], *, state: DemoState) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
@@ -308,11 +308,11 @@ def demo_configs(base: dict[str, Any], *, state: DemoState) -> tuple[dict[str, d
 
 
 def write_yaml(path: Path, data: dict[str, Any]) -> Path:
-    """Write `data` as YAML (creating the folder)."""
-    import yaml
+    """Write `data` as YAML (creating the folder) that the config reader reads back equal."""
+    from pipeline.config import dump_yaml
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    path.write_text(dump_yaml(data))
     return path
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -11,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image
+
+from common.files import atomic_path
 
 # name, semantic domain, origin. No package ships an anime picture, so the demo has no `anime` domain.
 PHOTO_SOURCES: tuple[tuple[str, str, str], ...] = (
@@ -132,9 +133,8 @@ def cut_crops(
                 crop = Image.fromarray(photo.pixels[y : y + side, x : x + side])
                 if side != size:
                     crop = crop.resize((size, size), Image.Resampling.LANCZOS)
-                tmp = out_dir / (rel + ".tmp")
-                crop.save(tmp, format="PNG")
-                os.replace(tmp, out_dir / rel)
+                with atomic_path(out_dir / rel) as tmp:
+                    crop.save(tmp, format="PNG")
             rows.append({"path": rel, "label": 0, "source": "real", "domain": photo.domain})
     table = pd.DataFrame(rows)
     table.to_csv(out_dir / "real.csv", index=False)
@@ -167,7 +167,7 @@ def find_shared_weights(
         if not path.exists():
             raise FileNotFoundError(f"--{kind}-weights {path} does not exist; give a weights file or folder")
         return path
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     for root in roots if roots is not None else [Path.cwd(), repo]:
         for name in SHARED_HINTS[kind]:
             folder = root.parent / "shared" / "data" / name

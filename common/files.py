@@ -1,0 +1,67 @@
+"""The sha256 of a file and the atomic write (temporary sibling + `os.replace`) used by every package."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+_HASH_CHUNK = 8 * 1024 * 1024
+_SHA_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes, streamed; remembered per (path, size, mtime) for this process.
+
+    Raises:
+        FileNotFoundError: naming the path when it is not a file.
+    """
+    path = Path(path).resolve()
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    stat = path.stat()
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _SHA_CACHE:
+        digest = hashlib.sha256()
+        with path.open("rb") as fh:
+            while chunk := fh.read(_HASH_CHUNK):
+                digest.update(chunk)
+        _SHA_CACHE[key] = digest.hexdigest()
+    return _SHA_CACHE[key]
+
+
+def temp_name(path: str | Path) -> Path:
+    """A hidden temporary sibling of `path`, unique per host and process (`.NAME.tmp-HOST-PID`; readers skip it)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.tmp-{socket.gethostname()}-{os.getpid()}")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling to write; on success it replaces `path`, on an error it is removed.
+
+    Readers see the old file or the whole new one, never a half-written one. Writers that cannot infer a format
+    from the name (the temporary one has no usual suffix) must name the format themselves.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_name(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write(path: str | Path, data: bytes | str, *, fsync: bool = False) -> Path:
+    """Write `data` (bytes, or text as UTF-8) to `path` atomically; `fsync` flushes it to disk before the rename."""
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        fh.write(raw)
+        if fsync:
+            fh.flush()
+            os.fsync(fh.fileno())
+    return Path(path)
