@@ -80,7 +80,7 @@ def test_fakes_are_the_same_bytes_when_made_again_on_one_thread(demo, tmp_path):
     import torch
 
     df = pd.read_parquet(demo / "data" / "manifest.parquet")
-    reals = df[df["label"] == 0]
+    reals = df[df["label"] == 0].sort_values("image_id").head(16)  # a sample keeps the test short
     reals.to_parquet(tmp_path / "reals.parquet")
     report = (demo / "report.md").read_text()
     weights = {kind: re.search(rf"^- {kind}: `([^`]+)`", report, re.M)[1] for kind in ("vae", "sr")}
@@ -99,7 +99,7 @@ def test_fakes_are_the_same_bytes_when_made_again_on_one_thread(demo, tmp_path):
             assert main(argv) == 0
     finally:
         torch.set_num_threads(threads)
-    made = df.loc[df["label"] == 1, "path"]
+    made = df.loc[(df["label"] == 1) & df["pair_id"].isin(reals["image_id"]), "path"]
     assert len(made) == 2 * len(reals) and all(rel.startswith("fakes/") for rel in made)
     for rel in made:  # the same relative path under the other output folder
         assert np.array_equal(_rgb(demo / "data" / rel), _rgb(tmp_path / rel)), rel
