@@ -517,7 +517,8 @@ def what_it_means(state: DemoState) -> list[str]:
         f"- **Backbone**: `{state.backbone}` with {backbone}.",
         f"- **Fakes**: {fakes}.",
         "- **How far from the real recipes**: UAR, SEF, OmniAID and GAPL read CLIP ViT-L/14 or AIM-v1 3B features "
-        "(0.3-3 B parameters, here 2.2 M) and train on tens of thousands of real photos against reconstructions by "
+        f"(0.3-3 B parameters{', here 2.2 M' if state.backbone == DEFAULT_BACKBONE else ''}) and train on tens of "
+        "thousands of real photos against reconstructions by "
         "the SD/SDXL/FLUX autoencoders and full-size GAN upsamplers; here "
         f"{state.size.crops} crops of 12 photos and small fake makers. The numbers show that every stage runs and "
         "measures what it says, not how well the published detectors work.",
