@@ -107,7 +107,7 @@ def print_tables(results: dict, *, quick: bool) -> None:
         for row in results[name]["psnr"]:
             print(f"| {name} | `{row['source']}` | {row['images']} | {row['psnr_db']:.1f} | {row['range']} |")
     same = results["real"]["fakes_sha256"] == results["loaded"]["fakes_sha256"]
-    print(f"\nfakes byte-identical between the calm and the loaded run: {same}")
+    print(f"\nfakes byte-identical between the first run and the run with added load: {same}")
     print("\n| head | mean AUC, real MobileNetV2 | mean AUC, random weights |\n|---|---:|---:|")
     for head in HEADS:
         real, rand = results["real"]["mean_auc"][head], results["random"]["mean_auc"][head]
