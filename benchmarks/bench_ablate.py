@@ -7,12 +7,14 @@ Recipe (each step is an `aigi` command; re-running skips finished work):
    synthetic SR-type fake per real (source `sr:synthetic`, same pair_id and split): the real's feature shifted
    inside a random rank-16 subspace of the 3072-d space, as `bench_fusion.make_fakes` documents (shift 2.5,
    jitter 0.5, noise 0.3, in units of the reals' RMS per-dimension std). The spec records the generator.
-3. `aigi domains --cache WORK/uar_sr --k 4 -o WORK/domains.parquet` (k-means: the cache holds no CLIP `proj`).
-4. `aigi ablate configs/ablate_fusion.yaml --cache uar=WORK/uar_sr --set data.domains=WORK/domains.parquet
+3. `aigi domains --cache WORK/uar_sr --k 4 -o WORK/uar_sr_domains.parquet` (k-means: the cache holds no CLIP `proj`).
+4. `aigi ablate configs/ablate_fusion.yaml --cache uar=WORK/uar_sr --set data.domains=WORK/uar_sr_domains.parquet
    -o WORK/ablation --jobs 2`: 6 heads x 3 seeds; timed from a cold start (no finished run).
 
 Prints the step times and summary.md; writes benchmarks/out/bench_ablate.json.
 Run: `python benchmarks/bench_ablate.py [--uar DIR] [--work DIR] [--jobs 2] [--keep]`.
+`--prepare-only --work features` stops after step 3, leaving features/uar_sr and features/uar_sr_domains.parquet:
+the data `configs/ablate_fusion.yaml` reads by default.
 """
 
 from __future__ import annotations
@@ -83,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--keep", action="store_true", help="keep finished runs (default: time a cold ablation)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "bench_ablate.json")
+    parser.add_argument(
+        "--prepare-only", action="store_true", help="make the caches (steps 1-3) and stop, without the timed ablation"
+    )
     args = parser.parse_args(argv)
     if not args.uar.is_dir():
         raise SystemExit(f"{args.uar} is absent: pass --uar FOLDER (UAR's 0_real/1_fake .npy features)")
@@ -90,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     staged, combined, domains, ablation = (
         work / "uar_import",
         work / "uar_sr",
-        work / "domains.parquet",
+        work / "uar_sr_domains.parquet",
         work / "ablation",
     )
     _timed(
@@ -112,6 +117,10 @@ def main(argv: list[str] | None = None) -> int:
     add_sr_domain(staged, combined)
     times["sr_domain"] = time.perf_counter() - start
     _timed("domains", ["domains", "--cache", str(combined), "--k", "4", "-o", str(domains)], times)
+    if args.prepare_only:
+        print(f"made {combined} and {domains}; now: aigi ablate configs/ablate_fusion.yaml --cache uar={combined} "
+              f"--set data.domains={domains} -o ablations/fusion --jobs 2")  # fmt: skip
+        return 0
     if ablation.exists() and not args.keep:
         shutil.rmtree(ablation)
     config = ROOT / "configs" / "ablate_fusion.yaml"

@@ -36,10 +36,13 @@ def scan_uar(root: str | Path, *, source: str | None = None) -> pd.DataFrame:
     """
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"{root} is not a directory")
+        raise FileNotFoundError(f"{root} is not a directory; pass the folder of .npy features to import")
     files = sorted(p for name in LABEL_DIRS for p in root.rglob(f"{name}/*.npy") if p.is_file())
     if not files:
-        raise FileNotFoundError(f"{root}: no **/0_real/*.npy or **/1_fake/*.npy files (UAR layout) found")
+        raise FileNotFoundError(
+            f"{root}: no **/0_real/*.npy or **/1_fake/*.npy files (UAR layout) found; pass the folder that holds "
+            "0_real/ and 1_fake/ (or <source>/0_real, <source>/1_fake)"
+        )
     rows = []
     for file in files:
         rel = file.relative_to(root)

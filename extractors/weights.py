@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import zipfile
 from pathlib import Path
 
@@ -47,12 +48,19 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         ValueError: a TorchScript archive, a pickle that needs code execution, or no tensors in the file.
     """
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder; pass the weights file itself (.pth, .pt, .bin or .safetensors)")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: weights file not found (weights are never downloaded; pass a local file)")
+    fix = "pass a plain state dict (torch.save(model.state_dict(), FILE)) or a .safetensors file"
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return _unwrap(load_file(str(path), device="cpu"), path)
+        try:
+            return _unwrap(load_file(str(path), device="cpu"), path)
+        except SafetensorError as err:
+            raise ValueError(f"{path}: not a readable .safetensors file ({err}); {fix}") from None
     if _is_torchscript(path):
         raise ValueError(
             f"{path} is a TorchScript archive (OpenAI's original CLIP release), which cannot be loaded without "
@@ -61,6 +69,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
-    except Exception as err:  # an unpickling error from weights_only is the common case
-        raise ValueError(f"{path}: cannot be read as plain weights ({type(err).__name__}: {err})") from None
+    except pickle.UnpicklingError:  # weights_only refuses pickled code
+        raise ValueError(f"{path}: cannot be read as plain weights, reading it would run pickled code; {fix}") from None
+    except Exception as err:  # zip errors, truncated or text files
+        reason = " ".join(str(err).split())[:160]
+        raise ValueError(f"{path}: cannot be read as plain weights ({type(err).__name__}: {reason}); {fix}") from None
     return _unwrap(obj, path)

@@ -2,11 +2,16 @@
 
 from heads import expert, fusion, gating, linear, mlp, prototype, router  # noqa: F401  (imports register heads)
 from heads._registry import available, build, head_class, make_config, register_head
-from heads.io import load, save
-from heads.released import gapl_prototype, uar_linear
-from heads.train import FitConfig, Stage, explain, fit, lr_at, predict
+from heads.calibration import Calibration, fit_calibration
+from heads.io import calibration_of, load, save, save_calibration
+from heads.released import gapl_prototype, linear_probe, uar_linear
+from heads.train import FitConfig, Stage, explain, fit, logits, lr_at, predict
 
 __all__ = [
+    "Calibration",
+    "calibration_of",
+    "fit_calibration",
+    "save_calibration",
     "FitConfig",
     "Stage",
     "available",
@@ -15,7 +20,9 @@ __all__ = [
     "fit",
     "gapl_prototype",
     "head_class",
+    "linear_probe",
     "load",
+    "logits",
     "lr_at",
     "make_config",
     "predict",

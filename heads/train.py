@@ -61,19 +61,26 @@ class FitConfig:
     threads: int | None = None
 
     def __post_init__(self) -> None:
-        checks = {
-            "optimizer": self.optimizer in ("adam", "adamw"),
-            "schedule": self.schedule in ("constant", "cosine"),
-            "device": self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
-            "lr": self.lr > 0,
-            "epochs": self.epochs >= 0,
-            "batch_size": self.batch_size >= 1,
-            "early_stop": self.early_stop >= 0,
-            "label_smoothing": 0 <= self.label_smoothing < 1,
+        checks = {  # field -> (valid?, what is valid)
+            "optimizer": (self.optimizer in ("adam", "adamw"), "adam or adamw"),
+            "schedule": (self.schedule in ("constant", "cosine"), "constant or cosine"),
+            "device": (
+                self.device in ("auto", "cpu", "cuda") or str(self.device).startswith("cuda:"),
+                "auto, cpu, cuda or cuda:N",
+            ),
+            "lr": (_number(self.lr) and self.lr > 0, "a number > 0"),
+            "epochs": (_number(self.epochs) and self.epochs >= 0, "an integer >= 0"),
+            "batch_size": (_number(self.batch_size) and self.batch_size >= 1, "an integer >= 1"),
+            "early_stop": (_number(self.early_stop) and self.early_stop >= 0, "an integer >= 0"),
+            "label_smoothing": (_number(self.label_smoothing) and 0 <= self.label_smoothing < 1, "in [0, 1)"),
         }
-        bad = [k for k, ok in checks.items() if not ok]
+        bad = [f"{k}={getattr(self, k)!r} (valid: {valid})" for k, (ok, valid) in checks.items() if not ok]
         if bad:
-            raise ValueError(f"invalid FitConfig value(s) {[(k, getattr(self, k)) for k in bad]}")
+            raise ValueError(f"invalid FitConfig (the config's `fit` section) value(s): {'; '.join(bad)}")
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 @dataclass
@@ -277,9 +284,12 @@ def _run_stage(
             "best_val_ap": None,
         }
     if len(np.unique(y)) < 2:
+        sources = sorted({str(s) for s in (data.groups or {}).get("source", [])})
+        present = f"; the training rows' sources are {sources[:8]}" if sources else ""
         raise ValueError(
             f"stage '{stage.name}' of head '{head.head_name}' has {len(y)} training rows of one class "
-            f"only ({np.bincount(y, minlength=2).tolist()} real/fake); check the groups patterns"
+            f"only ({np.bincount(y, minlength=2).tolist()} real/fake){present}; make the head's source patterns "
+            "name sources of the cache, or train on a cache that holds those fake types"
         )
     device = next(iter(x.values())).device
     y_t = torch.as_tensor(y, dtype=torch.float32, device=device)
@@ -438,6 +448,12 @@ def _batched(head: nn.Module, X: Mapping[str, np.ndarray] | np.ndarray, batch_si
             xb = _to_tensors({k: v[i : i + batch_size] for k, v in X.items()}, device)
             out.append(fn(xb))
     return out
+
+
+def logits(head: nn.Module, X: Mapping[str, np.ndarray] | np.ndarray, *, batch_size: int = 65536) -> np.ndarray:
+    """The raw logit of every row, float64 [N] (what calibration rescales; `predict` is its sigmoid)."""
+    parts = _batched(head, X, batch_size, lambda xb: head(xb).double().cpu())
+    return torch.cat(parts).numpy() if parts else np.zeros(0)
 
 
 def predict(head: nn.Module, X: Mapping[str, np.ndarray] | np.ndarray, *, batch_size: int = 65536) -> np.ndarray:

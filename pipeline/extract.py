@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from common.files import atomic_path, atomic_write
+from common.files import atomic_path
 
 JOBS_DIR = "jobs"
 KEY_COLUMNS = ["image_id", "view"]
@@ -37,6 +37,7 @@ class ExtractConfig:
     num_workers: int = 0
     device: str = "auto"
     dtype: str = "auto"
+    store_dtype: str = "float16"
     arch: dict = field(default_factory=dict)
 
     def extractor_kwargs(self) -> dict:
@@ -69,53 +70,38 @@ def plan_rows(manifest: pd.DataFrame, views: tuple[str, ...]) -> pd.DataFrame:
     return rows.drop(columns="_vorder").reset_index(drop=True)
 
 
-def _existing_shard_indices(cache_dir: Path) -> list[int]:
-    shards = cache_dir / "shards"
-    if not shards.is_dir():
-        return []
-    out = []
-    for p in shards.iterdir():
-        stem = p.name.split(".")[0]
-        if stem.isdigit() and not p.name.endswith((".tmp", ".errors.json")):
-            out.append(int(stem))
-    return sorted(set(out))
-
-
 def load_or_create_job(cfg: ExtractConfig, rows: pd.DataFrame, cached_keys: set[tuple[str, str]]) -> dict:
     """The job's plan: which rows go to which shard. Re-running the same job finds and reuses its plan.
 
     A job is identified by the digest of its full (image_id, view) list. Rows already in the cache from another job
-    are left out; the rest is cut into shards numbered after every shard that exists, and the plan is written
-    before any work, so a resumed or distributed run cuts exactly the same shards.
+    are left out; the rest is cut into shards numbered after every shard, claim and other plan of the cache. The
+    plan is made once, under the cache's lock, and written before any work, so a resumed, distributed or second
+    concurrent run of the same job cuts exactly the same shards.
     """
+    from cache.writer import job_plan
+
     cache_dir = Path(cfg.cache)
     digest = _key_digest(rows)[:16]
-    jobs = cache_dir / JOBS_DIR
-    plan_file, keys_file = jobs / f"{digest}.json", jobs / f"{digest}.keys.parquet"
-    if plan_file.exists() and keys_file.exists():
-        plan = json.loads(plan_file.read_text())
-        plan["keys"] = pd.read_parquet(keys_file)
-        return plan
-    todo = rows[[k not in cached_keys for k in zip(rows["image_id"].astype(str), rows["view"].astype(str))]]
-    taken = _existing_shard_indices(cache_dir)
-    for other in jobs.glob("*.json") if jobs.is_dir() else []:
-        info = json.loads(other.read_text())
-        taken.append(info["first_shard"] + info["n_shards"] - 1)
-    first = max(taken, default=-1) + 1
-    plan = {
-        "job": digest,
-        "first_shard": first,
-        "n_shards": -(-len(todo) // cfg.shard_size),
-        "shard_size": cfg.shard_size,
-        "rows": len(todo),
-        "skipped_already_cached": len(rows) - len(todo),
-    }
-    jobs.mkdir(parents=True, exist_ok=True)
-    keys = todo[KEY_COLUMNS].reset_index(drop=True).astype(str)
-    with atomic_path(keys_file) as tmp:
-        keys.to_parquet(tmp, index=False)
-    atomic_write(plan_file, json.dumps(plan, indent=1))
-    plan["keys"] = keys
+    keys_file = cache_dir / JOBS_DIR / f"{digest}.keys.parquet"
+
+    def make(first: int) -> dict:
+        todo = rows[[k not in cached_keys for k in zip(rows["image_id"].astype(str), rows["view"].astype(str))]]
+        with atomic_path(keys_file) as tmp:  # the keys first: a plan on disk always has its keys
+            todo[KEY_COLUMNS].reset_index(drop=True).astype(str).to_parquet(tmp, index=False)
+        return {
+            "job": digest,
+            "first_shard": first,
+            "n_shards": -(-len(todo) // cfg.shard_size),
+            "shard_size": cfg.shard_size,
+            "rows": len(todo),
+            "skipped_already_cached": len(rows) - len(todo),
+        }
+
+    plan = job_plan(cache_dir, digest, make)
+    if not keys_file.is_file():
+        raise FileNotFoundError(f"{keys_file} is missing beside its plan; delete {keys_file.with_suffix('')}.json "
+                                "(and the job's shards, or run `aigi cache repair`) to plan the job again")  # fmt: skip
+    plan["keys"] = pd.read_parquet(keys_file)
     return plan
 
 
@@ -183,15 +169,33 @@ def get_extractor(cfg: ExtractConfig):
     return _EXTRACTORS[key]
 
 
+def cache_spec(extractor, store_dtype: str, cache_dir: str | Path | None = None) -> dict:
+    """The spec a cache of these features records: the extractor's, plus the storage dtype (float16 rounds the
+    forward's values, float32 keeps them), so that the two never share a fingerprint.
+
+    A cache written before the storage dtype was recorded keeps its spec when its stored dtype is the one asked,
+    so that its extraction still resumes.
+    """
+    from cache.writer import CACHE_JSON, read_cache_json
+
+    spec = asdict(extractor.spec)
+    if cache_dir is not None and (Path(cache_dir) / CACHE_JSON).exists():
+        header = read_cache_json(Path(cache_dir))
+        if header["spec"] == json.loads(json.dumps(spec)) and header["dtype"] == store_dtype:
+            return spec
+    return {**spec, "storage_dtype": store_dtype}
+
+
 def _writer(cfg: ExtractConfig, extractor):
     from cache import CacheWriter
 
     return CacheWriter(
         cfg.cache,
-        spec=asdict(extractor.spec),
+        spec=cache_spec(extractor, cfg.store_dtype, cfg.cache),
         features=dict(extractor.feature_shapes),
         fmt=cfg.fmt,
         shard_size=cfg.shard_size,
+        dtype=cfg.store_dtype,
     )
 
 
@@ -222,13 +226,26 @@ def _shard_payload(rows: pd.DataFrame, done: list[tuple[int, dict]], failed: lis
 
 def run_shard(cfg: ExtractConfig, index: int, rows: pd.DataFrame, progress=None) -> dict:
     """Extract one shard and write it atomically; a finished shard is skipped. Returns counts for the summary."""
-    import torch
-    from torch.utils.data import DataLoader
-
     extractor = get_extractor(cfg)
     writer = _writer(cfg, extractor)
     if writer.shard_done(index):
         return {"shard": index, "rows": len(rows), "errors": 0, "skipped": True}
+    claim = writer.claim_shard(index)  # another live process of the same job may be extracting it
+    if claim is None:
+        return {"shard": index, "rows": len(rows), "errors": 0, "skipped": True, "elsewhere": True}
+    try:
+        meta, feats, errors = _extract_rows(cfg, extractor, rows, progress)
+        writer.write_shard(index, meta, feats, errors)
+    finally:
+        claim.unlink(missing_ok=True)
+    return {"shard": index, "rows": len(meta), "errors": len(errors), "skipped": False}
+
+
+def _extract_rows(cfg: ExtractConfig, extractor, rows: pd.DataFrame, progress):
+    """Decode, forward and collect one shard's rows: (meta, features, error records)."""
+    import torch
+    from torch.utils.data import DataLoader
+
     loader = DataLoader(
         ImageRows(rows, root=cfg.root, transform=extractor.transform),
         batch_size=cfg.batch_size,
@@ -245,9 +262,7 @@ def run_shard(cfg: ExtractConfig, index: int, rows: pd.DataFrame, progress=None)
             done.extend((i, {k: v[j] for k, v in out.items()}) for j, i in enumerate(idx))
         if progress is not None:
             progress(len(idx) + len(bad))
-    meta, feats, errors = _shard_payload(rows, done, failed, extractor.feature_shapes)
-    writer.write_shard(index, meta, feats, errors)
-    return {"shard": index, "rows": len(meta), "errors": len(errors), "skipped": False}
+    return _shard_payload(rows, done, failed, extractor.feature_shapes)
 
 
 def prepare(cfg: ExtractConfig) -> tuple[list[tuple[int, pd.DataFrame]], dict]:
@@ -260,7 +275,7 @@ def prepare(cfg: ExtractConfig) -> tuple[list[tuple[int, pd.DataFrame]], dict]:
     rows = plan_rows(manifest, cfg.views)
     cached = set()
     cache_dir = Path(cfg.cache)
-    if (cache_dir / "cache.json").exists() and len(_existing_shard_indices(cache_dir)):
+    if (cache_dir / "cache.json").exists():
         import cache as cache_pkg
 
         meta = cache_pkg.open(cache_dir).meta()
@@ -308,11 +323,13 @@ def summarize(results: list[dict], seconds: float, cfg: ExtractConfig) -> str:
     done = [r for r in results if not r["skipped"]]
     rows = sum(r["rows"] for r in done)
     errors = sum(r["errors"] for r in done)
-    skipped = len(results) - len(done)
+    elsewhere = sum(bool(r.get("elsewhere")) for r in results)
+    skipped = len(results) - len(done) - elsewhere
     rate = (rows + errors) / seconds if seconds > 0 else float("nan")
+    other = f", {elsewhere} being extracted by another running process" if elsewhere else ""
     return (
-        f"extracted {rows} rows into {len(done)} shard(s) ({skipped} already done), {errors} image(s) failed "
-        f"(see shards/*.errors.json), {rate:.1f} img/s; cache: {cfg.cache}"
+        f"extracted {rows} rows into {len(done)} shard(s) ({skipped} already done{other}), {errors} image(s) "
+        f"failed (see shards/*.errors.json), {rate:.1f} img/s; cache: {cfg.cache}"
     )
 
 
@@ -335,10 +352,55 @@ def config_from_args(args: argparse.Namespace) -> ExtractConfig:
         num_workers=args.num_workers,
         device=args.device,
         dtype=args.dtype,
+        store_dtype=args.store_dtype,
+    )
+
+
+def check_weights_choice(weights: str | None, random_weights: bool) -> None:
+    """Refuse to extract with random weights unless asked: features of an untrained backbone look like real ones."""
+    if weights and random_weights:
+        raise ValueError("--weights and --random-weights exclude each other; pass one of them")
+    if not weights and not random_weights:
+        raise ValueError(
+            "no --weights: the backbone would run with random weights; pass --weights FILE (a local file: nothing "
+            "is downloaded), or --random-weights to extract features of a randomly initialised backbone on purpose"
+        )
+
+
+def fail_if_all_failed(cfg: ExtractConfig, tasks: list[tuple[int, pd.DataFrame]]) -> None:
+    """When every image of this job failed, remove what the job wrote (a re-run after fixing the images or the
+    manifest's paths then extracts them) and raise with the first reasons."""
+    import shutil
+
+    planned = sum(len(rows) for _, rows in tasks)
+    shards = Path(cfg.cache) / "shards"
+    errors: list[dict] = []
+    for index, _ in tasks:
+        listing = shards / f"{index:05d}.errors.json"
+        if listing.is_file():
+            errors += json.loads(listing.read_text())
+    if not planned or len(errors) < planned:
+        return
+    from cache.writer import INDEX_JSON, drop_shards
+
+    left = drop_shards(Path(cfg.cache), [index for index, _ in tasks])
+    jobs = Path(cfg.cache) / JOBS_DIR
+    if not left:  # the cache holds nothing else: remove what this run made
+        shutil.rmtree(jobs, ignore_errors=True)
+        for name in ("cache.json", INDEX_JSON, ".lock"):
+            (Path(cfg.cache) / name).unlink(missing_ok=True)
+        for folder in (shards, Path(cfg.cache)):
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+    first = "; ".join(f"{e.get('path')}: {e.get('reason')}" for e in errors[:3])
+    raise ValueError(
+        f"every one of the {planned} image(s) failed ({first}); nothing was extracted. Fix the images, or the "
+        f"manifest's paths (read relative to {cfg.root}; see --root), and re-run"
     )
 
 
 def run(args: argparse.Namespace) -> int:
+    check_weights_choice(args.weights, getattr(args, "random_weights", False))
     cfg = config_from_args(args)
     start = time.perf_counter()
     tasks, plan = prepare(cfg)
@@ -348,6 +410,7 @@ def run(args: argparse.Namespace) -> int:
         results = run_dask(cfg, tasks, workers=args.workers, scheduler=args.scheduler)
     else:
         results = run_local(cfg, tasks)
+    fail_if_all_failed(cfg, tasks)
     print(summarize(results, time.perf_counter() - start, cfg))
     return 0
 
@@ -357,16 +420,32 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--root", help="folder the manifest's paths are relative to (default: the manifest's folder)")
     p.add_argument("--backbone", required=True, help="extractor, e.g. clip-l14, aim-v1-3b, timm:vit_base_patch16_224")
     p.add_argument("--weights", help="local weights file of the backbone (nothing is downloaded)")
+    p.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="extract with a randomly initialised backbone on purpose (tests, benchmarks); without it --weights is "
+        "required",
+    )
     p.add_argument("--features", help="comma-separated feature names, e.g. l23.cls,proj (default: the backbone's)")
     p.add_argument("--preprocess", help="resize | center_crop | rich_patch (default: the backbone's)")
-    p.add_argument("--views", default="orig", help="comma-separated views: orig, jpeg:75, blur:1.0, resize:0.5")
+    p.add_argument(
+        "--views",
+        default="orig",
+        help="comma-separated views: orig, jpeg:Q, webp:Q, blur:SIGMA, resize:SCALE, crop:FRACTION (e.g. orig,jpeg:75)",
+    )
     p.add_argument("--cache", required=True, help="cache directory to create or extend")
     p.add_argument("--format", default="h5", choices=["h5", "parquet"], help="shard format")
     p.add_argument("--shard-size", type=int, default=1024, help="rows per shard (the unit of resume and distribution)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader processes decoding images")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
-    p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"], help="compute dtype")
+    p.add_argument(
+        "--store-dtype",
+        default="float16",
+        choices=["float16", "float32"],
+        help="dtype the cache stores (recorded in the fingerprint); float32 keeps the forward's values bit for bit",
+    )
     p.add_argument("--workers", type=int, default=0, help="run shards on a local dask cluster of N processes")
     p.add_argument("--scheduler", help="run shards on an existing dask cluster, e.g. tcp://host:8786")
 

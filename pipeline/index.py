@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +12,7 @@ import pandas as pd
 
 from common.files import sha256_file
 
-LAYOUTS = ("auto", "uar", "genimage", "flat", "csv")
+LAYOUTS = ("auto", "uar", "genimage", "flat", "csv", "plain")
 LABEL_DIRS = {"0_real": 0, "1_fake": 1}
 GENIMAGE_DIRS = {"nature": 0, "ai": 1}
 GENIMAGE_SPLITS = {"train": "train", "val": "val"}
@@ -69,11 +70,22 @@ def scan_flat(root: Path, *, source: str) -> list[Found]:
     ]
 
 
+def scan_plain(root: Path, *, source: str) -> list[Found]:
+    """Any folder of images without a real/fake layout: every file under `root` is a real image of `source`."""
+    return [Found(f, 0, source) for f in _files(root)]
+
+
 def scan_csv(root: Path, csv: Path, *, source: str) -> list[Found]:
     """A CSV with columns `path` (relative to `root`) and `label`, optionally `source`, `domain`, `split`, `pair_id`."""
     if not csv.is_file():
-        raise FileNotFoundError(f"CSV {csv} does not exist")
-    df = pd.read_csv(csv, dtype=str, keep_default_na=False)
+        raise FileNotFoundError(f"CSV {csv} does not exist; pass the CSV listing path,label of each image")
+    try:
+        df = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    except (UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        raise ValueError(
+            f"{csv}: not a readable CSV ({one_line(err)}); a layout CSV is UTF-8 text with a header line "
+            "path,label[,source,domain,split,pair_id]"
+        ) from None
     missing = [c for c in ("path", "label") if c not in df.columns]
     if missing:
         raise ValueError(
@@ -98,7 +110,7 @@ def scan_csv(root: Path, csv: Path, *, source: str) -> list[Found]:
 
 
 def detect_layout(root: Path) -> str:
-    """The layout of `root`: genimage, uar or flat (checked in that order)."""
+    """The layout of `root`: genimage, uar or flat (checked in that order), else plain (every image is real)."""
     dirs = [d for d in root.rglob("*") if d.is_dir()]
     if any(d.name in GENIMAGE_DIRS and d.parent.name in GENIMAGE_SPLITS for d in dirs):
         return "genimage"
@@ -106,10 +118,39 @@ def detect_layout(root: Path) -> str:
         return "uar"
     if any((root / name).is_dir() for name in FLAT_DIRS):
         return "flat"
-    raise ValueError(
-        f"{root}: no known layout: expected <source>/0_real|1_fake (ForenSynths/UAR), <gen>/train|val/ai|nature "
-        "(GenImage), real/ + fake/ (flat), or pass --layout csv --csv FILE"
-    )
+    return "plain"
+
+
+def one_line(err: object) -> str:
+    return " ".join(str(err).split())
+
+
+def printable(path: str | Path) -> str:
+    """A path for messages and tables: bytes that are not UTF-8 shown as `\\xNN` escapes."""
+    return os.fsencode(str(path)).decode("utf-8", "backslashreplace")
+
+
+def is_utf8(path: str | Path) -> bool:
+    """Whether a file name decodes as UTF-8 (a manifest stores paths as UTF-8 strings)."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def outside_root(found: list[Found], root: Path) -> list[str]:
+    """The candidates whose file lies outside `root` (`..` or absolute CSV paths, symlinks out of it), described."""
+    top = root.resolve()
+    out = []
+    for item in found:
+        real = item.path.resolve()
+        if real.is_relative_to(top):
+            continue
+        shown = printable(item.path.relative_to(root) if item.path.is_relative_to(root) else item.path)
+        link = item.path.is_symlink() or real != Path(os.path.abspath(item.path))
+        out.append(f"{shown} (a symlink to {printable(real)})" if link and item.path.is_relative_to(root) else shown)
+    return out
 
 
 def _describe(found: list[Found], root: Path, *, progress: bool) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
@@ -121,6 +162,9 @@ def _describe(found: list[Found], root: Path, *, progress: bool) -> tuple[pd.Dat
     rows, skipped = [], []
     for item in tqdm(found, desc="index", unit="img", disable=None if progress else True):
         rel = item.path.relative_to(root).as_posix() if item.path.is_relative_to(root) else str(item.path)
+        if not is_utf8(rel):
+            skipped.append((printable(rel), "file name is not valid UTF-8; rename it"))
+            continue
         try:
             width, height, fmt = probe_image(item.path)
         except ImageLoadError as err:
@@ -189,11 +233,19 @@ def build_manifest(
     domain: str = "",
     pair_stems: bool = False,
     progress: bool = True,
+    allow_outside: bool = False,
+    exclude: Path | None = None,
 ) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
-    """Manifest rows for the images under `root` (splits untouched), and the files skipped as non-images."""
+    """Manifest rows for the images under `root` (splits untouched), and the files skipped as non-images.
+
+    Paths are relative to `root`. Files outside `root` (CSV paths with `..` or absolute, symlinks pointing out of
+    it) are refused unless `allow_outside`; `exclude` (the manifest being written) is never indexed.
+    """
     root = Path(root)
+    if not root.exists():
+        raise FileNotFoundError(f"{root} does not exist; pass the folder that holds the images")
     if not root.is_dir():
-        raise FileNotFoundError(f"{root} is not a directory")
+        raise NotADirectoryError(f"{root} is a file, not a folder; pass the folder that holds the images")
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; choose one of {LAYOUTS}")
     if csv is not None and layout == "auto":
@@ -202,10 +254,24 @@ def build_manifest(
         raise ValueError("--layout csv needs --csv FILE")
     layout = detect_layout(root) if layout == "auto" else layout
     src = source or root.resolve().name
-    scanners = {"uar": scan_uar, "genimage": scan_genimage, "flat": scan_flat}
+    scanners = {"uar": scan_uar, "genimage": scan_genimage, "flat": scan_flat, "plain": scan_plain}
     found = scan_csv(root, Path(csv), source=src) if layout == "csv" else scanners[layout](root, source=src)
+    if exclude is not None:
+        found = [f for f in found if Path(os.path.abspath(f.path)) != Path(os.path.abspath(exclude))]
     if not found:
-        raise ValueError(f"{root}: no files found for layout {layout!r}")
+        raise ValueError(f"{root}: no files found (layout {layout}); check the folder, or pass --layout/--csv")
+    outside = [] if allow_outside else outside_root(found, root)
+    if outside:
+        raise ValueError(
+            f"{len(outside)} file(s) lie outside {root}: {'; '.join(outside[:3])}; pass --allow-outside-root to "
+            "index them anyway, or move them into the folder"
+        )
+    if layout == "plain":
+        print(
+            f"note: {root} has no real/fake layout (<source>/0_real|1_fake, real/ + fake/, GenImage): every image "
+            f"is indexed as real (label 0, source {src}); make aligned fakes of them with `aigi fakes vae|sr`",
+            file=sys.stderr,
+        )
     df, skipped = _describe(found, root, progress=progress)
     df = df.sort_values("path", kind="stable").reset_index(drop=True)
     if domain:
@@ -226,6 +292,12 @@ def _report(df: pd.DataFrame, skipped: list[tuple[str, str]], out: Path, dropped
         print(f"skipped {len(skipped)} file(s) that are not readable images, e.g. {shown}", file=sys.stderr)
 
 
+def relative_to_manifest(paths: pd.Series, root: Path, manifest: Path) -> pd.Series:
+    """Paths relative to `root` rewritten relative to the folder of `manifest` (where every stage resolves them)."""
+    top, here = root.resolve(), manifest.resolve().parent
+    return paths.map(lambda p: Path(os.path.relpath(top / p, here)).as_posix())
+
+
 def run(args: argparse.Namespace) -> int:
     """Entry point of `aigi index`."""
     from cache import write_manifest
@@ -237,12 +309,19 @@ def run(args: argparse.Namespace) -> int:
         source=args.source,
         domain=args.domain or "",
         pair_stems=args.pair_by_stem,
+        allow_outside=args.allow_outside_root,
+        exclude=args.output,
     )
     if df.empty:
-        raise ValueError(f"{args.root}: none of the {len(skipped)} files found is a readable image")
+        reasons = "; ".join(f"{p}: {r}" for p, r in skipped[:3])
+        raise ValueError(
+            f"{args.root}: none of the {len(skipped)} files found is a readable image ({reasons}); "
+            "point aigi index at a folder of images"
+        )
     before = len(df)
     df = df.drop_duplicates(subset="image_id", keep="first").reset_index(drop=True)
     df = apply_splits(df, split=args.split, split_ratio=args.split_ratio, seed=args.seed)
+    df["path"] = relative_to_manifest(df["path"], Path(args.root), Path(args.output))
     write_manifest(df, args.output)
     _report(df, skipped, Path(args.output), before - len(df))
     return 0
@@ -260,7 +339,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         choices=LAYOUTS,
         default="auto",
         help="uar: <source>/0_real|1_fake; genimage: <gen>/train|val/ai|nature; flat: real/ + fake/; "
-        "csv: --csv FILE with path,label[,source,domain,split,pair_id] (default: auto)",
+        "csv: --csv FILE with path,label[,source,domain,split,pair_id]; plain: every image is real "
+        "(default: auto, plain when no other layout is found)",
     )
     p.add_argument("--csv", type=Path, help="the CSV of --layout csv (paths relative to ROOT)")
     p.add_argument("--source", help="source of rows not inside a generator folder (default: ROOT's name)")
@@ -269,6 +349,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--pair-by-stem",
         action="store_true",
         help="a fake whose file stem equals a real's in the same folder is that real's aligned fake",
+    )
+    p.add_argument(
+        "--allow-outside-root",
+        action="store_true",
+        help="also index files outside ROOT (CSV paths with .. or absolute, symlinks pointing out of ROOT)",
     )
     add_split_args(p)
     p.set_defaults(func=run)

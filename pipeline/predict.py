@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -11,7 +12,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from common.files import sha256_file
+from common.files import atomic_path, sha256_file
+from pipeline.index import printable
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".jfif"}
 
@@ -83,11 +85,20 @@ def extractor_from_spec(spec: dict, *, weights: str | None, device: str) -> Any:
     )
 
 
+def live_spec(extractor: Any, recorded_spec: dict) -> dict:
+    """The spec the live extractor's features would be cached under: its own, plus the training cache's storage
+    dtype (`aigi extract --store-dtype`), which `features_for` then rounds the features through."""
+    spec = asdict(extractor.spec)
+    if "storage_dtype" in recorded_spec:
+        spec["storage_dtype"] = recorded_spec["storage_dtype"]
+    return spec
+
+
 def check_fingerprint(extractor: Any, *, recorded: str | None, recorded_spec: dict, alias: str) -> None:
     """Refuse features that would not match the head's training cache, naming the differing fields."""
     import cache
 
-    spec = asdict(extractor.spec)
+    spec = live_spec(extractor, recorded_spec)
     if recorded is None or cache.fingerprint(spec) == recorded:
         return
     diff = cache.spec_diff(recorded_spec, spec)
@@ -127,8 +138,13 @@ def load_batch(paths: list[Path], transform) -> tuple[list[int], Any, list[tuple
     return ok, (torch.stack(tensors) if tensors else None), bad
 
 
-def features_for(paths: list[Path], backbones: dict[str, Any], *, batch_size: int) -> tuple[dict, list[int], dict]:
-    """Features of every readable image for every backbone: {alias: {feature: array}}, rows kept, failures."""
+def features_for(
+    paths: list[Path], backbones: dict[str, Any], *, batch_size: int, storage: dict[str, str] | None = None
+) -> tuple[dict, list[int], dict]:
+    """Features of every readable image for every backbone: {alias: {feature: array}}, rows kept, failures.
+
+    `storage` (alias -> numpy dtype) rounds a backbone's features as its training cache stored them.
+    """
     from tqdm import tqdm
 
     feats: dict[str, dict[str, list]] = {a: {} for a in backbones}
@@ -144,23 +160,68 @@ def features_for(paths: list[Path], backbones: dict[str, Any], *, batch_size: in
         for alias, ex in backbones.items():
             x = batch if ex is first else load_batch([chunk[i] for i in ok], ex.transform)[1]
             for name, value in ex(x).items():
-                feats[alias].setdefault(name, []).append(value.numpy())
+                value = value.numpy()
+                if (storage or {}).get(alias):
+                    value = value.astype(storage[alias]).astype(np.float32)
+                feats[alias].setdefault(name, []).append(value)
         kept.extend(start + i for i in ok)
     stacked = {a: {n: np.concatenate(v) for n, v in f.items()} for a, f in feats.items()}
     return stacked, kept, failed
 
 
-def score_images(args: argparse.Namespace) -> pd.DataFrame:
-    """Scores (and expert gates) of the images in args.images; failed images get an `error` and no score."""
-    import heads
+OUTPUT_KINDS = (".csv", ".json", ".parquet")
+SPEC_FIELDS = ("name", "features", "preprocess")
 
-    head, info = heads.load(args.head_dir)
+
+def check_output(path: str | None) -> None:
+    """Refuse an `-o` that is a folder or of an unknown kind before any work is done."""
+    if not path:
+        return
+    out = Path(path)
+    if out.is_dir() or str(path).endswith(("/", os.sep)):
+        raise IsADirectoryError(f"-o {path} is a folder; give a file name such as {out / 'scores.csv'}")
+    if out.suffix.lower() not in OUTPUT_KINDS:
+        raise ValueError(f"-o {path}: unknown file kind {out.suffix or '(none)'!r}; end it in .csv, .json or .parquet")
+
+
+def check_scorable(info: dict, head_dir: str) -> dict[str, dict]:
+    """The head's recorded extractor specs, or a ValueError saying why its features cannot be made from images."""
+    if info.get("untrained"):
+        raise ValueError(
+            f"{head_dir} is an imported head whose {info['untrained']} is untrained; train stage 2 first: "
+            f"aigi train configs/gapl.yaml --init {head_dir} -o RUN_DIR, then predict with RUN_DIR"
+        )
     specs: dict[str, dict] = info.get("extractor_spec") or {}
     if not specs:
         raise ValueError(
-            f"{args.head_dir} records no extractor (an imported head): extract a cache with the matching backbone "
+            f"{head_dir} records no extractor (an imported head): extract a cache with the matching backbone "
             "and use `aigi eval`, or train the head with `aigi train` so it records its backbone"
         )
+    for alias, spec in specs.items():
+        missing = [k for k in SPEC_FIELDS if k not in spec]
+        if missing:
+            origin = (spec.get("extractor") or {}).get("source", "") if isinstance(spec.get("extractor"), dict) else ""
+            raise ValueError(
+                f"{head_dir} was trained on cache {alias!r} of imported features ({origin or 'no backbone recorded'}), "
+                f"which records no {', '.join(missing)}, so its features cannot be re-extracted from images; "
+                "extract a cache from images with `aigi extract --backbone ... --weights ...` "
+                "(UAR: --backbone aim-v1-3b --features probe --preprocess rich_patch), train on it, and predict "
+                "with that run"
+            )
+    return specs
+
+
+def score_images(args: argparse.Namespace) -> pd.DataFrame:
+    """Calibrated P(fake), verdict (and expert gates) of the images in args.images; failed images get an `error`.
+
+    The head's stored calibration (`aigi calibrate`) maps its logits to P(fake) and gives the threshold and the
+    abstain band; a head without one uses sigmoid(logit) and 0.5.
+    """
+    import heads
+    from heads.calibration import VERDICTS
+
+    head, info = heads.load(args.head_dir)
+    specs = check_scorable(info, args.head_dir)
     if args.expert_weights:
         if not hasattr(head, "set_manual_weights"):
             raise ValueError(f"--expert-weights needs a router head; this head is '{info.get('name')}'")
@@ -172,13 +233,17 @@ def score_images(args: argparse.Namespace) -> pd.DataFrame:
         check_fingerprint(ex, recorded=(info.get("fingerprints") or {}).get(alias), recorded_spec=spec, alias=alias)
         backbones[alias] = ex
     paths = list_images(args.images)
-    feats, kept, failed = features_for(paths, backbones, batch_size=args.batch_size)
-    table = pd.DataFrame({"path": [str(p) for p in paths], "p_fake": np.nan, "error": ""})
+    storage = {a: s["storage_dtype"] for a, s in specs.items() if "storage_dtype" in s}
+    feats, kept, failed = features_for(paths, backbones, batch_size=args.batch_size, storage=storage)
+    table = pd.DataFrame({"path": [printable(p) for p in paths], "p_fake": np.nan, "verdict": "", "error": ""})
     for i, reason in failed.items():
         table.loc[i, "error"] = reason
     if kept:
         X = {name: feats[alias][feat] for name, (alias, feat) in input_map(head, specs).items()}
-        table.loc[kept, "p_fake"] = heads.predict(head, X)
+        cal = heads.calibration_of(info)
+        probs = cal.probability(heads.logits(head, X))
+        table.loc[kept, "p_fake"] = probs
+        table.loc[kept, "verdict"] = [VERDICTS[int(v)] for v in cal.verdict(probs)]
         if hasattr(head, "explain"):
             ex = heads.explain(head, X)
             for k, name in enumerate(ex["expert_names"]):
@@ -187,19 +252,40 @@ def score_images(args: argparse.Namespace) -> pd.DataFrame:
     return table
 
 
+def write_table(table: pd.DataFrame, path: str) -> None:
+    """Write the rows as CSV, JSON (a list of records) or Parquet, by the file's suffix, atomically."""
+    kind = Path(path).suffix.lower()
+    with atomic_path(path) as tmp:
+        if kind == ".json":
+            tmp.write_text(table.to_json(orient="records", indent=1), encoding="utf-8")
+        elif kind == ".parquet":
+            table.to_parquet(tmp, index=False)
+        else:
+            table.to_csv(tmp, index=False)
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    check_output(args.output)
     table = score_images(args)
-    good = table[table["error"] == ""]
+    good, bad = table[table["error"] == ""], table[table["error"] != ""]
+    for path, reason in bad[["path", "error"]].itertuples(index=False):
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    if good.empty:
+        first = "; ".join(f"{p}: {r}" for p, r in bad[["path", "error"]].head(3).itertuples(index=False))
+        raise ValueError(f"none of the {len(bad)} image(s) could be read ({first}); pass readable image files")
     extra = [c for c in table.columns if c.startswith(("gate.", "expert."))]
     with pd.option_context("display.max_colwidth", 80, "display.width", 200):
-        print(good[["path", "p_fake", *extra]].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    for path, reason in table.loc[table["error"] != "", ["path", "error"]].itertuples(index=False):
-        print(f"skipped {path}: {reason}", file=sys.stderr)
+        print(good[["path", "p_fake", "verdict", *extra]].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        table.to_csv(args.output, index=False)
+        write_table(table, args.output)
         print(f"wrote {len(table)} rows to {args.output}", file=sys.stderr)
-    print(f"{len(good)} image(s) scored, {len(table) - len(good)} skipped", file=sys.stderr)
+    counts = good["verdict"].value_counts()
+    verdicts = ", ".join(
+        f"{int(counts.get(v, 0))} {v}" for v in ("fake", "real", "unsure") if v in counts or v != "unsure"
+    )
+    print(f"{len(good)} image(s) scored, {len(bad)} skipped ({verdicts})", file=sys.stderr)
     return 0
 
 
@@ -209,8 +295,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="score images with a trained head (features extracted on the fly)",
         description="Score image files or folders with a head trained by `aigi train`. Features are extracted with "
         "the backbone and preprocessing the head's training cache recorded; the weights must reproduce its "
-        "fingerprint. Prints P(fake) per image and, for expert heads, the gates and per-expert scores. Unreadable "
-        "files are reported and skipped (exit code 0).",
+        "fingerprint. Prints the calibrated P(fake) per image and the verdict (real / fake, or unsure inside the "
+        "head's abstain band; see `aigi calibrate`) and, for expert heads, the gates and per-expert scores. Unreadable "
+        "files are reported and skipped (exit code 0; 2 when no file could be read).",
     )
     p.add_argument("head_dir", help="RUN_DIR written by `aigi train`")
     p.add_argument("images", nargs="+", help="image files and/or folders (searched recursively)")
@@ -227,5 +314,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("-o", "--output", help="write all rows (scores, gates, errors) to this CSV")
+    p.add_argument("-o", "--output", help="write all rows (scores, gates, errors) to this .csv, .json or .parquet file")
     p.set_defaults(func=run)

@@ -18,7 +18,38 @@ Paths in the config and on the command line are relative to the working director
 """
 
 
-def train_run(cfg: Any, run_dir: str | Path) -> dict[str, Any]:
+def check_run_dir(run_dir: Path, *, overwrite: bool) -> None:
+    """Refuse to replace a trained head unless asked."""
+    if run_dir.is_file():
+        raise FileExistsError(f"-o {run_dir} is a file; RUN_DIR is the folder the head is written to")
+    if not overwrite and any((run_dir / name).exists() for name in ("head.json", "head.safetensors")):
+        raise FileExistsError(
+            f"{run_dir} already holds a trained head; pass --overwrite to replace it, or choose another -o RUN_DIR"
+        )
+
+
+def initial_head(cfg: Any, dims: dict, *, seed: int, init: str | Path | None) -> tuple[Any, dict | None]:
+    """A new head built from the config, or the saved head at `init` (checked against the config and the rows)."""
+    import heads
+
+    if init is None:
+        return heads.build(cfg.head.name, dims=dims, seed=seed, **cfg.head.params), None
+    head, info = heads.load(init)
+    if info["name"] != cfg.head.name or tuple(info["inputs"]) != tuple(cfg.head.inputs):
+        raise ValueError(
+            f"--init {init} holds a '{info['name']}' head on {list(info['inputs'])}, the config trains "
+            f"'{cfg.head.name}' on {list(cfg.head.inputs)}; set head.name / head.inputs to match (--set)"
+        )
+    in_dim, first = getattr(head.cfg, "in_dim", None), dims.get(cfg.head.inputs[0])
+    if in_dim is not None and first is not None and int(in_dim) != int(first[-1]):
+        raise ValueError(
+            f"--init {init} reads {in_dim}-d '{cfg.head.inputs[0]}' features, the cache holds {first[-1]}-d ones; "
+            "train on features of the backbone the head was made for"
+        )
+    return head, {"from": str(init), "name": info["name"], "imported_from": info.get("imported_from")}
+
+
+def train_run(cfg: Any, run_dir: str | Path, *, init: str | Path | None = None) -> dict[str, Any]:
     """Fit the head of `cfg` (a `pipeline.config.RunConfig`) and save it with its metadata in `run_dir`.
 
     Returns:
@@ -32,8 +63,13 @@ def train_run(cfg: Any, run_dir: str | Path) -> dict[str, Any]:
     resolved = to_dict(cfg)
     caches = open_caches(cfg.data.caches)
     train, val, val_how = train_val_rows(caches, cfg.data, inputs=cfg.head.inputs)
+    if cfg.calibration and val is None:
+        raise ValueError(
+            f"the config asks for calibration but the run has no validation rows ({val_how}); set "
+            "data.val_fraction (e.g. --set data.val_fraction=0.1) or give the cache rows with split == val"
+        )
     fit_cfg = heads.FitConfig(**cfg.fit)
-    head = heads.build(cfg.head.name, dims=train.dims, seed=fit_cfg.seed, **cfg.head.params)
+    head, started_from = initial_head(cfg, train.dims, seed=fit_cfg.seed, init=init)
     start = time.perf_counter()
     history = heads.fit(
         head,
@@ -62,9 +98,16 @@ def train_run(cfg: Any, run_dir: str | Path) -> dict[str, Any]:
         "val_rows": 0 if val is None else len(val),
         "val_policy": val_how,
         "val_metrics": val_metrics,
+        **({"init": started_from} if started_from else {}),
     }
+    calibration = None
+    if cfg.calibration:
+        from pipeline.config import CalibrationSpec
+
+        spec = CalibrationSpec(**cfg.calibration)
+        calibration = heads.fit_calibration(heads.logits(head, val.features), val.labels, **spec.fit_kwargs())
     run_dir = Path(run_dir)
-    heads.save(head, run_dir, meta=meta)
+    heads.save(head, run_dir, meta=meta, calibration=calibration)
     save_config(resolved, run_dir)
     return {
         "head": cfg.head.name,
@@ -102,6 +145,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="override a config value by dotted key, YAML-parsed: fit.lr=1e-4, head.inputs=[proj]",
     )
     p.add_argument("-o", "--out", type=Path, required=True, metavar="RUN_DIR", help="where to write the head")
+    p.add_argument("--overwrite", action="store_true", help="replace the head already in RUN_DIR")
+    p.add_argument(
+        "--init",
+        type=Path,
+        metavar="HEAD_DIR",
+        help="start from a saved head (its config and weights) instead of a new one, e.g. an imported GAPL head "
+        "whose stage 2 is untrained; the config's head.name and inputs must match it",
+    )
     p.set_defaults(func=run)
 
 
@@ -109,8 +160,9 @@ def run(args: argparse.Namespace) -> int:
     """Entry point of `aigi train`."""
     from pipeline.config import load_config
 
+    check_run_dir(args.out, overwrite=args.overwrite)
     cfg = load_config(args.config, overrides=args.overrides, caches=args.cache)
-    s = train_run(cfg, args.out)
+    s = train_run(cfg, args.out, init=args.init)
     dims = ", ".join(f"{k}: {'x'.join(map(str, v))}" for k, v in s["dims"].items())
     vm = s["val_metrics"]
     val = (

@@ -64,8 +64,10 @@ def _parse_resize(text: str | None) -> int | None:
 
 
 def _config(args: argparse.Namespace, resize: int | None = None):
+    from cache import read_manifest
     from pipeline.fakes.runner import FakesConfig
 
+    read_manifest(args.manifest)  # a missing or broken manifest fails before a model is loaded
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     splits = tuple(s.strip() for s in args.splits.split(",") if s.strip()) if args.splits else None

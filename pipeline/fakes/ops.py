@@ -47,13 +47,29 @@ def stack_padded(images: list[torch.Tensor], height: int, width: int) -> torch.T
 def read_checkpoint(path: str | Path) -> dict:
     """Load a checkpoint's contents without executing pickled code: safetensors, or torch.load(weights_only=True)."""
     path = Path(path)
+    if path.is_dir():
+        found = sorted(p.name for p in path.iterdir() if p.suffix in (".pth", ".pt", ".ckpt", ".safetensors", ".bin"))
+        raise IsADirectoryError(
+            f"--weights {path} is a folder; pass one weights file" + (f" inside it: {', '.join(found[:5])}" if found
+                                                                       else " (.pth or .safetensors)")
+        )  # fmt: skip
     if not path.is_file():
-        raise FileNotFoundError(f"--weights {path} does not exist")
+        raise FileNotFoundError(f"--weights {path} does not exist; pass a local weights file (nothing is downloaded)")
+    fix = "save a plain state dict (torch.save(model.state_dict(), FILE)) or a .safetensors file"
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except SafetensorError as err:
+            raise ValueError(f"{path}: not a readable .safetensors file ({err}); {fix}") from None
+    import pickle
+
     try:
         return torch.load(path, weights_only=True, map_location="cpu")
-    except Exception as err:  # pickle errors, zip errors, unsupported globals
-        raise ValueError(f"{path}: cannot be read as a weights-only checkpoint ({type(err).__name__}: {err})") from None
+    except pickle.UnpicklingError:
+        raise ValueError(f"{path}: refused by the weights-only loader (it would run pickled code); {fix}") from None
+    except Exception as err:  # zip errors, truncated files, text files
+        reason = " ".join(str(err).split())[:120]
+        raise ValueError(f"{path}: not a readable weights file ({type(err).__name__}: {reason}); {fix}") from None

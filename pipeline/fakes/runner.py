@@ -21,7 +21,7 @@ from PIL import Image
 from cache import read_manifest, write_manifest
 from common.files import atomic_write, sha256_file
 from extractors.images import ImageLoadError, load_image, probe_image
-from pipeline.fakes.imageio import Encoding, encoding_for, parse_format
+from pipeline.fakes.imageio import Encoding, encoding_for, parse_format, remove_dead_temps
 
 # A transform maps same-key images (and their ids) to outputs of the same sizes; see VaeTransform / SrTransform.
 Transform = Callable[[list[Image.Image], list[str]], list[Image.Image]]
@@ -172,6 +172,10 @@ class FakeMaker:
         if cfg.splits:
             reals = reals[reals["split"].isin(cfg.splits)]
         base = Path(cfg.out_dir) / slug(self.source)
+        remove_dead_temps(Path(cfg.out_dir))  # partial files of a killed run
+        if reals.empty:
+            where = f" in splits {list(cfg.splits)}" if cfg.splits else ""
+            raise ValueError(f"{cfg.manifest} has no real image (label 0){where} to make fakes of; index reals first")
         items, errors = _plan(reals, cfg, root, base)
         result = FakesResult(errors=errors)
         todo = [it for it in items if not _done(it)]
@@ -182,9 +186,11 @@ class FakeMaker:
                 result.written += self._run_batch(batch, result.errors)
                 bar.update(len(batch))
         done = [it for it in items if _done(it)]
+        self._write_errors(base, result.errors)
+        if not done:
+            raise ValueError(_all_failed(result.errors, base / "errors.json"))
         result.rows = self._fake_rows(done, new_root)
         result.manifest = self._write_manifest(df, done, result.rows, root=root, new_root=new_root, out=out_manifest)
-        self._write_errors(base, result.errors)
         return result
 
     def _run_batch(self, batch: list[_Item], errors: list[dict]) -> int:
@@ -261,6 +267,15 @@ class FakeMaker:
             atomic_write(path, json.dumps(errors, indent=1), fsync=True)
         elif path.exists():
             path.unlink()
+
+
+def _all_failed(errors: list[dict], listing: Path) -> str:
+    """The message of a run in which no real image gave a fake: the first reasons and where the rest are."""
+    first = "; ".join(f"{e['path']}: {e['reason']}" for e in errors[:3])
+    return (
+        f"every one of the {len(errors)} real image(s) failed ({first}); fix or remove them "
+        f"(all reasons in {listing}); the manifest is unchanged"
+    )
 
 
 def _pair(real: dict) -> str:

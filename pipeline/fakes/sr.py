@@ -49,6 +49,9 @@ def load_sr(weights: str | Path, *, name: str | None = None, device: str = "auto
 
     weights = Path(weights)
     state = read_checkpoint(weights)
+    if not isinstance(state, dict):
+        kind = type(state).__name__
+        raise ValueError(f"--weights {weights} holds a {kind}, not the state dict of a super-resolution model")
     try:
         desc = spandrel.ModelLoader().load_from_state_dict(state)
     except spandrel.UnsupportedModelError:

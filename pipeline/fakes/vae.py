@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import pickle
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,15 +139,25 @@ def _load_kl_single_file(path: Path, config: Path | None) -> nn.Module:
     from diffusers import AutoencoderKL
 
     state = read_checkpoint(path)
+    hint = "pass an AutoencoderKL checkpoint, a diffusers VAE folder or a folder with a TAESD encoder/decoder pair"
+    if not isinstance(state, dict):
+        raise ValueError(f"--weights {path} holds a {type(state).__name__}, not a VAE state dict; {hint}")
     if isinstance(state.get("state_dict"), dict):  # a Lightning/LDM training checkpoint
         state = state["state_dict"]
     state = _strip_vae_prefix(state)
-    if config is not None:
-        folder = config.parent if config.is_file() else config
-        return AutoencoderKL.from_single_file(state, config=str(folder), **_load_kwargs())
-    with tempfile.TemporaryDirectory() as tmp:
-        Path(tmp, "config.json").write_text(json.dumps(infer_kl_config(state)))
-        return AutoencoderKL.from_single_file(state, config=tmp, **_load_kwargs())
+    if "encoder.conv_out.weight" not in state:
+        raise ValueError(f"--weights {path} is not an AutoencoderKL checkpoint (no encoder.conv_out.weight); {hint}")
+    try:
+        if config is not None:
+            folder = config.parent if config.is_file() else config
+            return AutoencoderKL.from_single_file(state, config=str(folder), **_load_kwargs())
+        with tempfile.TemporaryDirectory() as tmp:
+            Path(tmp, "config.json").write_text(json.dumps(infer_kl_config(state)))
+            return AutoencoderKL.from_single_file(state, config=tmp, **_load_kwargs())
+    except (KeyError, RuntimeError, AttributeError, TypeError) as err:  # weights that do not fit the architecture
+        reason = " ".join(str(err).split())[:160]
+        why = f"{type(err).__name__}: {reason}"
+        raise ValueError(f"--weights {path}: does not fit an AutoencoderKL ({why}); {hint}") from None
 
 
 def _load_diffusers_folder(folder: Path) -> tuple[str, nn.Module]:
@@ -156,7 +168,17 @@ def _load_diffusers_folder(folder: Path) -> tuple[str, nn.Module]:
     cls_name = json.loads((folder / "config.json").read_text()).get("_class_name", "")
     if cls_name not in ("AutoencoderKL", "AutoencoderTiny"):
         raise ValueError(f"{folder}/config.json describes {cls_name!r}; expected AutoencoderKL or AutoencoderTiny")
-    model = getattr(diffusers, cls_name).from_pretrained(str(folder), **_load_kwargs())
+    from diffusers.utils import logging as diffusers_logging
+
+    verbosity = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity(logging.CRITICAL)  # its fallback notes would break the one-line error below
+    try:
+        model = getattr(diffusers, cls_name).from_pretrained(str(folder), **_load_kwargs())
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as err:  # pickled code, damaged or missing files
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"{folder}: the {cls_name} weights cannot be loaded safely ({first})") from None
+    finally:
+        diffusers_logging.set_verbosity(verbosity)
     return ("kl" if cls_name == "AutoencoderKL" else "tiny"), model
 
 

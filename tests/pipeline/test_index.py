@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import pytest
@@ -23,9 +24,13 @@ def img(path: Path, size=(12, 8), fmt="PNG") -> Path:
 
 
 def index(root: Path, tmp_path: Path, *args: str):
+    """Index `root` into a manifest beside it; rows keyed by their path relative to `root` (checked to resolve)."""
     out = tmp_path / "manifest.parquet"
     assert main(["index", str(root), "-o", str(out), *args]) == 0
-    return cache.read_manifest(out).set_index("path")
+    m = cache.read_manifest(out)
+    assert all((out.parent / p).is_file() for p in m["path"])  # paths are relative to the manifest's folder
+    m["path"] = [Path(os.path.relpath(out.parent / p, root)).as_posix() for p in m["path"]]
+    return m.set_index("path")
 
 
 def test_uar_layout_with_categories_and_a_non_image(tmp_path, capsys):
@@ -109,10 +114,11 @@ def test_csv_layout_and_its_errors(tmp_path, capsys):
     assert "missing column(s) ['path']" in capsys.readouterr().err
 
 
-def test_unknown_layout_is_a_clear_error(tmp_path, capsys):
+def test_folder_without_layout_is_indexed_as_reals(tmp_path, capsys):
     img(tmp_path / "root/some/a.png")
-    assert main(["index", str(tmp_path / "root"), "-o", str(tmp_path / "m.parquet")]) == 2
-    assert "no known layout" in capsys.readouterr().err
+    m = index(tmp_path / "root", tmp_path)
+    assert m["label"].to_dict() == {"some/a.png": 0} and m["source"].to_dict() == {"some/a.png": "root"}
+    assert "indexed as real" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("ratio", ["train=0.7,test=0.2", "train=x"])
