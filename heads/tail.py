@@ -18,7 +18,7 @@ targets, rank, scaling, zero-initialised B, separate/two-stage training). Not ex
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -107,10 +107,15 @@ class TailLoraHead(TailHead):
             pooled = self.pooled(xb, adapted=False)
         return self.mapping.stage1_fc(self.mapping.embed({"pooled": pooled})).squeeze(-1)
 
-    def _gapl_prototypes(self, x: Mapping[str, Tensor], y: Tensor) -> None:
+    def _gapl_prototypes(self, batches: Callable[[], Iterator[tuple[dict[str, Tensor], Tensor]]]) -> None:
         step = self.batch_rows
-        pooled = torch.cat([self.pooled({k: v[i : i + step] for k, v in x.items()}) for i in range(0, len(y), step)])
-        self.mapping._start_stage2({"pooled": pooled}, y)
+
+        def pooled() -> Iterator[tuple[dict[str, Tensor], Tensor]]:
+            for xb, yb in batches():
+                for i in range(0, len(yb), step):
+                    yield {"pooled": self.pooled({k: v[i : i + step] for k, v in xb.items()})}, yb[i : i + step]
+
+        self.mapping._start_stage2(pooled)
 
     def _gapl_stages(self) -> list[Stage]:
         stage1 = Stage(
@@ -333,7 +338,7 @@ class TailMoeHead(TailHead):
             extra = extra + self.cfg.domain_weight * domain_loss(logits, aux["domain"])
         return self.classifier(self.run_tail(tokens, gates)[self.cfg.output]).squeeze(-1), extra
 
-    def _start_stage2(self, x: Mapping[str, Tensor], y: Tensor) -> None:
+    def _start_stage2(self, batches: object) -> None:
         self.classifier.load_state_dict(self.expert_heads[-1].state_dict())
 
     def stages(self) -> list[Stage]:
