@@ -7,6 +7,8 @@ import importlib
 import os
 import sys
 
+from common.provenance import package_version
+
 # Each module defines `register(subparsers) -> None`, adding its sub-command(s) with `set_defaults(func=...)`.
 # Modules keep heavy imports (torch, sklearn, diffusers, ...) inside functions so that `aigi --help` stays fast.
 COMMAND_MODULES = [
@@ -44,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="aigi",
         description="Detect AI-generated images: cache frozen-backbone features once, train light heads on them.",
     )
+    parser.add_argument("--version", action="version", version=f"aigi {package_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
         try:
