@@ -19,7 +19,7 @@ def package_version() -> str:
 
 
 def git_revision(root: str | Path = _SOURCE_ROOT) -> str | None:
-    """The commit `root` is checked out at (with "+dirty" when tracked files changed), or None outside a git checkout."""
+    """The commit `root` is checked out at ("+dirty" when tracked files changed), or None outside a git checkout."""
     root = Path(root)
     if not (root / ".git").exists():
         return None
