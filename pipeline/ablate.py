@@ -410,7 +410,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=ABLATE_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("config", type=Path, help="ablation YAML (a run config plus variants / grid / seeds)")
+    p.add_argument("config", type=Path, help="ablation YAML (run config + variants/grid/seeds) or preset name")
     p.add_argument("-o", "--out", type=Path, required=True, metavar="DIR", help="ablation directory")
     p.add_argument("--jobs", type=int, default=1, metavar="N", help="local processes (joblib loky; default 1)")
     dist = p.add_mutually_exclusive_group()

@@ -117,7 +117,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=TRAIN_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("config", type=Path, help="YAML run config (head, fit, data, eval sections)")
+    p.add_argument("config", type=Path, help="YAML run config (head, fit, data, eval sections) or a preset name (uar)")
     p.add_argument(
         "--cache",
         action="append",
