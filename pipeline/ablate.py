@@ -260,6 +260,7 @@ def execute_run(run_dir: str, config: Any, info: dict[str, Any], threads: int | 
         return {**done, "skipped": True}
     import torch
 
+    from common.provenance import code_revision
     from pipeline.config import RunConfig, parse_config
     from pipeline.evaluate import evaluate_run
     from pipeline.train import train_run
@@ -281,6 +282,7 @@ def execute_run(run_dir: str, config: Any, info: dict[str, Any], threads: int | 
     val = trained.get("val_metrics") or {}
     result = {
         **info,
+        "code_revision": code_revision(),
         "metrics": {"mean": metrics["mean"], "groups": metrics["groups"], "threshold": metrics["threshold"]},
         "train_rows": trained["train_rows"],
         "val_rows": trained["val_rows"],

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 _FLOAT_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+REVISION_MARK = "# code revision: "  # first line of a saved run config: the git revision (or version) that wrote it
 BUILD_OPTIONS = {"standardize": bool}  # head keys that are `heads.build` options, not fields of the head's config
 
 
@@ -445,9 +446,17 @@ def _plain(value: Any) -> Any:
 
 def save_config(cfg: RunConfig | Mapping[str, Any], directory: str | Path) -> Path:
     """Write the resolved config (a RunConfig or its `to_dict` form) to DIRECTORY/config.yaml; `load_config` reads
-    it back to an equal RunConfig."""
+    it back to an equal RunConfig. Its first line, a YAML comment, names the code that wrote it (`saved_revision`)."""
+    from common.provenance import code_revision
+
     path = Path(directory) / "config.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     data = to_dict(cfg) if isinstance(cfg, RunConfig) else dict(cfg)
-    path.write_text(dump_yaml(data), encoding="utf-8")
+    path.write_text(f"{REVISION_MARK}{code_revision()}\n" + dump_yaml(data), encoding="utf-8")
     return path
+
+
+def saved_revision(path: str | Path) -> str | None:
+    """The code revision a config saved by `save_config` names in its first line, or None."""
+    first = Path(path).read_text(encoding="utf-8").partition("\n")[0]
+    return first[len(REVISION_MARK) :].strip() if first.startswith(REVISION_MARK) else None

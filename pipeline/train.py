@@ -10,7 +10,8 @@ from typing import Any
 TRAIN_HELP = """\
 Trains the head a run config names on the rows of its cache(s) with split == train and writes RUN_DIR/head.json +
 head.safetensors (with the cache fingerprints, extractor spec, resolved config, training history and validation
-metrics) and RUN_DIR/config.yaml (the resolved config; `aigi train RUN_DIR/config.yaml` replays the run).
+metrics, the code's git revision or version) and RUN_DIR/config.yaml (the resolved config, headed by that revision;
+`aigi train RUN_DIR/config.yaml` replays the run).
 
 Validation: the rows with split == val when the cache has any; otherwise a seeded data.val_fraction (default 10%)
 of the training pairs (pair_id, or image_id for unpaired rows), so a real and its aligned fakes stay together.
@@ -56,6 +57,7 @@ def train_run(cfg: Any, run_dir: str | Path, *, init: str | Path | None = None) 
         A summary: head, rows, seconds, val metrics, run_dir.
     """
     import heads
+    from common.provenance import code_revision
     from pipeline.config import save_config, to_dict
     from pipeline.metrics import binary_metrics
     from pipeline.rows import groups_of, open_caches, train_val_rows
@@ -87,6 +89,7 @@ def train_run(cfg: Any, run_dir: str | Path, *, init: str | Path | None = None) 
         "fingerprints": {a: c.fingerprint for a, c in caches.items()},
         "extractor_spec": {a: c.spec for a, c in caches.items()},
         "run_config": resolved,
+        "code_revision": code_revision(),
         "fit": dict(cfg.fit),
         "history": history,
         "train_rows": len(train),
