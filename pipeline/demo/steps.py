@@ -161,7 +161,7 @@ def _fake_weights(state: DemoState, kind: str, explicit: str | None) -> Path:
 
 def step_fakes(state: DemoState, *, vae_weights: str | None, sr_weights: str | None) -> None:
     """`aigi fakes vae` and `aigi fakes sr` (x4) on every real crop; then PSNR of each fake type and a gallery."""
-    common = ["--manifest", str(state.manifest), "--out", str(state.data / "fakes"), "--batch-size", "8"]
+    common = ["--manifest", str(state.manifest), "-o", str(state.data / "fakes"), "--batch-size", "8"]
     aigi(state, ["fakes", "vae", "--weights", str(_fake_weights(state, "vae", vae_weights)), *common])
     aigi(state, ["fakes", "sr", "--weights", str(_fake_weights(state, "sr", sr_weights)), "--scale", "4", *common])
     state.facts["fakes"] = fake_quality(state)
@@ -473,8 +473,8 @@ def real_flow_commands() -> list[str]:
     """The same flow on your own images and a real backbone (CLIP ViT-L/14 weights in a local file)."""
     return [
         "aigi index PHOTOS/ -o data/manifest.parquet --split-ratio train=0.8,test=0.2",
-        "aigi fakes vae --manifest data/manifest.parquet --weights SD_VAE_FOLDER --out data/fakes",
-        "aigi fakes sr --manifest data/manifest.parquet --weights RealESRGAN_x4plus.pth --scale 4 --out data/fakes",
+        "aigi fakes vae --manifest data/manifest.parquet --weights SD_VAE_FOLDER -o data/fakes",
+        "aigi fakes sr --manifest data/manifest.parquet --weights RealESRGAN_x4plus.pth --scale 4 -o data/fakes",
         "aigi extract --manifest data/manifest.parquet --backbone clip-l14 --weights ViT-L-14.safetensors "
         "--features pooler,proj --cache features/clip-l14",
         "aigi train configs/sef.yaml --cache features/clip-l14 -o runs/sef",

@@ -10,12 +10,22 @@ DIR/<source>/1_fake/ (re-encoded reals under DIR/<source>/0_real/); the new rows
 image_id, the real's split and domain) are appended to the manifest. Re-running skips finished outputs."""
 
 
+class _OutOnce(argparse.Action):
+    """`-o/--out` given twice is remembered: `-o` used to name the new manifest, so `--out DIR -o M` is an old call."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        if getattr(namespace, self.dest, None) is not None:
+            namespace.out_twice = True
+        setattr(namespace, self.dest, values)
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--manifest", type=Path, required=True, help="manifest.parquet (or .csv) listing the real images")
     p.add_argument("--weights", type=Path, required=True, help="model weights (file or folder, see above)")
-    p.add_argument("--out", type=Path, required=True, help="output folder for the images")
+    p.add_argument("-o", "--out", type=Path, required=True, action=_OutOnce, metavar="DIR",
+                   help="output folder for the images")  # fmt: skip
     p.add_argument("--name", default=None, help="model name in the source column (default: from --weights)")
-    p.add_argument("-o", "--output-manifest", type=Path, default=None, help="new manifest (default: update --manifest)")
+    p.add_argument("--output-manifest", type=Path, default=None, help="new manifest (default: update --manifest)")
     p.add_argument("--root", type=Path, default=None, help="folder manifest paths are relative to (default: its own)")
     p.add_argument("--format", default="same", help="same (PNG stays PNG, JPEG keeps its quality) | png | jpeg:Q")
     p.add_argument("--resave-real", action="store_true", help="also write each real through the same encoder")
@@ -67,6 +77,10 @@ def _config(args: argparse.Namespace, resize: int | None = None):
     from cache import read_manifest
     from pipeline.fakes.runner import FakesConfig
 
+    if getattr(args, "out_twice", False) or args.out.suffix.lower() in {".parquet", ".csv"}:
+        raise ValueError(
+            f"-o/--out {args.out} names the images folder; give it once, and the new manifest as --output-manifest FILE"
+        )
     read_manifest(args.manifest)  # a missing or broken manifest fails before a model is loaded
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
