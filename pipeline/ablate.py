@@ -243,7 +243,7 @@ def read_result(run_dir: str | Path) -> dict[str, Any] | None:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
-def execute_run(run_dir: str, config: Any, info: dict[str, Any], threads: int | None = None) -> dict:
+def execute_run(run_dir: str, config: Any, identity: dict[str, Any], threads: int | None = None) -> dict:
     """Train and evaluate one resolved config in `run_dir`; skip it when its result exists.
 
     Idempotent: a finished run returns its stored result (with "skipped": True); leftovers of an unfinished
@@ -252,7 +252,7 @@ def execute_run(run_dir: str, config: Any, info: dict[str, Any], threads: int | 
     Args:
         run_dir: the run's directory (DIR/runs/RUN_ID).
         config: the run's `RunConfig` (or its plain-data form, `pipeline.config.to_dict`, parsed here).
-        info: run_id, setting, variant, values, seed (copied into the result).
+        identity: run_id, setting, variant, values, seed (copied into the result).
         threads: torch threads for this process (None: leave as is).
     """
     done = read_result(run_dir)
@@ -281,7 +281,7 @@ def execute_run(run_dir: str, config: Any, info: dict[str, Any], threads: int | 
         torch.set_num_threads(previous)
     val = trained.get("val_metrics") or {}
     result = {
-        **info,
+        **identity,
         "code_revision": code_revision(),
         "metrics": {"mean": metrics["mean"], "groups": metrics["groups"], "threshold": metrics["threshold"]},
         "train_rows": trained["train_rows"],
@@ -311,8 +311,8 @@ def _cores() -> int:
 def _tasks(plan: AblationPlan, out_dir: Path, threads: int | None) -> list[tuple[str, tuple]]:
     tasks = []
     for r in plan.runs:
-        info = {"run_id": r.run_id, "setting": r.setting, "variant": r.variant, "values": r.values, "seed": r.seed}
-        tasks.append((r.run_id, (str(out_dir / "runs" / r.run_id), r.parsed or r.config, info, threads)))
+        identity = {"run_id": r.run_id, "setting": r.setting, "variant": r.variant, "values": r.values, "seed": r.seed}
+        tasks.append((r.run_id, (str(out_dir / "runs" / r.run_id), r.parsed or r.config, identity, threads)))
     return tasks
 
 

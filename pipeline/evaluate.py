@@ -126,7 +126,7 @@ def evaluate_run(
     """
     import heads
     from pipeline.config import apply_overrides, override_caches, parse_config, to_dict
-    from pipeline.metrics import assemble_groups, calibrate_threshold, parse_threshold, summarize
+    from pipeline.metrics import assemble_groups, calibrate_threshold, group_metrics, parse_threshold
     from pipeline.report import write_report
     from pipeline.rows import check_where, load_rows, open_caches, val_rows
 
@@ -166,7 +166,7 @@ def evaluate_run(
         if val is None:
             raise ValueError(f"--threshold val: the run has no validation rows ({how})")
         thr, thr_how = calibrate_threshold(val.labels, heads.predict(head, val.features)), f"calibrated on val ({how})"
-    metrics = summarize(
+    metrics = group_metrics(
         frame,
         by=by,
         threshold=float(thr),

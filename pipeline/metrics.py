@@ -22,7 +22,7 @@ BOOTSTRAP_CELLS = 4_000_000  # replicates x rows held at once by the bootstrap
 
 __all__ = [
     "METRICS", "REAL_POLICIES", "average_precision", "roc_auc", "ranking_metrics", "binary_metrics",
-    "calibrate_threshold", "assemble_groups", "mean_row", "summarize", "resample_weights", "weighted_metrics",
+    "calibrate_threshold", "assemble_groups", "mean_row", "group_metrics", "resample_weights", "weighted_metrics",
     "parse_threshold",
 ]  # fmt: skip
 
@@ -165,7 +165,7 @@ def mean_row(groups: Mapping[str, Mapping[str, Any]], *, n_rows: int) -> dict[st
     return row
 
 
-def summarize(
+def group_metrics(
     frame: pd.DataFrame,
     *,
     by: str = "source",

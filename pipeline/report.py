@@ -105,7 +105,7 @@ def write_report(
 
     Args:
         out_dir: the report directory (created).
-        metrics: `pipeline.metrics.summarize`'s result.
+        metrics: `pipeline.metrics.group_metrics`'s result.
         scores: one row per scored row: image_id, view, label, group columns, score.
         title: the report's heading.
         context: bullet lines describing the run (head, cache, split).

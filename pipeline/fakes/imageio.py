@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,8 +110,3 @@ def encoding_for(spec: str, source: str | Path) -> Encoding:
         quality, _ = estimate_jpeg_quality(img.quantization)
         sampling = JpegImagePlugin.get_sampling(img)
     return Encoding("jpeg", {"quality": quality, "subsampling": sampling if sampling in (0, 1, 2) else 2})
-
-
-def sha256_bytes(data: bytes) -> str:
-    """Hex sha256 of `data` (the manifest's image_id of a written file)."""
-    return hashlib.sha256(data).hexdigest()
