@@ -156,7 +156,7 @@ class AimV1(nn.Module):
         by_block = dict(zip(blocks, inter))
         out = {f: by_block[p[0]].mean(dim=1) for f in self.features if (p := parse_layer_feature(f))}
         if "probe" in self.features:
-            out["probe"] = self.head(torch.stack([by_block[i] for i in self.size.probe_layers]).mean(dim=0))
+            out["probe"] = self.head(torch.stack([by_block[i] for i in self.size.probe_layers], dim=-1).mean(dim=-1))
         return out
 
 

@@ -7,7 +7,8 @@ Weight formats that load (the text tower, if present, is ignored):
 - open_clip checkpoints of these models (same names as OpenAI's, optionally under "state_dict" / "module.").
 - timm's (`patch_embed.proj.weight`, `blocks.N...`, `head.weight` = the projection).
 - Hugging Face transformers' CLIPModel / CLIPVisionModelWithProjection (`vision_model.*`, `visual_projection.weight`),
-  .bin or .safetensors.
+  .bin or .safetensors, and transformers 5.x's CLIPVisionModel, saved without the `vision_model.` prefix
+  (`embeddings.*`, `encoder.layers.*`, `pre_layrnorm.*`, `post_layernorm.*`).
 
 Features: `l<i>.cls` / `l<i>.mean` (tokens leaving block i, 0-23), `pooler` (CLS after ln_post, 1024-d) and
 `proj` (the projected image embedding, 768-d, unnormalised: L2-normalise it yourself where a method does).
@@ -47,6 +48,7 @@ _HF_BLOCK_NAMES = {
     "mlp.fc1": "mlp.fc1",
     "mlp.fc2": "mlp.fc2",
 }
+_HF_BARE = ("embeddings.", "encoder.layers.", "pre_layrnorm.", "post_layernorm.")  # transformers 5.x CLIPVisionModel
 _HF_TOP = {
     "vision_model.embeddings.patch_embedding.weight": "patch_embed.proj.weight",
     "vision_model.pre_layrnorm.weight": "norm_pre.weight",
@@ -100,6 +102,8 @@ def convert_clip_state(state: dict[str, torch.Tensor], model: nn.Module) -> dict
     """Any supported CLIP checkpoint's state dict -> the timm model's names (see the module doc)."""
     from timm.models.vision_transformer import checkpoint_filter_fn
 
+    if "embeddings.patch_embedding.weight" in state:  # transformers 5.x: the vision tower saved without its prefix
+        state = {(f"vision_model.{k}" if k.startswith(_HF_BARE) else k): v for k, v in state.items()}
     if any(k.startswith("vision_model.") for k in state):
         return convert_hf_clip(state)
     return checkpoint_filter_fn(state, model)

@@ -1,6 +1,8 @@
 """Preprocessing policies (resize, center_crop, rich_patch) as picklable `(image, image_id) -> Tensor` callables.
 
-- `resize`: the whole image squashed to size x size (OmniAID: 336, CLIP mean/std); aspect ratio is not kept.
+- `resize`: the whole image squashed to size x size (OmniAID: 336, CLIP mean/std); aspect ratio is not kept. The
+  filter defaults to bilinear, torchvision's `Resize` default and so OmniAID's (`interpolation=bicubic|nearest`
+  picks another).
 - `center_crop`: the central size x size pixels without resizing (GAPL: 224, ImageNet mean/std). Images smaller
   than the crop are zero-padded around the centre (`small="pad"`, what torchvision's CenterCrop does, so the
   features match GAPL's) or, with `small="resize"`, upscaled so the short side equals the crop first.
@@ -25,7 +27,7 @@ from torchvision.transforms import functional as TF
 
 NORMS = {"imagenet": (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD), "clip": (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)}
 POLICY_PARAMS: dict[str, dict[str, Any]] = {
-    "resize": {"interpolation": "bicubic"},
+    "resize": {"interpolation": "bilinear"},
     "center_crop": {"small": "pad"},
     "rich_patch": {"crops": 192},
 }
@@ -62,7 +64,7 @@ def _normalize(img: Image.Image, mean: tuple[float, ...], std: tuple[float, ...]
 class Resize:
     """Squash the whole image to size x size, then normalise."""
 
-    def __init__(self, *, size: int, mean: tuple, std: tuple, interpolation: str = "bicubic") -> None:
+    def __init__(self, *, size: int, mean: tuple, std: tuple, interpolation: str = "bilinear") -> None:
         self.size, self.mean, self.std, self.interpolation = size, tuple(mean), tuple(std), interpolation
 
     def __call__(self, img: Image.Image, image_id: str = "") -> torch.Tensor:

@@ -3,7 +3,7 @@
 from heads import expert, fusion, gating, linear, mlp, prototype, router  # noqa: F401  (imports register heads)
 from heads._registry import available, build, head_class, make_config, register_head
 from heads.io import load, save
-from heads.released import gapl_prototype, uar_linear
+from heads.released import gapl_prototype, linear_probe, uar_linear
 from heads.train import FitConfig, Stage, explain, fit, lr_at, predict
 
 __all__ = [
@@ -15,6 +15,7 @@ __all__ = [
     "fit",
     "gapl_prototype",
     "head_class",
+    "linear_probe",
     "load",
     "lr_at",
     "make_config",

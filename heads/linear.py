@@ -39,4 +39,9 @@ class LinearHead(nn.Module):
         self.linear = nn.Linear(cfg.in_dim, 1)
 
     def forward(self, x: Mapping[str, Tensor]) -> Tensor:
-        return self.linear(x[self.cfg.inputs[0]]).squeeze(-1)
+        feature = x[self.cfg.inputs[0]]
+        if feature.shape[-1] != self.cfg.in_dim:
+            raise ValueError(
+                f"linear head reads '{self.cfg.inputs[0]}' of width {self.cfg.in_dim}; got width {feature.shape[-1]}"
+            )
+        return self.linear(feature).squeeze(-1)

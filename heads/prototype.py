@@ -50,8 +50,9 @@ class PrototypeCfg:
 
 
 def pca_prototypes(emb: np.ndarray, y: np.ndarray, per_class: int) -> np.ndarray:
-    """GAPL's prototypes: top `per_class` PCA axes (sklearn) of the real rows' embeddings, then of the fake rows',
-    stacked [2 * per_class, d] with unit rows."""
+    """GAPL's prototypes: top `per_class` PCA axes of the real rows' embeddings, then of the fake rows', stacked
+    [2 * per_class, d] and L2-normalised row-wise, computed as GAPL's script does (sklearn `PCA(n_components)` with
+    its default solver on float32 rows, float32 components, torch's normalize)."""
     from sklearn.decomposition import PCA
 
     out = []
@@ -62,10 +63,13 @@ def pca_prototypes(emb: np.ndarray, y: np.ndarray, per_class: int) -> np.ndarray
                 f"prototype: {per_class} PCA axes per class need >= {per_class} rows of class {c} "
                 f"and embed_dim >= {per_class}; got {len(rows)} rows, embed_dim {emb.shape[1]}"
             )
-        # exact solver: sklearn's "auto" may pick the randomized one (unseeded), making fits irreproducible
-        out.append(PCA(n_components=per_class, svd_solver="full").fit(rows).components_)
-    protos = np.concatenate(out).astype(np.float32)
-    return protos / np.linalg.norm(protos, axis=1, keepdims=True)
+        # GAPL's solver ("auto": covariance eigendecomposition for >= 10 rows per dimension); the seed only
+        # matters when "auto" picks the randomized solver, which GAPL leaves unseeded
+        pca = PCA(n_components=per_class, random_state=0).fit(rows.astype(np.float32, copy=False))
+        out.append(torch.tensor(pca.components_, dtype=torch.float32))
+    # joined through numpy as GAPL does: that keeps sklearn's column-major layout, which sets the rounding of the
+    # row norms (a contiguous copy normalises up to 6e-8 differently)
+    return F.normalize(torch.tensor(np.concatenate(out, axis=0)), dim=1).numpy()
 
 
 @register_head("prototype")
@@ -100,7 +104,7 @@ class PrototypeHead(nn.Module):
     def attend(self, e: Tensor) -> Tensor:
         """Cross-attention of each embedding over the prototypes, [N, d]."""
         kv = self.prototypes.unsqueeze(0).expand(e.shape[0], -1, -1)
-        out, _ = self.attn(e.unsqueeze(1), kv, kv, need_weights=False)
+        out, _ = self.attn(e.unsqueeze(1), kv, kv)  # GAPL's call: torch's defaults (need_weights=True)
         return out.squeeze(1)
 
     def forward(self, x: Mapping[str, Tensor]) -> Tensor:

@@ -1,4 +1,4 @@
-"""Turn released checkpoints into aigi heads: UAR's linear classifier and GAPL's projection + prototypes."""
+"""Turn released checkpoints into aigi heads: any linear probe (UnivFD, UAR, ...) and GAPL's projection + prototypes."""
 
 from __future__ import annotations
 
@@ -30,6 +30,79 @@ def _load_tensor_file(path: str | Path) -> Any:
         raise ValueError(f"{path} is not a plain torch tensor file ({type(err).__name__}: {reason})") from None
 
 
+_PROBE_PREFIXES = ("", "linear.", "fc.")
+_WRAPPERS = ("state_dict", "model")
+
+
+def _probe_state(path: str | Path) -> dict[str, Tensor]:
+    """The tensors of a probe file (.pth / .pt / .bin / .safetensors), unwrapped from a training checkpoint."""
+    if Path(path).suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{path} does not exist")
+        state: Any = load_file(str(path), device="cpu")
+    else:
+        state = _load_tensor_file(path)
+    while isinstance(state, dict) and not any(isinstance(v, Tensor) for v in state.values()):
+        inner = next((state[k] for k in _WRAPPERS if isinstance(state.get(k), dict)), None)
+        if inner is None:
+            break
+        state = inner
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: expected a state dict of a linear layer, got {type(state).__name__}")
+    return {k.removeprefix("module."): v for k, v in state.items() if isinstance(v, Tensor)}
+
+
+def _find_probe(state: dict[str, Tensor], path: str | Path, prefixes: tuple[str, ...]) -> tuple[Tensor, Tensor]:
+    found = [p for p in prefixes if f"{p}weight" in state]
+    names = [f"{p}weight" for p in prefixes]
+    if not found:
+        raise ValueError(f"{path}: no linear probe ({' / '.join(names)} with its bias) among {sorted(state)[:8]}")
+    if len(found) > 1:
+        raise ValueError(f"{path}: several linear layers {[f'{p}weight' for p in found]}; keep only the probe's")
+    prefix = found[0]
+    weight = state[f"{prefix}weight"]
+    bias = state.get(f"{prefix}bias", torch.zeros(weight.shape[0] if weight.ndim else 0, dtype=weight.dtype))
+    extra = sorted(set(state) - {f"{prefix}weight", f"{prefix}bias"})
+    if extra:
+        raise ValueError(f"{path}: holds more than a linear probe ({extra[:6]}); pass a file with the probe alone")
+    if weight.ndim != 2 or weight.shape[0] not in (1, 2) or tuple(bias.shape) != (weight.shape[0],):
+        raise ValueError(
+            f"{path}: a probe's weight must have 1 or 2 rows (K, D) and its bias (K,); got "
+            f"{tuple(weight.shape)} and {tuple(bias.shape)}"
+        )
+    return weight, bias
+
+
+def linear_probe(
+    path: str | Path, *, feature: str, fake_class: int = 1, prefixes: tuple[str, ...] = _PROBE_PREFIXES
+) -> nn.Module:
+    """A released linear probe as a `linear` head on `feature`, scoring `x @ w.T + b`.
+
+    Layouts: `weight` / `bias` (UnivFD's `fc_weights.pth`, a bare `nn.Linear` state dict), `linear.*` (UAR),
+    `fc.*`, optionally under "state_dict" / "model" and a "module." prefix, in .pth or .safetensors. A one-row
+    weight is the fake logit as is; a two-row (2-class softmax) head becomes its logit difference
+    `(w_fake - w_real) x + (b_fake - b_real)`, whose sigmoid is the softmax's P(fake).
+
+    Args:
+        path: the probe file (read with weights_only; never executes code).
+        feature: the feature the probe was trained on (e.g. `proj` for UnivFD, `probe` for UAR); the head refuses
+            inputs of another name or width.
+        fake_class: the row of a two-row head that scores "fake".
+        prefixes: the key prefixes to look for.
+    """
+    if fake_class not in (0, 1):
+        raise ValueError(f"fake_class must be 0 or 1, got {fake_class}")
+    weight, bias = _find_probe(_probe_state(path), path, prefixes)
+    if weight.shape[0] == 2:
+        weight = (weight[fake_class] - weight[1 - fake_class]).unsqueeze(0)
+        bias = (bias[fake_class] - bias[1 - fake_class]).unsqueeze(0)
+    head = build("linear", inputs=(feature,), in_dim=int(weight.shape[1]))
+    head.load_state_dict({"linear.weight": weight.float(), "linear.bias": bias.float()})
+    return head.eval()
+
+
 def uar_linear(path: str | Path, *, feature: str = "probe") -> nn.Module:
     """UAR's released classifier (`{"linear.weight": (1, D), "linear.bias": (1,)}`) as a `linear` head.
 
@@ -37,19 +110,7 @@ def uar_linear(path: str | Path, *, feature: str = "probe") -> nn.Module:
         path: the `.pth` state dict (saved from CUDA; loaded on the CPU with weights_only).
         feature: the input feature name the head reads (AIM-v1 `probe` for UAR).
     """
-    state = _load_tensor_file(path)
-    if not isinstance(state, dict) or not {"linear.weight", "linear.bias"} <= set(state):
-        keys = sorted(state) if isinstance(state, dict) else type(state).__name__
-        raise ValueError(f"{path}: expected UAR's state dict with linear.weight and linear.bias, got {keys}")
-    weight, bias = state["linear.weight"], state["linear.bias"]
-    if weight.ndim != 2 or weight.shape[0] != 1 or bias.shape != (1,):
-        raise ValueError(
-            f"{path}: linear.weight must be (1, D) and linear.bias (1,), got "
-            f"{tuple(weight.shape)} and {tuple(bias.shape)}"
-        )
-    head = build("linear", inputs=(feature,), in_dim=int(weight.shape[1]))
-    head.load_state_dict({"linear.weight": weight.float(), "linear.bias": bias.float()})
-    return head.eval()
+    return linear_probe(path, feature=feature, prefixes=("linear.",))
 
 
 def _tensor(path: str | Path, shape_hint: str) -> Tensor:

@@ -37,6 +37,8 @@ RESUMABLE = {
     "ablate": "finished runs",
     "demo": "finished steps",
 }
+# Commands that write their output only at the end (atomically): interrupted, they leave nothing behind.
+WRITE_AT_END = ("index", "train", "predict")
 MAX_MESSAGE = 600
 
 
@@ -64,7 +66,9 @@ def interrupted_message(command: str) -> str:
     kept = RESUMABLE.get(command)
     if kept:
         return f"aigi {command}: interrupted; {kept} are kept: re-run the same command to resume"
-    return f"aigi {command}: interrupted; nothing was saved: re-run the command to start again"
+    if command in WRITE_AT_END:
+        return f"aigi {command}: interrupted; nothing was saved: re-run the command to start again"
+    return f"aigi {command}: interrupted; its outputs may be incomplete: re-run the command to start again"
 
 
 def _quiet_stdout() -> None:

@@ -351,11 +351,22 @@ def read_yaml(path: str | Path, *, what: str = "a run config", missing: str = ""
     path = resolve_config(path, missing=missing)
     try:
         raw = parse_yaml(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a text file; {what} is a UTF-8 YAML file (see configs/)") from None
     except yaml.YAMLError as err:
-        raise ValueError(f"{path}: not valid YAML: {err}") from None
+        problem = _yaml_problem(err)
+        raise ValueError(f"{path}: not valid YAML ({problem}); fix that line (see configs/ for examples)") from None
     if not isinstance(raw, Mapping):
-        raise ValueError(f"{path}: {what} is a YAML mapping")
+        raise ValueError(f"{path}: {what} is a YAML mapping (KEY: VALUE lines), not a {type(raw).__name__}")
     return dict(raw)
+
+
+def _yaml_problem(err: Exception) -> str:
+    """`problem at line L, column C` of a YAML error (tags of Python objects are refused by the safe loader)."""
+    mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+    problem = " ".join(str(getattr(err, "problem", None) or err).split())
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return problem + where
 
 
 def parse_value(text: str) -> Any:

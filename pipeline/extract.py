@@ -37,6 +37,7 @@ class ExtractConfig:
     num_workers: int = 0
     device: str = "auto"
     dtype: str = "auto"
+    store_dtype: str = "float16"
     arch: dict = field(default_factory=dict)
 
     def extractor_kwargs(self) -> dict:
@@ -183,15 +184,33 @@ def get_extractor(cfg: ExtractConfig):
     return _EXTRACTORS[key]
 
 
+def cache_spec(extractor, store_dtype: str, cache_dir: str | Path | None = None) -> dict:
+    """The spec a cache of these features records: the extractor's, plus the storage dtype (float16 rounds the
+    forward's values, float32 keeps them), so that the two never share a fingerprint.
+
+    A cache written before the storage dtype was recorded keeps its spec when its stored dtype is the one asked,
+    so that its extraction still resumes.
+    """
+    from cache.writer import CACHE_JSON, read_cache_json
+
+    spec = asdict(extractor.spec)
+    if cache_dir is not None and (Path(cache_dir) / CACHE_JSON).exists():
+        header = read_cache_json(Path(cache_dir))
+        if header["spec"] == json.loads(json.dumps(spec)) and header["dtype"] == store_dtype:
+            return spec
+    return {**spec, "storage_dtype": store_dtype}
+
+
 def _writer(cfg: ExtractConfig, extractor):
     from cache import CacheWriter
 
     return CacheWriter(
         cfg.cache,
-        spec=asdict(extractor.spec),
+        spec=cache_spec(extractor, cfg.store_dtype, cfg.cache),
         features=dict(extractor.feature_shapes),
         fmt=cfg.fmt,
         shard_size=cfg.shard_size,
+        dtype=cfg.store_dtype,
     )
 
 
@@ -336,6 +355,7 @@ def config_from_args(args: argparse.Namespace) -> ExtractConfig:
         num_workers=args.num_workers,
         device=args.device,
         dtype=args.dtype,
+        store_dtype=args.store_dtype,
     )
 
 
@@ -418,7 +438,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader processes decoding images")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
-    p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"], help="compute dtype")
+    p.add_argument(
+        "--store-dtype",
+        default="float16",
+        choices=["float16", "float32"],
+        help="dtype the cache stores (recorded in the fingerprint); float32 keeps the forward's values bit for bit",
+    )
     p.add_argument("--workers", type=int, default=0, help="run shards on a local dask cluster of N processes")
     p.add_argument("--scheduler", help="run shards on an existing dask cluster, e.g. tcp://host:8786")
 

@@ -1,4 +1,4 @@
-"""`aigi head`: import released classifiers (UAR, GAPL) as aigi heads and describe saved heads."""
+"""`aigi head`: import released classifiers (any linear probe, UAR, GAPL) as aigi heads and describe saved heads."""
 
 from __future__ import annotations
 
@@ -10,9 +10,24 @@ from common.files import sha256_file
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add `aigi head import-uar | import-gapl | info`."""
+    """Add `aigi head import-linear | import-uar | import-gapl | info`."""
     parser = subparsers.add_parser("head", help="import released heads, describe saved heads")
     sub = parser.add_subparsers(dest="head_command", metavar="ACTION", required=True)
+
+    lin = sub.add_parser(
+        "import-linear",
+        help="any released linear probe (UnivFD's fc_weights.pth, UAR's, ...) -> an aigi `linear` head",
+        description="Keys `weight`/`bias`, `linear.*` or `fc.*` (.pth or .safetensors); a (1, D) weight scores as "
+        "x @ w.T + b, a (2, D) softmax head as its logit difference. The probe only means something on the feature "
+        "it was trained on: name it with --feature, and give --cache to bind the head to that cache's extractor "
+        "spec (then `aigi eval` / `aigi predict` refuse features made otherwise).",
+    )
+    lin.add_argument("file", type=Path, help="the probe's state dict")
+    lin.add_argument("--feature", required=True, help="the feature it was trained on (UnivFD: proj, UAR: probe)")
+    lin.add_argument("-o", "--out", type=Path, required=True, help="head directory to write")
+    lin.add_argument("--cache", type=Path, help="a cache holding that feature: its fingerprint and spec are recorded")
+    lin.add_argument("--fake-class", type=int, choices=(0, 1), default=1, help="fake row of a 2-row head (1)")
+    lin.set_defaults(func=run_head_import_linear)
 
     uar = sub.add_parser("import-uar", help="UAR's released linear classifier (.pth) -> an aigi `linear` head")
     uar.add_argument("file", type=Path, help="UAR state dict with linear.weight (1, D) and linear.bias (1,)")
@@ -31,6 +46,38 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     info.add_argument("directory", type=Path, help="head directory (head.json + head.safetensors)")
     info.add_argument("--json", action="store_true", help="print JSON")
     info.set_defaults(func=run_head_info)
+
+
+def run_head_import_linear(args: argparse.Namespace) -> int:
+    import heads
+
+    head = heads.linear_probe(args.file, feature=args.feature, fake_class=args.fake_class)
+    meta = {"imported_from": {"kind": "linear", "file": args.file.name, "sha256": sha256_file(args.file)}}
+    if args.cache is not None:
+        meta |= _bound_cache(args.cache, args.feature, head.cfg.in_dim)
+    heads.save(head, args.out, meta=meta)
+    print(f"wrote {args.out} (linear head on '{args.feature}', {head.cfg.in_dim}-d)")
+    return 0
+
+
+def _bound_cache(path: Path, feature: str, dim: int) -> dict:
+    """head.json entries (as `aigi train` writes them) binding an imported head to the cache at `path`."""
+    import cache
+
+    store = cache.open(path)
+    shape = store.features.get(feature)
+    if shape != (dim,):
+        got = f"width {shape[0]}" if shape and len(shape) == 1 else ("shape " + str(shape) if shape else "absent")
+        raise ValueError(
+            f"the probe reads '{feature}' of width {dim}, but in {path} '{feature}' is {got}; pick the feature the "
+            f"probe was trained on (the cache has {sorted(store.features)})"
+        )
+    alias = str(store.spec.get("name") or "features")
+    return {
+        "caches": {alias: {"path": str(store.path), "fingerprint": store.fingerprint, "format": store.format}},
+        "fingerprints": {alias: store.fingerprint},
+        "extractor_spec": {alias: store.spec},
+    }
 
 
 def run_head_import_uar(args: argparse.Namespace) -> int:

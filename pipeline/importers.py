@@ -126,6 +126,9 @@ def export_npy(cache_path: str | Path, out: str | Path, *, feature: str | None =
     if len(store.features[name]) != 1:
         raise ValueError(f"{cache_path}: feature {name!r} has per-row shape {store.features[name]}, not a vector")
     meta = store.meta(where={"view": view})
+    if meta.empty:
+        views = sorted(store.meta()["view"].astype(str).unique().tolist())
+        raise ValueError(f"{cache_path}: no row has view {view!r}; its views are {views} (use --view)")
     targets = meta["source"].map(safe_component) + "/" + meta["label"].map(dict(enumerate(LABEL_DIRS)))
     targets = targets + "/" + meta["path"].map(lambda p: safe_component(Path(str(p)).stem)) + ".npy"
     dup = targets.duplicated(keep=False)

@@ -85,11 +85,20 @@ def extractor_from_spec(spec: dict, *, weights: str | None, device: str) -> Any:
     )
 
 
+def live_spec(extractor: Any, recorded_spec: dict) -> dict:
+    """The spec the live extractor's features would be cached under: its own, plus the training cache's storage
+    dtype (`aigi extract --store-dtype`), which `features_for` then rounds the features through."""
+    spec = asdict(extractor.spec)
+    if "storage_dtype" in recorded_spec:
+        spec["storage_dtype"] = recorded_spec["storage_dtype"]
+    return spec
+
+
 def check_fingerprint(extractor: Any, *, recorded: str | None, recorded_spec: dict, alias: str) -> None:
     """Refuse features that would not match the head's training cache, naming the differing fields."""
     import cache
 
-    spec = asdict(extractor.spec)
+    spec = live_spec(extractor, recorded_spec)
     if recorded is None or cache.fingerprint(spec) == recorded:
         return
     diff = cache.spec_diff(recorded_spec, spec)
@@ -129,8 +138,13 @@ def load_batch(paths: list[Path], transform) -> tuple[list[int], Any, list[tuple
     return ok, (torch.stack(tensors) if tensors else None), bad
 
 
-def features_for(paths: list[Path], backbones: dict[str, Any], *, batch_size: int) -> tuple[dict, list[int], dict]:
-    """Features of every readable image for every backbone: {alias: {feature: array}}, rows kept, failures."""
+def features_for(
+    paths: list[Path], backbones: dict[str, Any], *, batch_size: int, storage: dict[str, str] | None = None
+) -> tuple[dict, list[int], dict]:
+    """Features of every readable image for every backbone: {alias: {feature: array}}, rows kept, failures.
+
+    `storage` (alias -> numpy dtype) rounds a backbone's features as its training cache stored them.
+    """
     from tqdm import tqdm
 
     feats: dict[str, dict[str, list]] = {a: {} for a in backbones}
@@ -146,7 +160,10 @@ def features_for(paths: list[Path], backbones: dict[str, Any], *, batch_size: in
         for alias, ex in backbones.items():
             x = batch if ex is first else load_batch([chunk[i] for i in ok], ex.transform)[1]
             for name, value in ex(x).items():
-                feats[alias].setdefault(name, []).append(value.numpy())
+                value = value.numpy()
+                if (storage or {}).get(alias):
+                    value = value.astype(storage[alias]).astype(np.float32)
+                feats[alias].setdefault(name, []).append(value)
         kept.extend(start + i for i in ok)
     stacked = {a: {n: np.concatenate(v) for n, v in f.items()} for a, f in feats.items()}
     return stacked, kept, failed
@@ -211,7 +228,8 @@ def score_images(args: argparse.Namespace) -> pd.DataFrame:
         check_fingerprint(ex, recorded=(info.get("fingerprints") or {}).get(alias), recorded_spec=spec, alias=alias)
         backbones[alias] = ex
     paths = list_images(args.images)
-    feats, kept, failed = features_for(paths, backbones, batch_size=args.batch_size)
+    storage = {a: s["storage_dtype"] for a, s in specs.items() if "storage_dtype" in s}
+    feats, kept, failed = features_for(paths, backbones, batch_size=args.batch_size, storage=storage)
     table = pd.DataFrame({"path": [printable(p) for p in paths], "p_fake": np.nan, "error": ""})
     for i, reason in failed.items():
         table.loc[i, "error"] = reason

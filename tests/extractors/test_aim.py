@@ -121,3 +121,19 @@ def test_published_sizes(name: str) -> None:
     assert model.trunk.pos_embed.shape == (1, 256, size.embed_dim) and len(model.trunk.blocks) == size.depth
     assert model.trunk.blocks[0].attn.qkv.bias is None and model.trunk.blocks[0].mlp.fc1.bias is None
     assert model.trunk.blocks[0].norm1.eps == 1e-6 and model.head.bn.eps == 1e-6 and not model.head.bn.affine
+
+
+def test_probe_averages_the_blocks_in_apples_order(tmp_path: Path) -> None:
+    """Apple's AverageLayers stacks the probe blocks on a last axis and means over it; summing in another order
+    rounds differently (3.8e-6 at the 3B size), so the probe must take exactly Apple's reduction."""
+    cfg = {"img_size": 56, "embed_dim": 64, "depth": 6, "num_heads": 2, "probe_layers": (0, 1, 2, 3, 4, 5)}
+    sd = tiny.aim_official_state(embed_dim=64, depth=6, num_heads=2, seed=5)
+    backbone, head = tiny.save_aim_checkpoints(sd, tmp_path)
+    ex = extractors.build("aim-v1-3b", weights=f"{backbone},{head}", device="cpu", **cfg)
+    model = ex.model
+    x = torch.randn(8, 3, 56, 56, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        blocks = model.trunk.forward_intermediates(x, indices=list(range(6)), output_fmt="NLC", intermediates_only=True)
+        expected = model.head(torch.stack(blocks, dim=-1).mean(dim=-1))  # Apple: stack(dim=-1).mean(dim=-1)
+        got = ex(x)["probe"]
+    assert torch.equal(got, expected)

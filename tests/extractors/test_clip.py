@@ -131,3 +131,77 @@ def test_real_size_matches_openai_parameter_names_and_shapes() -> None:
         == sum(torch.Size(s).numel() for k, s in official.items() if k.startswith("visual.")) + 768
     )  # + the zero bias timm's head carries beside OpenAI's bias-free projection
     assert ours["pos_embed"] == (1, 577, 1024) and ours["head.weight"] == (768, 1024) and len(model.blocks) == 24
+
+
+def test_proj_and_pooler_match_open_clip(oc_model: torch.nn.Module, tmp_path: Path) -> None:
+    """`proj` = open_clip's encode_image, `pooler` = ln_post of the CLS token leaving the last block."""
+    torch.save(oc_model.state_dict(), tmp_path / "openai.pth")
+    x = torch.randn(3, 3, 56, 56, generator=torch.Generator().manual_seed(2))
+    ex = extractors.build(
+        "clip-l14", weights=tmp_path / "openai.pth", features=["pooler", "proj"], device="cpu", **tiny.CLIP_TINY
+    )
+    ref = tiny.open_clip_reference(oc_model, x, ["pooler", "proj"])
+    got = ex(x)
+    for f in ("pooler", "proj"):
+        assert (got[f] - ref[f]).abs().max().item() <= 1e-4, f
+
+
+def _hf_vision_model() -> torch.nn.Module:
+    """transformers' CLIPVisionModelWithProjection at the tiny size, QuickGELU as OpenAI's CLIP, random weights."""
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.CLIPVisionConfig(
+        hidden_size=tiny.CLIP_TINY["embed_dim"],
+        intermediate_size=4 * tiny.CLIP_TINY["embed_dim"],
+        num_hidden_layers=tiny.CLIP_TINY["depth"],
+        num_attention_heads=tiny.CLIP_TINY["num_heads"],
+        image_size=tiny.CLIP_TINY["img_size"],
+        patch_size=14,
+        projection_dim=tiny.CLIP_TINY["proj_dim"],
+        hidden_act="quick_gelu",
+    )
+    torch.manual_seed(0)
+    model = transformers.CLIPVisionModelWithProjection(cfg).eval()
+    with torch.no_grad():  # every tensor random, LayerNorms included, so that each one matters
+        for p in model.parameters():
+            p.copy_(torch.randn_like(p) * (0.1 if p.ndim > 1 else 0.5) + (1.0 if p.ndim == 1 else 0.0))
+    return model
+
+
+@pytest.mark.parametrize("layout", ["4.x", "5.x"])
+def test_transformers_vision_model_with_projection_in_both_key_layouts(layout: str, tmp_path: Path) -> None:
+    """4.x saves `vision_model.*` + `visual_projection.weight`; 5.x's CLIPVisionModel drops the `vision_model.`
+    prefix (`embeddings.*`, `encoder.layers.*`, `pre_layrnorm.*`, `post_layernorm.*`)."""
+    from safetensors.torch import save_file
+
+    model = _hf_vision_model()
+    state = model.state_dict()
+    if layout == "5.x":
+        state = {k.removeprefix("vision_model."): v for k, v in state.items()}
+        assert "embeddings.patch_embedding.weight" in state and "encoder.layers.0.mlp.fc1.weight" in state
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "model.safetensors"))
+    x = torch.randn(3, 3, 56, 56, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = model(pixel_values=x)
+        pooled = model.vision_model(pixel_values=x).pooler_output
+    ex = extractors.build(
+        "clip-l14", weights=tmp_path / "model.safetensors", features=["pooler", "proj"], device="cpu", **tiny.CLIP_TINY
+    )
+    got = ex(x)
+    assert (got["proj"] - ref.image_embeds).abs().max().item() <= 1e-4
+    assert (got["pooler"] - pooled).abs().max().item() <= 1e-4
+
+
+def test_transformers_5_save_pretrained_of_a_vision_model_loads(tmp_path: Path) -> None:
+    """The folder `CLIPVisionModel.save_pretrained` writes (no projection) serves `pooler`."""
+    transformers = pytest.importorskip("transformers")
+    full = _hf_vision_model()
+    vision = transformers.CLIPVisionModel(full.config).eval()
+    getattr(vision, "vision_model", vision).load_state_dict(full.vision_model.state_dict())  # 5.x: no wrapper
+    vision.save_pretrained(tmp_path)
+    x = torch.randn(2, 3, 56, 56, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        expected = vision(pixel_values=x).pooler_output
+    ex = extractors.build(
+        "clip-l14", weights=tmp_path / "model.safetensors", features=["pooler"], device="cpu", **tiny.CLIP_TINY
+    )
+    assert (ex(x)["pooler"] - expected).abs().max().item() <= 1e-4

@@ -115,12 +115,13 @@ def test_center_crop_resize_option_upscales_small_images() -> None:
     torch.testing.assert_close(out, grey.view(3, 1, 1).expand(3, 224, 224), rtol=0, atol=1e-5)
 
 
-def test_resize_squashes_to_square_bicubic_with_clip_stats() -> None:
+@pytest.mark.parametrize(("option", "pil_filter"), [(None, Image.BILINEAR), ("bicubic", Image.BICUBIC)])
+def test_resize_squashes_to_square_with_clip_stats(option: str | None, pil_filter: int) -> None:
     rng = np.random.default_rng(6)
     img = Image.fromarray(rng.integers(0, 256, (90, 200, 3), dtype=np.uint8))
     mean, std = NORMS["clip"]
-    out = Resize(size=64, mean=mean, std=std)(img)
-    expected = np.asarray(img.resize((64, 64), Image.BICUBIC)).astype(np.float32) / 255.0
+    out = Resize(size=64, mean=mean, std=std, **({"interpolation": option} if option else {}))(img)
+    expected = np.asarray(img.resize((64, 64), pil_filter)).astype(np.float32) / 255.0
     expected = (torch.from_numpy(expected).permute(2, 0, 1) - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(
         std
     ).view(3, 1, 1)
@@ -170,4 +171,7 @@ def test_resolve_policy_records_params_and_norm() -> None:
     assert policy.params == {"crops": 192} and policy.interpolation == "bilinear"
     assert policy.kwargs["mean"] == tuple(MEAN)
     policy = resolve_policy("resize:norm=clip", default="rich_patch", size=336, norm="imagenet")
-    assert policy.kwargs["std"] == tuple(NORMS["clip"][1]) and policy.interpolation == "bicubic"
+    assert policy.kwargs["std"] == tuple(NORMS["clip"][1]) and policy.interpolation == "bilinear"
+    assert resolve_policy("resize:interpolation=bicubic", default="resize", size=336, norm="clip").interpolation == (
+        "bicubic"
+    )

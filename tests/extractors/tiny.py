@@ -156,7 +156,7 @@ def plain_aim(
         t = t + F.gelu(y @ sd[f"{b}.mlp.fc1.weight"].T) @ sd[f"{b}.mlp.fc2.weight"].T
         blocks.append(t)
     out = {f"l{i}.mean": blk.mean(dim=1) for i, blk in enumerate(blocks)}
-    avg = torch.stack([blocks[i] for i in probe_layers]).mean(dim=0)
+    avg = torch.stack([blocks[i] for i in probe_layers], dim=-1).mean(dim=-1)  # Apple's AverageLayers
     normed = (avg - sd["head.bn.running_mean"]) / torch.sqrt(sd["head.bn.running_var"] + eps)
     query = sd["head.cls_token"].expand(x.shape[0], -1, -1)
     out["probe"] = _attend(query, normed @ sd["head.k.weight"].T, normed @ sd["head.v.weight"].T, heads)[:, 0]

@@ -87,3 +87,43 @@ def test_pca_prototypes_are_orthonormal_per_class_and_match_sklearn() -> None:
     real = PCA(n_components=4).fit(emb[data["y"] == 0]).components_
     fake = PCA(n_components=4).fit(emb[data["y"] == 1]).components_
     np.testing.assert_allclose(np.abs(protos), np.abs(np.concatenate([real, fake])), atol=1e-5)
+
+
+def _gapl_prototypes(emb: np.ndarray, y: np.ndarray, per_class: int) -> torch.Tensor:
+    """GAPL's prototype script: sklearn PCA(n_components) per class (default solver) on the float32 embeddings,
+    components as float32 tensors, real then fake, rows L2-normalised with torch."""
+    parts = [
+        torch.tensor(PCA(n_components=per_class).fit(emb[y == c]).components_, dtype=torch.float32) for c in (0, 1)
+    ]
+    return F.normalize(torch.tensor(np.concatenate(parts, axis=0)), dim=1)
+
+
+def test_pca_prototypes_equal_gapls_computation() -> None:
+    from heads.prototype import pca_prototypes
+
+    rng = np.random.default_rng(1)
+    emb = F.normalize(
+        torch.from_numpy(
+            rng.standard_normal((3000, 128)).astype(np.float32) * np.linspace(0.2, 3, 128).astype(np.float32)
+        ),
+        dim=1,
+    ).numpy()
+    y = (rng.random(3000) < 0.5).astype(int)
+    got = torch.from_numpy(pca_prototypes(emb, y, 32))
+    assert torch.equal(got, _gapl_prototypes(emb, y, 32))
+
+
+def test_attention_is_called_as_gapl_calls_it() -> None:
+    """GAPL calls `cross_attention(query=, key=, value=)` with torch's defaults (need_weights=True, whose math path
+    rounds differently from the fused one); the head must give GAPL's numbers exactly."""
+    head = heads.build("prototype", inputs="f", in_dim=48, embed_dim=128, per_class=32, num_heads=4).eval()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in (*head.parameters(), head.prototypes):
+            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+        x = torch.randn(16, 48, generator=g)
+        e = F.normalize(head.proj(x), dim=1)
+        pro = head.prototypes.unsqueeze(0).expand(16, -1, -1)
+        out, _ = head.attn(query=e.unsqueeze(1), key=pro, value=pro)
+        expected = head.fc(out.squeeze(1)).squeeze(-1)
+        assert torch.equal(head({"f": x}), expected)

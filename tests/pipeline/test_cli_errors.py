@@ -44,7 +44,10 @@ def _case() -> str:
 
 
 def record(line: str) -> None:
-    CASES[_case()] = line
+    key, n = _case(), 2
+    while key in CASES:
+        key, n = f"{_case()} ({n})", n + 1
+    CASES[key] = line
 
 
 def cli(capsys: pytest.CaptureFixture, *argv: object) -> tuple[int, str, str]:
@@ -457,6 +460,14 @@ def test_export_npy_never_writes_outside_the_output_folder(tmp_path, capsys):
     assert len(files) == 6 and all(p.resolve().is_relative_to(out.resolve()) for p in files)
 
 
+def test_export_npy_of_a_view_the_cache_lacks(tmp_path, capsys):
+    uar_folder(tmp_path / "npy", n=2)
+    assert main(["import", "uar", str(tmp_path / "npy"), "--cache", str(tmp_path / "c")]) == 0
+    user_error(capsys, "export", "npy", tmp_path / "c", "-o", tmp_path / "out", "--view", "jpeg:75",
+               words=("jpeg:75", "'orig'", "--view"))  # fmt: skip
+    assert not (tmp_path / "out").exists()
+
+
 # ------------------------------------------------------------------------------------------------ train / eval
 
 
@@ -470,8 +481,15 @@ def syn(tmp_path: Path) -> dict:
 def test_train_yaml_syntax_error(syn, capsys):
     bad = syn["tmp"] / "bad.yaml"
     bad.write_text("head: {name: linear\nfit: [")
-    user_error(capsys, "train", bad, "-o", syn["tmp"] / "run", words=("bad.yaml", "YAML"))
+    line = user_error(capsys, "train", bad, "-o", syn["tmp"] / "run", words=("bad.yaml", "YAML", "line 2", "fix"))
+    assert "<unicode string>" not in line
     assert not (syn["tmp"] / "run").exists()
+
+
+def test_train_config_that_is_not_text(syn, capsys):
+    bad = syn["tmp"] / "weights.yaml"
+    bad.write_bytes(b"\x80\x04\x95\xff\x00pickle")
+    user_error(capsys, "train", bad, "-o", syn["tmp"] / "run", words=("weights.yaml", "UTF-8 YAML"))
 
 
 def test_train_yaml_of_the_wrong_shape(syn, capsys):

@@ -126,3 +126,25 @@ def test_head_parameter_typo_is_caught_when_the_config_is_read(tmp_path: Path) -
         load_config(_write(tmp_path, BASE), overrides=["head.name=mlp", "head.dropout=lots"])
     with pytest.raises(ValueError, match="unknown head 'linaer'"):
         load_config(_write(tmp_path, BASE), overrides=["head.name=linaer"])
+
+
+@pytest.mark.parametrize(
+    ("preset", "published"),
+    [
+        # OmniAID's config_omniaid_mirage_paper.json / config_omniaid_genimage_paper.json (num_experts counts the
+        # artifact expert; moe_router_hidden_dim, moe_top_k, rank_per_expert, moe_lambda_balance, _gating_cls)
+        ("omniaid_mirage", {"experts": 6, "router_hidden": 256, "top_k": 2, "rank": 8, "balance": 1e-3, "cls": 0.1}),
+        ("omniaid_genimage", {"experts": 3, "router_hidden": 64, "top_k": 1, "rank": 4, "balance": 0.1, "cls": 0.1}),
+    ],
+)
+def test_omniaid_presets_carry_one_published_config_each(preset: str, published: dict) -> None:
+    head = load_config(CONFIGS / f"{preset}.yaml").head.params
+    ours = {
+        "experts": len(head["domains"]) + 1,
+        "router_hidden": head["router_hidden"],
+        "top_k": head["top_k"],
+        "rank": head["rank"],
+        "balance": head["balance_weight"],
+        "cls": head["domain_weight"],
+    }
+    assert ours == published

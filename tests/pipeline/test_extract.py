@@ -227,3 +227,41 @@ def test_sigkill_mid_run_then_resume_equals_uninterrupted(tmp_path: Path, weight
     for name in f2:
         np.testing.assert_array_equal(f1[name], f2[name])
     assert not list(shards.glob("*.tmp*"))
+
+
+def test_store_dtype_float32_keeps_the_forward_bit_for_bit(tmp_path: Path, weights: Path, capsys) -> None:
+    import torch
+
+    manifest = make_manifest(tmp_path, 5)
+    one_by_one = ("--batch-size", "1")  # the reference below runs each image alone: same shapes, same rounding
+    assert main(extract_args(manifest, tmp_path / "c32", weights, *one_by_one, "--store-dtype", "float32")) == 0
+    c32 = cache.open(tmp_path / "c32")
+    assert c32.dtype == "float32" and c32.spec["storage_dtype"] == "float32"
+    fs = c32.load()
+    ex = extractors.build(BACKBONE, weights=weights, features=FEATURES.split(","))
+    for path, image_id, *row in zip(fs.meta["path"], fs.meta["image_id"], *fs.features.values()):
+        direct = ex(torch.stack([ex.transform(load_image(tmp_path / path), image_id)]))
+        for name, got in zip(fs.features, row):
+            np.testing.assert_array_equal(got, direct[name].numpy()[0])
+    # the default stores float16 under another fingerprint, and one cache never mixes the two
+    assert main(extract_args(manifest, tmp_path / "c16", weights, *one_by_one)) == 0
+    c16 = cache.open(tmp_path / "c16")
+    assert c16.dtype == "float16" and c16.spec["storage_dtype"] == "float16"
+    assert c16.fingerprint != c32.fingerprint
+    assert cache.spec_diff(c32.spec, c16.spec) == ["storage_dtype: 'float32' -> 'float16'"]
+    capsys.readouterr()
+    assert main(extract_args(manifest, tmp_path / "c32", weights, *one_by_one)) == 2
+    assert "storage_dtype" in capsys.readouterr().err
+
+
+def test_a_cache_from_before_the_storage_dtype_was_recorded_still_resumes(tmp_path: Path, weights: Path) -> None:
+    from dataclasses import asdict
+
+    from cache import CacheWriter
+    from pipeline.extract import cache_spec
+
+    ex = extractors.build(BACKBONE, weights=weights, features=FEATURES.split(","))
+    CacheWriter(tmp_path / "old", spec=asdict(ex.spec), features=dict(ex.feature_shapes), dtype="float16").close()
+    assert cache_spec(ex, "float16", tmp_path / "old") == asdict(ex.spec)  # its fingerprint, so it resumes
+    assert cache_spec(ex, "float32", tmp_path / "old") == {**asdict(ex.spec), "storage_dtype": "float32"}
+    assert cache_spec(ex, "float16", tmp_path / "new") == {**asdict(ex.spec), "storage_dtype": "float16"}
