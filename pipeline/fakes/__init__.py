@@ -1,4 +1,4 @@
-"""`aigi fakes vae|sr`: aligned fakes of a manifest's real images (VAE reconstructions, GAN super-resolution)."""
+"""`aigi fakes KIND`: aligned fakes of a manifest's real images, one kind per file in `pipeline/fakes/kinds/`."""
 
 from __future__ import annotations
 
@@ -19,9 +19,10 @@ class _OutOnce(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def _common(p: argparse.ArgumentParser, *, weights: bool) -> None:
     p.add_argument("--manifest", type=Path, required=True, help="manifest.parquet (or .csv) listing the real images")
-    p.add_argument("--weights", type=Path, required=True, help="model weights (file or folder, see above)")
+    if weights:
+        p.add_argument("--weights", type=Path, required=True, help="model weights (file or folder, see above)")
     p.add_argument("-o", "--out", type=Path, required=True, action=_OutOnce, metavar="DIR",
                    help="output folder for the images")  # fmt: skip
     p.add_argument("--name", default=None, help="model name in the source column (default: from --weights)")
@@ -36,41 +37,18 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers) -> None:
-    """Add `aigi fakes vae` and `aigi fakes sr`."""
-    fakes = subparsers.add_parser("fakes", help="make aligned fakes (VAE reconstruction, GAN upsampling)",
-                                  description=FAKES_HELP)  # fmt: skip
+    """Add `aigi fakes KIND` for every kind of the registry (`pipeline.fakes.registry`: vae, sr, ...)."""
+    from pipeline.fakes.registry import fake_kinds
+
+    kinds = fake_kinds()
+    fakes = subparsers.add_parser("fakes", help=f"make aligned fakes ({', '.join(kinds)})", description=FAKES_HELP)
     sub = fakes.add_subparsers(dest="fakes_command", metavar="KIND", required=True)
-    vae = sub.add_parser(
-        "vae",
-        help="VAE reconstructions: decode(encode(real))",
-        description=FAKES_HELP + " --weights: a diffusers AutoencoderKL/AutoencoderTiny folder, a pipeline folder "
-        "with vae/, a single .safetensors/.ckpt AutoencoderKL file, or a folder with NAME_encoder.pth + "
-        "NAME_decoder.pth (TAESD family, incl. TAEF2).",
-    )
-    _common(vae)
-    vae.add_argument("--latent", default="mean", choices=["mean", "sample"], help="latent mean or a seeded sample")
-    vae.add_argument("--seed", type=int, default=0, help="seed of the latent sample (per image: seed + image_id)")
-    vae.add_argument("--resize", default="none", help="none (native size) | N: bicubic NxN of real and fake alike")
-    vae.add_argument("--tile-size", type=int, default=None, help="tile side in pixels for large images (0: no tiling)")
-    vae.add_argument("--config", type=Path, default=None, help="diffusers config folder/json for a single file")
-    vae.set_defaults(func=run_vae)
-    sr = sub.add_parser(
-        "sr",
-        help="GAN super-resolution fakes: upsample(downsample(real, S), S)",
-        description=FAKES_HELP + " --weights: a .pth/.safetensors super-resolution model spandrel recognises "
-        "(ESRGAN/RRDBNet, Real-ESRGAN Compact, SRGAN/SRResNet, ...).",
-    )
-    _common(sr)
-    sr.add_argument("--scale", type=int, default=None, help="factor S (default: the model's own scale; must match)")
-    sr.set_defaults(func=run_sr)
-
-
-def _parse_resize(text: str | None) -> int | None:
-    if text is None or str(text).lower() == "none":
-        return None
-    if not str(text).isdigit() or int(text) < 8:
-        raise ValueError(f"bad --resize {text!r}: none or a side length in pixels >= 8")
-    return int(text)
+    for kind in kinds.values():
+        weights = f" --weights: {kind.weights}" if kind.weights else ""
+        p = sub.add_parser(kind.name, help=kind.help, description=FAKES_HELP + weights)
+        _common(p, weights=bool(kind.weights))
+        kind.add_arguments(p)
+        p.set_defaults(func=run_kind)
 
 
 def _config(args: argparse.Namespace, resize: int | None = None):
@@ -106,26 +84,12 @@ def _finish(transform, cfg) -> int:
     return 0
 
 
-def run_vae(args: argparse.Namespace) -> int:
-    """`aigi fakes vae`."""
+def run_kind(args: argparse.Namespace) -> int:
+    """`aigi fakes KIND`: check the options and the manifest, load the kind's model, make the fakes."""
     from pipeline.fakes.imageio import parse_format
-    from pipeline.fakes.vae import VaeTransform, load_vae
+    from pipeline.fakes.registry import fake_kind
 
+    kind = fake_kind(args.fakes_command)
     parse_format(args.format)  # fail before loading a model
-    cfg = _config(args, _parse_resize(args.resize))
-    vae = load_vae(args.weights, name=args.name, config=args.config, device=args.device, dtype=args.dtype,
-                   tile_size=args.tile_size)  # fmt: skip
-    if args.latent == "sample" and not vae.stochastic:
-        print(f"note: {vae.kind} encoders are deterministic; --latent sample equals the mean")
-    return _finish(VaeTransform(vae, latent=args.latent, seed=args.seed), cfg)
-
-
-def run_sr(args: argparse.Namespace) -> int:
-    """`aigi fakes sr`."""
-    from pipeline.fakes.imageio import parse_format
-    from pipeline.fakes.sr import SrTransform, load_sr
-
-    parse_format(args.format)
-    cfg = _config(args)
-    model = load_sr(args.weights, name=args.name, device=args.device, dtype=args.dtype)
-    return _finish(SrTransform(model, scale=args.scale), cfg)
+    cfg = _config(args, kind.resize(args))
+    return _finish(kind.make(args), cfg)
