@@ -124,48 +124,22 @@ def evaluate_run(
     Returns:
         The metrics (metrics.json's content).
     """
-    import heads
-    from pipeline.config import apply_overrides, override_caches, parse_config, to_dict
-    from pipeline.metrics import assemble_groups, calibrate_threshold, group_metrics, parse_threshold
+    from pipeline.metrics import assemble_groups, group_metrics, parse_threshold
     from pipeline.report import write_report
-    from pipeline.rows import check_where, load_rows, open_caches, val_rows
+    from pipeline.rows import open_caches
 
     run_dir = Path(run_dir)
     if bootstrap is not None and bootstrap < 0:
         raise ValueError(f"--bootstrap {bootstrap}: the number of resamplings must be >= 0 (0: no intervals)")
-    head, info = heads.load(run_dir)
-    if info.get("untrained"):
-        raise ValueError(
-            f"{run_dir} is an imported head whose {info['untrained']} is untrained, so its scores mean nothing; "
-            f"train stage 2 first: aigi train configs/gapl.yaml --init {run_dir} -o RUN_DIR, then evaluate RUN_DIR"
-        )
-    cfg = config if config is not None else _run_config(run_dir, info)
-    if caches or where:  # overrides go to the plain mapping, which is parsed once more
-        raw = to_dict(cfg)
-        raw = override_caches(raw, list(caches)) if caches else raw
-        raw = apply_overrides(raw, [f"data.where.{w}" for w in where])
-        cfg = parse_config(raw, source=f"{run_dir}/head.json")
+    head, info = _trained_head(run_dir)
+    cfg = _eval_config(config if config is not None else _run_config(run_dir, info), run_dir, caches, where)
     opened = open_caches(cfg.data.caches)
     notes = check_fingerprints(info, opened, run_dir=run_dir)
     by = by or cfg.eval.by
     split = cfg.data.test if split is None else split
     thr = parse_threshold(cfg.eval.threshold if threshold is None else threshold)
-    rows_where = dict(cfg.data.where) if split == "all" else {**cfg.data.where, cfg.data.split_column: split}
-    fs = load_rows(opened, inputs=list(info["inputs"]), where=rows_where, domains=cfg.data.domains)
-    if len(fs) == 0:
-        check_where(opened, cfg.data.where, flag="--where")
-        present = sorted({str(v) for c in opened.values() for v in c.meta().get(cfg.data.split_column, [])})
-        raise ValueError(
-            f"no rows of {list(cfg.data.caches.values())} match {rows_where} (values of "
-            f"{cfg.data.split_column!r} present: {present}); pass --split NAME or --split all"
-        )
-    frame = _score(head, fs, by=by)
-    thr_how = "fixed"
-    if thr == "val":
-        val, how = val_rows(opened, cfg.data, inputs=list(info["inputs"]))
-        if val is None:
-            raise ValueError(f"--threshold val: the run has no validation rows ({how})")
-        thr, thr_how = calibrate_threshold(val.labels, heads.predict(head, val.features)), f"calibrated on val ({how})"
+    frame = _score(head, _split_rows(opened, cfg, info, split), by=by)
+    thr, thr_how = _threshold(thr, head, opened, cfg, info)
     metrics = group_metrics(
         frame,
         by=by,
@@ -193,6 +167,61 @@ def evaluate_run(
         plots=plots,
     )
     return metrics
+
+
+def _trained_head(run_dir: Path) -> tuple[Any, dict[str, Any]]:
+    """The head saved in `run_dir` and its head.json; an imported head with an untrained stage is refused."""
+    import heads
+
+    head, info = heads.load(run_dir)
+    if info.get("untrained"):
+        raise ValueError(
+            f"{run_dir} is an imported head whose {info['untrained']} is untrained, so its scores mean nothing; "
+            f"train stage 2 first: aigi train configs/gapl.yaml --init {run_dir} -o RUN_DIR, then evaluate RUN_DIR"
+        )
+    return head, info
+
+
+def _eval_config(cfg: Any, run_dir: Path, caches: Sequence[str] | None, where: Sequence[str]) -> Any:
+    """The run's config with `--cache` / `--where` overrides applied to its plain mapping, parsed once more."""
+    if not (caches or where):
+        return cfg
+    from pipeline.config import apply_overrides, override_caches, parse_config, to_dict
+
+    raw = to_dict(cfg)
+    raw = override_caches(raw, list(caches)) if caches else raw
+    raw = apply_overrides(raw, [f"data.where.{w}" for w in where])
+    return parse_config(raw, source=f"{run_dir}/head.json")
+
+
+def _split_rows(opened: Mapping[str, Any], cfg: Any, info: Mapping[str, Any], split: str) -> Any:
+    """The rows of `split` ("all": every row) passing the config's filters; none is an error naming the splits."""
+    from pipeline.rows import check_where, load_rows
+
+    rows_where = dict(cfg.data.where) if split == "all" else {**cfg.data.where, cfg.data.split_column: split}
+    fs = load_rows(opened, inputs=list(info["inputs"]), where=rows_where, domains=cfg.data.domains)
+    if len(fs) == 0:
+        check_where(opened, cfg.data.where, flag="--where")
+        present = sorted({str(v) for c in opened.values() for v in c.meta().get(cfg.data.split_column, [])})
+        raise ValueError(
+            f"no rows of {list(cfg.data.caches.values())} match {rows_where} (values of "
+            f"{cfg.data.split_column!r} present: {present}); pass --split NAME or --split all"
+        )
+    return fs
+
+
+def _threshold(thr: float | str, head: Any, opened: Mapping[str, Any], cfg: Any, info: Mapping[str, Any]):
+    """(threshold, how it was chosen): a fixed number, or "val" calibrated on the run's validation rows."""
+    if thr != "val":
+        return thr, "fixed"
+    import heads
+    from pipeline.metrics import calibrate_threshold
+    from pipeline.rows import val_rows
+
+    val, how = val_rows(opened, cfg.data, inputs=list(info["inputs"]))
+    if val is None:
+        raise ValueError(f"--threshold val: the run has no validation rows ({how})")
+    return calibrate_threshold(val.labels, heads.predict(head, val.features)), f"calibrated on val ({how})"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
