@@ -17,11 +17,12 @@ import pandas as pd
 from common.metrics import average_precision, ranking_metrics, roc_auc
 
 METRICS = ("acc", "real_acc", "fake_acc", "ap", "auc")
+METRIC_LABELS = {"acc": "ACC", "real_acc": "Real ACC", "fake_acc": "Fake ACC", "ap": "AP", "auc": "AUC"}  # tables
 REAL_POLICIES = ("auto", "paired", "all", "none")
 BOOTSTRAP_CELLS = 4_000_000  # replicates x rows held at once by the bootstrap
 
 __all__ = [
-    "METRICS", "REAL_POLICIES", "average_precision", "roc_auc", "ranking_metrics", "binary_metrics",
+    "METRICS", "METRIC_LABELS", "REAL_POLICIES", "average_precision", "roc_auc", "ranking_metrics", "binary_metrics",
     "calibrate_threshold", "assemble_groups", "mean_row", "group_metrics", "resample_weights", "weighted_metrics",
     "parse_threshold",
 ]  # fmt: skip

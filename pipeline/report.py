@@ -13,9 +13,9 @@ import numpy as np
 import pandas as pd
 
 from common.files import atomic_path, atomic_write
-from pipeline.metrics import METRICS
+from pipeline.metrics import METRIC_LABELS, METRICS
 
-LABELS = {"n": "n", "acc": "ACC", "real_acc": "Real ACC", "fake_acc": "Fake ACC", "ap": "AP", "auc": "AUC"}
+LABELS = {"n": "n", **METRIC_LABELS}
 COLUMNS = tuple((key, LABELS[key]) for key in ("n", *METRICS))
 SUMMARY_METRICS = ("acc", "ap", "auc", "real_acc")  # an ablation summary's mean columns
 GROUP_SUMMARY_METRICS = ("fake_acc", "ap")  # and its per-group columns
