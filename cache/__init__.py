@@ -13,7 +13,7 @@ from cache.manifest import (
 from cache.reader import Cache
 from cache.reader import open_cache as open  # noqa: A001  (the public name is `cache.open`)
 from cache.shards import META_COLUMNS, SCHEMA_VERSION
-from cache.tools import compact, info, verify
+from cache.tools import compact, info, repair, verify
 from cache.uar import load_npy, scan_uar, uar_spec
 from cache.writer import CacheWriter
 
@@ -34,6 +34,7 @@ __all__ = [
     "open",
     "parse_split_ratio",
     "read_manifest",
+    "repair",
     "scan_uar",
     "spec_diff",
     "uar_spec",

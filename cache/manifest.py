@@ -77,13 +77,26 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
         raise ValueError(
             f"manifest {path} is not a readable {kind} file ({reason}); build one with `aigi index ROOT -o {path}`"
         ) from None
-    return validate_manifest(df, name=str(path))
+    return refuse_repeats(validate_manifest(df, name=str(path)), name=str(path))
+
+
+def refuse_repeats(df: pd.DataFrame, *, name: str) -> pd.DataFrame:
+    """Raise a ValueError naming the paths when an image_id or a path occurs on more than one row."""
+    for col in ("image_id", "path"):
+        dup = df[col].duplicated(keep=False)
+        if dup.any():
+            paths = df.loc[dup, "path"].astype(str).tolist()
+            raise ValueError(
+                f"{name}: {int(dup.sum())} rows repeat a {col} ({int(df.loc[dup, col].nunique())} value(s)), at "
+                f"paths {paths[:6]}; keep one row per image (`aigi index` writes each image once)"
+            )
+    return df
 
 
 def write_manifest(df: pd.DataFrame, path: str | Path) -> Path:
     """Validate `df` and write it atomically as Parquet."""
     path = Path(path)
-    df = validate_manifest(df, name=str(path))
+    df = refuse_repeats(validate_manifest(df, name=str(path)), name=str(path))
     with atomic_path(path) as tmp:
         df.to_parquet(tmp, index=False)
     return path

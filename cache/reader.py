@@ -27,7 +27,7 @@ from cache.shards import (
     read_meta,
 )
 from cache.uar import UAR_FEATURE, load_npy, load_npy_batch, scan_uar, uar_spec
-from cache.writer import CACHE_JSON, SHARD_DIR, SHARD_RE, read_cache_json
+from cache.writer import CACHE_JSON, INDEX_JSON, SHARD_DIR, SHARD_RE, read_cache_json, read_index
 
 READ_THREADS = max(2, min(8, os.cpu_count() or 1))
 
@@ -35,17 +35,28 @@ READ_THREADS = max(2, min(8, os.cpu_count() or 1))
 class _ShardPart:
     """One HDF5 or Parquet file written by this package (a shard or a compacted file)."""
 
-    def __init__(self, path: Path, header: dict, *, validate: bool = False) -> None:
-        self.path, self.header, self.validate = path, header, validate
+    def __init__(self, path: Path, header: dict, *, validate: bool = False, record: dict | None = None) -> None:
+        self.path, self.header, self.validate, self.record = path, header, validate, record
         self.broken = ""
         try:
             self.n = count_rows(path)
+        except FileNotFoundError:
+            self.n, self.broken = 0, f"recorded in {INDEX_JSON} but missing"
         except Exception as err:  # reported when read, and listed by verify
             self.n, self.broken = 0, f"{type(err).__name__}: {err}"
+        if record is not None and not self.broken:
+            size = path.stat().st_size
+            if self.n != record["rows"] or size != record["bytes"]:
+                self.broken = f"holds {self.n} rows in {size} bytes, {INDEX_JSON} recorded {record['rows']} rows"
+                self.broken += f" in {record['bytes']} bytes"
+                self.n = 0
 
     def _check(self) -> None:
         if self.broken:
-            raise ValueError(f"{self.path}: unreadable shard ({self.broken}); `aigi cache verify` lists all problems")
+            raise ValueError(
+                f"{self.path}: damaged shard ({self.broken}); `aigi cache verify` lists all problems and "
+                "`aigi cache repair` drops them"
+            )
 
     def meta(self) -> pd.DataFrame:
         self._check()
@@ -85,8 +96,9 @@ class _NpyPart:
 class Cache:
     """A read-only view of a feature store: header fields, meta rows, features as FeatureSets."""
 
-    def __init__(self, *, path: Path, header: dict, parts: list, kind: str) -> None:
+    def __init__(self, *, path: Path, header: dict, parts: list, kind: str, keep_duplicates: bool = False) -> None:
         self.path, self.header, self.parts, self.kind = path, header, parts, kind
+        self.keep_duplicates = keep_duplicates
         self._index: pd.DataFrame | None = None
 
     spec = property(lambda self: self.header["spec"], doc="The extractor spec the features were made with.")
@@ -116,7 +128,10 @@ class Cache:
             if not frames:
                 empty = prepare_meta(pd.DataFrame(columns=["image_id", "path", "label", "source"]), where="")
                 frames = [empty.assign(_part=np.zeros(0, np.int32), _row=np.zeros(0, np.int64))]
-            self._index = pd.concat(frames, ignore_index=True)
+            index = pd.concat(frames, ignore_index=True)
+            if not self.keep_duplicates:
+                _refuse_duplicates(index, self.path)
+            self._index = index
         return self._index
 
     def meta(self, where: dict | None = None) -> pd.DataFrame:
@@ -275,13 +290,27 @@ class Cache:
         }
 
 
+def _refuse_duplicates(index: pd.DataFrame, path: Path) -> None:
+    """Raise when an (image_id, view) key occurs on several rows (two writers wrote the same rows)."""
+    dup = index.duplicated(subset=["image_id", "view"], keep=False)
+    if dup.any():
+        paths = index.loc[dup, "path"].astype(str).drop_duplicates().head(3).tolist()
+        raise ValueError(
+            f"{path}: {int(dup.sum())} rows repeat an (image_id, view) key, e.g. paths {paths}; run "
+            f"`aigi cache repair {path}` to keep one row per key"
+        )
+
+
 def _open_dir_cache(path: Path) -> Cache:
     header = read_cache_json(path)
-    suffix = "." + header["format"]
     shard_dir = path / SHARD_DIR
-    files = sorted(shard_dir.glob(f"*{suffix}")) if shard_dir.is_dir() else []
-    files = [f for f in files if SHARD_RE.match(f.name)]
-    return Cache(path=path, header=header, parts=[_ShardPart(f, header) for f in files], kind="dir")
+    index = read_index(path)
+    if index is None:  # written before shard indexes: every shard file on disk
+        files = sorted(shard_dir.glob(f"*.{header['format']}")) if shard_dir.is_dir() else []
+        parts = [_ShardPart(f, header) for f in files if SHARD_RE.match(f.name)]
+    else:  # committed shards only: an orphan file of an interrupted commit is not read
+        parts = [_ShardPart(shard_dir / name, header, record=rec) for name, rec in sorted(index.items())]
+    return Cache(path=path, header=header, parts=parts, kind="dir")
 
 
 def _open_h5(path: Path) -> Cache:
@@ -341,17 +370,23 @@ def _open_npy_folder(path: Path, *, source: str | None, part_rows: int = 4096) -
     return Cache(path=path, header=header, parts=parts, kind="npy")
 
 
-def open_cache(path: str | Path, *, source: str | None = None) -> Cache:
+def open_cache(path: str | Path, *, source: str | None = None, keep_duplicates: bool = False) -> Cache:
     """Open a cache directory, a compacted `.h5`, a Parquet dataset (dir or file) or a UAR `.npy` folder.
 
     Args:
         path: what to open.
         source: for a UAR folder whose `0_real`/`1_fake` sit at its top, the `source` of its rows (default "uar").
+        keep_duplicates: read rows whose (image_id, view) key repeats instead of refusing them.
 
     Raises:
         FileNotFoundError: when `path` does not exist or holds nothing readable.
     """
-    path = Path(path)
+    store = _open_any(Path(path), source=source)
+    store.keep_duplicates = keep_duplicates
+    return store
+
+
+def _open_any(path: Path, *, source: str | None) -> Cache:
     make = "make one with `aigi extract` or `aigi import uar`, or pass the path of an existing cache"
     if not path.exists():
         raise FileNotFoundError(f"cache {path} does not exist; {make}")

@@ -3,30 +3,125 @@
 from __future__ import annotations
 
 import json
+import os
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from cache.fingerprint import fingerprint, spec_diff
+from cache.locking import folder_lock, owner_dead, owner_tag, remove_dead, temp_name, writing
 from cache.shards import (
+    DIGEST,
     DTYPES,
     ERROR_FIELDS,
     FORMATS,
     SCHEMA_VERSION,
     SUFFIX,
+    bytes_digest,
     check_features,
+    count_rows,
+    file_digest,
+    h5_bytes,
+    parquet_bytes,
     prepare_meta,
-    write_h5,
-    write_parquet,
+    write_bytes,
 )
 from common.files import atomic_write
 
 CACHE_JSON = "cache.json"
+INDEX_JSON = "index.json"  # the shard index: name -> rows, bytes, digest of every committed shard
 SHARD_DIR = "shards"
+JOBS_DIR = "jobs"  # job plans (`<key>.json` with first_shard, n_shards) reserve a range of shard numbers
 SHARD_RE = re.compile(r"^(\d{5,})\.(h5|parquet)$")
+CLAIM_RE = re.compile(r"^\.(\d{5,})\.claim-")
+TEMP_GLOB = ".*.tmp-*"
+CLAIM_GLOB = ".*.claim-*"
+
+
+def read_index(path: Path) -> dict[str, dict] | None:
+    """The shard index of the cache at `path` (shard file name -> rows, bytes, digest), None when it has none."""
+    file = Path(path) / INDEX_JSON
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{file} is damaged ({err}); run `aigi cache repair {path}` to rebuild it") from None
+    if not isinstance(data, dict) or not isinstance(data.get("shards"), dict):
+        raise ValueError(f"{file} has no 'shards' mapping; run `aigi cache repair {path}` to rebuild it")
+    return data["shards"]
+
+
+def write_index(path: Path, shards: dict[str, dict]) -> None:
+    """Write the shard index atomically (callers hold the cache lock)."""
+    body = {"version": 1, "digest": DIGEST, "shards": dict(sorted(shards.items()))}
+    atomic_write(Path(path) / INDEX_JSON, json.dumps(body, indent=1))
+
+
+def shard_record(file: Path, fmt: str | None = None) -> dict:
+    """What the index records of a shard file: its row count, size and digest."""
+    return {"rows": count_rows(file, fmt), "bytes": file.stat().st_size, DIGEST: file_digest(file)}
+
+
+def taken_indices(path: Path) -> set[int]:
+    """Shard numbers in use: indexed, present on disk, claimed by a writer, or reserved by a job plan."""
+    path = Path(path)
+    taken = {int(SHARD_RE.match(n).group(1)) for n in (read_index(path) or {}) if SHARD_RE.match(n)}
+    shard_dir = path / SHARD_DIR
+    for p in shard_dir.iterdir() if shard_dir.is_dir() else ():
+        m = SHARD_RE.match(p.name) or CLAIM_RE.match(p.name)
+        if m:
+            taken.add(int(m.group(1)))
+    for plan in (path / JOBS_DIR).glob("*.json") if (path / JOBS_DIR).is_dir() else ():
+        info = json.loads(plan.read_text(encoding="utf-8"))
+        taken.update(range(info["first_shard"], info["first_shard"] + info["n_shards"]))
+    return taken
+
+
+def next_free_index(path: Path) -> int:
+    """The first shard number after every taken one (callers hold the cache lock)."""
+    return max(taken_indices(path), default=-1) + 1
+
+
+def job_plan(path: Path, key: str, make: Callable[[int], dict]) -> dict:
+    """The job plan `jobs/<key>.json` of the cache at `path`, made once under the cache lock.
+
+    When the plan exists it is read; otherwise `make(first)` builds it, with `first` the first shard number no
+    shard, claim or other plan uses, and it is written atomically. Two writers starting one job get one plan.
+    """
+    path = Path(path)
+    file = path / JOBS_DIR / f"{key}.json"
+    with folder_lock(path):
+        if file.is_file():
+            return json.loads(file.read_text(encoding="utf-8"))
+        plan = make(next_free_index(path))
+        with writing(file):
+            file.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(file, json.dumps(plan, indent=1))
+        return plan
+
+
+def drop_shards(path: Path, indices: Iterable[int]) -> dict[str, dict]:
+    """Delete shards (files, errors files and index entries) under the cache lock; return the index left."""
+    path = Path(path)
+    with folder_lock(path):
+        shards = dict(read_index(path) or {})
+        for index in indices:
+            for file in (path / SHARD_DIR).glob(f"{int(index):05d}.*"):
+                file.unlink(missing_ok=True)
+                shards.pop(file.name, None)
+        write_index(path, shards)
+    return shards
+
+
+def remove_dead_files(path: Path) -> list[Path]:
+    """Delete temporary and claim files of writers of this host that died (never a live writer's)."""
+    path = Path(path)
+    removed = remove_dead(path, TEMP_GLOB) + remove_dead(path / JOBS_DIR, TEMP_GLOB)
+    return removed + remove_dead(path / SHARD_DIR, TEMP_GLOB) + remove_dead(path / SHARD_DIR, CLAIM_GLOB)
 
 
 def make_header(*, spec: dict, features: dict[str, tuple[int, ...]], fmt: str, dtype: str) -> dict:
@@ -86,9 +181,11 @@ def _check_settings(features: dict, fmt: str, dtype: str, shard_size: int) -> No
 class CacheWriter:
     """Writes shards into a cache directory; reopening an existing directory checks it has the same fingerprint.
 
-    `append` buffers rows and writes full shards of `shard_size` rows at the next free index (`close` flushes the
-    rest); `write_shard` writes one shard at an index fixed by the caller (the extract driver). Every shard is
-    written to a temporary name and `os.replace`d, so a crash leaves whole shards or none.
+    `append` buffers rows and writes full shards of `shard_size` rows at shard numbers it claims (`close` flushes
+    the rest); `write_shard` writes one shard at an index fixed by the caller (the extract driver's plan). Every
+    shard is written to a temporary name owned by this process, then committed under the cache lock: renamed into
+    place and recorded in the shard index with its row count and digest. A crash leaves whole shards or none,
+    several writers never take the same number, and a shard committed by another writer is never replaced.
     """
 
     def __init__(
@@ -107,16 +204,21 @@ class CacheWriter:
         self.header = make_header(spec=spec, features=features, fmt=fmt, dtype=dtype)
         self.features = {n: tuple(int(d) for d in s) for n, s in features.items()}
         self.fmt, self.dtype = fmt, dtype
-        (self.path / SHARD_DIR).mkdir(parents=True, exist_ok=True)
-        if (self.path / CACHE_JSON).exists():
-            check_compatible(read_cache_json(self.path), self.header, where=str(self.path / CACHE_JSON))
-        else:
-            atomic_write(self.path / CACHE_JSON, json.dumps(self.header, indent=2))
+        with writing(self.path, "creating the cache"):
+            (self.path / SHARD_DIR).mkdir(parents=True, exist_ok=True)
+        self.lock = folder_lock(self.path)
+        with self.lock:
+            if (self.path / CACHE_JSON).exists():
+                check_compatible(read_cache_json(self.path), self.header, where=str(self.path / CACHE_JSON))
+            else:
+                atomic_write(self.path / CACHE_JSON, json.dumps(self.header, indent=2))
+            remove_dead_files(self.path)
+            if read_index(self.path) is None:  # a new cache, or one written before shard indexes: record its shards
+                write_index(self.path, {p.name: shard_record(p) for p in self._shard_files()})
         self._meta: list[pd.DataFrame] = []
         self._feats: list[dict[str, np.ndarray]] = []
         self._errors: list[dict] = []
         self._buffered = 0
-        self._next = max(self.done_indices(), default=-1) + 1
 
     @property
     def fingerprint(self) -> str:
@@ -131,13 +233,16 @@ class CacheWriter:
         """Path of the error records of shard `index`."""
         return self.path / SHARD_DIR / f"{int(index):05d}.errors.json"
 
+    def _shard_files(self) -> list[Path]:
+        return sorted(p for p in (self.path / SHARD_DIR).iterdir() if SHARD_RE.match(p.name))
+
     def shard_done(self, index: int) -> bool:
-        """True when shard `index` was already written completely (resume skips it)."""
-        return self.shard_path(index).exists()
+        """True when shard `index` was committed (resume skips it)."""
+        return self.shard_path(index).name in (read_index(self.path) or {})
 
     def done_indices(self) -> list[int]:
-        """Indices of the finished shards, sorted."""
-        found = (SHARD_RE.match(p.name) for p in (self.path / SHARD_DIR).iterdir())
+        """Indices of the committed shards, sorted."""
+        found = (SHARD_RE.match(name) for name in read_index(self.path) or {})
         return sorted(int(m.group(1)) for m in found if m and m.group(2) == self.fmt)
 
     def _validate(self, meta: pd.DataFrame, feats: dict, errors: Iterable[dict], where: str):
@@ -155,15 +260,55 @@ class CacheWriter:
 
     def _write(self, index: int, meta: pd.DataFrame, feats: dict[str, np.ndarray], errors: list[dict]) -> Path:
         path = self.shard_path(index)
-        for stale in path.parent.glob(f".{path.name}.tmp-*"):  # left by a killed writer of this very shard
-            stale.unlink(missing_ok=True)
-        # the errors file goes first: a finished shard always has its errors beside it
-        atomic_write(self.errors_path(index), json.dumps(errors, indent=1))
-        if self.fmt == "h5":
-            write_h5(path, header=self.header, meta=meta, feats=feats)
-        else:
-            write_parquet(path, header=self.header, meta=meta, feats=feats)
+        tmp = temp_name(path)
+        try:
+            with writing(path):
+                # the errors file goes first: a committed shard always has its errors beside it
+                atomic_write(self.errors_path(index), json.dumps(errors, indent=1))
+                encode = h5_bytes if self.fmt == "h5" else parquet_bytes
+                data = encode(header=self.header, meta=meta, feats=feats)
+                write_bytes(tmp, data, shown=path)
+                record = {"rows": len(meta), "bytes": len(data), DIGEST: bytes_digest(data)}
+                with self.lock:
+                    shards = read_index(self.path) or {}
+                    if path.name not in shards:  # another writer of the same plan may have committed it first
+                        os.replace(tmp, path)
+                        shards[path.name] = record
+                        write_index(self.path, shards)
+        finally:
+            tmp.unlink(missing_ok=True)
         return path
+
+    def claim_shard(self, index: int) -> Path | None:
+        """Claim planned shard `index` for this process (a create-exclusive claim file; delete it when done).
+
+        Returns None when the shard is committed or another live writer holds it; a dead writer's claim is taken
+        over. Two processes running one plan thus split its shards instead of both extracting every one.
+        """
+        mine = self.path / SHARD_DIR / f".{index:05d}.claim-{owner_tag()}"
+        with self.lock:
+            if self.shard_done(index):
+                return None
+            for other in (self.path / SHARD_DIR).glob(f".{index:05d}.claim-*"):
+                if other != mine and not owner_dead(other.name):
+                    return None
+                other.unlink(missing_ok=True)
+            with writing(mine):
+                mine.open("x").close()
+            return mine
+
+    def _claim(self) -> tuple[int, Path]:
+        """Claim the next free shard number with a create-exclusive claim file owned by this process."""
+        with self.lock:
+            while True:
+                index = next_free_index(self.path)
+                claim = self.path / SHARD_DIR / f".{index:05d}.claim-{owner_tag()}"
+                try:
+                    with writing(claim):
+                        claim.open("x").close()
+                    return index, claim
+                except FileExistsError:
+                    continue
 
     def append(self, meta: pd.DataFrame, feats: dict[str, np.ndarray], errors: Iterable[dict] = ()) -> None:
         """Buffer rows (validated now) and write every full shard of `shard_size` rows."""
@@ -182,10 +327,11 @@ class CacheWriter:
             for k in self.features
         }
         # failed images have no rows: their records go with the next shard written
-        self._write(
-            self._next, meta.iloc[:n].reset_index(drop=True), {k: v[:n] for k, v in feats.items()}, self._errors
-        )
-        self._next += 1
+        index, claim = self._claim()
+        try:
+            self._write(index, meta.iloc[:n].reset_index(drop=True), {k: v[:n] for k, v in feats.items()}, self._errors)
+        finally:
+            claim.unlink(missing_ok=True)
         rest = meta.iloc[n:].reset_index(drop=True)
         self._meta = [rest] if len(rest) else []
         self._feats = [{k: v[n:] for k, v in feats.items()}] if len(rest) else []

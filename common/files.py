@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import socket
@@ -39,19 +40,53 @@ def temp_name(path: str | Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{socket.gethostname()}-{os.getpid()}")
 
 
+_HINTS = {
+    errno.ENOSPC: "the disk is full: free space and re-run (finished parts are kept)",
+    errno.EDQUOT: "the disk quota is exceeded: free space and re-run",
+    errno.EFBIG: "the file size limit was reached",
+    errno.EACCES: "choose a folder you may write to",
+    errno.EROFS: "choose a writable folder",
+}
+
+
+@contextlib.contextmanager
+def writing(path: str | Path, what: str = "writing") -> Iterator[None]:
+    """Re-raise an OSError without a file name (disk full, permissions) as one naming `path`, with a hint."""
+    try:
+        yield
+    except OSError as err:
+        code = err.errno if err.errno is not None else _errno_in(err)
+        if err.filename is not None or code is None:
+            raise
+        hint = _HINTS.get(code)
+        text = f"{what} failed: {os.strerror(code)}" + (f" ({hint})" if hint else "")
+        raise OSError(code, text, str(path)) from err
+
+
+def _errno_in(err: OSError) -> int | None:
+    """The errno named inside a library's message (HDF5 reports `errno = 28` as text)."""
+    text = str(err)
+    for code in _HINTS:
+        if f"errno = {code}," in text or os.strerror(code) in text:
+            return code
+    return None
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling to write; on success it replaces `path`, on an error it is removed.
 
     Readers see the old file or the whole new one, never a half-written one. Writers that cannot infer a format
-    from the name (the temporary one has no usual suffix) must name the format themselves.
+    from the name (the temporary one has no usual suffix) must name the format themselves. A disk-full or
+    permission error names `path`.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_name(path)
     try:
-        yield tmp
-        os.replace(tmp, path)
+        with writing(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            yield tmp
+            os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -450,6 +450,12 @@ def _batched(head: nn.Module, X: Mapping[str, np.ndarray] | np.ndarray, batch_si
     return out
 
 
+def logits(head: nn.Module, X: Mapping[str, np.ndarray] | np.ndarray, *, batch_size: int = 65536) -> np.ndarray:
+    """The raw logit of every row, float64 [N] (what calibration rescales; `predict` is its sigmoid)."""
+    parts = _batched(head, X, batch_size, lambda xb: head(xb).double().cpu())
+    return torch.cat(parts).numpy() if parts else np.zeros(0)
+
+
 def predict(head: nn.Module, X: Mapping[str, np.ndarray] | np.ndarray, *, batch_size: int = 65536) -> np.ndarray:
     """P(fake) = sigmoid(logit) for every row, float64 [N]."""
     parts = _batched(head, X, batch_size, lambda xb: torch.sigmoid(head(xb).double()).cpu())

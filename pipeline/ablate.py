@@ -17,7 +17,7 @@ from typing import Any
 
 from common.files import atomic_write
 
-ABLATION_KEYS = ("grid", "variants", "seeds", "sort_by", "prepare")
+ABLATION_KEYS = ("grid", "variants", "seeds", "sort_by", "prepare", "eval_views")
 RESULT_FILE = "result.json"
 DEFAULT_SORT = "auc"
 
@@ -28,6 +28,9 @@ An ablation config is a run config (the schema of `aigi train` presets: head, fi
   grid:      {DOTTED.KEY: [VALUE, ...]}, crossed with every variant (e.g. fit.lr: [1.0e-3, 1.0e-4])
   seeds:     [0, 1, 2]: each setting runs once per seed (the seed goes to fit.seed)
   sort_by:   the metric summary.md is sorted by (default auc; e.g. ap, acc, or GROUP/fake_acc)
+  eval_views: [orig, jpeg:75, resize:0.5]: each run is also evaluated on the test rows of each of these cached
+             views (columns @VIEW/METRIC); train on several views as augmentation with a grid or variant over
+             data.where.view (e.g. [[orig], [orig, jpeg:75]]) and read the views it did not see as held out
 A KEY is dotted (fit.lr, head.rank, data.where.view); its VALUE replaces whatever the key held before.
 Overrides apply in the order base config -> variant -> grid point -> seed.
 
@@ -64,6 +67,7 @@ class AblationPlan:
     grid_keys: list[str]
     sort_by: str = DEFAULT_SORT
     prepare: str = ""  # the commands that make the data the config reads (its `prepare` key)
+    eval_views: list[str] = field(default_factory=list)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -136,6 +140,19 @@ def _seeds(raw: Any, *, source: str) -> list[int]:
     return [int(s) for s in seeds]
 
 
+def _eval_views(raw: Any, *, source: str) -> list[str]:
+    if raw is None:
+        return []
+    from extractors.views import canonical_view
+
+    if not isinstance(raw, list) or not all(isinstance(v, str) for v in raw):
+        raise ValueError(f"{source}: `eval_views` must be a list of views, e.g. [orig, jpeg:75]; got {raw!r}")
+    try:
+        return [canonical_view(v) for v in raw]
+    except ValueError as err:
+        raise ValueError(f"{source}: eval_views: {err}") from None
+
+
 def _short(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:g}"
@@ -178,6 +195,7 @@ def expand(
     base = {k: copy.deepcopy(v) for k, v in raw.items() if k not in ABLATION_KEYS}
     grid = _grid(raw.get("grid"), source=source)
     seed_list = _seeds(raw.get("seeds") if seeds is None else list(seeds), source=source)
+    views = _eval_views(raw.get("eval_views"), source=source)
     runs = []
     for variant, overrides in _variants(raw.get("variants"), source=source):
         for point in itertools.product(*grid.values()):
@@ -189,7 +207,7 @@ def expand(
                     set_dotted(data, key, value)
                 parsed = parse_config(data, source=f"{source} [{setting}, seed {seed}]")
                 cfg = to_dict(parsed)
-                run_id = f"{setting}_s{seed}-{config_hash(cfg)}"
+                run_id = f"{setting}_s{seed}-{config_hash({**cfg, 'eval_views': views} if views else cfg)}"
                 runs.append(RunSpec(run_id, setting, variant, values, seed, cfg, parsed))
     seen: dict[str, str] = {}
     for r in runs:
@@ -202,6 +220,7 @@ def expand(
         grid_keys=list(grid),
         sort_by=str(sort_by or raw.get("sort_by") or DEFAULT_SORT),
         prepare=" ".join(str(raw.get("prepare") or "").split()),
+        eval_views=views,
     )
 
 
@@ -258,6 +277,18 @@ def execute_run(run_dir: str, config: Any, identity: dict[str, Any], threads: in
     done = read_result(run_dir)
     if done is not None:
         return {**done, "skipped": True}
+    from cache.locking import folder_lock
+
+    # one process per run: a re-run waits for a live process still working on it instead of deleting its folder
+    with folder_lock(Path(run_dir).parent, f".{Path(run_dir).name}.lock"):
+        done = read_result(run_dir)
+        if done is not None:
+            return {**done, "skipped": True}
+        return _train_and_evaluate(run_dir, config, identity, threads)
+
+
+def _train_and_evaluate(run_dir: str, config: Any, identity: dict[str, Any], threads: int | None) -> dict:
+    """The body of `execute_run`, holding the run's lock: a fresh run folder, train, evaluate, write the result."""
     import torch
 
     from common.provenance import code_revision
@@ -276,6 +307,11 @@ def execute_run(run_dir: str, config: Any, identity: dict[str, Any], threads: in
         cfg = config if isinstance(config, RunConfig) else parse_config(config, source=f"{path}/config.yaml")
         trained = train_run(cfg, path)
         metrics = evaluate_run(path, out_dir=path / "eval", plots=False, config=cfg)
+        views = {
+            v: evaluate_run(path, out_dir=path / "eval_views" / re.sub(r"[^A-Za-z0-9_.=-]", "_", v), plots=False,
+                            config=cfg, where=[f"view={v}"])["mean"]
+            for v in identity.get("eval_views") or []
+        }  # fmt: skip
         seconds = time.perf_counter() - start
     finally:
         torch.set_num_threads(previous)
@@ -284,6 +320,8 @@ def execute_run(run_dir: str, config: Any, identity: dict[str, Any], threads: in
         **identity,
         "code_revision": code_revision(),
         "metrics": {"mean": metrics["mean"], "groups": metrics["groups"], "threshold": metrics["threshold"]},
+        "views": views,
+        "train_views": cfg.data.where.get("view"),
         "train_rows": trained["train_rows"],
         "val_rows": trained["val_rows"],
         "val_ap": val.get("ap"),
@@ -312,8 +350,37 @@ def _tasks(plan: AblationPlan, out_dir: Path, threads: int | None) -> list[tuple
     tasks = []
     for r in plan.runs:
         identity = {"run_id": r.run_id, "setting": r.setting, "variant": r.variant, "values": r.values, "seed": r.seed}
+        if plan.eval_views:
+            identity["eval_views"] = list(plan.eval_views)
         tasks.append((r.run_id, (str(out_dir / "runs" / r.run_id), r.parsed or r.config, identity, threads)))
     return tasks
+
+
+_WATCHED: list[int] = []
+
+
+def _exit_with_parent(parent: int) -> None:
+    """In a worker process: end it (os._exit) soon after process `parent` is gone. Started once per process."""
+    import threading
+
+    from cache.locking import pid_alive
+
+    if _WATCHED:
+        return
+    _WATCHED.append(parent)
+
+    def watch() -> None:
+        while pid_alive(parent) and os.getppid() != 1:
+            time.sleep(0.5)
+        os._exit(1)  # the main process died: do not go on with queued runs
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+def _watched_run(parent: int, *args: Any) -> dict:
+    """`execute_run` in a joblib worker that ends with the main process `parent`."""
+    _exit_with_parent(parent)
+    return execute_run(*args)
 
 
 def _run_local(tasks: list[tuple[str, tuple]], *, jobs: int, bar: Any) -> list[dict]:
@@ -329,7 +396,10 @@ def _run_local(tasks: list[tuple[str, tuple]], *, jobs: int, bar: Any) -> list[d
     order = {key: i for i, (key, _) in enumerate(tasks)}
     out: list[dict | None] = [None] * len(tasks)
     with parallel_config(backend="loky", inner_max_num_threads=threads):
-        gen = Parallel(n_jobs=jobs, return_as="generator_unordered")(delayed(execute_run)(*a) for _, a in tasks)
+        parent = os.getpid()
+        gen = Parallel(n_jobs=jobs, return_as="generator_unordered")(
+            delayed(_watched_run)(parent, *a) for _, a in tasks
+        )
         for result in gen:
             out[order[result["run_id"]]] = result
             bar.update(1)

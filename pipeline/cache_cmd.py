@@ -1,4 +1,4 @@
-"""`aigi cache info|verify|compact`: inspect, check and compact feature caches."""
+"""`aigi cache info|verify|repair|compact`: inspect, check, repair and compact feature caches."""
 
 from __future__ import annotations
 
@@ -50,6 +50,26 @@ def run_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_repair(args: argparse.Namespace) -> int:
+    """Entry point of `aigi cache repair`."""
+    import cache
+
+    result = cache.repair(args.path)
+    dropped = result["dropped_shards"]
+    rows = sum(dropped.values()) + result["repeated_rows_dropped"]
+    print(
+        f"repaired {args.path}: dropped {len(dropped)} damaged or missing shard(s) ({sum(dropped.values())} rows), "
+        f"{result['repeated_rows_dropped']} repeated row(s) ({len(result['rewritten'])} shard(s) rewritten), "
+        f"removed {len(result['removed'])} stray file(s)"
+    )
+    if dropped:
+        print(f"  dropped: {', '.join(sorted(dropped))}")
+        print("  re-run the same `aigi extract` or `aigi import uar` to re-create their rows (both resume)")
+    verified = cache.verify(args.path)
+    print(f"ok: {verified['rows']} rows in {verified['shards']} shard(s)" + ("" if rows else " (nothing to repair)"))
+    return 0
+
+
 def run_compact(args: argparse.Namespace) -> int:
     """Entry point of `aigi cache compact`."""
     import cache
@@ -60,16 +80,28 @@ def run_compact(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add `aigi cache info|verify|compact`."""
-    p = subparsers.add_parser("cache", help="inspect, verify and compact feature caches")
+    """Add `aigi cache info|verify|repair|compact`."""
+    p = subparsers.add_parser("cache", help="inspect, verify, repair and compact feature caches")
     sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     info = sub.add_parser("info", help="rows, features, sources, splits, views, size, fingerprint")
     info.add_argument("path", type=Path, help="cache directory, compacted .h5, Parquet dataset or .npy folder")
     info.add_argument("--json", action="store_true", help="print JSON")
     info.set_defaults(func=run_cache_info)
-    verify = sub.add_parser("verify", help="check shards, row counts, NaN/inf, fingerprints, duplicate keys")
+    verify = sub.add_parser(
+        "verify",
+        help="check every shard against the digest and row count recorded at commit, NaN/inf, "
+        "fingerprints, duplicate keys, shards missing from or left out of the index",
+    )
     verify.add_argument("path", type=Path)
     verify.set_defaults(func=run_verify)
+    repair = sub.add_parser(
+        "repair",
+        help="drop what verify names (missing, changed or unreadable shards, repeated rows, unindexed files)",
+        description="Make a cache directory sound again. Dropped shards are listed; re-running the same "
+        "`aigi extract` or `aigi import uar` re-creates their rows.",
+    )
+    repair.add_argument("path", type=Path)
+    repair.set_defaults(func=run_repair)
     compact = sub.add_parser("compact", help="write one self-describing .h5 with every row")
     compact.add_argument("path", type=Path)
     compact.add_argument("-o", "--output", type=Path, required=True, help="the .h5 file to write")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import sys
@@ -19,6 +20,8 @@ COMMAND_MODULES = [
     "pipeline.extract",
     "pipeline.train",
     "pipeline.evaluate",
+    "pipeline.calibrate",
+    "pipeline.robustness",
     "pipeline.head_cmd",
     "pipeline.domains",
     "pipeline.ablate",
@@ -26,9 +29,18 @@ COMMAND_MODULES = [
     "pipeline.demo",
 ]
 
-# Errors a user can fix: printed as one line (set AIGI_DEBUG=1 for the traceback), exit code 2. A KeyError or any
-# other exception is a bug and keeps its traceback: code that meets a user mistake raises one of these with a message.
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError)
+# Errors a user can fix: printed as one line (set AIGI_DEBUG=1 for the traceback), exit code 2. Every OSError (a
+# missing file, disk full, permissions, a damaged file) is one; so are errors of file-format libraries (a YAML tag,
+# a damaged safetensors or pickle file), recognised by their module. A KeyError or any other exception is a bug and
+# keeps its traceback: code that meets a user mistake raises one of these with a message.
+USER_ERRORS = (ValueError, OSError)
+FORMAT_ERROR_MODULES = ("yaml", "safetensors", "safetensors_rust", "_pickle", "pickle", "h5py", "pyarrow")
+OS_HINTS = {
+    errno.ENOSPC: "the disk is full: free space and re-run (finished parts are kept)",
+    errno.EDQUOT: "the disk quota is exceeded: free space and re-run",
+    errno.EACCES: "permission denied: choose a folder you may write to",
+    errno.EROFS: "the file system is read-only",
+}
 # Commands that keep their finished work when interrupted and resume it when re-run: what they keep.
 RESUMABLE = {
     "extract": "finished shards",
@@ -61,6 +73,20 @@ def one_line(message: object) -> str:
     return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 1] + "…"
 
 
+def user_message(err: BaseException) -> str | None:
+    """The one-line message for an error a user can fix, or None for a bug (shown with its traceback)."""
+    if isinstance(err, OSError) and err.filename is not None and err.strerror:
+        hint = OS_HINTS.get(err.errno, "")
+        text = f"{err.filename}: {err.strerror}" + (f" ({hint})" if hint and "(" not in err.strerror else "")
+    elif isinstance(err, USER_ERRORS):
+        text = str(err) or type(err).__name__
+    elif type(err).__module__.split(".")[0] in FORMAT_ERROR_MODULES:
+        text = f"{type(err).__name__}: {err}"
+    else:
+        return None
+    return one_line(text)
+
+
 def interrupted_message(command: str) -> str:
     """What an interrupted command leaves behind and what re-running it does."""
     kept = RESUMABLE.get(command)
@@ -89,10 +115,11 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         _quiet_stdout()
         return 141  # as a shell reports a command ended by SIGPIPE
-    except USER_ERRORS as err:
-        if os.environ.get("AIGI_DEBUG"):
+    except Exception as err:
+        msg = user_message(err)
+        if msg is None or os.environ.get("AIGI_DEBUG"):
             raise
-        print(f"aigi {args.command}: error: {one_line(err)}", file=sys.stderr)
+        print(f"aigi {args.command}: error: {msg}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(interrupted_message(args.command), file=sys.stderr)

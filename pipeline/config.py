@@ -10,6 +10,9 @@ A run config has four sections (see the presets in configs/, shipped as pipeline
            training pairs (by pair_id, so a real and its aligned fakes never straddle train and val);
            optional `domains`, an `aigi domains` table whose domain replaces the rows' by image_id
     eval:  defaults of `aigi eval`: by, threshold (a number or `val`), reals, bootstrap
+    calibration (optional): fitted on the validation rows at the end of `aigi train` and stored with the head, as
+           `aigi calibrate` does: method (temperature | platt | none), threshold (a number, val_acc or fpr:A),
+           band (none, coverage:C or error:A)
 
 Paths (cache paths) are relative to the current working directory, like paths given on the command line; the
 resolved config saved in a run directory holds them absolute so the run can be replayed from anywhere.
@@ -81,6 +84,72 @@ class RunConfig:
     fit: dict[str, Any] = field(default_factory=dict)
     eval: EvalSection = field(default_factory=EvalSection)
     description: str = ""
+    calibration: dict[str, Any] = field(default_factory=dict)  # see CalibrationSpec below
+
+
+@dataclass(frozen=True)
+class CalibrationSpec:
+    """What to fit: the `calibration:` section of a run config and the options of `aigi calibrate`."""
+
+    method: str = "temperature"
+    threshold: str | float = 0.5
+    band: str = "none"
+
+    @classmethod
+    def from_mapping(cls, data: Any, *, source: str = "config") -> CalibrationSpec | None:
+        """The `calibration:` section of a run config (None or `false` = no calibration at the end of training)."""
+        if data in (None, False, {}):
+            return None
+        if not isinstance(data, dict):
+            raise ValueError(f"{source}: calibration must be a mapping (method, threshold, band), got {data!r}")
+        unknown = sorted(set(data) - {"method", "threshold", "band"})
+        if unknown:
+            raise ValueError(f"{source}: unknown key(s) calibration.{unknown[0]} (known: method, threshold, band)")
+        spec = cls(**data)
+        spec.fit_kwargs()  # validate now, not after training
+        if spec.method not in ("temperature", "platt", "none"):
+            raise ValueError(f"{source}: calibration.method must be temperature, platt or none, got {spec.method!r}")
+        return spec
+
+    def fit_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of `heads.fit_calibration`."""
+        out: dict[str, Any] = {"method": self.method, **parse_threshold_policy(self.threshold)}
+        kind, target = _split(self.band, "band", ("none", "coverage", "error"))
+        out.update(band_policy=kind, band_target=target)
+        return out
+
+
+def _split(text: str, what: str, kinds: tuple[str, ...]) -> tuple[str, float | None]:
+    kind, sep, arg = str(text).strip().partition(":")
+    if kind not in kinds or (kind == "none") == bool(sep):
+        raise ValueError(f"--{what} {text!r}: expected " + " or ".join(k if k == "none" else f"{k}:X" for k in kinds))
+    if not sep:
+        return kind, None
+    try:
+        value = float(arg)
+    except ValueError:
+        raise ValueError(f"--{what} {text!r}: {arg!r} is not a number") from None
+    if not 0.0 < value < 1.0:
+        raise ValueError(f"--{what} {text!r}: the target must be in (0, 1)")
+    return kind, value
+
+
+def parse_threshold_policy(text: str | float) -> dict[str, Any]:
+    """`0.5` -> fixed, `val_acc` (or `val`) -> best validation cut, `fpr:0.01` -> target FPR on reals."""
+    word = str(text).strip().lower()
+    if word in ("val", "val_acc"):
+        return {"threshold_policy": "val_acc"}
+    if word.startswith("fpr:"):
+        return {"threshold_policy": "target_fpr", "target_fpr": _split(word, "threshold", ("fpr",))[1]}
+    try:
+        value = float(word)
+    except ValueError:
+        raise ValueError(
+            f"--threshold {text!r}: expected a number in [0, 1], val_acc or fpr:A (e.g. fpr:0.01)"
+        ) from None
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"--threshold {text!r}: a fixed threshold is a probability in [0, 1]")
+    return {"threshold_policy": "fixed", "threshold": value}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -144,9 +213,7 @@ def _coerce(value: Any, hint: Any, *, key: str, source: str) -> Any:
     raise ValueError(f"{source}: {key} must be {name}, got {value!r} ({type(value).__name__})")
 
 
-def _fields(
-    cls: type, data: Any, *, where: str, source: str, extra: Mapping[str, Any] | None = None
-) -> dict[str, Any]:
+def _fields(cls: type, data: Any, *, where: str, source: str, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The values of a mapping checked against dataclass `cls`: unknown keys and wrong types raise ValueError.
 
     Every value is converted by its field's type hint (nested dataclasses, lists and mappings element by element),
@@ -247,9 +314,16 @@ def parse_config(data: Mapping[str, Any], *, source: str = "config") -> RunConfi
         fit=_fit_section(data.get("fit"), source=source),
         eval=_build(EvalSection, data.get("eval"), where="eval.", source=source),
         description=str(data.get("description", "")),
+        calibration=_calibration_section(data.get("calibration"), source=source),
     )
     _check_values(cfg, source=source)
     return cfg
+
+
+def _calibration_section(data: Any, *, source: str) -> dict[str, Any]:
+    """The `calibration:` mapping, checked now (not after training) by `CalibrationSpec.from_mapping`."""
+    spec = CalibrationSpec.from_mapping(data, source=source)
+    return {} if spec is None else dataclasses.asdict(spec)
 
 
 def _check_values(cfg: RunConfig, *, source: str) -> None:
@@ -444,7 +518,8 @@ def to_dict(cfg: RunConfig) -> dict[str, Any]:
     data = dataclasses.asdict(cfg)
     head = data.pop("head")
     data["head"] = {"name": head["name"], **head["params"]}
-    return _plain({k: data[k] for k in ("description", "head", "fit", "data", "eval")})
+    keys = ("description", "head", "fit", "data", "eval", *(["calibration"] if cfg.calibration else []))
+    return _plain({k: data[k] for k in keys})
 
 
 def _plain(value: Any) -> Any:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from common.files import atomic_path, atomic_write
+from common.files import atomic_path
 
 JOBS_DIR = "jobs"
 KEY_COLUMNS = ["image_id", "view"]
@@ -70,53 +70,38 @@ def plan_rows(manifest: pd.DataFrame, views: tuple[str, ...]) -> pd.DataFrame:
     return rows.drop(columns="_vorder").reset_index(drop=True)
 
 
-def _existing_shard_indices(cache_dir: Path) -> list[int]:
-    shards = cache_dir / "shards"
-    if not shards.is_dir():
-        return []
-    out = []
-    for p in shards.iterdir():
-        stem = p.name.split(".")[0]
-        if stem.isdigit() and not p.name.endswith((".tmp", ".errors.json")):
-            out.append(int(stem))
-    return sorted(set(out))
-
-
 def load_or_create_job(cfg: ExtractConfig, rows: pd.DataFrame, cached_keys: set[tuple[str, str]]) -> dict:
     """The job's plan: which rows go to which shard. Re-running the same job finds and reuses its plan.
 
     A job is identified by the digest of its full (image_id, view) list. Rows already in the cache from another job
-    are left out; the rest is cut into shards numbered after every shard that exists, and the plan is written
-    before any work, so a resumed or distributed run cuts exactly the same shards.
+    are left out; the rest is cut into shards numbered after every shard, claim and other plan of the cache. The
+    plan is made once, under the cache's lock, and written before any work, so a resumed, distributed or second
+    concurrent run of the same job cuts exactly the same shards.
     """
+    from cache.writer import job_plan
+
     cache_dir = Path(cfg.cache)
     digest = _key_digest(rows)[:16]
-    jobs = cache_dir / JOBS_DIR
-    plan_file, keys_file = jobs / f"{digest}.json", jobs / f"{digest}.keys.parquet"
-    if plan_file.exists() and keys_file.exists():
-        plan = json.loads(plan_file.read_text())
-        plan["keys"] = pd.read_parquet(keys_file)
-        return plan
-    todo = rows[[k not in cached_keys for k in zip(rows["image_id"].astype(str), rows["view"].astype(str))]]
-    taken = _existing_shard_indices(cache_dir)
-    for other in jobs.glob("*.json") if jobs.is_dir() else []:
-        info = json.loads(other.read_text())
-        taken.append(info["first_shard"] + info["n_shards"] - 1)
-    first = max(taken, default=-1) + 1
-    plan = {
-        "job": digest,
-        "first_shard": first,
-        "n_shards": -(-len(todo) // cfg.shard_size),
-        "shard_size": cfg.shard_size,
-        "rows": len(todo),
-        "skipped_already_cached": len(rows) - len(todo),
-    }
-    jobs.mkdir(parents=True, exist_ok=True)
-    keys = todo[KEY_COLUMNS].reset_index(drop=True).astype(str)
-    with atomic_path(keys_file) as tmp:
-        keys.to_parquet(tmp, index=False)
-    atomic_write(plan_file, json.dumps(plan, indent=1))
-    plan["keys"] = keys
+    keys_file = cache_dir / JOBS_DIR / f"{digest}.keys.parquet"
+
+    def make(first: int) -> dict:
+        todo = rows[[k not in cached_keys for k in zip(rows["image_id"].astype(str), rows["view"].astype(str))]]
+        with atomic_path(keys_file) as tmp:  # the keys first: a plan on disk always has its keys
+            todo[KEY_COLUMNS].reset_index(drop=True).astype(str).to_parquet(tmp, index=False)
+        return {
+            "job": digest,
+            "first_shard": first,
+            "n_shards": -(-len(todo) // cfg.shard_size),
+            "shard_size": cfg.shard_size,
+            "rows": len(todo),
+            "skipped_already_cached": len(rows) - len(todo),
+        }
+
+    plan = job_plan(cache_dir, digest, make)
+    if not keys_file.is_file():
+        raise FileNotFoundError(f"{keys_file} is missing beside its plan; delete {keys_file.with_suffix('')}.json "
+                                "(and the job's shards, or run `aigi cache repair`) to plan the job again")  # fmt: skip
+    plan["keys"] = pd.read_parquet(keys_file)
     return plan
 
 
@@ -241,13 +226,26 @@ def _shard_payload(rows: pd.DataFrame, done: list[tuple[int, dict]], failed: lis
 
 def run_shard(cfg: ExtractConfig, index: int, rows: pd.DataFrame, progress=None) -> dict:
     """Extract one shard and write it atomically; a finished shard is skipped. Returns counts for the summary."""
-    import torch
-    from torch.utils.data import DataLoader
-
     extractor = get_extractor(cfg)
     writer = _writer(cfg, extractor)
     if writer.shard_done(index):
         return {"shard": index, "rows": len(rows), "errors": 0, "skipped": True}
+    claim = writer.claim_shard(index)  # another live process of the same job may be extracting it
+    if claim is None:
+        return {"shard": index, "rows": len(rows), "errors": 0, "skipped": True, "elsewhere": True}
+    try:
+        meta, feats, errors = _extract_rows(cfg, extractor, rows, progress)
+        writer.write_shard(index, meta, feats, errors)
+    finally:
+        claim.unlink(missing_ok=True)
+    return {"shard": index, "rows": len(meta), "errors": len(errors), "skipped": False}
+
+
+def _extract_rows(cfg: ExtractConfig, extractor, rows: pd.DataFrame, progress):
+    """Decode, forward and collect one shard's rows: (meta, features, error records)."""
+    import torch
+    from torch.utils.data import DataLoader
+
     loader = DataLoader(
         ImageRows(rows, root=cfg.root, transform=extractor.transform),
         batch_size=cfg.batch_size,
@@ -264,9 +262,7 @@ def run_shard(cfg: ExtractConfig, index: int, rows: pd.DataFrame, progress=None)
             done.extend((i, {k: v[j] for k, v in out.items()}) for j, i in enumerate(idx))
         if progress is not None:
             progress(len(idx) + len(bad))
-    meta, feats, errors = _shard_payload(rows, done, failed, extractor.feature_shapes)
-    writer.write_shard(index, meta, feats, errors)
-    return {"shard": index, "rows": len(meta), "errors": len(errors), "skipped": False}
+    return _shard_payload(rows, done, failed, extractor.feature_shapes)
 
 
 def prepare(cfg: ExtractConfig) -> tuple[list[tuple[int, pd.DataFrame]], dict]:
@@ -279,7 +275,7 @@ def prepare(cfg: ExtractConfig) -> tuple[list[tuple[int, pd.DataFrame]], dict]:
     rows = plan_rows(manifest, cfg.views)
     cached = set()
     cache_dir = Path(cfg.cache)
-    if (cache_dir / "cache.json").exists() and len(_existing_shard_indices(cache_dir)):
+    if (cache_dir / "cache.json").exists():
         import cache as cache_pkg
 
         meta = cache_pkg.open(cache_dir).meta()
@@ -328,11 +324,13 @@ def summary_line(results: list[dict], seconds: float, cfg: ExtractConfig) -> str
     done = [r for r in results if not r["skipped"]]
     rows = sum(r["rows"] for r in done)
     errors = sum(r["errors"] for r in done)
-    skipped = len(results) - len(done)
+    elsewhere = sum(bool(r.get("elsewhere")) for r in results)
+    skipped = len(results) - len(done) - elsewhere
     rate = (rows + errors) / seconds if seconds > 0 else float("nan")
+    other = f", {elsewhere} being extracted by another running process" if elsewhere else ""
     return (
-        f"extracted {rows} rows into {len(done)} shard(s) ({skipped} already done), {errors} image(s) failed "
-        f"(see shards/*.errors.json), {rate:.1f} img/s; cache: {cfg.cache}"
+        f"extracted {rows} rows into {len(done)} shard(s) ({skipped} already done{other}), {errors} image(s) "
+        f"failed (see shards/*.errors.json), {rate:.1f} img/s; cache: {cfg.cache}"
     )
 
 
@@ -384,14 +382,14 @@ def fail_if_all_failed(cfg: ExtractConfig, tasks: list[tuple[int, pd.DataFrame]]
             errors += json.loads(listing.read_text())
     if not planned or len(errors) < planned:
         return
-    mine = {index for index, _ in tasks}
-    for index in mine:
-        for f in shards.glob(f"{index:05d}.*"):
-            f.unlink(missing_ok=True)
+    from cache.writer import INDEX_JSON, drop_shards
+
+    left = drop_shards(Path(cfg.cache), [index for index, _ in tasks])
     jobs = Path(cfg.cache) / JOBS_DIR
-    if not _existing_shard_indices(Path(cfg.cache)):  # the cache holds nothing else: remove what this run made
+    if not left:  # the cache holds nothing else: remove what this run made
         shutil.rmtree(jobs, ignore_errors=True)
-        (Path(cfg.cache) / "cache.json").unlink(missing_ok=True)
+        for name in ("cache.json", INDEX_JSON, ".lock"):
+            (Path(cfg.cache) / name).unlink(missing_ok=True)
         for folder in (shards, Path(cfg.cache)):
             if folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()
@@ -431,7 +429,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--features", help="comma-separated feature names, e.g. l23.cls,proj (default: the backbone's)")
     p.add_argument("--preprocess", help="resize | center_crop | rich_patch (default: the backbone's)")
-    p.add_argument("--views", default="orig", help="comma-separated views: orig, jpeg:75, blur:1.0, resize:0.5")
+    p.add_argument(
+        "--views",
+        default="orig",
+        help="comma-separated views: orig, jpeg:Q, webp:Q, blur:SIGMA, resize:SCALE, crop:FRACTION (e.g. orig,jpeg:75)",
+    )
     p.add_argument("--cache", required=True, help="cache directory to create or extend")
     p.add_argument("--format", default="h5", choices=["h5", "parquet"], help="shard format")
     p.add_argument("--shard-size", type=int, default=1024, help="rows per shard (the unit of resume and distribution)")

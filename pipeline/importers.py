@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from common.files import atomic_path
+from common.files import atomic_write
 from pipeline.index import add_split_args, apply_splits
 
 LABEL_DIRS = ("0_real", "1_fake")
+
+
+IMPORT_LOCK = ".import.lock"
 
 
 def _existing(out: Path) -> tuple[dict[str, str], dict]:
@@ -23,8 +27,39 @@ def _existing(out: Path) -> tuple[dict[str, str], dict]:
         return {}, {}
     import cache
 
-    meta = cache.open(out).meta()
+    meta = cache.open(out, keep_duplicates=True).meta()
     return dict(zip(meta["image_id"].astype(str), meta["split"].astype(str))), read_cache_json(out)
+
+
+def _load_files(files: list[str], dim: int) -> tuple[np.ndarray, np.ndarray, list[tuple[int, str]]]:
+    """Vectors of the files that load, which ones did, and (position, reason) of the others (never unpickled)."""
+    from cache import load_npy
+
+    out = np.zeros((len(files), dim), dtype=np.float32)
+    ok = np.zeros(len(files), dtype=bool)
+    bad = []
+    for i, file in enumerate(files):
+        try:
+            out[i] = load_npy(file, dim=dim)
+            ok[i] = True
+        except ValueError as err:
+            bad.append((i, str(err)))
+    return out[ok], ok, bad
+
+
+def _first_dim(files: list[str]) -> int:
+    """The width of the first file that loads (a bad first file does not decide it)."""
+    from cache import load_npy
+
+    reasons = []
+    for file in files:
+        try:
+            return load_npy(file).shape[0]
+        except ValueError as err:
+            reasons.append(str(err))
+            if len(reasons) == len(files) or len(reasons) >= 100:
+                break
+    raise ValueError(f"none of the first {len(reasons)} .npy files loads, e.g. {reasons[0]}")
 
 
 def _split_note(rows: pd.DataFrame, done: dict[str, str], out: Path, asked: str) -> str:
@@ -64,40 +99,60 @@ def import_uar(
     Returns:
         Counts: files found, rows written, rows skipped as already present, and the feature dim.
     """
-    from tqdm.auto import tqdm
-
-    from cache import CacheWriter, load_npy, scan_uar, uar_spec
-    from cache.uar import UAR_FEATURE, load_npy_batch
+    from cache import CacheWriter, scan_uar, uar_spec
+    from cache.locking import folder_lock
+    from cache.uar import UAR_FEATURE
 
     folder, out = Path(folder), Path(out)
     rows = scan_uar(folder, source=source)
     rows = apply_splits(rows, split=split, split_ratio=split_ratio, seed=seed)
-    dim = load_npy(rows["file"].iloc[0]).shape[0]
-    done, header = _existing(out)
-    if split or split_ratio:
-        note = _split_note(rows, done, out, f"--split {split}" if split else f"--split-ratio {split_ratio}")
-        if note:
-            print(note, file=sys.stderr)
-    todo = rows[~rows["image_id"].isin(done)].reset_index(drop=True)
-    writer = CacheWriter(
-        out,
-        spec=uar_spec(dim, extractor=extractor),
-        features={UAR_FEATURE: (dim,)},
-        fmt=fmt or header.get("format", "h5"),
-        shard_size=shard_size,
-        dtype=dtype or header.get("dtype", "float32"),
-    )
-    step = max(1, min(shard_size, 4096))
-    with (
-        writer,
-        tqdm(total=len(todo), desc=f"import {folder.name}", unit="file", disable=None if progress else True) as bar,
-    ):
+    dim = _first_dim(rows["file"].tolist())
+    with folder_lock(out, IMPORT_LOCK):  # imports into one cache run one after the other: none repeats a row
+        done, header = _existing(out)
+        if split or split_ratio:
+            note = _split_note(rows, done, out, f"--split {split}" if split else f"--split-ratio {split_ratio}")
+            if note:
+                print(note, file=sys.stderr)
+        todo = rows[~rows["image_id"].isin(done)].reset_index(drop=True)
+        writer = CacheWriter(
+            out,
+            spec=uar_spec(dim, extractor=extractor),
+            features={UAR_FEATURE: (dim,)},
+            fmt=fmt or header.get("format", "h5"),
+            shard_size=shard_size,
+            dtype=dtype or header.get("dtype", "float32"),
+        )
+        failed = _write_rows(writer, todo, dim, desc=f"import {folder.name}", progress=progress)
+    if failed and len(failed) == len(todo):
+        raise ValueError(f"{folder}: none of the {len(todo)} .npy files could be imported, e.g. {failed[0]['reason']}")
+    return {
+        "files": len(rows),
+        "written": len(todo) - len(failed),
+        "skipped_present": len(rows) - len(todo),
+        "dim": dim,
+        "failed": failed,
+    }
+
+
+def _write_rows(writer, todo: pd.DataFrame, dim: int, *, desc: str, progress: bool) -> list[dict]:
+    """Append the rows of `todo` chunk by chunk; files that do not load are recorded as errors and returned."""
+    from tqdm.auto import tqdm
+
+    from cache.uar import UAR_FEATURE
+
+    failed = []
+    step = max(1, min(writer.shard_size, 4096))
+    with writer, tqdm(total=len(todo), desc=desc, unit="file", disable=None if progress else True) as bar:
         for lo in range(0, len(todo), step):
             chunk = todo.iloc[lo : lo + step]
-            feats = load_npy_batch(chunk["file"].tolist(), dim=dim)
-            writer.append(chunk.drop(columns=["file"]), {UAR_FEATURE: feats})
+            feats, ok, bad = _load_files(chunk["file"].tolist(), dim)
+            errors = [
+                {"image_id": chunk["image_id"].iat[i], "path": chunk["path"].iat[i], "reason": why} for i, why in bad
+            ]
+            writer.append(chunk[ok].drop(columns=["file"]), {UAR_FEATURE: feats}, errors)
+            failed += errors
             bar.update(len(chunk))
-    return {"files": len(rows), "written": len(todo), "skipped_present": len(rows) - len(todo), "dim": dim}
+    return failed
 
 
 def safe_component(name: object) -> str:
@@ -107,8 +162,10 @@ def safe_component(name: object) -> str:
 
 
 def _save_npy(path: Path, arr: np.ndarray) -> None:
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.save(f, arr, allow_pickle=False)
+    """Write one `.npy` atomically. It is encoded in memory first: `np.save` to a file ignores short writes."""
+    buffer = io.BytesIO()
+    np.save(buffer, arr, allow_pickle=False)
+    atomic_write(path, buffer.getvalue())
 
 
 def export_npy(cache_path: str | Path, out: str | Path, *, feature: str | None = None, view: str = "orig") -> int:
@@ -169,6 +226,13 @@ def run_import_uar(args: argparse.Namespace) -> int:
         f"imported {stats['written']} of {stats['files']} files ({stats['dim']}-d) into {args.cache}"
         + (f"; {stats['skipped_present']} already present" if stats["skipped_present"] else "")
     )
+    if stats["failed"]:
+        shown = "; ".join(e["reason"] for e in stats["failed"][:5])
+        print(
+            f"skipped {len(stats['failed'])} file(s) that could not be imported (recorded in the cache's "
+            f"shards/*.errors.json): {shown}",
+            file=sys.stderr,
+        )
     return 0
 
 

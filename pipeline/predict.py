@@ -212,8 +212,13 @@ def check_scorable(info: dict, head_dir: str) -> dict[str, dict]:
 
 
 def score_images(args: argparse.Namespace) -> pd.DataFrame:
-    """Scores (and expert gates) of the images in args.images; failed images get an `error` and no score."""
+    """Calibrated P(fake), verdict (and expert gates) of the images in args.images; failed images get an `error`.
+
+    The head's stored calibration (`aigi calibrate`) maps its logits to P(fake) and gives the threshold and the
+    abstain band; a head without one uses sigmoid(logit) and 0.5.
+    """
     import heads
+    from heads.calibration import VERDICTS
 
     head, info = heads.load(args.head_dir)
     specs = check_scorable(info, args.head_dir)
@@ -230,12 +235,15 @@ def score_images(args: argparse.Namespace) -> pd.DataFrame:
     paths = list_images(args.images)
     storage = {a: s["storage_dtype"] for a, s in specs.items() if "storage_dtype" in s}
     feats, kept, failed = features_for(paths, backbones, batch_size=args.batch_size, storage=storage)
-    table = pd.DataFrame({"path": [printable(p) for p in paths], "p_fake": np.nan, "error": ""})
+    table = pd.DataFrame({"path": [printable(p) for p in paths], "p_fake": np.nan, "verdict": "", "error": ""})
     for i, reason in failed.items():
         table.loc[i, "error"] = reason
     if kept:
         X = {name: feats[alias][feat] for name, (alias, feat) in input_map(head, specs).items()}
-        table.loc[kept, "p_fake"] = heads.predict(head, X)
+        cal = heads.calibration_of(info)
+        probs = cal.probability(heads.logits(head, X))
+        table.loc[kept, "p_fake"] = probs
+        table.loc[kept, "verdict"] = [VERDICTS[int(v)] for v in cal.verdict(probs)]
         if hasattr(head, "explain"):
             ex = heads.explain(head, X)
             for k, name in enumerate(ex["expert_names"]):
@@ -269,11 +277,15 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"none of the {len(bad)} image(s) could be read ({first}); pass readable image files")
     extra = [c for c in table.columns if c.startswith(("gate.", "expert."))]
     with pd.option_context("display.max_colwidth", 80, "display.width", 200):
-        print(good[["path", "p_fake", *extra]].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+        print(good[["path", "p_fake", "verdict", *extra]].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     if args.output:
         write_table(table, args.output)
         print(f"wrote {len(table)} rows to {args.output}", file=sys.stderr)
-    print(f"{len(good)} image(s) scored, {len(bad)} skipped", file=sys.stderr)
+    counts = good["verdict"].value_counts()
+    verdicts = ", ".join(
+        f"{int(counts.get(v, 0))} {v}" for v in ("fake", "real", "unsure") if v in counts or v != "unsure"
+    )
+    print(f"{len(good)} image(s) scored, {len(bad)} skipped ({verdicts})", file=sys.stderr)
     return 0
 
 
@@ -283,7 +295,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="score images with a trained head (features extracted on the fly)",
         description="Score image files or folders with a head trained by `aigi train`. Features are extracted with "
         "the backbone and preprocessing the head's training cache recorded; the weights must reproduce its "
-        "fingerprint. Prints P(fake) per image and, for expert heads, the gates and per-expert scores. Unreadable "
+        "fingerprint. Prints the calibrated P(fake) per image and the verdict (real / fake, or unsure inside the "
+        "head's abstain band; see `aigi calibrate`) and, for expert heads, the gates and per-expert scores. Unreadable "
         "files are reported and skipped (exit code 0; 2 when no file could be read).",
     )
     p.add_argument("head_dir", help="RUN_DIR written by `aigi train`")

@@ -1,5 +1,6 @@
 """Where a run's rows come from: open its caches, plan which feature comes from which cache, load and join the rows,
-and split them into training and validation rows. Used by `aigi train`, `aigi eval` and `aigi predict`.
+and split them into training and validation rows; the run config and cache fingerprints a head recorded. Used by
+`aigi train`, `aigi eval`, `aigi calibrate`, `aigi robustness` and `aigi predict`.
 
 Validation policy: the rows with split == val when the caches have any; otherwise a seeded `data.val_fraction` of
 the training pairs (pair_id, or image_id for unpaired rows), so a real and its aligned fakes stay together.
@@ -8,12 +9,12 @@ the training pairs (pair_id, or image_id for unpaired rows), so a real and its a
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 GROUP_COLUMNS = ("source", "domain")
-
 
 
 def open_caches(paths: Mapping[str, str]) -> dict[str, Any]:
@@ -146,3 +147,47 @@ def _cut_val(train: Any, data: Any) -> tuple[Any, Any, str]:
 def groups_of(fs: Any) -> dict[str, np.ndarray]:
     """Per-row string columns multi-stage heads select rows by."""
     return {c: fs.column(c).astype(str) for c in GROUP_COLUMNS if c in fs.meta.columns}
+
+
+def check_fingerprints(info: Mapping[str, Any], caches: Mapping[str, Any], *, run_dir: Path) -> list[str]:
+    """Refuse caches whose fingerprint differs from the one the head was trained on; return warnings.
+
+    Raises:
+        ValueError: naming both fingerprints, both paths and the differing extractor spec fields.
+    """
+    recorded = info.get("fingerprints") or {}
+    if not recorded:
+        return [f"{run_dir}/head.json records no cache fingerprint: the cache cannot be checked against the head"]
+    warnings = []
+    for alias, c in caches.items():
+        want = recorded.get(alias)
+        if want is None and len(recorded) == 1 and len(caches) == 1:
+            alias_rec, want = next(iter(recorded.items()))
+        else:
+            alias_rec = alias
+        if want is None:
+            warnings.append(f"cache alias {alias!r} is not recorded in {run_dir}/head.json; not checked")
+            continue
+        if c.fingerprint != want:
+            import cache
+
+            spec = (info.get("extractor_spec") or {}).get(alias_rec)
+            diff = "; ".join(cache.spec_diff(spec, c.spec)) if spec is not None else ""
+            trained = ((info.get("caches") or {}).get(alias_rec) or {}).get("path", "?")
+            raise ValueError(
+                f"cache {c.path} has fingerprint {c.fingerprint[:16]}… but head {run_dir} was trained on {trained} "
+                f"with fingerprint {want[:16]}…; differing spec fields (trained -> given): {diff or 'unknown'}. "
+                "Extract the features with the head's extractor spec, or train a head on this cache"
+            )
+    return warnings
+
+
+def run_config(run_dir: Path, info: Mapping[str, Any]) -> Any:
+    """The run config a head was trained with: head.json's copy, else RUN_DIR/config.yaml, else head and inputs."""
+    from pipeline.config import load_config, parse_config
+
+    if info.get("run_config"):
+        return parse_config(info["run_config"], source=f"{run_dir}/head.json")
+    if (run_dir / "config.yaml").is_file():
+        return load_config(run_dir / "config.yaml")
+    return parse_config({"head": {"name": info["name"], "inputs": info["inputs"]}}, source=f"{run_dir}/head.json")

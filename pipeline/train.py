@@ -65,6 +65,11 @@ def train_run(cfg: Any, run_dir: str | Path, *, init: str | Path | None = None) 
     resolved = to_dict(cfg)
     caches = open_caches(cfg.data.caches)
     train, val, val_how = train_val_rows(caches, cfg.data, inputs=cfg.head.inputs)
+    if cfg.calibration and val is None:
+        raise ValueError(
+            f"the config asks for calibration but the run has no validation rows ({val_how}); set "
+            "data.val_fraction (e.g. --set data.val_fraction=0.1) or give the cache rows with split == val"
+        )
     fit_cfg = heads.FitConfig(**cfg.fit)
     head, started_from = initial_head(cfg, train.dims, seed=fit_cfg.seed, init=init)
     start = time.perf_counter()
@@ -98,8 +103,14 @@ def train_run(cfg: Any, run_dir: str | Path, *, init: str | Path | None = None) 
         "val_metrics": val_metrics,
         **({"init": started_from} if started_from else {}),
     }
+    calibration = None
+    if cfg.calibration:
+        from pipeline.config import CalibrationSpec
+
+        spec = CalibrationSpec(**cfg.calibration)
+        calibration = heads.fit_calibration(heads.logits(head, val.features), val.labels, **spec.fit_kwargs())
     run_dir = Path(run_dir)
-    heads.save(head, run_dir, meta=meta)
+    heads.save(head, run_dir, meta=meta, calibration=calibration)
     save_config(resolved, run_dir)
     return {
         "head": cfg.head.name,

@@ -21,7 +21,7 @@ from PIL import Image
 from cache import read_manifest, write_manifest
 from common.files import atomic_write, sha256_file
 from extractors.images import ImageLoadError, load_image, probe_image
-from pipeline.fakes.imageio import Encoding, encoding_for, parse_format
+from pipeline.fakes.imageio import Encoding, encoding_for, parse_format, remove_dead_temps
 from pipeline.fakes.registry import FakeTransform
 
 Transform = FakeTransform  # same-key images (and their ids) -> fakes of the same sizes (`pipeline.fakes.registry`)
@@ -172,6 +172,7 @@ class FakeMaker:
         if cfg.splits:
             reals = reals[reals["split"].isin(cfg.splits)]
         base = Path(cfg.out_dir) / slug(self.source)
+        remove_dead_temps(Path(cfg.out_dir))  # partial files of a killed run
         if reals.empty:
             where = f" in splits {list(cfg.splits)}" if cfg.splits else ""
             raise ValueError(f"{cfg.manifest} has no real image (label 0){where} to make fakes of; index reals first")

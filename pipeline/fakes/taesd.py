@@ -144,6 +144,16 @@ def find_pair(folder: str | Path, name: str | None = None) -> tuple[str, Path, P
 def load_pair(folder: str | Path, name: str | None = None) -> tuple[str, TinyAutoencoder]:
     """Load a TAESD-family pair from `folder` with `torch.load(weights_only=True)`; returns (NAME, model)."""
     name, enc_path, dec_path = find_pair(folder, name)
-    encoder = torch.load(enc_path, weights_only=True, map_location="cpu")
-    decoder = torch.load(dec_path, weights_only=True, map_location="cpu")
-    return name, TinyAutoencoder.from_state_dicts(encoder, decoder)
+    return name, TinyAutoencoder.from_state_dicts(_state_dict(enc_path), _state_dict(dec_path))
+
+
+def _state_dict(path: Path) -> dict:
+    """A weights-only `torch.load` of a state dict; anything else (code in a pickle, a damaged file) is refused."""
+    try:
+        state = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as err:  # UnpicklingError for pickled code, RuntimeError/EOFError for damaged files
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise ValueError(f"{path}: not a weights-only state dict ({type(err).__name__}: {first})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path}: holds {type(state).__name__}, expected a state dict of tensors")
+    return state

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import pickle
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -166,7 +168,17 @@ def _load_diffusers_folder(folder: Path) -> tuple[str, nn.Module]:
     cls_name = json.loads((folder / "config.json").read_text()).get("_class_name", "")
     if cls_name not in ("AutoencoderKL", "AutoencoderTiny"):
         raise ValueError(f"{folder}/config.json describes {cls_name!r}; expected AutoencoderKL or AutoencoderTiny")
-    model = getattr(diffusers, cls_name).from_pretrained(str(folder), **_load_kwargs())
+    from diffusers.utils import logging as diffusers_logging
+
+    verbosity = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity(logging.CRITICAL)  # its fallback notes would break the one-line error below
+    try:
+        model = getattr(diffusers, cls_name).from_pretrained(str(folder), **_load_kwargs())
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as err:  # pickled code, damaged or missing files
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"{folder}: the {cls_name} weights cannot be loaded safely ({first})") from None
+    finally:
+        diffusers_logging.set_verbosity(verbosity)
     return ("kl" if cls_name == "AutoencoderKL" else "tiny"), model
 
 

@@ -159,3 +159,14 @@ def test_read_state_dict_formats_and_refusals(tmp_path: Path) -> None:
         read_state_dict(tmp_path / "jit.pt")
     with pytest.raises(FileNotFoundError, match="never downloaded"):
         read_state_dict(tmp_path / "absent.pth")
+
+
+@pytest.mark.parametrize("cut", [0, 5, -3])
+def test_truncated_or_empty_safetensors_weights_are_named(tmp_path: Path, cut: int) -> None:
+    from safetensors.torch import save_file
+
+    save_file({"a.weight": torch.ones(4, 4)}, str(tmp_path / "w.safetensors"))
+    data = (tmp_path / "w.safetensors").read_bytes()
+    (tmp_path / "w.safetensors").write_bytes(data[:cut] if cut >= 0 else data[:cut])
+    with pytest.raises(ValueError, match=r"w.safetensors: not a readable \.?safetensors file"):
+        read_state_dict(tmp_path / "w.safetensors")

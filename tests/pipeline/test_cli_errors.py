@@ -423,8 +423,17 @@ def test_cache_info_into_a_closed_pipe_exits_quietly(tmp_path):
 # ------------------------------------------------------------------------------------------------ import / export
 
 
-def test_import_uar_pickled_npy(tmp_path, capsys):
+def test_import_uar_pickled_npy_is_skipped_and_named(tmp_path, capsys):
     uar_folder(tmp_path / "npy", n=2)
+    np.save(tmp_path / "npy" / "0_real" / "000.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    code, _, err = cli(capsys, "import", "uar", tmp_path / "npy", "--cache", tmp_path / "c")
+    assert code == 0 and "Traceback" not in err
+    assert "skipped 1 file(s)" in err and "000.npy" in err and "pickle" in err  # never unpickled, the rest imported
+    assert len(cache.open(tmp_path / "c")) == 3
+
+
+def test_import_uar_every_npy_pickled(tmp_path, capsys):
+    (tmp_path / "npy" / "0_real").mkdir(parents=True)
     np.save(tmp_path / "npy" / "0_real" / "000.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     user_error(capsys, "import", "uar", tmp_path / "npy", "--cache", tmp_path / "c", words=("000.npy", "pickle"))
     assert not (tmp_path / "c" / "shards").exists() or not any((tmp_path / "c" / "shards").iterdir())

@@ -1,0 +1,103 @@
+"""`aigi ablate --jobs N`: workers end with their parent; a re-run never deletes a run a live process works on."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import psutil
+import yaml
+
+from pipeline.ablate import execute_run, expand, read_result
+from tests.pipeline.test_ablate import ablation, make_cache
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def slow_ablation(store: Path, seeds: int) -> dict:
+    raw = ablation(store)
+    raw["fit"] = {**raw["fit"], "epochs": 400, "batch_size": 8}
+    raw["seeds"] = list(range(seeds))
+    return raw
+
+
+def test_killing_the_main_process_ends_its_workers(tmp_path):
+    store = make_cache(tmp_path / "cache")
+    (tmp_path / "abl.yaml").write_text(yaml.safe_dump(slow_ablation(store, seeds=8)))
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    main = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", "ablate", str(tmp_path / "abl.yaml"), "-o", str(out), "--jobs", "2"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while not (out / "runs").is_dir() or not any((out / "runs").iterdir()):  # a worker started a run
+            assert main.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        workers = psutil.Process(main.pid).children(recursive=True)
+        assert workers
+        os.kill(main.pid, signal.SIGKILL)
+        main.wait(timeout=30)
+        _, alive = psutil.wait_procs(workers, timeout=30)
+        assert not alive, [p.cmdline()[:3] for p in alive]
+    finally:
+        for p in psutil.Process().children(recursive=True):
+            p.kill()
+    finished = [r for r in (out / "runs").iterdir() if read_result(r) is not None]
+    assert len(finished) < 16  # the queued runs did not go on without their parent
+
+
+HOLDER = textwrap.dedent(
+    """
+    import sys, time
+    sys.path.insert(0, {root!r})
+    import yaml
+    from pipeline.ablate import execute_run, expand
+    run = expand(yaml.safe_load(open({cfg!r}))).runs[0]
+    import pipeline.train as train
+
+    real = train.train_run
+
+    def slow(cfg, path):
+        (path / "marker").parent.mkdir(parents=True, exist_ok=True)
+        (path / "marker").write_text("mine")
+        print("running", flush=True)
+        time.sleep(4)  # the re-run starts meanwhile
+        return real(cfg, path)
+
+    train.train_run = slow
+    info = {{"run_id": run.run_id, "setting": run.setting, "variant": run.variant, "values": run.values,
+             "seed": run.seed}}
+    execute_run({runs!r} + "/" + run.run_id, run.config, info, 1)
+    print("done", flush=True)
+    """
+)
+
+
+def test_a_rerun_waits_for_a_live_run_instead_of_deleting_it(tmp_path):
+    store = make_cache(tmp_path / "cache")
+    raw = ablation(store)
+    (tmp_path / "abl.yaml").write_text(yaml.safe_dump(raw))
+    runs = tmp_path / "out" / "runs"
+    runs.mkdir(parents=True)
+    code = HOLDER.format(root=str(ROOT), cfg=str(tmp_path / "abl.yaml"), runs=str(runs))
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert child.stdout.readline().strip() == "running"
+        run = expand(raw).runs[0]
+        info = {"run_id": run.run_id, "setting": run.setting, "variant": run.variant, "values": run.values,
+                "seed": run.seed}  # fmt: skip
+        result = execute_run(str(runs / run.run_id), run.config, info, 1)
+        assert child.stdout.readline().strip() == "done"
+        child.wait(timeout=120)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert result["skipped"] and (runs / run.run_id / "marker").read_text() == "mine"
+    assert child.returncode == 0
