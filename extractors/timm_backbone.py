@@ -3,7 +3,8 @@
 Features: `l<i>.cls` (class token leaving block i, 0-based; models with a class token), `l<i>.mean` (mean of the
 patch tokens leaving block i, prefix/register tokens excluded; for CNNs the spatial mean of stage i) and
 `pooler` (= `pre_logits`: timm's `forward_head(..., pre_logits=True)`, the pooled final representation).
-Weights come from a local file only (timm, OpenAI/open_clip CLIP formats are converted by timm's own filters).
+Weights come from a local file only (timm, OpenAI/open_clip CLIP formats are converted by timm's own filters;
+torchvision's MobileNetV2 and ResNet state dicts by `layouts`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from common.files import sha256_file
 
 from ._registry import register_extractor
 from .base import Extractor, ExtractorSpec, parse_layer_feature, resolve_dtype
+from .layouts import to_timm_layout
 from .preprocess import policy_fields, resolve_policy
 from .weights import read_state_dict
 
@@ -142,7 +144,8 @@ def load_timm_weights(model: nn.Module, path: str | Path, *, drop_prefixes: tupl
 
     Args:
         model: the timm model.
-        path: weights file (timm, or any format the model's `checkpoint_filter_fn` converts).
+        path: weights file (timm, a layout `layouts.to_timm_layout` renames, e.g. torchvision's, or any format the
+            model's `checkpoint_filter_fn` converts).
         drop_prefixes: key prefixes to ignore (e.g. the classifier of a headless model).
 
     Returns:
@@ -151,7 +154,7 @@ def load_timm_weights(model: nn.Module, path: str | Path, *, drop_prefixes: tupl
     Raises:
         ValueError: missing or unexpected parameters (first few listed).
     """
-    state = read_state_dict(path)
+    state = to_timm_layout(read_state_dict(path), model)
     filter_fn = getattr(sys.modules[type(model).__module__], "checkpoint_filter_fn", None)
     if filter_fn is not None:
         state = filter_fn(state, model)

@@ -175,7 +175,7 @@ class RouterHead(nn.Module):
         values = np.asarray(groups[self.cfg.domain_column]).astype(str)
         return {"domain": np.array([lookup.get(v, -1) for v in values], dtype=np.int64)}
 
-    def _start_stage2(self, x: Mapping[str, Tensor], y: Tensor) -> None:
+    def _start_stage2(self, batches: object) -> None:
         self.classifier.load_state_dict(self.experts.classifiers[-1].state_dict())
 
     def stages(self) -> list[Stage]:

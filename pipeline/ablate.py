@@ -19,6 +19,7 @@ from common.files import atomic_write
 
 ABLATION_KEYS = ("grid", "variants", "seeds", "sort_by", "prepare", "eval_views")
 RESULT_FILE = "result.json"
+SHARED_STAGES = "shared_stages"  # finished expert stages the runs share (pipeline.streaming.DiskStages)
 DEFAULT_SORT = "auc"
 
 ABLATE_HELP = """\
@@ -292,11 +293,14 @@ def _train_and_evaluate(run_dir: str, config: Any, identity: dict[str, Any], thr
     import torch
 
     from common.provenance import code_revision
+    from pipeline import streaming
     from pipeline.config import RunConfig, parse_config
     from pipeline.evaluate import evaluate_run
     from pipeline.train import train_run
 
     path = Path(run_dir)
+    # every run of this worker process reuses loaded rows; workers share finished expert stages through files
+    streaming.REUSE, streaming.STAGE_DIR = True, str(path.parent.parent / SHARED_STAGES)
     if path.exists():
         shutil.rmtree(path)
     previous = torch.get_num_threads()
@@ -306,6 +310,7 @@ def _train_and_evaluate(run_dir: str, config: Any, identity: dict[str, Any], thr
         start = time.perf_counter()
         cfg = config if isinstance(config, RunConfig) else parse_config(config, source=f"{path}/config.yaml")
         trained = train_run(cfg, path)
+        evaluated = time.perf_counter()
         metrics = evaluate_run(path, out_dir=path / "eval", plots=False, config=cfg)
         views = {
             v: evaluate_run(path, out_dir=path / "eval_views" / re.sub(r"[^A-Za-z0-9_.=-]", "_", v), plots=False,
@@ -327,6 +332,7 @@ def _train_and_evaluate(run_dir: str, config: Any, identity: dict[str, Any], thr
         "val_ap": val.get("ap"),
         "train_seconds": trained["seconds"],
         "seconds": seconds,
+        "stage_seconds": {**trained["stages"], "eval": start + seconds - evaluated},
         "threads": torch.get_num_threads() if not threads else threads,
         "pid": os.getpid(),
         "finished_at": time.time(),

@@ -29,6 +29,26 @@ COMMAND_MODULES = [
     "pipeline.demo",
 ]
 
+# Which module registers each sub-command: `aigi CMD ...` imports only that module (start-up time); `aigi --help`
+# and unknown commands build the full parser. tests/pipeline/test_cli_lazy.py keeps this in step with the modules.
+COMMANDS = {
+    "index": "pipeline.index",
+    "cache": "pipeline.cache_cmd",
+    "import": "pipeline.importers",
+    "export": "pipeline.importers",
+    "fakes": "pipeline.fakes",
+    "extract": "pipeline.extract",
+    "train": "pipeline.train",
+    "eval": "pipeline.evaluate",
+    "calibrate": "pipeline.calibrate",
+    "robustness": "pipeline.robustness",
+    "head": "pipeline.head_cmd",
+    "domains": "pipeline.domains",
+    "ablate": "pipeline.ablate",
+    "predict": "pipeline.predict",
+    "demo": "pipeline.demo",
+}
+
 # Errors a user can fix: printed as one line (set AIGI_DEBUG=1 for the traceback), exit code 2. Every OSError (a
 # missing file, disk full, permissions, a damaged file) is one; so are errors of file-format libraries (a YAML tag,
 # a damaged safetensors or pickle file), recognised by their module. A KeyError or any other exception is a bug and
@@ -54,15 +74,15 @@ WRITE_AT_END = ("index", "train", "predict")
 MAX_MESSAGE = 600
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full `aigi` parser with every available sub-command."""
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The full `aigi` parser with every available sub-command, or only the module providing command `only`."""
     parser = argparse.ArgumentParser(
         prog="aigi",
         description="Detect AI-generated images: cache frozen-backbone features once, train light heads on them.",
     )
     parser.add_argument("--version", action="version", version=f"aigi {package_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMAND_MODULES:
+    for name in [COMMANDS[only]] if only in COMMANDS else COMMAND_MODULES:
         importlib.import_module(name).register(sub)
     return parser
 
@@ -108,7 +128,9 @@ def _quiet_stdout() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `aigi` console script; returns the process exit code."""
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(command).parse_args(argv)
     try:
         code = args.func(args)
         sys.stdout.flush()

@@ -8,7 +8,9 @@ A run config has four sections (see the presets in configs/, shipped as pipeline
            where (meta filters, e.g. view: orig), split_column and the train / val / test values, and the
            validation policy: rows with split == val when there are any, else a seeded `val_fraction` of the
            training pairs (by pair_id, so a real and its aligned fakes never straddle train and val);
-           optional `domains`, an `aigi domains` table whose domain replaces the rows' by image_id
+           optional `domains`, an `aigi domains` table whose domain replaces the rows' by image_id;
+           `stream` (auto / true / false) and `memory_budget` (e.g. 1.5GB; default half the available RAM): rows
+           stay in memory as float32, as float16 when only that fits, or are streamed from disk (pipeline.streaming)
     eval:  defaults of `aigi eval`: by, threshold (a number or `val`), reals, bootstrap
     calibration (optional): fitted on the validation rows at the end of `aigi train` and stored with the head, as
            `aigi calibrate` does: method (temperature | platt | none), threshold (a number, val_acc or fpr:A),
@@ -63,6 +65,8 @@ class DataSection:
     val_fraction: float = 0.1
     val_seed: int = 0
     domains: str = ""  # optional `aigi domains` table (image_id -> domain) replacing the rows' `domain` column
+    stream: bool | str = "auto"  # true / false / auto: stream the rows from disk (auto: when over the budget)
+    memory_budget: int | float | str | None = None  # bytes or "1.5GB"; default half the available RAM
 
 
 @dataclass(frozen=True)
@@ -332,6 +336,14 @@ def _check_values(cfg: RunConfig, *, source: str) -> None:
 
     if not 0.0 <= cfg.data.val_fraction < 1.0:
         raise ValueError(f"{source}: data.val_fraction must be in [0, 1), got {cfg.data.val_fraction}")
+    from pipeline.streaming import parse_budget, parse_stream
+
+    try:
+        parse_stream(cfg.data.stream)
+        if cfg.data.memory_budget is not None:
+            parse_budget(cfg.data.memory_budget)
+    except ValueError as err:
+        raise ValueError(f"{source}: {err}") from None
     if cfg.eval.reals not in REAL_POLICIES:
         raise ValueError(f"{source}: eval.reals must be one of {REAL_POLICIES}, got {cfg.eval.reals!r}")
     if cfg.eval.bootstrap < 0:

@@ -78,10 +78,11 @@ def _threshold(
 
 def _split_rows(opened: Mapping[str, Any], cfg: Any, *, inputs: list[str], split: str) -> Any:
     """The rows of `split` (or every row for "all") with the run's filters; an error naming the splits present."""
-    from pipeline.rows import check_where, load_rows
+    from pipeline.rows import check_where, hold_choice, load_rows
 
     rows_where = dict(cfg.data.where) if split == "all" else {**cfg.data.where, cfg.data.split_column: split}
-    fs = load_rows(opened, inputs=inputs, where=rows_where, domains=cfg.data.domains)
+    hold = hold_choice(opened, cfg.data, inputs=inputs, where=rows_where)  # in memory, float16 or streamed
+    fs = load_rows(opened, inputs=inputs, where=rows_where, domains=cfg.data.domains, hold=hold)
     if len(fs) == 0:
         check_where(opened, cfg.data.where, flag="--where")
         present = sorted({str(v) for c in opened.values() for v in c.meta().get(cfg.data.split_column, [])})
@@ -163,6 +164,7 @@ def evaluate_run(
         verdicts=frame["verdict"].to_numpy() if cal.band is not None else None,
     )
     metrics["threshold_source"] = thr_how
+    metrics["rows_held"] = getattr(fs, "held", "")
     index, _, _ = assemble_groups(frame, by=by, reals=reals or cfg.eval.reals)
     rows = "all" if split == "all" else f"{cfg.data.split_column} == {split}"
     context = [
@@ -268,6 +270,7 @@ def run(args: argparse.Namespace) -> int:
         where=args.where,
     )
     m = result["mean"]
+    print(f"data: {m['n']} rows {result['rows_held']}")
     pct = lambda v: "n/a" if v is None else f"{100 * v:.2f}"
     covered = f", coverage {pct(m['coverage'])}, ACC covered {pct(m['acc_covered'])}" if "coverage" in m else ""
     print(

@@ -252,6 +252,43 @@ def score_images(args: argparse.Namespace) -> pd.DataFrame:
     return table
 
 
+def score_cache(args: argparse.Namespace) -> pd.DataFrame:
+    """Scores of the cached rows of `args.cache` matching `args.where`: in memory, or streamed when the features
+    would exceed the memory budget (see pipeline.streaming)."""
+    import cache
+    import heads
+    from pipeline.streaming import StreamedSet, choose, parse_budget, row_values
+
+    head, info = heads.load(args.head_dir)
+    paths = [c.partition("=")[2] if "=" in c else c for c in args.cache]
+    if len(paths) != 1:
+        raise ValueError("--cache: give one cache (join several with `aigi eval`, which follows the run's config)")
+    store = cache.open(paths[0])
+    where = parse_assignments(",".join(args.where), what="filter") if args.where else {}
+    names = list(head.cfg.inputs)
+    unknown = [n for n in names if n not in store.features]
+    if unknown:
+        raise ValueError(f"{paths[0]}: the head reads {unknown}, the cache holds {sorted(store.features)}")
+    rows = int(np.count_nonzero(cache.featureset.where_mask(store.meta(), where))) if where else len(store)
+    dims = {n: store.features[n] for n in names}
+    choice = choose(
+        rows=rows, row_values=row_values(dims), stored=store.dtype, stream=args.stream,
+        budget=parse_budget(args.memory_budget),
+    )  # fmt: skip
+    print(f"data: {rows:,} rows {choice.why}", file=sys.stderr)
+    if choice.mode == "stream":
+        from cache.stream import open_stream, stream_buffer
+
+        fs = StreamedSet(open_stream(store, names, where, buffer_bytes=stream_buffer(parse_budget(args.memory_budget))))
+    else:
+        fs = store.load(names, where=where, dtype=choice.mode)
+    cols = [c for c in ("image_id", "path", "label", "source", "split", "view") if c in fs.meta.columns]
+    table = fs.meta[cols].reset_index(drop=True).copy()
+    table["p_fake"] = heads.predict(head, fs.features)
+    table["error"] = ""
+    return table
+
+
 def write_table(table: pd.DataFrame, path: str) -> None:
     """Write the rows as CSV, JSON (a list of records) or Parquet, by the file's suffix, atomically."""
     kind = Path(path).suffix.lower()
@@ -268,6 +305,10 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     check_output(args.output)
+    if not args.images and not args.cache:
+        raise ValueError("give image files/folders to score, or --cache PATH to score cached features")
+    if args.cache:
+        return _report_cache(args, score_cache(args))
     table = score_images(args)
     good, bad = table[table["error"] == ""], table[table["error"] != ""]
     for path, reason in bad[["path", "error"]].itertuples(index=False):
@@ -289,6 +330,19 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report_cache(args: argparse.Namespace, table: pd.DataFrame) -> int:
+    shown = table.drop(columns=["error"])
+    with pd.option_context("display.max_colwidth", 60, "display.width", 200):
+        print(shown.head(20).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    if len(table) > 20:
+        print(f"... {len(table) - 20:,} more rows" + ("" if args.output else " (write them all with -o FILE.csv)"))
+    if args.output:
+        write_table(table, args.output)
+        print(f"wrote {len(table)} rows to {args.output}", file=sys.stderr)
+    print(f"{len(table):,} cached row(s) scored", file=sys.stderr)
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "predict",
@@ -300,7 +354,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         "files are reported and skipped (exit code 0; 2 when no file could be read).",
     )
     p.add_argument("head_dir", help="RUN_DIR written by `aigi train`")
-    p.add_argument("images", nargs="+", help="image files and/or folders (searched recursively)")
+    p.add_argument("images", nargs="*", help="image files and/or folders (searched recursively)")
+    p.add_argument(
+        "--cache",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="score this cache's rows instead of images (features as cached; streamed when they exceed the budget)",
+    )
+    p.add_argument("--where", action="append", default=[], metavar="COL=VALUE", help="with --cache: row filters")
+    p.add_argument("--stream", default="auto", help="with --cache: stream the features (true, false, auto)")
+    p.add_argument("--memory-budget", help="with --cache: memory for features, e.g. 1.5GB (default half the RAM)")
     p.add_argument(
         "--weights",
         action="append",

@@ -216,10 +216,16 @@ def _pct(mean: float, std: float) -> str:
     return f"{100 * mean:.2f}" if std != std else f"{100 * mean:.2f} ± {100 * std:.2f}"
 
 
+def _metric_header(column: str) -> str:
+    """`GROUP/fake_acc` -> `GROUP/fake acc`: spaces in the metric name only, never in the group (a model name)."""
+    group, _, metric = column.rpartition("/")
+    return f"{group}{'/' if group else ''}{metric.replace('_', ' ')}"
+
+
 def ablation_markdown(summary: Any, *, sort_by: str, n_runs: int) -> str:
     """summary.md: one row per setting, metrics in percent as mean ± std over seeds."""
     cols = [c[: -len(".mean")] for c in summary.columns if c.endswith(".mean")]
-    head = ["setting", "seeds", *[c.replace("_", " ") for c in cols]]
+    head = ["setting", "seeds", *[_metric_header(c) for c in cols]]
     lines = [
         "# Ablation summary",
         "",

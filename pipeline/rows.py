@@ -43,20 +43,77 @@ def feature_plan(caches: Mapping[str, Any], inputs: Sequence[str]) -> dict[str, 
     return {alias: feats for alias, feats in plan.items() if feats}
 
 
-def load_rows(caches: Mapping[str, Any], *, inputs: Sequence[str], where: Mapping[str, Any], domains: str = "") -> Any:
+def hold_choice(caches: Mapping[str, Any], data: Any, *, inputs: Sequence[str], where: Mapping[str, Any]) -> Any:
+    """How to hold the rows matching `where` (`pipeline.streaming.choose` with data.stream / data.memory_budget):
+    in memory as float32 or float16, or streamed (one cache only; several caches are joined in memory)."""
+    from cache.featureset import where_mask
+    from pipeline.streaming import Choice, choose, parse_budget, row_values
+
+    plan = feature_plan(caches, inputs)
+    first = caches[next(iter(plan))]
+    rows = int(np.count_nonzero(where_mask(first.meta(), dict(where)))) if where else len(first)
+    dims = {f"{a}/{f}": caches[a].features[f] for a, feats in plan.items() for f in feats}
+    stored = "float16" if all(caches[a].dtype == "float16" for a in plan) else "float32"
+    budget = parse_budget(getattr(data, "memory_budget", None))
+    choice = choose(rows=rows, row_values=row_values(dims), stored=stored, stream=data.stream, budget=budget)
+    if choice.mode == "stream" and (len(plan) > 1 or any("/" in name for name in inputs)):
+        if data.stream is True:
+            raise ValueError(
+                f"data.stream: true streams one cache, this run joins {list(plan)}; compact the features into one "
+                "cache, or set data.stream: auto"
+            )
+        mode = "float16" if stored == "float16" else "float32"
+        return Choice(mode, f"in memory as {mode} (streaming reads one cache; {choice.why})", budget)
+    return choice
+
+
+def load_rows(
+    caches: Mapping[str, Any],
+    *,
+    inputs: Sequence[str],
+    where: Mapping[str, Any],
+    domains: str = "",
+    hold: Any = None,
+) -> Any:
     """The rows matching `where` with the head's input features, joined across caches on (image_id, view).
 
     `domains` (data.domains) names an `aigi domains` table whose domain replaces each row's `domain` by image_id.
+    `hold` (a `hold_choice`) keeps them in memory as float32 (default) or float16, or streams them from the cache
+    (a `pipeline.streaming.StreamedSet`). Inside an ablation worker the rows of one selection are loaded once
+    (`pipeline.streaming.reuse_rows`). The choice's sentence is kept as the set's `held` attribute.
     """
+    from pipeline import streaming
+
+    mode = "float32" if hold is None else hold.mode
+    load = lambda: _load(caches, inputs=inputs, where=where, domains=domains, hold=hold)  # noqa: E731
+    if streaming.REUSE and mode != "stream":
+        key = (streaming.cache_key(caches), tuple(inputs), repr(sorted(dict(where).items())), domains, mode)
+        fs = streaming.reuse_rows(key, load)
+    else:
+        fs = load()
+    fs.held = "" if hold is None else hold.why
+    return fs
+
+
+def _load(caches: Mapping[str, Any], *, inputs: Sequence[str], where: Mapping[str, Any], domains: str, hold: Any):
     import cache
 
     plan = feature_plan(caches, inputs)
-    sets = {alias: caches[alias].load(feats, where=dict(where)) for alias, feats in plan.items()}
-    fs = next(iter(sets.values())) if len(sets) == 1 else cache.join(sets)
-    missing = [name for name in inputs if name not in fs.features]
+    if hold is not None and hold.mode == "stream":
+        from cache.stream import open_stream, stream_buffer
+        from pipeline.streaming import StreamedSet
+
+        ((alias, feats),) = plan.items()
+        stream = open_stream(caches[alias], feats, dict(where), buffer_bytes=stream_buffer(hold.budget))
+        fs = StreamedSet(stream)
+    else:
+        dtype = "float32" if hold is None else hold.mode
+        sets = {alias: caches[alias].load(feats, where=dict(where), dtype=dtype) for alias, feats in plan.items()}
+        fs = next(iter(sets.values())) if len(sets) == 1 else cache.join(sets)
+    missing = [name for name in inputs if name not in fs.dims]
     if missing:
         raise ValueError(
-            f"after joining {list(sets)} the features are {sorted(fs.features)}; inputs {missing} are "
+            f"after joining {list(plan)} the features are {sorted(fs.dims)}; inputs {missing} are "
             "missing (name them ALIAS/FEATURE when two caches share a name)"
         )
     if domains:
@@ -73,12 +130,16 @@ def train_val_rows(caches: Mapping[str, Any], data: Any, *, inputs: Sequence[str
         (train, val or None, a sentence describing where val came from).
     """
     col = data.split_column
-    rows = load_rows(caches, inputs=inputs, where={**data.where, col: [data.train, data.val]}, domains=data.domains)
+    where = {**data.where, col: [data.train, data.val]}
+    hold = hold_choice(caches, data, inputs=inputs, where=where)
+    rows = load_rows(caches, inputs=inputs, where=where, domains=data.domains, hold=hold)
     split = rows.column(col).astype(str)
     train, val = _checked_train(rows.subset(split == data.train), caches, data), rows.subset(split == data.val)
-    if len(val):
-        return train, val, _val_how(val, data)
-    return _cut_val(train, data)
+    out = (train, val, _val_how(val, data)) if len(val) else _cut_val(train, data)
+    for part in out[:2]:
+        if part is not None:
+            part.held = rows.held
+    return out
 
 
 def val_rows(caches: Mapping[str, Any], data: Any, *, inputs: Sequence[str]) -> tuple[Any, str]:
@@ -89,10 +150,19 @@ def val_rows(caches: Mapping[str, Any], data: Any, *, inputs: Sequence[str]) -> 
         (val or None, a sentence describing where val came from).
     """
     col = data.split_column
-    val = load_rows(caches, inputs=inputs, where={**data.where, col: data.val}, domains=data.domains)
+    where = {**data.where, col: data.val}
+    val = load_rows(
+        caches,
+        inputs=inputs,
+        where=where,
+        domains=data.domains,
+        hold=hold_choice(caches, data, inputs=inputs, where=where),
+    )
     if len(val):
         return val, _val_how(val, data)
-    train = load_rows(caches, inputs=inputs, where={**data.where, col: data.train}, domains=data.domains)
+    where = {**data.where, col: data.train}
+    hold = hold_choice(caches, data, inputs=inputs, where=where)
+    train = load_rows(caches, inputs=inputs, where=where, domains=data.domains, hold=hold)
     _, val, how = _cut_val(_checked_train(train, caches, data), data)
     return val, how
 
