@@ -57,7 +57,9 @@ def demo_data(demo: Path, shared: Path) -> tuple[Path, Path, Path]:
         sr = sorted((shared / "data" / "sr").glob("*.pth"))
         if sr:
             extra += ["--sr-weights", str(sr[0])]
-        _aigi(["demo", "--no-ablate", "-o", str(demo), *extra])
+        head_input = FEATURES.split(",")[-1]
+        _aigi(["demo", "--no-ablate", "-o", str(demo), "--backbone", BACKBONE, "--features", FEATURES,
+               "--head-input", head_input, *extra])  # fmt: skip
     weights = sorted((demo / "models").glob("convnext_atto-random-seed*.safetensors"))
     if not weights:
         raise SystemExit(f"{demo}/models holds no convnext_atto weights: is it an `aigi demo` output?")

@@ -12,6 +12,7 @@ from typing import Any
 _EXPORTS = {
     "available": "._registry",
     "build": "._registry",
+    "build_tail": ".tail",
     "register_extractor": "._registry",
     "Extractor": ".base",
     "ExtractorSpec": ".base",

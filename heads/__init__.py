@@ -5,7 +5,7 @@ import pkgutil as _pkgutil
 
 from heads._registry import available, build, head_class, make_config, register_head
 from heads.calibration import Calibration, fit_calibration
-from heads.io import calibration_of, load, save, save_calibration
+from heads.io import calibration_of, load, needs_frozen, read_info, save, save_calibration
 from heads.released import gapl_prototype, linear_probe, uar_linear
 from heads.train import FitConfig, Stage, explain, fit, logits, lr_at, predict
 
@@ -33,7 +33,9 @@ __all__ = [
     "logits",
     "lr_at",
     "make_config",
+    "needs_frozen",
     "predict",
+    "read_info",
     "register_head",
     "save",
     "uar_linear",

@@ -68,8 +68,10 @@ def save(
     return directory
 
 
-def load(directory: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+def load(directory: str | Path, *, frozen: nn.Module | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a saved head (on the CPU, in eval mode) and return it with head.json's content.
+
+    `frozen`: the frozen backbone tail a `tail_*` head runs (`read_info(directory)` says what it was trained on).
 
     Raises:
         ValueError: naming the file, for damaged, truncated, mismatched or non-finite files and absurd shapes.
@@ -93,7 +95,7 @@ def load(directory: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         raise ValueError(
             f"{weights} is not a readable safetensors file ({' '.join(str(err).split())}); {FIX}"
         ) from None
-    head = _build_checked(info, state, json_path, weights)
+    head = _build_checked(info, state, json_path, weights, frozen=frozen)
     _check_finite(state, where=str(weights))
     head.load_state_dict(state, strict=True)
     return head.eval(), info
@@ -112,12 +114,26 @@ def _read_info(json_path: Path) -> dict[str, Any]:
     return info
 
 
-def _build_checked(info: dict, state: dict, json_path: Path, weights: Path) -> nn.Module:
-    """Build the head on the meta device first (no memory), compare every shape with the file, then build it."""
+def _build_checked(
+    info: dict, state: dict, json_path: Path, weights: Path, *, frozen: nn.Module | None = None
+) -> nn.Module:
+    """Build the head on the meta device first (no memory), compare every shape with the file, then build it.
+
+    A head with a frozen tail is built once, for real: the tail's weights exist already and its adapters are small.
+    """
     kwargs = dict(standardize=bool(info.get("standardize", False)), **info["config"])
+    if needs_frozen(info["name"]) and frozen is None:
+        raise ValueError(
+            f"head '{info['name']}' in {json_path.parent} runs the backbone's last blocks: it needs the frozen tail "
+            "(`aigi eval` / `aigi predict` build it from the recorded extractor spec and --weights)"
+        )
     try:
-        with torch.device("meta"):
-            shapes = {k: tuple(v.shape) for k, v in build(info["name"], **kwargs).state_dict().items()}
+        if frozen is not None:
+            head = build(info["name"], frozen=frozen, **kwargs)
+            shapes = {k: tuple(v.shape) for k, v in head.state_dict().items()}
+        else:
+            with torch.device("meta"):
+                shapes = {k: tuple(v.shape) for k, v in build(info["name"], **kwargs).state_dict().items()}
     except (TypeError, ValueError, RuntimeError, OverflowError) as err:
         raise ValueError(f"{json_path}: its config does not build head {info['name']!r} ({err}); {FIX}") from None
     missing, unexpected = set(shapes) - set(state), set(state) - set(shapes)
@@ -130,7 +146,25 @@ def _build_checked(info: dict, state: dict, json_path: Path, weights: Path) -> n
         raise ValueError(
             f"{json_path}: config shapes differ from {weights}: {wrong[:3]}; the files do not belong together"
         )
-    return build(info["name"], **kwargs)
+    return head if frozen is not None else build(info["name"], **kwargs)
+
+
+def read_info(directory: str | Path) -> dict[str, Any]:
+    """head.json of a saved head (name, config, inputs and the training metadata), checked, without building it."""
+    json_path = Path(directory) / HEAD_JSON
+    if not json_path.is_file():
+        raise FileNotFoundError(
+            f"{json_path} is missing: a head directory holds head.json + head.safetensors "
+            "(written by `aigi train` or `aigi head import-*`)"
+        )
+    return _read_info(json_path)
+
+
+def needs_frozen(name: str) -> bool:
+    """Whether head `name` runs a frozen backbone tail (the `tail_*` heads)."""
+    from heads._registry import head_class
+
+    return bool(getattr(head_class(name), "needs_frozen", False))
 
 
 def _check_finite(tensors: dict[str, torch.Tensor], *, where: str) -> None:

@@ -314,6 +314,8 @@ def _fit_threads(cfg: FitConfig, device: torch.device, head: nn.Module, streamed
     """CPU threads for the fit: one for small batches, one core left to the reader thread when streaming."""
     if cfg.threads is not None:
         return cfg.threads
+    if getattr(head, "needs_frozen", False):  # every row runs the tail's transformer blocks: never a small batch
+        return max(1, torch.get_num_threads() - 1) if streamed else torch.get_num_threads()
     widths = getattr(head.cfg, "in_dims", None) or (head.cfg.in_dim,) * len(head.cfg.inputs)
     if device.type == "cpu" and cfg.batch_size * sum(widths) < SMALL_BATCH:
         return 1
@@ -527,9 +529,14 @@ def _val_ap(head: nn.Module, forward: StageForward, rows: MemoryRows | StreamRow
         return out[0] if isinstance(out, tuple) else out
 
     with torch.inference_mode():
-        scores = _scores(rows, cfg.eval_batch_size, logits)
+        scores = _scores(rows, _rows_per_call(head, cfg.eval_batch_size), logits)
     head.train()
     return average_precision(rows.y, scores.numpy())
+
+
+def _rows_per_call(head: nn.Module, batch_size: int) -> int:
+    """Rows per scoring forward: at most the head's `batch_rows` (tail heads run transformer blocks per row)."""
+    return min(batch_size, getattr(head, "batch_rows", batch_size))
 
 
 def _prepared(head: nn.Module, X: Any) -> MemoryRows | StreamRows:
@@ -543,14 +550,14 @@ def logits(head: nn.Module, X: Mapping[str, np.ndarray] | np.ndarray | Any, *, b
     """The raw logit of every row, float64 [N] (what calibration rescales; `predict` is its sigmoid)."""
     rows = _prepared(head, X)
     with torch.inference_mode():
-        return _scores(rows, batch_size, lambda xb: head(xb).double()).numpy()
+        return _scores(rows, _rows_per_call(head, batch_size), lambda xb: head(xb).double()).numpy()
 
 
 def predict(head: nn.Module, X: Mapping[str, np.ndarray] | np.ndarray | Any, *, batch_size: int = 65536) -> np.ndarray:
     """P(fake) = sigmoid(logit) for every row (arrays in memory or a batch source, in its order), float64 [N]."""
     rows = _prepared(head, X)
     with torch.inference_mode():
-        return _scores(rows, batch_size, lambda xb: torch.sigmoid(head(xb).double())).numpy()
+        return _scores(rows, _rows_per_call(head, batch_size), lambda xb: torch.sigmoid(head(xb).double())).numpy()
 
 
 def explain(head: nn.Module, X: Mapping[str, np.ndarray] | np.ndarray | Any, *, batch_size: int = 65536) -> dict:
@@ -562,7 +569,7 @@ def explain(head: nn.Module, X: Mapping[str, np.ndarray] | np.ndarray | Any, *, 
         raise ValueError("explain needs at least one row")
     out: dict[str, Any] = {}
     with torch.inference_mode():
-        for xb, index in rows.batches(batch_size):
+        for xb, index in rows.batches(_rows_per_call(head, batch_size)):
             part = head.explain(xb)
             for key, value in part.items():
                 if not isinstance(value, Tensor):

@@ -119,6 +119,7 @@ def evaluate_run(
     where: Sequence[str] = (),
     plots: bool = True,
     config: Any = None,
+    weights: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Score one split with a trained head and write the report (see EVAL_HELP); None means the run's default.
 
@@ -132,6 +133,7 @@ def evaluate_run(
         where: extra `COLUMN=VALUE` row filters replacing the config's (e.g. view=jpeg:75).
         plots: also draw the PNG plots (the ablation runner turns them off: they cost seconds per run).
         config: the run's `RunConfig` when the caller holds it (the ablation runner); default: read from RUN_DIR.
+        weights: `PATH` / `ALIAS=PATH` backbone weights for `tail_*` heads (they re-run the last blocks).
 
     Returns:
         The metrics (metrics.json's content).
@@ -144,7 +146,7 @@ def evaluate_run(
     run_dir = Path(run_dir)
     if bootstrap is not None and bootstrap < 0:
         raise ValueError(f"--bootstrap {bootstrap}: the number of resamplings must be >= 0 (0: no intervals)")
-    head, info = _trained_head(run_dir)
+    head, info = _trained_head(run_dir, weights)
     cfg = _eval_config(config if config is not None else run_config(run_dir, info), run_dir, caches, where)
     opened = open_caches(cfg.data.caches)
     notes = check_fingerprints(info, opened, run_dir=run_dir)
@@ -186,11 +188,11 @@ def evaluate_run(
     return metrics
 
 
-def _trained_head(run_dir: Path) -> tuple[Any, dict[str, Any]]:
+def _trained_head(run_dir: Path, weights: Any) -> tuple[Any, dict[str, Any]]:
     """The head saved in `run_dir` and its head.json; an imported head with an untrained stage is refused."""
-    import heads
+    from pipeline.tail import load_head
 
-    head, info = heads.load(run_dir)
+    head, info = load_head(run_dir, weights)
     if info.get("untrained"):
         raise ValueError(
             f"{run_dir} is an imported head whose {info['untrained']} is untrained, so its scores mean nothing; "
@@ -247,6 +249,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="robustness instead of the per-group table: score the same images under these cached views (e.g. "
         "orig,jpeg:75,resize:0.5); writes robustness.md/.csv/.json/.png and flips.parquet, as `aigi robustness`",
     )
+    p.add_argument(
+        "--weights",
+        action="append",
+        default=[],
+        metavar="[ALIAS=]PATH",
+        help="tail_* heads: the backbone weights file the token cache was extracted with",
+    )
     p.add_argument("-o", "--out", type=Path, required=True, metavar="REPORT_DIR", help="where to write the report")
     p.set_defaults(func=run)
 
@@ -268,6 +277,7 @@ def run(args: argparse.Namespace) -> int:
         bootstrap=args.bootstrap,
         seed=args.seed,
         where=args.where,
+        weights=args.weights,
     )
     m = result["mean"]
     print(f"data: {m['n']} rows {result['rows_held']}")

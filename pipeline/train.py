@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +30,15 @@ def check_run_dir(run_dir: Path, *, overwrite: bool) -> None:
         )
 
 
-def initial_head(cfg: Any, dims: dict, *, seed: int, init: str | Path | None) -> tuple[Any, dict | None]:
+def initial_head(
+    cfg: Any, dims: dict, *, seed: int, init: str | Path | None, frozen: Any = None
+) -> tuple[Any, dict | None]:
     """A new head built from the config, or the saved head at `init` (checked against the config and the rows)."""
     import heads
 
     if init is None:
-        return heads.build(cfg.head.name, dims=dims, seed=seed, **cfg.head.params), None
-    head, info = heads.load(init)
+        return heads.build(cfg.head.name, dims=dims, seed=seed, frozen=frozen, **cfg.head.params), None
+    head, info = heads.load(init, frozen=frozen)
     if info["name"] != cfg.head.name or tuple(info["inputs"]) != tuple(cfg.head.inputs):
         raise ValueError(
             f"--init {init} holds a '{info['name']}' head on {list(info['inputs'])}, the config trains "
@@ -50,12 +53,15 @@ def initial_head(cfg: Any, dims: dict, *, seed: int, init: str | Path | None) ->
     return head, {"from": str(init), "name": info["name"], "imported_from": info.get("imported_from")}
 
 
-def train_run(cfg: Any, run_dir: str | Path, *, init: str | Path | None = None, stages: Any = None) -> dict[str, Any]:
+def train_run(
+    cfg: Any, run_dir: str | Path, *, init: str | Path | None = None, stages: Any = None, weights: Sequence[str] = ()
+) -> dict[str, Any]:
     """Fit the head of `cfg` (a `pipeline.config.RunConfig`) and save it with its metadata in `run_dir`.
 
     Rows stay in memory or are streamed from the cache as `data.stream` / `data.memory_budget` decide
     (`pipeline.rows.hold_choice`). In an ablation worker (`pipeline.streaming.REUSE`) the rows are loaded once per
     process and stages that heads share (the frozen experts of gating / concat / mean) are trained once.
+    `weights` (`PATH` or `ALIAS=PATH` items): the backbone weights a `tail_*` head re-runs its last blocks with.
 
     Returns:
         A summary: head, rows, seconds, val metrics, run_dir, how the rows were held, stage seconds.
@@ -65,6 +71,7 @@ def train_run(cfg: Any, run_dir: str | Path, *, init: str | Path | None = None, 
     from pipeline.config import save_config, to_dict
     from pipeline.metrics import binary_metrics
     from pipeline.rows import groups_of, open_caches, train_val_rows
+    from pipeline.tail import frozen_tail, parse_weights
     from pipeline.timing import Stages
 
     stages = stages or Stages(start=False)
@@ -80,7 +87,9 @@ def train_run(cfg: Any, run_dir: str | Path, *, init: str | Path | None = None, 
     val = _val_in_memory(val, cfg.data.memory_budget)
     stages.mark("load")
     fit_cfg = heads.FitConfig(**cfg.fit)
-    head, started_from = initial_head(cfg, train.dims, seed=fit_cfg.seed, init=init)
+    specs = {a: c.spec for a, c in caches.items()}
+    frozen = frozen_tail(cfg.head.name, cfg.head.inputs, specs, parse_weights(list(weights), list(caches)))
+    head, started_from = initial_head(cfg, train.dims, seed=fit_cfg.seed, init=init, frozen=frozen)
     share = {}
     if streaming.REUSE:
         share = {"stage_store": streaming.stage_store(), "data_key": repr((streaming.cache_key(caches), cfg.data))}
@@ -201,6 +210,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="override a config value by dotted key, YAML-parsed: fit.lr=1e-4, head.inputs=[proj]",
     )
+    p.add_argument(
+        "--weights",
+        action="append",
+        default=[],
+        metavar="[ALIAS=]PATH",
+        help="tail_* heads: the backbone weights file the token cache was extracted with (ALIAS=PATH per cache)",
+    )
     p.add_argument("-o", "--out", type=Path, required=True, metavar="RUN_DIR", help="where to write the head")
     p.add_argument("--overwrite", action="store_true", help="replace the head already in RUN_DIR")
     p.add_argument(
@@ -222,7 +238,7 @@ def run(args: argparse.Namespace) -> int:
     check_run_dir(args.out, overwrite=args.overwrite)
     cfg = load_config(args.config, overrides=args.overrides, caches=args.cache)
     stages.mark("config")
-    s = train_run(cfg, args.out, init=args.init, stages=stages)
+    s = train_run(cfg, args.out, init=args.init, stages=stages, weights=args.weights)
     dims = ", ".join(f"{k}: {'x'.join(map(str, v))}" for k, v in s["dims"].items())
     vm = s["val_metrics"]
     val = (
