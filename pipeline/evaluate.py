@@ -128,8 +128,7 @@ def evaluate_run(
         out_dir: the report directory.
         caches: `[ALIAS=]PATH` replacing the recorded caches (needed when the head records none).
         split: the split value to score, or "all" for every row (default: the config's test split).
-        by: grouping column. threshold: a number or "val". reals: pairing policy. bootstrap: resamplings.
-        seed: bootstrap seed.
+        by: grouping column. threshold: a number or "val". reals: pairing policy. bootstrap, seed: resamplings.
         where: extra `COLUMN=VALUE` row filters replacing the config's (e.g. view=jpeg:75).
         plots: also draw the PNG plots (the ablation runner turns them off: they cost seconds per run).
         config: the run's `RunConfig` when the caller holds it (the ablation runner); default: read from RUN_DIR.
