@@ -79,7 +79,7 @@ def run(cmd: list[str], code: Path, cwd: Path | None = None) -> tuple[float, str
     return time.perf_counter() - start, out.stdout
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--uar", type=Path, required=True)
     p.add_argument("--work", type=Path, default=Path("bench_work/startup"))
@@ -88,7 +88,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--uar-code", type=Path, help="a checkout of UAR's code (train.py) to time on the same files")
     p.add_argument("--copies", type=int, default=4)
     p.add_argument("--repeat", type=int, default=3)
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
     folder = make_folder(args.uar, args.work, args.copies)
     store = args.work / "cache"

@@ -263,7 +263,7 @@ def read_result(run_dir: str | Path) -> dict[str, Any] | None:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
-def execute_run(run_dir: str, config: Any, info: dict[str, Any], threads: int | None = None) -> dict:
+def execute_run(run_dir: str, config: Any, identity: dict[str, Any], threads: int | None = None) -> dict:
     """Train and evaluate one resolved config in `run_dir`; skip it when its result exists.
 
     Idempotent: a finished run returns its stored result (with "skipped": True); leftovers of an unfinished
@@ -272,7 +272,7 @@ def execute_run(run_dir: str, config: Any, info: dict[str, Any], threads: int | 
     Args:
         run_dir: the run's directory (DIR/runs/RUN_ID).
         config: the run's `RunConfig` (or its plain-data form, `pipeline.config.to_dict`, parsed here).
-        info: run_id, setting, variant, values, seed (copied into the result).
+        identity: run_id, setting, variant, values, seed (copied into the result).
         threads: torch threads for this process (None: leave as is).
     """
     done = read_result(run_dir)
@@ -285,13 +285,14 @@ def execute_run(run_dir: str, config: Any, info: dict[str, Any], threads: int | 
         done = read_result(run_dir)
         if done is not None:
             return {**done, "skipped": True}
-        return _train_and_evaluate(run_dir, config, info, threads)
+        return _train_and_evaluate(run_dir, config, identity, threads)
 
 
-def _train_and_evaluate(run_dir: str, config: Any, info: dict[str, Any], threads: int | None) -> dict:
+def _train_and_evaluate(run_dir: str, config: Any, identity: dict[str, Any], threads: int | None) -> dict:
     """The body of `execute_run`, holding the run's lock: a fresh run folder, train, evaluate, write the result."""
     import torch
 
+    from common.provenance import code_revision
     from pipeline import streaming
     from pipeline.config import RunConfig, parse_config
     from pipeline.evaluate import evaluate_run
@@ -314,14 +315,15 @@ def _train_and_evaluate(run_dir: str, config: Any, info: dict[str, Any], threads
         views = {
             v: evaluate_run(path, out_dir=path / "eval_views" / re.sub(r"[^A-Za-z0-9_.=-]", "_", v), plots=False,
                             config=cfg, where=[f"view={v}"])["mean"]
-            for v in info.get("eval_views") or []
+            for v in identity.get("eval_views") or []
         }  # fmt: skip
         seconds = time.perf_counter() - start
     finally:
         torch.set_num_threads(previous)
     val = trained.get("val_metrics") or {}
     result = {
-        **info,
+        **identity,
+        "code_revision": code_revision(),
         "metrics": {"mean": metrics["mean"], "groups": metrics["groups"], "threshold": metrics["threshold"]},
         "views": views,
         "train_views": cfg.data.where.get("view"),
@@ -353,10 +355,10 @@ def _cores() -> int:
 def _tasks(plan: AblationPlan, out_dir: Path, threads: int | None) -> list[tuple[str, tuple]]:
     tasks = []
     for r in plan.runs:
-        info = {"run_id": r.run_id, "setting": r.setting, "variant": r.variant, "values": r.values, "seed": r.seed}
+        identity = {"run_id": r.run_id, "setting": r.setting, "variant": r.variant, "values": r.values, "seed": r.seed}
         if plan.eval_views:
-            info["eval_views"] = list(plan.eval_views)
-        tasks.append((r.run_id, (str(out_dir / "runs" / r.run_id), r.parsed or r.config, info, threads)))
+            identity["eval_views"] = list(plan.eval_views)
+        tasks.append((r.run_id, (str(out_dir / "runs" / r.run_id), r.parsed or r.config, identity, threads)))
     return tasks
 
 
@@ -486,7 +488,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=ABLATE_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("config", type=Path, help="ablation YAML (a run config plus variants / grid / seeds)")
+    p.add_argument("config", type=Path, help="ablation YAML (run config + variants/grid/seeds) or preset name")
     p.add_argument("-o", "--out", type=Path, required=True, metavar="DIR", help="ablation directory")
     p.add_argument("--jobs", type=int, default=1, metavar="N", help="local processes (joblib loky; default 1)")
     dist = p.add_mutually_exclusive_group()

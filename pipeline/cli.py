@@ -8,6 +8,8 @@ import importlib
 import os
 import sys
 
+from common.provenance import package_version
+
 # Each module defines `register(subparsers) -> None`, adding its sub-command(s) with `set_defaults(func=...)`.
 # Modules keep heavy imports (torch, sklearn, diffusers, ...) inside functions so that `aigi --help` stays fast.
 COMMAND_MODULES = [
@@ -78,15 +80,10 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         prog="aigi",
         description="Detect AI-generated images: cache frozen-backbone features once, train light heads on them.",
     )
+    parser.add_argument("--version", action="version", version=f"aigi {package_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in [COMMANDS[only]] if only in COMMANDS else COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as err:
-            if err.name == name:  # stage not written yet
-                continue
-            raise
-        module.register(sub)
+        importlib.import_module(name).register(sub)
     return parser
 
 

@@ -1,6 +1,6 @@
 """Run configs: YAML presets -> frozen dataclasses with strict keys, `--set key=value` overrides, resolved copies.
 
-A run config has four sections (see configs/uar.yaml):
+A run config has four sections (see the presets in configs/, shipped as pipeline/presets: `aigi train uar`):
 
     head:  name + the head's own config keys (checked by `heads.build`), incl. `inputs`, the feature names it reads
     fit:   `heads.FitConfig` fields (optimizer, lr, weight_decay, epochs, batch_size, schedule, seed, ...)
@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 _FLOAT_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+REVISION_MARK = "# code revision: "  # first line of a saved run config: the git revision (or version) that wrote it
 BUILD_OPTIONS = {"standardize": bool}  # head keys that are `heads.build` options, not fields of the head's config
 
 
@@ -390,6 +391,39 @@ def dump_yaml(data: Any) -> str:
     return yaml.dump(data, Dumper=_yaml_classes()[1], sort_keys=False)
 
 
+def presets_dir() -> Path:
+    """The folder of the presets shipped with the package (`pipeline/presets`, the repository's configs/)."""
+    from importlib import resources
+
+    return Path(str(resources.files("pipeline") / "presets"))
+
+
+def preset_names() -> list[str]:
+    """The names `aigi train NAME` / `aigi ablate NAME` accept: the shipped presets' file names without .yaml."""
+    return sorted(p.stem for p in presets_dir().glob("*.yaml"))
+
+
+def resolve_config(path: str | Path, *, missing: str = "") -> Path:
+    """A config file: an existing path, a preset name (`uar`), or `configs/NAME.yaml` of a preset (run anywhere).
+
+    Raises:
+        FileNotFoundError: one line naming the presets (and close matches of a bare name).
+    """
+    path = Path(path)
+    if path.is_file():
+        return path
+    names = preset_names()
+    listed = ", ".join(names)
+    bare = path.parent == Path(".") and path.suffix == ""
+    if (bare or path.parent == Path("configs")) and (presets_dir() / f"{path.stem}.yaml").is_file():
+        return presets_dir() / f"{path.stem}.yaml"
+    if bare:
+        close = difflib.get_close_matches(str(path), names, n=3)
+        hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+        raise FileNotFoundError(f"no preset named {str(path)!r}{hint}: presets are {listed}; or pass a YAML file")
+    raise FileNotFoundError(missing or f"config {path} does not exist; give a YAML file or a preset: {listed}")
+
+
 def read_yaml(path: str | Path, *, what: str = "a run config", missing: str = "") -> dict[str, Any]:
     """Read a YAML mapping file; a missing file, invalid YAML or a non-mapping is an error naming the path.
 
@@ -400,11 +434,7 @@ def read_yaml(path: str | Path, *, what: str = "a run config", missing: str = ""
     """
     import yaml
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            missing or f"config {path} does not exist (presets live in configs/, e.g. configs/uar.yaml)"
-        )
+    path = resolve_config(path, missing=missing)
     try:
         raw = parse_yaml(path.read_text(encoding="utf-8")) or {}
     except UnicodeDecodeError:
@@ -514,9 +544,17 @@ def _plain(value: Any) -> Any:
 
 def save_config(cfg: RunConfig | Mapping[str, Any], directory: str | Path) -> Path:
     """Write the resolved config (a RunConfig or its `to_dict` form) to DIRECTORY/config.yaml; `load_config` reads
-    it back to an equal RunConfig."""
+    it back to an equal RunConfig. Its first line, a YAML comment, names the code that wrote it (`saved_revision`)."""
+    from common.provenance import code_revision
+
     path = Path(directory) / "config.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     data = to_dict(cfg) if isinstance(cfg, RunConfig) else dict(cfg)
-    path.write_text(dump_yaml(data), encoding="utf-8")
+    path.write_text(f"{REVISION_MARK}{code_revision()}\n" + dump_yaml(data), encoding="utf-8")
     return path
+
+
+def saved_revision(path: str | Path) -> str | None:
+    """The code revision a config saved by `save_config` names in its first line, or None."""
+    first = Path(path).read_text(encoding="utf-8").partition("\n")[0]
+    return first[len(REVISION_MARK) :].strip() if first.startswith(REVISION_MARK) else None

@@ -128,8 +128,7 @@ def evaluate_run(
         out_dir: the report directory.
         caches: `[ALIAS=]PATH` replacing the recorded caches (needed when the head records none).
         split: the split value to score, or "all" for every row (default: the config's test split).
-        by: grouping column. threshold: a number or "val". reals: pairing policy. bootstrap: resamplings.
-        seed: bootstrap seed.
+        by: grouping column. threshold: a number or "val". reals: pairing policy. bootstrap, seed: resamplings.
         where: extra `COLUMN=VALUE` row filters replacing the config's (e.g. view=jpeg:75).
         plots: also draw the PNG plots (the ablation runner turns them off: they cost seconds per run).
         config: the run's `RunConfig` when the caller holds it (the ablation runner); default: read from RUN_DIR.
@@ -139,27 +138,15 @@ def evaluate_run(
         The metrics (metrics.json's content).
     """
     import heads
-    from pipeline.config import apply_overrides, override_caches, parse_config, to_dict
-    from pipeline.metrics import assemble_groups, summarize
+    from pipeline.metrics import assemble_groups, group_metrics
     from pipeline.report import write_report
     from pipeline.rows import check_fingerprints, open_caches, run_config
-    from pipeline.tail import load_head
 
     run_dir = Path(run_dir)
     if bootstrap is not None and bootstrap < 0:
         raise ValueError(f"--bootstrap {bootstrap}: the number of resamplings must be >= 0 (0: no intervals)")
-    head, info = load_head(run_dir, weights)
-    if info.get("untrained"):
-        raise ValueError(
-            f"{run_dir} is an imported head whose {info['untrained']} is untrained, so its scores mean nothing; "
-            f"train stage 2 first: aigi train configs/gapl.yaml --init {run_dir} -o RUN_DIR, then evaluate RUN_DIR"
-        )
-    cfg = config if config is not None else run_config(run_dir, info)
-    if caches or where:  # overrides go to the plain mapping, which is parsed once more
-        raw = to_dict(cfg)
-        raw = override_caches(raw, list(caches)) if caches else raw
-        raw = apply_overrides(raw, [f"data.where.{w}" for w in where])
-        cfg = parse_config(raw, source=f"{run_dir}/head.json")
+    head, info = _trained_head(run_dir, weights)
+    cfg = _eval_config(config if config is not None else run_config(run_dir, info), run_dir, caches, where)
     opened = open_caches(cfg.data.caches)
     notes = check_fingerprints(info, opened, run_dir=run_dir)
     by = by or cfg.eval.by
@@ -168,7 +155,7 @@ def evaluate_run(
     frame = _score(head, info, fs, by=by)
     cal = heads.calibration_of(info)
     thr, thr_how = _threshold(threshold, cfg, info, head=head, caches=opened)
-    metrics = summarize(
+    metrics = group_metrics(
         frame,
         by=by,
         threshold=float(thr),
@@ -198,6 +185,31 @@ def evaluate_run(
         plots=plots,
     )
     return metrics
+
+
+def _trained_head(run_dir: Path, weights: Any) -> tuple[Any, dict[str, Any]]:
+    """The head saved in `run_dir` and its head.json; an imported head with an untrained stage is refused."""
+    from pipeline.tail import load_head
+
+    head, info = load_head(run_dir, weights)
+    if info.get("untrained"):
+        raise ValueError(
+            f"{run_dir} is an imported head whose {info['untrained']} is untrained, so its scores mean nothing; "
+            f"train stage 2 first: aigi train configs/gapl.yaml --init {run_dir} -o RUN_DIR, then evaluate RUN_DIR"
+        )
+    return head, info
+
+
+def _eval_config(cfg: Any, run_dir: Path, caches: Sequence[str] | None, where: Sequence[str]) -> Any:
+    """The run's config with `--cache` / `--where` overrides applied to its plain mapping, parsed once more."""
+    if not (caches or where):
+        return cfg
+    from pipeline.config import apply_overrides, override_caches, parse_config, to_dict
+
+    raw = to_dict(cfg)
+    raw = override_caches(raw, list(caches)) if caches else raw
+    raw = apply_overrides(raw, [f"data.where.{w}" for w in where])
+    return parse_config(raw, source=f"{run_dir}/head.json")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

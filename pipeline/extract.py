@@ -319,7 +319,8 @@ def run_dask(cfg: ExtractConfig, tasks: list, *, workers: int = 0, scheduler: st
         return map_tasks(client, run_shard, keyed, resources=resources, on_done=lambda k, _: bar.update(sizes[k]))
 
 
-def summarize(results: list[dict], seconds: float, cfg: ExtractConfig) -> str:
+def summary_line(results: list[dict], seconds: float, cfg: ExtractConfig) -> str:
+    """The one line `aigi extract` prints at the end: rows, shards, failures, speed."""
     done = [r for r in results if not r["skipped"]]
     rows = sum(r["rows"] for r in done)
     errors = sum(r["errors"] for r in done)
@@ -411,7 +412,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         results = run_local(cfg, tasks)
     fail_if_all_failed(cfg, tasks)
-    print(summarize(results, time.perf_counter() - start, cfg))
+    print(summary_line(results, time.perf_counter() - start, cfg))
     return 0
 
 

@@ -32,13 +32,19 @@ FPR_TARGETS = {"tpr_at_1pct_fpr": 0.01, "tpr_at_0.1pct_fpr": 0.001}
 EXTRA_METRICS = (*FPR_TARGETS, "oracle_acc", "ece", "brier")
 METRICS = ("acc", "real_acc", "fake_acc", "ap", "auc", *EXTRA_METRICS)
 COVERAGE_METRICS = ("coverage", "acc_covered")
+METRIC_LABELS = {  # the tables' column names of METRICS and COVERAGE_METRICS
+    "acc": "ACC", "real_acc": "Real ACC", "fake_acc": "Fake ACC", "ap": "AP", "auc": "AUC",
+    "tpr_at_1pct_fpr": "TPR@1%FPR", "tpr_at_0.1pct_fpr": "TPR@0.1%FPR", "oracle_acc": "Oracle ACC", "ece": "ECE",
+    "brier": "Brier", "coverage": "Coverage", "acc_covered": "ACC covered",
+}  # fmt: skip
 REAL_POLICIES = ("auto", "paired", "all", "none")
 BOOTSTRAP_CELLS = 4_000_000  # replicates x rows held at once by the bootstrap
 
 __all__ = [
-    "METRICS", "EXTRA_METRICS", "COVERAGE_METRICS", "REAL_POLICIES", "tpr_at_fpr", "oracle_acc", "ece", "brier",
+    "METRICS", "METRIC_LABELS", "EXTRA_METRICS", "COVERAGE_METRICS", "REAL_POLICIES", "tpr_at_fpr", "oracle_acc",
+    "ece", "brier",
     "average_precision", "roc_auc", "ranking_metrics", "binary_metrics", "coverage_metrics", "calibrate_threshold",
-    "assemble_groups", "mean_row", "summarize", "resample_weights", "weighted_metrics", "weighted_extra",
+    "assemble_groups", "mean_row", "group_metrics", "resample_weights", "weighted_metrics", "weighted_extra",
     "weighted_coverage", "parse_threshold",
 ]  # fmt: skip
 
@@ -251,7 +257,7 @@ def mean_row(
     return row
 
 
-def summarize(
+def group_metrics(
     frame: pd.DataFrame,
     *,
     by: str = "source",

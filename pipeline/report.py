@@ -13,13 +13,9 @@ import numpy as np
 import pandas as pd
 
 from common.files import atomic_path, atomic_write
-from pipeline.metrics import COVERAGE_METRICS, METRICS
+from pipeline.metrics import COVERAGE_METRICS, METRIC_LABELS, METRICS
 
-LABELS = {
-    "n": "n", "acc": "ACC", "real_acc": "Real ACC", "fake_acc": "Fake ACC", "ap": "AP", "auc": "AUC",
-    "tpr_at_1pct_fpr": "TPR@1%FPR", "tpr_at_0.1pct_fpr": "TPR@0.1%FPR", "oracle_acc": "Oracle ACC", "ece": "ECE",
-    "brier": "Brier", "coverage": "Coverage", "acc_covered": "ACC covered",
-}  # fmt: skip
+LABELS = {"n": "n", **METRIC_LABELS}
 COLUMNS = tuple((key, LABELS[key]) for key in ("n", *METRICS))
 
 
@@ -121,7 +117,7 @@ def write_report(
 
     Args:
         out_dir: the report directory (created).
-        metrics: `pipeline.metrics.summarize`'s result.
+        metrics: `pipeline.metrics.group_metrics`'s result.
         scores: one row per scored row: image_id, view, label, group columns, score.
         title: the report's heading.
         context: bullet lines describing the run (head, cache, split).

@@ -11,7 +11,8 @@ from typing import Any
 TRAIN_HELP = """\
 Trains the head a run config names on the rows of its cache(s) with split == train and writes RUN_DIR/head.json +
 head.safetensors (with the cache fingerprints, extractor spec, resolved config, training history and validation
-metrics) and RUN_DIR/config.yaml (the resolved config; `aigi train RUN_DIR/config.yaml` replays the run).
+metrics, the code's git revision or version) and RUN_DIR/config.yaml (the resolved config, headed by that revision;
+`aigi train RUN_DIR/config.yaml` replays the run).
 
 Validation: the rows with split == val when the cache has any; otherwise a seeded data.val_fraction (default 10%)
 of the training pairs (pair_id, or image_id for unpaired rows), so a real and its aligned fakes stay together.
@@ -109,28 +110,9 @@ def train_run(
     if val is not None:
         val_metrics = binary_metrics(val.labels, heads.predict(head, val.features), threshold=0.5)
     stages.mark("fit")
-    meta = {
-        "caches": {
-            a: {"path": str(c.path), "fingerprint": c.fingerprint, "format": c.format} for a, c in caches.items()
-        },
-        "fingerprints": {a: c.fingerprint for a, c in caches.items()},
-        "extractor_spec": {a: c.spec for a, c in caches.items()},
-        "run_config": resolved,
-        "fit": dict(cfg.fit),
-        "history": history,
-        "train_rows": len(train),
-        "val_rows": 0 if val is None else len(val),
-        "val_policy": val_how,
-        "val_metrics": val_metrics,
-        "rows_held": getattr(train, "held", ""),
-        **({"init": started_from} if started_from else {}),
-    }
-    calibration = None
-    if cfg.calibration:
-        from pipeline.config import CalibrationSpec
-
-        spec = CalibrationSpec(**cfg.calibration)
-        calibration = heads.fit_calibration(heads.logits(head, val.features), val.labels, **spec.fit_kwargs())
+    meta = _run_meta(cfg, caches, resolved, history=history, train=train, val=val, val_how=val_how,
+                     val_metrics=val_metrics, started_from=started_from)  # fmt: skip
+    calibration = _fit_calibration(cfg, head, val)
     run_dir = Path(run_dir)
     heads.save(head, run_dir, meta=meta, calibration=calibration)
     save_config(resolved, run_dir)
@@ -146,6 +128,51 @@ def train_run(
         "held": meta["rows_held"],
         "stages": dict(stages.seconds),
     }
+
+
+def _run_meta(
+    cfg: Any,
+    caches: dict,
+    resolved: dict,
+    *,
+    history: dict,
+    train: Any,
+    val: Any,
+    val_how: str,
+    val_metrics: dict | None,
+    started_from: dict | None,
+) -> dict[str, Any]:
+    """head.json's record of a run: its caches, config, code revision, history, rows and validation."""
+    from common.provenance import code_revision
+
+    return {
+        "caches": {
+            a: {"path": str(c.path), "fingerprint": c.fingerprint, "format": c.format} for a, c in caches.items()
+        },
+        "fingerprints": {a: c.fingerprint for a, c in caches.items()},
+        "extractor_spec": {a: c.spec for a, c in caches.items()},
+        "run_config": resolved,
+        "code_revision": code_revision(),
+        "fit": dict(cfg.fit),
+        "history": history,
+        "train_rows": len(train),
+        "val_rows": 0 if val is None else len(val),
+        "val_policy": val_how,
+        "val_metrics": val_metrics,
+        "rows_held": getattr(train, "held", ""),
+        **({"init": started_from} if started_from else {}),
+    }  # fmt: skip
+
+
+def _fit_calibration(cfg: Any, head: Any, val: Any) -> Any:
+    """The calibration the config asks for, fitted on the validation rows (None when it asks for none)."""
+    if not cfg.calibration:
+        return None
+    import heads
+    from pipeline.config import CalibrationSpec
+
+    spec = CalibrationSpec(**cfg.calibration)
+    return heads.fit_calibration(heads.logits(head, val.features), val.labels, **spec.fit_kwargs())
 
 
 def _val_in_memory(val: Any, budget: Any) -> Any:
@@ -167,7 +194,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=TRAIN_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("config", type=Path, help="YAML run config (head, fit, data, eval sections)")
+    p.add_argument("config", type=Path, help="YAML run config (head, fit, data, eval sections) or a preset name (uar)")
     p.add_argument(
         "--cache",
         action="append",

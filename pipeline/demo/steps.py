@@ -22,7 +22,7 @@ Runs the whole aigi flow on real photos that ship inside scikit-image, scikit-le
   4. `aigi train` linear, gating, router and prototype heads (configs/demo.yaml), `aigi eval` per source;
   5. `aigi ablate` over those heads and seeds; then DIR/report.md gathers the tables and plots.
 Re-running resumes: finished crops, fakes and feature shards are kept."""
-CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
+CONFIG = Path(__file__).resolve().parents[1] / "presets" / "demo.yaml"  # the shipped preset (configs/demo.yaml)
 MAIN_HEADS = ("linear", "gating", "router", "prototype")
 SPLIT_RATIO = "train=0.6,val=0.1,test=0.3"
 SMALL = "small"  # --vae-weights / --sr-weights value: the small models shipped with aigi, even when others exist
@@ -153,7 +153,7 @@ def _fake_weights(state: DemoState, kind: str, explicit: str | None) -> Path:
 
 def step_fakes(state: DemoState, *, vae_weights: str | None, sr_weights: str | None) -> None:
     """`aigi fakes vae` and `aigi fakes sr` (x4) on every real crop; then PSNR of each fake type and a gallery."""
-    common = ["--manifest", str(state.manifest), "--out", str(state.data / "fakes"), "--batch-size", "8"]
+    common = ["--manifest", str(state.manifest), "-o", str(state.data / "fakes"), "--batch-size", "8"]
     aigi(state, ["fakes", "vae", "--weights", str(_fake_weights(state, "vae", vae_weights)), *common])
     aigi(state, ["fakes", "sr", "--weights", str(_fake_weights(state, "sr", sr_weights)), "--scale", "4", *common])
     state.facts["fakes"] = fake_quality(state)
@@ -344,12 +344,7 @@ def step_heads(state: DemoState, runs: dict[str, dict[str, Any]]) -> None:
 
 
 def step_ablate(state: DemoState, ablation: dict[str, Any]) -> None:
-    """`aigi ablate` of configs/demo.yaml on the demo cache (every variant x seeds), when the stage is installed."""
-    import importlib.util
-
-    if importlib.util.find_spec("pipeline.ablate") is None:
-        state.facts["ablation"] = None
-        return
+    """`aigi ablate` of configs/demo.yaml on the demo cache (every variant x seeds)."""
     out = state.out / "ablation"
     cfg_path = write_yaml(state.out / "configs" / "ablate.yaml", ablation)
     aigi(state, ["ablate", str(cfg_path), "-o", str(out), "--jobs", "2"])
@@ -476,7 +471,7 @@ def _heads_section(state: DemoState) -> list[str]:
 def _ablation_section(state: DemoState) -> list[str]:
     ab = state.facts.get("ablation")
     if not ab:
-        return ["## 5. Ablation", "", "`aigi ablate` is not available in this installation; skipped.", ""]
+        return ["## 5. Ablation", "", "Skipped (`aigi demo --no-ablate`).", ""]
     body = [line.replace("# ", "### ", 1) if line.startswith("# ") else line for line in ab["summary"].splitlines()]
     plot = [f"![ablation]({ab['plot']})", ""] if ab["plot"] else []
     return ["## 5. Ablation (`aigi ablate configs/ablate.yaml`)", "", *body, "", *plot]
@@ -486,8 +481,8 @@ def real_flow_commands() -> list[str]:
     """The same flow on your own images and a real backbone (CLIP ViT-L/14 weights in a local file)."""
     return [
         "aigi index PHOTOS/ -o data/manifest.parquet --split-ratio train=0.8,test=0.2",
-        "aigi fakes vae --manifest data/manifest.parquet --weights SD_VAE_FOLDER --out data/fakes",
-        "aigi fakes sr --manifest data/manifest.parquet --weights RealESRGAN_x4plus.pth --scale 4 --out data/fakes",
+        "aigi fakes vae --manifest data/manifest.parquet --weights SD_VAE_FOLDER -o data/fakes",
+        "aigi fakes sr --manifest data/manifest.parquet --weights RealESRGAN_x4plus.pth --scale 4 -o data/fakes",
         "aigi extract --manifest data/manifest.parquet --backbone clip-l14 --weights ViT-L-14.safetensors "
         "--features pooler,proj --cache features/clip-l14",
         "aigi train configs/sef.yaml --cache features/clip-l14 -o runs/sef",
