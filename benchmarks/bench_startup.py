@@ -18,13 +18,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.bench_import import make_folder  # noqa: E402
+
 OUT_DIR = ROOT / "benchmarks" / "out"
 
 DRIVER = r"""
@@ -58,18 +61,6 @@ print(json.dumps({b: t[b] - t[a] for a, b in zip(keys, keys[1:])}))
 """
 
 STAGES = ("python start", "cli", "imports", "config", "open", "load", "fit", "write")
-
-
-def make_folder(uar: Path, work: Path, copies: int) -> Path:
-    out = work / f"uar_x{copies}"
-    if not out.exists():
-        tmp = work / f".{out.name}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        for k in range(copies):
-            for label in ("0_real", "1_fake"):
-                shutil.copytree(uar / label, tmp / f"gen{k}" / label)
-        os.replace(tmp, out)
-    return out
 
 
 def run(cmd: list[str], code: Path, cwd: Path | None = None) -> tuple[float, str]:
