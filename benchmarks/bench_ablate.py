@@ -41,8 +41,9 @@ SR_SOURCE = "sr:synthetic"
 SR_PARAMS = {"rank": 16, "shift": 2.5, "jitter": 0.5, "noise": 0.3, "seed": 0}
 
 
-def add_sr_domain(staged: Path, out: Path) -> Path:
-    """Copy the imported UAR cache to `out` with reals as source `real` and one synthetic SR fake per real."""
+def add_sr_domain(staged: Path, out: Path, fraction: float = 1.0) -> Path:
+    """Copy the imported UAR cache to `out` with reals as source `real` and one synthetic SR fake per real (for the
+    first `fraction` of the reals)."""
     import cache
 
     if (out / "cache.json").exists():
@@ -53,18 +54,38 @@ def add_sr_domain(staged: Path, out: Path) -> Path:
     x = fs.features["probe"]
     real = meta["label"].to_numpy() == 0
     meta.loc[real, "source"] = "real"
+    real = real.copy()
     rng = np.random.default_rng(SR_PARAMS["seed"])
     basis = subspaces(x.shape[1], SR_PARAMS["rank"], seed=SR_PARAMS["seed"])["B"]
     args = {k: SR_PARAMS[k] for k in ("shift", "jitter", "noise")}
+    real[np.flatnonzero(real)[int(round(fraction * real.sum())) :]] = False
     sr_x = make_fakes(x[real], basis, rng=rng, **args)
     sr = meta[real].copy()
-    sr["path"] = [f"{SR_SOURCE}/{Path(p).name}" for p in sr["path"]]
+    sr["path"] = [f"{SR_SOURCE}/{p}" for p in sr["path"]]  # unique also when the sample is imported twice
     sr["image_id"] = [hashlib.sha256(p.encode()).hexdigest() for p in sr["path"]]
     sr["label"], sr["source"] = 1, SR_SOURCE
     spec = {**src.spec, "synthetic_sr": {"source": SR_SOURCE, "generator": "bench_fusion.make_fakes", **SR_PARAMS}}
     with cache.CacheWriter(out, spec=spec, features={"probe": (x.shape[1],)}, dtype="float32") as writer:
         writer.append(pd.concat([meta, sr], ignore_index=True), {"probe": np.concatenate([x, sr_x])})
     return out
+
+
+def run_breakdown(ablation: Path) -> list[dict]:
+    """Per-run seconds from each run's result.json: load (open + load), fit, write, eval, total; printed."""
+    rows = []
+    for file in sorted((ablation / "runs").glob("*/result.json")):
+        r = json.loads(file.read_text(encoding="utf-8"))
+        st = r.get("stage_seconds") or {}
+        load = st.get("open", float("nan")) + st.get("load", float("nan"))
+        fit = st.get("fit", r.get("train_seconds", float("nan")))
+        rows.append({"run": r["run_id"], "variant": r["variant"], "seed": r["seed"], "load": load, "fit": fit,
+                     "write": st.get("write", float("nan")), "eval": st.get("eval", float("nan")),
+                     "total": r["seconds"], "pid": r["pid"]})  # fmt: skip
+    print(f"{'run':<24} {'load s':>7} {'fit s':>7} {'write s':>7} {'eval s':>7} {'total s':>8} {'pid':>8}")
+    for r in rows:
+        print(f"{r['variant'] + ' s' + str(r['seed']):<24} {r['load']:>7.2f} {r['fit']:>7.2f} {r['write']:>7.2f} "
+              f"{r['eval']:>7.2f} {r['total']:>8.2f} {r['pid']:>8}")  # fmt: skip
+    return rows
 
 
 def _timed(label: str, argv: list[str], times: dict) -> None:
@@ -83,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--uar", type=Path, default=shared / "data" / "uar_sample", help="UAR .npy sample folder")
     parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "out" / "ablate_work")
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--copies", type=int, default=1, help="import the sample this many times (4 -> 16,000 rows)")
+    parser.add_argument("--sr-fraction", type=float, default=1.0, help="share of reals given an SR fake (0.5)")
     parser.add_argument("--keep", action="store_true", help="keep finished runs (default: time a cold ablation)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "bench_ablate.json")
     parser.add_argument(
@@ -98,23 +121,13 @@ def main(argv: list[str] | None = None) -> int:
         work / "uar_sr_domains.parquet",
         work / "ablation",
     )
-    _timed(
-        "import",
-        [
-            "import",
-            "uar",
-            str(args.uar),
-            "--cache",
-            str(staged),
-            "--source",
-            "vae:sd14",
-            "--split-ratio",
-            "train=0.6,val=0.2,test=0.2",
-        ],
-        times,
-    )
+    for k in range(args.copies):  # the sample again under another source: new paths, new rows
+        source = "vae:sd14" if k == 0 else f"vae:sd14-copy{k}"
+        split = ["--split-ratio", "train=0.6,val=0.2,test=0.2"]
+        argv = ["import", "uar", str(args.uar), "--cache", str(staged), "--source", source, *split]
+        _timed(f"import{k}", argv, times)
     start = time.perf_counter()
-    add_sr_domain(staged, combined)
+    add_sr_domain(staged, combined, args.sr_fraction)
     times["sr_domain"] = time.perf_counter() - start
     _timed("domains", ["domains", "--cache", str(combined), "--k", "4", "-o", str(domains)], times)
     if args.prepare_only:
@@ -142,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     summary = (ablation / "summary.md").read_text(encoding="utf-8")
     print(summary)
+    runs = run_breakdown(ablation)
     print("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in times.items()) + f" (cores: {os.cpu_count()})")
     table = pd.read_parquet(ablation / "results.parquet")
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -150,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         "jobs": args.jobs,
         "runs": len(table),
         "summary_md": summary,
+        "per_run": runs,
         "results": json.loads(table.to_json(orient="records")),
     }
     args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")

@@ -65,7 +65,7 @@ def run_together(tmp: Path, argvs: list[list[str]]) -> list[int]:
     for k in kids:
         _, err = k.communicate(timeout=1800)
         if k.returncode:
-            print(f"  process exited {k.returncode}: {err.strip().splitlines()[-1:] }", file=sys.stderr)
+            print(f"  process exited {k.returncode}: {err.strip().splitlines()[-1:]}", file=sys.stderr)
         codes.append(k.returncode)
     return codes
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -37,20 +39,21 @@ def scan_uar(root: str | Path, *, source: str | None = None) -> pd.DataFrame:
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root} is not a directory; pass the folder of .npy features to import")
-    files = sorted(p for name in LABEL_DIRS for p in root.rglob(f"{name}/*.npy") if p.is_file())
-    if not files:
+    rels = sorted(_npy_files(root))
+    if not rels:
         raise FileNotFoundError(
             f"{root}: no **/0_real/*.npy or **/1_fake/*.npy files (UAR layout) found; pass the folder that holds "
             "0_real/ and 1_fake/ (or <source>/0_real, <source>/1_fake)"
         )
+    base = root.resolve()
     rows = []
-    for file in files:
-        rel = file.relative_to(root)
-        bare = len(rel.parts) == 2
-        src = (source or DEFAULT_SOURCE) if bare else rel.parts[0]
-        path = f"{src}/{rel.as_posix()}" if bare else rel.as_posix()
-        group = "/".join(Path(path).parts[:-2])
-        rows.append((_sha(path), path, LABEL_DIRS[rel.parts[-2]], src, group, file.stem, str(file.resolve())))
+    for rel in rels:
+        parts = rel.split("/")
+        bare = len(parts) == 2
+        src = (source or DEFAULT_SOURCE) if bare else parts[0]
+        path = f"{src}/{rel}" if bare else rel
+        group = path.rsplit("/", 2)[0] if path.count("/") >= 2 else ""
+        rows.append((_sha(path), path, LABEL_DIRS[parts[-2]], src, group, parts[-1][:-4], os.path.join(base, rel)))
     df = pd.DataFrame(rows, columns=["image_id", "path", "label", "source", "_group", "_stem", "file"])
     df = df.sort_values("path", kind="stable").reset_index(drop=True)
     reals = df[df["label"] == 0].set_index(["_group", "_stem"])["image_id"]
@@ -58,6 +61,18 @@ def scan_uar(root: str | Path, *, source: str | None = None) -> pd.DataFrame:
     df["pair_id"] = pair.to_numpy()
     df["view"] = "orig"
     return df.drop(columns=["_group", "_stem"])
+
+
+def _npy_files(root: Path) -> list[str]:
+    """Paths (relative, "/"-separated) of the `.npy` files directly inside any `0_real`/`1_fake` folder below root
+    (one directory walk, following directory links like `Path.rglob`)."""
+    out = []
+    for dirpath, _, filenames in os.walk(root, followlinks=True):
+        if os.path.basename(dirpath) not in LABEL_DIRS:
+            continue
+        rel = Path(dirpath).relative_to(root).as_posix()
+        out.extend(f"{rel}/{name}" for name in filenames if name.endswith(".npy"))
+    return out
 
 
 def load_npy(path: str | Path, *, dim: int | None = None) -> np.ndarray:
@@ -86,12 +101,65 @@ def load_npy(path: str | Path, *, dim: int | None = None) -> np.ndarray:
     return arr
 
 
-def load_npy_batch(files: list[str], *, dim: int) -> np.ndarray:
-    """Stack several `.npy` vectors into `[n, dim]` float32 (checked one by one)."""
+def _npy_layout(path: str) -> tuple[bytes, np.dtype, int] | None:
+    """(header bytes, dtype, data bytes) of a plain numeric `(1, D)`/`(D,)` `.npy`, parsed by numpy without
+    unpickling; None when the file is anything else."""
+    try:
+        with open(path, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read(fh)
+            size = fh.tell()
+            fh.seek(0)
+            head = fh.read(size)
+    except (OSError, ValueError):
+        return None
+    if dtype.hasobject or not np.issubdtype(dtype, np.number) or np.iscomplexobj(np.zeros(0, dtype)):
+        return None
+    if fortran or shape not in ((1, shape[-1]), (shape[-1],)) or not shape[-1]:
+        return None
+    return head, dtype, int(shape[-1]) * dtype.itemsize
+
+
+def load_npy_batch(files: list[str], *, dim: int, threads: int = 4) -> np.ndarray:
+    """Stack several `.npy` vectors into `[n, dim]` float32, with the checks of `load_npy`.
+
+    Files whose header is byte-for-byte that of the first file (the usual case: one writer, one shape) are read
+    whole in one call and viewed in place, with no per-file header parsing; any other file goes through
+    `load_npy`. NaN/inf is checked once per batch, naming the first bad file. Reads run on `threads` threads
+    (file reads release the GIL).
+    """
     out = np.empty((len(files), dim), dtype=np.float32)
-    for i, file in enumerate(files):
-        out[i] = load_npy(file, dim=dim)
+    layout = _npy_layout(files[0]) if files else None
+    if layout is not None and layout[2] != dim * layout[1].itemsize:
+        layout = None
+    step = max(256, -(-len(files) // max(threads, 1)))
+    spans = [(lo, min(lo + step, len(files))) for lo in range(0, len(files), step)]
+    if len(spans) > 1:
+        with ThreadPoolExecutor(max_workers=len(spans)) as pool:
+            list(pool.map(lambda span: _fill(out, files, span, layout, dim), spans))
+    elif spans:
+        _fill(out, files, spans[0], layout, dim)
+    bad = ~np.isfinite(out).all(axis=1)
+    if bad.any():
+        raise ValueError(f"{files[int(np.argmax(bad))]}: contains NaN/inf values")
     return out
+
+
+def _fill(out: np.ndarray, files: list[str], span: tuple[int, int], layout, dim: int) -> None:
+    head, dtype, nbytes = layout if layout else (b"", None, -1)
+    for i in range(*span):
+        raw = b""
+        if layout is not None:
+            try:
+                with open(files[i], "rb", buffering=0) as fh:
+                    raw = fh.read(len(head) + nbytes + 1)
+            except OSError:
+                raw = b""
+        if len(raw) == len(head) + nbytes and raw.startswith(head):
+            out[i] = np.frombuffer(raw, dtype=dtype, offset=len(head))
+        else:
+            out[i] = load_npy(files[i], dim=dim)
 
 
 def uar_spec(dim: int, *, extractor: str | None = None) -> dict:

@@ -6,11 +6,13 @@ Attributes are imported lazily, so `extractors.images` (image decoding) does not
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from typing import Any
 
 _EXPORTS = {
     "available": "._registry",
     "build": "._registry",
+    "build_tail": ".tail",
     "register_extractor": "._registry",
     "Extractor": ".base",
     "ExtractorSpec": ".base",
@@ -18,7 +20,6 @@ _EXPORTS = {
     "canonical_view": ".views",
     "parse_views": ".views",
 }
-_BACKBONES = (".aim", ".clip", ".timm_backbone")  # importing them registers their extractors
 
 __all__ = sorted(_EXPORTS)
 
@@ -26,8 +27,9 @@ __all__ = sorted(_EXPORTS)
 def __getattr__(name: str) -> Any:
     if name not in _EXPORTS:
         raise AttributeError(f"module 'extractors' has no attribute {name!r}")
-    for module in _BACKBONES:
-        importlib.import_module(module, __name__)
+    for module in pkgutil.iter_modules(__path__):  # importing them registers their extractors: a new one is one file
+        if not module.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{module.name}")
     value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
     globals()[name] = value
     return value

@@ -9,7 +9,8 @@ checkpoint's running statistics) and attends to them from one learned query with
 
 Official checkpoints load by key name: `preprocessor.patchifier.{proj,norm}.*`, `trunk.blocks.N.{norm_1, attn.qkv,
 attn.proj, norm_2, mlp.fc1, mlp.fc2}.*`, `trunk.post_trunk_norm.*`, `head.{cls_token, k, v, linear, bn}.*`.
-Features: `l<i>.mean` (mean of the 256 tokens leaving block i) and `probe`; the trunk stops after the deepest block
+Features: `l<i>.mean` (mean of the 256 tokens leaving block i), `l<i>.tokens` (those tokens, [256, D] per row) and
+`probe`; the trunk stops after the deepest block
 a request needs (block 17 for the 3B probe).
 """
 
@@ -154,7 +155,11 @@ class AimV1(nn.Module):
             x, indices=blocks, output_fmt="NLC", norm=False, stop_early=True, intermediates_only=True
         )
         by_block = dict(zip(blocks, inter))
-        out = {f: by_block[p[0]].mean(dim=1) for f in self.features if (p := parse_layer_feature(f))}
+        out = {
+            f: by_block[p[0]] if p[1] == "tokens" else by_block[p[0]].mean(dim=1)
+            for f in self.features
+            if (p := parse_layer_feature(f))
+        }
         if "probe" in self.features:
             out["probe"] = self.head(torch.stack([by_block[i] for i in self.size.probe_layers], dim=-1).mean(dim=-1))
         return out
@@ -252,11 +257,9 @@ def _build_aim(
     if weights is not None and "last_layers" in Path(str(weights).split(",")[-1]).name:
         depth = overrides.get("depth", AIM_SIZES[name].depth)
         overrides.setdefault("probe_layers", tuple(range(depth - 6, depth)))  # Apple's "last" head: last 6 blocks
-    model = create_aim_model(name, device="meta" if weights else "cpu", **overrides)
-    size = model.size
-    plan_blocks(features, n_layers=size.depth, pools=("mean",), extra=("probe",))
-    sha = load_aim_weights(model, weights, need_head="probe" in features) if weights else RANDOM_INIT
-    model = _materialise(model)
+    size = create_aim_model(name, device="meta", **overrides).size
+    plan_blocks(features, n_layers=size.depth, pools=("mean", "tokens"), extra=("probe",))
+    model, sha = load_aim(name, weights, overrides, need_head="probe" in features)
     model.set_features(features)
     policy = resolve_policy(preprocess, default="rich_patch", size=size.img_size, norm="imagenet")
     spec = ExtractorSpec(
@@ -266,10 +269,20 @@ def _build_aim(
         weights_sha256=sha,
         **policy_fields(policy),
         features=tuple(features),
-        dims=feature_dims(features, [size.embed_dim] * size.depth, {"probe": size.embed_dim}),
+        dims=feature_dims(
+            features, [size.embed_dim] * size.depth, {"probe": size.embed_dim}, model.trunk.patch_embed.num_patches
+        ),
         dtype=dt,
     )
     return Extractor(spec=spec, model=model, transform=policy.transform(), forward=model, device=dev)
+
+
+def load_aim(name: str, weights: str | Path | None, overrides: dict[str, Any], *, need_head: bool) -> tuple[AimV1, str]:
+    """AimV1 of `name` with `overrides`, loaded from `weights` (None: seeded random weights); returns it and the
+    "+"-joined sha256 of the files (or RANDOM_INIT)."""
+    model = create_aim_model(name, device="meta" if weights else "cpu", **overrides)
+    sha = load_aim_weights(model, weights, need_head=need_head) if weights else RANDOM_INIT
+    return _materialise(model), sha
 
 
 def _materialise(model: AimV1) -> AimV1:

@@ -12,7 +12,7 @@ from torch import nn
 
 SPEC_VERSION = 1
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-_LAYER_FEATURE = re.compile(r"^l(\d+)\.(cls|mean)$")
+_LAYER_FEATURE = re.compile(r"^l(\d+)\.(cls|mean|tokens)$")
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ def resolve_dtype(dtype: str, device: torch.device) -> str:
 
 
 def parse_layer_feature(name: str) -> tuple[int, str] | None:
-    """("l23.cls") -> (23, "cls"); None for names that are not per-block features."""
+    """("l23.cls") -> (23, "cls"), ("l20.tokens") -> (20, "tokens"); None for names that are not per-block features."""
     match = _LAYER_FEATURE.match(name)
     return (int(match.group(1)), match.group(2)) if match else None
 

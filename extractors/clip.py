@@ -10,8 +10,9 @@ Weight formats that load (the text tower, if present, is ignored):
   .bin or .safetensors, and transformers 5.x's CLIPVisionModel, saved without the `vision_model.` prefix
   (`embeddings.*`, `encoder.layers.*`, `pre_layrnorm.*`, `post_layernorm.*`).
 
-Features: `l<i>.cls` / `l<i>.mean` (tokens leaving block i, 0-23), `pooler` (CLS after ln_post, 1024-d) and
-`proj` (the projected image embedding, 768-d, unnormalised: L2-normalise it yourself where a method does).
+Features: `l<i>.cls` / `l<i>.mean` / `l<i>.tokens` (tokens leaving block i, 0-23; `tokens` = all of them, CLS
+first), `pooler` (CLS after ln_post, 1024-d) and `proj` (the projected image embedding, 768-d, unnormalised:
+L2-normalise it yourself where a method does).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from common.files import sha256_file
 from ._registry import register_extractor
 from .base import Extractor, ExtractorSpec, resolve_dtype
 from .preprocess import policy_fields, resolve_policy
-from .timm_backbone import RANDOM_INIT, BlockFeatures, feature_dims, plan_blocks, seeded
+from .timm_backbone import RANDOM_INIT, BlockFeatures, feature_dims, plan_blocks, seeded, token_count
 from .weights import read_state_dict
 
 # name -> (timm architecture, default preprocessing, default normalisation); defaults follow the seeds:
@@ -138,7 +139,7 @@ def _build_clip(
     model = create_clip_model(name, **overrides)
     depth, width = len(model.blocks), model.embed_dim
     features = list(features or ["pooler", "proj"])
-    plan_blocks(features, n_layers=depth, pools=("cls", "mean"), extra=("pooler", "proj"))
+    plan_blocks(features, n_layers=depth, pools=("cls", "mean", "tokens"), extra=("pooler", "proj"))
     sha = load_clip_weights(model, weights, need_proj="proj" in features) if weights else RANDOM_INIT
     _, default_policy, norm = CLIP_MODELS[name]
     policy = resolve_policy(preprocess, default=default_policy, size=model.patch_embed.img_size[0], norm=norm)
@@ -149,7 +150,9 @@ def _build_clip(
         weights_sha256=sha,
         **policy_fields(policy),
         features=tuple(features),
-        dims=feature_dims(features, [width] * depth, {"pooler": width, "proj": model.head.out_features}),
+        dims=feature_dims(
+            features, [width] * depth, {"pooler": width, "proj": model.head.out_features}, token_count(model)
+        ),
         dtype=dt,
     )
     forward = BlockFeatures(model, features, proj=model.head)

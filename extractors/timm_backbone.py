@@ -1,9 +1,12 @@
 """`timm:<model>`: any timm model with `forward_intermediates`, plus the per-block pooling shared with CLIP.
 
 Features: `l<i>.cls` (class token leaving block i, 0-based; models with a class token), `l<i>.mean` (mean of the
-patch tokens leaving block i, prefix/register tokens excluded; for CNNs the spatial mean of stage i) and
-`pooler` (= `pre_logits`: timm's `forward_head(..., pre_logits=True)`, the pooled final representation).
-Weights come from a local file only (timm, OpenAI/open_clip CLIP formats are converted by timm's own filters).
+patch tokens leaving block i, prefix/register tokens excluded; for CNNs the spatial mean of stage i), `l<i>.tokens`
+(every token leaving block i, prefix tokens first, [T, D] per row; ViT-like models: the input of the frozen tail
+`extractors.build_tail` rebuilds) and `pooler` (= `pre_logits`: timm's `forward_head(..., pre_logits=True)`, the
+pooled final representation).
+Weights come from a local file only (timm, OpenAI/open_clip CLIP formats are converted by timm's own filters;
+torchvision's MobileNetV2 and ResNet state dicts by `layouts`).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from common.files import sha256_file
 
 from ._registry import register_extractor
 from .base import Extractor, ExtractorSpec, parse_layer_feature, resolve_dtype
+from .layouts import to_timm_layout
 from .preprocess import policy_fields, resolve_policy
 from .weights import read_state_dict
 
@@ -117,6 +121,8 @@ class BlockFeatures(nn.Module):
         if not self.tokens:  # CNN stage output [B, C, H, W]
             return item.mean(dim=(2, 3))
         patches, prefix = item if isinstance(item, tuple) else (item, None)
+        if pool == "tokens":  # the whole sequence as the blocks see it: prefix tokens, then patches
+            return patches if prefix is None else torch.cat([prefix, patches], dim=1)
         return prefix[:, 0] if pool == "cls" else patches.mean(dim=1)
 
 
@@ -128,13 +134,31 @@ def timm_layer_info(model: nn.Module) -> tuple[int, list[int], tuple[str, ...]]:
     else:
         widths = list(model.feature_info.channels())
     params = inspect.signature(model.forward_intermediates).parameters
-    has_cls = "return_prefix_tokens" in params and getattr(model, "has_class_token", False)
-    return len(widths), widths, ("cls", "mean") if has_cls else ("mean",)
+    vit_like = "return_prefix_tokens" in params
+    has_cls = vit_like and getattr(model, "has_class_token", False)
+    pools = ("cls", "mean") if has_cls else ("mean",)
+    return len(widths), widths, pools + (("tokens",) if vit_like and token_count(model) else ())
 
 
-def feature_dims(features: list[str], widths: list[int], others: dict[str, int]) -> tuple[tuple[int, ...], ...]:
-    """Per-row shape of each feature: block width for `l<i>.*`, `others[name]` for the rest."""
-    return tuple((widths[p[0]],) if (p := parse_layer_feature(f)) else (others[f],) for f in features)
+def token_count(model: nn.Module) -> int | None:
+    """Tokens a ViT-like timm model's blocks see (prefix + patches), None when it has no fixed count."""
+    patches = getattr(getattr(model, "patch_embed", None), "num_patches", None)
+    return None if patches is None else int(patches) + int(getattr(model, "num_prefix_tokens", 0))
+
+
+def feature_dims(
+    features: list[str], widths: list[int], others: dict[str, int], tokens: int | None = None
+) -> tuple[tuple[int, ...], ...]:
+    """Per-row shape of each feature: block width for `l<i>.cls/mean`, (tokens, width) for `l<i>.tokens`,
+    `others[name]` for the rest."""
+    out = []
+    for f in features:
+        p = parse_layer_feature(f)
+        if p is None:
+            out.append((others[f],))
+        else:
+            out.append((int(tokens), widths[p[0]]) if p[1] == "tokens" else (widths[p[0]],))
+    return tuple(out)
 
 
 def load_timm_weights(model: nn.Module, path: str | Path, *, drop_prefixes: tuple[str, ...] = ()) -> str:
@@ -142,7 +166,8 @@ def load_timm_weights(model: nn.Module, path: str | Path, *, drop_prefixes: tupl
 
     Args:
         model: the timm model.
-        path: weights file (timm, or any format the model's `checkpoint_filter_fn` converts).
+        path: weights file (timm, a layout `layouts.to_timm_layout` renames, e.g. torchvision's, or any format the
+            model's `checkpoint_filter_fn` converts).
         drop_prefixes: key prefixes to ignore (e.g. the classifier of a headless model).
 
     Returns:
@@ -151,7 +176,7 @@ def load_timm_weights(model: nn.Module, path: str | Path, *, drop_prefixes: tupl
     Raises:
         ValueError: missing or unexpected parameters (first few listed).
     """
-    state = read_state_dict(path)
+    state = to_timm_layout(read_state_dict(path), model)
     filter_fn = getattr(sys.modules[type(model).__module__], "checkpoint_filter_fn", None)
     if filter_fn is not None:
         state = filter_fn(state, model)
@@ -165,13 +190,13 @@ def load_timm_weights(model: nn.Module, path: str | Path, *, drop_prefixes: tupl
     return sha256_file(path)
 
 
-def _classifier_prefixes(model: nn.Module) -> tuple[str, ...]:
+def classifier_prefixes(model: nn.Module) -> tuple[str, ...]:
     names = model.pretrained_cfg.get("classifier", "head")
     names = names if isinstance(names, (list, tuple)) else [names]
     return tuple(f"{n}." for n in names)
 
 
-def _create_timm(arch: str, overrides: dict[str, Any]) -> nn.Module:
+def create_timm(arch: str, overrides: dict[str, Any]) -> nn.Module:
     import timm
 
     if arch not in timm.list_models():
@@ -201,8 +226,8 @@ def build_timm(
 
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
-    model = _create_timm(arch, overrides)
-    sha = load_timm_weights(model, weights, drop_prefixes=_classifier_prefixes(model)) if weights else RANDOM_INIT
+    model = create_timm(arch, overrides)
+    sha = load_timm_weights(model, weights, drop_prefixes=classifier_prefixes(model)) if weights else RANDOM_INIT
     n_layers, widths, pools = timm_layer_info(model)
     features = list(features or ["pooler"])
     plan_blocks(features, n_layers=n_layers, pools=pools, extra=("pooler", "pre_logits"))
@@ -217,7 +242,7 @@ def build_timm(
         weights_sha256=sha,
         **policy_fields(policy),
         features=tuple(features),
-        dims=feature_dims(features, widths, {"pooler": pooled, "pre_logits": pooled}),
+        dims=feature_dims(features, widths, {"pooler": pooled, "pre_logits": pooled}, token_count(model)),
         dtype=dt,
     )
     forward = BlockFeatures(model, features)

@@ -1,12 +1,25 @@
 """Small detection heads on cached features: registry, configs, the fit loop, save/load."""
 
-from heads import expert, fusion, gating, linear, mlp, prototype, router  # noqa: F401  (imports register heads)
+import importlib as _importlib
+import pkgutil as _pkgutil
+
 from heads._registry import available, build, head_class, make_config, register_head
-from heads.io import load, save
+from heads.calibration import Calibration, fit_calibration
+from heads.io import calibration_of, load, needs_frozen, read_info, save, save_calibration
 from heads.released import gapl_prototype, linear_probe, uar_linear
-from heads.train import FitConfig, Stage, explain, fit, lr_at, predict
+from heads.train import FitConfig, Stage, explain, fit, logits, lr_at, predict
+
+# Importing a module registers the heads it defines (`@register_head`): every public module of the package is
+# imported, so a new head is one file heads/NAME.py.
+for _module in _pkgutil.iter_modules(__path__):
+    if not _module.name.startswith("_"):
+        _importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = [
+    "Calibration",
+    "calibration_of",
+    "fit_calibration",
+    "save_calibration",
     "FitConfig",
     "Stage",
     "available",
@@ -17,9 +30,12 @@ __all__ = [
     "head_class",
     "linear_probe",
     "load",
+    "logits",
     "lr_at",
     "make_config",
+    "needs_frozen",
     "predict",
+    "read_info",
     "register_head",
     "save",
     "uar_linear",

@@ -57,6 +57,7 @@ def expert_stages(
                 rows=rows,
                 optional=optional,
                 label_smoothing=label_smoothing,
+                share="expert",
             )
         )
     return stages

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -19,8 +20,8 @@ class LinearAdamStep:
     of the step).
     """
 
-    def __init__(self, linear: nn.Linear, *, lr: float, weight_decay: float, decoupled: bool) -> None:
-        self.params = [linear.weight, linear.bias]
+    def __init__(self, linear: nn.Linear, name: str, *, lr: float, weight_decay: float, decoupled: bool) -> None:
+        self.params, self.name = [linear.weight, linear.bias], name
         self.param_groups = [{"lr": lr}]
         self.weight_decay, self.decoupled = weight_decay, decoupled
         self.betas, self.eps = (0.9, 0.999), 1e-8
@@ -29,9 +30,10 @@ class LinearAdamStep:
         self.t = 0
 
     @torch.no_grad()
-    def __call__(self, xb: Tensor, target: Tensor, weight: Tensor | None) -> Tensor:
-        """One step on a batch; returns the batch loss (a 0-d tensor, no sync)."""
+    def __call__(self, x: Mapping[str, Tensor], target: Tensor, weight: Tensor | None) -> Tensor:
+        """One step on a batch (feature `name` of `x`); returns the batch loss (a 0-d tensor, no sync)."""
         w, b = self.params
+        xb = x[self.name]
         z = torch.addmm(b, xb, w.t()).squeeze(1)
         per_row = F.softplus(z) - z * target
         r = torch.sigmoid(z).sub_(target)

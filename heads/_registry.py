@@ -43,7 +43,13 @@ def head_class(name: str) -> type[nn.Module]:
 
 
 def build(
-    name: str, *, dims: Mapping[str, Any] | None = None, seed: int = 0, standardize: bool = False, **cfg: Any
+    name: str,
+    *,
+    dims: Mapping[str, Any] | None = None,
+    seed: int = 0,
+    standardize: bool = False,
+    frozen: nn.Module | None = None,
+    **cfg: Any,
 ) -> nn.Module:
     """Build head `name` from keyword config values.
 
@@ -54,14 +60,25 @@ def build(
         standardize: give the head an `input_norm` (per-dimension mean/std of the training rows, set by heads.fit
             and saved with the head); heads.fit/predict/explain standardise inputs with it, so a direct
             `head(x)` call then expects standardised features. Off by default (the seeds' heads use raw features).
+        frozen: the frozen backbone tail a `tail_*` head runs (`extractors.build_tail`); other heads take none.
         **cfg: the head's config fields; unknown keys raise ValueError naming close matches.
     """
     cls = head_class(name)
+    needs = getattr(cls, "needs_frozen", False)
+    if needs and frozen is None:
+        raise ValueError(
+            f"head '{name}' runs the backbone's last blocks: it needs the frozen tail (extractors.build_tail from the "
+            "cache's extractor spec; `aigi train` / `aigi predict` build it from --weights)"
+        )
+    if frozen is not None and not needs:
+        raise ValueError(f"head '{name}' reads cached features only; it takes no frozen backbone tail")
+    if needs and standardize:
+        raise ValueError(f"head '{name}' reads cached tokens as the backbone's blocks see them; standardize is off")
     values = _fill_dims(cls.cfg_cls, dict(cfg), dims)
     config = make_config(cls.cfg_cls, values, what=f"head '{name}'")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        head = cls(config)
+        head = cls(config, frozen) if needs else cls(config)
     if standardize:
         from heads._norm import InputNorm, input_widths
 
@@ -113,6 +130,8 @@ def _fill_dims(cfg_cls: type, values: dict[str, Any], dims: Mapping[str, Any] | 
     missing = [i for i in values["inputs"] if i not in dims]
     if missing:
         raise ValueError(f"input feature(s) {missing} are not in the cache; it has {sorted(dims)}")
+    if not ({"in_dim", "in_dims"} & names):
+        return values
     widths = [_width(dims[i]) for i in values["inputs"]]
     if "in_dims" in names and "in_dims" not in values:
         values["in_dims"] = tuple(widths)

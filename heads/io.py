@@ -15,24 +15,32 @@ from safetensors.torch import load as load_bytes
 from safetensors.torch import save as save_bytes
 from torch import nn
 
-from common.files import temp_name
+from common.files import atomic_write, temp_name
 from heads._registry import build
+from heads.calibration import Calibration
 
 FORMAT = "aigi-head"
 VERSION = 1
 WEIGHTS, HEAD_JSON = "head.safetensors", "head.json"
 WEIGHTS_DIGEST = "weights_sha256"  # head.json records the digest of the weights file saved with it
-RESERVED = ("format", "version", "name", "config", "inputs", "standardize", WEIGHTS_DIGEST)
+RESERVED = ("format", "version", "name", "config", "inputs", "standardize", "calibration", WEIGHTS_DIGEST)
 FIX = "re-create the head with `aigi train` or `aigi head import-*`"
 
 
-def save(head: nn.Module, directory: str | Path, *, meta: dict[str, Any] | None = None) -> Path:
+def save(
+    head: nn.Module,
+    directory: str | Path,
+    *,
+    meta: dict[str, Any] | None = None,
+    calibration: Calibration | None = None,
+) -> Path:
     """Write `directory/head.json` and `directory/head.safetensors`; returns the directory.
 
     Args:
         head: a head from `heads.build`.
         directory: created when missing; an existing head is replaced as a pair (both files or neither).
         meta: extra JSON-ready entries (fingerprints, training config, metrics, extractor spec).
+        calibration: stored under `calibration` in head.json (see `heads.calibration`); none means identity.
     """
     meta = dict(meta or {})
     clash = [k for k in meta if k in RESERVED]
@@ -49,6 +57,8 @@ def save(head: nn.Module, directory: str | Path, *, meta: dict[str, Any] | None 
         "standardize": getattr(head, "input_norm", None) is not None,
         **meta,
     }
+    if calibration is not None:
+        info["calibration"] = calibration.to_dict()
     tensors = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
     _check_finite(tensors, where=f"head '{head.head_name}' to save in {directory}")
     weights = save_bytes(tensors, metadata={"format": FORMAT})
@@ -58,8 +68,10 @@ def save(head: nn.Module, directory: str | Path, *, meta: dict[str, Any] | None 
     return directory
 
 
-def load(directory: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+def load(directory: str | Path, *, frozen: nn.Module | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a saved head (on the CPU, in eval mode) and return it with head.json's content.
+
+    `frozen`: the frozen backbone tail a `tail_*` head runs (`read_info(directory)` says what it was trained on).
 
     Raises:
         ValueError: naming the file, for damaged, truncated, mismatched or non-finite files and absurd shapes.
@@ -83,7 +95,7 @@ def load(directory: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         raise ValueError(
             f"{weights} is not a readable safetensors file ({' '.join(str(err).split())}); {FIX}"
         ) from None
-    head = _build_checked(info, state, json_path, weights)
+    head = _build_checked(info, state, json_path, weights, frozen=frozen)
     _check_finite(state, where=str(weights))
     head.load_state_dict(state, strict=True)
     return head.eval(), info
@@ -102,12 +114,26 @@ def _read_info(json_path: Path) -> dict[str, Any]:
     return info
 
 
-def _build_checked(info: dict, state: dict, json_path: Path, weights: Path) -> nn.Module:
-    """Build the head on the meta device first (no memory), compare every shape with the file, then build it."""
+def _build_checked(
+    info: dict, state: dict, json_path: Path, weights: Path, *, frozen: nn.Module | None = None
+) -> nn.Module:
+    """Build the head on the meta device first (no memory), compare every shape with the file, then build it.
+
+    A head with a frozen tail is built once, for real: the tail's weights exist already and its adapters are small.
+    """
     kwargs = dict(standardize=bool(info.get("standardize", False)), **info["config"])
+    if needs_frozen(info["name"]) and frozen is None:
+        raise ValueError(
+            f"head '{info['name']}' in {json_path.parent} runs the backbone's last blocks: it needs the frozen tail "
+            "(`aigi eval` / `aigi predict` build it from the recorded extractor spec and --weights)"
+        )
     try:
-        with torch.device("meta"):
-            shapes = {k: tuple(v.shape) for k, v in build(info["name"], **kwargs).state_dict().items()}
+        if frozen is not None:
+            head = build(info["name"], frozen=frozen, **kwargs)
+            shapes = {k: tuple(v.shape) for k, v in head.state_dict().items()}
+        else:
+            with torch.device("meta"):
+                shapes = {k: tuple(v.shape) for k, v in build(info["name"], **kwargs).state_dict().items()}
     except (TypeError, ValueError, RuntimeError, OverflowError) as err:
         raise ValueError(f"{json_path}: its config does not build head {info['name']!r} ({err}); {FIX}") from None
     missing, unexpected = set(shapes) - set(state), set(state) - set(shapes)
@@ -120,7 +146,25 @@ def _build_checked(info: dict, state: dict, json_path: Path, weights: Path) -> n
         raise ValueError(
             f"{json_path}: config shapes differ from {weights}: {wrong[:3]}; the files do not belong together"
         )
-    return build(info["name"], **kwargs)
+    return head if frozen is not None else build(info["name"], **kwargs)
+
+
+def read_info(directory: str | Path) -> dict[str, Any]:
+    """head.json of a saved head (name, config, inputs and the training metadata), checked, without building it."""
+    json_path = Path(directory) / HEAD_JSON
+    if not json_path.is_file():
+        raise FileNotFoundError(
+            f"{json_path} is missing: a head directory holds head.json + head.safetensors "
+            "(written by `aigi train` or `aigi head import-*`)"
+        )
+    return _read_info(json_path)
+
+
+def needs_frozen(name: str) -> bool:
+    """Whether head `name` runs a frozen backbone tail (the `tail_*` heads)."""
+    from heads._registry import head_class
+
+    return bool(getattr(head_class(name), "needs_frozen", False))
 
 
 def _check_finite(tensors: dict[str, torch.Tensor], *, where: str) -> None:
@@ -157,6 +201,26 @@ def _write_pair(directory: Path, files: dict[str, bytes]) -> None:
     finally:
         for path in (*temps.values(), *backups.values()):
             path.unlink(missing_ok=True)
+
+
+def save_calibration(directory: str | Path, calibration: Calibration | None) -> Path:
+    """Store (or with None remove) the calibration in an existing `directory/head.json`, atomically."""
+    json_path = Path(directory) / "head.json"
+    if not json_path.is_file():
+        raise FileNotFoundError(f"{json_path} is missing: calibrate a head directory written by `aigi train`")
+    info = json.loads(json_path.read_text(encoding="utf-8"))
+    if info.get("format") != FORMAT:
+        raise ValueError(f"{json_path} is not an aigi head file (format={info.get('format')!r})")
+    info.pop("calibration", None)
+    if calibration is not None:
+        info["calibration"] = calibration.to_dict()
+    atomic_write(json_path, json.dumps(info, indent=2, sort_keys=False, default=_json_default) + "\n")
+    return Path(directory)
+
+
+def calibration_of(info: dict[str, Any]) -> Calibration:
+    """The calibration recorded in head.json's content (identity, threshold 0.5, when there is none)."""
+    return Calibration.from_dict(info.get("calibration"))
 
 
 def _json_default(value: Any) -> Any:

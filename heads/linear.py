@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from torch import Tensor, nn
 
 from heads._blocks import check_inputs
+from heads._fastlinear import LinearAdamStep
 from heads._registry import register_head
 
 
@@ -45,3 +46,12 @@ class LinearHead(nn.Module):
                 f"linear head reads '{self.cfg.inputs[0]}' of width {self.cfg.in_dim}; got width {feature.shape[-1]}"
             )
         return self.linear(feature).squeeze(-1)
+
+    def fast_step(
+        self, trainable: Sequence[str], *, lr: float, weight_decay: float, decoupled: bool
+    ) -> LinearAdamStep | None:
+        """heads.fit's training step when a plain stage trains exactly this layer: the closed-form gradient and the
+        Adam/AdamW update without autograd (same numbers as `torch.optim.Adam(W)`), or None for other stages."""
+        if sorted(trainable) != ["linear.bias", "linear.weight"]:
+            return None
+        return LinearAdamStep(self.linear, self.cfg.inputs[0], lr=lr, weight_decay=weight_decay, decoupled=decoupled)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,6 +49,50 @@ class PrototypeCfg:
             )
 
 
+class ClassMoments:
+    """Per-class row count, mean and scatter matrix of embeddings, merged batch by batch (Chan et al., float64):
+    one pass over the rows in memory bounded by one batch, whatever the row count."""
+
+    def __init__(self) -> None:
+        self.n = [0, 0]
+        self.mean: list = [0.0, 0.0]
+        self.scatter: list = [0.0, 0.0]
+
+    def add(self, emb: np.ndarray, y: np.ndarray) -> None:
+        for c in (0, 1):
+            rows = np.asarray(emb[y == c], dtype=np.float64)
+            if not len(rows):
+                continue
+            mb = rows.mean(0)
+            centred = rows - mb
+            total = self.n[c] + len(rows)
+            delta = mb - self.mean[c]
+            self.scatter[c] = (
+                self.scatter[c] + centred.T @ centred + np.outer(delta, delta) * (self.n[c] * len(rows) / total)
+            )
+            self.mean[c] = self.mean[c] + delta * (len(rows) / total)
+            self.n[c] = total
+
+    def prototypes(self, per_class: int) -> np.ndarray:
+        """GAPL's prototypes: the top `per_class` principal axes of the real rows, then of the fake rows, stacked
+        [2 * per_class, d] with unit rows. Principal axes are the covariance's leading eigenvectors (what
+        sklearn's PCA finds by SVD), each signed so that its largest-magnitude entry is positive."""
+        out = []
+        for c in (0, 1):
+            dim = np.shape(self.scatter[c])[0] if self.n[c] else 0
+            if self.n[c] < per_class or dim < per_class:
+                raise ValueError(
+                    f"prototype: {per_class} PCA axes per class need >= {per_class} rows of class {c} "
+                    f"and embed_dim >= {per_class}; got {self.n[c]} rows, embed_dim {dim}"
+                )
+            values, vectors = np.linalg.eigh(self.scatter[c] / max(self.n[c] - 1, 1))
+            axes = vectors[:, np.argsort(values)[::-1][:per_class]].T
+            signs = np.sign(axes[np.arange(per_class), np.abs(axes).argmax(1)])
+            out.append(axes * signs[:, None])
+        protos = np.concatenate(out).astype(np.float32)
+        return protos / np.linalg.norm(protos, axis=1, keepdims=True)
+
+
 def pca_prototypes(emb: np.ndarray, y: np.ndarray, per_class: int) -> np.ndarray:
     """GAPL's prototypes: top `per_class` PCA axes of the real rows' embeddings, then of the fake rows', stacked
     [2 * per_class, d] and L2-normalised row-wise, computed as GAPL's script does (sklearn `PCA(n_components)` with
@@ -70,6 +114,9 @@ def pca_prototypes(emb: np.ndarray, y: np.ndarray, per_class: int) -> np.ndarray
     # joined through numpy as GAPL does: that keeps sklearn's column-major layout, which sets the rounding of the
     # row norms (a contiguous copy normalises up to 6e-8 differently)
     return F.normalize(torch.tensor(np.concatenate(out, axis=0)), dim=1).numpy()
+
+
+EXACT_PCA_BYTES = 256 << 20  # embeddings kept for GAPL's exact PCA; beyond, per-class moments (streaming)
 
 
 @register_head("prototype")
@@ -113,11 +160,25 @@ class PrototypeHead(nn.Module):
     def _stage1(self, xb: Mapping[str, Tensor], aux: Mapping[str, Tensor]) -> Tensor:
         return self.stage1_fc(self.embed(xb)).squeeze(-1)
 
-    def _start_stage2(self, x: Mapping[str, Tensor], y: Tensor) -> None:
+    def _start_stage2(self, batches: Callable[[], Iterator[tuple[dict[str, Tensor], Tensor]]]) -> None:
+        """PCA prototypes of the stage-1 embeddings in one pass over the training rows: exactly as GAPL
+        (`pca_prototypes`) while the embeddings fit EXACT_PCA_BYTES, else from per-class moments
+        (`ClassMoments`: the same axes up to float rounding, memory bounded by one batch)."""
         if not self.cfg.fit_prototypes:
             return
-        emb = torch.cat([self.embed({k: v[i : i + 65536] for k, v in x.items()}) for i in range(0, len(y), 65536)])
-        protos = pca_prototypes(emb.cpu().numpy(), y.cpu().numpy(), self.cfg.per_class)
+        moments, kept, size = ClassMoments(), [], 0
+        for xb, yb in batches():
+            emb, y = self.embed(xb).cpu().numpy(), yb.cpu().numpy()
+            moments.add(emb, y)
+            if kept is not None:
+                kept.append((emb.copy(), y))
+                size += emb.nbytes
+                kept = kept if size <= EXACT_PCA_BYTES else None
+        if kept is not None:
+            emb, y = np.concatenate([e for e, _ in kept]), np.concatenate([t for _, t in kept])
+            protos = pca_prototypes(emb, y, self.cfg.per_class)
+        else:
+            protos = moments.prototypes(self.cfg.per_class)
         self.prototypes.copy_(torch.from_numpy(protos))
 
     def stages(self) -> list[Stage]:

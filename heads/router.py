@@ -40,6 +40,20 @@ def domain_loss(logits: Tensor, domain: Tensor) -> Tensor:
     return (ce * valid).sum() / valid.sum().clamp(min=1.0)
 
 
+def manual_gates(weights: Mapping[str, float] | None, domains: tuple[str, ...]) -> Tensor | None:
+    """User weights (domain -> weight, as given; unnamed domains 0) as a gate vector [E]; None stays None."""
+    if weights is None:
+        return None
+    unknown = [d for d in weights if d not in domains]
+    if unknown:
+        hints = {d: difflib.get_close_matches(d, domains, n=1) for d in unknown}
+        raise ValueError(
+            f"unknown expert(s) {hints} (name: close match); the router's domains are "
+            f"{list(domains)}; the artifact expert's weight is always 1"
+        )
+    return torch.tensor([float(weights.get(d, 0.0)) for d in domains])
+
+
 @dataclass(frozen=True)
 class RouterCfg:
     """Config of `router`.
@@ -115,17 +129,7 @@ class RouterHead(nn.Module):
 
     def set_manual_weights(self, weights: Mapping[str, float] | None) -> None:
         """Fix the semantic gates to `weights` (domain -> weight) at inference; None returns to the router."""
-        if weights is None:
-            self.manual = None
-            return
-        unknown = [d for d in weights if d not in self.cfg.domains]
-        if unknown:
-            hints = {d: difflib.get_close_matches(d, self.cfg.domains, n=1) for d in unknown}
-            raise ValueError(
-                f"unknown expert(s) {hints} (name: close match); the router's domains are "
-                f"{list(self.cfg.domains)}; the artifact expert's weight is always 1"
-            )
-        self.manual = torch.tensor([float(weights.get(d, 0.0)) for d in self.cfg.domains])
+        self.manual = manual_gates(weights, self.cfg.domains)
 
     def route(self, x0: Tensor) -> tuple[Tensor, Tensor]:
         """Router logits [N, E] and the semantic gates [N, E] (top-k softmax, or the manual weights)."""
@@ -175,7 +179,7 @@ class RouterHead(nn.Module):
         values = np.asarray(groups[self.cfg.domain_column]).astype(str)
         return {"domain": np.array([lookup.get(v, -1) for v in values], dtype=np.int64)}
 
-    def _start_stage2(self, x: Mapping[str, Tensor], y: Tensor) -> None:
+    def _start_stage2(self, batches: object) -> None:
         self.classifier.load_state_dict(self.experts.classifiers[-1].state_dict())
 
     def stages(self) -> list[Stage]:

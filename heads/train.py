@@ -1,10 +1,11 @@
-"""The one fit loop for every head (index-permutation minibatches on in-memory tensors), plus predict/explain."""
+"""The one fit loop for every head (minibatches from tensors in memory or a batch source), plus predict/explain."""
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +16,7 @@ from torch import Tensor, nn
 
 from common.device import resolve_device
 from common.metrics import average_precision
-from heads._fastlinear import LinearAdamStep
+from heads._rows import MemoryRows, StreamRows, is_source, memory_tensors
 
 Groups = Mapping[str, np.ndarray] | None
 StageForward = Callable[[dict[str, Tensor], dict[str, Tensor]], "Tensor | tuple[Tensor, Tensor]"]
@@ -93,9 +94,13 @@ class Stage:
         forward: `(x, aux) -> logits` or `(logits, extra_loss)`; default the head's forward.
         rows: `(groups, y) -> bool mask` of the training rows this stage uses (None = all).
         aux: `(groups, y) -> {name: per-row numeric array}` handed to `forward` batch by batch.
-        setup: `(x, y)` called on this stage's training rows before training (re-inits, PCA, ...).
+        setup: `(batches)` called before training (re-inits, PCA, ...); `batches()` iterates `(x, y)` tensor pairs
+            over this stage's training rows in order, one bounded batch at a time (one pass each call).
         epochs / lr / label_smoothing: overrides of the FitConfig values for this stage.
         optional: skip the stage (noted in the history) instead of failing when its rows lack one class.
+        share: a tag marking a stage whose result depends only on its trainable parameters' initial values (its
+            forward reads no other parameter), its rows, the fit settings and the RNG state; `fit` then reuses
+            a finished identical stage from `stage_store` (e.g. the same frozen experts of gating/concat/mean).
     """
 
     name: str
@@ -103,11 +108,12 @@ class Stage:
     forward: StageForward | None = None
     rows: Callable[[Groups, np.ndarray], np.ndarray] | None = None
     aux: Callable[[Groups, np.ndarray], dict[str, np.ndarray]] | None = None
-    setup: Callable[[dict[str, Tensor], Tensor], None] | None = None
+    setup: Callable[[Callable[[], Iterator[tuple[dict[str, Tensor], Tensor]]]], None] | None = None
     epochs: int | None = None
     lr: float | None = None
     label_smoothing: float | None = None
     optional: bool = False
+    share: str | None = None
 
 
 def head_stages(head: nn.Module) -> list[Stage]:
@@ -161,10 +167,6 @@ def as_inputs(head: nn.Module, X: Mapping[str, np.ndarray] | np.ndarray) -> dict
     return {k: X[k] for k in inputs}
 
 
-def _to_tensors(X: Mapping[str, np.ndarray], device: torch.device) -> dict[str, Tensor]:
-    return {k: torch.as_tensor(np.ascontiguousarray(v, dtype=np.float32)).to(device) for k, v in X.items()}
-
-
 def _labels(y: Any, n: int) -> np.ndarray:
     y = np.asarray(y)
     if y.shape != (n,):
@@ -174,60 +176,92 @@ def _labels(y: Any, n: int) -> np.ndarray:
     return y.astype(np.int64)
 
 
+def rows_of(head: nn.Module, X: Any, y: Any, device: torch.device) -> MemoryRows | StreamRows:
+    """The head's input rows from arrays in memory or a batch source, with `y` checked (None = zeros)."""
+    inputs = list(head.cfg.inputs)
+    if is_source(X):
+        missing = [k for k in inputs if k not in X.dims]
+        if missing:
+            raise ValueError(f"head '{head.head_name}' needs feature(s) {missing}; the source has {sorted(X.dims)}")
+        return StreamRows(X, inputs, _labels(np.zeros(len(X)) if y is None else y, len(X)), device)
+    X = as_inputs(head, X)
+    n = len(next(iter(X.values())))
+    return MemoryRows(memory_tensors(X, device), _labels(np.zeros(n) if y is None else y, n))
+
+
+def _standardize(head: nn.Module, rows: MemoryRows | StreamRows, others: list, *, fit_stats: bool, size: int) -> None:
+    """Fit the head's input standardisation on `rows` in one pass (when asked), then apply it to every row set."""
+    norm = getattr(head, "input_norm", None)
+    if norm is None:
+        return
+    if fit_stats:
+        norm.to(rows.device)
+        norm.fit_batches(xb for xb, _ in rows.batches(size))
+    for r in [rows, *others]:
+        if r is not None:
+            r.prep = norm.apply_tensors
+
+
 def fit(
     head: nn.Module,
-    X: Mapping[str, np.ndarray] | np.ndarray,
+    X: Mapping[str, np.ndarray] | np.ndarray | Any,
     y: np.ndarray,
     *,
     cfg: FitConfig | None = None,
-    X_val: Mapping[str, np.ndarray] | np.ndarray | None = None,
+    X_val: Mapping[str, np.ndarray] | np.ndarray | Any | None = None,
     y_val: np.ndarray | None = None,
     groups: Groups = None,
     groups_val: Groups = None,
     on_stage_end: Callable[[str], None] | None = None,
+    stage_store: MutableMapping[str, dict] | None = None,
+    data_key: str = "",
 ) -> dict[str, Any]:
-    """Train `head` on in-memory features, running each of its stages in turn.
+    """Train `head` on features in memory or streamed from a batch source, running each of its stages in turn.
 
     Args:
         head: a head from `heads.build`.
-        X: feature name -> [N, D] array (or one array for one-input heads).
+        X: feature name -> [N, D] array (or one array for one-input heads; float16 stays float16 in memory and is
+            widened per batch), or a batch source (see `heads._rows`), e.g. a `cache.FeatureStream`.
         y: labels [N], 0 real / 1 fake.
         cfg: training settings (default `FitConfig()`).
-        X_val: validation features for AP per epoch and early stopping.
+        X_val: validation features (arrays or a batch source) for AP per epoch and early stopping.
         y_val: validation labels.
         groups: per-row string columns multi-stage heads select rows by ("source", "domain").
         groups_val: the same for the validation rows.
         on_stage_end: called with each stage's name when it finishes.
+        stage_store: finished shareable stages (see `Stage.share`) by key; a stage found there is restored (its
+            parameters, RNG states and history: the same numbers as training it) instead of trained again.
+        data_key: names the training and validation rows for `stage_store` keys (the caller's promise that two
+            fits with the same key see the same rows).
 
     Returns:
         The history: {"stages": [{"name", "trainable", "rows", "epochs": [...], "best_epoch", "best_val_ap"}],
-        "device", "seconds", "val_ap"}.
+        "device", "seconds", "val_ap", "streamed"}.
     """
     cfg = cfg or FitConfig()
-    X = as_inputs(head, X)
-    y = _labels(y, len(next(iter(X.values()))))
-    norm = getattr(head, "input_norm", None)
-    if norm is not None:  # statistics of the training rows, kept with the head
-        norm.fit(X)
-        X = norm.apply(X)
-        X_val = None if X_val is None else norm.apply(as_inputs(head, X_val))
     device = resolve_device(cfg.device)
     head.to(device)
-    data = _Data(_to_tensors(X, device), y, groups)
+    rows = rows_of(head, X, y, device)
     val = None
     if X_val is not None and y_val is not None:
-        Xv = as_inputs(head, X_val)
-        val = _Data(_to_tensors(Xv, device), _labels(y_val, len(next(iter(Xv.values())))), groups_val)
-    start, history = time.perf_counter(), {"stages": [], "device": str(device)}
+        val = rows_of(head, X_val, y_val, device)
+    _standardize(head, rows, [val], fit_stats=True, size=cfg.eval_batch_size)
+    data = _Data(rows, groups)
+    val_data = None if val is None else _Data(val, groups_val)
+    start, history = time.perf_counter(), {"stages": [], "device": str(device), "streamed": is_source(X)}
     devices = [device.index or 0] if device.type == "cuda" else []
     threads = torch.get_num_threads()
     try:
-        torch.set_num_threads(_fit_threads(cfg, device, data))
+        torch.set_num_threads(_fit_threads(cfg, device, head, is_source(X)))
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(cfg.seed)
             gen = torch.Generator().manual_seed(cfg.seed)
             for stage in head_stages(head):
-                history["stages"].append(_run_stage(head, stage, data=data, val=val, cfg=cfg, gen=gen))
+                run = lambda st=stage: _run_stage(head, st, data=data, val=val_data, cfg=cfg, gen=gen)  # noqa: E731
+                if stage.share and stage_store is not None:
+                    history["stages"].append(_shared(head, stage, run, stage_store, data, cfg, gen, data_key))
+                else:
+                    history["stages"].append(run())
                 if on_stage_end is not None:
                     on_stage_end(stage.name)
     finally:
@@ -240,49 +274,91 @@ def fit(
     return history
 
 
+def _shared(head, stage, run, store, data, cfg, gen, data_key) -> dict[str, Any]:
+    """Run a shareable stage, or restore it from `store` when an identical one has run (bit-identical result)."""
+    params = stage_parameters(head, stage)
+    h = hashlib.sha256()
+    for part in (stage.share, stage.name, repr(cfg), repr((stage.epochs, stage.lr, stage.label_smoothing)), data_key):
+        h.update(str(part).encode())
+    for name, p in sorted(params.items()):
+        h.update(name.encode() + p.detach().cpu().numpy().tobytes())
+    norm = getattr(head, "input_norm", None)
+    for t in [*(norm.buffers() if norm is not None else []), gen.get_state(), torch.get_rng_state()]:
+        h.update(t.detach().cpu().numpy().tobytes())
+    h.update(np.ascontiguousarray(data.y).tobytes())
+    if stage.rows is not None and data.groups is not None:
+        h.update(np.asarray(stage.rows(data.groups, data.y)).tobytes())
+    key = h.hexdigest()
+    if key in store:
+        done = store[key]
+        with torch.no_grad():
+            for name, p in params.items():
+                p.copy_(done["params"][name])
+        gen.set_state(done["gen"])
+        torch.set_rng_state(done["rng"])
+        return {**done["record"], "reused": True}
+    record = run()
+    store[key] = {
+        "params": {k: p.detach().cpu().clone() for k, p in params.items()},
+        "gen": gen.get_state(),
+        "rng": torch.get_rng_state(),
+        "record": record,
+    }
+    return record
+
+
 SMALL_BATCH = 1 << 20  # floats per batch below which one CPU thread is faster
 
 
-def _fit_threads(cfg: FitConfig, device: torch.device, data: _Data) -> int:
+def _fit_threads(cfg: FitConfig, device: torch.device, head: nn.Module, streamed: bool) -> int:
+    """CPU threads for the fit: one for small batches, one core left to the reader thread when streaming."""
     if cfg.threads is not None:
         return cfg.threads
-    width = sum(v.shape[1] for v in data.x.values())
-    if device.type == "cpu" and cfg.batch_size * width < SMALL_BATCH:
+    if getattr(head, "needs_frozen", False):  # every row runs the tail's transformer blocks: never a small batch
+        return max(1, torch.get_num_threads() - 1) if streamed else torch.get_num_threads()
+    widths = getattr(head.cfg, "in_dims", None) or (head.cfg.in_dim,) * len(head.cfg.inputs)
+    if device.type == "cpu" and cfg.batch_size * sum(widths) < SMALL_BATCH:
         return 1
-    return torch.get_num_threads()
+    return max(1, torch.get_num_threads() - 1) if streamed else torch.get_num_threads()
 
 
 @dataclass
 class _Data:
-    x: dict[str, Tensor]
-    y: np.ndarray
+    rows: MemoryRows | StreamRows
     groups: Groups
 
-    def select(self, stage: Stage, *, required: bool) -> tuple[dict[str, Tensor], np.ndarray, np.ndarray | None]:
-        """This stage's rows: features, labels and the row indices (None = all rows)."""
+    @property
+    def y(self) -> np.ndarray:
+        return self.rows.y
+
+    def select(self, stage: Stage, *, required: bool) -> tuple[MemoryRows | StreamRows, np.ndarray | None]:
+        """This stage's rows and their indices (None = all rows)."""
         if stage.rows is None or (self.groups is None and not required):
-            return self.x, self.y, None
+            return self.rows, None
         idx = np.flatnonzero(stage.rows(self.groups, self.y))
-        device = next(iter(self.x.values())).device
-        index = torch.from_numpy(idx).to(device)
-        return {k: v.index_select(0, index) for k, v in self.x.items()}, self.y[idx], idx
+        return self.rows.subset(idx), idx
+
+
+def _skipped(stage: Stage, y: np.ndarray) -> dict[str, Any]:
+    counts = np.bincount(y, minlength=2).tolist()
+    return {
+        "name": stage.name,
+        "skipped": f"rows of one class only ({counts} real/fake)",
+        "trainable": [],
+        "rows": len(y),
+        "epochs": [],
+        "best_epoch": None,
+        "best_val_ap": None,
+    }
 
 
 def _run_stage(
     head: nn.Module, stage: Stage, *, data: _Data, val: _Data | None, cfg: FitConfig, gen: torch.Generator
 ) -> dict[str, Any]:
-    x, y, idx = data.select(stage, required=True)
+    rows, idx = data.select(stage, required=True)
+    y = rows.y
     if len(np.unique(y)) < 2 and stage.optional:
-        counts = np.bincount(y, minlength=2).tolist()
-        return {
-            "name": stage.name,
-            "skipped": f"rows of one class only ({counts} real/fake)",
-            "trainable": [],
-            "rows": len(y),
-            "epochs": [],
-            "best_epoch": None,
-            "best_val_ap": None,
-        }
+        return _skipped(stage, y)
     if len(np.unique(y)) < 2:
         sources = sorted({str(s) for s in (data.groups or {}).get("source", [])})
         present = f"; the training rows' sources are {sources[:8]}" if sources else ""
@@ -291,11 +367,11 @@ def _run_stage(
             f"only ({np.bincount(y, minlength=2).tolist()} real/fake){present}; make the head's source patterns "
             "name sources of the cache, or train on a cache that holds those fake types"
         )
-    device = next(iter(x.values())).device
+    device = rows.device
     y_t = torch.as_tensor(y, dtype=torch.float32, device=device)
     if stage.setup is not None:
         with torch.no_grad():
-            stage.setup(x, y_t)
+            stage.setup(lambda: ((xb, y_t[i]) for xb, i in rows.batches(cfg.eval_batch_size)))
     params = stage_parameters(head, stage)
     for p in head.parameters():
         p.requires_grad_(False)
@@ -303,19 +379,37 @@ def _run_stage(
         p.requires_grad_(True)
     smooth = cfg.label_smoothing if stage.label_smoothing is None else stage.label_smoothing
     batch = _Batches(
-        x=x,
+        rows=rows,
         target=y_t * (1 - smooth) + 0.5 * smooth,
         weight=torch.as_tensor(class_weights(y), device=device) if cfg.balance else None,
         aux=_aux(stage, data.groups, data.y, idx, device),
     )
     lr = cfg.lr if stage.lr is None else stage.lr
     epochs = cfg.epochs if stage.epochs is None else stage.epochs
-    opt = _fast_linear(head, stage, params, cfg, lr) or _optimizer(list(params.values()), cfg, lr, device)
+    opt = _fast_step(head, stage, params, cfg, lr) or _optimizer(list(params.values()), cfg, lr, device)
     forward = stage.forward or (lambda xb, aux: head(xb))
-    val_sel = val.select(stage, required=False) if val is not None else None
+    val_rows = val.select(stage, required=False)[0] if val is not None else None
     record = {"name": stage.name, "trainable": sorted(params), "rows": len(y), "epochs": []}
+    _epochs(
+        head,
+        record,
+        forward=forward,
+        batch=batch,
+        opt=opt,
+        val=val_rows,
+        params=params,
+        cfg=cfg,
+        gen=gen,
+        lr=lr,
+        epochs=epochs,
+    )
+    return record
+
+
+def _epochs(head, record, *, forward, batch, opt, val, params, cfg, gen, lr, epochs) -> None:
+    """Run the epochs of a stage, tracking validation AP, early stopping and the best weights."""
     best_ap, best_epoch, best_state = -1.0, None, None
-    steps_per_epoch = math.ceil(len(y) / cfg.batch_size)
+    steps_per_epoch = math.ceil(len(batch.target) / cfg.batch_size)
     for epoch in range(epochs):
         t0 = time.perf_counter()
         head.train()
@@ -323,8 +417,8 @@ def _run_stage(
             forward, batch, opt, gen=gen, cfg=cfg, lr=lr, step0=epoch * steps_per_epoch, total=epochs * steps_per_epoch
         )
         row = {"epoch": epoch, "loss": loss, "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
-        if val_sel is not None:
-            row["val_ap"] = _val_ap(head, forward, val_sel, cfg)
+        if val is not None:
+            row["val_ap"] = _val_ap(head, forward, val, cfg)
             if row["val_ap"] > best_ap:
                 best_ap, best_epoch = row["val_ap"], epoch
                 best_state = {k: p.detach().clone() for k, p in params.items()} if cfg.early_stop else None
@@ -337,7 +431,6 @@ def _run_stage(
                 p.copy_(best_state[k])
     record["best_epoch"] = best_epoch
     record["best_val_ap"] = best_ap if best_epoch is not None else None
-    return record
 
 
 def _aux(stage: Stage, groups: Groups, y: np.ndarray, idx: np.ndarray | None, device: torch.device) -> dict:
@@ -352,20 +445,21 @@ def _aux(stage: Stage, groups: Groups, y: np.ndarray, idx: np.ndarray | None, de
 
 @dataclass
 class _Batches:
-    x: dict[str, Tensor]
+    rows: MemoryRows | StreamRows
     target: Tensor
     weight: Tensor | None
     aux: dict[str, Tensor]
 
 
-FAST_LINEAR = True  # train `linear` heads with the no-autograd step (tests compare it with the autograd path)
+FAST_LINEAR = True  # use a head's no-autograd step when it offers one (tests compare it with the autograd path)
 
 
-def _fast_linear(head: nn.Module, stage: Stage, params: dict, cfg: FitConfig, lr: float) -> LinearAdamStep | None:
-    plain = stage.forward is None and stage.aux is None and sorted(params) == ["linear.bias", "linear.weight"]
-    if not (FAST_LINEAR and plain and getattr(head, "head_name", "") == "linear"):
+def _fast_step(head: nn.Module, stage: Stage, params: dict, cfg: FitConfig, lr: float) -> Any:
+    """The head's own fast training step for a plain stage (`head.fast_step`), or None."""
+    maker = getattr(head, "fast_step", None)
+    if not (FAST_LINEAR and maker is not None and stage.forward is None and stage.aux is None):
         return None
-    return LinearAdamStep(head.linear, lr=lr, weight_decay=cfg.weight_decay, decoupled=cfg.optimizer == "adamw")
+    return maker(tuple(params), lr=lr, weight_decay=cfg.weight_decay, decoupled=cfg.optimizer == "adamw")
 
 
 def _optimizer(params: list[Tensor], cfg: FitConfig, lr: float, device: torch.device) -> torch.optim.Optimizer:
@@ -380,7 +474,7 @@ def _optimizer(params: list[Tensor], cfg: FitConfig, lr: float, device: torch.de
 def _epoch(
     forward: StageForward,
     batch: _Batches,
-    opt: torch.optim.Optimizer | LinearAdamStep,
+    opt: Any,
     *,
     gen: torch.Generator,
     cfg: FitConfig,
@@ -389,27 +483,24 @@ def _epoch(
     total: int,
 ) -> float:
     """One pass over the rows in a seeded random order; returns the mean training loss."""
-    n = len(batch.target)
-    device = batch.target.device
-    perm = torch.randperm(n, generator=gen).to(device)
     cosine = cfg.schedule == "cosine"
-    fast = isinstance(opt, LinearAdamStep)
+    fast = not isinstance(opt, torch.optim.Optimizer)
     losses = []
-    for step, index in enumerate(perm.split(cfg.batch_size)):
+    for step, (xb, index) in enumerate(batch.rows.batches(cfg.batch_size, gen=gen)):
         if cosine:
             for group in opt.param_groups:
                 group["lr"] = lr_at(step0 + step, total, lr=lr, schedule="cosine", min_lr_ratio=cfg.min_lr_ratio)
-        xb = {k: v.index_select(0, index) for k, v in batch.x.items()}
+        target = batch.target.index_select(0, index)
+        weight = None if batch.weight is None else batch.weight.index_select(0, index)
         if fast:
-            weight = None if batch.weight is None else batch.weight.index_select(0, index)
-            losses.append(opt(next(iter(xb.values())), batch.target.index_select(0, index), weight))
+            losses.append(opt(xb, target, weight))
             continue
         aux = {k: v.index_select(0, index) for k, v in batch.aux.items()}
         out = forward(xb, aux)
         logits, extra = out if isinstance(out, tuple) else (out, None)
         # BCE-with-logits as softplus(z) - z t: same math; the fused kernel stalls for ms on a busy multi-core CPU
-        per_row = F.softplus(logits) - logits * batch.target.index_select(0, index)
-        loss = per_row.mean() if batch.weight is None else (per_row * batch.weight.index_select(0, index)).mean()
+        per_row = F.softplus(logits) - logits * target
+        loss = per_row.mean() if weight is None else (per_row * weight).mean()
         if extra is not None:
             loss = loss + extra
         opt.zero_grad(set_to_none=True)
@@ -419,54 +510,72 @@ def _epoch(
     return float(torch.stack(losses).mean()) if losses else float("nan")
 
 
-def _val_ap(head: nn.Module, forward: StageForward, sel: tuple, cfg: FitConfig) -> float:
-    """Validation AP of the current weights (the one AP of `common.metrics`, as `aigi eval` reports it)."""
-    x, y, _ = sel
-    if len(np.unique(y)) < 2:
-        return float("nan")
-    head.eval()
-    n = len(y)
-    with torch.inference_mode():
-        parts = []
-        for i in range(0, n, cfg.eval_batch_size):
-            out = forward({k: v[i : i + cfg.eval_batch_size] for k, v in x.items()}, {})
-            parts.append((out[0] if isinstance(out, tuple) else out).float().cpu())
-    head.train()
-    return average_precision(y, torch.cat(parts).numpy())
-
-
-def _batched(head: nn.Module, X: Mapping[str, np.ndarray] | np.ndarray, batch_size: int, fn: Callable) -> list:
-    X = as_inputs(head, X)
-    if getattr(head, "input_norm", None) is not None:
-        X = head.input_norm.apply(X)
-    n = len(next(iter(X.values())))
-    device = next(iter(head.parameters())).device
-    head.eval()
-    out = []
-    with torch.inference_mode():
-        for i in range(0, n, batch_size):
-            xb = _to_tensors({k: v[i : i + batch_size] for k, v in X.items()}, device)
-            out.append(fn(xb))
+def _scores(rows: MemoryRows | StreamRows, batch_size: int, fn: Callable[[dict[str, Tensor]], Tensor]) -> Tensor:
+    """`fn` (one value per row) over every row, in row order, as a float64 CPU tensor."""
+    out = torch.empty(len(rows), dtype=torch.float64)
+    for xb, index in rows.batches(batch_size):
+        out[index.cpu()] = fn(xb).double().cpu()
     return out
 
 
-def predict(head: nn.Module, X: Mapping[str, np.ndarray] | np.ndarray, *, batch_size: int = 65536) -> np.ndarray:
-    """P(fake) = sigmoid(logit) for every row, float64 [N]."""
-    parts = _batched(head, X, batch_size, lambda xb: torch.sigmoid(head(xb).double()).cpu())
-    return torch.cat(parts).numpy() if parts else np.zeros(0)
+def _val_ap(head: nn.Module, forward: StageForward, rows: MemoryRows | StreamRows, cfg: FitConfig) -> float:
+    """Validation AP of the current weights (the one AP of `common.metrics`, as `aigi eval` reports it)."""
+    if len(np.unique(rows.y)) < 2:
+        return float("nan")
+    head.eval()
+
+    def logits(xb: dict[str, Tensor]) -> Tensor:
+        out = forward(xb, {})
+        return out[0] if isinstance(out, tuple) else out
+
+    with torch.inference_mode():
+        scores = _scores(rows, _rows_per_call(head, cfg.eval_batch_size), logits)
+    head.train()
+    return average_precision(rows.y, scores.numpy())
 
 
-def explain(head: nn.Module, X: Mapping[str, np.ndarray] | np.ndarray, *, batch_size: int = 65536) -> dict:
+def _rows_per_call(head: nn.Module, batch_size: int) -> int:
+    """Rows per scoring forward: at most the head's `batch_rows` (tail heads run transformer blocks per row)."""
+    return min(batch_size, getattr(head, "batch_rows", batch_size))
+
+
+def _prepared(head: nn.Module, X: Any) -> MemoryRows | StreamRows:
+    rows = rows_of(head, X, None, next(iter(head.parameters())).device)
+    _standardize(head, rows, [], fit_stats=False, size=0)
+    head.eval()
+    return rows
+
+
+def logits(head: nn.Module, X: Mapping[str, np.ndarray] | np.ndarray | Any, *, batch_size: int = 65536) -> np.ndarray:
+    """The raw logit of every row, float64 [N] (what calibration rescales; `predict` is its sigmoid)."""
+    rows = _prepared(head, X)
+    with torch.inference_mode():
+        return _scores(rows, _rows_per_call(head, batch_size), lambda xb: head(xb).double()).numpy()
+
+
+def predict(head: nn.Module, X: Mapping[str, np.ndarray] | np.ndarray | Any, *, batch_size: int = 65536) -> np.ndarray:
+    """P(fake) = sigmoid(logit) for every row (arrays in memory or a batch source, in its order), float64 [N]."""
+    rows = _prepared(head, X)
+    with torch.inference_mode():
+        return _scores(rows, _rows_per_call(head, batch_size), lambda xb: torch.sigmoid(head(xb).double())).numpy()
+
+
+def explain(head: nn.Module, X: Mapping[str, np.ndarray] | np.ndarray | Any, *, batch_size: int = 65536) -> dict:
     """A mixing head's per-row gates and per-expert scores as numpy arrays, plus "expert_names" and "score"."""
     if not hasattr(head, "explain"):
         raise ValueError(f"head '{head.head_name}' does not mix experts; explain works for gating/router-like heads")
-    parts = _batched(head, X, batch_size, head.explain)
-    if not parts:
+    rows = _prepared(head, X)
+    if len(rows) == 0:
         raise ValueError("explain needs at least one row")
     out: dict[str, Any] = {}
-    for key, value in parts[0].items():
-        if isinstance(value, Tensor):
-            out[key] = torch.cat([p[key].double().cpu() for p in parts]).numpy()
-        else:
-            out[key] = value
-    return out
+    with torch.inference_mode():
+        for xb, index in rows.batches(_rows_per_call(head, batch_size)):
+            part = head.explain(xb)
+            for key, value in part.items():
+                if not isinstance(value, Tensor):
+                    out[key] = value
+                    continue
+                if key not in out:
+                    out[key] = torch.empty((len(rows), *value.shape[1:]), dtype=torch.float64)
+                out[key][index.cpu()] = value.double().cpu()
+    return {k: v.numpy() if isinstance(v, Tensor) else v for k, v in out.items()}

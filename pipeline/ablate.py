@@ -17,8 +17,9 @@ from typing import Any
 
 from common.files import atomic_write
 
-ABLATION_KEYS = ("grid", "variants", "seeds", "sort_by", "prepare")
+ABLATION_KEYS = ("grid", "variants", "seeds", "sort_by", "prepare", "eval_views")
 RESULT_FILE = "result.json"
+SHARED_STAGES = "shared_stages"  # finished expert stages the runs share (pipeline.streaming.DiskStages)
 DEFAULT_SORT = "auc"
 
 ABLATE_HELP = """\
@@ -28,6 +29,9 @@ An ablation config is a run config (the schema of `aigi train` presets: head, fi
   grid:      {DOTTED.KEY: [VALUE, ...]}, crossed with every variant (e.g. fit.lr: [1.0e-3, 1.0e-4])
   seeds:     [0, 1, 2]: each setting runs once per seed (the seed goes to fit.seed)
   sort_by:   the metric summary.md is sorted by (default auc; e.g. ap, acc, or GROUP/fake_acc)
+  eval_views: [orig, jpeg:75, resize:0.5]: each run is also evaluated on the test rows of each of these cached
+             views (columns @VIEW/METRIC); train on several views as augmentation with a grid or variant over
+             data.where.view (e.g. [[orig], [orig, jpeg:75]]) and read the views it did not see as held out
 A KEY is dotted (fit.lr, head.rank, data.where.view); its VALUE replaces whatever the key held before.
 Overrides apply in the order base config -> variant -> grid point -> seed.
 
@@ -64,6 +68,7 @@ class AblationPlan:
     grid_keys: list[str]
     sort_by: str = DEFAULT_SORT
     prepare: str = ""  # the commands that make the data the config reads (its `prepare` key)
+    eval_views: list[str] = field(default_factory=list)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -136,6 +141,19 @@ def _seeds(raw: Any, *, source: str) -> list[int]:
     return [int(s) for s in seeds]
 
 
+def _eval_views(raw: Any, *, source: str) -> list[str]:
+    if raw is None:
+        return []
+    from extractors.views import canonical_view
+
+    if not isinstance(raw, list) or not all(isinstance(v, str) for v in raw):
+        raise ValueError(f"{source}: `eval_views` must be a list of views, e.g. [orig, jpeg:75]; got {raw!r}")
+    try:
+        return [canonical_view(v) for v in raw]
+    except ValueError as err:
+        raise ValueError(f"{source}: eval_views: {err}") from None
+
+
 def _short(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:g}"
@@ -178,6 +196,7 @@ def expand(
     base = {k: copy.deepcopy(v) for k, v in raw.items() if k not in ABLATION_KEYS}
     grid = _grid(raw.get("grid"), source=source)
     seed_list = _seeds(raw.get("seeds") if seeds is None else list(seeds), source=source)
+    views = _eval_views(raw.get("eval_views"), source=source)
     runs = []
     for variant, overrides in _variants(raw.get("variants"), source=source):
         for point in itertools.product(*grid.values()):
@@ -189,7 +208,7 @@ def expand(
                     set_dotted(data, key, value)
                 parsed = parse_config(data, source=f"{source} [{setting}, seed {seed}]")
                 cfg = to_dict(parsed)
-                run_id = f"{setting}_s{seed}-{config_hash(cfg)}"
+                run_id = f"{setting}_s{seed}-{config_hash({**cfg, 'eval_views': views} if views else cfg)}"
                 runs.append(RunSpec(run_id, setting, variant, values, seed, cfg, parsed))
     seen: dict[str, str] = {}
     for r in runs:
@@ -202,6 +221,7 @@ def expand(
         grid_keys=list(grid),
         sort_by=str(sort_by or raw.get("sort_by") or DEFAULT_SORT),
         prepare=" ".join(str(raw.get("prepare") or "").split()),
+        eval_views=views,
     )
 
 
@@ -243,7 +263,7 @@ def read_result(run_dir: str | Path) -> dict[str, Any] | None:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
-def execute_run(run_dir: str, config: Any, info: dict[str, Any], threads: int | None = None) -> dict:
+def execute_run(run_dir: str, config: Any, identity: dict[str, Any], threads: int | None = None) -> dict:
     """Train and evaluate one resolved config in `run_dir`; skip it when its result exists.
 
     Idempotent: a finished run returns its stored result (with "skipped": True); leftovers of an unfinished
@@ -252,7 +272,7 @@ def execute_run(run_dir: str, config: Any, info: dict[str, Any], threads: int | 
     Args:
         run_dir: the run's directory (DIR/runs/RUN_ID).
         config: the run's `RunConfig` (or its plain-data form, `pipeline.config.to_dict`, parsed here).
-        info: run_id, setting, variant, values, seed (copied into the result).
+        identity: run_id, setting, variant, values, seed (copied into the result).
         threads: torch threads for this process (None: leave as is).
     """
     done = read_result(run_dir)
@@ -265,18 +285,22 @@ def execute_run(run_dir: str, config: Any, info: dict[str, Any], threads: int | 
         done = read_result(run_dir)
         if done is not None:
             return {**done, "skipped": True}
-        return _train_and_evaluate(run_dir, config, info, threads)
+        return _train_and_evaluate(run_dir, config, identity, threads)
 
 
-def _train_and_evaluate(run_dir: str, config: Any, info: dict[str, Any], threads: int | None) -> dict:
+def _train_and_evaluate(run_dir: str, config: Any, identity: dict[str, Any], threads: int | None) -> dict:
     """The body of `execute_run`, holding the run's lock: a fresh run folder, train, evaluate, write the result."""
     import torch
 
+    from common.provenance import code_revision
+    from pipeline import streaming
     from pipeline.config import RunConfig, parse_config
     from pipeline.evaluate import evaluate_run
     from pipeline.train import train_run
 
     path = Path(run_dir)
+    # every run of this worker process reuses loaded rows; workers share finished expert stages through files
+    streaming.REUSE, streaming.STAGE_DIR = True, str(path.parent.parent / SHARED_STAGES)
     if path.exists():
         shutil.rmtree(path)
     previous = torch.get_num_threads()
@@ -286,19 +310,29 @@ def _train_and_evaluate(run_dir: str, config: Any, info: dict[str, Any], threads
         start = time.perf_counter()
         cfg = config if isinstance(config, RunConfig) else parse_config(config, source=f"{path}/config.yaml")
         trained = train_run(cfg, path)
+        evaluated = time.perf_counter()
         metrics = evaluate_run(path, out_dir=path / "eval", plots=False, config=cfg)
+        views = {
+            v: evaluate_run(path, out_dir=path / "eval_views" / re.sub(r"[^A-Za-z0-9_.=-]", "_", v), plots=False,
+                            config=cfg, where=[f"view={v}"])["mean"]
+            for v in identity.get("eval_views") or []
+        }  # fmt: skip
         seconds = time.perf_counter() - start
     finally:
         torch.set_num_threads(previous)
     val = trained.get("val_metrics") or {}
     result = {
-        **info,
+        **identity,
+        "code_revision": code_revision(),
         "metrics": {"mean": metrics["mean"], "groups": metrics["groups"], "threshold": metrics["threshold"]},
+        "views": views,
+        "train_views": cfg.data.where.get("view"),
         "train_rows": trained["train_rows"],
         "val_rows": trained["val_rows"],
         "val_ap": val.get("ap"),
         "train_seconds": trained["seconds"],
         "seconds": seconds,
+        "stage_seconds": {**trained["stages"], "eval": start + seconds - evaluated},
         "threads": torch.get_num_threads() if not threads else threads,
         "pid": os.getpid(),
         "finished_at": time.time(),
@@ -321,8 +355,10 @@ def _cores() -> int:
 def _tasks(plan: AblationPlan, out_dir: Path, threads: int | None) -> list[tuple[str, tuple]]:
     tasks = []
     for r in plan.runs:
-        info = {"run_id": r.run_id, "setting": r.setting, "variant": r.variant, "values": r.values, "seed": r.seed}
-        tasks.append((r.run_id, (str(out_dir / "runs" / r.run_id), r.parsed or r.config, info, threads)))
+        identity = {"run_id": r.run_id, "setting": r.setting, "variant": r.variant, "values": r.values, "seed": r.seed}
+        if plan.eval_views:
+            identity["eval_views"] = list(plan.eval_views)
+        tasks.append((r.run_id, (str(out_dir / "runs" / r.run_id), r.parsed or r.config, identity, threads)))
     return tasks
 
 
@@ -452,7 +488,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=ABLATE_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("config", type=Path, help="ablation YAML (a run config plus variants / grid / seeds)")
+    p.add_argument("config", type=Path, help="ablation YAML (run config + variants/grid/seeds) or preset name")
     p.add_argument("-o", "--out", type=Path, required=True, metavar="DIR", help="ablation directory")
     p.add_argument("--jobs", type=int, default=1, metavar="N", help="local processes (joblib loky; default 1)")
     dist = p.add_mutually_exclusive_group()

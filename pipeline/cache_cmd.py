@@ -26,7 +26,7 @@ def _print_info(info: dict) -> None:
     print(f"  spec        {json.dumps(info['spec'], sort_keys=True)}")
 
 
-def run_info(args: argparse.Namespace) -> int:
+def run_cache_info(args: argparse.Namespace) -> int:
     """Entry point of `aigi cache info`."""
     import cache
 
@@ -86,7 +86,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     info = sub.add_parser("info", help="rows, features, sources, splits, views, size, fingerprint")
     info.add_argument("path", type=Path, help="cache directory, compacted .h5, Parquet dataset or .npy folder")
     info.add_argument("--json", action="store_true", help="print JSON")
-    info.set_defaults(func=run_info)
+    info.set_defaults(func=run_cache_info)
     verify = sub.add_parser(
         "verify",
         help="check every shard against the digest and row count recorded at commit, NaN/inf, "

@@ -8,6 +8,8 @@ import importlib
 import os
 import sys
 
+from common.provenance import package_version
+
 # Each module defines `register(subparsers) -> None`, adding its sub-command(s) with `set_defaults(func=...)`.
 # Modules keep heavy imports (torch, sklearn, diffusers, ...) inside functions so that `aigi --help` stays fast.
 COMMAND_MODULES = [
@@ -18,12 +20,34 @@ COMMAND_MODULES = [
     "pipeline.extract",
     "pipeline.train",
     "pipeline.evaluate",
+    "pipeline.calibrate",
+    "pipeline.robustness",
     "pipeline.head_cmd",
     "pipeline.domains",
     "pipeline.ablate",
     "pipeline.predict",
     "pipeline.demo",
 ]
+
+# Which module registers each sub-command: `aigi CMD ...` imports only that module (start-up time); `aigi --help`
+# and unknown commands build the full parser. tests/pipeline/test_cli_lazy.py keeps this in step with the modules.
+COMMANDS = {
+    "index": "pipeline.index",
+    "cache": "pipeline.cache_cmd",
+    "import": "pipeline.importers",
+    "export": "pipeline.importers",
+    "fakes": "pipeline.fakes",
+    "extract": "pipeline.extract",
+    "train": "pipeline.train",
+    "eval": "pipeline.evaluate",
+    "calibrate": "pipeline.calibrate",
+    "robustness": "pipeline.robustness",
+    "head": "pipeline.head_cmd",
+    "domains": "pipeline.domains",
+    "ablate": "pipeline.ablate",
+    "predict": "pipeline.predict",
+    "demo": "pipeline.demo",
+}
 
 # Errors a user can fix: printed as one line (set AIGI_DEBUG=1 for the traceback), exit code 2. Every OSError (a
 # missing file, disk full, permissions, a damaged file) is one; so are errors of file-format libraries (a YAML tag,
@@ -50,21 +74,16 @@ WRITE_AT_END = ("index", "train", "predict")
 MAX_MESSAGE = 600
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full `aigi` parser with every available sub-command."""
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The full `aigi` parser with every available sub-command, or only the module providing command `only`."""
     parser = argparse.ArgumentParser(
         prog="aigi",
         description="Detect AI-generated images: cache frozen-backbone features once, train light heads on them.",
     )
+    parser.add_argument("--version", action="version", version=f"aigi {package_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as err:
-            if err.name == name:  # stage not written yet
-                continue
-            raise
-        module.register(sub)
+    for name in [COMMANDS[only]] if only in COMMANDS else COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
     return parser
 
 
@@ -109,7 +128,9 @@ def _quiet_stdout() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `aigi` console script; returns the process exit code."""
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(command).parse_args(argv)
     try:
         code = args.func(args)
         sys.stdout.flush()

@@ -1,6 +1,6 @@
 """Run configs: YAML presets -> frozen dataclasses with strict keys, `--set key=value` overrides, resolved copies.
 
-A run config has four sections (see configs/uar.yaml):
+A run config has four sections (see the presets in configs/, shipped as pipeline/presets: `aigi train uar`):
 
     head:  name + the head's own config keys (checked by `heads.build`), incl. `inputs`, the feature names it reads
     fit:   `heads.FitConfig` fields (optimizer, lr, weight_decay, epochs, batch_size, schedule, seed, ...)
@@ -8,8 +8,13 @@ A run config has four sections (see configs/uar.yaml):
            where (meta filters, e.g. view: orig), split_column and the train / val / test values, and the
            validation policy: rows with split == val when there are any, else a seeded `val_fraction` of the
            training pairs (by pair_id, so a real and its aligned fakes never straddle train and val);
-           optional `domains`, an `aigi domains` table whose domain replaces the rows' by image_id
+           optional `domains`, an `aigi domains` table whose domain replaces the rows' by image_id;
+           `stream` (auto / true / false) and `memory_budget` (e.g. 1.5GB; default half the available RAM): rows
+           stay in memory as float32, as float16 when only that fits, or are streamed from disk (pipeline.streaming)
     eval:  defaults of `aigi eval`: by, threshold (a number or `val`), reals, bootstrap
+    calibration (optional): fitted on the validation rows at the end of `aigi train` and stored with the head, as
+           `aigi calibrate` does: method (temperature | platt | none), threshold (a number, val_acc or fpr:A),
+           band (none, coverage:C or error:A)
 
 Paths (cache paths) are relative to the current working directory, like paths given on the command line; the
 resolved config saved in a run directory holds them absolute so the run can be replayed from anywhere.
@@ -30,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 _FLOAT_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+REVISION_MARK = "# code revision: "  # first line of a saved run config: the git revision (or version) that wrote it
 BUILD_OPTIONS = {"standardize": bool}  # head keys that are `heads.build` options, not fields of the head's config
 
 
@@ -59,6 +65,8 @@ class DataSection:
     val_fraction: float = 0.1
     val_seed: int = 0
     domains: str = ""  # optional `aigi domains` table (image_id -> domain) replacing the rows' `domain` column
+    stream: bool | str = "auto"  # true / false / auto: stream the rows from disk (auto: when over the budget)
+    memory_budget: int | float | str | None = None  # bytes or "1.5GB"; default half the available RAM
 
 
 @dataclass(frozen=True)
@@ -80,6 +88,72 @@ class RunConfig:
     fit: dict[str, Any] = field(default_factory=dict)
     eval: EvalSection = field(default_factory=EvalSection)
     description: str = ""
+    calibration: dict[str, Any] = field(default_factory=dict)  # see CalibrationSpec below
+
+
+@dataclass(frozen=True)
+class CalibrationSpec:
+    """What to fit: the `calibration:` section of a run config and the options of `aigi calibrate`."""
+
+    method: str = "temperature"
+    threshold: str | float = 0.5
+    band: str = "none"
+
+    @classmethod
+    def from_mapping(cls, data: Any, *, source: str = "config") -> CalibrationSpec | None:
+        """The `calibration:` section of a run config (None or `false` = no calibration at the end of training)."""
+        if data in (None, False, {}):
+            return None
+        if not isinstance(data, dict):
+            raise ValueError(f"{source}: calibration must be a mapping (method, threshold, band), got {data!r}")
+        unknown = sorted(set(data) - {"method", "threshold", "band"})
+        if unknown:
+            raise ValueError(f"{source}: unknown key(s) calibration.{unknown[0]} (known: method, threshold, band)")
+        spec = cls(**data)
+        spec.fit_kwargs()  # validate now, not after training
+        if spec.method not in ("temperature", "platt", "none"):
+            raise ValueError(f"{source}: calibration.method must be temperature, platt or none, got {spec.method!r}")
+        return spec
+
+    def fit_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of `heads.fit_calibration`."""
+        out: dict[str, Any] = {"method": self.method, **parse_threshold_policy(self.threshold)}
+        kind, target = _split(self.band, "band", ("none", "coverage", "error"))
+        out.update(band_policy=kind, band_target=target)
+        return out
+
+
+def _split(text: str, what: str, kinds: tuple[str, ...]) -> tuple[str, float | None]:
+    kind, sep, arg = str(text).strip().partition(":")
+    if kind not in kinds or (kind == "none") == bool(sep):
+        raise ValueError(f"--{what} {text!r}: expected " + " or ".join(k if k == "none" else f"{k}:X" for k in kinds))
+    if not sep:
+        return kind, None
+    try:
+        value = float(arg)
+    except ValueError:
+        raise ValueError(f"--{what} {text!r}: {arg!r} is not a number") from None
+    if not 0.0 < value < 1.0:
+        raise ValueError(f"--{what} {text!r}: the target must be in (0, 1)")
+    return kind, value
+
+
+def parse_threshold_policy(text: str | float) -> dict[str, Any]:
+    """`0.5` -> fixed, `val_acc` (or `val`) -> best validation cut, `fpr:0.01` -> target FPR on reals."""
+    word = str(text).strip().lower()
+    if word in ("val", "val_acc"):
+        return {"threshold_policy": "val_acc"}
+    if word.startswith("fpr:"):
+        return {"threshold_policy": "target_fpr", "target_fpr": _split(word, "threshold", ("fpr",))[1]}
+    try:
+        value = float(word)
+    except ValueError:
+        raise ValueError(
+            f"--threshold {text!r}: expected a number in [0, 1], val_acc or fpr:A (e.g. fpr:0.01)"
+        ) from None
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"--threshold {text!r}: a fixed threshold is a probability in [0, 1]")
+    return {"threshold_policy": "fixed", "threshold": value}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -143,9 +217,7 @@ def _coerce(value: Any, hint: Any, *, key: str, source: str) -> Any:
     raise ValueError(f"{source}: {key} must be {name}, got {value!r} ({type(value).__name__})")
 
 
-def _fields(
-    cls: type, data: Any, *, where: str, source: str, extra: Mapping[str, Any] | None = None
-) -> dict[str, Any]:
+def _fields(cls: type, data: Any, *, where: str, source: str, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The values of a mapping checked against dataclass `cls`: unknown keys and wrong types raise ValueError.
 
     Every value is converted by its field's type hint (nested dataclasses, lists and mappings element by element),
@@ -246,9 +318,16 @@ def parse_config(data: Mapping[str, Any], *, source: str = "config") -> RunConfi
         fit=_fit_section(data.get("fit"), source=source),
         eval=_build(EvalSection, data.get("eval"), where="eval.", source=source),
         description=str(data.get("description", "")),
+        calibration=_calibration_section(data.get("calibration"), source=source),
     )
     _check_values(cfg, source=source)
     return cfg
+
+
+def _calibration_section(data: Any, *, source: str) -> dict[str, Any]:
+    """The `calibration:` mapping, checked now (not after training) by `CalibrationSpec.from_mapping`."""
+    spec = CalibrationSpec.from_mapping(data, source=source)
+    return {} if spec is None else dataclasses.asdict(spec)
 
 
 def _check_values(cfg: RunConfig, *, source: str) -> None:
@@ -257,6 +336,14 @@ def _check_values(cfg: RunConfig, *, source: str) -> None:
 
     if not 0.0 <= cfg.data.val_fraction < 1.0:
         raise ValueError(f"{source}: data.val_fraction must be in [0, 1), got {cfg.data.val_fraction}")
+    from pipeline.streaming import parse_budget, parse_stream
+
+    try:
+        parse_stream(cfg.data.stream)
+        if cfg.data.memory_budget is not None:
+            parse_budget(cfg.data.memory_budget)
+    except ValueError as err:
+        raise ValueError(f"{source}: {err}") from None
     if cfg.eval.reals not in REAL_POLICIES:
         raise ValueError(f"{source}: eval.reals must be one of {REAL_POLICIES}, got {cfg.eval.reals!r}")
     if cfg.eval.bootstrap < 0:
@@ -304,6 +391,39 @@ def dump_yaml(data: Any) -> str:
     return yaml.dump(data, Dumper=_yaml_classes()[1], sort_keys=False)
 
 
+def presets_dir() -> Path:
+    """The folder of the presets shipped with the package (`pipeline/presets`, the repository's configs/)."""
+    from importlib import resources
+
+    return Path(str(resources.files("pipeline") / "presets"))
+
+
+def preset_names() -> list[str]:
+    """The names `aigi train NAME` / `aigi ablate NAME` accept: the shipped presets' file names without .yaml."""
+    return sorted(p.stem for p in presets_dir().glob("*.yaml"))
+
+
+def resolve_config(path: str | Path, *, missing: str = "") -> Path:
+    """A config file: an existing path, a preset name (`uar`), or `configs/NAME.yaml` of a preset (run anywhere).
+
+    Raises:
+        FileNotFoundError: one line naming the presets (and close matches of a bare name).
+    """
+    path = Path(path)
+    if path.is_file():
+        return path
+    names = preset_names()
+    listed = ", ".join(names)
+    bare = path.parent == Path(".") and path.suffix == ""
+    if (bare or path.parent == Path("configs")) and (presets_dir() / f"{path.stem}.yaml").is_file():
+        return presets_dir() / f"{path.stem}.yaml"
+    if bare:
+        close = difflib.get_close_matches(str(path), names, n=3)
+        hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+        raise FileNotFoundError(f"no preset named {str(path)!r}{hint}: presets are {listed}; or pass a YAML file")
+    raise FileNotFoundError(missing or f"config {path} does not exist; give a YAML file or a preset: {listed}")
+
+
 def read_yaml(path: str | Path, *, what: str = "a run config", missing: str = "") -> dict[str, Any]:
     """Read a YAML mapping file; a missing file, invalid YAML or a non-mapping is an error naming the path.
 
@@ -314,11 +434,7 @@ def read_yaml(path: str | Path, *, what: str = "a run config", missing: str = ""
     """
     import yaml
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            missing or f"config {path} does not exist (presets live in configs/, e.g. configs/uar.yaml)"
-        )
+    path = resolve_config(path, missing=missing)
     try:
         raw = parse_yaml(path.read_text(encoding="utf-8")) or {}
     except UnicodeDecodeError:
@@ -414,7 +530,8 @@ def to_dict(cfg: RunConfig) -> dict[str, Any]:
     data = dataclasses.asdict(cfg)
     head = data.pop("head")
     data["head"] = {"name": head["name"], **head["params"]}
-    return _plain({k: data[k] for k in ("description", "head", "fit", "data", "eval")})
+    keys = ("description", "head", "fit", "data", "eval", *(["calibration"] if cfg.calibration else []))
+    return _plain({k: data[k] for k in keys})
 
 
 def _plain(value: Any) -> Any:
@@ -427,9 +544,17 @@ def _plain(value: Any) -> Any:
 
 def save_config(cfg: RunConfig | Mapping[str, Any], directory: str | Path) -> Path:
     """Write the resolved config (a RunConfig or its `to_dict` form) to DIRECTORY/config.yaml; `load_config` reads
-    it back to an equal RunConfig."""
+    it back to an equal RunConfig. Its first line, a YAML comment, names the code that wrote it (`saved_revision`)."""
+    from common.provenance import code_revision
+
     path = Path(directory) / "config.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     data = to_dict(cfg) if isinstance(cfg, RunConfig) else dict(cfg)
-    path.write_text(dump_yaml(data), encoding="utf-8")
+    path.write_text(f"{REVISION_MARK}{code_revision()}\n" + dump_yaml(data), encoding="utf-8")
     return path
+
+
+def saved_revision(path: str | Path) -> str | None:
+    """The code revision a config saved by `save_config` names in its first line, or None."""
+    first = Path(path).read_text(encoding="utf-8").partition("\n")[0]
+    return first[len(REVISION_MARK) :].strip() if first.startswith(REVISION_MARK) else None

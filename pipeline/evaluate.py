@@ -40,57 +40,69 @@ same resamplings.
 SCORE_COLUMNS = ("image_id", "view", "label", "source", "domain", "pair_id", "split", "path")
 
 
-def check_fingerprints(info: Mapping[str, Any], caches: Mapping[str, Any], *, run_dir: Path) -> list[str]:
-    """Refuse caches whose fingerprint differs from the one the head was trained on; return warnings.
-
-    Raises:
-        ValueError: naming both fingerprints, both paths and the differing extractor spec fields.
-    """
-    recorded = info.get("fingerprints") or {}
-    if not recorded:
-        return [f"{run_dir}/head.json records no cache fingerprint: the cache cannot be checked against the head"]
-    warnings = []
-    for alias, c in caches.items():
-        want = recorded.get(alias)
-        if want is None and len(recorded) == 1 and len(caches) == 1:
-            alias_rec, want = next(iter(recorded.items()))
-        else:
-            alias_rec = alias
-        if want is None:
-            warnings.append(f"cache alias {alias!r} is not recorded in {run_dir}/head.json; not checked")
-            continue
-        if c.fingerprint != want:
-            import cache
-
-            spec = (info.get("extractor_spec") or {}).get(alias_rec)
-            diff = "; ".join(cache.spec_diff(spec, c.spec)) if spec is not None else ""
-            trained = ((info.get("caches") or {}).get(alias_rec) or {}).get("path", "?")
-            raise ValueError(
-                f"cache {c.path} has fingerprint {c.fingerprint[:16]}… but head {run_dir} was trained on {trained} "
-                f"with fingerprint {want[:16]}…; differing spec fields (trained -> given): {diff or 'unknown'}. "
-                "Extract the features with the head's extractor spec, or train a head on this cache"
-            )
-    return warnings
-
-
-def _run_config(run_dir: Path, info: Mapping[str, Any]) -> Any:
-    from pipeline.config import load_config, parse_config
-
-    if info.get("run_config"):
-        return parse_config(info["run_config"], source=f"{run_dir}/head.json")
-    if (run_dir / "config.yaml").is_file():
-        return load_config(run_dir / "config.yaml")
-    return parse_config({"head": {"name": info["name"], "inputs": info["inputs"]}}, source=f"{run_dir}/head.json")
-
-
-def _score(head: Any, fs: Any, *, by: str) -> pd.DataFrame:
-    import heads
+def _score(head: Any, info: Mapping[str, Any], fs: Any, *, by: str) -> pd.DataFrame:
+    """Rows with their calibrated P(fake) (`score`) and verdict (0 / 1, -1 inside an abstain band)."""
+    from pipeline.calibrate import calibrated
 
     cols = [c for c in dict.fromkeys([*SCORE_COLUMNS, by]) if c in fs.meta.columns]
     frame = fs.meta[cols].reset_index(drop=True).copy()
     frame["label"] = frame["label"].astype(np.int64)
-    frame["score"] = heads.predict(head, fs.features)
+    frame["score"], frame["verdict"], _ = calibrated(head, dict(info), fs.features)
     return frame
+
+
+def _threshold(
+    threshold: str | float | None, cfg: Any, info: Mapping[str, Any], *, head: Any, caches: Mapping[str, Any]
+) -> tuple[float, str]:
+    """The threshold asked for (--threshold), else the head's stored one, else the config's; and where it came from.
+
+    `val` is the best balanced-accuracy cut on the run's validation rows, scored with the stored calibration.
+    """
+    import heads
+    from pipeline.metrics import calibrate_threshold, parse_threshold
+    from pipeline.rows import val_rows
+
+    cal = heads.calibration_of(dict(info))
+    if threshold is None and info.get("calibration"):
+        return cal.threshold, f"stored with the head ({cal.threshold_policy}, calibration {cal.method})"
+    thr = parse_threshold(cfg.eval.threshold if threshold is None else threshold)
+    if thr != "val":
+        return float(thr), "fixed"
+    val, how = val_rows(caches, cfg.data, inputs=list(info["inputs"]))
+    if val is None:
+        raise ValueError(f"--threshold val: the run has no validation rows ({how})")
+    return calibrate_threshold(
+        val.labels, cal.probability(heads.logits(head, val.features))
+    ), f"calibrated on val ({how})"
+
+
+def _split_rows(opened: Mapping[str, Any], cfg: Any, *, inputs: list[str], split: str) -> Any:
+    """The rows of `split` (or every row for "all") with the run's filters; an error naming the splits present."""
+    from pipeline.rows import check_where, hold_choice, load_rows
+
+    rows_where = dict(cfg.data.where) if split == "all" else {**cfg.data.where, cfg.data.split_column: split}
+    hold = hold_choice(opened, cfg.data, inputs=inputs, where=rows_where)  # in memory, float16 or streamed
+    fs = load_rows(opened, inputs=inputs, where=rows_where, domains=cfg.data.domains, hold=hold)
+    if len(fs) == 0:
+        check_where(opened, cfg.data.where, flag="--where")
+        present = sorted({str(v) for c in opened.values() for v in c.meta().get(cfg.data.split_column, [])})
+        raise ValueError(
+            f"no rows of {list(cfg.data.caches.values())} match {rows_where} (values of "
+            f"{cfg.data.split_column!r} present: {present}); pass --split NAME or --split all"
+        )
+    return fs
+
+
+def _calibration_text(cal: Any) -> str:
+    """How the head's stored calibration maps logits to scores, for the report's header."""
+    text = {
+        "none": "",
+        "temperature": f" / {cal.temperature:.4g} (temperature scaling)",
+        "platt": f" x {cal.slope:.4g} + {cal.bias:.4g} (Platt scaling)",
+    }[cal.method]
+    if cal.band is not None:
+        text += f"; unsure when {cal.band[0]:.4g} < P(fake) < {cal.band[1]:.4g} ({cal.band_policy} band)"
+    return text
 
 
 def evaluate_run(
@@ -107,6 +119,7 @@ def evaluate_run(
     where: Sequence[str] = (),
     plots: bool = True,
     config: Any = None,
+    weights: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Score one split with a trained head and write the report (see EVAL_HELP); None means the run's default.
 
@@ -115,72 +128,51 @@ def evaluate_run(
         out_dir: the report directory.
         caches: `[ALIAS=]PATH` replacing the recorded caches (needed when the head records none).
         split: the split value to score, or "all" for every row (default: the config's test split).
-        by: grouping column. threshold: a number or "val". reals: pairing policy. bootstrap: resamplings.
-        seed: bootstrap seed.
+        by: grouping column. threshold: a number or "val". reals: pairing policy. bootstrap, seed: resamplings.
         where: extra `COLUMN=VALUE` row filters replacing the config's (e.g. view=jpeg:75).
         plots: also draw the PNG plots (the ablation runner turns them off: they cost seconds per run).
         config: the run's `RunConfig` when the caller holds it (the ablation runner); default: read from RUN_DIR.
+        weights: `PATH` / `ALIAS=PATH` backbone weights for `tail_*` heads (they re-run the last blocks).
 
     Returns:
         The metrics (metrics.json's content).
     """
     import heads
-    from pipeline.config import apply_overrides, override_caches, parse_config, to_dict
-    from pipeline.metrics import assemble_groups, calibrate_threshold, parse_threshold, summarize
+    from pipeline.metrics import assemble_groups, group_metrics
     from pipeline.report import write_report
-    from pipeline.rows import check_where, load_rows, open_caches, val_rows
+    from pipeline.rows import check_fingerprints, open_caches, run_config
 
     run_dir = Path(run_dir)
     if bootstrap is not None and bootstrap < 0:
         raise ValueError(f"--bootstrap {bootstrap}: the number of resamplings must be >= 0 (0: no intervals)")
-    head, info = heads.load(run_dir)
-    if info.get("untrained"):
-        raise ValueError(
-            f"{run_dir} is an imported head whose {info['untrained']} is untrained, so its scores mean nothing; "
-            f"train stage 2 first: aigi train configs/gapl.yaml --init {run_dir} -o RUN_DIR, then evaluate RUN_DIR"
-        )
-    cfg = config if config is not None else _run_config(run_dir, info)
-    if caches or where:  # overrides go to the plain mapping, which is parsed once more
-        raw = to_dict(cfg)
-        raw = override_caches(raw, list(caches)) if caches else raw
-        raw = apply_overrides(raw, [f"data.where.{w}" for w in where])
-        cfg = parse_config(raw, source=f"{run_dir}/head.json")
+    head, info = _trained_head(run_dir, weights)
+    cfg = _eval_config(config if config is not None else run_config(run_dir, info), run_dir, caches, where)
     opened = open_caches(cfg.data.caches)
     notes = check_fingerprints(info, opened, run_dir=run_dir)
     by = by or cfg.eval.by
     split = cfg.data.test if split is None else split
-    thr = parse_threshold(cfg.eval.threshold if threshold is None else threshold)
-    rows_where = dict(cfg.data.where) if split == "all" else {**cfg.data.where, cfg.data.split_column: split}
-    fs = load_rows(opened, inputs=list(info["inputs"]), where=rows_where, domains=cfg.data.domains)
-    if len(fs) == 0:
-        check_where(opened, cfg.data.where, flag="--where")
-        present = sorted({str(v) for c in opened.values() for v in c.meta().get(cfg.data.split_column, [])})
-        raise ValueError(
-            f"no rows of {list(cfg.data.caches.values())} match {rows_where} (values of "
-            f"{cfg.data.split_column!r} present: {present}); pass --split NAME or --split all"
-        )
-    frame = _score(head, fs, by=by)
-    thr_how = "fixed"
-    if thr == "val":
-        val, how = val_rows(opened, cfg.data, inputs=list(info["inputs"]))
-        if val is None:
-            raise ValueError(f"--threshold val: the run has no validation rows ({how})")
-        thr, thr_how = calibrate_threshold(val.labels, heads.predict(head, val.features)), f"calibrated on val ({how})"
-    metrics = summarize(
+    fs = _split_rows(opened, cfg, inputs=list(info["inputs"]), split=split)
+    frame = _score(head, info, fs, by=by)
+    cal = heads.calibration_of(info)
+    thr, thr_how = _threshold(threshold, cfg, info, head=head, caches=opened)
+    metrics = group_metrics(
         frame,
         by=by,
         threshold=float(thr),
         reals=reals or cfg.eval.reals,
         bootstrap=cfg.eval.bootstrap if bootstrap is None else bootstrap,
         seed=seed,
+        verdicts=frame["verdict"].to_numpy() if cal.band is not None else None,
     )
     metrics["threshold_source"] = thr_how
+    metrics["rows_held"] = getattr(fs, "held", "")
     index, _, _ = assemble_groups(frame, by=by, reals=reals or cfg.eval.reals)
+    rows = "all" if split == "all" else f"{cfg.data.split_column} == {split}"
     context = [
         f"head `{info['name']}` from `{run_dir}` on inputs {', '.join(f'`{i}`' for i in info['inputs'])}",
         *[f"cache `{a}`: `{c.path}` (fingerprint {c.fingerprint[:12]})" for a, c in opened.items()],
-        f"rows: {'all' if split == 'all' else f'{cfg.data.split_column} == {split}'}, filters {dict(cfg.data.where)}",
-        f"threshold: {thr_how}",
+        f"rows: {rows}, filters {dict(cfg.data.where)}; threshold: {thr_how}",
+        f"scores: P(fake) = sigmoid(logit){_calibration_text(cal)}",
         *[f"warning: {n}" for n in notes],
     ]
     write_report(
@@ -193,6 +185,31 @@ def evaluate_run(
         plots=plots,
     )
     return metrics
+
+
+def _trained_head(run_dir: Path, weights: Any) -> tuple[Any, dict[str, Any]]:
+    """The head saved in `run_dir` and its head.json; an imported head with an untrained stage is refused."""
+    from pipeline.tail import load_head
+
+    head, info = load_head(run_dir, weights)
+    if info.get("untrained"):
+        raise ValueError(
+            f"{run_dir} is an imported head whose {info['untrained']} is untrained, so its scores mean nothing; "
+            f"train stage 2 first: aigi train configs/gapl.yaml --init {run_dir} -o RUN_DIR, then evaluate RUN_DIR"
+        )
+    return head, info
+
+
+def _eval_config(cfg: Any, run_dir: Path, caches: Sequence[str] | None, where: Sequence[str]) -> Any:
+    """The run's config with `--cache` / `--where` overrides applied to its plain mapping, parsed once more."""
+    if not (caches or where):
+        return cfg
+    from pipeline.config import apply_overrides, override_caches, parse_config, to_dict
+
+    raw = to_dict(cfg)
+    raw = override_caches(raw, list(caches)) if caches else raw
+    raw = apply_overrides(raw, [f"data.where.{w}" for w in where])
+    return parse_config(raw, source=f"{run_dir}/head.json")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -225,12 +242,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="COLUMN=VALUE",
         help="row filter replacing the run's (e.g. view=jpeg:75 for a robustness table; repeatable)",
     )
+    p.add_argument(
+        "--views",
+        default=None,
+        help="robustness instead of the per-group table: score the same images under these cached views (e.g. "
+        "orig,jpeg:75,resize:0.5); writes robustness.md/.csv/.json/.png and flips.parquet, as `aigi robustness`",
+    )
+    p.add_argument(
+        "--weights",
+        action="append",
+        default=[],
+        metavar="[ALIAS=]PATH",
+        help="tail_* heads: the backbone weights file the token cache was extracted with",
+    )
     p.add_argument("-o", "--out", type=Path, required=True, metavar="REPORT_DIR", help="where to write the report")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of `aigi eval`."""
+    if args.views:
+        from pipeline import robustness
+
+        return robustness.run(args)
     result = evaluate_run(
         args.run_dir,
         out_dir=args.out,
@@ -242,12 +276,15 @@ def run(args: argparse.Namespace) -> int:
         bootstrap=args.bootstrap,
         seed=args.seed,
         where=args.where,
+        weights=args.weights,
     )
     m = result["mean"]
+    print(f"data: {m['n']} rows {result['rows_held']}")
     pct = lambda v: "n/a" if v is None else f"{100 * v:.2f}"
+    covered = f", coverage {pct(m['coverage'])}, ACC covered {pct(m['acc_covered'])}" if "coverage" in m else ""
     print(
         f"eval: {len(result['groups'])} group(s) by {result['by']}, {m['n']} rows, "
-        f"threshold {result['threshold']:.4g}: "
-        f"mean ACC {pct(m['acc'])}, AP {pct(m['ap'])}, AUC {pct(m['auc'])} -> {args.out}/report.md"
+        f"threshold {result['threshold']:.4g}: mean ACC {pct(m['acc'])}, AP {pct(m['ap'])}, AUC {pct(m['auc'])}, "
+        f"TPR@1%FPR {pct(m['tpr_at_1pct_fpr'])}, ECE {pct(m['ece'])}{covered} -> {args.out}/report.md"
     )
     return 0

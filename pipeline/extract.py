@@ -319,7 +319,8 @@ def run_dask(cfg: ExtractConfig, tasks: list, *, workers: int = 0, scheduler: st
         return map_tasks(client, run_shard, keyed, resources=resources, on_done=lambda k, _: bar.update(sizes[k]))
 
 
-def summarize(results: list[dict], seconds: float, cfg: ExtractConfig) -> str:
+def summary_line(results: list[dict], seconds: float, cfg: ExtractConfig) -> str:
+    """The one line `aigi extract` prints at the end: rows, shards, failures, speed."""
     done = [r for r in results if not r["skipped"]]
     rows = sum(r["rows"] for r in done)
     errors = sum(r["errors"] for r in done)
@@ -411,7 +412,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         results = run_local(cfg, tasks)
     fail_if_all_failed(cfg, tasks)
-    print(summarize(results, time.perf_counter() - start, cfg))
+    print(summary_line(results, time.perf_counter() - start, cfg))
     return 0
 
 
@@ -428,7 +429,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--features", help="comma-separated feature names, e.g. l23.cls,proj (default: the backbone's)")
     p.add_argument("--preprocess", help="resize | center_crop | rich_patch (default: the backbone's)")
-    p.add_argument("--views", default="orig", help="comma-separated views: orig, jpeg:75, blur:1.0, resize:0.5")
+    p.add_argument(
+        "--views",
+        default="orig",
+        help="comma-separated views: orig, jpeg:Q, webp:Q, blur:SIGMA, resize:SCALE, crop:FRACTION (e.g. orig,jpeg:75)",
+    )
     p.add_argument("--cache", required=True, help="cache directory to create or extend")
     p.add_argument("--format", default="h5", choices=["h5", "parquet"], help="shard format")
     p.add_argument("--shard-size", type=int, default=1024, help="rows per shard (the unit of resume and distribution)")

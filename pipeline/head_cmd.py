@@ -27,28 +27,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     lin.add_argument("-o", "--out", type=Path, required=True, help="head directory to write")
     lin.add_argument("--cache", type=Path, help="a cache holding that feature: its fingerprint and spec are recorded")
     lin.add_argument("--fake-class", type=int, choices=(0, 1), default=1, help="fake row of a 2-row head (1)")
-    lin.set_defaults(func=run_import_linear)
+    lin.set_defaults(func=run_head_import_linear)
 
     uar = sub.add_parser("import-uar", help="UAR's released linear classifier (.pth) -> an aigi `linear` head")
     uar.add_argument("file", type=Path, help="UAR state dict with linear.weight (1, D) and linear.bias (1,)")
     uar.add_argument("-o", "--out", type=Path, required=True, help="head directory to write")
     uar.add_argument("--feature", default="probe", help="input feature name the head reads (default: probe)")
-    uar.set_defaults(func=run_import_uar)
+    uar.set_defaults(func=run_head_import_uar)
 
     gapl = sub.add_parser("import-gapl", help="GAPL's projection + prototypes -> an aigi `prototype` head")
     gapl.add_argument("--stage1", type=Path, required=True, help="GAPL pretrained/stage1.pt (128 x D projection)")
     gapl.add_argument("--prototypes", type=Path, required=True, help="GAPL prototype/pca_3type_num64.pt (64 x 128)")
     gapl.add_argument("-o", "--out", type=Path, required=True, help="head directory to write")
     gapl.add_argument("--feature", default="pooler", help="input feature name (default: pooler, CLIP-L/14 224)")
-    gapl.set_defaults(func=run_import_gapl)
+    gapl.set_defaults(func=run_head_import_gapl)
 
     info = sub.add_parser("info", help="print a saved head's name, inputs, config and parameter counts")
     info.add_argument("directory", type=Path, help="head directory (head.json + head.safetensors)")
     info.add_argument("--json", action="store_true", help="print JSON")
-    info.set_defaults(func=run_info)
+    info.set_defaults(func=run_head_info)
 
 
-def run_import_linear(args: argparse.Namespace) -> int:
+def run_head_import_linear(args: argparse.Namespace) -> int:
     import heads
 
     head = heads.linear_probe(args.file, feature=args.feature, fake_class=args.fake_class)
@@ -80,7 +80,7 @@ def _bound_cache(path: Path, feature: str, dim: int) -> dict:
     }
 
 
-def run_import_uar(args: argparse.Namespace) -> int:
+def run_head_import_uar(args: argparse.Namespace) -> int:
     import heads
 
     head = heads.uar_linear(args.file, feature=args.feature)
@@ -90,7 +90,7 @@ def run_import_uar(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_import_gapl(args: argparse.Namespace) -> int:
+def run_head_import_gapl(args: argparse.Namespace) -> int:
     import heads
 
     head = heads.gapl_prototype(args.stage1, args.prototypes, feature=args.feature)
@@ -108,7 +108,8 @@ def run_import_gapl(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_info(args: argparse.Namespace) -> int:
+def run_head_info(args: argparse.Namespace) -> int:
+    """`aigi head info`: what head.json records, plus parameter counts."""
     import heads
 
     head, info = heads.load(args.directory)
@@ -116,9 +117,8 @@ def run_info(args: argparse.Namespace) -> int:
         "parameters": sum(p.numel() for p in head.parameters()),
         "buffers": sum(b.numel() for b in head.buffers()),
     }
-    summary = {"directory": str(args.directory), **info, **counts}
     if args.json:
-        print(json.dumps(summary, indent=2, default=str))
+        print(json.dumps({"directory": str(args.directory), **info, **counts}, indent=2, default=str))
         return 0
     print(f"head      {info['name']}  ({counts['parameters']:,} parameters, {counts['buffers']:,} buffer values)")
     print(f"inputs    {', '.join(info['inputs'])}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import io
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -32,9 +33,18 @@ def _existing(out: Path) -> tuple[dict[str, str], dict]:
 
 
 def _load_files(files: list[str], dim: int) -> tuple[np.ndarray, np.ndarray, list[tuple[int, str]]]:
-    """Vectors of the files that load, which ones did, and (position, reason) of the others (never unpickled)."""
-    from cache import load_npy
+    """Vectors of the files that load, which ones did, and (position, reason) of the others (never unpickled).
 
+    All files at once through `cache.uar.load_npy_batch` (threaded reads, one header parse); when any file is
+    refused, file by file so that each bad one is named and the others kept.
+    """
+    from cache import load_npy
+    from cache.uar import load_npy_batch
+
+    try:
+        return load_npy_batch(files, dim=dim), np.ones(len(files), dtype=bool), []
+    except ValueError:
+        pass
     out = np.zeros((len(files), dim), dtype=np.float32)
     ok = np.zeros(len(files), dtype=bool)
     bad = []
@@ -142,10 +152,17 @@ def _write_rows(writer, todo: pd.DataFrame, dim: int, *, desc: str, progress: bo
 
     failed = []
     step = max(1, min(writer.shard_size, 4096))
-    with writer, tqdm(total=len(todo), desc=desc, unit="file", disable=None if progress else True) as bar:
-        for lo in range(0, len(todo), step):
-            chunk = todo.iloc[lo : lo + step]
-            feats, ok, bad = _load_files(chunk["file"].tolist(), dim)
+    chunks = [todo.iloc[lo : lo + step] for lo in range(0, len(todo), step)]
+    load = lambda i: _load_files(chunks[i]["file"].tolist(), dim)  # noqa: E731
+    with (
+        writer,
+        tqdm(total=len(todo), desc=desc, unit="file", disable=None if progress else True) as bar,
+        ThreadPoolExecutor(max_workers=1) as reader,  # the next chunk is read while this one is written
+    ):
+        pending = reader.submit(load, 0) if chunks else None
+        for i, chunk in enumerate(chunks):
+            feats, ok, bad = pending.result()
+            pending = reader.submit(load, i + 1) if i + 1 < len(chunks) else None
             errors = [
                 {"image_id": chunk["image_id"].iat[i], "path": chunk["path"].iat[i], "reason": why} for i, why in bad
             ]

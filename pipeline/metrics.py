@@ -1,8 +1,19 @@
-"""Every metric of the project: ACC, real/fake ACC, AP, AUC per group, the mean row, bootstrap intervals, thresholds.
+"""Every metric of the project: ACC, real/fake ACC, AP, AUC, TPR at 1% / 0.1% FPR, oracle ACC, ECE, Brier (and
+coverage under an abstain band) per group, the mean row, bootstrap intervals, thresholds.
 
 AP and AUC come from `common.metrics.ranking_metrics`, the one implementation (also used for early stopping by
 `heads.fit`); this module adds the thresholded accuracies, the grouping of rows (with the --reals pairing policy),
 the mean row and the bootstrap. `METRICS` is the metric-name list eval, ablate and the reports share.
+
+Definitions (scores are P(fake); the rule is score >= t => fake; label 1 is fake):
+- TPR at FPR a: the largest TPR among the ROC points (one per distinct score, as sklearn's `roc_curve`, plus the
+  point "nothing called fake") whose FPR <= a. Tied scores form one point: a tie is never split.
+- Oracle ACC: the largest plain accuracy over the same points (the threshold picked on the rows themselves; an
+  upper bound, not a deployable number).
+- ECE: 15 equal-width bins of P(fake) on [0, 1] (bin i holds i/15 <= p < (i+1)/15, the last one also p = 1);
+  sum over bins of (rows in bin / rows) * |mean P(fake) - fraction of fakes|.
+- Brier: mean of (P(fake) - label)^2.
+- Coverage (heads with an abstain band): the share of rows answered real or fake; ACC covered: ACC among them.
 """
 
 from __future__ import annotations
@@ -16,19 +27,87 @@ import pandas as pd
 
 from common.metrics import average_precision, ranking_metrics, roc_auc
 
-METRICS = ("acc", "real_acc", "fake_acc", "ap", "auc")
+ECE_BINS = 15
+FPR_TARGETS = {"tpr_at_1pct_fpr": 0.01, "tpr_at_0.1pct_fpr": 0.001}
+EXTRA_METRICS = (*FPR_TARGETS, "oracle_acc", "ece", "brier")
+METRICS = ("acc", "real_acc", "fake_acc", "ap", "auc", *EXTRA_METRICS)
+COVERAGE_METRICS = ("coverage", "acc_covered")
+METRIC_LABELS = {  # the tables' column names of METRICS and COVERAGE_METRICS
+    "acc": "ACC", "real_acc": "Real ACC", "fake_acc": "Fake ACC", "ap": "AP", "auc": "AUC",
+    "tpr_at_1pct_fpr": "TPR@1%FPR", "tpr_at_0.1pct_fpr": "TPR@0.1%FPR", "oracle_acc": "Oracle ACC", "ece": "ECE",
+    "brier": "Brier", "coverage": "Coverage", "acc_covered": "ACC covered",
+}  # fmt: skip
 REAL_POLICIES = ("auto", "paired", "all", "none")
 BOOTSTRAP_CELLS = 4_000_000  # replicates x rows held at once by the bootstrap
 
 __all__ = [
-    "METRICS", "REAL_POLICIES", "average_precision", "roc_auc", "ranking_metrics", "binary_metrics",
-    "calibrate_threshold", "assemble_groups", "mean_row", "summarize", "resample_weights", "weighted_metrics",
-    "parse_threshold",
+    "METRICS", "METRIC_LABELS", "EXTRA_METRICS", "COVERAGE_METRICS", "REAL_POLICIES", "tpr_at_fpr", "oracle_acc",
+    "ece", "brier",
+    "average_precision", "roc_auc", "ranking_metrics", "binary_metrics", "coverage_metrics", "calibrate_threshold",
+    "assemble_groups", "mean_row", "group_metrics", "resample_weights", "weighted_metrics", "weighted_extra",
+    "weighted_coverage", "parse_threshold",
 ]  # fmt: skip
 
 
 def _fraction(num: int, den: int) -> float | None:
     return None if den == 0 else num / den
+
+
+def roc_points(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(fpr, tpr, thresholds) with the "nothing called fake" point first (threshold +inf), one point per score."""
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, thr = roc_curve(np.asarray(labels).astype(np.int64), np.asarray(scores, dtype=np.float64),
+                              drop_intermediate=False)  # fmt: skip
+    return fpr, tpr, thr
+
+
+def tpr_at_fpr(labels: np.ndarray, scores: np.ndarray, target: float) -> tuple[float, float]:
+    """(TPR, threshold) of the ROC point with the largest TPR whose FPR <= target (see the module doc)."""
+    fpr, tpr, thr = roc_points(labels, scores)
+    ok = np.flatnonzero(fpr <= target + 1e-12)
+    best = ok[np.argmax(tpr[ok])]  # first among equal TPRs: the highest threshold
+    return float(tpr[best]), float(thr[best])
+
+
+def oracle_acc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """The best plain accuracy over every threshold."""
+    labels = np.asarray(labels).astype(np.int64)
+    n_fake = int(labels.sum())
+    fpr, tpr, _ = roc_points(labels, scores)
+    return float(np.max(tpr * n_fake + (1.0 - fpr) * (labels.size - n_fake)) / labels.size)
+
+
+def ece_bins(probs: np.ndarray, bins: int = ECE_BINS) -> np.ndarray:
+    """The ECE bin of every probability (0 .. bins-1)."""
+    return np.minimum((np.asarray(probs, dtype=np.float64) * bins).astype(np.int64), bins - 1)
+
+
+def ece(labels: np.ndarray, probs: np.ndarray, bins: int = ECE_BINS) -> float:
+    """Expected calibration error of P(fake) with `bins` equal-width bins."""
+    p, y = np.asarray(probs, dtype=np.float64), np.asarray(labels, dtype=np.float64)
+    b = ece_bins(p, bins)
+    gap = np.bincount(b, weights=p - y, minlength=bins)
+    return float(np.abs(gap).sum() / p.size)
+
+
+def brier(labels: np.ndarray, probs: np.ndarray) -> float:
+    """Mean squared difference between P(fake) and the label."""
+    return float(np.mean((np.asarray(probs, dtype=np.float64) - np.asarray(labels, dtype=np.float64)) ** 2))
+
+
+def extra_metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, float | None]:
+    """Every metric of EXTRA_METRICS for one group; the ranking ones are None when a class is missing."""
+    labels = np.asarray(labels).astype(np.int64)
+    out: dict[str, float | None] = {k: None for k in EXTRA_METRICS}
+    if labels.size == 0:
+        return out
+    out["ece"], out["brier"] = ece(labels, scores), brier(labels, scores)
+    if 0 < labels.sum() < labels.size:
+        for key, target in FPR_TARGETS.items():
+            out[key] = tpr_at_fpr(labels, scores, target)[0]
+        out["oracle_acc"] = oracle_acc(labels, scores)
+    return out
 
 
 def binary_metrics(labels: np.ndarray, scores: np.ndarray, *, threshold: float) -> dict[str, Any]:
@@ -40,8 +119,8 @@ def binary_metrics(labels: np.ndarray, scores: np.ndarray, *, threshold: float) 
         threshold: decision threshold; ties go to fake.
 
     Returns:
-        {"n", "n_real", "n_fake", "acc", "real_acc", "fake_acc", "ap", "auc"} as fractions; a metric that is
-        undefined (no reals, no fakes, one class for AP/AUC) is None.
+        {"n", "n_real", "n_fake", *METRICS} as fractions; a metric that is undefined (no reals, no fakes, one class
+        for the ranking metrics) is None.
     """
     labels = np.asarray(labels).astype(np.int64)
     scores = np.asarray(scores, dtype=np.float64)
@@ -60,7 +139,18 @@ def binary_metrics(labels: np.ndarray, scores: np.ndarray, *, threshold: float) 
     if out["n_real"] and out["n_fake"]:
         ap, auc = ranking_metrics(labels, scores)
         out["ap"], out["auc"] = float(ap[0]), float(auc[0])
+    out.update(extra_metrics(labels, scores))
     return out
+
+
+def coverage_metrics(labels: np.ndarray, verdicts: np.ndarray) -> dict[str, float | None]:
+    """Share of rows answered (verdict 0 or 1, not -1 = unsure) and the accuracy of those answers."""
+    labels, verdicts = np.asarray(labels).astype(np.int64), np.asarray(verdicts).astype(np.int64)
+    covered = verdicts != -1
+    return {
+        "coverage": _fraction(int(covered.sum()), labels.size),
+        "acc_covered": _fraction(int((verdicts[covered] == labels[covered]).sum()), int(covered.sum())),
+    }
 
 
 def calibrate_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -151,11 +241,13 @@ def _one_class_notes(groups: Mapping[str, np.ndarray], labels: np.ndarray) -> di
     return notes
 
 
-def mean_row(groups: Mapping[str, Mapping[str, Any]], *, n_rows: int) -> dict[str, Any]:
+def mean_row(
+    groups: Mapping[str, Mapping[str, Any]], *, n_rows: int, keys: tuple[str, ...] = METRICS
+) -> dict[str, Any]:
     """Average each metric over the groups where it is defined; `n` is the number of distinct rows scored."""
     row: dict[str, Any] = {"n": int(n_rows)}
     partial = []
-    for key in METRICS:
+    for key in keys:
         values = [g[key] for g in groups.values() if g.get(key) is not None]
         row[key] = float(np.mean(values)) if values else None
         if values and len(values) < len(groups):
@@ -165,7 +257,7 @@ def mean_row(groups: Mapping[str, Mapping[str, Any]], *, n_rows: int) -> dict[st
     return row
 
 
-def summarize(
+def group_metrics(
     frame: pd.DataFrame,
     *,
     by: str = "source",
@@ -173,12 +265,15 @@ def summarize(
     reals: str = "auto",
     bootstrap: int = 0,
     seed: int = 0,
+    verdicts: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Metrics of `frame` (columns `label`, `score`, `by`, optionally `pair_id`) in metrics.json's schema.
 
+    `verdicts` (0 real / 1 fake / -1 unsure per row, from a head's abstain band) adds COVERAGE_METRICS.
+
     Returns:
-        {"groups": {name: {"n", "acc", "real_acc", "fake_acc", "ap", "auc", ...}}, "mean": {...},
-        "threshold": T, "by": by, "reals": pairing summary}; with `bootstrap` > 0 each row gains "ci".
+        {"groups": {name: {"n", *METRICS, ...}}, "mean": {...}, "threshold": T, "by": by, "reals": pairing
+        summary}; with `bootstrap` > 0 each row gains "ci".
     """
     if len(frame) == 0:
         raise ValueError("no rows to evaluate")
@@ -188,23 +283,41 @@ def summarize(
     if not np.isfinite(scores).all():
         raise ValueError(f"{int((~np.isfinite(scores)).sum())} scores are NaN/inf: check the features and the head")
     groups = {g: binary_metrics(labels[idx], scores[idx], threshold=threshold) for g, idx in index.items()}
+    keys = METRICS
+    if verdicts is not None:
+        keys = (*METRICS, *COVERAGE_METRICS)
+        for g, idx in index.items():
+            groups[g].update(coverage_metrics(labels[idx], verdicts[idx]))
     for g, text in notes.items():
         groups[g]["note"] = text
     used = np.unique(np.concatenate(list(index.values())))
-    result = {"groups": groups, "mean": mean_row(groups, n_rows=used.size), "threshold": float(threshold)}
+    result = {"groups": groups, "mean": mean_row(groups, n_rows=used.size, keys=keys), "threshold": float(threshold)}
     result.update(by=by, reals=pairing, rule="score >= threshold => fake")
     if bootstrap > 0:
-        _add_intervals(result, labels, scores, index, threshold=threshold, n=bootstrap, seed=seed)
+        draw = _replicates(labels, scores, verdicts, threshold=threshold)
+        _add_intervals(result, labels, index, draw, keys=keys, n=bootstrap, seed=seed)
     return result
+
+
+def _replicates(labels: np.ndarray, scores: np.ndarray, verdicts: np.ndarray | None, *, threshold: float) -> Any:
+    """A function (row indices, weights) -> {metric: [replicates]} for the bootstrap."""
+
+    def draw(idx: np.ndarray, w: np.ndarray) -> dict[str, np.ndarray]:
+        out = weighted_metrics(labels[idx], scores[idx], w, threshold=threshold)
+        if verdicts is not None:
+            out.update(weighted_coverage(labels[idx], verdicts[idx], w))
+        return out
+
+    return draw
 
 
 def _add_intervals(
     result: dict[str, Any],
     labels: np.ndarray,
-    scores: np.ndarray,
     index: Mapping[str, np.ndarray],
+    draw: Any,
     *,
-    threshold: float,
+    keys: tuple[str, ...],
     n: int,
     seed: int,
 ) -> None:
@@ -213,14 +326,10 @@ def _add_intervals(
     draws = {}
     for g, idx in index.items():
         step = max(1, BOOTSTRAP_CELLS // max(idx.size, 1))  # replicates per chunk, bounding memory
-        parts = [
-            weighted_metrics(labels[idx], scores[idx], resample_weights(labels[idx], min(step, n - i), rng),
-                             threshold=threshold)
-            for i in range(0, n, step)
-        ]  # fmt: skip
-        draws[g] = {k: np.concatenate([p[k] for p in parts]) for k in METRICS}
+        parts = [draw(idx, resample_weights(labels[idx], min(step, n - i), rng)) for i in range(0, n, step)]
+        draws[g] = {k: np.concatenate([p[k] for p in parts]) for k in keys}
     with np.errstate(all="ignore"):
-        draws["mean"] = {k: np.nanmean(np.stack([d[k] for d in draws.values()]), axis=0) for k in METRICS}
+        draws["mean"] = {k: np.nanmean(np.stack([d[k] for d in draws.values()]), axis=0) for k in keys}
     for g, per in draws.items():
         target = result["mean"] if g == "mean" else result["groups"][g]
         target["ci"] = {
@@ -256,9 +365,51 @@ def weighted_metrics(
             "real_acc": (w[:, ~y] * ~pred[~y]).sum(1) / n_real,
             "fake_acc": (w[:, y] * pred[y]).sum(1) / n_fake,
         }
+    out.update(weighted_extra(labels, scores, w))
     if not (y.any() and (~y).any()):
         return {**out, "ap": np.full(len(w), np.nan), "auc": np.full(len(w), np.nan)}
     out["ap"], out["auc"] = ranking_metrics(y, scores, w)
+    return out
+
+
+def weighted_coverage(labels: np.ndarray, verdicts: np.ndarray, weights: np.ndarray) -> dict[str, np.ndarray]:
+    """`coverage_metrics` for many row-weightings at once, [n] per metric."""
+    covered = np.asarray(verdicts) != -1
+    right = covered & (np.asarray(verdicts) == np.asarray(labels))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return {
+            "coverage": (weights * covered).sum(1) / weights.sum(1),
+            "acc_covered": (weights * right).sum(1) / (weights * covered).sum(1),
+        }
+
+
+def weighted_extra(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> dict[str, np.ndarray]:
+    """EXTRA_METRICS for many row weightings (bootstrap counts) at once: [replicates] each, NaN where undefined.
+
+    A weighting by counts equals the resample with each row repeated that many times; the ROC points are read at
+    the ends of tied-score blocks, as `roc_curve` makes them.
+    """
+    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="mergesort")
+    s, y, w = np.asarray(scores, dtype=np.float64)[order], np.asarray(labels)[order].astype(bool), weights[:, order]
+    total, n_fake, n_real = w.sum(1), w[:, y].sum(1), w[:, ~y].sum(1)
+    err = s - y
+    onehot = np.zeros((s.size, ECE_BINS))
+    onehot[np.arange(s.size), ece_bins(s)] = 1.0
+    out = {"ece": np.abs((w * err) @ onehot).sum(1) / total, "brier": (w * err**2).sum(1) / total}
+    if y.all() or not y.any():
+        return {**out, **{k: np.full(len(w), np.nan) for k in (*FPR_TARGETS, "oracle_acc")}}
+    ends = np.r_[np.flatnonzero(np.diff(s) != 0), s.size - 1]
+    zero = np.zeros((len(w), 1))
+    tps = np.hstack([zero, np.cumsum(w * y, axis=1)[:, ends]])
+    fps = np.hstack([zero, np.cumsum(w * ~y, axis=1)[:, ends]])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tpr, fpr = tps / n_fake[:, None], fps / n_real[:, None]
+        for key, target in FPR_TARGETS.items():
+            out[key] = np.where(fpr <= target + 1e-12, tpr, 0.0).max(1)
+        out["oracle_acc"] = (tps + n_real[:, None] - fps).max(1) / total
+    bad = (n_fake == 0) | (n_real == 0)
+    for key in (*FPR_TARGETS, "oracle_acc"):
+        out[key][bad] = np.nan
     return out
 
 

@@ -86,9 +86,12 @@ def acc_plot(path: Path, *, metrics: Mapping[str, Any]) -> Path:
 def hist_plot(
     path: Path, *, labels: np.ndarray, scores: np.ndarray, index: Mapping[str, np.ndarray], threshold: float
 ) -> Path:
-    """Histograms of P(fake) for reals and fakes: all rows first, then one panel per group (up to 15)."""
+    """Histograms of P(fake) for reals and fakes: all rows first (when there are several groups), then one panel per
+    group (up to 15)."""
     plt = _pyplot()
-    panels = [("all rows", np.arange(labels.size)), *list(index.items())[: MAX_HIST_PANELS - 1]]
+    groups = list(index.items())
+    panels = groups[:1] if len(groups) == 1 else [("all rows", np.arange(labels.size)), *groups[: MAX_HIST_PANELS - 1]]
+    panels = panels or [("all rows", np.arange(labels.size))]
     cols = min(4, len(panels))
     rows = math.ceil(len(panels) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.8 * rows), squeeze=False)
@@ -100,6 +103,7 @@ def hist_plot(
         ax.axvline(threshold, color="black", ls="--", lw=1)
         ax.set_title(str(name), fontsize="small")
         ax.set_xlabel("score P(fake)", fontsize="small")
+        ax.set_ylabel("images", fontsize="small")
         ax.legend(fontsize="x-small")
     for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
@@ -124,14 +128,12 @@ def ablation_plot(summary: Any, path: str | Path, *, metrics: Sequence[str] = ("
     x = np.arange(n)
     width = 0.8 / max(k, 1)
     fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * n * max(k, 1) * 0.5 + 2), 4.5))
-    lows = []
     for i, m in enumerate(metrics):
         mean = 100 * summary[f"{m}.mean"].to_numpy(dtype=float)
         std = np.nan_to_num(100 * summary[f"{m}.std"].to_numpy(dtype=float))
         ax.bar(x + (i - (k - 1) / 2) * width, mean, width, yerr=std, capsize=3, label=m.upper().replace("_", " "))
-        lows.append(np.nanmin(mean - std) if n else 0.0)
-    floor = max(0.0, min(lows, default=0.0) - 5.0)
-    ax.set_ylim(floor, 100.5)
+    ax.set_ylim(0, 100.5)  # bars start at zero: a cut axis makes small differences look large
+    ax.axhline(50, color="grey", ls=":", lw=1)
     ax.set_xticks(x, summary["setting"].tolist(), rotation=30, ha="right")
     ax.set_ylabel("test metric (%), mean ± std over seeds")
     ax.set_title("Ablation: mean over evaluation groups")

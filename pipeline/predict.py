@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import pandas as pd
 
 from common.files import atomic_path, sha256_file
 from pipeline.index import printable
+from pipeline.tail import parse_weights
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".jfif"}
 
@@ -45,22 +47,8 @@ def parse_assignments(text: str | None, *, what: str) -> dict[str, str]:
     return out
 
 
-def parse_weights(items: list[str], aliases: list[str]) -> dict[str, str | None]:
-    """`--weights PATH` (one backbone) or `--weights ALIAS=PATH` (several) -> alias -> weights path."""
-    out: dict[str, str | None] = {a: None for a in aliases}
-    for item in items:
-        alias, sep, path = item.partition("=")
-        if sep and alias in out:
-            out[alias] = path
-        elif len(aliases) == 1:
-            out[aliases[0]] = item
-        else:
-            raise ValueError(f"the head reads {len(aliases)} backbones {aliases}: give --weights ALIAS=PATH for each")
-    return out
-
-
-def extractor_from_spec(spec: dict, *, weights: str | None, device: str) -> Any:
-    """Rebuild the extractor a cache was made with, from the spec recorded in the head."""
+def extractor_from_spec(spec: dict, *, weights: str | None, device: str, features: list[str] | None = None) -> Any:
+    """Rebuild the extractor a cache was made with, from the spec recorded in the head (`features`: only these)."""
     import extractors
 
     params = dict(spec.get("preprocess_params") or [])
@@ -77,7 +65,7 @@ def extractor_from_spec(spec: dict, *, weights: str | None, device: str) -> Any:
     return extractors.build(
         spec["name"],
         weights=weights,
-        features=list(spec["features"]),
+        features=list(features or spec["features"]),
         preprocess=policy,
         device=device,
         dtype=dtype,
@@ -89,6 +77,8 @@ def live_spec(extractor: Any, recorded_spec: dict) -> dict:
     """The spec the live extractor's features would be cached under: its own, plus the training cache's storage
     dtype (`aigi extract --store-dtype`), which `features_for` then rounds the features through."""
     spec = asdict(extractor.spec)
+    if list(spec["features"]) != list(recorded_spec["features"]):  # built for a subset of them: compare the rest
+        spec.update(features=recorded_spec["features"], dims=recorded_spec["dims"])
     if "storage_dtype" in recorded_spec:
         spec["storage_dtype"] = recorded_spec["storage_dtype"]
     return spec
@@ -138,16 +128,22 @@ def load_batch(paths: list[Path], transform) -> tuple[list[int], Any, list[tuple
     return ok, (torch.stack(tensors) if tensors else None), bad
 
 
-def features_for(
-    paths: list[Path], backbones: dict[str, Any], *, batch_size: int, storage: dict[str, str] | None = None
-) -> tuple[dict, list[int], dict]:
-    """Features of every readable image for every backbone: {alias: {feature: array}}, rows kept, failures.
+def score_batches(
+    paths: list[Path],
+    backbones: dict[str, Any],
+    *,
+    batch_size: int,
+    score: Callable[[dict], dict],
+    storage: dict[str, str] | None = None,
+) -> tuple[dict[str, np.ndarray], list[int], dict[int, str]]:
+    """Extract each batch of readable images with every backbone and score it at once (features, token features
+    above all, are never kept for the whole folder): ({column: values of the kept rows}, rows kept, failures).
 
     `storage` (alias -> numpy dtype) rounds a backbone's features as its training cache stored them.
     """
     from tqdm import tqdm
 
-    feats: dict[str, dict[str, list]] = {a: {} for a in backbones}
+    columns: dict[str, list] = {}
     kept: list[int] = []
     failed: dict[int, str] = {}
     for start in tqdm(range(0, len(paths), batch_size), desc="predict", unit="batch", disable=None):
@@ -157,16 +153,32 @@ def features_for(
         failed.update({start + i: reason for i, reason in bad})
         if batch is None:
             continue
+        feats: dict[str, dict[str, np.ndarray]] = {}
         for alias, ex in backbones.items():
             x = batch if ex is first else load_batch([chunk[i] for i in ok], ex.transform)[1]
-            for name, value in ex(x).items():
-                value = value.numpy()
-                if (storage or {}).get(alias):
-                    value = value.astype(storage[alias]).astype(np.float32)
-                feats[alias].setdefault(name, []).append(value)
+            feats[alias] = {name: value.numpy() for name, value in ex(x).items()}
+            if (storage or {}).get(alias):
+                feats[alias] = {n: v.astype(storage[alias]).astype(np.float32) for n, v in feats[alias].items()}
+        for name, values in score(feats).items():
+            columns.setdefault(name, []).append(np.asarray(values))
         kept.extend(start + i for i in ok)
-    stacked = {a: {n: np.concatenate(v) for n, v in f.items()} for a, f in feats.items()}
-    return stacked, kept, failed
+    return {name: np.concatenate(v) for name, v in columns.items()}, kept, failed
+
+
+def head_scores(head: Any, X: dict[str, np.ndarray], info: dict) -> dict[str, np.ndarray]:
+    """Calibrated P(fake), verdict and, for expert heads, each expert's gate and score."""
+    import heads
+    from heads.calibration import VERDICTS
+
+    cal = heads.calibration_of(info)
+    probs = cal.probability(heads.logits(head, X))
+    out = {"p_fake": probs, "verdict": np.array([VERDICTS[int(v)] for v in cal.verdict(probs)], dtype=object)}
+    if hasattr(head, "explain"):
+        ex = heads.explain(head, X)
+        for k, name in enumerate(ex["expert_names"]):
+            out[f"gate.{name}"] = ex["gates"][:, k]
+            out[f"expert.{name}"] = ex["expert_scores"][:, k]
+    return out
 
 
 OUTPUT_KINDS = (".csv", ".json", ".parquet")
@@ -211,36 +223,95 @@ def check_scorable(info: dict, head_dir: str) -> dict[str, dict]:
     return specs
 
 
-def score_images(args: argparse.Namespace) -> pd.DataFrame:
-    """Scores (and expert gates) of the images in args.images; failed images get an `error` and no score."""
+def load_head(args: argparse.Namespace) -> tuple[Any, dict, dict[str, dict], dict[str, str | None]]:
+    """The head (with its frozen tail for `tail_*` heads), head.json, the recorded specs and the weights per alias."""
     import heads
+    from pipeline.tail import frozen_tail
 
-    head, info = heads.load(args.head_dir)
+    info = heads.read_info(args.head_dir)
     specs = check_scorable(info, args.head_dir)
+    weights = parse_weights(args.weights or [], list(specs))
+    head, info = heads.load(args.head_dir, frozen=frozen_tail(info["name"], info["inputs"], specs, weights))
     if args.expert_weights:
         if not hasattr(head, "set_manual_weights"):
             raise ValueError(f"--expert-weights needs a router head; this head is '{info.get('name')}'")
         head.set_manual_weights({k: float(v) for k, v in parse_assignments(args.expert_weights, what="weight").items()})
-    weights = parse_weights(args.weights or [], list(specs))
+    return head, info, specs, weights
+
+
+def score_images(args: argparse.Namespace) -> pd.DataFrame:
+    """Calibrated P(fake), verdict (and expert gates) of the images in args.images; failed images get an `error`.
+
+    The head's stored calibration (`aigi calibrate`) maps its logits to P(fake) and gives the threshold and the
+    abstain band; a head without one uses sigmoid(logit) and 0.5.
+    """
+    import heads
+
+    head, info, specs, weights = load_head(args)
+    inputs = input_map(head, specs)
+    tail = heads.needs_frozen(info["name"])  # the backbone runs only up to the cached block, the head does the rest
     backbones = {}
     for alias, spec in specs.items():
-        ex = extractor_from_spec(spec, weights=weights[alias], device=args.device)
+        wanted = [feat for a, feat in inputs.values() if a == alias] if tail else None
+        if tail and not wanted:
+            continue
+        ex = extractor_from_spec(spec, weights=weights[alias], device=args.device, features=wanted)
         check_fingerprint(ex, recorded=(info.get("fingerprints") or {}).get(alias), recorded_spec=spec, alias=alias)
         backbones[alias] = ex
     paths = list_images(args.images)
     storage = {a: s["storage_dtype"] for a, s in specs.items() if "storage_dtype" in s}
-    feats, kept, failed = features_for(paths, backbones, batch_size=args.batch_size, storage=storage)
-    table = pd.DataFrame({"path": [printable(p) for p in paths], "p_fake": np.nan, "error": ""})
+
+    def rows(feats: dict) -> dict:
+        X = {name: feats[alias][feat] for name, (alias, feat) in inputs.items()}
+        # a tail head scores each batch (its tokens are large); other heads score all rows at once, exactly as
+        # `aigi eval` does on the cache
+        return head_scores(head, X, info) if tail else {f"x:{name}": v for name, v in X.items()}
+
+    columns, kept, failed = score_batches(paths, backbones, batch_size=args.batch_size, score=rows, storage=storage)
+    if not tail and kept:
+        columns = head_scores(head, {name[2:]: v for name, v in columns.items()}, info)
+    table = pd.DataFrame({"path": [printable(p) for p in paths], "p_fake": np.nan, "verdict": "", "error": ""})
     for i, reason in failed.items():
         table.loc[i, "error"] = reason
-    if kept:
-        X = {name: feats[alias][feat] for name, (alias, feat) in input_map(head, specs).items()}
-        table.loc[kept, "p_fake"] = heads.predict(head, X)
-        if hasattr(head, "explain"):
-            ex = heads.explain(head, X)
-            for k, name in enumerate(ex["expert_names"]):
-                table.loc[kept, f"gate.{name}"] = ex["gates"][:, k]
-                table.loc[kept, f"expert.{name}"] = ex["expert_scores"][:, k]
+    for name, values in columns.items():
+        table.loc[kept, name] = values
+    return table
+
+
+def score_cache(args: argparse.Namespace) -> pd.DataFrame:
+    """Scores of the cached rows of `args.cache` matching `args.where`: in memory, or streamed when the features
+    would exceed the memory budget (see pipeline.streaming)."""
+    import cache
+    import heads
+    from pipeline.streaming import StreamedSet, choose, parse_budget, row_values
+
+    head, info = heads.load(args.head_dir)
+    paths = [c.partition("=")[2] if "=" in c else c for c in args.cache]
+    if len(paths) != 1:
+        raise ValueError("--cache: give one cache (join several with `aigi eval`, which follows the run's config)")
+    store = cache.open(paths[0])
+    where = parse_assignments(",".join(args.where), what="filter") if args.where else {}
+    names = list(head.cfg.inputs)
+    unknown = [n for n in names if n not in store.features]
+    if unknown:
+        raise ValueError(f"{paths[0]}: the head reads {unknown}, the cache holds {sorted(store.features)}")
+    rows = int(np.count_nonzero(cache.featureset.where_mask(store.meta(), where))) if where else len(store)
+    dims = {n: store.features[n] for n in names}
+    choice = choose(
+        rows=rows, row_values=row_values(dims), stored=store.dtype, stream=args.stream,
+        budget=parse_budget(args.memory_budget),
+    )  # fmt: skip
+    print(f"data: {rows:,} rows {choice.why}", file=sys.stderr)
+    if choice.mode == "stream":
+        from cache.stream import open_stream, stream_buffer
+
+        fs = StreamedSet(open_stream(store, names, where, buffer_bytes=stream_buffer(parse_budget(args.memory_budget))))
+    else:
+        fs = store.load(names, where=where, dtype=choice.mode)
+    cols = [c for c in ("image_id", "path", "label", "source", "split", "view") if c in fs.meta.columns]
+    table = fs.meta[cols].reset_index(drop=True).copy()
+    table["p_fake"] = heads.predict(head, fs.features)
+    table["error"] = ""
     return table
 
 
@@ -260,6 +331,10 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     check_output(args.output)
+    if not args.images and not args.cache:
+        raise ValueError("give image files/folders to score, or --cache PATH to score cached features")
+    if args.cache:
+        return _report_cache(args, score_cache(args))
     table = score_images(args)
     good, bad = table[table["error"] == ""], table[table["error"] != ""]
     for path, reason in bad[["path", "error"]].itertuples(index=False):
@@ -269,11 +344,28 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"none of the {len(bad)} image(s) could be read ({first}); pass readable image files")
     extra = [c for c in table.columns if c.startswith(("gate.", "expert."))]
     with pd.option_context("display.max_colwidth", 80, "display.width", 200):
-        print(good[["path", "p_fake", *extra]].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+        print(good[["path", "p_fake", "verdict", *extra]].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     if args.output:
         write_table(table, args.output)
         print(f"wrote {len(table)} rows to {args.output}", file=sys.stderr)
-    print(f"{len(good)} image(s) scored, {len(bad)} skipped", file=sys.stderr)
+    counts = good["verdict"].value_counts()
+    verdicts = ", ".join(
+        f"{int(counts.get(v, 0))} {v}" for v in ("fake", "real", "unsure") if v in counts or v != "unsure"
+    )
+    print(f"{len(good)} image(s) scored, {len(bad)} skipped ({verdicts})", file=sys.stderr)
+    return 0
+
+
+def _report_cache(args: argparse.Namespace, table: pd.DataFrame) -> int:
+    shown = table.drop(columns=["error"])
+    with pd.option_context("display.max_colwidth", 60, "display.width", 200):
+        print(shown.head(20).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    if len(table) > 20:
+        print(f"... {len(table) - 20:,} more rows" + ("" if args.output else " (write them all with -o FILE.csv)"))
+    if args.output:
+        write_table(table, args.output)
+        print(f"wrote {len(table)} rows to {args.output}", file=sys.stderr)
+    print(f"{len(table):,} cached row(s) scored", file=sys.stderr)
     return 0
 
 
@@ -283,11 +375,22 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="score images with a trained head (features extracted on the fly)",
         description="Score image files or folders with a head trained by `aigi train`. Features are extracted with "
         "the backbone and preprocessing the head's training cache recorded; the weights must reproduce its "
-        "fingerprint. Prints P(fake) per image and, for expert heads, the gates and per-expert scores. Unreadable "
+        "fingerprint. Prints the calibrated P(fake) per image and the verdict (real / fake, or unsure inside the "
+        "head's abstain band; see `aigi calibrate`) and, for expert heads, the gates and per-expert scores. Unreadable "
         "files are reported and skipped (exit code 0; 2 when no file could be read).",
     )
     p.add_argument("head_dir", help="RUN_DIR written by `aigi train`")
-    p.add_argument("images", nargs="+", help="image files and/or folders (searched recursively)")
+    p.add_argument("images", nargs="*", help="image files and/or folders (searched recursively)")
+    p.add_argument(
+        "--cache",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="score this cache's rows instead of images (features as cached; streamed when they exceed the budget)",
+    )
+    p.add_argument("--where", action="append", default=[], metavar="COL=VALUE", help="with --cache: row filters")
+    p.add_argument("--stream", default="auto", help="with --cache: stream the features (true, false, auto)")
+    p.add_argument("--memory-budget", help="with --cache: memory for features, e.g. 1.5GB (default half the RAM)")
     p.add_argument(
         "--weights",
         action="append",

@@ -13,12 +13,21 @@ import numpy as np
 import pandas as pd
 
 from common.files import atomic_path, atomic_write
-from pipeline.metrics import METRICS
+from pipeline.metrics import COVERAGE_METRICS, METRIC_LABELS, METRICS
 
-LABELS = {"n": "n", "acc": "ACC", "real_acc": "Real ACC", "fake_acc": "Fake ACC", "ap": "AP", "auc": "AUC"}
+LABELS = {"n": "n", **METRIC_LABELS}
 COLUMNS = tuple((key, LABELS[key]) for key in ("n", *METRICS))
-SUMMARY_METRICS = ("acc", "ap", "auc", "real_acc")  # an ablation summary's mean columns
+
+
+def _columns(metrics: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    """The report's columns: every metric, plus coverage when the head abstains."""
+    extra = tuple((k, LABELS[k]) for k in COVERAGE_METRICS if k in metrics["mean"])
+    return COLUMNS + extra
+
+
+SUMMARY_METRICS = ("acc", "ap", "auc", "real_acc", "tpr_at_1pct_fpr")  # an ablation summary's mean columns
 GROUP_SUMMARY_METRICS = ("fake_acc", "ap")  # and its per-group columns
+VIEW_SUMMARY_METRICS = ("acc", "auc", "tpr_at_1pct_fpr")  # and its per-view columns (@VIEW/METRIC)
 
 
 def _clean(value: Any) -> Any:
@@ -40,6 +49,7 @@ def metrics_table(metrics: Mapping[str, Any]) -> pd.DataFrame:
     for name, row in [*metrics["groups"].items(), ("mean", metrics["mean"])]:
         out: dict[str, Any] = {"group": name}
         out.update({k: row.get(k) for k in ("n", "n_real", "n_fake", *METRICS)})
+        out.update({k: row[k] for k in COVERAGE_METRICS if k in row})
         for key, bounds in (row.get("ci") or {}).items():
             if isinstance(bounds, list):
                 out[f"{key}_lo"], out[f"{key}_hi"] = bounds
@@ -66,7 +76,8 @@ def markdown(metrics: Mapping[str, Any], *, title: str, context: Sequence[str] =
     lines = [f"# {title}", "", *[f"- {c}" for c in context]]
     lines += [
         f"- threshold {metrics['threshold']:.4g}: a row is called fake when its score (P(fake)) >= the threshold",
-        f"- groups by `{by}`; values in %; AP/AUC are undefined (–) for a group with one class",
+        f"- groups by `{by}`; values in % (ECE and Brier too); AP, AUC, TPR@FPR and oracle ACC are undefined (–) "
+        "for a group with one class; oracle ACC uses the best threshold for the rows themselves (an upper bound)",
     ]
     pairing = metrics.get("reals") or {}
     if pairing.get("real_groups"):
@@ -77,12 +88,13 @@ def markdown(metrics: Mapping[str, Any], *, title: str, context: Sequence[str] =
         )
     if metrics["mean"].get("ci"):
         lines.append(f"- [lo, hi]: 95% bootstrap interval ({metrics['mean']['ci']['n_boot']} resamplings)")
-    header = ["Group" if by == "group" else by.capitalize(), *[label for _, label in COLUMNS]]
-    lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" + "---:|" * len(COLUMNS)]
+    columns = _columns(metrics)
+    header = ["Group" if by == "group" else by.capitalize(), *[label for _, label in columns]]
+    lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" + "---:|" * len(columns)]
     for name, row in metrics["groups"].items():
-        lines.append("| " + " | ".join([str(name), *[_cell(row, k) for k, _ in COLUMNS]]) + " |")
+        lines.append("| " + " | ".join([str(name), *[_cell(row, k) for k, _ in columns]]) + " |")
     mean = metrics["mean"]
-    lines.append("| **Mean** | " + " | ".join(f"**{_cell(mean, k)}**" for k, _ in COLUMNS) + " |")
+    lines.append("| **Mean** | " + " | ".join(f"**{_cell(mean, k)}**" for k, _ in columns) + " |")
     notes = [(n, r["note"]) for n, r in [*metrics["groups"].items(), ("Mean", mean)] if r.get("note")]
     if notes:
         lines += ["", "Notes:", *[f"- {name}: {text}" for name, text in notes]]
@@ -105,7 +117,7 @@ def write_report(
 
     Args:
         out_dir: the report directory (created).
-        metrics: `pipeline.metrics.summarize`'s result.
+        metrics: `pipeline.metrics.group_metrics`'s result.
         scores: one row per scored row: image_id, view, label, group columns, score.
         title: the report's heading.
         context: bullet lines describing the run (head, cache, split).
@@ -143,7 +155,6 @@ def write_report(
 # ablation tables
 
 
-
 def ablation_table(results: Sequence[Mapping[str, Any]], *, grid_keys: Sequence[str] = ()) -> Any:
     """One row per run: run_id, setting, variant, seed, grid values, mean metrics, GROUP/metric, timings."""
     rows = []
@@ -156,6 +167,8 @@ def ablation_table(results: Sequence[Mapping[str, Any]], *, grid_keys: Sequence[
         row.update({m: mean.get(m) for m in METRICS})
         for group, g in r["metrics"]["groups"].items():
             row.update({f"{group}/{m}": g.get(m) for m in METRICS})
+        for view, v in (r.get("views") or {}).items():
+            row.update({f"@{view}/{m}": v.get(m) for m in METRICS})
         row.update({k: r.get(k) for k in ("val_ap", "train_rows", "train_seconds", "seconds")})
         rows.append(row)
     table = pd.DataFrame(rows)
@@ -165,7 +178,11 @@ def ablation_table(results: Sequence[Mapping[str, Any]], *, grid_keys: Sequence[
 
 
 def _group_names(table: Any) -> list[str]:
-    return list(dict.fromkeys(c.rsplit("/", 1)[0] for c in table.columns if "/" in c))
+    return list(dict.fromkeys(c.rsplit("/", 1)[0] for c in table.columns if "/" in c and not c.startswith("@")))
+
+
+def _view_names(table: Any) -> list[str]:
+    return list(dict.fromkeys(c.rsplit("/", 1)[0] for c in table.columns if c.startswith("@")))
 
 
 def ablation_summary_columns(table: Any) -> list[str]:
@@ -173,6 +190,8 @@ def ablation_summary_columns(table: Any) -> list[str]:
     cols = [m for m in SUMMARY_METRICS if m in table.columns]
     for group in _group_names(table):
         cols += [f"{group}/{m}" for m in GROUP_SUMMARY_METRICS if f"{group}/{m}" in table.columns]
+    for view in _view_names(table):
+        cols += [f"{view}/{m}" for m in VIEW_SUMMARY_METRICS if f"{view}/{m}" in table.columns]
     return cols
 
 
@@ -197,16 +216,23 @@ def _pct(mean: float, std: float) -> str:
     return f"{100 * mean:.2f}" if std != std else f"{100 * mean:.2f} ± {100 * std:.2f}"
 
 
+def _metric_header(column: str) -> str:
+    """`GROUP/fake_acc` -> `GROUP/fake acc`: spaces in the metric name only, never in the group (a model name)."""
+    group, _, metric = column.rpartition("/")
+    return f"{group}{'/' if group else ''}{metric.replace('_', ' ')}"
+
+
 def ablation_markdown(summary: Any, *, sort_by: str, n_runs: int) -> str:
     """summary.md: one row per setting, metrics in percent as mean ± std over seeds."""
     cols = [c[: -len(".mean")] for c in summary.columns if c.endswith(".mean")]
-    head = ["setting", "seeds", *[c.replace("_", " ") for c in cols]]
+    head = ["setting", "seeds", *[_metric_header(c) for c in cols]]
     lines = [
         "# Ablation summary",
         "",
         f"{len(summary)} settings, {n_runs} runs; metrics on the test split in percent, mean ± std over seeds "
         f"(sample std); sorted by {sort_by} (best first). Mean columns average over evaluation groups; "
-        "GROUP/fake acc is the share of that group's fakes called fake at the run's threshold.",
+        "GROUP/fake acc is the share of that group's fakes called fake at the run's threshold; @VIEW columns are the "
+        "mean over groups on the test rows of that cached view.",
         "",
         "| " + " | ".join(head) + " |",
         "|" + "|".join(["---"] * 2 + ["---:"] * len(cols)) + "|",

@@ -1,5 +1,6 @@
 """Where a run's rows come from: open its caches, plan which feature comes from which cache, load and join the rows,
-and split them into training and validation rows. Used by `aigi train`, `aigi eval` and `aigi predict`.
+and split them into training and validation rows; the run config and cache fingerprints a head recorded. Used by
+`aigi train`, `aigi eval`, `aigi calibrate`, `aigi robustness` and `aigi predict`.
 
 Validation policy: the rows with split == val when the caches have any; otherwise a seeded `data.val_fraction` of
 the training pairs (pair_id, or image_id for unpaired rows), so a real and its aligned fakes stay together.
@@ -8,12 +9,12 @@ the training pairs (pair_id, or image_id for unpaired rows), so a real and its a
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 GROUP_COLUMNS = ("source", "domain")
-
 
 
 def open_caches(paths: Mapping[str, str]) -> dict[str, Any]:
@@ -42,20 +43,77 @@ def feature_plan(caches: Mapping[str, Any], inputs: Sequence[str]) -> dict[str, 
     return {alias: feats for alias, feats in plan.items() if feats}
 
 
-def load_rows(caches: Mapping[str, Any], *, inputs: Sequence[str], where: Mapping[str, Any], domains: str = "") -> Any:
+def hold_choice(caches: Mapping[str, Any], data: Any, *, inputs: Sequence[str], where: Mapping[str, Any]) -> Any:
+    """How to hold the rows matching `where` (`pipeline.streaming.choose` with data.stream / data.memory_budget):
+    in memory as float32 or float16, or streamed (one cache only; several caches are joined in memory)."""
+    from cache.featureset import where_mask
+    from pipeline.streaming import Choice, choose, parse_budget, row_values
+
+    plan = feature_plan(caches, inputs)
+    first = caches[next(iter(plan))]
+    rows = int(np.count_nonzero(where_mask(first.meta(), dict(where)))) if where else len(first)
+    dims = {f"{a}/{f}": caches[a].features[f] for a, feats in plan.items() for f in feats}
+    stored = "float16" if all(caches[a].dtype == "float16" for a in plan) else "float32"
+    budget = parse_budget(getattr(data, "memory_budget", None))
+    choice = choose(rows=rows, row_values=row_values(dims), stored=stored, stream=data.stream, budget=budget)
+    if choice.mode == "stream" and (len(plan) > 1 or any("/" in name for name in inputs)):
+        if data.stream is True:
+            raise ValueError(
+                f"data.stream: true streams one cache, this run joins {list(plan)}; compact the features into one "
+                "cache, or set data.stream: auto"
+            )
+        mode = "float16" if stored == "float16" else "float32"
+        return Choice(mode, f"in memory as {mode} (streaming reads one cache; {choice.why})", budget)
+    return choice
+
+
+def load_rows(
+    caches: Mapping[str, Any],
+    *,
+    inputs: Sequence[str],
+    where: Mapping[str, Any],
+    domains: str = "",
+    hold: Any = None,
+) -> Any:
     """The rows matching `where` with the head's input features, joined across caches on (image_id, view).
 
     `domains` (data.domains) names an `aigi domains` table whose domain replaces each row's `domain` by image_id.
+    `hold` (a `hold_choice`) keeps them in memory as float32 (default) or float16, or streams them from the cache
+    (a `pipeline.streaming.StreamedSet`). Inside an ablation worker the rows of one selection are loaded once
+    (`pipeline.streaming.reuse_rows`). The choice's sentence is kept as the set's `held` attribute.
     """
+    from pipeline import streaming
+
+    mode = "float32" if hold is None else hold.mode
+    load = lambda: _load(caches, inputs=inputs, where=where, domains=domains, hold=hold)  # noqa: E731
+    if streaming.REUSE and mode != "stream":
+        key = (streaming.cache_key(caches), tuple(inputs), repr(sorted(dict(where).items())), domains, mode)
+        fs = streaming.reuse_rows(key, load)
+    else:
+        fs = load()
+    fs.held = "" if hold is None else hold.why
+    return fs
+
+
+def _load(caches: Mapping[str, Any], *, inputs: Sequence[str], where: Mapping[str, Any], domains: str, hold: Any):
     import cache
 
     plan = feature_plan(caches, inputs)
-    sets = {alias: caches[alias].load(feats, where=dict(where)) for alias, feats in plan.items()}
-    fs = next(iter(sets.values())) if len(sets) == 1 else cache.join(sets)
-    missing = [name for name in inputs if name not in fs.features]
+    if hold is not None and hold.mode == "stream":
+        from cache.stream import open_stream, stream_buffer
+        from pipeline.streaming import StreamedSet
+
+        ((alias, feats),) = plan.items()
+        stream = open_stream(caches[alias], feats, dict(where), buffer_bytes=stream_buffer(hold.budget))
+        fs = StreamedSet(stream)
+    else:
+        dtype = "float32" if hold is None else hold.mode
+        sets = {alias: caches[alias].load(feats, where=dict(where), dtype=dtype) for alias, feats in plan.items()}
+        fs = next(iter(sets.values())) if len(sets) == 1 else cache.join(sets)
+    missing = [name for name in inputs if name not in fs.dims]
     if missing:
         raise ValueError(
-            f"after joining {list(sets)} the features are {sorted(fs.features)}; inputs {missing} are "
+            f"after joining {list(plan)} the features are {sorted(fs.dims)}; inputs {missing} are "
             "missing (name them ALIAS/FEATURE when two caches share a name)"
         )
     if domains:
@@ -72,12 +130,16 @@ def train_val_rows(caches: Mapping[str, Any], data: Any, *, inputs: Sequence[str
         (train, val or None, a sentence describing where val came from).
     """
     col = data.split_column
-    rows = load_rows(caches, inputs=inputs, where={**data.where, col: [data.train, data.val]}, domains=data.domains)
+    where = {**data.where, col: [data.train, data.val]}
+    hold = hold_choice(caches, data, inputs=inputs, where=where)
+    rows = load_rows(caches, inputs=inputs, where=where, domains=data.domains, hold=hold)
     split = rows.column(col).astype(str)
     train, val = _checked_train(rows.subset(split == data.train), caches, data), rows.subset(split == data.val)
-    if len(val):
-        return train, val, _val_how(val, data)
-    return _cut_val(train, data)
+    out = (train, val, _val_how(val, data)) if len(val) else _cut_val(train, data)
+    for part in out[:2]:
+        if part is not None:
+            part.held = rows.held
+    return out
 
 
 def val_rows(caches: Mapping[str, Any], data: Any, *, inputs: Sequence[str]) -> tuple[Any, str]:
@@ -88,10 +150,19 @@ def val_rows(caches: Mapping[str, Any], data: Any, *, inputs: Sequence[str]) -> 
         (val or None, a sentence describing where val came from).
     """
     col = data.split_column
-    val = load_rows(caches, inputs=inputs, where={**data.where, col: data.val}, domains=data.domains)
+    where = {**data.where, col: data.val}
+    val = load_rows(
+        caches,
+        inputs=inputs,
+        where=where,
+        domains=data.domains,
+        hold=hold_choice(caches, data, inputs=inputs, where=where),
+    )
     if len(val):
         return val, _val_how(val, data)
-    train = load_rows(caches, inputs=inputs, where={**data.where, col: data.train}, domains=data.domains)
+    where = {**data.where, col: data.train}
+    hold = hold_choice(caches, data, inputs=inputs, where=where)
+    train = load_rows(caches, inputs=inputs, where=where, domains=data.domains, hold=hold)
     _, val, how = _cut_val(_checked_train(train, caches, data), data)
     return val, how
 
@@ -146,3 +217,47 @@ def _cut_val(train: Any, data: Any) -> tuple[Any, Any, str]:
 def groups_of(fs: Any) -> dict[str, np.ndarray]:
     """Per-row string columns multi-stage heads select rows by."""
     return {c: fs.column(c).astype(str) for c in GROUP_COLUMNS if c in fs.meta.columns}
+
+
+def check_fingerprints(info: Mapping[str, Any], caches: Mapping[str, Any], *, run_dir: Path) -> list[str]:
+    """Refuse caches whose fingerprint differs from the one the head was trained on; return warnings.
+
+    Raises:
+        ValueError: naming both fingerprints, both paths and the differing extractor spec fields.
+    """
+    recorded = info.get("fingerprints") or {}
+    if not recorded:
+        return [f"{run_dir}/head.json records no cache fingerprint: the cache cannot be checked against the head"]
+    warnings = []
+    for alias, c in caches.items():
+        want = recorded.get(alias)
+        if want is None and len(recorded) == 1 and len(caches) == 1:
+            alias_rec, want = next(iter(recorded.items()))
+        else:
+            alias_rec = alias
+        if want is None:
+            warnings.append(f"cache alias {alias!r} is not recorded in {run_dir}/head.json; not checked")
+            continue
+        if c.fingerprint != want:
+            import cache
+
+            spec = (info.get("extractor_spec") or {}).get(alias_rec)
+            diff = "; ".join(cache.spec_diff(spec, c.spec)) if spec is not None else ""
+            trained = ((info.get("caches") or {}).get(alias_rec) or {}).get("path", "?")
+            raise ValueError(
+                f"cache {c.path} has fingerprint {c.fingerprint[:16]}… but head {run_dir} was trained on {trained} "
+                f"with fingerprint {want[:16]}…; differing spec fields (trained -> given): {diff or 'unknown'}. "
+                "Extract the features with the head's extractor spec, or train a head on this cache"
+            )
+    return warnings
+
+
+def run_config(run_dir: Path, info: Mapping[str, Any]) -> Any:
+    """The run config a head was trained with: head.json's copy, else RUN_DIR/config.yaml, else head and inputs."""
+    from pipeline.config import load_config, parse_config
+
+    if info.get("run_config"):
+        return parse_config(info["run_config"], source=f"{run_dir}/head.json")
+    if (run_dir / "config.yaml").is_file():
+        return load_config(run_dir / "config.yaml")
+    return parse_config({"head": {"name": info["name"], "inputs": info["inputs"]}}, source=f"{run_dir}/head.json")

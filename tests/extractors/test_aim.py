@@ -50,7 +50,7 @@ def test_weights_folder_and_backbone_only(checkpoint: tuple[dict, Path, Path]) -
     assert (trunk_only(x)["l2.mean"] - expected["l2.mean"]).abs().max().item() <= 1e-5
     with pytest.raises(ValueError, match="needs the attention-probe head"):
         extractors.build("aim-v1-3b", weights=backbone, features=["probe"], device="cpu", **CFG)
-    with pytest.raises(ValueError, match=r"l<i>\.mean, probe"):
+    with pytest.raises(ValueError, match=r"l<i>\.mean, l<i>\.tokens, probe"):
         extractors.build("aim-v1-3b", weights=backbone, features=["l2.cls"], device="cpu", **CFG)
 
 

@@ -97,7 +97,7 @@ def test_unknown_names_suggest_close_matches() -> None:
         extractors.build("clip-l4")
     with pytest.raises(ValueError, match="vit_tiny_patch16_224"):
         extractors.build("timm:vit_tiny_patch16_22")
-    with pytest.raises(ValueError, match=r"l<i>\.cls, l<i>\.mean, pooler, proj with i in 0\.\.1"):
+    with pytest.raises(ValueError, match=r"l<i>\.cls, l<i>\.mean, l<i>\.tokens, pooler, proj with i in 0\.\.1"):
         extractors.build("clip-l14", features=["l2.cls"], device="cpu", **tiny.CLIP_TINY)
     with pytest.raises(ValueError, match="unknown architecture overrides"):
         extractors.build("aim-v1-3b", device="cpu", width=3)

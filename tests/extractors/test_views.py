@@ -58,15 +58,38 @@ def test_resize_rescales_each_side() -> None:
     assert apply_view(Image.new("RGB", (3, 3)), "resize:0.1").size == (1, 1)
 
 
+def test_webp_matches_a_manual_round_trip_and_quality_matters() -> None:
+    img = _noise()
+    buf = io.BytesIO()
+    img.save(buf, format="WEBP", quality=40, method=4)
+    expected = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+    out = np.asarray(apply_view(img, "webp:40"))
+    assert np.array_equal(out, expected)
+    assert np.array_equal(out, np.asarray(apply_view(img, "webp:40")))
+    error = lambda q: np.abs(np.asarray(apply_view(img, f"webp:{q}"), dtype=float) - np.asarray(img)).mean()
+    assert 0 < error(95) < error(10)
+
+
+def test_crop_keeps_the_centre() -> None:
+    arr = np.arange(10 * 20 * 3, dtype=np.uint8).reshape(10, 20, 3)
+    out = apply_view(Image.fromarray(arr), "crop:0.5")
+    assert out.size == (10, 5)
+    assert np.array_equal(np.asarray(out), arr[2:7, 5:15])  # 10 rows -> 5 kept, top margin (10 - 5) // 2 = 2
+    assert np.array_equal(np.asarray(apply_view(Image.fromarray(arr), "crop")), np.asarray(out))
+    assert apply_view(Image.fromarray(arr), "crop:1.0").size == (20, 10)
+    assert apply_view(Image.new("RGB", (3, 3)), "crop:0.01").size == (1, 1)
+
+
 def test_views_return_rgb_from_any_mode() -> None:
     img = Image.new("L", (16, 16), 100)
-    for view in ["orig", "jpeg:90", "blur:1.0", "resize:0.5"]:
+    for view in ["orig", "jpeg:90", "webp:90", "blur:1.0", "resize:0.5", "crop:0.8"]:
         assert apply_view(img, view).mode == "RGB"
 
 
 def test_parse_views_canonicalises() -> None:
     assert parse_views("orig, jpeg:075,blur:1,resize:0.50") == ["orig", "jpeg:75", "blur:1.0", "resize:0.5"]
     assert canonical_view("blur:1.0") == canonical_view("blur:1") == "blur:1.0"
+    assert parse_views("webp:080,crop,crop:0.75") == ["webp:80", "crop:0.5", "crop:0.75"]
 
 
 @pytest.mark.parametrize(
@@ -81,6 +104,10 @@ def test_parse_views_canonicalises() -> None:
         ("blur:-1", "positive"),
         ("resize:nan", "positive"),
         ("orig:1", "takes no parameter"),
+        ("webp:101", "1..100"),
+        ("crop:1.5", r"\(0, 1\]"),
+        ("crop:0", "positive"),
+        ("crop,crop:0.5", "repeated"),
     ],
 )
 def test_parse_views_errors(text: str, message: str) -> None:

@@ -29,7 +29,8 @@ TRAIN, TEST = make_set(600, seed=0), make_set(400, seed=1)
 
 
 def test_every_head_has_a_contract_config() -> None:
-    assert sorted(CONFIGS) == heads.available()
+    # the tail_* heads run a frozen backbone tail on cached tokens: their contract is in test_tail.py
+    assert sorted(CONFIGS) == [h for h in heads.available() if not heads.needs_frozen(h)]
 
 
 def _fit(name: str, *, seed: int = 3, on_stage_end=None, cfg: dict | None = None) -> tuple:

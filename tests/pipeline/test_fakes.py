@@ -243,8 +243,8 @@ def test_cli_vae_sizes_stems_formats_pairs_and_errors(tmp_path: Path, kl_dir: Pa
                           {"image_id": "f" * 64, "path": "gen/x.png", "label": 1, "source": "sdxl"}])  # fmt: skip
     write_manifest(pd.concat([df, extra]), manifest)
     out_manifest = tmp_path / "with_fakes.parquet"
-    args = ["fakes", "vae", "--manifest", str(manifest), "--weights", str(kl_dir), "--out", str(tmp_path / "out"),
-            "-o", str(out_manifest), "--device", "cpu", "--batch-size", "2"]  # fmt: skip
+    args = ["fakes", "vae", "--manifest", str(manifest), "--weights", str(kl_dir), "-o", str(tmp_path / "out"),
+            "--output-manifest", str(out_manifest), "--device", "cpu", "--batch-size", "2"]  # fmt: skip
     assert main(args) == 0
     base = tmp_path / "out" / "vae_tinykl" / "1_fake"
     assert sorted(p.relative_to(base).as_posix() for p in base.rglob("*.*")) == [
@@ -393,3 +393,21 @@ def test_rerun_on_a_manifest_updated_in_place_with_resaved_reals(tmp_path: Path,
     second = run_fakes(VaeTransform(vae), cfg, progress=False)
     assert (second.written, second.skipped) == (0, 2)
     assert read_manifest(manifest).equals(after_first)
+
+
+def test_o_names_the_images_folder_and_the_old_spelling_is_one_line(tmp_path: Path, capsys) -> None:
+    from pipeline.cli import build_parser
+
+    args = build_parser().parse_args(["fakes", "sr", "--manifest", "m.parquet", "--weights", "w.pth", "-o", "imgs",
+                                      "--output-manifest", "new.parquet"])  # fmt: skip
+    assert (args.out, args.output_manifest) == (Path("imgs"), Path("new.parquet"))
+    long_form = build_parser().parse_args(["fakes", "vae", "--manifest", "m", "--weights", "w", "--out", "d"])
+    assert long_form.out == Path("d")
+    manifest = tmp_path / "m.parquet"
+    imgs, new, csv = (str(tmp_path / n) for n in ("imgs", "new.parquet", "x.csv"))
+    old_calls = (["--out", imgs, "-o", new], ["-o", csv])
+    for old in old_calls:
+        code = main(["fakes", "sr", "--manifest", str(manifest), "--weights", str(tmp_path / "w.pth"), *old])
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and "--output-manifest" in err, err
+    assert not (tmp_path / "imgs").exists() and not (tmp_path / "new.parquet").exists()

@@ -165,7 +165,7 @@ def test_real_sr_weights_keep_size_and_beat_random_weights(tmp_path: Path) -> No
     for tag, w in (("trained", weights), ("random", random_weights)):
         out = tmp_path / tag
         assert main(["fakes", "sr", "--manifest", str(manifest), "--weights", str(w), "--scale", "4",
-                     "--out", str(out), "-o", str(out / "m.parquet"), "--device", "cpu"]) == 0  # fmt: skip
+                     "-o", str(out), "--output-manifest", str(out / "m.parquet"), "--device", "cpu"]) == 0  # fmt: skip
         fake = np.asarray(Image.open(out / "sr_realesr-animevideov3-x4" / "1_fake" / "chelsea.png"))
         assert fake.shape == (147, 201, 3)
         scores[tag] = psnr(np.asarray(real), fake)

@@ -138,7 +138,8 @@ KILLED_FAKES = textwrap.dedent(
 
     os.replace = slow_replace
     from pipeline.cli import main
-    main(["fakes", "vae", "--manifest", {manifest!r}, "--weights", {weights!r}, "--out", {out!r}, "-o", {om!r}])
+    main(["fakes", "vae", "--manifest", {manifest!r}, "--weights", {weights!r}, "-o", {out!r},
+          "--output-manifest", {om!r}])
     """
 )
 
@@ -161,7 +162,7 @@ def test_a_killed_fakes_run_leaves_no_temporary_file_for_later_runs(tmp_path, ca
             child.kill()
     assert [p.name for p in out.rglob(".*.tmp*")]  # the partial file of the killed run
     args = ["fakes", "vae", "--manifest", str(manifest), "--weights", str(tmp_path / "kl"), "--out", str(out)]
-    assert main([*args, "--format", "jpeg:90", "-o", str(om)]) == 0  # a later run, other settings
+    assert main([*args, "--format", "jpeg:90", "--output-manifest", str(om)]) == 0  # a later run, other settings
     assert not list(out.rglob(".*.tmp*"))
     capsys.readouterr()
     assert main(["index", str(out / "vae_kl"), "-o", str(tmp_path / "again.parquet")]) == 0

@@ -12,9 +12,9 @@ from pipeline.metrics import (
     assemble_groups,
     binary_metrics,
     calibrate_threshold,
+    group_metrics,
     parse_threshold,
     resample_weights,
-    summarize,
     weighted_metrics,
 )
 from pipeline.report import write_report
@@ -54,7 +54,7 @@ def test_threshold_moves_the_cut() -> None:
 
 def test_one_class_group_gets_acc_and_a_note() -> None:
     frame = pd.DataFrame({"label": [1, 1, 1, 1], "score": [0.9, 0.6, 0.3, 0.5], "source": ["gan"] * 4})
-    out = summarize(frame, by="source")
+    out = group_metrics(frame, by="source")
     g = out["groups"]["gan"]
     assert g["acc"] == pytest.approx(3 / 4) and g["fake_acc"] == pytest.approx(3 / 4)
     assert g["real_acc"] is None and g["ap"] is None and g["auc"] is None
@@ -71,7 +71,7 @@ def test_mean_row_over_groups() -> None:
         ("B", 1, 0.8, ""),
         ("B", 1, 0.3, ""),
     ]
-    out = summarize(_frame(rows), by="source", reals="none")
+    out = group_metrics(_frame(rows), by="source", reals="none")
     mean = out["mean"]
     assert mean["n"] == 8
     assert mean["acc"] == pytest.approx((4 / 6 + 1 / 2) / 2)
@@ -92,7 +92,7 @@ def test_fake_groups_are_paired_with_reals() -> None:
         ("gan", 1, 0.9, ""),
     ]
     frame = _frame(rows)
-    out = summarize(frame, by="source", reals="auto")
+    out = group_metrics(frame, by="source", reals="auto")
     assert set(out["groups"]) == {"vae", "gan"}  # the real-only group became the negatives
     vae = out["groups"]["vae"]  # reals p1 (0.2) and p2 (0.6) only
     assert (vae["n"], vae["n_real"], vae["n_fake"]) == (4, 2, 2)
@@ -104,11 +104,11 @@ def test_fake_groups_are_paired_with_reals() -> None:
     assert out["mean"]["n"] == 6
     assert out["reals"]["real_groups"] == ["real"]
 
-    paired = summarize(frame, by="source", reals="paired")["groups"]
+    paired = group_metrics(frame, by="source", reals="paired")["groups"]
     assert paired["gan"]["ap"] is None and paired["vae"]["n_real"] == 2
-    everyone = summarize(frame, by="source", reals="all")["groups"]
+    everyone = group_metrics(frame, by="source", reals="all")["groups"]
     assert everyone["vae"]["n_real"] == 3
-    none = summarize(frame, by="source", reals="none")["groups"]
+    none = group_metrics(frame, by="source", reals="none")["groups"]
     assert set(none) == {"real", "vae", "gan"} and none["real"]["real_acc"] == pytest.approx(2 / 3)
 
 
@@ -117,7 +117,7 @@ def test_mixed_groups_are_kept_as_they_are() -> None:
     groups, notes, pairing = assemble_groups(_frame(rows), by="source")
     assert {k: v.tolist() for k, v in groups.items()} == {"g1": [0, 1], "g2": [2, 3]}
     assert notes == {} and pairing["policy"] == "none"
-    out = summarize(_frame(rows), by="source")
+    out = group_metrics(_frame(rows), by="source")
     assert out["groups"]["g2"]["auc"] == 0.0 and out["groups"]["g1"]["ap"] == 1.0
 
 
@@ -143,14 +143,14 @@ def test_bootstrap_intervals_are_seeded_and_bracket_the_estimate() -> None:
     labels = np.repeat([0, 1], n)
     scores = np.clip(np.concatenate([rng.normal(0.35, 0.15, n), rng.normal(0.65, 0.15, n)]), 0, 1)
     frame = pd.DataFrame({"label": labels, "score": scores, "source": "g"})
-    a = summarize(frame, by="source", bootstrap=200, seed=3)
-    b = summarize(frame, by="source", bootstrap=200, seed=3)
+    a = group_metrics(frame, by="source", bootstrap=200, seed=3)
+    b = group_metrics(frame, by="source", bootstrap=200, seed=3)
     assert a["groups"]["g"]["ci"] == b["groups"]["g"]["ci"]
     for key in ("acc", "real_acc", "fake_acc", "ap", "auc"):
         lo, hi = a["groups"]["g"]["ci"][key]
         assert lo < a["groups"]["g"][key] < hi and hi - lo < 0.15
     # perfectly separated: every resample is perfect
-    perfect = summarize(
+    perfect = group_metrics(
         pd.DataFrame({"label": [0, 0, 1, 1], "score": [0.1, 0.2, 0.8, 0.9], "source": "p"}), bootstrap=20
     )
     assert perfect["mean"]["ci"]["acc"] == [1.0, 1.0]
@@ -177,7 +177,7 @@ def test_report_files(tmp_path) -> None:
         ("B", 1, 0.3, ""),
     ]
     frame = _frame(rows).assign(image_id=[f"i{k}" for k in range(8)], view="orig")
-    metrics = summarize(frame, by="source", reals="none")
+    metrics = group_metrics(frame, by="source", reals="none")
     files = write_report(tmp_path, metrics=metrics, scores=frame, title="tiny")
     assert {
         "report.md",

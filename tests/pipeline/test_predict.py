@@ -68,6 +68,32 @@ def test_other_weights_are_refused(trained, weights: Path, tmp_path: Path, capsy
     assert "weights_sha256" in capsys.readouterr().err
 
 
+def test_stored_calibration_gives_probabilities_and_verdicts(trained, weights: Path, tmp_path: Path, capsys) -> None:  # noqa: F811
+    import shutil
+
+    root, run = trained
+    shutil.copytree(run, tmp_path / "run")
+    head, _ = heads.load(run)
+    fs = cache.open(root / "cache").load(["pooler"])
+    z = heads.logits(head, fs.features)
+    ps = np.sort(1 / (1 + np.exp(-z / 2.0)))
+    band = ((ps[3] + ps[4]) / 2, (ps[7] + ps[8]) / 2)  # the 5th..8th of 12 scores are unsure
+    heads.save_calibration(tmp_path / "run", heads.Calibration(method="temperature", temperature=2.0, band=band))
+    out = tmp_path / "scores.csv"
+    assert main(["predict", str(tmp_path / "run"), str(root / "img"), "--weights", str(weights), "-o", str(out)]) == 0
+    table = pd.read_csv(out, keep_default_na=False)
+    p = dict(zip(fs.meta["path"], 1 / (1 + np.exp(-z / 2.0))))
+    got = {str(Path(q).relative_to(root)): (s, v) for q, s, v in zip(table["path"], table["p_fake"], table["verdict"])}
+    for key, prob in p.items():
+        assert got[key][0] == pytest.approx(prob, abs=2e-3)
+        want = "fake" if prob >= band[1] else "real" if prob <= band[0] else "unsure"
+        if min(abs(prob - band[0]), abs(prob - band[1])) > 2e-3:  # float16 cache vs float32 on the fly
+            assert got[key][1] == want, (key, prob, band)
+    n = {v: sum(1 for s, w in got.values() if w == v) for v in ("fake", "real", "unsure")}
+    assert n["unsure"] >= 1 and n["real"] >= 1 and n["fake"] >= 1
+    assert f"({n['fake']} fake, {n['real']} real, {n['unsure']} unsure)" in capsys.readouterr().err
+
+
 def test_float32_cache_and_predict_give_the_same_scores_exactly(weights: Path, tmp_path: Path) -> None:  # noqa: F811
     """With --store-dtype float32 the cached features are the forward's; predict recomputes them alike, so a head
     scores an image identically from the cache and from the file."""

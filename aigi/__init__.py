@@ -1,0 +1,133 @@
+"""aigi's Python API: open a feature cache, build / fit / predict a head, evaluate scores or a trained run.
+
+Thin wrappers over the packages that do the work (`cache`, `heads`, `pipeline`); heavy imports (torch) happen on
+the first call, so `import aigi` stays fast. The command line (`aigi ...`) runs the same code.
+
+    import aigi
+    features = aigi.open_cache("features/uar")
+    train = features.load(["probe"], where={"split": "train"})
+    head = aigi.build_head("linear", dims=train.dims, inputs=["probe"])
+    aigi.fit(head, train.features, train.labels, epochs=5)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from common.provenance import package_version
+
+__version__ = package_version()
+__all__ = [
+    "__version__",
+    "available_heads",
+    "build_head",
+    "evaluate",
+    "evaluate_run",
+    "fit",
+    "load_config",
+    "load_head",
+    "open_cache",
+    "predict",
+    "presets",
+    "save_head",
+    "train",
+]
+
+
+def open_cache(path: str | Path, *, source: str | None = None) -> Any:
+    """A feature cache (`cache.Cache`): a cache folder, an .h5 file, a Parquet dataset or a UAR .npy folder.
+
+    `.load(features, where={...})` gives a `cache.FeatureSet` (`.features`, `.labels`, `.meta`, `.dims`).
+    """
+    import cache
+
+    return cache.open(path, source=source)
+
+
+def available_heads() -> list[str]:
+    """The names `build_head` accepts."""
+    import heads
+
+    return heads.available()
+
+
+def build_head(name: str, *, dims: Mapping[str, Any] | None = None, seed: int = 0, **params: Any) -> Any:
+    """A new head (`heads.build`): `name` from `available_heads()`, `inputs=[feature names]` and the head's own keys;
+    `dims` (a FeatureSet's `.dims`) fills the input widths."""
+    import heads
+
+    return heads.build(name, dims=dims, seed=seed, **params)
+
+
+def fit(head: Any, X: Any, y: Any, *, X_val: Any = None, y_val: Any = None, **settings: Any) -> dict[str, Any]:
+    """Train `head` in place on features `X` (name -> [N, D] array) and labels `y` (0 real, 1 fake).
+
+    `settings` are `heads.FitConfig` fields (epochs, lr, batch_size, optimizer, seed, device, ...). Returns the
+    training history.
+    """
+    import heads
+
+    return heads.fit(head, X, y, cfg=heads.FitConfig(**settings), X_val=X_val, y_val=y_val)
+
+
+def predict(head: Any, X: Any) -> Any:
+    """P(fake) per row, a float64 numpy array."""
+    import heads
+
+    return heads.predict(head, X)
+
+
+def save_head(head: Any, directory: str | Path, *, meta: Mapping[str, Any] | None = None) -> Path:
+    """Write DIRECTORY/head.json + head.safetensors (never pickle)."""
+    import heads
+
+    return heads.save(head, directory, meta=dict(meta or {}))
+
+
+def load_head(directory: str | Path) -> tuple[Any, dict[str, Any]]:
+    """A saved head and its head.json content."""
+    import heads
+
+    return heads.load(directory)
+
+
+def evaluate(labels: Any, scores: Any, *, threshold: float = 0.5) -> dict[str, Any]:
+    """ACC at `threshold`, real ACC, fake ACC, AP and AUC of one group of rows (`pipeline.metrics.binary_metrics`)."""
+    from pipeline.metrics import binary_metrics
+
+    return binary_metrics(labels, scores, threshold=threshold)
+
+
+def presets() -> list[str]:
+    """The shipped run-config presets (`load_config` / `train` accept their names)."""
+    from pipeline.config import preset_names
+
+    return preset_names()
+
+
+def load_config(config: str | Path, *, overrides: Sequence[str] = (), caches: Sequence[str] = ()) -> Any:
+    """A run config (a YAML file or a preset name) with `--set`-style overrides and `--cache` replacements."""
+    from pipeline.config import load_config as load
+
+    return load(config, overrides=overrides, caches=caches)
+
+
+def train(config: Any, run_dir: str | Path, *, overrides: Sequence[str] = (), caches: Sequence[str] = ()) -> dict:
+    """`aigi train`: fit the head of a run config (a RunConfig, YAML file or preset name) and save it in `run_dir`."""
+    from pipeline.config import RunConfig
+    from pipeline.train import train_run
+
+    cfg = config if isinstance(config, RunConfig) else load_config(config, overrides=overrides, caches=caches)
+    return train_run(cfg, run_dir)
+
+
+def evaluate_run(run_dir: str | Path, out_dir: str | Path, **options: Any) -> dict[str, Any]:
+    """`aigi eval`: score a trained run's test split and write its report to `out_dir`; returns the metrics.
+
+    `options` are `pipeline.evaluate.evaluate_run`'s (split, by, threshold, reals, bootstrap, where, plots, ...).
+    """
+    from pipeline.evaluate import evaluate_run as run
+
+    return run(run_dir, out_dir=out_dir, **options)

@@ -1,0 +1,166 @@
+"""Start-up of `aigi train configs/uar.yaml` on 16,000 imported UAR rows: stage breakdown, wall vs UAR's train.py.
+
+Data: UAR's shipped sample (2,000 pairs of 3072-d `.npy`) copied into `--copies` generator folders (4 -> 16,000
+files), imported with `aigi import uar --split train`. Measured, best of `--repeat`, alternating:
+- `aigi train configs/uar.yaml --cache CACHE -o RUN` as a fresh process (wall, under `/usr/bin/time`);
+- a driver process doing what `aigi train` does, stage by stage, timed: python start, CLI parsing, imports (torch,
+  heads, the train stage), config, cache open, load, fit, write;
+- optionally (`--uar-code DIR`, a checkout of UAR's code) UAR's own `train.py --dataroot FOLDER` on the same files.
+`--code DIR` selects the aigi code to measure (default this checkout), so one script measures before and after.
+
+Prints a table and writes benchmarks/out/bench_startup[_LABEL].json.
+Run: `python benchmarks/bench_startup.py --uar UAR_SAMPLE [--work DIR] [--code DIR] [--label before]
+      [--uar-code DIR] [--repeat 3]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.bench_import import make_folder  # noqa: E402
+
+OUT_DIR = ROOT / "benchmarks" / "out"
+
+DRIVER = r"""
+import json, sys, time
+t = {"start": time.perf_counter()}
+from pipeline import cli
+cli.build_parser("train") if "only" in cli.build_parser.__code__.co_varnames else cli.build_parser()
+t["cli"] = time.perf_counter()
+import torch, heads
+from pipeline.config import load_config, save_config
+try:
+    from pipeline.rows import open_caches, train_val_rows, groups_of
+except ImportError:
+    from pipeline.train import open_caches, train_val_rows, groups_of
+t["imports"] = time.perf_counter()
+cfg = load_config(sys.argv[1], overrides=[], caches=[sys.argv[2]])
+t["config"] = time.perf_counter()
+caches = open_caches(cfg.data.caches)
+t["open"] = time.perf_counter()
+train, val, _ = train_val_rows(caches, cfg.data, inputs=cfg.head.inputs)
+t["load"] = time.perf_counter()
+fit_cfg = heads.FitConfig(**cfg.fit)
+head = heads.build(cfg.head.name, dims=train.dims, seed=fit_cfg.seed, **cfg.head.params)
+heads.fit(head, train.features, train.labels, cfg=fit_cfg, groups=groups_of(train))
+t["fit"] = time.perf_counter()
+heads.save(head, sys.argv[3], meta={"train_rows": len(train)})
+save_config(cfg, sys.argv[3])
+t["write"] = time.perf_counter()
+keys = list(t)
+print(json.dumps({b: t[b] - t[a] for a, b in zip(keys, keys[1:])}))
+"""
+
+STAGES = ("python start", "cli", "imports", "config", "open", "load", "fit", "write")
+
+
+def run(cmd: list[str], code: Path, cwd: Path | None = None) -> tuple[float, str]:
+    env = {**os.environ, "PYTHONPATH": str(code)}
+    start = time.perf_counter()
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd, check=True)
+    return time.perf_counter() - start, out.stdout
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--uar", type=Path, required=True)
+    p.add_argument("--work", type=Path, default=Path("bench_work/startup"))
+    p.add_argument("--code", type=Path, default=ROOT)
+    p.add_argument("--label", default="")
+    p.add_argument("--uar-code", type=Path, help="a checkout of UAR's code (train.py) to time on the same files")
+    p.add_argument("--copies", type=int, default=4)
+    p.add_argument("--repeat", type=int, default=3)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    args.work.mkdir(parents=True, exist_ok=True)
+    folder = make_folder(args.uar, args.work, args.copies)
+    store = args.work / "cache"
+    if not (store / "cache.json").exists():
+        run(
+            [
+                sys.executable,
+                "-m",
+                "pipeline.cli",
+                "import",
+                "uar",
+                str(folder),
+                "--cache",
+                str(store),
+                "--split",
+                "train",
+            ],
+            args.code,
+        )
+    config = args.code / "configs" / "uar.yaml"
+    walls, drivers, uar = [], [], []
+    for _ in range(args.repeat):
+        cmd = [
+            sys.executable,
+            "-m",
+            "pipeline.cli",
+            "train",
+            str(config),
+            "--cache",
+            str(store),
+            "-o",
+            str(args.work / "run"),
+        ]
+        walls.append(run(cmd, args.code)[0])
+        wall, out = run(
+            [sys.executable, "-c", DRIVER, str(config), str(store), str(args.work / "run_driver")], args.code
+        )
+        stages = json.loads(out.strip().splitlines()[-1])
+        drivers.append({"python start": wall - sum(stages.values()), **stages, "total": wall})
+        if args.uar_code:
+            uar.append(
+                run(
+                    [sys.executable, "train.py", "--dataroot", str(folder), "--savedir", str(args.work / "uar_ckpt")],
+                    args.code,
+                    cwd=args.uar_code,
+                )[0]
+            )
+    best = min(drivers, key=lambda d: d["total"])
+    result = {
+        "label": args.label,
+        "code": str(args.code),
+        "aigi_train_wall": walls,
+        "driver": drivers,
+        "best_driver": best,
+        "uar_train_wall": uar,
+        "loadavg": os.getloadavg(),
+    }
+    print(
+        f"\n`aigi train configs/uar.yaml` on {args.copies * 4000:,} rows ({args.label or args.code}), best of "
+        f"{args.repeat}, load {os.getloadavg()[0]:.1f}"
+    )
+    print(
+        "stage breakdown (driver, best run): "
+        + ", ".join(f"{k} {best[k]:.2f}" for k in STAGES)
+        + f"; total {best['total']:.2f} s"
+    )
+    print(f"aigi train wall: best {min(walls):.2f} s (runs {' '.join(f'{w:.2f}' for w in walls)})")
+    if uar:
+        print(
+            f"UAR train.py wall: best {min(uar):.2f} s (runs {' '.join(f'{w:.2f}' for w in uar)}); "
+            f"ratio aigi/UAR {min(walls) / min(uar):.2f}"
+        )
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    name = f"bench_startup_{args.label}.json" if args.label else "bench_startup.json"
+    (OUT_DIR / name).write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,198 @@
+"""LoRA experts inside a frozen backbone tail handed to a head, and the base class of the heads that run one.
+
+The tail is any `nn.Module` mapping cached tokens [N, T, D] to {output name: [N, W]} that describes itself with
+`blocks` (its blocks in order), `start` (index of its first block in the whole backbone), `outputs` (name -> width)
+and `lora_targets` (target name -> (path of a Linear inside each block, first and last output column, or None for
+the whole output)); `extractors.build_tail` builds one. Heads never import it: it is given to them.
+
+LoRA at a target: `y = W x + b + (alpha / r) * B A dropout(x)`, A [r, in] Kaiming-uniform, B [out, r] zero, so a
+new adapter changes nothing. q/k/v of a fused qkv Linear are column slices: each has its own A and B and writes
+only its slice. Several experts share the sites; `LoraExperts.use(...)` says which are on: none, expert k alone,
+or per-row weights [N, E] (sum_e w_ne B_e A_e x). The frozen weights are not part of the head's state dict.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+TARGET_GROUPS = {"attn": ("q", "k", "v", "out"), "mlp": ("fc1", "fc2"), "qkv": ("q", "k", "v")}
+_TOKENS = re.compile(r"^(?:.*/)?l(-?\d+)\.tokens$")  # l-1.tokens: the tokens entering block 0
+
+
+def expand_targets(targets: Sequence[str], offered: Mapping[str, Any]) -> tuple[str, ...]:
+    """("attn", "fc1") -> ("q", "k", "v", "out", "fc1"), validated against the tail's target names."""
+    out: list[str] = []
+    for t in targets:
+        for name in TARGET_GROUPS.get(t, (t,)):
+            if name not in offered:
+                raise ValueError(f"unknown LoRA target {t!r}; choose from {sorted(offered)} or {sorted(TARGET_GROUPS)}")
+            if name not in out:
+                out.append(name)
+    if not out:
+        raise ValueError("LoRA needs at least one target (q, k, v, out, fc1, fc2, attn, mlp)")
+    return tuple(out)
+
+
+class LoraPair(nn.Module):
+    """One adapter's A [r, in] (Kaiming-uniform, as nn.Linear) and B [out, r] (zero)."""
+
+    def __init__(self, in_features: int, out_features: int, rank: int) -> None:
+        super().__init__()
+        self.A = nn.Parameter(torch.empty(rank, in_features))
+        self.B = nn.Parameter(torch.zeros(out_features, rank))
+        nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(F.linear(x, self.A), self.B)
+
+
+class LoraExperts(nn.Module):
+    """E experts, each a LoraPair at every (block, target) site of the tail, added by forward hooks on its Linears.
+
+    Args:
+        tail: the frozen tail (see the module doc).
+        experts: number of experts E.
+        rank: r.
+        alpha: the update is scaled by alpha / r.
+        dropout: dropout on the adapters' input (the frozen path sees the input unchanged).
+        targets: target names (q, k, v, out, fc1, fc2; groups attn, mlp, qkv).
+    """
+
+    def __init__(
+        self, tail: nn.Module, *, experts: int, rank: int, alpha: float, dropout: float, targets: Sequence[str]
+    ):
+        super().__init__()
+        if rank < 1 or experts < 1:
+            raise ValueError(f"LoRA needs rank >= 1 and >= 1 expert; got rank={rank}, experts={experts}")
+        self.targets = expand_targets(targets, tail.lora_targets)
+        self.scale = float(alpha) / rank
+        self.dropout = nn.Dropout(dropout)
+        self.mix: int | Tensor | None = None
+        sites: dict[nn.Linear, list[tuple[str, int | None, int | None]]] = {}
+        shapes: dict[str, tuple[int, int]] = {}
+        for j, block in enumerate(tail.blocks):
+            for target in self.targets:
+                path, start, stop = tail.lora_targets[target]
+                linear = block.get_submodule(path)
+                key = f"b{tail.start + j}_{target}"
+                width = linear.out_features if start is None else stop - start
+                shapes[key] = (linear.in_features, width)
+                sites.setdefault(linear, []).append((key, start, stop))
+        self.experts = nn.ModuleList(
+            nn.ModuleDict({k: LoraPair(i, o, rank) for k, (i, o) in shapes.items()}) for _ in range(experts)
+        )
+        self._hooks = [lin.register_forward_hook(self._hook(slices)) for lin, slices in sites.items()]
+
+    @contextlib.contextmanager
+    def use(self, mix: int | Tensor | None) -> Iterator[None]:
+        """Within the block, the tail runs with expert `mix` alone (int), per-row weights [N, E], or no adapter."""
+        previous, self.mix = self.mix, mix
+        try:
+            yield
+        finally:
+            self.mix = previous
+
+    def _delta(self, key: str, x: Tensor) -> Tensor:
+        if isinstance(self.mix, int):
+            return self.experts[self.mix][key](x)
+        shape = (-1,) + (1,) * (x.dim() - 1)
+        parts = [w.reshape(shape) * bank[key](x) for bank, w in zip(self.experts, self.mix.unbind(-1))]
+        return torch.stack(parts).sum(0)
+
+    def _hook(self, slices: list[tuple[str, int | None, int | None]]):
+        def add_lora(module: nn.Linear, args: tuple, output: Tensor) -> Tensor | None:
+            if self.mix is None:
+                return None
+            x = self.dropout(args[0])
+            for key, start, stop in slices:
+                delta = self.scale * self._delta(key, x)
+                output = output + (delta if start is None else F.pad(delta, (start, module.out_features - stop)))
+            return output
+
+        return add_lora
+
+    def pairs(self, k: int) -> list[LoraPair]:
+        """Expert k's adapters, site by site."""
+        return list(self.experts[k].values())
+
+
+def orthogonality_loss(lora: LoraExperts, k: int, previous: Sequence[int]) -> Tensor:
+    """Mean over sites of the mean over experts i in `previous` of ||n(A_i) n(A_k)^T||_F + ||n(B_i)^T n(B_k)||_F
+    (rows of A and columns of B unit-normalised; earlier experts detached): keeps expert k's subspaces apart."""
+    device = lora.experts[k][next(iter(lora.experts[k].keys()))].A.device
+    if not previous:
+        return torch.zeros((), device=device)
+    total = []
+    for key, pair in lora.experts[k].items():
+        a_k, b_k = F.normalize(pair.A, dim=1), F.normalize(pair.B, dim=0)
+        terms = []
+        for i in previous:
+            other = lora.experts[i][key]
+            a_i, b_i = F.normalize(other.A.detach(), dim=1), F.normalize(other.B.detach(), dim=0)
+            terms.append(torch.linalg.matrix_norm(a_i @ a_k.T) + torch.linalg.matrix_norm(b_i.T @ b_k))
+        total.append(torch.stack(terms).mean())
+    return torch.stack(total).mean()
+
+
+def token_block(feature: str) -> int | None:
+    """ "l20.tokens" (or "alias/l20.tokens") -> 20; None for other names."""
+    match = _TOKENS.match(feature)
+    return int(match.group(1)) if match else None
+
+
+class TailHead(nn.Module):
+    """Base of the heads that run a frozen tail on cached tokens: holds the tail, keeps it frozen and in eval mode,
+    and leaves its weights out of the state dict (they come from the backbone's weights file)."""
+
+    needs_frozen = True
+    batch_rows = 64  # rows per forward when scoring: every row runs the tail's transformer blocks
+
+    def attach(self, frozen: nn.Module, *, inputs: Sequence[str], output: str) -> None:
+        missing = [a for a in ("blocks", "start", "outputs", "lora_targets") if not hasattr(frozen, a)]
+        if missing:
+            raise TypeError(f"head '{self.head_name}' needs a frozen tail (extractors.build_tail); it lacks {missing}")
+        if len(inputs) != 1 or token_block(inputs[0]) is None:
+            raise ValueError(
+                f"head '{self.head_name}' reads one token feature 'l<i>.tokens'; got inputs={list(inputs)}"
+            )
+        if token_block(inputs[0]) + 1 != frozen.start:
+            raise ValueError(
+                f"head '{self.head_name}': the tail starts at block {frozen.start} but the input {inputs[0]!r} "
+                f"holds the tokens entering block {token_block(inputs[0]) + 1}; build the tail for that feature"
+            )
+        if output not in frozen.outputs:
+            raise ValueError(
+                f"head '{self.head_name}': output {output!r} is not one of the tail's {list(frozen.outputs)}"
+            )
+        self.tail = frozen.requires_grad_(False).eval()
+
+    def run_tail(self, tokens: Tensor, mix: int | Tensor | None) -> dict[str, Tensor]:
+        """The tail's outputs with the given experts on (see LoraExperts.use)."""
+        with self.lora.use(mix):
+            return self.tail(tokens)
+
+    def train(self, mode: bool = True) -> TailHead:
+        super().train(mode)
+        self.tail.eval().requires_grad_(False)  # frozen: no dropout, the AIM probe's BatchNorm keeps its statistics
+        return self
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Tensor]:
+        state = super().state_dict(*args, **kwargs)
+        for key in [k for k in state if k.startswith("tail.")]:
+            del state[key]
+        return state
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        result = super().load_state_dict(state_dict, strict=False, assign=assign)
+        missing = [k for k in result.missing_keys if not k.startswith("tail.")]
+        if strict and (missing or result.unexpected_keys):
+            raise RuntimeError(f"head '{self.head_name}': missing {missing}, unexpected {result.unexpected_keys}")
+        return result

@@ -1,0 +1,73 @@
+"""Presets ship with the package: `aigi train uar` reads the same file as `aigi train configs/uar.yaml`, from anywhere,
+and a wheel (a non-editable install) holds them."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from pipeline.cli import main
+from pipeline.config import load_config, preset_names, resolve_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_every_file_of_configs_is_a_preset() -> None:
+    assert preset_names() == sorted(p.stem for p in (ROOT / "configs").glob("*.yaml"))
+    assert {"uar", "gapl", "demo", "ablate_fusion"} <= set(preset_names())
+
+
+def test_a_preset_name_reads_the_same_config_as_its_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # far from the repository: configs/uar.yaml is not a file here
+    by_path = load_config(ROOT / "configs" / "uar.yaml")  # (cache paths resolve against the working directory)
+    assert load_config("uar") == by_path
+    assert load_config("configs/uar.yaml") == by_path
+    mine = tmp_path / "uar"  # an existing file wins over a preset of the same name
+    mine.write_text("head: {name: linear, inputs: [pooler]}\ndata: {caches: c}\n", encoding="utf-8")
+    assert resolve_config("uar") == Path("uar")
+
+
+def test_an_unknown_preset_is_one_line_listing_the_presets(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    code = main(["train", "uarr", "-o", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "did you mean uar?" in err and "gapl" in err and "univfd" in err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("setuptools") is None, reason="building a wheel needs setuptools")
+def test_a_wheel_ships_the_presets(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    for package in ("common", "cache", "extractors", "heads", "pipeline", "configs", "aigi"):
+        if (ROOT / package).is_dir():
+            shutil.copytree(ROOT / package, src / package, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
+    wheel_dir = tmp_path / "wheel"
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
+    build = subprocess.run([*pip, "wheel", str(src), "--no-deps", "--no-build-isolation", "-q", "-w", str(wheel_dir)],
+                           capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr
+    (wheel,) = wheel_dir.glob("*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert sorted(n for n in names if n.startswith("pipeline/presets/")) == [
+        f"pipeline/presets/{p}.yaml" for p in preset_names()
+    ]
+    target = tmp_path / "site"
+    subprocess.run([*pip, "install", "--no-deps", "-q", "--target", str(target), str(wheel)], check=True)
+    code = ("import pipeline, pipeline.config as c; print(pipeline.__file__); "
+            "print(c.load_config('uar').head.inputs)")
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert out.returncode == 0, out.stderr
+    module_file, inputs = out.stdout.splitlines()
+    assert Path(module_file).is_relative_to(target) and inputs == "('probe',)"

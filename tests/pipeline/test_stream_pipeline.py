@@ -1,0 +1,118 @@
+"""data.stream / data.memory_budget through `aigi train`, `aigi eval` and `aigi ablate`: the choice is said, the
+float16 and float32 paths give the same head, streamed heads score alike, ablation runs share frozen experts."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import heads
+from pipeline.ablate import expand, run_ablation
+from pipeline.cli import main
+from pipeline.config import load_config, parse_config
+from pipeline.evaluate import evaluate_run
+from pipeline.train import train_run
+from tests.heads.test_stream_fit import write_cache
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    return write_cache(tmp_path_factory.mktemp("sp") / "c", 6000, 16, shard_size=1000)  # float16
+
+
+def config(tmp_path: Path, store: Path, head: dict | None = None) -> Path:
+    cfg = {
+        "head": head or {"name": "linear", "inputs": ["x"]},
+        "fit": {"optimizer": "adam", "lr": 3e-3, "epochs": 2, "batch_size": 128, "device": "cpu"},
+        "data": {"caches": {"syn": str(store)}, "val_fraction": 0.1},
+    }
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def train(cfg: Path, out: Path, capsys, *sets: str) -> str:
+    argv = ["train", str(cfg), "-o", str(out)]
+    for s in sets:
+        argv += ["--set", s]
+    assert main(argv) == 0
+    return capsys.readouterr().out
+
+
+def test_the_choice_is_said_and_float16_in_memory_trains_the_same_head(store, tmp_path, capsys) -> None:
+    cfg = config(tmp_path, store)
+    # 4,800 x 16 values of training + validation rows: float32 307.2 kB, float16 153.6 kB
+    out32 = train(cfg, tmp_path / "r32", capsys)
+    out16 = train(cfg, tmp_path / "r16", capsys, "data.memory_budget=200kB")
+    outst = train(cfg, tmp_path / "rst", capsys, "data.memory_budget=100kB")
+    assert "rows in memory as float32 (float32 copy 307.2 kB" in out32
+    assert "rows in memory as stored float16 153.6 kB (float32 copy 307.2 kB, memory budget 200.0 kB)" in out16
+    assert "rows streamed from disk: the in-memory copy would exceed the budget" in outst
+    for out in (out32, out16, outst):
+        line = next(x for x in out.splitlines() if x.startswith("time: "))
+        assert all(f" {k} " in f" {line} " for k in ("start", "config", "open", "load", "fit", "write"))
+    h32, _ = heads.load(tmp_path / "r32")
+    h16, _ = heads.load(tmp_path / "r16")
+    for key, value in h32.state_dict().items():  # the same float16 values, widened per batch or up front
+        assert torch.equal(value, h16.state_dict()[key]), key
+    meta = json.loads((tmp_path / "rst" / "head.json").read_text())
+    assert meta["history"]["streamed"] is True and "streamed" in meta["rows_held"]
+
+
+def test_eval_streams_and_scores_like_in_memory(store, tmp_path, capsys) -> None:
+    run = tmp_path / "run"
+    train(config(tmp_path, store), run, capsys)
+    cfg = load_config(run / "config.yaml")
+    small = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, memory_budget="10kB"))
+    mem = evaluate_run(run, out_dir=tmp_path / "e1", plots=False, config=cfg)
+    streamed = evaluate_run(run, out_dir=tmp_path / "e2", plots=False, config=small)
+    assert "float32" in mem["rows_held"] and "streamed" in streamed["rows_held"]
+    for k in ("acc", "ap", "auc"):
+        assert streamed["mean"][k] == pytest.approx(mem["mean"][k], abs=1e-9)
+
+
+def test_streaming_several_caches_is_one_line(store, tmp_path, capsys) -> None:
+    other = write_cache(tmp_path / "other", 300, 4, seed=1)
+    cfg = config(tmp_path, store, head={"name": "concat", "inputs": ["syn/x", "o/x"]})
+    argv = ["train", str(cfg), "--cache", f"syn={store}", "--cache", f"o={other}", "--set", "data.stream=true"]
+    assert main([*argv, "-o", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("aigi train: error: data.stream: true streams one cache") and "\n" not in err
+
+
+def test_ablation_runs_share_the_experts_and_equal_lone_runs(store, tmp_path) -> None:
+    experts = {"vae": ["vae:*"], "sr": ["sr:*"]}
+    raw = {
+        "head": {"name": "gating", "inputs": ["x"], "experts": experts, "rank": 4},
+        "fit": {"optimizer": "adam", "lr": 3e-3, "epochs": 1, "batch_size": 128, "device": "cpu"},
+        "data": {"caches": {"syn": str(store)}, "val_fraction": 0.1},
+        "variants": {
+            "gating": {},
+            "concat": {"head": {"name": "concat", "inputs": ["x"], "experts": experts, "rank": 4}},
+        },
+        "seeds": [0],
+    }
+    plan = expand(raw)
+    run_ablation(plan, tmp_path / "abl", jobs=1, progress=False)
+    shared = sorted((tmp_path / "abl" / "shared_stages").glob("*.json"))
+    assert len(shared) == 2  # one entry per expert, trained once for both heads
+    concat = next(r for r in plan.runs if r.variant == "concat")
+    done = json.loads((tmp_path / "abl" / "runs" / concat.run_id / "head.json").read_text())
+    assert [s.get("reused", False) for s in done["history"]["stages"]] == [True, True, False]
+    result = json.loads((tmp_path / "abl" / "runs" / concat.run_id / "result.json").read_text())
+    assert set(result["stage_seconds"]) == {"open", "load", "fit", "write", "eval"}
+    from pipeline import streaming
+
+    streaming.REUSE, streaming.STAGE_DIR = False, None  # a lone run in this process: nothing reused
+    train_run(parse_config(concat.config), tmp_path / "alone")
+    alone, _ = heads.load(tmp_path / "alone")
+    shared_head, _ = heads.load(tmp_path / "abl" / "runs" / concat.run_id)
+    for key, value in alone.state_dict().items():
+        assert torch.equal(value, shared_head.state_dict()[key]), key
+    assert np.isfinite(result["metrics"]["mean"]["auc"])
