@@ -116,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             str(store),
             "-o",
             str(args.work / "run"),
+            "--overwrite",
         ]
         walls.append(run(cmd, args.code)[0])
         wall, out = run(
