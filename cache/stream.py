@@ -108,6 +108,11 @@ class FeatureStream:
         return str(self.cache.dtype)
 
     @property
+    def _own(self) -> dict[str, tuple[int, ...]]:
+        """Per-row shape of the features read from this stream's own cache (by their names there)."""
+        return {n: self.cache.features[n] for n in self.names}
+
+    @property
     def labels(self) -> np.ndarray:
         """Labels (0 real, 1 fake) of every row, int64."""
         return self.meta["label"].to_numpy(dtype=np.int64)
@@ -243,7 +248,7 @@ class FeatureStream:
                         raise ValueError(f"{path}: feature {n!r} is truncated; `aigi cache verify` lists all problems")
                 self.stats.bytes += arr.nbytes
 
-    def _map(self, unit: _Unit) -> dict[str, np.ndarray] | None:
+    def _map(self, unit: _Unit, populate: bool = True) -> dict[str, np.ndarray] | None:
         """Rows [lo, hi) of an HDF5 part as read-only arrays over the file's pages (memory-mapped and populated in
         one sequential read), or None when the part is not HDF5 or a feature is not one contiguous native dataset.
         Gathering rows from them costs one copy, where `readinto` then a gather costs two."""
@@ -257,14 +262,15 @@ class FeatureStream:
         out = {}
         with open(path, "rb", buffering=0) as fh:
             size = os.fstat(fh.fileno()).st_size
-            for n, shape in self.dims.items():
+            for n, shape in self._own.items():
                 row = int(np.prod(shape)) * np.dtype(self.dtype).itemsize
                 start, length = offs[n] + unit.lo * row, (unit.hi - unit.lo) * row
                 if start + length > size:
                     raise ValueError(f"{path}: feature {n!r} is truncated; `aigi cache verify` lists all problems")
                 base = start - start % mmap.ALLOCATIONGRANULARITY
                 mm = mmap.mmap(fh.fileno(), start + length - base, access=mmap.ACCESS_READ, offset=base)
-                _populate(mm)
+                if populate:
+                    _populate(mm)
                 flat = np.frombuffer(
                     mm, dtype=self.dtype, count=length // np.dtype(self.dtype).itemsize, offset=start - base
                 )
@@ -282,9 +288,9 @@ class FeatureStream:
         start = int(bounds[group - 1]) if group else 0
         table = pq.ParquetFile(path).read_row_group(group, columns=[FEAT_PREFIX + n for n in self.names])
         out = {}
-        for n, shape in self.dims.items():
+        for n, shape in self._own.items():
             col = table.column(FEAT_PREFIX + n)
-            arr = _decode_arrow(col, shape=shape, dtype=self.dtype, where=str(path))
+            arr = _decode_arrow(col, shape=shape, dtype=str(self.cache.dtype), where=str(path))
             out[n] = np.array(arr[unit.lo - start : unit.hi - start])
             self.stats.bytes += out[n].nbytes
         return out
@@ -403,13 +409,13 @@ class FeatureStream:
         """The units' rows: HDF5 ranges mapped in place, other units read into `buf` (grown when short, reused)."""
         segs, unread = [], []
         for u in units:
-            mapped = self._map(u)
+            mapped = self._map(u, populate=len(u.rows) * 4 >= u.hi - u.lo)  # sparse: fault in the pages used
             if mapped is None:
                 unread.append(u)
             else:
                 segs.append(_Segment(mapped, u.rows - u.lo, u.pos))
         need = sum(u.hi - u.lo for u in unread)
-        for n, shape in self.dims.items():
+        for n, shape in self._own.items():
             if need and (n not in buf or len(buf[n]) < need):  # reused: fresh memory would cost page faults
                 buf[n] = np.empty((need, *shape), dtype=self.dtype)
         at = 0
@@ -418,6 +424,24 @@ class FeatureStream:
             segs.append(_Segment({n: v[at : at + k] for n, v in buf.items()}, np.arange(k), u.pos))
             at += u.hi - u.lo
         return segs
+
+    def _fetch(self, pos: np.ndarray) -> dict[str, np.ndarray]:
+        """Features of the distinct stream positions `pos` (any order) as new arrays in that order, read in sorted
+        runs of at most a chunk (rows stored in the same order as the request make one sequential read)."""
+        order = np.argsort(pos, kind="stable")
+        ranked = pos[order]
+        out = {n: np.empty((len(pos), *sh), dtype=self.dtype) for n, sh in self._own.items()}
+        buf: dict[str, np.ndarray] = {}
+        for u in self._units(pos):
+            seg = self._segments([u], buf)[0]
+            dest = order[np.searchsorted(ranked, u.pos)]
+            run = len(dest) and dest[-1] - dest[0] == len(dest) - 1 and bool((np.diff(dest) == 1).all())
+            for n, arr in seg.feats.items():
+                if run:
+                    np.take(arr, seg.rows, axis=0, out=out[n][dest[0] : dest[-1] + 1])
+                else:
+                    out[n][dest] = arr[seg.rows]
+        return out
 
     def _hand_out(self, segs: list[_Segment], plan: _Plan, put, slot) -> _Segment | None | bool:
         """Put the whole batches of `segs` (in a seeded random order when shuffling) on the queue in blocks gathered
@@ -464,6 +488,7 @@ class _Segment:
     feats: dict[str, np.ndarray]
     rows: np.ndarray
     pos: np.ndarray
+    extra: dict[str, np.ndarray] = field(default_factory=dict)  # features of other caches, row i = rows[i]
 
 
 def _gather(segs: list[_Segment], starts: np.ndarray, idx: np.ndarray, out: dict[str, np.ndarray]) -> np.ndarray:
@@ -477,7 +502,10 @@ def _gather(segs: list[_Segment], starts: np.ndarray, idx: np.ndarray, out: dict
         local = idx[a:b] - starts[int(seg_of[a])]
         rows = sg.rows[local]
         for n, dest in out.items():
-            np.take(sg.feats[n], rows, axis=0, out=dest[a:b])
+            if n in sg.feats:
+                np.take(sg.feats[n], rows, axis=0, out=dest[a:b])
+            else:  # joined from another cache: stored compactly, one row per selected row
+                np.take(sg.extra[n], local, axis=0, out=dest[a:b])
         pos[a:b] = sg.pos[local]
     return pos
 
@@ -499,6 +527,88 @@ def _populate(mm: mmap.mmap) -> None:
             mm.madvise(mmap.MADV_WILLNEED)
         except (OSError, ValueError, AttributeError):
             pass
+
+
+class JoinedStream(FeatureStream):
+    """Rows of several caches joined on (image_id, view), streamed in bounded memory: the first cache is read in
+    chunks as a `FeatureStream` (its order, shuffle and buffers), and for each chunk the matching rows of every other
+    cache are read there too, in sorted runs (caches written in the same row order read sequentially). Built by
+    `join_streams`; features are named as `cache.join` names them."""
+
+    def __init__(self, alias: str, first: FeatureStream, others: list[tuple[str, FeatureStream, np.ndarray]], names):
+        super().__init__(first.cache, first.names, buffer_bytes=first.buffer_bytes, _sel=first._sel)
+        self.meta, self.alias = first.meta, alias
+        self.others = others  # (alias, its stream, the position there of each row of this one)
+        self.out_names = names  # (alias, feature) -> name handed out
+
+    def __repr__(self) -> str:
+        return (
+            f"JoinedStream({[str(self.cache.path)] + [str(s.cache.path) for _, s, _ in self.others]}, rows={len(self)})"
+        )
+
+    @property
+    def dims(self) -> dict[str, tuple[int, ...]]:
+        out = {self.out_names[(self.alias, n)]: s for n, s in self._own.items()}
+        for alias, stream, _ in self.others:
+            out.update({self.out_names[(alias, n)]: sh for n, sh in stream._own.items()})
+        return out
+
+    def subset(self, rows: np.ndarray) -> JoinedStream:
+        idx = np.asarray(rows)
+        idx = np.flatnonzero(idx) if idx.dtype == bool else sorted_unique(idx)
+        first = FeatureStream.subset(self, idx)
+        return JoinedStream(self.alias, first, [(a, s, p[idx]) for a, s, p in self.others], self.out_names)
+
+    def _segments(self, units: list[_Unit], buf: dict[str, np.ndarray]) -> list[_Segment]:
+        """The first cache's rows of `units` (see FeatureStream) with the other caches' matching rows."""
+        segs = super()._segments(units, buf)
+        for sg in segs:
+            sg.feats = {self.out_names[(self.alias, n)]: v for n, v in sg.feats.items()}
+            for alias, stream, where in self.others:
+                for n, arr in stream._fetch(where[sg.pos]).items():
+                    sg.extra[self.out_names[(alias, n)]] = arr
+                    self.stats.bytes += arr.nbytes
+        return segs
+
+
+def join_streams(streams: dict[str, FeatureStream]) -> FeatureStream:
+    """Inner join of streams on (image_id, view) in the first stream's row order, as `cache.join` joins loaded sets:
+    meta from the first, a feature name held by several streams becomes `<alias>/<name>`.
+
+    Raises:
+        ValueError: when keys repeat, labels disagree, no row is shared, or the caches store different dtypes.
+    """
+    import pandas as pd
+
+    from cache.featureset import KEY
+
+    aliases = list(streams)
+    if len(aliases) == 1:
+        return streams[aliases[0]]
+    dtypes = {a: s.dtype for a, s in streams.items()}
+    if len(set(dtypes.values())) > 1:
+        raise ValueError(f"streaming joins caches of one stored dtype; these store {dtypes}")
+    merged = None
+    for alias, s in streams.items():
+        keys = s.meta[list(KEY)].astype(str)
+        if keys.duplicated().any():
+            dup = keys[keys.duplicated()].iloc[0].tolist()
+            raise ValueError(f"join: cache {alias!r} has duplicate (image_id, view) keys, e.g. {dup}")
+        keys[f"_row_{alias}"] = np.arange(len(s))
+        merged = keys if merged is None else merged.merge(keys, on=list(KEY), how="inner", sort=False)
+    if merged.empty:
+        raise ValueError(f"join of {aliases} is empty: no (image_id, view) key is shared by all caches")
+    merged = merged.sort_values(f"_row_{aliases[0]}", kind="stable")
+    first = streams[aliases[0]].subset(merged[f"_row_{aliases[0]}"].to_numpy())
+    counts = pd.Series([n for s in streams.values() for n in s.names]).value_counts()
+    names = {(a, n): f"{a}/{n}" if counts[n] > 1 else n for a, s in streams.items() for n in s.names}
+    others = []
+    for alias in aliases[1:]:
+        where = merged[f"_row_{alias}"].to_numpy()
+        if "label" in first.meta.columns and (streams[alias].labels[where] != first.labels).any():
+            raise ValueError(f"join: labels of cache {alias!r} disagree with {aliases[0]!r} for the same keys")
+        others.append((alias, streams[alias], where))
+    return JoinedStream(aliases[0], first, others, names)
 
 
 def open_stream(
