@@ -1,11 +1,13 @@
 """Stream the rows of a cache in large sequential chunks, with bounded memory: no torch, numpy batches.
 
 A `FeatureStream` is a selection of rows of one cache (a directory of shards, a compacted `.h5`, a Parquet dataset or
-a UAR folder) and a list of features. `batches` reads the selection in chunks of consecutive rows (HDF5: one
-`readinto` at the dataset's file offset; Parquet: one row group; UAR: one group of files), in a seeded random chunk
-order when shuffling, mixes `mix_chunks` chunks at a time (the shuffle buffer), and hands out batches in the stored
-dtype (float16 stays float16: the consumer widens each batch) from a background thread, so that reading overlaps
-the consumer's work. Memory held by a stream is about `buffer_bytes` whatever the cache size.
+a UAR folder) and a list of features. `batches` reads the selection in chunks of consecutive rows (HDF5: the
+dataset's byte range memory-mapped and faulted in at once, or one `readinto` when mapping is off; Parquet: one row
+group; UAR: one group of files), in a seeded random chunk order when shuffling, mixes `MIX_CHUNKS` chunks at a time
+(the shuffle buffer), and hands out batches in the stored dtype (float16 stays float16: the consumer widens each
+batch), gathered into a few reused buffers by a background thread, so that reading overlaps the consumer's work.
+Memory held by a stream is about `buffer_bytes` whatever the cache size. `join_streams` joins streams of several
+caches on (image_id, view) as `cache.join` joins loaded sets (a `JoinedStream`).
 """
 
 from __future__ import annotations
@@ -327,11 +329,12 @@ class FeatureStream:
         if shuffle:
             units = [units[i] for i in rng.permutation(len(units))]
         out: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
+        plan = _Plan(batch_size, shuffle, rng, self._block_rows(batch_size, prefetch))
         free: queue.Queue = queue.Queue()
-        for slot in range(max(1, prefetch) + 2):  # queued, being filled, being consumed
+        fit = self.buffer_bytes // 2 // max(plan.block * self.row_bytes, 1)  # large batches: fewer blocks ahead
+        for slot in range(max(2, min(max(1, prefetch) + 2, fit))):  # queued, being filled, being consumed
             free.put(slot)
         stop = threading.Event()
-        plan = _Plan(batch_size, shuffle, rng, self._block_rows(batch_size, prefetch))
         worker = threading.Thread(
             target=self._produce, args=(units, plan, out, free, stop), daemon=True, name="aigi-stream"
         )
