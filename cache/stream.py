@@ -1,9 +1,9 @@
 """Stream the rows of a cache in large sequential chunks, with bounded memory: no torch, numpy batches.
 
 A `FeatureStream` is a selection of rows of one cache (a directory of shards, a compacted `.h5`, a Parquet dataset or
-a UAR folder) and a list of features. `batches` reads the selection in chunks of consecutive rows (HDF5: the
-dataset's byte range memory-mapped and faulted in at once, or one `readinto` when mapping is off; Parquet: one row
-group; UAR: one group of files), in a seeded random chunk order when shuffling, mixes `MIX_CHUNKS` chunks at a time
+a UAR folder) and a list of features. `batches` reads the selection in chunks of consecutive rows (HDF5: one
+`readinto` at the dataset's file offset, or the range memory-mapped when it selects few of its rows; Parquet: one
+row group; UAR: one group of files), in a seeded random chunk order when shuffling, mixes `MIX_CHUNKS` chunks at a time
 (the shuffle buffer), and hands out batches in the stored dtype (float16 stays float16: the consumer widens each
 batch), gathered into a few reused buffers by a background thread, so that reading overlaps the consumer's work.
 Memory held by a stream is about `buffer_bytes` whatever the cache size. `join_streams` joins streams of several
@@ -27,8 +27,8 @@ BUFFER_BYTES = 256 << 20  # default memory of a stream's chunks, shuffle buffer 
 MIX_CHUNKS = 4  # chunks mixed per shuffle buffer
 PREFETCH = 4  # blocks of batches prepared ahead of the consumer
 BLOCK_BYTES = 4 << 20  # a block handed over by the reader thread: whole batches, about this many bytes at most
-MAP = True  # gather HDF5 rows straight from mapped file pages (False: read them into a buffer first)
-POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)  # Linux >= 5.14; older kernels fall back to WILLNEED
+MAP = True  # sparse HDF5 rows are gathered from mapped file pages (False: their whole range is read)
+SPARSE = 4  # a unit is sparse when it selects fewer than 1 row in SPARSE of its range
 BUDGET_SHARE = 4  # a stream's buffers take 1/4 of a memory budget; the rest is headroom (batches, model, allocator)
 
 
@@ -250,10 +250,10 @@ class FeatureStream:
                         raise ValueError(f"{path}: feature {n!r} is truncated; `aigi cache verify` lists all problems")
                 self.stats.bytes += arr.nbytes
 
-    def _map(self, unit: _Unit, populate: bool = True) -> dict[str, np.ndarray] | None:
-        """Rows [lo, hi) of an HDF5 part as read-only arrays over the file's pages (memory-mapped and populated in
-        one sequential read), or None when the part is not HDF5 or a feature is not one contiguous native dataset.
-        Gathering rows from them costs one copy, where `readinto` then a gather costs two."""
+    def _map(self, unit: _Unit) -> dict[str, np.ndarray] | None:
+        """Rows [lo, hi) of an HDF5 part as read-only arrays over the file's pages (memory-mapped: only the pages of
+        the rows gathered are read), or None when the part is not HDF5 or a feature is not one contiguous native
+        dataset. For a few rows spread over a long range; dense ranges are read in one sequential `readinto`."""
         part = self.cache.parts[unit.part]
         path = Path(getattr(part, "path", ""))
         if not hasattr(part, "header") or path.suffix == ".parquet" or not MAP:
@@ -271,8 +271,6 @@ class FeatureStream:
                     raise ValueError(f"{path}: feature {n!r} is truncated; `aigi cache verify` lists all problems")
                 base = start - start % mmap.ALLOCATIONGRANULARITY
                 mm = mmap.mmap(fh.fileno(), start + length - base, access=mmap.ACCESS_READ, offset=base)
-                if populate:
-                    _populate(mm)
                 flat = np.frombuffer(
                     mm, dtype=self.dtype, count=length // np.dtype(self.dtype).itemsize, offset=start - base
                 )
@@ -412,7 +410,8 @@ class FeatureStream:
         """The units' rows: HDF5 ranges mapped in place, other units read into `buf` (grown when short, reused)."""
         segs, unread = [], []
         for u in units:
-            mapped = self._map(u, populate=len(u.rows) * 4 >= u.hi - u.lo)  # sparse: fault in the pages used
+            sparse = len(u.rows) * SPARSE < u.hi - u.lo  # e.g. another cache's rows stored in another order
+            mapped = self._map(u) if sparse else None
             if mapped is None:
                 unread.append(u)
             else:
@@ -519,17 +518,6 @@ def sorted_unique(values) -> np.ndarray:
     if arr.ndim == 1 and (len(arr) < 2 or bool((arr[1:] > arr[:-1]).all())):
         return arr
     return np.unique(arr)
-
-
-def _populate(mm: mmap.mmap) -> None:
-    """Fault a mapping's pages in at once (one sequential read when they are not cached); best effort."""
-    try:
-        mm.madvise(POPULATE_READ)
-    except (OSError, ValueError, AttributeError):
-        try:
-            mm.madvise(mmap.MADV_WILLNEED)
-        except (OSError, ValueError, AttributeError):
-            pass
 
 
 class JoinedStream(FeatureStream):
