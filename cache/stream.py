@@ -440,7 +440,7 @@ class FeatureStream:
             run = len(dest) and dest[-1] - dest[0] == len(dest) - 1 and bool((np.diff(dest) == 1).all())
             for n, arr in seg.feats.items():
                 if run:
-                    np.take(arr, seg.rows, axis=0, out=out[n][dest[0] : dest[-1] + 1])
+                    np.take(arr, seg.rows, axis=0, out=out[n][dest[0] : dest[-1] + 1], mode="clip")
                 else:
                     out[n][dest] = arr[seg.rows]
         return out
@@ -495,7 +495,8 @@ class _Segment:
 
 def _gather(segs: list[_Segment], starts: np.ndarray, idx: np.ndarray, out: dict[str, np.ndarray]) -> np.ndarray:
     """Copy rows `idx` (numbered across the segments, which start at `starts`) into `out`; returns their positions.
-    One `np.take` per run of rows from the same segment."""
+    One `np.take` per run of rows from the same segment (mode "clip": the rows are valid by construction, and a
+    checked take into `out` goes through a temporary copy, 2.5x slower)."""
     seg_of = np.searchsorted(starts, idx, side="right") - 1
     pos = np.empty(len(idx), dtype=np.int64)
     cuts = [0, *(np.flatnonzero(np.diff(seg_of)) + 1).tolist(), len(idx)]
@@ -505,9 +506,9 @@ def _gather(segs: list[_Segment], starts: np.ndarray, idx: np.ndarray, out: dict
         rows = sg.rows[local]
         for n, dest in out.items():
             if n in sg.feats:
-                np.take(sg.feats[n], rows, axis=0, out=dest[a:b])
+                np.take(sg.feats[n], rows, axis=0, out=dest[a:b], mode="clip")
             else:  # joined from another cache: stored compactly, one row per selected row
-                np.take(sg.extra[n], local, axis=0, out=dest[a:b])
+                np.take(sg.extra[n], local, axis=0, out=dest[a:b], mode="clip")
         pos[a:b] = sg.pos[local]
     return pos
 
