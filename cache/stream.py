@@ -427,13 +427,13 @@ class FeatureStream:
             at += u.hi - u.lo
         return segs
 
-    def _fetch(self, pos: np.ndarray) -> dict[str, np.ndarray]:
+    def _fetch(self, pos: np.ndarray, buf: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Features of the distinct stream positions `pos` (any order) as new arrays in that order, read in sorted
-        runs of at most a chunk (rows stored in the same order as the request make one sequential read)."""
+        runs of at most a chunk (rows stored in the same order as the request make one sequential read) through
+        the reused buffer `buf`."""
         order = np.argsort(pos, kind="stable")
         ranked = pos[order]
         out = {n: np.empty((len(pos), *sh), dtype=self.dtype) for n, sh in self._own.items()}
-        buf: dict[str, np.ndarray] = {}
         for u in self._units(pos):
             seg = self._segments([u], buf)[0]
             dest = order[np.searchsorted(ranked, u.pos)]
@@ -530,6 +530,7 @@ class JoinedStream(FeatureStream):
     def __init__(self, alias: str, first: FeatureStream, others: list[tuple[str, FeatureStream, np.ndarray]], names):
         super().__init__(first.cache, first.names, buffer_bytes=first.buffer_bytes, _sel=first._sel)
         self.meta, self.alias = first.meta, alias
+        self._local = threading.local()  # per reader thread: the read buffers of the other caches
         self.others = others  # (alias, its stream, the position there of each row of this one)
         self.out_names = names  # (alias, feature) -> name handed out
 
@@ -554,10 +555,11 @@ class JoinedStream(FeatureStream):
     def _segments(self, units: list[_Unit], buf: dict[str, np.ndarray]) -> list[_Segment]:
         """The first cache's rows of `units` (see FeatureStream) with the other caches' matching rows."""
         segs = super()._segments(units, buf)
+        bufs = self._local.__dict__.setdefault("bufs", {})
         for sg in segs:
             sg.feats = {self.out_names[(self.alias, n)]: v for n, v in sg.feats.items()}
             for alias, stream, where in self.others:
-                for n, arr in stream._fetch(where[sg.pos]).items():
+                for n, arr in stream._fetch(where[sg.pos], bufs.setdefault(alias, {})).items():
                     sg.extra[self.out_names[(alias, n)]] = arr
                     self.stats.bytes += arr.nbytes
         return segs
