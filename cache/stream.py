@@ -27,6 +27,7 @@ BUFFER_BYTES = 256 << 20  # default memory of a stream's chunks, shuffle buffer 
 MIX_CHUNKS = 4  # chunks mixed per shuffle buffer
 PREFETCH = 4  # blocks of batches prepared ahead of the consumer
 BLOCK_BYTES = 4 << 20  # a block handed over by the reader thread: whole batches, about this many bytes at most
+ADVISE = True  # read the next chunks ahead with posix_fadvise(WILLNEED)
 MAP = True  # sparse HDF5 rows are gathered from mapped file pages (False: their whole range is read)
 SPARSE = 4  # a unit is sparse when it selects fewer than 1 row in SPARSE of its range
 BUDGET_SHARE = 4  # a stream's buffers take 1/4 of a memory budget; the rest is headroom (batches, model, allocator)
@@ -250,6 +251,26 @@ class FeatureStream:
                         raise ValueError(f"{path}: feature {n!r} is truncated; `aigi cache verify` lists all problems")
                 self.stats.bytes += arr.nbytes
 
+    def _advise(self, units: list[_Unit]) -> None:
+        """Ask the kernel to start reading these units' byte ranges (contiguous HDF5 datasets) in the background, so
+        that a cold cache's next chunks arrive while the current ones are handed out; a no-op for cached pages."""
+        if not ADVISE or not hasattr(os, "posix_fadvise"):
+            return
+        for u in units:
+            part = self.cache.parts[u.part]
+            path = Path(getattr(part, "path", ""))
+            if not hasattr(part, "header") or path.suffix == ".parquet":
+                continue
+            offs = self._h5_offsets(u.part)
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                for n, shape in self._own.items():
+                    row = int(np.prod(shape)) * np.dtype(self.dtype).itemsize
+                    if offs[n] is not None:
+                        os.posix_fadvise(fd, offs[n] + u.lo * row, (u.hi - u.lo) * row, os.POSIX_FADV_WILLNEED)
+            finally:
+                os.close(fd)
+
     def _map(self, unit: _Unit) -> dict[str, np.ndarray] | None:
         """Rows [lo, hi) of an HDF5 part as read-only arrays over the file's pages (memory-mapped: only the pages of
         the rows gathered are read), or None when the part is not HDF5 or a feature is not one contiguous native
@@ -395,6 +416,7 @@ class FeatureStream:
             for i in range(0, len(units), mix):
                 segs = [] if carry is None else [carry]
                 segs += self._segments(units[i : i + mix], buf)
+                self._advise(units[i + mix : i + 2 * mix])  # the next group is read from disk during this one
                 if stop.is_set():
                     return
                 carry = self._hand_out(segs, plan, put, slot)
