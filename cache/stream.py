@@ -441,6 +441,7 @@ class FeatureStream:
         need = sum(u.hi - u.lo for u in unread)
         for n, shape in self._own.items():
             if need and (n not in buf or len(buf[n]) < need):  # reused: fresh memory would cost page faults
+                buf.pop(n, None)  # the short buffer goes first: never both at once
                 buf[n] = np.empty((need, *shape), dtype=self.dtype)
         at = 0
         for u in unread:
