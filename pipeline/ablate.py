@@ -9,12 +9,14 @@ import json
 import os
 import re
 import shutil
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.extras import require
 from common.files import atomic_write
 
 ABLATION_KEYS = ("grid", "variants", "seeds", "sort_by", "prepare", "eval_views")
@@ -519,6 +521,8 @@ def run(args: argparse.Namespace) -> int:
             state = "done" if read_result(args.out / "runs" / r.run_id) is not None else "todo"
             print(f"{state}  {r.run_id}")
         return 0
+    if args.workers or args.scheduler:
+        require("dask.distributed", needed_for="--workers / --scheduler")  # before any run starts
     start = time.perf_counter()
     out = run_ablation(plan, args.out, jobs=args.jobs, workers=args.workers, scheduler=args.scheduler)
     best = out["summary"].iloc[0]
@@ -527,4 +531,8 @@ def run(args: argparse.Namespace) -> int:
         f"{time.perf_counter() - start:.1f} s; best by {plan.sort_by}: {best['setting']} "
         f"({100 * best[f'{plan.sort_by}.mean']:.2f}) -> {out['files']['summary']}"
     )
+    if "plot" not in out["files"]:
+        from pipeline.plots import SKIPPED
+
+        print(SKIPPED, file=sys.stderr)
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -287,4 +288,8 @@ def run(args: argparse.Namespace) -> int:
         f"threshold {result['threshold']:.4g}: mean ACC {pct(m['acc'])}, AP {pct(m['ap'])}, AUC {pct(m['auc'])}, "
         f"TPR@1%FPR {pct(m['tpr_at_1pct_fpr'])}, ECE {pct(m['ece'])}{covered} -> {args.out}/report.md"
     )
+    from pipeline.plots import SKIPPED, can_draw
+
+    if not can_draw():
+        print(SKIPPED, file=sys.stderr)
     return 0
