@@ -24,7 +24,7 @@ Runs the whole aigi flow on real photos that ship inside scikit-image, scikit-le
   4. `aigi train` linear, gating, router and prototype heads (configs/demo.yaml), `aigi eval` per source;
   5. `aigi ablate` over those heads and seeds; then DIR/report.md gathers the tables and plots.
 Re-running resumes: finished crops, fakes and feature shards are kept."""
-CONFIG = Path(__file__).resolve().parents[1] / "presets" / "demo.yaml"  # the shipped preset (configs/demo.yaml)
+CONFIG = Path(__file__).resolve().parents[1] / "presets" / "demo.yaml"  # the shipped preset (`aigi train demo`)
 MAIN_HEADS = ("linear", "gating", "router", "prototype")
 SPLIT_RATIO = "train=0.6,val=0.1,test=0.3"
 SMALL = "small"  # --vae-weights / --sr-weights value: the small models shipped with aigi, even when others exist
