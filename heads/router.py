@@ -54,6 +54,19 @@ def manual_gates(weights: Mapping[str, float] | None, domains: tuple[str, ...]) 
     return torch.tensor([float(weights.get(d, 0.0)) for d in domains])
 
 
+def router_stage(head: nn.Module) -> Stage:
+    """Stage 2 of `router` and `tail_moe`: experts frozen, router + classifier trained on the head's
+    `_stage2_forward` (BCE + balance + domain losses), rows' domain indices as aux, `_start_stage2` first."""
+    return Stage(
+        "router",
+        trainable=("router", "classifier"),
+        forward=head._stage2_forward,
+        aux=head.domain_index,
+        setup=head._start_stage2,
+        label_smoothing=head.cfg.label_smoothing,
+    )
+
+
 @dataclass(frozen=True, kw_only=True)
 class RoutingCfg:
     """The routed mixture's keys (OmniAID's defaults), shared by the `router` and `tail_moe` configs.
@@ -216,12 +229,4 @@ class RouterHead(nn.Module):
             only=[len(cfg.domains)],
             **common,
         )
-        stage2 = Stage(
-            "router",
-            trainable=("router", "classifier"),
-            forward=self._stage2_forward,
-            aux=self.domain_index,
-            setup=self._start_stage2,
-            label_smoothing=cfg.label_smoothing,
-        )
-        return [*semantic, *artifact, stage2]
+        return [*semantic, *artifact, router_stage(self)]

@@ -29,7 +29,7 @@ from heads._blocks import subset_rows
 from heads._lora import LoraExperts, TailHead, orthogonality_loss
 from heads._registry import register_head
 from heads.prototype import PrototypeCfg, PrototypeHead
-from heads.router import RouterHead, RoutingCfg, balance_loss, domain_loss, manual_gates, top_k_gates
+from heads.router import RouterHead, RoutingCfg, balance_loss, domain_loss, manual_gates, router_stage, top_k_gates
 from heads.train import Stage
 
 ATTN = ("q", "k", "v", "out")
@@ -344,12 +344,4 @@ class TailMoeHead(TailHead):
             return subset_rows(groups, y, column=cfg.artifact_column, patterns=pats, keep_real=True, head="tail_moe")
 
         stages.append(self._expert_stage(len(cfg.domains), artifact_rows, optional=False))
-        router = Stage(
-            "router",
-            trainable=("router", "classifier"),
-            forward=self._stage2_forward,
-            aux=self.domain_index,
-            setup=self._start_stage2,
-            label_smoothing=cfg.label_smoothing,
-        )
-        return [*stages, router]
+        return [*stages, router_stage(self)]
