@@ -600,7 +600,7 @@ def run_demo(
     from tqdm.auto import tqdm
 
     for module in DEMO_NEEDS:  # before any step: the fakes need diffusers and spandrel, the report matplotlib
-        require(module, needed_for="aigi demo", extra="demo")
+        require(module, needed_for="the demo", extra="demo")
     if not backbone.startswith("timm:") and not backbone_weights:
         raise ValueError(
             f"--backbone {backbone}: give its weights with --backbone-weights FILE (random init is "

@@ -46,7 +46,7 @@ def load_sr(weights: str | Path, *, name: str | None = None, device: str = "auto
         device: `auto`, `cpu`, `cuda`, ...
         dtype: `auto` (fp16 on CUDA when the architecture supports it, else fp32), `fp32`, `fp16`, `bf16`.
     """
-    spandrel = require("spandrel", needed_for="aigi fakes sr")
+    spandrel = require("spandrel", needed_for="a super-resolution model")
     weights = Path(weights)
     state = read_checkpoint(weights)
     if not isinstance(state, dict):

@@ -767,6 +767,12 @@ def test_fakes_without_its_package_names_the_fakes_extra(tmp_path, reals, kind, 
     assert not (tmp_path / "f").exists()
 
 
+def test_demo_without_its_packages_names_the_demo_extra(tmp_path):
+    proc = aigi_without(("diffusers",), "demo", "-o", tmp_path / "demo", "--quick")
+    assert "diffusers" in missing_extra(proc, "demo", "demo")
+    assert not (tmp_path / "demo").exists()  # checked before any step
+
+
 def test_fakes_vae_from_a_taesd_pair_needs_no_extra(tmp_path, reals):
     from pipeline.fakes.taesd import TinyAutoencoder
     from tests.pipeline.test_fakes import save_pair
