@@ -41,7 +41,8 @@ Each run = one resolved config, run id = readable name + 8 hex of the sha256 of 
 (as `aigi train`) and evaluates it on the test split (as `aigi eval`) in DIR/runs/RUN_ID/ and writes
 DIR/runs/RUN_ID/result.json last, atomically. Runs whose result.json exists are skipped, so a killed ablation
 restarted with the same config redoes no finished run. At the end: DIR/results.parquet (one row per run),
-DIR/summary.md (mean +- std over seeds, one row per setting, best first) and DIR/summary.png.
+DIR/summary.md (mean +- std over seeds, one row per setting, best first) and DIR/summary.png (with the `plots`
+extra).
 
 Parallelism: --jobs N runs N processes (joblib, loky) with cores // N torch threads each; --workers N runs on a
 dask LocalCluster of N processes; --scheduler tcp://HOST:PORT on an existing dask cluster (its workers need the

@@ -15,7 +15,7 @@ from pipeline.metrics import REAL_POLICIES
 
 EVAL_HELP = """\
 Scores the rows of one split with a trained head and writes report.md, metrics.csv, metrics.json,
-scores.parquet and PNG plots (roc.png, acc_by_group.png, score_hist.png) to REPORT_DIR.
+scores.parquet and PNG plots (roc.png, acc_by_group.png, score_hist.png; with the `plots` extra) to REPORT_DIR.
 
 Decision rule: a row is called fake when its score (P(fake)) >= the threshold; ties count as fake.
 --threshold val picks, on the validation rows, the threshold that maximises balanced accuracy
