@@ -383,17 +383,38 @@ def _exit_with_parent(parent: int) -> None:
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
-def _watched_run(parent: int, *args: Any) -> dict:
-    """`execute_run` in a joblib worker that ends with the main process `parent`."""
+KEEP_WORKER_BYTES = 1 << 40  # a worker's memory may grow this much after its first run before loky replaces it
+
+
+def _keep_worker() -> None:
+    """In a loky worker: do not let loky replace this process when its memory grows after its first task.
+
+    loky ends a worker whose resident memory grew by 300 MB after its first task (it takes that for a leak); an
+    ablation worker keeps the rows it loaded and the stages it trained on purpose, for its next runs, and a new
+    process would load them, and import torch and sklearn, again."""
+    try:
+        from joblib.externals.loky import process_executor
+    except ImportError:  # another joblib layout: its workers may be replaced, the runs stay correct
+        return
+    if hasattr(process_executor, "_MAX_MEMORY_LEAK_SIZE"):
+        process_executor._MAX_MEMORY_LEAK_SIZE = max(process_executor._MAX_MEMORY_LEAK_SIZE, KEEP_WORKER_BYTES)
+
+
+def _watched_run(parent: int, run: Any, *args: Any) -> dict:
+    """`run(*args)` (`execute_run`) in a joblib worker that ends with the main process `parent` and is kept
+    for the next runs however its memory grew."""
     _exit_with_parent(parent)
-    return execute_run(*args)
+    _keep_worker()
+    return run(*args)
 
 
-def _run_local(tasks: list[tuple[str, tuple]], *, jobs: int, bar: Any) -> list[dict]:
+def _run_local(tasks: list[tuple[str, tuple]], *, jobs: int, bar: Any, run: Any = execute_run) -> list[dict]:
+    """`run(*args)` for every task (in order with one job, else on `jobs` loky processes); results in task order
+    (each result's "run_id" is its task's key)."""
     if jobs <= 1:
         results = []
         for _, args in tasks:
-            results.append(execute_run(*args))
+            results.append(run(*args))
             bar.update(1)
         return results
     from joblib import Parallel, delayed, parallel_config
@@ -404,7 +425,7 @@ def _run_local(tasks: list[tuple[str, tuple]], *, jobs: int, bar: Any) -> list[d
     with parallel_config(backend="loky", inner_max_num_threads=threads):
         parent = os.getpid()
         gen = Parallel(n_jobs=jobs, return_as="generator_unordered")(
-            delayed(_watched_run)(parent, *a) for _, a in tasks
+            delayed(_watched_run)(parent, run, *a) for _, a in tasks
         )
         for result in gen:
             out[order[result["run_id"]]] = result
