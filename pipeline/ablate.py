@@ -306,8 +306,9 @@ def _train_and_evaluate(run_dir: str, config: Any, identity: dict[str, Any], thr
     previous = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
+    loads = dict(streaming.ROW_LOADS)
     try:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         cfg = config if isinstance(config, RunConfig) else parse_config(config, source=f"{path}/config.yaml")
         trained = train_run(cfg, path)
         evaluated = time.perf_counter()
@@ -317,7 +318,7 @@ def _train_and_evaluate(run_dir: str, config: Any, identity: dict[str, Any], thr
                             config=cfg, where=[f"view={v}"])["mean"]
             for v in identity.get("eval_views") or []
         }  # fmt: skip
-        seconds = time.perf_counter() - start
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     finally:
         torch.set_num_threads(previous)
     val = trained.get("val_metrics") or {}
@@ -332,6 +333,8 @@ def _train_and_evaluate(run_dir: str, config: Any, identity: dict[str, Any], thr
         "val_ap": val.get("ap"),
         "train_seconds": trained["seconds"],
         "seconds": seconds,
+        "row_sets": {k: v - loads[k] for k, v in streaming.ROW_LOADS.items()},  # read from disk / reused here
+        "cpu_seconds": cpu,  # CPU time of the run in this process (all threads): a busy machine changes it little
         "stage_seconds": {**trained["stages"], "eval": start + seconds - evaluated},
         "threads": torch.get_num_threads() if not threads else threads,
         "pid": os.getpid(),

@@ -180,12 +180,18 @@ _STAGES: dict[str, dict] = {}
 MAX_KEPT = 4
 
 
+ROW_LOADS = {"loaded": 0, "reused": 0}  # selections this process read from disk / found already loaded
+
+
 def reuse_rows(key: tuple, load: Any) -> Any:
     """`load()` once per `key` in this process (the most recent MAX_KEPT results are kept)."""
     if key not in _ROWS:
         while len(_ROWS) >= MAX_KEPT:
             _ROWS.pop(next(iter(_ROWS)))
         _ROWS[key] = load()
+        ROW_LOADS["loaded"] += 1
+    else:
+        ROW_LOADS["reused"] += 1
     return _ROWS[key]
 
 

@@ -131,3 +131,20 @@ def test_workers_keep_what_they_hold_across_runs() -> None:
     pids = {r["pid"] for r in results}
     # 10 runs on 2 processes: growing by 330 MB or more after a first run did not replace a worker (loky would)
     assert len(pids) <= 2 and max(r["held_mb"] for r in results) >= 5 * 110, results
+
+
+def test_each_worker_reads_a_row_selection_once(tmp_path) -> None:
+    from pipeline.ablate import run_ablation
+
+    store = make_cache(tmp_path / "cache")
+    plan = expand(ablation(store, seeds=[0, 1, 2, 3]))  # 8 runs, all on the same rows
+    run_ablation(plan, tmp_path / "out", jobs=2, progress=False)
+    results = [read_result(tmp_path / "out" / "runs" / r.run_id) for r in plan.runs]
+    by_pid: dict[int, list[dict]] = {}
+    for r in sorted(results, key=lambda r: r["finished_at"]):
+        by_pid.setdefault(r["pid"], []).append(r["row_sets"])
+    assert 1 <= len(by_pid) <= 2 and os.getpid() not in by_pid
+    for sets in by_pid.values():
+        # the first run of a worker reads the training + validation rows and the test rows; its later runs reuse both
+        assert sets[0] == {"loaded": 2, "reused": 0}
+        assert all(s == {"loaded": 0, "reused": 2} for s in sets[1:]), sets
