@@ -90,6 +90,26 @@ def run_breakdown(ablation: Path) -> list[dict]:
     return rows
 
 
+def cpu_seconds() -> float:
+    """CPU seconds (user + system) used so far by this process, its ended children and its live descendants (the
+    ablation's worker processes outlive the step): what the step costs whatever else the machine runs."""
+    import resource
+
+    import psutil
+
+    me = psutil.Process()
+    ended = resource.getrusage(resource.RUSAGE_CHILDREN)
+    live = 0.0
+    for child in me.children(recursive=True):
+        try:
+            t = child.cpu_times()
+            live += t.user + t.system
+        except psutil.Error:  # ended meanwhile
+            pass
+    own = me.cpu_times()
+    return own.user + own.system + ended.ru_utime + ended.ru_stime + live
+
+
 def _timed(label: str, argv: list[str], times: dict) -> None:
     from pipeline.cli import main
 
@@ -131,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     add_sr_domain(staged, combined, args.sr_fraction)
     times["sr_domain"] = time.perf_counter() - start
-    _timed("domains", ["domains", "--cache", str(combined), "--k", "4", "-o", str(domains)], times)
+    if not domains.is_file() or domains.stat().st_mtime < (combined / "cache.json").stat().st_mtime:
+        _timed("domains", ["domains", "--cache", str(combined), "--k", "4", "-o", str(domains)], times)
     if args.prepare_only:
         print(f"made {combined} and {domains}; now: aigi ablate configs/ablate_fusion.yaml --cache uar={combined} "
               f"--set data.domains={domains} -o ablations/fusion --jobs 2")  # fmt: skip
@@ -139,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     if ablation.exists() and not args.keep:
         shutil.rmtree(ablation)
     config = ROOT / "configs" / "ablate_fusion.yaml"
-    load_before = os.getloadavg()
+    load_before, cpu_before = os.getloadavg(), cpu_seconds()
     _timed(
         "ablate",
         [
@@ -160,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     print(summary)
     runs = run_breakdown(ablation)
     load = {"before": load_before, "after": os.getloadavg()}
+    times["ablate_cpu"] = cpu_seconds() - cpu_before
     print("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in times.items()) + f" (cores: {os.cpu_count()}; load "
           f"average {load['before'][0]:.2f} before the ablate step, {load['after'][0]:.2f} after)")  # fmt: skip
     table = pd.read_parquet(ablation / "results.parquet")
