@@ -200,17 +200,22 @@ class PrototypeHead(nn.Module):
     def _start_stage2(self, batches: Callable[[], Iterator[tuple[dict[str, Tensor], Tensor]]]) -> None:
         """PCA prototypes of the stage-1 embeddings in one pass over the training rows: exactly as GAPL
         (`pca_prototypes`) while the embeddings fit EXACT_PCA_BYTES, else from per-class moments
-        (`ClassMoments`: the same axes up to float rounding, memory bounded by one batch)."""
+        (`ClassMoments`: the same axes up to float rounding, memory bounded by one batch; merged from the kept
+        batches, in order, once they pass EXACT_PCA_BYTES)."""
         if not self.cfg.fit_prototypes:
             return
         moments, kept, size = ClassMoments(), [], 0
         for xb, yb in batches():
             emb, y = self.embed(xb).cpu().numpy(), yb.cpu().numpy()
-            moments.add(emb, y)
-            if kept is not None:
-                kept.append((emb.copy(), y))
-                size += emb.nbytes
-                kept = kept if size <= EXACT_PCA_BYTES else None
+            if kept is None:
+                moments.add(emb, y)
+                continue
+            kept.append((emb.copy(), y))
+            size += emb.nbytes
+            if size > EXACT_PCA_BYTES:
+                for e, t in kept:
+                    moments.add(e, t)
+                kept = None
         if kept is not None:
             emb, y = np.concatenate([e for e, _ in kept]), np.concatenate([t for _, t in kept])
             protos = pca_prototypes(emb, y, self.cfg.per_class)

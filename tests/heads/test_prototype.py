@@ -171,3 +171,26 @@ def test_training_attention_has_gapls_values_and_gradients() -> None:
     assert g_fast.keys() == g_ref.keys() and {"proj.weight", "attn.in_proj_weight", "fc.weight"} <= g_fast.keys()
     for k in g_ref:  # float32 sums over the 64 rows x 64 prototypes in another order: relative to the norm
         assert float((g_fast[k] - g_ref[k]).norm() / g_ref[k].norm()) < 1e-5, k
+
+
+def test_moments_are_merged_only_when_the_embeddings_pass_the_exact_pca_cap(monkeypatch) -> None:
+    import heads.prototype as proto
+
+    data = make_set(600, seed=2)
+    added = []
+    real_add = proto.ClassMoments.add
+    monkeypatch.setattr(proto.ClassMoments, "add", lambda self, e, y: added.append(len(e)) or real_add(self, e, y))
+    cfg = heads.FitConfig(epochs=1, batch_size=64, eval_batch_size=100)
+    exact = heads.build("prototype", inputs="a", in_dim=16, embed_dim=8, per_class=4, num_heads=2)
+    heads.fit(exact, data["X"], data["y"], cfg=cfg)
+    assert added == []  # 600 embeddings fit the cap: GAPL's exact PCA, no moments
+    monkeypatch.setattr(proto, "EXACT_PCA_BYTES", 250 * 8 * 4)  # passed at the third batch of 100 rows
+    head = heads.build("prototype", inputs="a", in_dim=16, embed_dim=8, per_class=4, num_heads=2)
+    stage1 = {}
+    snap = lambda name: stage1.setdefault("w", head.proj.weight.detach().clone())  # noqa: E731
+    heads.fit(head, data["X"], data["y"], cfg=cfg, on_stage_end=snap)
+    assert added == [100] * 6  # every batch once, in order
+    emb = F.normalize(torch.from_numpy(data["X"]["a"]) @ stage1["w"].T, dim=1).numpy()
+    for c, block in enumerate((head.prototypes[:4].numpy(), head.prototypes[4:].numpy())):
+        want = PCA(n_components=4, svd_solver="full").fit(emb[data["y"] == c]).components_
+        np.testing.assert_allclose(np.abs(block), np.abs(want), atol=1e-5)
