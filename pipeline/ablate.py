@@ -43,7 +43,9 @@ DIR/summary.md (mean +- std over seeds, one row per setting, best first) and DIR
 
 Parallelism: --jobs N runs N processes (joblib, loky) with cores // N torch threads each; --workers N runs on a
 dask LocalCluster of N processes; --scheduler tcp://HOST:PORT on an existing dask cluster (its workers need the
-project installed and the caches and DIR on shared storage).
+project installed and the caches and DIR on shared storage). A worker process serves all its runs: it reads each
+selection of rows once (result.json's `row_sets`: read / reused), and heads that train the same frozen experts
+(gating, concat, mean) train them once per seed (DIR/shared_stages).
 """
 
 
