@@ -450,13 +450,12 @@ class FeatureStream:
             at += u.hi - u.lo
         return segs
 
-    def _fetch(self, pos: np.ndarray, buf: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Features of the distinct stream positions `pos` (any order) as new arrays in that order, read in sorted
+    def _fetch(self, pos: np.ndarray, buf: dict[str, np.ndarray], out: dict[str, np.ndarray]) -> None:
+        """Features of the distinct stream positions `pos` (any order) in that order, read in sorted
         runs of at most a chunk (rows stored in the same order as the request make one sequential read) through
-        the reused buffer `buf`."""
+        the reused buffer `buf`, into `out` (arrays of len(pos) rows)."""
         order = np.argsort(pos, kind="stable")
         ranked = pos[order]
-        out = {n: np.empty((len(pos), *sh), dtype=self.dtype) for n, sh in self._own.items()}
         for u in self._units(pos):
             seg = self._segments([u], buf)[0]
             dest = order[np.searchsorted(ranked, u.pos)]
@@ -466,7 +465,6 @@ class FeatureStream:
                     np.take(arr, seg.rows, axis=0, out=out[n][dest[0] : dest[-1] + 1], mode="clip")
                 else:
                     out[n][dest] = arr[seg.rows]
-        return out
 
     def _hand_out(self, segs: list[_Segment], plan: _Plan, put, slot) -> _Segment | None | bool:
         """Put the whole batches of `segs` (in a seeded random order when shuffling) on the queue in blocks gathered
@@ -579,12 +577,24 @@ class JoinedStream(FeatureStream):
         """The first cache's rows of `units` (see FeatureStream) with the other caches' matching rows."""
         segs = super()._segments(units, buf)
         bufs = self._local.__dict__.setdefault("bufs", {})
+        need = sum(len(sg.pos) for sg in segs)
+        for alias, stream, _ in self.others:  # the group's rows of each other cache: one reused array per feature
+            kept = bufs.setdefault(("rows", alias), {})
+            for n, shape in stream._own.items():
+                if n not in kept or len(kept[n]) < need:
+                    kept.pop(n, None)
+                    kept[n] = np.empty((need, *shape), dtype=stream.dtype)
+        at = 0
         for sg in segs:
             sg.feats = {self.out_names[(self.alias, n)]: v for n, v in sg.feats.items()}
+            k = len(sg.pos)
             for alias, stream, where in self.others:
-                for n, arr in stream._fetch(where[sg.pos], bufs.setdefault(alias, {})).items():
+                out = {n: v[at : at + k] for n, v in bufs[("rows", alias)].items()}
+                stream._fetch(where[sg.pos], bufs.setdefault(alias, {}), out)
+                for n, arr in out.items():
                     sg.extra[self.out_names[(alias, n)]] = arr
                     self.stats.bytes += arr.nbytes
+            at += k
         return segs
 
 
