@@ -285,7 +285,7 @@ def score_cache(args: argparse.Namespace) -> pd.DataFrame:
     import heads
     from pipeline.streaming import StreamedSet, choose, parse_budget, row_values
 
-    head, info = heads.load(args.head_dir)
+    head, info, _, _ = load_head(args)  # with the frozen tail a `tail_*` head re-runs on cached tokens
     paths = [c.partition("=")[2] if "=" in c else c for c in args.cache]
     if len(paths) != 1:
         raise ValueError("--cache: give one cache (join several with `aigi eval`, which follows the run's config)")
