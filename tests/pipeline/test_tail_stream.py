@@ -143,8 +143,8 @@ PEAK = textwrap.dedent(
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # reset the peak RSS (VmHWM) to the current RSS
         base = rss("VmRSS")
-        argv = ["train", config, "--weights", weights, "-o", out, "--overwrite", "--set", "data.memory_budget=" + budget]
-        assert main(argv + ["--set", "data.stream=" + stream]) == 0
+        argv = ["train", config, "--weights", weights, "-o", out, "--overwrite"]
+        assert main(argv + ["--set", "data.memory_budget=" + budget, "--set", "data.stream=" + stream]) == 0
         return rss("VmHWM") - base
 
     small, big, weights, out, budget, stream = sys.argv[1:7]
