@@ -142,7 +142,7 @@ def score_views(
     from extractors.views import canonical_view
     from pipeline.calibrate import calibrated
     from pipeline.config import override_caches, parse_config, to_dict
-    from pipeline.rows import check_fingerprints, load_rows, open_caches, run_config
+    from pipeline.rows import check_fingerprints, hold_choice, load_rows, open_caches, run_config
     from pipeline.tail import load_head
 
     views = [canonical_view(v) for v in views]
@@ -158,7 +158,8 @@ def score_views(
         if split == "all"
         else {**where, "view": list(views), cfg.data.split_column: split}
     )
-    fs = load_rows(opened, inputs=list(info["inputs"]), where=where, domains=cfg.data.domains)
+    hold = hold_choice(opened, cfg.data, inputs=list(info["inputs"]), where=where)  # in memory or streamed
+    fs = load_rows(opened, inputs=list(info["inputs"]), where=where, domains=cfg.data.domains, hold=hold)
     have = set(fs.column("view").astype(str)) if len(fs) else set()
     missing = [v for v in views if v not in have]
     if missing:
@@ -170,7 +171,8 @@ def score_views(
     frame = fs.meta[["image_id", "view", "label"]].reset_index(drop=True).copy()
     frame["label"] = frame["label"].astype(np.int64)
     frame["prob"], _, cal = calibrated(head, info, fs.features)
-    context = [f"head `{info['name']}` from `{run_dir}`", f"rows: split {split}, views {', '.join(views)}",
+    context = [f"head `{info['name']}` from `{run_dir}`",
+               f"rows: split {split}, views {', '.join(views)}, {len(fs)} rows {hold.why}",
                f"calibration: {cal.method}, threshold {cal.threshold:.6g} ({cal.threshold_policy})"
                + ("" if cal.band is None else f", unsure band ({cal.band[0]:.4g}, {cal.band[1]:.4g})"),
                *[f"warning: {n}" for n in notes]]  # fmt: skip

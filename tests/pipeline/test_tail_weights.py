@@ -116,6 +116,24 @@ def test_robustness_and_eval_views_rebuild_the_tail(run, store, weights, bad_wei
             assert table.loc[view, "acc"] == pytest.approx(acc, abs=1e-9), (command, view)
 
 
+def test_robustness_streams_token_rows_over_the_budget(run, store, weights, tmp_path) -> None:  # noqa: F811
+    """The same head, its run config asking for a 10 kB budget: the views' token rows are streamed, same table."""
+    small = tmp_path / "small"
+    argv = ["train", str(config(store, tmp_path / "r.yaml")), "--weights", str(weights), "-o", str(small)]
+    assert main([*argv, "--set", "data.memory_budget=10kB"]) == 0
+    tables = {}
+    for name, run_dir in (("memory", run), ("stream", small)):
+        out = tmp_path / name
+        assert main(["robustness", str(run_dir), "--views", VIEWS, "--weights", str(weights), "-o", str(out)]) == 0
+        context = json.loads((out / "robustness.json").read_text())["context"]
+        held = next(line for line in context if line.startswith("rows: "))
+        assert held.startswith("rows: split test, views orig, jpeg:75, 8 rows "), held
+        assert ("streamed from disk" in held) == (name == "stream"), held
+        tables[name] = pd.read_csv(out / "robustness.csv").set_index("view")
+    for key in ("acc", "auc"):  # trained on the same rows, in memory or streamed: the same head and scores
+        np.testing.assert_allclose(tables["stream"][key], tables["memory"][key], rtol=0, atol=1e-6)
+
+
 def test_ablate_trains_and_evaluates_tail_heads_with_weights(store, weights, bad_weights, tmp_path, capsys) -> None:  # noqa: F811
     path = config(store, tmp_path / "ablate.yaml", grid={"head.rank": [2, 4]}, seeds=[0])
     argv = ["ablate", str(path), "-o", str(tmp_path / "abl")]
