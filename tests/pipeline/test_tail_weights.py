@@ -150,3 +150,18 @@ def test_ablate_trains_and_evaluates_tail_heads_with_weights(store, weights, bad
         scores = pd.read_parquet(run_dir / "eval" / "scores.parquet").set_index("image_id")["score"]
         want = heads.predict(head, test.features)
         np.testing.assert_allclose(scores.loc[test.meta["image_id"]].to_numpy(), want, rtol=0, atol=1e-6)
+
+
+def test_the_python_api_trains_a_tail_head_with_weights(run, store, weights, tmp_path) -> None:  # noqa: F811
+    from safetensors.torch import load_file
+
+    import aigi
+
+    cfg = config(store, tmp_path / "run.yaml")
+    with pytest.raises(ValueError, match="pass --weights"):
+        aigi.train(cfg, tmp_path / "none")
+    aigi.train(cfg, tmp_path / "api", weights=[str(weights)])
+    got, want = load_file(str(tmp_path / "api" / "head.safetensors")), load_file(str(run / "head.safetensors"))
+    assert sorted(got) == sorted(want)
+    for key in want:  # the same config and rows as the CLI run: the same head
+        torch.testing.assert_close(got[key], want[key], rtol=0, atol=1e-6)
