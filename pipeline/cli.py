@@ -8,6 +8,7 @@ import importlib
 import os
 import sys
 
+from common.extras import MissingExtra
 from common.provenance import package_version
 
 # Each module defines `register(subparsers) -> None`, adding its sub-command(s) with `set_defaults(func=...)`.
@@ -52,8 +53,9 @@ COMMANDS = {
 # Errors a user can fix: printed as one line (set AIGI_DEBUG=1 for the traceback), exit code 2. Every OSError (a
 # missing file, disk full, permissions, a damaged file) is one; so are errors of file-format libraries (a YAML tag,
 # a damaged safetensors or pickle file), recognised by their module. A KeyError or any other exception is a bug and
-# keeps its traceback: code that meets a user mistake raises one of these with a message.
-USER_ERRORS = (ValueError, OSError)
+# keeps its traceback: code that meets a user mistake raises one of these with a message. A missing optional package
+# (`MissingExtra`) names the extra that installs it.
+USER_ERRORS = (ValueError, OSError, MissingExtra)
 FORMAT_ERROR_MODULES = ("yaml", "safetensors", "safetensors_rust", "_pickle", "pickle", "h5py", "pyarrow")
 OS_HINTS = {
     errno.ENOSPC: "the disk is full: free space and re-run (finished parts are kept)",

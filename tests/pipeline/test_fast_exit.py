@@ -80,10 +80,8 @@ def test_other_commands_and_failures_keep_teardown(trained: dict) -> None:
 
 def test_a_running_non_daemon_thread_keeps_teardown(trained: dict) -> None:
     tmp = trained["tmp"]
-    hook = (
-        "import threading, time\n"
-        "threading.Thread(target=time.sleep, args=(3,), daemon=False).start()\n"
-    )
+    # a thread that lives exactly as long as the main thread (whatever the machine's speed): it ends at shutdown
+    hook = "import threading\nthreading.Thread(target=threading.main_thread().join, daemon=False).start()\n"
     out = _aigi(tmp, "train", str(trained["cfg"]), "-o", str(tmp / "run_t"), hook=hook)
     assert out.returncode == 0, out.stderr
     assert MARKER in out.stderr
