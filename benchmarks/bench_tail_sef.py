@@ -20,9 +20,10 @@ Heads, 3 seeds, trained on the train split, scored on the test split:
 Reported: ACC of the reals, fake ACC of each fake type at threshold 0.5, AP of each fake type against the reals,
 AUC of all fakes against the reals, training seconds (nice -n 10, 2 shared CPU cores); mean +- std over seeds.
 
-Run: `nice -n 10 python benchmarks/bench_tail_sef.py [--demo DIR] [--seeds 0,1,2] [--epochs 10] [--runs a,b]`
-(the demo and the token cache are made in DIR, default demo_out/, when absent); prints a table and writes
-benchmarks/out/bench_tail_sef.json.
+Run: `nice -n 10 python benchmarks/bench_tail_sef.py [--demo DIR] [--seeds 0,1,2] [--epochs 10] [--runs "a;b"]
+[--out FILE]` (the demo and the token cache are made in DIR, default demo_out/, when absent); prints a table and
+writes benchmarks/out/bench_tail_sef.json (or FILE). Runs split over processes are put together with
+`--combine a.json,b.json` (prints the table of all their rows and writes the default JSON).
 """
 
 from __future__ import annotations
@@ -123,7 +124,11 @@ def main() -> None:
     parser.add_argument("--seeds", type=lambda s: [int(v) for v in s.split(",")], default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=10, help="epochs per stage of the tail heads")
     parser.add_argument("--runs", type=lambda s: s.split(";"), default=list(RUNS), help="';'-separated run names")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "bench_tail_sef.json")
+    parser.add_argument("--combine", type=lambda s: [Path(p) for p in s.split(",")], help="JSON files to merge")
     args = parser.parse_args()
+    if args.combine:
+        return combine(args.combine, args.out)
     import cache
 
     tokens, weights = make_data(args.demo)
@@ -138,11 +143,22 @@ def main() -> None:
               for s, fs in sets.items()}  # fmt: skip
     print(f"\nrows per split and source: {counts}; seeds {args.seeds}, tail heads {args.epochs} epochs per stage")
     summary = _table(rows, args.runs)
-    out = ROOT / "benchmarks" / "out"
-    out.mkdir(parents=True, exist_ok=True)
     result = {"rows": rows, "summary": summary, "counts": counts, "epochs": args.epochs, "seeds": args.seeds,
               "weights": weights.name}  # fmt: skip
-    (out / "bench_tail_sef.json").write_text(json.dumps(result, indent=2) + "\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+def combine(parts: list[Path], out: Path) -> None:
+    """One table and JSON from the results of several runs of this script (same data and settings)."""
+    results = [json.loads(p.read_text()) for p in parts]
+    rows = [r for res in results for r in res["rows"]]
+    names = [n for n in RUNS if any(r["run"] == n for r in rows)]
+    first = results[0]
+    print(f"rows per split and source: {first['counts']}; seeds {first['seeds']}, tail heads {first['epochs']} epochs")
+    summary = _table(rows, names)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({**first, "rows": rows, "summary": summary}, indent=2) + "\n")
 
 
 if __name__ == "__main__":
