@@ -12,7 +12,7 @@ block 13's map, the demo heads' input).
 Heads, 3 seeds, trained on the train split, scored on the test split:
 - `gating` on `pooler` (1280-d) and on `l3.mean` (96-d, the demo's input): two rank-16 residual adapters trained
   apart on real + VAE and real + SR rows, then gate + classifier; the demo's fit settings (AdamW lr 3e-2, 300
-  epochs, cosine, batch 32, balanced).
+  epochs, cosine, batch 32, balanced); and, as a control, `gating` on `pooler` with the tail heads' fit settings.
 - `tail_sef` on `l<17-k>.tokens`, k = 1, 2, 3 (and 4 from l13): two LoRA experts (rank 16, alpha 16, at both
   pointwise convs of each of the last k blocks), each trained apart with its own classifier on the tail's `pooler`
   on real + VAE and real + SR rows, frozen; then the gate on the frozen tail's pooler and the classifier (AdamW
@@ -45,6 +45,7 @@ GATING_FIT = {"lr": 3e-2, "epochs": 300, "weight_decay": 0.0}
 RUNS = {  # name -> (head, input, head config, fit overrides)
     "gating (pooler)": ("gating", "pooler", {"rank": 16, "gate_hidden": 64, "experts": EXPERTS}, GATING_FIT),
     "gating (l3.mean)": ("gating", "l3.mean", {"rank": 16, "gate_hidden": 64, "experts": EXPERTS}, GATING_FIT),
+    "gating (pooler, tail fit)": ("gating", "pooler", {"rank": 16, "gate_hidden": 64, "experts": EXPERTS}, {}),
     **{
         f"tail_sef k={17 - int(t[1:3])} ({t})": ("tail_sef", t, {"rank": 16, "gate_hidden": 64, "targets": ["pw"]}, {})
         for t in reversed(TOKENS)
