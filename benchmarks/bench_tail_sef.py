@@ -16,7 +16,8 @@ Heads, 3 seeds, trained on the train split, scored on the test split:
 - `tail_sef` on `l<17-k>.tokens`, k = 1, 2, 3 (and 4 from l13): two LoRA experts (rank 16, alpha 16, at both
   pointwise convs of each of the last k blocks), each trained apart with its own classifier on the tail's `pooler`
   on real + VAE and real + SR rows, frozen; then the gate on the frozen tail's pooler and the classifier (AdamW
-  lr 5e-3, `--epochs` per stage, cosine, batch 32, balanced).
+  lr 5e-3, `--epochs` per stage, cosine, batch 32, balanced); and k = 3 with lr 1e-3 (a diagnostic: LoRA in more
+  blocks with the same lr).
 Reported: ACC of the reals, fake ACC of each fake type at threshold 0.5, AP of each fake type against the reals,
 AUC of all fakes against the reals, training seconds (nice -n 10, 2 shared CPU cores); mean +- std over seeds.
 
@@ -50,6 +51,8 @@ RUNS = {  # name -> (head, input, head config, fit overrides)
         f"tail_sef k={17 - int(t[1:3])} ({t})": ("tail_sef", t, {"rank": 16, "gate_hidden": 64, "targets": ["pw"]}, {})
         for t in reversed(TOKENS)
     },
+    "tail_sef k=3 (l14.tokens, lr 1e-3)": ("tail_sef", "l14.tokens", {"rank": 16, "gate_hidden": 64, "targets": ["pw"]},
+                                           {"lr": 1e-3}),  # fmt: skip
 }
 
 
