@@ -51,8 +51,12 @@ RUNS = {  # name -> (head, input, head config, fit overrides)
         f"tail_sef k={17 - int(t[1:3])} ({t})": ("tail_sef", t, {"rank": 16, "gate_hidden": 64, "targets": ["pw"]}, {})
         for t in reversed(TOKENS)
     },
-    "tail_sef k=3 (l14.tokens, lr 1e-3)": ("tail_sef", "l14.tokens", {"rank": 16, "gate_hidden": 64, "targets": ["pw"]},
-                                           {"lr": 1e-3}),  # fmt: skip
+    "tail_sef k=3 (l14.tokens, lr 1e-3)": (
+        "tail_sef",
+        "l14.tokens",
+        {"rank": 16, "gate_hidden": 64, "targets": ["pw"]},
+        {"lr": 1e-3},
+    ),  # fmt: skip
 }
 
 
