@@ -8,7 +8,7 @@ STAMP := $(VENV)/.aigi-installed
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -e ".[test,demo]"
+	$(PY) -m pip install -q -e ".[all,test,demo]"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -57,7 +57,10 @@ heads.save(head, sys.argv[3], meta={"train_rows": len(train)})
 save_config(cfg, sys.argv[3])
 t["write"] = time.perf_counter()
 keys = list(t)
-print(json.dumps({b: t[b] - t[a] for a, b in zip(keys, keys[1:])}))
+print(json.dumps({b: t[b] - t[a] for a, b in zip(keys, keys[1:])}), flush=True)
+if hasattr(cli, "FAST_EXIT"):  # as the console script after `train`: no interpreter teardown
+    import os
+    os._exit(0)
 """
 
 STAGES = ("python start", "cli", "imports", "config", "open", "load", "fit", "write")

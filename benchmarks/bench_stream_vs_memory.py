@@ -69,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
             walls = []
             for _ in range(args.repeat):
                 run = args.work / f"run_{stream}"
-                walls.append(aigi("train", str(config), "--set", f"data.stream={stream}", "-o", str(run), "--overwrite"))
+                argv = ["train", str(config), "--set", f"data.stream={stream}", "-o", str(run), "--overwrite"]
+                walls.append(aigi(*argv))
             aigi("eval", str(run), "--by", "split", "-o", str(run / "eval"))
             m = json.loads((run / "eval" / "metrics.json").read_text())["mean"]
             fit = json.loads((run / "head.json").read_text())["history"]["seconds"]

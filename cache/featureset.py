@@ -75,6 +75,8 @@ class FeatureSet:
                 raise ValueError(f"mask has shape {idx.shape}, expected ({len(self)},)")
             idx = np.flatnonzero(idx)
         idx = idx.astype(np.int64, copy=False)
+        if len(idx) == len(self) and (len(idx) == 0 or (idx[0] == 0 and (np.diff(idx) == 1).all())):
+            return FeatureSet(dict(self.features), self.meta.copy(deep=False))  # every row in order: no copy
         return FeatureSet({k: v[idx] for k, v in self.features.items()}, self.meta.iloc[idx])
 
     def where(self, **filters) -> FeatureSet:

@@ -54,44 +54,70 @@ def manual_gates(weights: Mapping[str, float] | None, domains: tuple[str, ...]) 
     return torch.tensor([float(weights.get(d, 0.0)) for d in domains])
 
 
-@dataclass(frozen=True)
-class RouterCfg:
-    """Config of `router`.
+def router_stage(head: nn.Module) -> Stage:
+    """Stage 2 of `router` and `tail_moe`: experts frozen, router + classifier trained on the head's
+    `_stage2_forward` (BCE + balance + domain losses), rows' domain indices as aux, `_start_stage2` first."""
+    return Stage(
+        "router",
+        trainable=("router", "classifier"),
+        forward=head._stage2_forward,
+        aux=head.domain_index,
+        setup=head._start_stage2,
+        label_smoothing=head.cfg.label_smoothing,
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class RoutingCfg:
+    """The routed mixture's keys (OmniAID's defaults), shared by the `router` and `tail_moe` configs.
 
     Attributes:
-        inputs: the one feature it reads (CLIP `pooler` in OmniAID).
-        in_dim: that feature's width.
         domains: the semantic experts, one per domain value of `domain_column`.
         domain_column: the group column naming each row's semantic domain ("" / other values = unknown).
         artifact: glob patterns over `artifact_column` for the artifact expert's fake rows (real rows are added).
         artifact_column: the group column those patterns match.
         top_k: semantic experts used per row.
         router_hidden: hidden width of the router MLP.
-        rank: adapter rank of each expert.
         balance_weight: lambda of the load-balance loss.
         domain_weight: lambda of the router's domain cross-entropy.
         label_smoothing: label smoothing of every stage.
     """
 
-    inputs: tuple[str, ...]
-    in_dim: int
     domains: tuple[str, ...] = ("human", "animal", "object", "scene", "anime")
     domain_column: str = "domain"
     artifact: tuple[str, ...] = ("vae:*",)
     artifact_column: str = "source"
     top_k: int = 2
     router_hidden: int = 256
-    rank: int = 16
     balance_weight: float = 1e-3
     domain_weight: float = 0.1
     label_smoothing: float = 0.1
 
+    def check_routing(self, head: str) -> None:
+        """top_k within the domains; domains unique and not named `artifact` (the always-on expert)."""
+        if not 1 <= self.top_k <= len(self.domains):
+            raise ValueError(f"{head}: top_k={self.top_k} must be between 1 and the {len(self.domains)} domains")
+        if len(set(self.domains)) != len(self.domains) or "artifact" in self.domains:
+            raise ValueError(f"{head}: domains must be unique and not 'artifact'; got {self.domains}")
+
+
+@dataclass(frozen=True)
+class RouterCfg(RoutingCfg):
+    """Config of `router`: the routing keys of `RoutingCfg` and:
+
+    Attributes:
+        inputs: the one feature it reads (CLIP `pooler` in OmniAID).
+        in_dim: that feature's width.
+        rank: adapter rank of each expert.
+    """
+
+    inputs: tuple[str, ...]
+    in_dim: int
+    rank: int = 16
+
     def __post_init__(self) -> None:
         check_inputs(self.inputs, head="router", exactly_one=True)
-        if not 1 <= self.top_k <= len(self.domains):
-            raise ValueError(f"router: top_k={self.top_k} must be between 1 and the {len(self.domains)} domains")
-        if len(set(self.domains)) != len(self.domains) or "artifact" in self.domains:
-            raise ValueError(f"router: domains must be unique and not 'artifact'; got {self.domains}")
+        self.check_routing("router")
 
 
 @register_head("router")
@@ -203,12 +229,4 @@ class RouterHead(nn.Module):
             only=[len(cfg.domains)],
             **common,
         )
-        stage2 = Stage(
-            "router",
-            trainable=("router", "classifier"),
-            forward=self._stage2_forward,
-            aux=self.domain_index,
-            setup=self._start_stage2,
-            label_smoothing=cfg.label_smoothing,
-        )
-        return [*semantic, *artifact, stage2]
+        return [*semantic, *artifact, router_stage(self)]

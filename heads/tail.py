@@ -29,7 +29,7 @@ from heads._blocks import subset_rows
 from heads._lora import LoraExperts, TailHead, orthogonality_loss
 from heads._registry import register_head
 from heads.prototype import PrototypeCfg, PrototypeHead
-from heads.router import RouterHead, balance_loss, domain_loss, manual_gates, top_k_gates
+from heads.router import RouterHead, RoutingCfg, balance_loss, domain_loss, manual_gates, router_stage, top_k_gates
 from heads.train import Stage
 
 ATTN = ("q", "k", "v", "out")
@@ -226,9 +226,9 @@ class TailSefHead(TailHead):
 
 
 @dataclass(frozen=True)
-class TailMoeCfg:
-    """Config of `tail_moe` (OmniAID's defaults: rank 8, scaling 1, dropout 0.1 on q/k/v/out; router and loss
-    fields as in `router`).
+class TailMoeCfg(RoutingCfg):
+    """Config of `tail_moe` (OmniAID's defaults: rank 8, scaling 1, dropout 0.1 on q/k/v/out): the routing and loss
+    keys of `router` (`RoutingCfg`) and:
 
     Attributes:
         router_input: the frozen tail's output the router reads (OmniAID: the CLIP `pooler`).
@@ -238,26 +238,14 @@ class TailMoeCfg:
     inputs: tuple[str, ...]
     output: str = "pooler"
     router_input: str = "pooler"
-    domains: tuple[str, ...] = ("human", "animal", "object", "scene", "anime")
-    domain_column: str = "domain"
-    artifact: tuple[str, ...] = ("vae:*",)
-    artifact_column: str = "source"
-    top_k: int = 2
-    router_hidden: int = 256
     rank: int = 8
     alpha: float = 8.0
     dropout: float = 0.1
     targets: tuple[str, ...] = ATTN
-    balance_weight: float = 1e-3
-    domain_weight: float = 0.1
     orth_weight: float = 1e-3
-    label_smoothing: float = 0.1
 
     def __post_init__(self) -> None:
-        if not 1 <= self.top_k <= len(self.domains):
-            raise ValueError(f"tail_moe: top_k={self.top_k} must be between 1 and the {len(self.domains)} domains")
-        if len(set(self.domains)) != len(self.domains) or "artifact" in self.domains:
-            raise ValueError(f"tail_moe: domains must be unique and not 'artifact'; got {self.domains}")
+        self.check_routing("tail_moe")
 
 
 @register_head("tail_moe")
@@ -356,12 +344,4 @@ class TailMoeHead(TailHead):
             return subset_rows(groups, y, column=cfg.artifact_column, patterns=pats, keep_real=True, head="tail_moe")
 
         stages.append(self._expert_stage(len(cfg.domains), artifact_rows, optional=False))
-        router = Stage(
-            "router",
-            trainable=("router", "classifier"),
-            forward=self._stage2_forward,
-            aux=self.domain_index,
-            setup=self._start_stage2,
-            label_smoothing=cfg.label_smoothing,
-        )
-        return [*stages, router]
+        return [*stages, router_stage(self)]

@@ -9,12 +9,14 @@ import json
 import os
 import re
 import shutil
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.extras import require
 from common.files import atomic_write
 
 ABLATION_KEYS = ("grid", "variants", "seeds", "sort_by", "prepare", "eval_views")
@@ -39,7 +41,8 @@ Each run = one resolved config, run id = readable name + 8 hex of the sha256 of 
 (as `aigi train`) and evaluates it on the test split (as `aigi eval`) in DIR/runs/RUN_ID/ and writes
 DIR/runs/RUN_ID/result.json last, atomically. Runs whose result.json exists are skipped, so a killed ablation
 restarted with the same config redoes no finished run. At the end: DIR/results.parquet (one row per run),
-DIR/summary.md (mean +- std over seeds, one row per setting, best first) and DIR/summary.png.
+DIR/summary.md (mean +- std over seeds, one row per setting, best first) and DIR/summary.png (with the `plots`
+extra).
 
 Parallelism: --jobs N runs N processes (joblib, loky) with cores // N torch threads each; --workers N runs on a
 dask LocalCluster of N processes; --scheduler tcp://HOST:PORT on an existing dask cluster (its workers need the
@@ -519,6 +522,8 @@ def run(args: argparse.Namespace) -> int:
             state = "done" if read_result(args.out / "runs" / r.run_id) is not None else "todo"
             print(f"{state}  {r.run_id}")
         return 0
+    if args.workers or args.scheduler:
+        require("dask.distributed", needed_for="--workers / --scheduler")  # before any run starts
     start = time.perf_counter()
     out = run_ablation(plan, args.out, jobs=args.jobs, workers=args.workers, scheduler=args.scheduler)
     best = out["summary"].iloc[0]
@@ -527,4 +532,8 @@ def run(args: argparse.Namespace) -> int:
         f"{time.perf_counter() - start:.1f} s; best by {plan.sort_by}: {best['setting']} "
         f"({100 * best[f'{plan.sort_by}.mean']:.2f}) -> {out['files']['summary']}"
     )
+    if "plot" not in out["files"]:
+        from pipeline.plots import SKIPPED
+
+        print(SKIPPED, file=sys.stderr)
     return 0

@@ -1,6 +1,6 @@
 """Run configs: YAML presets -> frozen dataclasses with strict keys, `--set key=value` overrides, resolved copies.
 
-A run config has four sections (see the presets in configs/, shipped as pipeline/presets: `aigi train uar`):
+A run config has four sections (see the presets in pipeline/presets/, also reachable as configs/: `aigi train uar`):
 
     head:  name + the head's own config keys (checked by `heads.build`), incl. `inputs`, the feature names it reads
     fit:   `heads.FitConfig` fields (optimizer, lr, weight_decay, epochs, batch_size, schedule, seed, ...)
@@ -392,7 +392,7 @@ def dump_yaml(data: Any) -> str:
 
 
 def presets_dir() -> Path:
-    """The folder of the presets shipped with the package (`pipeline/presets`, the repository's configs/)."""
+    """The folder of the presets shipped with the package, `pipeline/presets` (the repository's configs/ links here)."""
     from importlib import resources
 
     return Path(str(resources.files("pipeline") / "presets"))

@@ -12,6 +12,8 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+from common.extras import require
+
 
 @contextlib.contextmanager
 def dask_client(*, workers: int = 0, scheduler: str | None = None, threads_per_worker: int = 1) -> Iterator[Any]:
@@ -20,8 +22,8 @@ def dask_client(*, workers: int = 0, scheduler: str | None = None, threads_per_w
     Local workers share the machine's cores: each gets `cores // workers` BLAS/torch threads so that N workers do
     not oversubscribe the CPU.
     """
-    from dask.distributed import Client, LocalCluster
-
+    dd = require("dask.distributed", needed_for="--workers / --scheduler")
+    Client, LocalCluster = dd.Client, dd.LocalCluster
     if scheduler:
         with Client(scheduler, timeout="30s") as client:
             yield client

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from pipeline.metrics import REAL_POLICIES
 
 EVAL_HELP = """\
 Scores the rows of one split with a trained head and writes report.md, metrics.csv, metrics.json,
-scores.parquet and PNG plots (roc.png, acc_by_group.png, score_hist.png) to REPORT_DIR.
+scores.parquet and PNG plots (roc.png, acc_by_group.png, score_hist.png; with the `plots` extra) to REPORT_DIR.
 
 Decision rule: a row is called fake when its score (P(fake)) >= the threshold; ties count as fake.
 --threshold val picks, on the validation rows, the threshold that maximises balanced accuracy
@@ -287,4 +288,8 @@ def run(args: argparse.Namespace) -> int:
         f"threshold {result['threshold']:.4g}: mean ACC {pct(m['acc'])}, AP {pct(m['ap'])}, AUC {pct(m['auc'])}, "
         f"TPR@1%FPR {pct(m['tpr_at_1pct_fpr'])}, ECE {pct(m['ece'])}{covered} -> {args.out}/report.md"
     )
+    from pipeline.plots import SKIPPED, can_draw
+
+    if not can_draw():
+        print(SKIPPED, file=sys.stderr)
     return 0

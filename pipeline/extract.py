@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from common.extras import require
 from common.files import atomic_path
 
 JOBS_DIR = "jobs"
@@ -402,12 +403,15 @@ def fail_if_all_failed(cfg: ExtractConfig, tasks: list[tuple[int, pd.DataFrame]]
 
 def run(args: argparse.Namespace) -> int:
     check_weights_choice(args.weights, getattr(args, "random_weights", False))
+    on_dask = bool(getattr(args, "workers", 0) or getattr(args, "scheduler", None))
+    if on_dask:
+        require("dask.distributed", needed_for="--workers / --scheduler")  # before anything is written
     cfg = config_from_args(args)
     start = time.perf_counter()
     tasks, plan = prepare(cfg)
     if plan.get("skipped_already_cached"):
         print(f"{plan['skipped_already_cached']} row(s) already in the cache are not extracted again", file=sys.stderr)
-    if getattr(args, "workers", 0) or getattr(args, "scheduler", None):
+    if on_dask:
         results = run_dask(cfg, tasks, workers=args.workers, scheduler=args.scheduler)
     else:
         results = run_local(cfg, tasks)

@@ -1,4 +1,9 @@
-"""Every PNG figure (matplotlib Agg): an evaluation's ROC, ACC by group, score histograms; an ablation's bars."""
+"""Every PNG figure (matplotlib Agg): an evaluation's ROC, ACC by group, score histograms; an ablation's bars; a
+robustness sweep's metric-against-strength panels.
+
+matplotlib is the optional `plots` extra: without it `can_draw()` is False and the stages write their tables and
+reports without the figures, saying so in one line (`SKIPPED`).
+"""
 
 from __future__ import annotations
 
@@ -10,16 +15,27 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from common.extras import available, require
+
 MAX_HIST_PANELS = 16
+SKIPPED = "plots skipped: matplotlib is not installed (pip install 'aigi[plots]')"
+# robustness panels: the parameter value at which each kind of view is the original image, and the axis labels
+IDENTITY = {"jpeg": 100.0, "webp": 100.0, "blur": 0.0, "resize": 1.0, "crop": 1.0}
+AXIS = {"jpeg": "JPEG quality", "webp": "WebP quality", "blur": "blur sigma (px)", "resize": "resize factor",
+        "crop": "central crop (fraction of each side)"}  # fmt: skip
+PLOTTED = (("acc", "ACC"), ("auc", "AUC"), ("tpr_at_1pct_fpr", "TPR @ 1% FPR"))
 
 
-def _pyplot():
-    import matplotlib
+def can_draw() -> bool:
+    """Whether matplotlib (the `plots` extra) is installed; without it the figures are skipped."""
+    return available("matplotlib")
 
+
+def pyplot():
+    """matplotlib.pyplot on the Agg backend; `MissingExtra` (one line: pip install 'aigi[plots]') without it."""
+    matplotlib = require("matplotlib", needed_for="drawing figures")
     matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
+    return require("matplotlib.pyplot", needed_for="drawing figures")
 
 
 def draw_all(
@@ -41,7 +57,7 @@ def roc_plot(path: Path, *, labels: np.ndarray, scores: np.ndarray, index: Mappi
     """One ROC curve per group with both classes (AUC in the legend), with the chance diagonal."""
     from sklearn.metrics import roc_auc_score, roc_curve
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 6.0))
     colors = plt.get_cmap("tab20" if len(index) > 10 else "tab10")
     drawn = 0
@@ -62,7 +78,7 @@ def roc_plot(path: Path, *, labels: np.ndarray, scores: np.ndarray, index: Mappi
 
 def acc_plot(path: Path, *, metrics: Mapping[str, Any]) -> Path:
     """Grouped bars per group (and the mean): ACC, real ACC, fake ACC in %, at the report's threshold."""
-    plt = _pyplot()
+    plt = pyplot()
     rows = [*metrics["groups"].items(), ("mean", metrics["mean"])]
     keys = (("acc", "ACC"), ("real_acc", "real ACC"), ("fake_acc", "fake ACC"))
     x = np.arange(len(rows))
@@ -88,7 +104,7 @@ def hist_plot(
 ) -> Path:
     """Histograms of P(fake) for reals and fakes: all rows first (when there are several groups), then one panel per
     group (up to 15)."""
-    plt = _pyplot()
+    plt = pyplot()
     groups = list(index.items())
     panels = groups[:1] if len(groups) == 1 else [("all rows", np.arange(labels.size)), *groups[: MAX_HIST_PANELS - 1]]
     panels = panels or [("all rows", np.arange(labels.size))]
@@ -114,15 +130,13 @@ def hist_plot(
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
+    pyplot().close(fig)
     return path
 
 
 def ablation_plot(summary: Any, path: str | Path, *, metrics: Sequence[str] = ("acc", "ap", "auc")) -> Path:
     """Grouped bar chart (one group of bars per setting, one bar per metric) with ± std error bars, as PNG."""
-    plt = _pyplot()
+    plt = pyplot()
     metrics = [m for m in metrics if f"{m}.mean" in summary.columns]
     n, k = len(summary), len(metrics)
     x = np.arange(n)
@@ -144,3 +158,26 @@ def ablation_plot(summary: Any, path: str | Path, *, metrics: Sequence[str] = ("
     fig.savefig(path, dpi=120, format="png")
     plt.close(fig)
     return path
+
+
+def strength_plot(table: pd.DataFrame, path: Path) -> Path:
+    """One panel per view kind: ACC, AUC and TPR at 1% FPR against the view's parameter (orig at identity)."""
+    plt = pyplot()
+    kinds = [k for k in dict.fromkeys(table["kind"]) if k != "orig"] or ["orig"]
+    fig, axes = plt.subplots(1, len(kinds), figsize=(4.6 * len(kinds), 3.8), squeeze=False)
+    orig = table[table["kind"] == "orig"]
+    for ax, kind in zip(axes[0], kinds):
+        part = table[table["kind"] == kind]
+        if kind != "orig" and len(orig):
+            part = pd.concat([orig.assign(strength=IDENTITY[kind]), part])
+        part = part.sort_values("strength")
+        for key, label in PLOTTED:
+            ax.plot(part["strength"], 100 * part[key].astype(float), marker="o", label=label)
+        ax.set(xlabel=AXIS.get(kind, kind), ylabel="%", ylim=(0, 101), title=kind)
+        if kind in ("jpeg", "webp", "resize", "crop"):
+            ax.invert_xaxis()  # stronger perturbation to the right
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small", loc="lower left")
+    fig.suptitle("metric against perturbation strength (stronger to the right)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return _save(fig, path)

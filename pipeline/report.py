@@ -123,7 +123,8 @@ def write_report(
         context: bullet lines describing the run (head, cache, split).
         index: group name -> positional row indices into `scores` (`metrics.assemble_groups`); by default the
             rows are grouped by `metrics["by"]` as they are.
-        plots: also draw roc.png, acc_by_group.png and score_hist.png.
+        plots: also draw roc.png, acc_by_group.png and score_hist.png (skipped, with a note in report.md, when
+            matplotlib is not installed).
 
     Returns:
         name -> path of every file written.
@@ -137,9 +138,11 @@ def write_report(
     files["scores.parquet"] = out / "scores.parquet"
     scores.to_parquet(files["scores.parquet"], index=False)
     pngs: list[Path] = []
-    if plots:
-        from pipeline.plots import draw_all
+    from pipeline.plots import SKIPPED, can_draw, draw_all
 
+    if plots and not can_draw():
+        context = [*context, SKIPPED]
+    elif plots:
         if index is None:
             keys = scores[clean["by"]].astype(str).to_numpy()
             index = {g: np.flatnonzero(keys == g) for g in clean["groups"]}
@@ -245,13 +248,17 @@ def ablation_markdown(summary: Any, *, sort_by: str, n_runs: int) -> str:
 
 
 def write_ablation_report(out: Path, *, table: Any, summary: Any, sort_by: str) -> dict[str, Path]:
-    """Write an ablation's results.parquet, summary.md and summary.png atomically into `out`."""
-    from pipeline.plots import ablation_plot
+    """Write an ablation's results.parquet, summary.md and summary.png atomically into `out` (no summary.png when
+    matplotlib is not installed)."""
+    from pipeline.plots import ablation_plot, can_draw
 
     files = {"results": out / "results.parquet", "summary": out / "summary.md", "plot": out / "summary.png"}
     with atomic_path(files["results"]) as tmp:
         table.to_parquet(tmp, index=False)
     atomic_write(files["summary"], ablation_markdown(summary, sort_by=sort_by, n_runs=len(table)))
+    if not can_draw():
+        del files["plot"]
+        return files
     with atomic_path(files["plot"]) as tmp:
         ablation_plot(summary, tmp)
     return files

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,12 +23,6 @@ Scores the same images under every requested view (rows of the cache keyed by (i
   robustness.png                ACC, AUC and TPR at 1% FPR against perturbation strength, one panel per kind
                                 (JPEG/WebP quality, blur sigma, resize and crop factors; `orig` is the unperturbed end)
 """
-
-# the parameter value at which each kind of view is the original image
-IDENTITY = {"jpeg": 100.0, "webp": 100.0, "blur": 0.0, "resize": 1.0, "crop": 1.0}
-AXIS = {"jpeg": "JPEG quality", "webp": "WebP quality", "blur": "blur sigma (px)", "resize": "resize factor",
-        "crop": "central crop (fraction of each side)"}  # fmt: skip
-PLOTTED = (("acc", "ACC"), ("auc", "AUC"), ("tpr_at_1pct_fpr", "TPR @ 1% FPR"))
 
 
 def view_strength(view: str) -> tuple[str, float | None]:
@@ -76,36 +71,6 @@ def robustness_table(frame: pd.DataFrame, cal: Any, *, views: Sequence[str]) -> 
             row.update(flip_stats(flips, probs, view))
         rows.append(row)
     return pd.DataFrame(rows), flips.reset_index()
-
-
-def plot_strength(table: pd.DataFrame, path: Path) -> Path:
-    """One panel per view kind: ACC, AUC and TPR at 1% FPR against the view's parameter (orig at identity)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    kinds = [k for k in dict.fromkeys(table["kind"]) if k != "orig"] or ["orig"]
-    fig, axes = plt.subplots(1, len(kinds), figsize=(4.6 * len(kinds), 3.8), squeeze=False)
-    orig = table[table["kind"] == "orig"]
-    for ax, kind in zip(axes[0], kinds):
-        part = table[table["kind"] == kind]
-        if kind != "orig" and len(orig):
-            part = pd.concat([orig.assign(strength=IDENTITY[kind]), part])
-        part = part.sort_values("strength")
-        for key, label in PLOTTED:
-            ax.plot(part["strength"], 100 * part[key].astype(float), marker="o", label=label)
-        ax.set(xlabel=AXIS.get(kind, kind), ylabel="%", ylim=(0, 101), title=kind)
-        if kind in ("jpeg", "webp", "resize", "crop"):
-            ax.invert_xaxis()  # stronger perturbation to the right
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize="small", loc="lower left")
-    fig.suptitle("metric against perturbation strength (stronger to the right)")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 def _markdown(table: pd.DataFrame, context: Sequence[str]) -> str:
@@ -184,6 +149,7 @@ def robustness_run(
 ) -> pd.DataFrame:
     """Score `views` of one split with a head and write the robustness report (see ROBUSTNESS_HELP)."""
     from extractors.views import canonical_view
+    from pipeline.plots import SKIPPED, can_draw, strength_plot
 
     views = [canonical_view(v) for v in views]
     frame, cal, context = score_views(Path(run_dir), views=views, split=split, caches=caches)
@@ -195,7 +161,10 @@ def robustness_run(
     (out / "robustness.json").write_text(json.dumps({"views": records, "context": context}, indent=2) + "\n")
     flips.columns = [str(c) for c in flips.columns]
     flips.to_parquet(out / "flips.parquet", index=False)
-    plot_strength(table, out / "robustness.png")
+    if can_draw():
+        strength_plot(table, out / "robustness.png")
+    else:
+        context = [*context, SKIPPED]
     (out / "robustness.md").write_text(_markdown(table, context), encoding="utf-8")
     return table
 
@@ -226,6 +195,7 @@ def add_view_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Entry point of `aigi robustness`."""
     from extractors.views import parse_views
+    from pipeline.plots import SKIPPED, can_draw
 
     table = robustness_run(args.run_dir, views=parse_views(args.views), out_dir=args.out, split=args.split,
                            caches=args.cache or None)  # fmt: skip
@@ -238,4 +208,6 @@ def run(args: argparse.Namespace) -> int:
         auc = "n/a" if row["auc"] is None or pd.isna(row["auc"]) else f"{100 * row['auc']:.2f}"
         print(f"{row['view']}: ACC {100 * row['acc']:.2f}, AUC {auc}{flips}")
     print(f"robustness: {len(table)} view(s) -> {args.out}/robustness.md")
+    if not can_draw():
+        print(SKIPPED, file=sys.stderr)
     return 0

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.extras import require
+
 DEMO_HELP = """\
 Runs the whole aigi flow on real photos that ship inside scikit-image, scikit-learn and matplotlib, offline:
   1. cut them into real crops (domains human / animal / object / scene) and `aigi index` them, split by pair;
@@ -22,7 +24,7 @@ Runs the whole aigi flow on real photos that ship inside scikit-image, scikit-le
   4. `aigi train` linear, gating, router and prototype heads (configs/demo.yaml), `aigi eval` per source;
   5. `aigi ablate` over those heads and seeds; then DIR/report.md gathers the tables and plots.
 Re-running resumes: finished crops, fakes and feature shards are kept."""
-CONFIG = Path(__file__).resolve().parents[1] / "presets" / "demo.yaml"  # the shipped preset (configs/demo.yaml)
+CONFIG = Path(__file__).resolve().parents[1] / "presets" / "demo.yaml"  # the shipped preset (`aigi train demo`)
 MAIN_HEADS = ("linear", "gating", "router", "prototype")
 SPLIT_RATIO = "train=0.6,val=0.1,test=0.3"
 SMALL = "small"  # --vae-weights / --sr-weights value: the small models shipped with aigi, even when others exist
@@ -30,6 +32,7 @@ RANDOM = "random"  # --backbone-weights value: a seeded random initialisation, e
 DEFAULT_BACKBONE = "timm:mobilenetv2_100"
 DEFAULT_FEATURES = ("l1.mean", "l3.mean", "pooler")
 DEFAULT_HEAD_INPUT = "l3.mean"
+DEMO_NEEDS = ("diffusers", "spandrel", "matplotlib")  # optional packages of the `demo` extra the steps use
 
 
 @dataclass(frozen=True)
@@ -186,13 +189,11 @@ def fake_quality(state: DemoState) -> list[dict[str, Any]]:
 
 def draw_gallery(state: DemoState, path: Path, *, per_domain: int = 2) -> str:
     """A PNG: columns = test crops of each domain; rows = the real, then each fake type made from it."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from cache import read_manifest
     from pipeline.demo.data import load_rgb
+    from pipeline.plots import pyplot
+
+    plt = pyplot()
 
     df = read_manifest(state.manifest)
     reals = df[(df["label"] == 0) & (df["split"] == "test")]
@@ -598,6 +599,8 @@ def run_demo(
     """Run the demo flow into `out` and return the report's path (see DEMO_HELP)."""
     from tqdm.auto import tqdm
 
+    for module in DEMO_NEEDS:  # before any step: the fakes need diffusers and spandrel, the report matplotlib
+        require(module, needed_for="the demo", extra="demo")
     if not backbone.startswith("timm:") and not backbone_weights:
         raise ValueError(
             f"--backbone {backbone}: give its weights with --backbone-weights FILE (random init is "

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common.extras import require
+
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 VAE_NAME = "small_vae"
 SR_NAME = "small_sr_x4.safetensors"
@@ -83,8 +85,7 @@ def small_vae_config(*, channels: int = 24, levels: int = 2, latent_channels: in
 
 def build_small_vae(seed: int) -> nn.Module:
     """A freshly initialised small `AutoencoderTiny` (weights from `seed`)."""
-    from diffusers import AutoencoderTiny
-
+    AutoencoderTiny = require("diffusers", needed_for="the small VAE").AutoencoderTiny
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return AutoencoderTiny(**small_vae_config(**VAE_ARCH))
@@ -92,8 +93,7 @@ def build_small_vae(seed: int) -> nn.Module:
 
 def build_small_sr(seed: int) -> nn.Module:
     """A freshly initialised Real-ESRGAN-Compact x4 with 32 features and 8 convs (weights from `seed`)."""
-    from spandrel.architectures.Compact import Compact
-
+    Compact = require("spandrel.architectures.Compact", needed_for="the small x4 upsampler").Compact
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return Compact(num_in_ch=3, num_out_ch=3, num_feat=32, num_conv=8, upscale=SR_SCALE, act_type="prelu")

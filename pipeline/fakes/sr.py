@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from common.device import resolve_device
+from common.extras import require
 from pipeline.fakes.ops import padded_size, read_checkpoint, stack_padded, to_image, to_tensor
 
 
@@ -45,8 +46,7 @@ def load_sr(weights: str | Path, *, name: str | None = None, device: str = "auto
         device: `auto`, `cpu`, `cuda`, ...
         dtype: `auto` (fp16 on CUDA when the architecture supports it, else fp32), `fp32`, `fp16`, `bf16`.
     """
-    import spandrel
-
+    spandrel = require("spandrel", needed_for="a super-resolution model")
     weights = Path(weights)
     state = read_checkpoint(weights)
     if not isinstance(state, dict):

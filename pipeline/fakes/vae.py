@@ -15,6 +15,7 @@ from PIL import Image
 from torch import nn
 
 from common.device import resolve_device
+from common.extras import require
 from pipeline.fakes.ops import padded_size, read_checkpoint, stack_padded, to_image, to_tensor
 from pipeline.fakes.taesd import TinyAutoencoder, load_pair
 
@@ -136,8 +137,7 @@ def _load_kwargs() -> dict:
 
 
 def _load_kl_single_file(path: Path, config: Path | None) -> nn.Module:
-    from diffusers import AutoencoderKL
-
+    AutoencoderKL = require("diffusers", needed_for="an AutoencoderKL checkpoint").AutoencoderKL
     state = read_checkpoint(path)
     hint = "pass an AutoencoderKL checkpoint, a diffusers VAE folder or a folder with a TAESD encoder/decoder pair"
     if not isinstance(state, dict):
@@ -161,8 +161,7 @@ def _load_kl_single_file(path: Path, config: Path | None) -> nn.Module:
 
 
 def _load_diffusers_folder(folder: Path) -> tuple[str, nn.Module]:
-    import diffusers
-
+    diffusers = require("diffusers", needed_for="a diffusers VAE folder")
     if not (folder / "config.json").is_file() and (folder / "vae" / "config.json").is_file():
         folder = folder / "vae"  # a pipeline folder
     cls_name = json.loads((folder / "config.json").read_text()).get("_class_name", "")

@@ -29,6 +29,21 @@ def test_featureset_basics():
         cache.FeatureSet({"x": np.zeros((2, 2))}, a.meta)
 
 
+def test_subset_of_every_row_in_order_shares_the_features():
+    x = np.arange(12, dtype=np.float32).reshape(4, 3)
+    a = cache.FeatureSet({"x": x}, fs(list("abcd"), ["orig"] * 4, {"x": x}).meta)
+    for rows in (np.ones(4, dtype=bool), [0, 1, 2, 3]):
+        whole = a.subset(rows)
+        assert np.shares_memory(whole.features["x"], x)  # a train split that is the whole set costs no copy
+        np.testing.assert_array_equal(whole.features["x"], x)
+        assert whole.column("image_id").tolist() == list("abcd")
+    for rows in ([3, 2, 1, 0], [0, 1, 2], [0, 0, 1, 2]):  # any other selection is a copy, in the order asked
+        part = a.subset(rows)
+        assert not np.shares_memory(part.features["x"], x)
+        np.testing.assert_array_equal(part.features["x"], x[rows])
+    assert len(a.subset(np.zeros(4, dtype=bool))) == 0
+
+
 def test_join_inner_on_key_and_renames_shared_names():
     a = fs(["a", "b", "c", "b"], ["orig", "orig", "orig", "jpeg:75"], {"x": np.arange(4.0)[:, None]}, [0, 1, 0, 1])
     b = fs(

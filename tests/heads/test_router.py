@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -112,3 +113,44 @@ def test_router_stage_order_and_skips_empty_domain() -> None:
     assert "skipped" in hist["stages"][2] and hist["stages"][3]["rows"] == int(
         (data["y"] == 0).sum() + (data["groups"]["source"] == "vae:x").sum()
     )
+
+
+# The keys (and defaults) a saved head.json holds for each head, as written before the two configs shared their
+# routing keys: an old head.json must load, a new one must carry the same keys.
+ROUTING_DEFAULTS = {
+    "domains": ("human", "animal", "object", "scene", "anime"),
+    "domain_column": "domain",
+    "artifact": ("vae:*",),
+    "artifact_column": "source",
+    "top_k": 2,
+    "router_hidden": 256,
+    "balance_weight": 1e-3,
+    "domain_weight": 0.1,
+    "label_smoothing": 0.1,
+}
+SAVED_KEYS = {
+    "router": {**ROUTING_DEFAULTS, "inputs": ("f",), "in_dim": 6, "rank": 16},
+    "tail_moe": {**ROUTING_DEFAULTS, "inputs": ("l0.tokens",), "output": "pooler", "router_input": "pooler",
+                 "rank": 8, "alpha": 8.0, "dropout": 0.1, "targets": ("q", "k", "v", "out"), "orth_weight": 1e-3},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ["router", "tail_moe"])
+def test_router_and_tail_moe_configs_keep_their_saved_keys_and_checks(name: str) -> None:
+    import dataclasses
+
+    from heads._registry import make_config
+    from heads.router import RouterCfg, RoutingCfg
+    from heads.tail import TailMoeCfg
+
+    cfg_cls = {"router": RouterCfg, "tail_moe": TailMoeCfg}[name]
+    assert issubclass(cfg_cls, RoutingCfg)  # one definition of the routing keys
+    required = {"router": {"inputs": ["f"], "in_dim": 6}, "tail_moe": {"inputs": ["l0.tokens"]}}[name]
+    cfg = make_config(cfg_cls, required)
+    assert dataclasses.asdict(cfg) == SAVED_KEYS[name]
+    old = json.loads(json.dumps(SAVED_KEYS[name]))  # a head.json's config, lists for tuples
+    assert make_config(cfg_cls, old) == cfg
+    with pytest.raises(ValueError, match=f"{name}: top_k=6 must be between 1 and the 5 domains"):
+        make_config(cfg_cls, {**required, "top_k": 6})
+    with pytest.raises(ValueError, match=f"{name}: domains must be unique and not 'artifact'"):
+        make_config(cfg_cls, {**required, "domains": ["a", "artifact"]})

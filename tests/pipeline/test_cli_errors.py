@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 import cache
@@ -682,3 +683,122 @@ def test_extract_interrupted_then_resumed(tmp_path, weights, monkeypatch, capsys
     _, err = rerun.communicate(timeout=600)
     assert rerun.returncode == 0, err
     assert len(cache.open(tmp_path / "c")) == 8 and tmp_files(tmp_path / "c") == []
+
+
+# ------------------------------------------------------------------------------------ optional parts (pip extras)
+# A second Python whose import system refuses the optional packages, as where they are not installed; it runs the
+# real command line and reports which optional modules ended up imported.
+
+OPTIONAL = ("diffusers", "spandrel", "dask", "distributed", "matplotlib")
+WITHOUT = """
+import sys
+blocked = set(sys.argv[1].split(",")) - {""}
+
+class NotInstalled:
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in blocked:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+sys.meta_path.insert(0, NotInstalled())
+if sys.argv[2:] == ["--import-aigi"]:
+    import aigi
+    code = 0
+else:
+    from pipeline.cli import main
+    code = main(sys.argv[2:])
+print("optional modules imported:", ",".join(m for m in OPTIONAL if m in sys.modules) or "none", file=sys.stderr)
+sys.exit(code)
+""".replace("OPTIONAL", repr(OPTIONAL))
+
+
+def aigi_without(blocked: tuple[str, ...], *argv: object) -> subprocess.CompletedProcess:
+    """`aigi ARGV` in a fresh process where the `blocked` packages cannot be imported."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("AIGI_DEBUG", None)
+    cmd = [sys.executable, "-c", WITHOUT, ",".join(blocked), *map(str, argv)]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+
+
+def missing_extra(proc: subprocess.CompletedProcess, command: str, extra: str) -> str:
+    """Exit 2, no traceback, one `aigi COMMAND: error:` line naming `pip install 'aigi[EXTRA]'`."""
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("aigi ")]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith(f"aigi {command}: error: ") and f"pip install 'aigi[{extra}]'" in lines[0], lines[0]
+    record(lines[0])
+    return lines[0]
+
+
+def test_core_commands_run_without_the_optional_parts(syn, capsys, predict_run, weights):  # noqa: F811
+    for argv in (["--import-aigi"], ["train", syn["config"], "-o", syn["tmp"] / "run"]):
+        proc = aigi_without((), *argv)
+        assert proc.returncode == 0, proc.stderr
+        assert "optional modules imported: none" in proc.stderr, argv
+    root, run = predict_run
+    proc = aigi_without((), "predict", run, root / "img", "--weights", weights, "-o", syn["tmp"] / "scores.csv")
+    assert proc.returncode == 0, proc.stderr
+    assert "optional modules imported: none" in proc.stderr
+    assert len(pd.read_csv(syn["tmp"] / "scores.csv")) == 12
+    # eval draws figures with matplotlib; without it the tables are written and one line says the plots were skipped
+    proc = aigi_without(OPTIONAL, "eval", syn["tmp"] / "run", "-o", syn["tmp"] / "bare")
+    assert proc.returncode == 0, proc.stderr
+    skipped = [line for line in proc.stderr.splitlines() if "plots skipped" in line]
+    assert len(skipped) == 1 and "pip install 'aigi[plots]'" in skipped[0], proc.stderr
+    code, _, err = cli(capsys, "eval", syn["tmp"] / "run", "-o", syn["tmp"] / "full")
+    assert code == 0, err
+    bare, full = (syn["tmp"] / name for name in ("bare", "full"))
+    metrics = [json.loads((d / "metrics.json").read_text()) for d in (bare, full)]
+    bare_m, full_m = ({k: v for k, v in m.items() if k != "rows_held"} for m in metrics)  # (names a memory budget)
+    assert bare_m == full_m and "auc" in full_m["mean"]
+    assert sorted(p.name for p in full.glob("*.png")) == ["acc_by_group.png", "roc.png", "score_hist.png"]
+    assert list(bare.glob("*.png")) == [] and "plots skipped" in (bare / "report.md").read_text()
+
+
+@pytest.mark.parametrize(("kind", "blocked", "weights_file"), [
+    ("vae", "diffusers", ROOT / "pipeline" / "fakes" / "weights" / "small_vae"),
+    ("sr", "spandrel", ROOT / "pipeline" / "fakes" / "weights" / "small_sr_x4.safetensors"),
+])  # fmt: skip
+def test_fakes_without_its_package_names_the_fakes_extra(tmp_path, reals, kind, blocked, weights_file):
+    proc = aigi_without((blocked,), "fakes", kind, "--manifest", reals, "--weights", weights_file,
+                        "--out", tmp_path / "f", "--device", "cpu")  # fmt: skip
+    assert blocked in missing_extra(proc, "fakes", "fakes")
+    assert not (tmp_path / "f").exists()
+
+
+def test_demo_without_its_packages_names_the_demo_extra(tmp_path):
+    proc = aigi_without(("diffusers",), "demo", "-o", tmp_path / "demo", "--quick")
+    assert "diffusers" in missing_extra(proc, "demo", "demo")
+    assert not (tmp_path / "demo").exists()  # checked before any step
+
+
+def test_fakes_vae_from_a_taesd_pair_needs_no_extra(tmp_path, reals):
+    from pipeline.fakes.taesd import TinyAutoencoder
+    from tests.pipeline.test_fakes import save_pair
+
+    torch.manual_seed(0)
+    save_pair(TinyAutoencoder(4), tmp_path / "taesd", "taesd")
+    proc = aigi_without(OPTIONAL, "fakes", "vae", "--manifest", reals, "--weights", tmp_path / "taesd",
+                        "--out", tmp_path / "f", "--device", "cpu")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in (tmp_path / "f").rglob("1_fake/**/*.png")) == ["a.png", "b.png"]
+
+
+def test_dask_options_without_dask_name_the_dask_extra(tmp_path, syn, weights):  # noqa: F811
+    manifest = make_manifest(tmp_path, 2)
+    proc = aigi_without(("dask", "distributed"), *extract_args(manifest, tmp_path / "c", weights), "--workers", "2")
+    assert "--workers" in missing_extra(proc, "extract", "dask")
+    assert not (tmp_path / "c").exists()
+    ablation = yaml.safe_load(syn["config"].read_text())
+    ablation.update(variants={"a": {}, "b": {"fit.lr": 0.01}}, seeds=[0])
+    (tmp_path / "abl.yaml").write_text(yaml.safe_dump(ablation), encoding="utf-8")
+    proc = aigi_without(("dask", "distributed"), "ablate", tmp_path / "abl.yaml", "-o", tmp_path / "a", "--workers", 2)
+    missing_extra(proc, "ablate", "dask")
+    assert not (tmp_path / "a" / "runs").exists() or not any((tmp_path / "a" / "runs").iterdir())
+    # local processes need neither dask nor matplotlib: the summary is written, its figure skipped with one line
+    proc = aigi_without(OPTIONAL, "ablate", tmp_path / "abl.yaml", "-o", tmp_path / "a", "--jobs", 2)
+    assert proc.returncode == 0, proc.stderr
+    assert "plots skipped" in proc.stderr and "aigi[plots]" in proc.stderr
+    assert (tmp_path / "a" / "summary.md").is_file() and not (tmp_path / "a" / "summary.png").exists()
+    assert len(pd.read_parquet(tmp_path / "a" / "results.parquet")) == 2

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.cli import main
-from pipeline.config import load_config, preset_names, resolve_config
+from pipeline.config import load_config, preset_names, presets_dir, resolve_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -22,6 +22,25 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_every_file_of_configs_is_a_preset() -> None:
     assert preset_names() == sorted(p.stem for p in (ROOT / "configs").glob("*.yaml"))
     assert {"uar", "gapl", "demo", "ablate_fusion"} <= set(preset_names())
+
+
+def test_the_presets_are_regular_files_inside_the_package_and_its_package_data() -> None:
+    """A symlinked presets folder is lost by sdists and by checkouts without symlinks: the files live in the package."""
+    import tomllib
+
+    import pipeline
+
+    package = Path(pipeline.__file__).resolve().parent
+    folder = package / "presets"
+    assert folder.is_dir() and not folder.is_symlink()
+    assert presets_dir().resolve() == folder
+    patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["pipeline"]
+    shipped = {p.relative_to(package) for pattern in patterns for p in package.glob(pattern)}
+    for name in preset_names():
+        path = folder / f"{name}.yaml"
+        assert path.is_file() and not path.is_symlink(), path
+        assert path.relative_to(package) in shipped
+        assert (ROOT / "configs" / f"{name}.yaml").read_bytes() == path.read_bytes()  # through the repository's link
 
 
 def test_a_preset_name_reads_the_same_config_as_its_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
