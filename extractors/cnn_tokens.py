@@ -20,6 +20,14 @@ def cnn_token_blocks(model: nn.Module) -> list[nn.Module] | None:
     return [model.bn1, *(blk for stage in model.blocks for blk in stage)]
 
 
+def run_cnn_blocks(model: nn.Module, x: torch.Tensor, last: int) -> torch.Tensor:
+    """The map leaving block `last` (0 = the stem): the stem and blocks 1 .. last, nothing after them."""
+    x = model.bn1(model.conv_stem(x))
+    for blk in (cnn_token_blocks(model) or [])[1 : last + 1]:
+        x = blk(x)
+    return x
+
+
 def cnn_token_shapes(model: nn.Module, size: int) -> list[tuple[int, int]]:
     """(H * W, C) of every block's output for a size x size input (one eval-mode forward of a blank image: the
     BatchNorm statistics are left as they are)."""

@@ -27,7 +27,7 @@ from common.files import sha256_file
 
 from ._registry import register_extractor
 from .base import Extractor, ExtractorSpec, parse_layer_feature, resolve_dtype
-from .cnn_tokens import TokenCapture, cnn_token_blocks, cnn_token_shapes
+from .cnn_tokens import TokenCapture, cnn_token_blocks, cnn_token_shapes, run_cnn_blocks
 from .layouts import to_timm_layout
 from .preprocess import policy_fields, resolve_policy
 from .weights import read_state_dict
@@ -103,18 +103,22 @@ class BlockFeatures(nn.Module):
         self.cnn_tokens = sorted({i for i, pool in parsed if pool == "tokens" and cnn})  # single blocks, by hooks
         self.capture = TokenCapture(model, self.cnn_tokens) if self.cnn_tokens else None
         self.blocks = sorted({i for i, pool in parsed if not (pool == "tokens" and cnn)})
-        self.need_final = any(f in _FINAL_FEATURES for f in features) or bool(self.cnn_tokens)  # run every block
+        self.need_final = any(f in _FINAL_FEATURES for f in features)
+        self.run_all = self.need_final or bool(self.cnn_tokens and self.blocks)  # stage features beside the hooks
         self.stop_early = "stop_early" in params
-        if self.blocks and not self.need_final and hasattr(model, "prune_intermediate_layers"):
+        if self.blocks and not self.run_all and hasattr(model, "prune_intermediate_layers"):
             model.prune_intermediate_layers(self.blocks, prune_norm=True, prune_head=True)  # drop unused blocks
 
     def _intermediates(self, x: torch.Tensor) -> tuple[torch.Tensor | None, list[Any]]:
+        if self.cnn_tokens and not self.run_all:  # CNN tokens alone: stop after the last block asked for
+            run_cnn_blocks(self.model, x, max(self.cnn_tokens))
+            return None, []
         if not self.blocks:
             return self.model.forward_features(x), []
         kw: dict[str, Any] = {"indices": self.blocks}
         if self.tokens:
             kw.update(output_fmt="NLC", return_prefix_tokens=True, norm=False)
-        if self.need_final:
+        if self.run_all:
             return self.model.forward_intermediates(x, **kw)
         if self.stop_early:
             kw["stop_early"] = True

@@ -88,3 +88,12 @@ def test_lora_sites_are_the_pointwise_convs(case: dict) -> None:
 def test_token_block_out_of_range_names_the_range(case: dict) -> None:
     with pytest.raises(ValueError, match=r"i in 0\.\.17 \(0 = stem\)"):
         extractors.build(BACKBONE, weights=case["weights"], features=["l18.tokens"], device="cpu")
+
+
+def test_tokens_alone_stop_after_their_block_and_match(case: dict) -> None:
+    ex = extractors.build(BACKBONE, weights=case["weights"], features=["l14.tokens"], device="cpu")
+    ran = []
+    hook = ex.model.model.conv_head.register_forward_hook(lambda *_: ran.append(True))
+    got = ex(case["x"])["l14.tokens"]
+    hook.remove()
+    assert torch.equal(got, case["feats"]["l14.tokens"]) and not ran  # the head conv never ran
