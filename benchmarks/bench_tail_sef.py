@@ -13,7 +13,7 @@ Heads, 3 seeds, trained on the train split, scored on the test split:
 - `gating` on `pooler` (1280-d) and on `l3.mean` (96-d, the demo's input): two rank-16 residual adapters trained
   apart on real + VAE and real + SR rows, then gate + classifier; the demo's fit settings (AdamW lr 3e-2, 300
   epochs, cosine, batch 32, balanced); and, as a control, `gating` on `pooler` with the tail heads' fit settings.
-- `tail_sef` on `l<17-k>.tokens`, k = 1, 2, 3 (and 4 from l13): two LoRA experts (rank 16, alpha 16, at both
+- `tail_sef` on `l<17-k>.tokens`, k = 1, 2, 3 (k = 4 from l13 offered): two LoRA experts (rank 16, alpha 16, at both
   pointwise convs of each of the last k blocks), each trained apart with its own classifier on the tail's `pooler`
   on real + VAE and real + SR rows, frozen; then the gate on the frozen tail's pooler and the classifier (AdamW
   lr 5e-3, `--epochs` per stage, cosine, batch 32, balanced); and k = 3 with lr 1e-3 (a diagnostic: LoRA in more
