@@ -80,12 +80,34 @@ def run_breakdown(ablation: Path) -> list[dict]:
         fit = st.get("fit", r.get("train_seconds", float("nan")))
         rows.append({"run": r["run_id"], "variant": r["variant"], "seed": r["seed"], "load": load, "fit": fit,
                      "write": st.get("write", float("nan")), "eval": st.get("eval", float("nan")),
-                     "total": r["seconds"], "pid": r["pid"]})  # fmt: skip
-    print(f"{'run':<24} {'load s':>7} {'fit s':>7} {'write s':>7} {'eval s':>7} {'total s':>8} {'pid':>8}")
+                     "total": r["seconds"], "cpu": r.get("cpu_seconds", float("nan")), "pid": r["pid"]})  # fmt: skip
+    print(f"{'run':<24} {'load s':>7} {'fit s':>7} {'write s':>7} {'eval s':>7} {'total s':>8} {'cpu s':>7} {'pid':>8}")
     for r in rows:
         print(f"{r['variant'] + ' s' + str(r['seed']):<24} {r['load']:>7.2f} {r['fit']:>7.2f} {r['write']:>7.2f} "
-              f"{r['eval']:>7.2f} {r['total']:>8.2f} {r['pid']:>8}")  # fmt: skip
+              f"{r['eval']:>7.2f} {r['total']:>8.2f} {r['cpu']:>7.2f} {r['pid']:>8}")  # fmt: skip
+    print(f"{'sum':<24} " + " ".join(f"{sum(r[k] for r in rows):>{w}.2f}" for k, w in
+          (("load", 7), ("fit", 7), ("write", 7), ("eval", 7), ("total", 8), ("cpu", 7))))  # fmt: skip
     return rows
+
+
+def cpu_seconds() -> float:
+    """CPU seconds (user + system) used so far by this process, its ended children and its live descendants (the
+    ablation's worker processes outlive the step): what the step costs whatever else the machine runs."""
+    import resource
+
+    import psutil
+
+    me = psutil.Process()
+    ended = resource.getrusage(resource.RUSAGE_CHILDREN)
+    live = 0.0
+    for child in me.children(recursive=True):
+        try:
+            t = child.cpu_times()
+            live += t.user + t.system
+        except psutil.Error:  # ended meanwhile
+            pass
+    own = me.cpu_times()
+    return own.user + own.system + ended.ru_utime + ended.ru_stime + live
 
 
 def _timed(label: str, argv: list[str], times: dict) -> None:
@@ -129,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     add_sr_domain(staged, combined, args.sr_fraction)
     times["sr_domain"] = time.perf_counter() - start
-    _timed("domains", ["domains", "--cache", str(combined), "--k", "4", "-o", str(domains)], times)
+    if not domains.is_file() or domains.stat().st_mtime < (combined / "cache.json").stat().st_mtime:
+        _timed("domains", ["domains", "--cache", str(combined), "--k", "4", "-o", str(domains)], times)
     if args.prepare_only:
         print(f"made {combined} and {domains}; now: aigi ablate configs/ablate_fusion.yaml --cache uar={combined} "
               f"--set data.domains={domains} -o ablations/fusion --jobs 2")  # fmt: skip
@@ -137,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     if ablation.exists() and not args.keep:
         shutil.rmtree(ablation)
     config = ROOT / "configs" / "ablate_fusion.yaml"
+    load_before, cpu_before = os.getloadavg(), cpu_seconds()
     _timed(
         "ablate",
         [
@@ -156,12 +180,16 @@ def main(argv: list[str] | None = None) -> int:
     summary = (ablation / "summary.md").read_text(encoding="utf-8")
     print(summary)
     runs = run_breakdown(ablation)
-    print("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in times.items()) + f" (cores: {os.cpu_count()})")
+    load = {"before": load_before, "after": os.getloadavg()}
+    times["ablate_cpu"] = cpu_seconds() - cpu_before
+    print("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in times.items()) + f" (cores: {os.cpu_count()}; load "
+          f"average {load['before'][0]:.2f} before the ablate step, {load['after'][0]:.2f} after)")  # fmt: skip
     table = pd.read_parquet(ablation / "results.parquet")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     result = {
         "seconds": times,
         "jobs": args.jobs,
+        "load_average": load,
         "runs": len(table),
         "summary_md": summary,
         "per_run": runs,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
@@ -116,6 +117,39 @@ def pca_prototypes(emb: np.ndarray, y: np.ndarray, per_class: int) -> np.ndarray
     return F.normalize(torch.tensor(np.concatenate(out, axis=0)), dim=1).numpy()
 
 
+def _projected(attn: nn.MultiheadAttention, protos: Tensor, e: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Queries [N, d] of the rows, keys and values [h, P, d/h] of the prototypes, as torch's packed in-projection
+    computes them (query weights, then the key/value weights in one product)."""
+    d, h, p = e.shape[1], attn.num_heads, protos.shape[0]
+    w_q, w_kv = attn.in_proj_weight.split([d, 2 * d])
+    b_q, b_kv = attn.in_proj_bias.split([d, 2 * d])
+    k, v = F.linear(protos, w_kv, b_kv).unflatten(-1, (2, d)).unbind(-2)
+    return F.linear(e, w_q, b_q), k.reshape(p, h, d // h).transpose(0, 1), v.reshape(p, h, d // h).transpose(0, 1)
+
+
+def _attend_rows(attn: nn.MultiheadAttention, protos: Tensor, e: Tensor) -> Tensor:
+    """`attn(e.unsqueeze(1), kv, kv)` with kv the prototypes expanded to each row (GAPL's call, need_weights
+    path), the same operations on the same shapes (so the same bits), the prototypes' keys and values computed
+    once and expanded instead of projected once per row."""
+    n, d, h = e.shape[0], e.shape[1], attn.num_heads
+    q, k, v = _projected(attn, protos, e)
+    p = k.shape[1]
+    k = k.unsqueeze(0).expand(n, h, p, d // h).reshape(n * h, p, d // h)
+    v = v.unsqueeze(0).expand(n, h, p, d // h).reshape(n * h, p, d // h)
+    weights = torch.softmax(torch.bmm(q.view(n * h, 1, d // h) * math.sqrt(1.0 / (d // h)), k.transpose(1, 2)), -1)
+    return F.linear(torch.bmm(weights, v).reshape(n, d), attn.out_proj.weight, attn.out_proj.bias)
+
+
+def _attend_batched(attn: nn.MultiheadAttention, protos: Tensor, e: Tensor) -> Tensor:
+    """The same attention as `_attend_rows` with all rows' queries of a head in one product against that head's
+    keys (no per-row copy of the keys and values): the fit's path, equal up to float rounding."""
+    n, d, h = e.shape[0], e.shape[1], attn.num_heads
+    q, k, v = _projected(attn, protos, e)
+    scores = torch.bmm(q.view(n, h, d // h).transpose(0, 1) * math.sqrt(1.0 / (d // h)), k.transpose(1, 2))
+    out = torch.bmm(torch.softmax(scores, dim=-1), v).transpose(0, 1).reshape(n, d)
+    return F.linear(out, attn.out_proj.weight, attn.out_proj.bias)
+
+
 EXACT_PCA_BYTES = 256 << 20  # embeddings kept for GAPL's exact PCA; beyond, per-class moments (streaming)
 
 
@@ -149,10 +183,13 @@ class PrototypeHead(nn.Module):
         return F.normalize(self.proj(x[self.cfg.inputs[0]]), dim=-1)
 
     def attend(self, e: Tensor) -> Tensor:
-        """Cross-attention of each embedding over the prototypes, [N, d]."""
-        kv = self.prototypes.unsqueeze(0).expand(e.shape[0], -1, -1)
-        out, _ = self.attn(e.unsqueeze(1), kv, kv)  # GAPL's call: torch's defaults (need_weights=True)
-        return out.squeeze(1)
+        """Cross-attention of each embedding over the prototypes, [N, d]: GAPL's call of torch's
+        MultiheadAttention (one query per row, the prototypes expanded to every row as keys and values, torch's
+        defaults), bit for bit, with the prototypes projected once instead of once per row. While training, the
+        same attention with the rows' queries batched per head (`_attend_batched`: float rounding apart)."""
+        if self.training and torch.is_grad_enabled():
+            return _attend_batched(self.attn, self.prototypes, e)
+        return _attend_rows(self.attn, self.prototypes, e)
 
     def forward(self, x: Mapping[str, Tensor]) -> Tensor:
         return self.fc(self.attend(self.embed(x))).squeeze(-1)
@@ -163,17 +200,22 @@ class PrototypeHead(nn.Module):
     def _start_stage2(self, batches: Callable[[], Iterator[tuple[dict[str, Tensor], Tensor]]]) -> None:
         """PCA prototypes of the stage-1 embeddings in one pass over the training rows: exactly as GAPL
         (`pca_prototypes`) while the embeddings fit EXACT_PCA_BYTES, else from per-class moments
-        (`ClassMoments`: the same axes up to float rounding, memory bounded by one batch)."""
+        (`ClassMoments`: the same axes up to float rounding, memory bounded by one batch; merged from the kept
+        batches, in order, once they pass EXACT_PCA_BYTES)."""
         if not self.cfg.fit_prototypes:
             return
         moments, kept, size = ClassMoments(), [], 0
         for xb, yb in batches():
             emb, y = self.embed(xb).cpu().numpy(), yb.cpu().numpy()
-            moments.add(emb, y)
-            if kept is not None:
-                kept.append((emb.copy(), y))
-                size += emb.nbytes
-                kept = kept if size <= EXACT_PCA_BYTES else None
+            if kept is None:
+                moments.add(emb, y)
+                continue
+            kept.append((emb.copy(), y))
+            size += emb.nbytes
+            if size > EXACT_PCA_BYTES:
+                for e, t in kept:
+                    moments.add(e, t)
+                kept = None
         if kept is not None:
             emb, y = np.concatenate([e for e, _ in kept]), np.concatenate([t for _, t in kept])
             protos = pca_prototypes(emb, y, self.cfg.per_class)

@@ -46,7 +46,9 @@ extra).
 
 Parallelism: --jobs N runs N processes (joblib, loky) with cores // N torch threads each; --workers N runs on a
 dask LocalCluster of N processes; --scheduler tcp://HOST:PORT on an existing dask cluster (its workers need the
-project installed and the caches and DIR on shared storage).
+project installed and the caches and DIR on shared storage). A worker process serves all its runs: it reads each
+selection of rows once (result.json's `row_sets`: read / reused), and heads that train the same frozen experts
+(gating, concat, mean) train them once per seed (DIR/shared_stages).
 """
 
 
@@ -309,8 +311,9 @@ def _train_and_evaluate(run_dir: str, config: Any, identity: dict[str, Any], thr
     previous = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
+    loads = dict(streaming.ROW_LOADS)
     try:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         cfg = config if isinstance(config, RunConfig) else parse_config(config, source=f"{path}/config.yaml")
         trained = train_run(cfg, path)
         evaluated = time.perf_counter()
@@ -320,7 +323,7 @@ def _train_and_evaluate(run_dir: str, config: Any, identity: dict[str, Any], thr
                             config=cfg, where=[f"view={v}"])["mean"]
             for v in identity.get("eval_views") or []
         }  # fmt: skip
-        seconds = time.perf_counter() - start
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     finally:
         torch.set_num_threads(previous)
     val = trained.get("val_metrics") or {}
@@ -335,6 +338,8 @@ def _train_and_evaluate(run_dir: str, config: Any, identity: dict[str, Any], thr
         "val_ap": val.get("ap"),
         "train_seconds": trained["seconds"],
         "seconds": seconds,
+        "row_sets": {k: v - loads[k] for k, v in streaming.ROW_LOADS.items()},  # read from disk / reused here
+        "cpu_seconds": cpu,  # CPU time of the run in this process (all threads): a busy machine changes it little
         "stage_seconds": {**trained["stages"], "eval": start + seconds - evaluated},
         "threads": torch.get_num_threads() if not threads else threads,
         "pid": os.getpid(),
@@ -386,17 +391,38 @@ def _exit_with_parent(parent: int) -> None:
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
-def _watched_run(parent: int, *args: Any) -> dict:
-    """`execute_run` in a joblib worker that ends with the main process `parent`."""
+KEEP_WORKER_BYTES = 1 << 40  # a worker's memory may grow this much after its first run before loky replaces it
+
+
+def _keep_worker() -> None:
+    """In a loky worker: do not let loky replace this process when its memory grows after its first task.
+
+    loky ends a worker whose resident memory grew by 300 MB after its first task (it takes that for a leak); an
+    ablation worker keeps the rows it loaded and the stages it trained on purpose, for its next runs, and a new
+    process would load them, and import torch and sklearn, again."""
+    try:
+        from joblib.externals.loky import process_executor
+    except ImportError:  # another joblib layout: its workers may be replaced, the runs stay correct
+        return
+    if hasattr(process_executor, "_MAX_MEMORY_LEAK_SIZE"):
+        process_executor._MAX_MEMORY_LEAK_SIZE = max(process_executor._MAX_MEMORY_LEAK_SIZE, KEEP_WORKER_BYTES)
+
+
+def _watched_run(parent: int, run: Any, *args: Any) -> dict:
+    """`run(*args)` (`execute_run`) in a joblib worker that ends with the main process `parent` and is kept
+    for the next runs however its memory grew."""
     _exit_with_parent(parent)
-    return execute_run(*args)
+    _keep_worker()
+    return run(*args)
 
 
-def _run_local(tasks: list[tuple[str, tuple]], *, jobs: int, bar: Any) -> list[dict]:
+def _run_local(tasks: list[tuple[str, tuple]], *, jobs: int, bar: Any, run: Any = execute_run) -> list[dict]:
+    """`run(*args)` for every task (in order with one job, else on `jobs` loky processes); results in task order
+    (each result's "run_id" is its task's key)."""
     if jobs <= 1:
         results = []
         for _, args in tasks:
-            results.append(execute_run(*args))
+            results.append(run(*args))
             bar.update(1)
         return results
     from joblib import Parallel, delayed, parallel_config
@@ -407,7 +433,7 @@ def _run_local(tasks: list[tuple[str, tuple]], *, jobs: int, bar: Any) -> list[d
     with parallel_config(backend="loky", inner_max_num_threads=threads):
         parent = os.getpid()
         gen = Parallel(n_jobs=jobs, return_as="generator_unordered")(
-            delayed(_watched_run)(parent, *a) for _, a in tasks
+            delayed(_watched_run)(parent, run, *a) for _, a in tasks
         )
         for result in gen:
             out[order[result["run_id"]]] = result

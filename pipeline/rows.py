@@ -20,9 +20,12 @@ GROUP_COLUMNS = ("source", "domain")
 def open_caches(paths: Mapping[str, str]) -> dict[str, Any]:
     """Open every cache of a run: alias -> `cache.Cache`."""
     import cache
+    from pipeline import streaming
 
     if not paths:
         raise ValueError("the run names no cache: set data.caches in the config or pass --cache PATH")
+    if streaming.REUSE:  # an ablation worker: the caches its previous runs opened, while unchanged
+        return {alias: streaming.reuse_cache(path, cache.open) for alias, path in paths.items()}
     return {alias: cache.open(path) for alias, path in paths.items()}
 
 

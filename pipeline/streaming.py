@@ -180,12 +180,18 @@ _STAGES: dict[str, dict] = {}
 MAX_KEPT = 4
 
 
+ROW_LOADS = {"loaded": 0, "reused": 0}  # selections this process read from disk / found already loaded
+
+
 def reuse_rows(key: tuple, load: Any) -> Any:
     """`load()` once per `key` in this process (the most recent MAX_KEPT results are kept)."""
     if key not in _ROWS:
         while len(_ROWS) >= MAX_KEPT:
             _ROWS.pop(next(iter(_ROWS)))
         _ROWS[key] = load()
+        ROW_LOADS["loaded"] += 1
+    else:
+        ROW_LOADS["reused"] += 1
     return _ROWS[key]
 
 
@@ -239,6 +245,33 @@ class DiskStages:
             tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
             write(tmp)
             os.replace(tmp, final)
+
+
+_CACHES: dict[str, tuple[tuple, Any]] = {}
+
+
+def _folder_stamp(folder: str) -> tuple:
+    """Every file under `folder` with its size and modification time: changes when the cache's content does."""
+    out = []
+    for root, _dirs, files in os.walk(folder):
+        for name in files:
+            try:
+                st = os.stat(os.path.join(root, name))
+            except OSError:  # removed meanwhile
+                continue
+            out.append((root, name, st.st_size, st.st_mtime_ns))
+    return tuple(sorted(out))
+
+
+def reuse_cache(path: Any, open_cache: Any) -> Any:
+    """`open_cache(path)` once per cache folder in this process while none of its files changed (an opened cache
+    keeps its meta table: the next runs of an ablation worker do not read it again)."""
+    folder = os.path.realpath(path)
+    stamp = _folder_stamp(folder)
+    hit = _CACHES.get(folder)
+    if hit is None or hit[0] != stamp:
+        hit = _CACHES[folder] = (stamp, open_cache(path))
+    return hit[1]
 
 
 def cache_key(caches: Mapping[str, Any]) -> tuple:

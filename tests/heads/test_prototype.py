@@ -127,3 +127,70 @@ def test_attention_is_called_as_gapl_calls_it() -> None:
         out, _ = head.attn(query=e.unsqueeze(1), key=pro, value=pro)
         expected = head.fc(out.squeeze(1)).squeeze(-1)
         assert torch.equal(head({"f": x}), expected)
+
+
+def _random_head(in_dim: int = 48) -> heads.PrototypeHead:
+    head = heads.build("prototype", inputs="f", in_dim=in_dim, embed_dim=128, per_class=32, num_heads=4)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for p in (*head.parameters(), head.prototypes):
+            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    return head
+
+
+def _gapl_attend(head, e: torch.Tensor) -> torch.Tensor:
+    pro = head.prototypes.unsqueeze(0).expand(len(e), -1, -1)
+    return head.attn(query=e.unsqueeze(1), key=pro, value=pro)[0].squeeze(1)
+
+
+def test_scoring_is_gapls_call_bit_for_bit_at_any_row_count() -> None:
+    head = _random_head().eval()
+    threads = torch.get_num_threads()
+    try:
+        for n_threads in (1, 2):
+            torch.set_num_threads(n_threads)
+            for n in (1, 5, 128, 3000):
+                e = F.normalize(torch.randn(n, 128, generator=torch.Generator().manual_seed(n)), dim=1)
+                with torch.no_grad():
+                    assert torch.equal(head.attend(e), _gapl_attend(head, e)), (n_threads, n)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_training_attention_has_gapls_values_and_gradients() -> None:
+    head = _random_head().train()
+    x = torch.randn(64, 48, generator=torch.Generator().manual_seed(1))
+    grads = []
+    for attend in (head.attend, lambda e: _gapl_attend(head, e)):
+        head.zero_grad()
+        out = head.fc(attend(F.normalize(head.proj(x), dim=1)))
+        (out.square().sum()).backward()
+        grads.append((out.detach(), {k: p.grad.clone() for k, p in head.named_parameters() if p.grad is not None}))
+    (fast, g_fast), (ref, g_ref) = grads
+    torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-6)
+    assert g_fast.keys() == g_ref.keys() and {"proj.weight", "attn.in_proj_weight", "fc.weight"} <= g_fast.keys()
+    for k in g_ref:  # float32 sums over the 64 rows x 64 prototypes in another order: relative to the norm
+        assert float((g_fast[k] - g_ref[k]).norm() / g_ref[k].norm()) < 1e-5, k
+
+
+def test_moments_are_merged_only_when_the_embeddings_pass_the_exact_pca_cap(monkeypatch) -> None:
+    import heads.prototype as proto
+
+    data = make_set(600, seed=2)
+    added = []
+    real_add = proto.ClassMoments.add
+    monkeypatch.setattr(proto.ClassMoments, "add", lambda self, e, y: added.append(len(e)) or real_add(self, e, y))
+    cfg = heads.FitConfig(epochs=1, batch_size=64, eval_batch_size=100)
+    exact = heads.build("prototype", inputs="a", in_dim=16, embed_dim=8, per_class=4, num_heads=2)
+    heads.fit(exact, data["X"], data["y"], cfg=cfg)
+    assert added == []  # 600 embeddings fit the cap: GAPL's exact PCA, no moments
+    monkeypatch.setattr(proto, "EXACT_PCA_BYTES", 250 * 8 * 4)  # passed at the third batch of 100 rows
+    head = heads.build("prototype", inputs="a", in_dim=16, embed_dim=8, per_class=4, num_heads=2)
+    stage1 = {}
+    snap = lambda name: stage1.setdefault("w", head.proj.weight.detach().clone())  # noqa: E731
+    heads.fit(head, data["X"], data["y"], cfg=cfg, on_stage_end=snap)
+    assert added == [100] * 6  # every batch once, in order
+    emb = F.normalize(torch.from_numpy(data["X"]["a"]) @ stage1["w"].T, dim=1).numpy()
+    for c, block in enumerate((head.prototypes[:4].numpy(), head.prototypes[4:].numpy())):
+        want = PCA(n_components=4, svd_solver="full").fit(emb[data["y"] == c]).components_
+        np.testing.assert_allclose(np.abs(block), np.abs(want), atol=1e-5)

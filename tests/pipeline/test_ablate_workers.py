@@ -101,3 +101,50 @@ def test_a_rerun_waits_for_a_live_run_instead_of_deleting_it(tmp_path):
             child.kill()
     assert result["skipped"] and (runs / run.run_id / "marker").read_text() == "mine"
     assert child.returncode == 0
+
+
+_HELD: list = []
+
+
+def grow(step_mb: int, seconds: float, identity: dict, threads: int) -> dict:
+    """A run that keeps `step_mb` more MB in its process (as an ablation worker keeps loaded rows) and reports it."""
+    import numpy as np
+
+    _HELD.append(np.ones(step_mb << 18, dtype=np.float32))  # touched pages: resident memory
+    time.sleep(seconds)  # loky looks at a worker's memory at most once a second
+    return {"run_id": identity["run_id"], "pid": os.getpid(), "held_mb": len(_HELD) * step_mb}
+
+
+def test_workers_keep_what_they_hold_across_runs() -> None:
+    from pipeline.ablate import _run_local
+
+    class Bar:
+        n = 0
+
+        def update(self, k: int) -> None:
+            self.n += k
+
+    tasks = [(f"r{i}", (110, 1.05, {"run_id": f"r{i}"}, 1)) for i in range(10)]
+    bar = Bar()
+    results = _run_local(tasks, jobs=2, bar=bar, run=grow)
+    assert [r["run_id"] for r in results] == [k for k, _ in tasks] and bar.n == 10
+    pids = {r["pid"] for r in results}
+    # 10 runs on 2 processes: growing by 330 MB or more after a first run did not replace a worker (loky would)
+    assert len(pids) <= 2 and max(r["held_mb"] for r in results) >= 5 * 110, results
+
+
+def test_each_worker_reads_a_row_selection_once(tmp_path) -> None:
+    from pipeline.ablate import run_ablation
+
+    store = make_cache(tmp_path / "cache")
+    plan = expand(ablation(store, seeds=[0, 1, 2, 3]))  # 8 runs, all on the same rows
+    run_ablation(plan, tmp_path / "out", jobs=2, progress=False)
+    results = [read_result(tmp_path / "out" / "runs" / r.run_id) for r in plan.runs]
+    by_pid: dict[int, list[dict]] = {}
+    for r in sorted(results, key=lambda r: r["finished_at"]):
+        by_pid.setdefault(r["pid"], []).append(r["row_sets"])
+    assert 1 <= len(by_pid) <= 2 and os.getpid() not in by_pid
+    for sets in by_pid.values():
+        # the first run of a worker reads the training + validation rows and the test rows; its later runs reuse both
+        assert sets[0] == {"loaded": 2, "reused": 0}
+        assert all(s == {"loaded": 0, "reused": 2} for s in sets[1:]), sets
