@@ -114,13 +114,21 @@ def load_config(config: str | Path, *, overrides: Sequence[str] = (), caches: Se
     return load(config, overrides=overrides, caches=caches)
 
 
-def train(config: Any, run_dir: str | Path, *, overrides: Sequence[str] = (), caches: Sequence[str] = ()) -> dict:
-    """`aigi train`: fit the head of a run config (a RunConfig, YAML file or preset name) and save it in `run_dir`."""
+def train(
+    config: Any,
+    run_dir: str | Path,
+    *,
+    overrides: Sequence[str] = (),
+    caches: Sequence[str] = (),
+    weights: Sequence[str] = (),
+) -> dict:
+    """`aigi train`: fit the head of a run config (a RunConfig, YAML file or preset name) and save it in `run_dir`;
+    `weights` (`PATH` / `ALIAS=PATH`, as `--weights`): the backbone weights a `tail_*` head re-runs its blocks with."""
     from pipeline.config import RunConfig
     from pipeline.train import train_run
 
     cfg = config if isinstance(config, RunConfig) else load_config(config, overrides=overrides, caches=caches)
-    return train_run(cfg, run_dir)
+    return train_run(cfg, run_dir, weights=weights)
 
 
 def evaluate_run(run_dir: str | Path, out_dir: str | Path, **options: Any) -> dict[str, Any]:

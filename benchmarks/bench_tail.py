@@ -13,7 +13,7 @@ q/k/v/out, linear classifier on `pooler`:
 Also timed once: extracting the token caches of every k in one pass (a forward to the deepest block needed). Token
 cache per image: T x D x 2 bytes (float16); the table lists it for the published backbones too.
 
-Run: `nice -n 10 python benchmarks/bench_tail.py [--images 128] [--batch 32] [--ks 1,2,4] [--threads 1]`; prints a
+Run: `nice -n 10 python benchmarks/bench_tail.py [--images 320] [--batch 32] [--ks 1,2,4] [--threads 1]`; prints a
 table and writes benchmarks/out/bench_tail.json.
 """
 
@@ -164,7 +164,7 @@ def measure(args: argparse.Namespace) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=128)
+    parser.add_argument("--images", type=int, default=320)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: steadier on a busy machine)")
     parser.add_argument("--ks", type=lambda s: [int(v) for v in s.split(",")], default=[1, 2, 4])

@@ -1,14 +1,17 @@
-"""The frozen tail of a ViT backbone: blocks i+1 .. L and the backbone's own final norm, pooling, projection or
+"""The frozen tail of a backbone: blocks i+1 .. L and the backbone's own final norm, pooling, projection or
 attention probe, rebuilt from the weights file a cache's `l<i>.tokens` were extracted with.
 
 `build_tail(spec, weights=..., feature="l<i>.tokens")` returns a plain `nn.Module` mapping those cached tokens
 [B, T, D] to the backbone's pooled features (`pooler` / `pre_logits` / `proj` for CLIP and timm ViTs, `probe` for
-AIM-v1): the same modules with the same weights as the one-pass extractor, so with nothing inserted the tail
-reproduces the cached pooled features. Heads put adapters into it; for that it describes its blocks:
+AIM-v1, `pooler` / `pre_logits` for timm's EfficientNet-family CNNs such as MobileNetV2): the same modules with the
+same weights as the one-pass extractor, so with nothing inserted the tail reproduces the cached pooled features.
+Heads put adapters into it; for that it describes its blocks:
 
 - `blocks`: the blocks it runs, in order (`start` = index of the first one in the whole backbone);
-- `lora_targets`: target name -> (path of a Linear inside each block, first and last output column or None):
-  `q`, `k`, `v` are column slices of the fused `attn.qkv`, `out` is `attn.proj`, `fc1` / `fc2` the MLP;
+- `lora_targets`: target name -> (path of a Linear or 1x1 Conv2d inside each block, first and last output column or
+  None): ViTs: `q`, `k`, `v` are column slices of the fused `attn.qkv`, `out` is `attn.proj`, `fc1` / `fc2` the MLP;
+  CNNs: `pw_expand` / `pw_project`, the pointwise convs of an inverted residual block (linear maps over channels);
+- `lora_site(block, target)` (optional): the site of a target in one block when blocks differ, None when absent;
 - `outputs`: output name -> width.
 """
 
@@ -22,6 +25,7 @@ import torch
 from torch import nn
 
 from .base import parse_layer_feature
+from .cnn_tokens import cnn_token_blocks, tokens_to_map
 
 Target = tuple[str, int | None, int | None]
 
@@ -98,6 +102,39 @@ class AimTail(nn.Module):
         return {"probe": self.head(torch.stack([taken[i] for i in self.probe_layers]).mean(dim=0))}
 
 
+CNN_TARGETS: dict[str, Target] = {"pw_expand": ("conv_pw", None, None), "pw_project": ("conv_pwl", None, None)}
+
+
+class CnnTail(nn.Module):
+    """Blocks `start` .. N of a timm EfficientNet-family CNN (MobileNetV2: torchvision's `features[start..17]`),
+    its 1x1 head conv + BN + activation and global average pooling: tokens [B, H * W, C] (row-major) ->
+    {"pooler", "pre_logits"}. timm's `forward_head(pre_logits=True)` pools, as in the one-pass extractor."""
+
+    def __init__(self, cnn: nn.Module, start: int) -> None:
+        super().__init__()
+        blocks = (cnn_token_blocks(cnn) or [])[1:]  # block j of the numbering is blocks[j - 1]
+        self.start = start
+        self.blocks = nn.ModuleList(blocks[start - 1 :])
+        cnn.blocks, cnn.conv_stem, cnn.bn1 = nn.Sequential(), nn.Identity(), nn.Identity()  # not needed any more
+        self.cnn = cnn
+        pooled = int(getattr(cnn, "head_hidden_size", cnn.num_features))
+        self.outputs = {"pooler": pooled, "pre_logits": pooled}
+        self.lora_targets = dict(CNN_TARGETS)
+
+    def lora_site(self, block: nn.Module, target: str) -> Target | None:
+        """A depthwise-separable block (no expansion) has one pointwise conv, `conv_pw`: its projection."""
+        if hasattr(block, "conv_pwl"):
+            return self.lora_targets[target]
+        return ("conv_pw", None, None) if target == "pw_project" else None
+
+    def forward(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+        x = tokens_to_map(tokens)
+        for blk in self.blocks:
+            x = blk(x)
+        pooled = self.cnn.forward_head(self.cnn.bn2(self.cnn.conv_head(x)), pre_logits=True)
+        return {"pooler": pooled, "pre_logits": pooled}
+
+
 def tail_block(feature: str) -> int:
     """ "l<i>.tokens" -> i (the tail starts at block i + 1)."""
     parsed = parse_layer_feature(feature)
@@ -128,7 +165,10 @@ def _load_backbone(name: str, weights: str | Path | None, overrides: dict[str, A
         prefixes = classifier_prefixes(model)
         sha = load_timm_weights(model, weights, drop_prefixes=prefixes) if weights else RANDOM_INIT
         return "timm", model, sha
-    raise ValueError(f"no frozen tail for backbone {name!r}: tails exist for CLIP, AIM-v1 and timm ViTs")
+    raise ValueError(
+        f"no frozen tail for backbone {name!r}: tails exist for CLIP, AIM-v1, timm ViTs and timm EfficientNet-family "
+        "CNNs (MobileNetV2)"
+    )
 
 
 def build_tail(
@@ -158,6 +198,8 @@ def build_tail(
         )
     if family == "aim":
         tail: nn.Module = AimTail(model, block + 1)
+    elif cnn_token_blocks(model) is not None:
+        tail = CnnTail(model, block + 1)
     else:
         tail = VitTail(model, block + 1, proj=family == "clip")
     return tail.float().eval().requires_grad_(False).to(device)

@@ -3,8 +3,9 @@
 Features: `l<i>.cls` (class token leaving block i, 0-based; models with a class token), `l<i>.mean` (mean of the
 patch tokens leaving block i, prefix/register tokens excluded; for CNNs the spatial mean of stage i), `l<i>.tokens`
 (every token leaving block i, prefix tokens first, [T, D] per row; ViT-like models: the input of the frozen tail
-`extractors.build_tail` rebuilds) and `pooler` (= `pre_logits`: timm's `forward_head(..., pre_logits=True)`, the
-pooled final representation).
+`extractors.build_tail` rebuilds; for timm's EfficientNet-family CNNs such as MobileNetV2 the feature map leaving
+single block i as [H * W, C], blocks counted as in `cnn_tokens`) and `pooler` (= `pre_logits`: timm's
+`forward_head(..., pre_logits=True)`, the pooled final representation).
 Weights come from a local file only (timm, OpenAI/open_clip CLIP formats are converted by timm's own filters;
 torchvision's MobileNetV2 and ResNet state dicts by `layouts`).
 """
@@ -26,6 +27,7 @@ from common.files import sha256_file
 
 from ._registry import register_extractor
 from .base import Extractor, ExtractorSpec, parse_layer_feature, resolve_dtype
+from .cnn_tokens import TokenCapture, cnn_token_blocks, cnn_token_shapes, run_cnn_blocks
 from .layouts import to_timm_layout
 from .preprocess import policy_fields, resolve_policy
 from .weights import read_state_dict
@@ -34,7 +36,14 @@ RANDOM_INIT = "random-init"
 _FINAL_FEATURES = ("pooler", "pre_logits", "proj")
 
 
-def plan_blocks(features: list[str], *, n_layers: int, pools: tuple[str, ...], extra: tuple[str, ...]) -> list[int]:
+def plan_blocks(
+    features: list[str],
+    *,
+    n_layers: int,
+    pools: tuple[str, ...],
+    extra: tuple[str, ...],
+    token_layers: int | None = None,
+) -> list[int]:
     """Sorted block indices the features need; validates every name.
 
     Args:
@@ -42,6 +51,7 @@ def plan_blocks(features: list[str], *, n_layers: int, pools: tuple[str, ...], e
         n_layers: number of indexable blocks/stages.
         pools: per-block pools this backbone offers ("cls", "mean").
         extra: other feature names it offers ("pooler", "proj", "probe", ...).
+        token_layers: when set, `l<i>.tokens` counts blocks on their own scale, i in 0..token_layers-1 (CNNs).
 
     Raises:
         ValueError: an unknown name or a block out of range, naming the valid choices.
@@ -54,6 +64,10 @@ def plan_blocks(features: list[str], *, n_layers: int, pools: tuple[str, ...], e
     for name in features:
         parsed = parse_layer_feature(name)
         if parsed is None and name in extra:
+            continue
+        if parsed and parsed[1] == "tokens" and token_layers is not None:
+            if parsed[0] >= token_layers:
+                raise ValueError(f"unknown feature {name!r}: l<i>.tokens has i in 0..{token_layers - 1} (0 = stem)")
             continue
         if parsed is None or parsed[1] not in pools or parsed[0] >= n_layers:
             choices = [f"l<i>.{p}" for p in pools] + list(extra)
@@ -82,21 +96,29 @@ class BlockFeatures(nn.Module):
     def __init__(self, model: nn.Module, features: list[str], proj: nn.Module | None = None) -> None:
         super().__init__()
         self.model, self.proj, self.features = model, proj, list(features)
-        self.blocks = sorted({p[0] for p in map(parse_layer_feature, features) if p})
-        self.need_final = any(f in _FINAL_FEATURES for f in features)
         params = inspect.signature(model.forward_intermediates).parameters
         self.tokens = "return_prefix_tokens" in params  # ViT-like: NLC tokens with separate prefix tokens
+        parsed = [p for p in map(parse_layer_feature, features) if p]
+        cnn = not self.tokens and cnn_token_blocks(model) is not None
+        self.cnn_tokens = sorted({i for i, pool in parsed if pool == "tokens" and cnn})  # single blocks, by hooks
+        self.capture = TokenCapture(model, self.cnn_tokens) if self.cnn_tokens else None
+        self.blocks = sorted({i for i, pool in parsed if not (pool == "tokens" and cnn)})
+        self.need_final = any(f in _FINAL_FEATURES for f in features)
+        self.run_all = self.need_final or bool(self.cnn_tokens and self.blocks)  # stage features beside the hooks
         self.stop_early = "stop_early" in params
-        if self.blocks and not self.need_final and hasattr(model, "prune_intermediate_layers"):
+        if self.blocks and not self.run_all and hasattr(model, "prune_intermediate_layers"):
             model.prune_intermediate_layers(self.blocks, prune_norm=True, prune_head=True)  # drop unused blocks
 
     def _intermediates(self, x: torch.Tensor) -> tuple[torch.Tensor | None, list[Any]]:
+        if self.cnn_tokens and not self.run_all:  # CNN tokens alone: stop after the last block asked for
+            run_cnn_blocks(self.model, x, max(self.cnn_tokens))
+            return None, []
         if not self.blocks:
             return self.model.forward_features(x), []
         kw: dict[str, Any] = {"indices": self.blocks}
         if self.tokens:
             kw.update(output_fmt="NLC", return_prefix_tokens=True, norm=False)
-        if self.need_final:
+        if self.run_all:
             return self.model.forward_intermediates(x, **kw)
         if self.stop_early:
             kw["stop_early"] = True
@@ -108,7 +130,9 @@ class BlockFeatures(nn.Module):
         out: dict[str, torch.Tensor] = {}
         for name in self.features:
             parsed = parse_layer_feature(name)
-            if parsed:
+            if parsed and parsed[0] in self.cnn_tokens and parsed[1] == "tokens":
+                out[name] = self.capture.take(parsed[0])
+            elif parsed:
                 out[name] = self._pool(by_block[parsed[0]], parsed[1])
         if self.need_final:
             pooled = self.model.forward_head(final, pre_logits=True)
@@ -147,15 +171,21 @@ def token_count(model: nn.Module) -> int | None:
 
 
 def feature_dims(
-    features: list[str], widths: list[int], others: dict[str, int], tokens: int | None = None
+    features: list[str],
+    widths: list[int],
+    others: dict[str, int],
+    tokens: int | None = None,
+    token_shapes: list[tuple[int, int]] | None = None,
 ) -> tuple[tuple[int, ...], ...]:
-    """Per-row shape of each feature: block width for `l<i>.cls/mean`, (tokens, width) for `l<i>.tokens`,
-    `others[name]` for the rest."""
+    """Per-row shape of each feature: block width for `l<i>.cls/mean`, (tokens, width) for `l<i>.tokens` (or
+    `token_shapes[i]` when given: CNN blocks), `others[name]` for the rest."""
     out = []
     for f in features:
         p = parse_layer_feature(f)
         if p is None:
             out.append((others[f],))
+        elif p[1] == "tokens" and token_shapes is not None:
+            out.append(tuple(token_shapes[p[0]]))
         else:
             out.append((int(tokens), widths[p[0]]) if p[1] == "tokens" else (widths[p[0]],))
     return tuple(out)
@@ -230,10 +260,15 @@ def build_timm(
     sha = load_timm_weights(model, weights, drop_prefixes=classifier_prefixes(model)) if weights else RANDOM_INIT
     n_layers, widths, pools = timm_layer_info(model)
     features = list(features or ["pooler"])
-    plan_blocks(features, n_layers=n_layers, pools=pools, extra=("pooler", "pre_logits"))
     cfg = resolve_model_data_config(model)
     size = int(cfg["input_size"][-1])
+    cnn_blocks = cnn_token_blocks(model) if "tokens" not in pools else None
+    layers = None if cnn_blocks is None else len(cnn_blocks)
+    pools = pools if cnn_blocks is None else pools + ("tokens",)
+    plan_blocks(features, n_layers=n_layers, pools=pools, extra=("pooler", "pre_logits"), token_layers=layers)
     policy = resolve_policy(preprocess, default="center_crop", size=size, norm=(cfg["mean"], cfg["std"]))
+    wants_tokens = any(f.endswith(".tokens") for f in features)
+    token_shapes = cnn_token_shapes(model, policy.kwargs["size"]) if cnn_blocks and wants_tokens else None
     pooled = int(getattr(model, "head_hidden_size", model.num_features))
     spec = ExtractorSpec(
         name=name,
@@ -242,7 +277,7 @@ def build_timm(
         weights_sha256=sha,
         **policy_fields(policy),
         features=tuple(features),
-        dims=feature_dims(features, widths, {"pooler": pooled, "pre_logits": pooled}, token_count(model)),
+        dims=feature_dims(features, widths, {"pooler": pooled, "pre_logits": pooled}, token_count(model), token_shapes),
         dtype=dt,
     )
     forward = BlockFeatures(model, features)

@@ -2,13 +2,16 @@
 
 The tail is any `nn.Module` mapping cached tokens [N, T, D] to {output name: [N, W]} that describes itself with
 `blocks` (its blocks in order), `start` (index of its first block in the whole backbone), `outputs` (name -> width)
-and `lora_targets` (target name -> (path of a Linear inside each block, first and last output column, or None for
-the whole output)); `extractors.build_tail` builds one. Heads never import it: it is given to them.
+and `lora_targets` (target name -> (path of a Linear or a 1x1 Conv2d inside each block, first and last output
+column, or None for the whole output)), and optionally `lora_site(block, target)` -> that site in one block or None
+where a block lacks it; `extractors.build_tail` builds one. Heads never import it: it is given to them.
 
 LoRA at a target: `y = W x + b + (alpha / r) * B A dropout(x)`, A [r, in] Kaiming-uniform, B [out, r] zero, so a
 new adapter changes nothing. q/k/v of a fused qkv Linear are column slices: each has its own A and B and writes
-only its slice. Several experts share the sites; `LoraExperts.use(...)` says which are on: none, expert k alone,
-or per-row weights [N, E] (sum_e w_ne B_e A_e x). The frozen weights are not part of the head's state dict.
+only its slice. At a 1x1 Conv2d (a CNN's pointwise conv, a linear map over channels at every pixel) A and B are
+1x1 convs: `B A x` over the channel axis. Several experts share the sites; `LoraExperts.use(...)` says which are
+on: none, expert k alone, or per-row weights [N, E] (sum_e w_ne B_e A_e x). The frozen weights are not part of
+the head's state dict.
 """
 
 from __future__ import annotations
@@ -23,7 +26,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-TARGET_GROUPS = {"attn": ("q", "k", "v", "out"), "mlp": ("fc1", "fc2"), "qkv": ("q", "k", "v")}
+TARGET_GROUPS = {
+    "attn": ("q", "k", "v", "out"),
+    "mlp": ("fc1", "fc2"),
+    "qkv": ("q", "k", "v"),
+    "pw": ("pw_expand", "pw_project"),
+}
 _TOKENS = re.compile(r"^(?:.*/)?l(-?\d+)\.tokens$")  # l-1.tokens: the tokens entering block 0
 
 
@@ -33,25 +41,42 @@ def expand_targets(targets: Sequence[str], offered: Mapping[str, Any]) -> tuple[
     for t in targets:
         for name in TARGET_GROUPS.get(t, (t,)):
             if name not in offered:
-                raise ValueError(f"unknown LoRA target {t!r}; choose from {sorted(offered)} or {sorted(TARGET_GROUPS)}")
+                groups = sorted(g for g, members in TARGET_GROUPS.items() if set(members) <= set(offered))
+                raise ValueError(
+                    f"unknown LoRA target {t!r} for this backbone; choose from {sorted(offered)} or {groups}"
+                )
             if name not in out:
                 out.append(name)
     if not out:
-        raise ValueError("LoRA needs at least one target (q, k, v, out, fc1, fc2, attn, mlp)")
+        raise ValueError(f"LoRA needs at least one target; this backbone offers {sorted(offered)}")
     return tuple(out)
 
 
 class LoraPair(nn.Module):
-    """One adapter's A [r, in] (Kaiming-uniform, as nn.Linear) and B [out, r] (zero)."""
+    """One adapter's A [r, in] (Kaiming-uniform, as nn.Linear) and B [out, r] (zero); with `channels`, applied over
+    the channel axis of [N, C, H, W] maps (as 1x1 convs) instead of the last axis."""
 
-    def __init__(self, in_features: int, out_features: int, rank: int) -> None:
+    def __init__(self, in_features: int, out_features: int, rank: int, *, channels: bool = False) -> None:
         super().__init__()
         self.A = nn.Parameter(torch.empty(rank, in_features))
         self.B = nn.Parameter(torch.zeros(out_features, rank))
+        self.channels = channels
         nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.channels:
+            return F.conv2d(F.conv2d(x, self.A[:, :, None, None]), self.B[:, :, None, None])
         return F.linear(F.linear(x, self.A), self.B)
+
+
+def site_shape(module: nn.Module) -> tuple[int, int, bool]:
+    """(in width, out width, over channels) of a LoRA site: an nn.Linear or a 1x1, stride-1, ungrouped nn.Conv2d."""
+    if isinstance(module, nn.Linear):
+        return module.in_features, module.out_features, False
+    pointwise = isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1) and module.stride == (1, 1)
+    if pointwise and module.groups == 1:
+        return module.in_channels, module.out_channels, True
+    raise TypeError(f"LoRA goes on nn.Linear or pointwise (1x1, stride 1, groups 1) nn.Conv2d, not {module}")
 
 
 class LoraExperts(nn.Module):
@@ -76,18 +101,23 @@ class LoraExperts(nn.Module):
         self.scale = float(alpha) / rank
         self.dropout = nn.Dropout(dropout)
         self.mix: int | Tensor | None = None
-        sites: dict[nn.Linear, list[tuple[str, int | None, int | None]]] = {}
-        shapes: dict[str, tuple[int, int]] = {}
+        sites: dict[nn.Module, list[tuple[str, int | None, int | None]]] = {}
+        shapes: dict[str, tuple[int, int, bool]] = {}
+        site_of = getattr(tail, "lora_site", lambda _block, target: tail.lora_targets[target])
         for j, block in enumerate(tail.blocks):
             for target in self.targets:
-                path, start, stop = tail.lora_targets[target]
-                linear = block.get_submodule(path)
+                site = site_of(block, target)
+                if site is None:  # this block has no such layer (e.g. no expansion conv)
+                    continue
+                path, start, stop = site
+                module = block.get_submodule(path)
                 key = f"b{tail.start + j}_{target}"
-                width = linear.out_features if start is None else stop - start
-                shapes[key] = (linear.in_features, width)
-                sites.setdefault(linear, []).append((key, start, stop))
+                width_in, width_out, channels = site_shape(module)
+                shapes[key] = (width_in, width_out if start is None else stop - start, channels)
+                sites.setdefault(module, []).append((key, start, stop))
         self.experts = nn.ModuleList(
-            nn.ModuleDict({k: LoraPair(i, o, rank) for k, (i, o) in shapes.items()}) for _ in range(experts)
+            nn.ModuleDict({k: LoraPair(i, o, rank, channels=c) for k, (i, o, c) in shapes.items()})
+            for _ in range(experts)
         )
         self._hooks = [lin.register_forward_hook(self._hook(slices)) for lin, slices in sites.items()]
 

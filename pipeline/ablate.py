@@ -18,6 +18,7 @@ from typing import Any
 
 from common.extras import require
 from common.files import atomic_write
+from pipeline.tail import add_weights_argument
 
 ABLATION_KEYS = ("grid", "variants", "seeds", "sort_by", "prepare", "eval_views")
 RESULT_FILE = "result.json"
@@ -258,6 +259,25 @@ def load_ablation(
     return expand(apply_overrides(raw, overrides), source=str(path), seeds=seeds, sort_by=sort_by)
 
 
+def check_tail_weights(plan: AblationPlan, weights: Sequence[str]) -> None:
+    """Build the frozen tail of every distinct `tail_*` head of the runs once, before any run starts, so that
+    missing or other backbone weights end the command at once (naming the file and the fix) instead of every run."""
+    import heads
+    from pipeline.rows import open_caches
+    from pipeline.tail import frozen_tail, parse_weights
+
+    seen = set()
+    for r in plan.runs:
+        head, data = r.parsed.head, r.parsed.data
+        key = (head.name, tuple(head.inputs), tuple(sorted(data.caches.items())))
+        if key in seen or not heads.needs_frozen(head.name):
+            continue
+        seen.add(key)
+        caches = open_caches(data.caches)
+        specs = {alias: c.spec for alias, c in caches.items()}
+        frozen_tail(head.name, head.inputs, specs, parse_weights(list(weights), list(caches)))
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # one run (runs in a worker process)
 
@@ -268,7 +288,9 @@ def read_result(run_dir: str | Path) -> dict[str, Any] | None:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
-def execute_run(run_dir: str, config: Any, identity: dict[str, Any], threads: int | None = None) -> dict:
+def execute_run(
+    run_dir: str, config: Any, identity: dict[str, Any], threads: int | None = None, weights: Sequence[str] = ()
+) -> dict:
     """Train and evaluate one resolved config in `run_dir`; skip it when its result exists.
 
     Idempotent: a finished run returns its stored result (with "skipped": True); leftovers of an unfinished
@@ -279,6 +301,7 @@ def execute_run(run_dir: str, config: Any, identity: dict[str, Any], threads: in
         config: the run's `RunConfig` (or its plain-data form, `pipeline.config.to_dict`, parsed here).
         identity: run_id, setting, variant, values, seed (copied into the result).
         threads: torch threads for this process (None: leave as is).
+        weights: `PATH` / `ALIAS=PATH` backbone weights for `tail_*` heads (as `aigi train --weights`).
     """
     done = read_result(run_dir)
     if done is not None:
@@ -290,10 +313,12 @@ def execute_run(run_dir: str, config: Any, identity: dict[str, Any], threads: in
         done = read_result(run_dir)
         if done is not None:
             return {**done, "skipped": True}
-        return _train_and_evaluate(run_dir, config, identity, threads)
+        return _train_and_evaluate(run_dir, config, identity, threads, weights)
 
 
-def _train_and_evaluate(run_dir: str, config: Any, identity: dict[str, Any], threads: int | None) -> dict:
+def _train_and_evaluate(
+    run_dir: str, config: Any, identity: dict[str, Any], threads: int | None, weights: Sequence[str]
+) -> dict:
     """The body of `execute_run`, holding the run's lock: a fresh run folder, train, evaluate, write the result."""
     import torch
 
@@ -315,12 +340,12 @@ def _train_and_evaluate(run_dir: str, config: Any, identity: dict[str, Any], thr
     try:
         start, cpu = time.perf_counter(), time.process_time()
         cfg = config if isinstance(config, RunConfig) else parse_config(config, source=f"{path}/config.yaml")
-        trained = train_run(cfg, path)
+        trained = train_run(cfg, path, weights=weights)
         evaluated = time.perf_counter()
-        metrics = evaluate_run(path, out_dir=path / "eval", plots=False, config=cfg)
+        metrics = evaluate_run(path, out_dir=path / "eval", plots=False, config=cfg, weights=weights)
         views = {
             v: evaluate_run(path, out_dir=path / "eval_views" / re.sub(r"[^A-Za-z0-9_.=-]", "_", v), plots=False,
-                            config=cfg, where=[f"view={v}"])["mean"]
+                            config=cfg, where=[f"view={v}"], weights=weights)["mean"]
             for v in identity.get("eval_views") or []
         }  # fmt: skip
         seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
@@ -360,13 +385,14 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
-def _tasks(plan: AblationPlan, out_dir: Path, threads: int | None) -> list[tuple[str, tuple]]:
+def _tasks(plan: AblationPlan, out_dir: Path, threads: int | None, weights: Sequence[str]) -> list[tuple[str, tuple]]:
     tasks = []
     for r in plan.runs:
         identity = {"run_id": r.run_id, "setting": r.setting, "variant": r.variant, "values": r.values, "seed": r.seed}
         if plan.eval_views:
             identity["eval_views"] = list(plan.eval_views)
-        tasks.append((r.run_id, (str(out_dir / "runs" / r.run_id), r.parsed or r.config, identity, threads)))
+        run_dir = str(out_dir / "runs" / r.run_id)
+        tasks.append((r.run_id, (run_dir, r.parsed or r.config, identity, threads, tuple(weights))))
     return tasks
 
 
@@ -457,6 +483,7 @@ def run_ablation(
     workers: int = 0,
     scheduler: str | None = None,
     progress: bool = True,
+    weights: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Run every unfinished run of `plan` into OUT_DIR/runs/, then write results.parquet, summary.md, summary.png.
 
@@ -467,6 +494,7 @@ def run_ablation(
         workers: dask LocalCluster worker processes (0 = not dask).
         scheduler: address of an existing dask scheduler (tcp://HOST:PORT).
         progress: show a progress bar over runs.
+        weights: `PATH` / `ALIAS=PATH` backbone weights for `tail_*` heads (checked by `check_tail_weights`).
 
     Returns:
         {"ran": n, "skipped": n, "results": DataFrame, "summary": DataFrame, "files": {name: path}}.
@@ -479,7 +507,7 @@ def run_ablation(
     (out / "runs").mkdir(parents=True, exist_ok=True)
     threads = None if scheduler else max(1, _cores() // max(workers or jobs, 1))
     finished = {r.run_id: read_result(out / "runs" / r.run_id) for r in plan.runs}
-    pending = [(key, args) for key, args in _tasks(plan, out, threads) if finished[key] is None]
+    pending = [(key, args) for key, args in _tasks(plan, out, threads, weights) if finished[key] is None]
     results = {key: {**r, "skipped": True} for key, r in finished.items() if r is not None}
     with tqdm(
         total=len(plan.runs), initial=len(results), unit="run", desc="ablate", disable=None if progress else True
@@ -531,6 +559,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a base config key"
     )
+    add_weights_argument(p)
     p.add_argument("--dry-run", action="store_true", help="list the runs and whether each is done, run nothing")
     p.set_defaults(func=run)
 
@@ -550,8 +579,11 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.workers or args.scheduler:
         require("dask.distributed", needed_for="--workers / --scheduler")  # before any run starts
+    check_tail_weights(plan, args.weights)
     start = time.perf_counter()
-    out = run_ablation(plan, args.out, jobs=args.jobs, workers=args.workers, scheduler=args.scheduler)
+    out = run_ablation(
+        plan, args.out, jobs=args.jobs, workers=args.workers, scheduler=args.scheduler, weights=args.weights
+    )
     best = out["summary"].iloc[0]
     print(
         f"ablate: {len(plan.runs)} runs ({out['ran']} ran, {out['skipped']} already done) in "

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from pipeline.config import CalibrationSpec
+from pipeline.tail import add_weights_argument
 
 CALIBRATE_HELP = """\
 Fits, on the run's validation rows (the rows `aigi train` held out: split == val, or its seeded val_fraction
@@ -26,14 +28,16 @@ real / fake / unsure verdicts. A run trained with no validation rows cannot be c
 
 
 def validation_logits(
-    run_dir: Path, *, caches: list[str] | None = None
+    run_dir: Path, *, caches: list[str] | None = None, weights: Sequence[str] = ()
 ) -> tuple[Any, dict, np.ndarray, np.ndarray, str]:
-    """(head, head.json content, raw logits, labels, where the rows came from) of the run's validation rows."""
+    """(head, head.json content, raw logits, labels, where the rows came from) of the run's validation rows;
+    `weights` (`PATH` / `ALIAS=PATH`): the backbone weights a `tail_*` head re-runs its last blocks with."""
     import heads
     from pipeline.config import override_caches, parse_config, to_dict
     from pipeline.rows import check_fingerprints, open_caches, run_config, val_rows
+    from pipeline.tail import load_head
 
-    head, info = heads.load(run_dir)
+    head, info = load_head(run_dir, weights)
     raw = to_dict(run_config(run_dir, info))
     cfg = parse_config(override_caches(raw, caches) if caches else raw, source=f"{run_dir}/head.json")
     opened = open_caches(cfg.data.caches)
@@ -47,13 +51,15 @@ def validation_logits(
     return head, info, heads.logits(head, val.features), val.labels.astype(np.int64), how
 
 
-def calibrate_run(run_dir: str | Path, spec: CalibrationSpec, *, caches: list[str] | None = None) -> dict[str, Any]:
+def calibrate_run(
+    run_dir: str | Path, spec: CalibrationSpec, *, caches: list[str] | None = None, weights: Sequence[str] = ()
+) -> dict[str, Any]:
     """Fit `spec` on the run's validation rows, store it in head.json and return a summary with val ECE/Brier."""
     import heads
     from pipeline.metrics import brier, ece
 
     run_dir = Path(run_dir)
-    _, _, z, y, how = validation_logits(run_dir, caches=caches)
+    _, _, z, y, how = validation_logits(run_dir, caches=caches, weights=weights)
     cal = heads.fit_calibration(z, y, **spec.fit_kwargs())
     heads.save_calibration(run_dir, cal)
     before, after = heads.Calibration().probability(z), cal.probability(z)
@@ -100,13 +106,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--cache", action="append", default=[], metavar="[ALIAS=]PATH", help="cache replacing the recorded one"
     )
+    add_weights_argument(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of `aigi calibrate`."""
     spec = CalibrationSpec(method=args.method, threshold=args.threshold, band=args.band)
-    s = calibrate_run(args.run_dir, spec, caches=args.cache or None)
+    s = calibrate_run(args.run_dir, spec, caches=args.cache or None, weights=args.weights)
     cal, v = s["calibration"], s["val"]
     band = "no band" if cal["band"] is None else f"unsure band ({cal['band'][0]:.4g}, {cal['band'][1]:.4g})"
     print(

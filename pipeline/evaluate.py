@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.metrics import REAL_POLICIES
+from pipeline.tail import add_weights_argument
 
 EVAL_HELP = """\
 Scores the rows of one split with a trained head and writes report.md, metrics.csv, metrics.json,
@@ -249,13 +250,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="robustness instead of the per-group table: score the same images under these cached views (e.g. "
         "orig,jpeg:75,resize:0.5); writes robustness.md/.csv/.json/.png and flips.parquet, as `aigi robustness`",
     )
-    p.add_argument(
-        "--weights",
-        action="append",
-        default=[],
-        metavar="[ALIAS=]PATH",
-        help="tail_* heads: the backbone weights file the token cache was extracted with",
-    )
+    add_weights_argument(p)
     p.add_argument("-o", "--out", type=Path, required=True, metavar="REPORT_DIR", help="where to write the report")
     p.set_defaults(func=run)
 

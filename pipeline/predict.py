@@ -283,9 +283,10 @@ def score_cache(args: argparse.Namespace) -> pd.DataFrame:
     would exceed the memory budget (see pipeline.streaming)."""
     import cache
     import heads
+    from pipeline import tail
     from pipeline.streaming import StreamedSet, choose, parse_budget, row_values
 
-    head, info = heads.load(args.head_dir)
+    head, info = tail.load_head(args.head_dir, args.weights or [])  # with the tail a `tail_*` head runs on tokens
     paths = [c.partition("=")[2] if "=" in c else c for c in args.cache]
     if len(paths) != 1:
         raise ValueError("--cache: give one cache (join several with `aigi eval`, which follows the run's config)")

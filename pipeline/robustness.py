@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pipeline.tail import add_weights_argument
+
 ROBUSTNESS_HELP = """\
 Scores the same images under every requested view (rows of the cache keyed by (image_id, view), written by
 `aigi extract --views orig,jpeg:75,resize:0.5 ...`) with the head's stored calibration and threshold (see
@@ -98,17 +100,18 @@ def _markdown(table: pd.DataFrame, context: Sequence[str]) -> str:
 
 
 def score_views(
-    run_dir: Path, *, views: Sequence[str], split: str | None, caches: Sequence[str] | None
+    run_dir: Path, *, views: Sequence[str], split: str | None, caches: Sequence[str] | None, weights: Sequence[str] = ()
 ) -> tuple[pd.DataFrame, Any, list[str]]:
-    """Rows of `split` under every view with calibrated P(fake): (frame, calibration, context lines)."""
-    import heads
+    """Rows of `split` under every view with calibrated P(fake): (frame, calibration, context lines).
+    `weights` (`PATH` / `ALIAS=PATH`): the backbone weights a `tail_*` head re-runs its last blocks with."""
     from extractors.views import canonical_view
     from pipeline.calibrate import calibrated
     from pipeline.config import override_caches, parse_config, to_dict
-    from pipeline.rows import check_fingerprints, load_rows, open_caches, run_config
+    from pipeline.rows import check_fingerprints, hold_choice, load_rows, open_caches, run_config
+    from pipeline.tail import load_head
 
     views = [canonical_view(v) for v in views]
-    head, info = heads.load(run_dir)
+    head, info = load_head(run_dir, weights)
     raw = to_dict(run_config(run_dir, info))
     cfg = parse_config(override_caches(raw, list(caches)) if caches else raw, source=f"{run_dir}/head.json")
     opened = open_caches(cfg.data.caches)
@@ -120,7 +123,8 @@ def score_views(
         if split == "all"
         else {**where, "view": list(views), cfg.data.split_column: split}
     )
-    fs = load_rows(opened, inputs=list(info["inputs"]), where=where, domains=cfg.data.domains)
+    hold = hold_choice(opened, cfg.data, inputs=list(info["inputs"]), where=where)  # in memory or streamed
+    fs = load_rows(opened, inputs=list(info["inputs"]), where=where, domains=cfg.data.domains, hold=hold)
     have = set(fs.column("view").astype(str)) if len(fs) else set()
     missing = [v for v in views if v not in have]
     if missing:
@@ -132,7 +136,8 @@ def score_views(
     frame = fs.meta[["image_id", "view", "label"]].reset_index(drop=True).copy()
     frame["label"] = frame["label"].astype(np.int64)
     frame["prob"], _, cal = calibrated(head, info, fs.features)
-    context = [f"head `{info['name']}` from `{run_dir}`", f"rows: split {split}, views {', '.join(views)}",
+    context = [f"head `{info['name']}` from `{run_dir}`",
+               f"rows: split {split}, views {', '.join(views)}, {len(fs)} rows {hold.why}",
                f"calibration: {cal.method}, threshold {cal.threshold:.6g} ({cal.threshold_policy})"
                + ("" if cal.band is None else f", unsure band ({cal.band[0]:.4g}, {cal.band[1]:.4g})"),
                *[f"warning: {n}" for n in notes]]  # fmt: skip
@@ -146,13 +151,14 @@ def robustness_run(
     out_dir: str | Path,
     split: str | None = None,
     caches: Sequence[str] | None = None,
+    weights: Sequence[str] = (),
 ) -> pd.DataFrame:
     """Score `views` of one split with a head and write the robustness report (see ROBUSTNESS_HELP)."""
     from extractors.views import canonical_view
     from pipeline.plots import SKIPPED, can_draw, strength_plot
 
     views = [canonical_view(v) for v in views]
-    frame, cal, context = score_views(Path(run_dir), views=views, split=split, caches=caches)
+    frame, cal, context = score_views(Path(run_dir), views=views, split=split, caches=caches, weights=weights)
     table, flips = robustness_table(frame, cal, views=views)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -179,6 +185,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("run_dir", type=Path, help="directory written by `aigi train`")
     add_view_arguments(p)
+    add_weights_argument(p)
     p.add_argument("-o", "--out", type=Path, required=True, metavar="REPORT_DIR", help="where to write the report")
     p.set_defaults(func=run)
 
@@ -198,7 +205,7 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.plots import SKIPPED, can_draw
 
     table = robustness_run(args.run_dir, views=parse_views(args.views), out_dir=args.out, split=args.split,
-                           caches=args.cache or None)  # fmt: skip
+                           caches=args.cache or None, weights=args.weights)  # fmt: skip
     for row in table.to_dict("records"):
         flips = (
             ""

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pipeline.tail import add_weights_argument
+
 TRAIN_HELP = """\
 Trains the head a run config names on the rows of its cache(s) with split == train and writes RUN_DIR/head.json +
 head.safetensors (with the cache fingerprints, extractor spec, resolved config, training history and validation
@@ -210,13 +212,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="override a config value by dotted key, YAML-parsed: fit.lr=1e-4, head.inputs=[proj]",
     )
-    p.add_argument(
-        "--weights",
-        action="append",
-        default=[],
-        metavar="[ALIAS=]PATH",
-        help="tail_* heads: the backbone weights file the token cache was extracted with (ALIAS=PATH per cache)",
-    )
+    add_weights_argument(p)
     p.add_argument("-o", "--out", type=Path, required=True, metavar="RUN_DIR", help="where to write the head")
     p.add_argument("--overwrite", action="store_true", help="replace the head already in RUN_DIR")
     p.add_argument(

