@@ -60,22 +60,24 @@ class MemoryRows:
         index = torch.from_numpy(idx).to(self.device)
         return MemoryRows({k: v.index_select(0, index) for k, v in self.x.items()}, self.y[idx], self.prep)
 
-    def batches(self, batch_size: int, *, gen: torch.Generator | None = None) -> Iterator[Batch]:
-        """(prepared float32 features, row index) in a seeded random order (gen) or in order (gen None)."""
+    def batches(self, batch_size: int, *, gen: torch.Generator | None = None, raw: bool = False) -> Iterator[Batch]:
+        """(prepared float32 features, row index) in a seeded random order (gen) or in order (gen None).
+        `raw`: float16 features come as stored when there is nothing to prepare (the consumer widens them)."""
         n = len(self)
+        keep = raw and self.prep is _identity
         if gen is not None:
             for index in torch.randperm(n, generator=gen).to(self.device).split(batch_size):
-                yield self._take(lambda v, i=index: v.index_select(0, i)), index
+                yield self._take(lambda v, i=index: v.index_select(0, i), keep), index
             return
         for lo in range(0, n, batch_size):
             index = torch.arange(lo, min(lo + batch_size, n), device=self.device)
-            yield self._take(lambda v, lo=lo: v[lo : lo + batch_size]), index
+            yield self._take(lambda v, lo=lo: v[lo : lo + batch_size], keep), index
 
-    def _take(self, pick: Callable[[Tensor], Tensor]) -> dict[str, Tensor]:
+    def _take(self, pick: Callable[[Tensor], Tensor], keep: bool) -> dict[str, Tensor]:
         xb = {}
         for k, v in self.x.items():
             part = pick(v)
-            xb[k] = part if part.dtype == torch.float32 else self._widen(k, part)
+            xb[k] = part if part.dtype == torch.float32 or keep else self._widen(k, part)
         return self.prep(xb)
 
 
@@ -95,12 +97,16 @@ class StreamRows:
         pos = idx if self.pos is None else self.pos[idx]
         return StreamRows(self.source, self.names, self.y[idx], self.device, self.prep, pos)
 
-    def batches(self, batch_size: int, *, gen: torch.Generator | None = None) -> Iterator[Batch]:
+    def batches(self, batch_size: int, *, gen: torch.Generator | None = None, raw: bool = False) -> Iterator[Batch]:
         """As `MemoryRows.batches`; the order is the source's seeded chunk order plus shuffle buffer."""
         seed = 0 if gen is None else int(torch.randint(0, 2**62, (1,), generator=gen))
+        keep = raw and self.prep is _identity and self.device.type == "cpu"
         for feats, pos in self.source.batches(batch_size, rows=self.pos, shuffle=gen is not None, seed=seed):
             local = pos if self.pos is None else np.searchsorted(self.pos, pos)
-            xb = {k: self._widen(k, torch.from_numpy(np.ascontiguousarray(feats[k]))) for k in self.names}
+            xb = {}
+            for k in self.names:
+                x = torch.from_numpy(np.ascontiguousarray(feats[k]))
+                xb[k] = x if keep and x.dtype in (torch.float16, torch.float32) else self._widen(k, x)
             yield self.prep(xb), torch.from_numpy(np.asarray(local, dtype=np.int64)).to(self.device)
 
 

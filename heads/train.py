@@ -486,7 +486,7 @@ def _epoch(
     cosine = cfg.schedule == "cosine"
     fast = not isinstance(opt, torch.optim.Optimizer)
     losses = []
-    for step, (xb, index) in enumerate(batch.rows.batches(cfg.batch_size, gen=gen)):
+    for step, (xb, index) in enumerate(batch.rows.batches(cfg.batch_size, gen=gen, raw=fast)):
         if cosine:
             for group in opt.param_groups:
                 group["lr"] = lr_at(step0 + step, total, lr=lr, schedule="cosine", min_lr_ratio=cfg.min_lr_ratio)

@@ -48,7 +48,8 @@ def feature_plan(caches: Mapping[str, Any], inputs: Sequence[str]) -> dict[str, 
 
 def hold_choice(caches: Mapping[str, Any], data: Any, *, inputs: Sequence[str], where: Mapping[str, Any]) -> Any:
     """How to hold the rows matching `where` (`pipeline.streaming.choose` with data.stream / data.memory_budget):
-    in memory as float32 or float16, or streamed (one cache only; several caches are joined in memory)."""
+    in memory as float32 or float16, or streamed (several caches are joined while streaming when they store one
+    dtype; caches of different dtypes are joined in memory)."""
     from cache.featureset import where_mask
     from pipeline.streaming import Choice, choose, parse_budget, row_values
 
@@ -59,14 +60,14 @@ def hold_choice(caches: Mapping[str, Any], data: Any, *, inputs: Sequence[str], 
     stored = "float16" if all(caches[a].dtype == "float16" for a in plan) else "float32"
     budget = parse_budget(getattr(data, "memory_budget", None))
     choice = choose(rows=rows, row_values=row_values(dims), stored=stored, stream=data.stream, budget=budget)
-    if choice.mode == "stream" and (len(plan) > 1 or any("/" in name for name in inputs)):
+    kinds = {a: str(caches[a].dtype) for a in plan}
+    if choice.mode == "stream" and len(set(kinds.values())) > 1:
         if data.stream is True:
             raise ValueError(
-                f"data.stream: true streams one cache, this run joins {list(plan)}; compact the features into one "
-                "cache, or set data.stream: auto"
+                f"data.stream: true joins caches of one stored dtype while streaming, these store {kinds}; "
+                "re-extract one of them in the other's dtype, or set data.stream: auto"
             )
-        mode = "float16" if stored == "float16" else "float32"
-        return Choice(mode, f"in memory as {mode} (streaming reads one cache; {choice.why})", budget)
+        return Choice("float32", f"in memory as float32 (the joined caches store {kinds}; {choice.why})", budget)
     return choice
 
 
@@ -103,12 +104,12 @@ def _load(caches: Mapping[str, Any], *, inputs: Sequence[str], where: Mapping[st
 
     plan = feature_plan(caches, inputs)
     if hold is not None and hold.mode == "stream":
-        from cache.stream import open_stream, stream_buffer
+        from cache.stream import join_streams, open_stream, stream_buffer
         from pipeline.streaming import StreamedSet
 
-        ((alias, feats),) = plan.items()
-        stream = open_stream(caches[alias], feats, dict(where), buffer_bytes=stream_buffer(hold.budget))
-        fs = StreamedSet(stream)
+        size = stream_buffer(hold.budget)
+        streams = {a: open_stream(caches[a], feats, dict(where), buffer_bytes=size) for a, feats in plan.items()}
+        fs = StreamedSet(join_streams(streams))
     else:
         dtype = "float32" if hold is None else hold.mode
         sets = {alias: caches[alias].load(feats, where=dict(where), dtype=dtype) for alias, feats in plan.items()}

@@ -122,10 +122,12 @@ class StreamedSet:
         return col.to_numpy(dtype=object) if col.dtype == "string" else col.to_numpy()
 
     def subset(self, rows: np.ndarray) -> StreamedSet:
+        from cache.stream import sorted_unique
+
         idx = np.asarray(rows)
         idx = np.flatnonzero(idx) if idx.dtype == bool else idx
         sub = self.stream.subset(idx)
-        sub.meta = self.meta.iloc[np.sort(np.unique(idx))].reset_index(drop=True)
+        sub.meta = self.meta.iloc[sorted_unique(idx)].reset_index(drop=True)
         return StreamedSet(sub)
 
 

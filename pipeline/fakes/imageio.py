@@ -120,4 +120,3 @@ def remove_dead_temps(folder: Path) -> int:
         return 0
     dirs = [folder, *(p for p in folder.rglob("*") if p.is_dir())]
     return sum(len(remove_dead(d, ".*.tmp-*")) for d in dirs)
-

@@ -102,3 +102,45 @@ def test_stopping_early_ends_the_reader_and_errors_reach_the_consumer(tmp_path) 
     shard.write_bytes(shard.read_bytes()[:2000])  # truncated
     with pytest.raises(Exception, match="00004"):
         list(open_stream(cache.open(tmp_path / "c")).batches(64))
+
+
+def _second_cache(path, fmt: str, order: np.ndarray, seed: int = 7):
+    """A second cache over the rows `order` of `rows(1000)` (same image ids and labels, in that storage order), with
+    its own features: `l3.cls` (a name the first cache also has) and `extra`."""
+    meta, _ = rows(1000)
+    rng = np.random.default_rng(seed)
+    feats = {"l3.cls": rng.standard_normal((1000, 8)).astype(np.float32), "extra": rng.standard_normal((1000, 5))}
+    feats["extra"] = feats["extra"].astype(np.float32)
+    spec = {**SPEC, "backbone": "other"}
+    sub = meta.iloc[order].reset_index(drop=True)
+    with cache.CacheWriter(path, spec=spec, features={"l3.cls": (8,), "extra": (5,)}, fmt=fmt, shard_size=90) as w:
+        w.append(sub, {k: v[order] for k, v in feats.items()})
+    return cache.open(path)
+
+
+@pytest.mark.parametrize(("fmt", "storage"), [("h5", "same"), ("h5", "shuffled"), ("parquet", "shuffled")])
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_a_join_of_two_caches_streams_the_rows_cache_join_loads(tmp_path, fmt: str, storage: str, shuffle) -> None:
+    """Every joined row once, with both caches' features as `cache.join` gives them (shared names become
+    alias/name), whether the second cache stores the rows in the same order or another, and lacks some of them."""
+    from cache.stream import join_streams
+
+    first = _write(tmp_path / "a", "h5")
+    keep = np.arange(1000)[np.arange(1000) % 7 != 3]  # rows the second cache lacks: not in the join
+    order = keep if storage == "same" else np.random.default_rng(1).permutation(keep)
+    second = _second_cache(tmp_path / "b", fmt, order)
+    where = {"split": "train"}
+    ref = cache.join({"a": first.load(where=where, dtype="float16"), "b": second.load(where=where, dtype="float16")})
+    size = 2 * MIX_CHUNKS * 40 * (stream_row_bytes(first) + 26)
+    streams = {"a": open_stream(first, None, where, buffer_bytes=size), "b": open_stream(second, None, where)}
+    joined = join_streams(streams)
+    assert len(joined) == len(ref) < len(streams["a"]) and sorted(joined.dims) == sorted(ref.dims)
+    assert sorted(joined.dims) == ["a/l3.cls", "b/l3.cls", "extra", "l5.tokens"]
+    got, seen = _gather(joined, shuffle=shuffle, seed=2)
+    assert np.array_equal(np.sort(seen), np.arange(len(ref)))
+    for name, arr in ref.features.items():
+        np.testing.assert_array_equal(got[name], arr, err_msg=name)
+    np.testing.assert_array_equal(joined.labels, ref.labels)
+    assert list(joined.meta["image_id"]) == list(ref.meta["image_id"])
+    half = joined.subset(np.arange(len(joined)) % 2 == 0)
+    np.testing.assert_array_equal(half.load()["extra"], ref.features["extra"][::2])

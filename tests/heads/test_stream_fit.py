@@ -168,3 +168,67 @@ def test_a_cache_larger_than_the_budget_trains_within_the_budget(tmp_path) -> No
     assert out["stream"]["cache"] == 96_000 * 512 * 2 > 2.5 * budget
     assert out["memory"]["growth"] >= out["memory"]["cache"]  # the control: the whole matrix was held
     assert out["stream"]["growth"] < budget, out
+
+
+PEAK_JOINED = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np
+    import cache, heads
+    from cache.stream import join_streams, open_stream, stream_buffer
+
+    def rss(field):  # kB
+        for line in open("/proc/self/status"):
+            if line.startswith(field):
+                return int(line.split()[1]) * 1024
+
+    a, b, mode, budget = cache.open(sys.argv[1]), cache.open(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+    streams = {"a": open_stream(a, ["x"], buffer_bytes=stream_buffer(budget)),
+               "b": open_stream(b, ["z"], buffer_bytes=stream_buffer(budget))}
+    joined = join_streams(streams)
+    y = joined.labels
+    head = heads.build("concat", inputs=["x", "z"], in_dims=[joined.dims["x"][0], joined.dims["z"][0]])
+    cfg = heads.FitConfig(epochs=1, batch_size=512, threads=1)
+    warm = {k: np.zeros((600, d[0]), np.float32) for k, d in joined.dims.items()}
+    heads.fit(head, warm, np.arange(600) % 2, cfg=cfg)  # warm the loop
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset the peak RSS (VmHWM) to the current RSS
+    base = rss("VmRSS")
+    if mode == "stream":
+        X = joined
+    else:
+        X = cache.join({"a": a.load(["x"], dtype="float16"), "b": b.load(["z"], dtype="float16")}).features
+    heads.fit(head, X, y, cfg=cfg)
+    print(json.dumps({"growth": rss("VmHWM") - base, "cache": joined.nbytes()}))
+    """
+)
+
+
+def test_two_caches_joined_larger_than_the_budget_train_within_the_budget(tmp_path) -> None:
+    """As above for a run joining two caches (the second stores its rows in another order): streamed, peak RSS
+    growth stays under the budget; the in-memory join (the control) grows by at least both caches' size."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pytest.skip("this kernel does not let a process reset its peak RSS")
+    first = cache.open(write_cache(tmp_path / "a", 64_000, 384, shard_size=8192))  # 49 MB of float16
+    meta = first.meta()
+    order = np.random.default_rng(2).permutation(len(meta))
+    z = np.random.default_rng(3).standard_normal((len(meta), 384)).astype(np.float16)
+    with cache.CacheWriter(tmp_path / "b", spec=SPEC, features={"z": (384,)}, shard_size=5000, dtype="float16") as w:
+        w.append(meta.iloc[order].reset_index(drop=True), {"z": z[order]})
+    budget = 32 << 20
+    out = {}
+    for mode in ("stream", "memory"):
+        run = subprocess.run(
+            [sys.executable, "-c", PEAK_JOINED, str(tmp_path / "a"), str(tmp_path / "b"), mode, str(budget)],
+            capture_output=True,
+            text=True,
+            env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"},
+            check=False,
+        )
+        assert run.returncode == 0, run.stderr[-2000:]
+        out[mode] = json.loads(run.stdout.strip().splitlines()[-1])
+    assert out["stream"]["cache"] == 64_000 * 768 * 2 > 2.5 * budget
+    assert out["memory"]["growth"] >= out["memory"]["cache"]  # the control: both matrices were held
+    assert out["stream"]["growth"] < budget, out

@@ -77,13 +77,63 @@ def test_eval_streams_and_scores_like_in_memory(store, tmp_path, capsys) -> None
         assert streamed["mean"][k] == pytest.approx(mem["mean"][k], abs=1e-9)
 
 
-def test_streaming_several_caches_is_one_line(store, tmp_path, capsys) -> None:
-    other = write_cache(tmp_path / "other", 300, 4, seed=1)
-    cfg = config(tmp_path, store, head={"name": "concat", "inputs": ["syn/x", "o/x"]})
-    argv = ["train", str(cfg), "--cache", f"syn={store}", "--cache", f"o={other}", "--set", "data.stream=true"]
+def split_cache(store: Path, tmp_path: Path) -> dict[str, Path]:
+    """From `store` (feature x): `b`, a second cache of the same images with a feature z, storing them in another
+    order and in other shards; `both`, one cache holding x and z of every row in the store's order."""
+    import cache
+
+    src = cache.open(store)
+    meta, x = src.meta(), src.load(["x"], dtype="float16").features["x"]
+    rng = np.random.default_rng(3)
+    z = (x[:, :6].astype(np.float32) * 0.5 + rng.standard_normal((len(x), 6))).astype(np.float16)
+    spec = {**src.spec, "backbone": "other"}
+    order = rng.permutation(len(meta))
+    with cache.CacheWriter(tmp_path / "b", spec=spec, features={"z": (6,)}, shard_size=700, dtype="float16") as w:
+        w.append(meta.iloc[order].reset_index(drop=True), {"z": z[order]})
+    with cache.CacheWriter(tmp_path / "both", spec=spec, features={"x": (16,), "z": (6,)}, shard_size=1000) as w:
+        w.append(meta, {"x": x, "z": z})
+    return {"b": tmp_path / "b", "both": tmp_path / "both"}
+
+
+def test_two_caches_stream_joined_as_one_cache_holding_both(store, tmp_path, capsys) -> None:
+    """A run joining two caches streams (the second stores the rows in another order), and trains the very head
+    that streaming one cache holding both features trains (same rows, same batches); scoring it streamed equals
+    scoring it in memory."""
+    caches = split_cache(store, tmp_path)
+    head = {"name": "concat", "inputs": ["x", "z"]}
+    cfg = config(tmp_path, store, head=head)
+    joined = ["--cache", f"o={caches['b']}", "--set", "data.stream=true"]
+    assert main(["train", str(cfg), *joined, "-o", str(tmp_path / "joined")]) == 0
+    assert "rows streamed from disk (data.stream: true" in capsys.readouterr().out
+    cfg = config(tmp_path, caches["both"], head=head)
+    assert main(["train", str(cfg), "--set", "data.stream=true", "-o", str(tmp_path / "one")]) == 0
+    h_joined, _ = heads.load(tmp_path / "joined")
+    h_one, _ = heads.load(tmp_path / "one")
+    for key, value in h_one.state_dict().items():
+        assert torch.equal(value, h_joined.state_dict()[key]), key
+    assert json.loads((tmp_path / "joined" / "head.json").read_text())["history"]["streamed"] is True
+    run_cfg = load_config(tmp_path / "joined" / "config.yaml")
+    small = dataclasses.replace(run_cfg, data=dataclasses.replace(run_cfg.data, memory_budget="10kB", stream="auto"))
+    big = dataclasses.replace(run_cfg, data=dataclasses.replace(run_cfg.data, stream=False))
+    streamed = evaluate_run(tmp_path / "joined", out_dir=tmp_path / "e1", plots=False, config=small)
+    mem = evaluate_run(tmp_path / "joined", out_dir=tmp_path / "e2", plots=False, config=big)
+    assert "streamed" in streamed["rows_held"] and "float32" in mem["rows_held"]
+    for k in ("acc", "ap", "auc"):
+        assert streamed["mean"][k] == pytest.approx(mem["mean"][k], abs=1e-9)
+
+
+def test_streaming_caches_of_two_dtypes_is_one_line(store, tmp_path, capsys) -> None:
+    other = tmp_path / "other"
+    import cache
+
+    src = cache.open(store)
+    with cache.CacheWriter(other, spec=src.spec, features={"z": (4,)}, dtype="float32") as w:
+        w.append(src.meta(), {"z": np.zeros((len(src), 4), np.float32)})
+    cfg = config(tmp_path, store, head={"name": "concat", "inputs": ["x", "z"]})
+    argv = ["train", str(cfg), "--cache", f"o={other}", "--set", "data.stream=true"]
     assert main([*argv, "-o", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("aigi train: error: data.stream: true streams one cache") and "\n" not in err
+    assert err.startswith("aigi train: error: data.stream: true joins caches of one stored dtype") and "\n" not in err
 
 
 def test_ablation_runs_share_the_experts_and_equal_lone_runs(store, tmp_path) -> None:
