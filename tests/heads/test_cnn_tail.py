@@ -12,6 +12,7 @@ from torch.nn.utils import parametrize
 
 import heads
 from extractors.tail import CnnTail
+from tests.heads.test_tail import whole_model_losses
 
 
 def _mobilenet() -> nn.Module:
@@ -68,18 +69,7 @@ def test_whole_backbone_tail_equals_lora_finetuning_of_the_cnn() -> None:
     classifier.load_state_dict(head.classifier.state_dict())
     cfg = heads.FitConfig(epochs=3, batch_size=8, lr=3e-3, seed=3)
     history = heads.fit(head, {"l0.tokens": tokens}, y, cfg=cfg)
-    opt = torch.optim.AdamW([*params, *classifier.parameters()], lr=cfg.lr, weight_decay=cfg.weight_decay)
-    gen, target, losses = torch.Generator().manual_seed(cfg.seed), torch.as_tensor(y, dtype=torch.float32), []
-    for _ in range(cfg.epochs):
-        steps = []
-        for idx in torch.randperm(len(target), generator=gen).split(cfg.batch_size):
-            logits = classifier(model.forward_head(model.forward_features(x[idx]), pre_logits=True))
-            loss = F.binary_cross_entropy_with_logits(logits.squeeze(-1), target[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            steps.append(loss.item())
-        losses.append(float(np.mean(steps)))
+    losses = whole_model_losses(model, classifier, params, x, y, cfg)
     got = [e["loss"] for e in history["stages"][0]["epochs"]]
     assert max(abs(a - b) for a, b in zip(got, losses)) <= 1e-4, (got, losses)
     assert losses[-1] < losses[0] - 1e-3  # it trained

@@ -66,6 +66,19 @@ def _scores(store: cache.Cache, head_name: str, streamed: bool, seed: int, **par
 @pytest.mark.parametrize(
     ("head_name", "params"), [("linear", {}), ("linear", {"standardize": True}), ("mlp", {}), ("gating", {})]
 )
+
+def _peak(script: str, *argv: str) -> dict:
+    """Run a peak-memory script in a fresh process (its own allocator, one thread); its last line of JSON."""
+    run = subprocess.run(
+        [sys.executable, "-c", script, *argv],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"},
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
 def test_streamed_training_matches_in_memory_within_a_third_of_a_point(store, head_name: str, params: dict) -> None:
     """Mean over seeds for the non-convex heads: one run's ACC moves by ~0.6 pt from seed to seed in memory too."""
     if head_name == "gating":
@@ -154,17 +167,7 @@ def test_a_cache_larger_than_the_budget_trains_within_the_budget(tmp_path) -> No
         pytest.skip("this kernel does not let a process reset its peak RSS")
     path = write_cache(tmp_path / "big", 96_000, 512, shard_size=8192)  # 96 MB of float16
     budget = 32 << 20
-    out = {}
-    for mode in ("stream", "memory"):
-        run = subprocess.run(
-            [sys.executable, "-c", PEAK, str(path), mode, str(budget)],
-            capture_output=True,
-            text=True,
-            env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"},
-            check=False,
-        )
-        assert run.returncode == 0, run.stderr[-2000:]
-        out[mode] = json.loads(run.stdout.strip().splitlines()[-1])
+    out = {mode: _peak(PEAK, str(path), mode, str(budget)) for mode in ("stream", "memory")}
     assert out["stream"]["cache"] == 96_000 * 512 * 2 > 2.5 * budget
     assert out["memory"]["growth"] >= out["memory"]["cache"]  # the control: the whole matrix was held
     assert out["stream"]["growth"] < budget, out
@@ -218,17 +221,8 @@ def test_two_caches_joined_larger_than_the_budget_train_within_the_budget(tmp_pa
     with cache.CacheWriter(tmp_path / "b", spec=SPEC, features={"z": (384,)}, shard_size=5000, dtype="float16") as w:
         w.append(meta.iloc[order].reset_index(drop=True), {"z": z[order]})
     budget = 32 << 20
-    out = {}
-    for mode in ("stream", "memory"):
-        run = subprocess.run(
-            [sys.executable, "-c", PEAK_JOINED, str(tmp_path / "a"), str(tmp_path / "b"), mode, str(budget)],
-            capture_output=True,
-            text=True,
-            env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"},
-            check=False,
-        )
-        assert run.returncode == 0, run.stderr[-2000:]
-        out[mode] = json.loads(run.stdout.strip().splitlines()[-1])
+    caches = (str(tmp_path / "a"), str(tmp_path / "b"))
+    out = {mode: _peak(PEAK_JOINED, *caches, mode, str(budget)) for mode in ("stream", "memory")}
     assert out["stream"]["cache"] == 64_000 * 768 * 2 > 2.5 * budget
     assert out["memory"]["growth"] >= out["memory"]["cache"]  # the control: both matrices were held
     assert out["stream"]["growth"] < budget, out
