@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 import cache
-from cache.stream import MIX_CHUNKS, open_stream
+import cache.stream as stream_mod
+from cache.stream import MIX_CHUNKS, FeatureStream, open_stream
 from tests.cache.helpers import FEATURES, SPEC, rows
 from tests.cache.test_uar_folder import make_folder
 
@@ -39,8 +40,10 @@ def store(request, tmp_path):
     return _write(tmp_path / request.param, request.param)
 
 
+@pytest.mark.parametrize("mapped", [True, False])
 @pytest.mark.parametrize("shuffle", [False, True])
-def test_every_selected_row_once_with_the_stored_values(store, shuffle: bool) -> None:
+def test_every_selected_row_once_with_the_stored_values(store, shuffle: bool, mapped: bool, monkeypatch) -> None:
+    monkeypatch.setattr(stream_mod, "MAP", mapped)  # HDF5 rows gathered from mapped pages, or read into a buffer
     where = {"split": "train", "source": ["gen0", "gen2"]}
     ref = store.load(where=where, dtype="float16")
     stream = open_stream(store, None, where, buffer_bytes=2 * MIX_CHUNKS * 40 * stream_row_bytes(store))
@@ -58,6 +61,51 @@ def test_every_selected_row_once_with_the_stored_values(store, shuffle: bool) ->
 
 def stream_row_bytes(store) -> int:
     return sum(int(np.prod(s)) for s in store.features.values()) * 2
+
+
+@pytest.mark.parametrize("cached", [True, False])
+def test_dense_hdf5_rows_in_the_page_cache_are_gathered_from_the_mapped_file(tmp_path, monkeypatch, cached) -> None:
+    """The fast path: a dense run of HDF5 rows already in the page cache is mapped and gathered in place (one copy),
+    never read into a buffer first; rows on disk, or with MAP off, come through one sequential read."""
+    store = _write(tmp_path / "c", "h5")
+    ref = store.load(dtype="float16").features
+    reads = []
+    real = FeatureStream._read_h5
+    monkeypatch.setattr(FeatureStream, "_read_h5", lambda self, *a: reads.append(a) or real(self, *a))
+    monkeypatch.setattr(stream_mod, "_cached", lambda fd, start, length: cached)
+    got, _ = _gather(open_stream(store, buffer_bytes=1 << 16), shuffle=True)
+    assert (reads == []) == cached
+    for name, arr in ref.items():
+        np.testing.assert_array_equal(got[name], arr)
+    monkeypatch.setattr(stream_mod, "MAP", False)
+    reads.clear()
+    got, _ = _gather(open_stream(store, buffer_bytes=1 << 16), shuffle=True)
+    assert len(reads) > 0
+    np.testing.assert_array_equal(got["l3.cls"], ref["l3.cls"])
+
+
+def test_page_cache_residency_of_a_range(tmp_path) -> None:
+    """`_cached` tells pages just read from pages evicted to disk (and says False past the end of the file)."""
+    import os
+
+    if not hasattr(os, "RWF_NOWAIT"):
+        pytest.skip("no RWF_NOWAIT here: every dense range is read, never mapped")
+    path = tmp_path / "f.bin"
+    path.write_bytes(np.random.default_rng(0).bytes(4 << 20))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.pread(fd, 4 << 20, 0)
+        if not stream_mod._cached(fd, 0, 4 << 20):
+            pytest.skip("this file system does not answer RWF_NOWAIT reads")
+        assert not stream_mod._cached(fd, 0, 8 << 20)  # past the end
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        if stream_mod._cached(fd, 1 << 20, 1 << 20):
+            pytest.skip("this file system keeps its pages in memory (tmpfs): nothing to evict")
+        os.pread(fd, 4096, 0)  # only the first page back
+        assert not stream_mod._cached(fd, 0, 4 << 20) and stream_mod._cached(fd, 0, 4096)
+    finally:
+        os.close(fd)
 
 
 def test_shuffle_is_seeded_and_mixes_chunks(tmp_path) -> None:
