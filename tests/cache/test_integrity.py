@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -186,3 +187,27 @@ def test_compact_refuses_repeated_keys_and_the_cli_repairs_them(tmp_path, capsys
     out = capsys.readouterr().out
     assert "2 repeated row(s)" in out and f"ok: {N} rows" in out
     assert len(cache.open(cache.compact(tmp_path / "c", tmp_path / "all.h5"))) == N
+
+
+def test_repeated_keys_are_found_as_pandas_finds_them():
+    """The integer-coded key check flags exactly the rows `DataFrame.duplicated` flags: one image in several views is
+    fine, one (image_id, view) twice is not, missing views count as one value."""
+    from cache.reader import _refuse_duplicates
+
+    ok = pd.DataFrame({"image_id": ["a", "a", "b", "c"], "view": ["full", "crop", "full", "full"], "path": list("wxyz")})
+    _refuse_duplicates(ok.astype("string"), Path("c"))
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        df = pd.DataFrame(
+            {
+                "image_id": rng.choice(list("abcdefgh"), 12),
+                "view": rng.choice(["full", "crop", None], 12),
+                "path": [f"p{i}" for i in range(12)],
+            }
+        ).astype("string")
+        expected = df.duplicated(subset=["image_id", "view"], keep=False)
+        if expected.any():
+            with pytest.raises(ValueError, match=f"{int(expected.sum())} rows repeat an"):
+                _refuse_duplicates(df, Path("c"))
+        else:
+            _refuse_duplicates(df, Path("c"))

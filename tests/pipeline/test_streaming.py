@@ -50,6 +50,11 @@ def test_streamed_set_subset_meta_and_progress(tmp_path) -> None:
     half = with_domain.subset(np.arange(len(fs)) % 2 == 1)
     np.testing.assert_array_equal(half.column("domain"), meta["domain"].to_numpy()[1::2])
     np.testing.assert_array_equal(half.stream.load("float32")["x"], ref.features["x"][1::2])
+    every = with_domain.subset(np.ones(len(fs), dtype=bool))  # every row in order: the same stream, no copy
+    assert every.stream is with_domain.stream and every.meta is with_domain.meta
+    np.testing.assert_array_equal(every.column("domain"), meta["domain"].to_numpy())
+    backwards = with_domain.subset(np.arange(len(fs))[::-1])  # a subset keeps stream order
+    np.testing.assert_array_equal(backwards.column("domain"), meta["domain"].to_numpy())
     out = io.StringIO()
     seen = sum(len(p) for _, p in Reporting(half.stream, out).batches(100))
     assert seen == len(half)
