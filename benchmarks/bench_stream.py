@@ -8,7 +8,8 @@ noise is positive (a linear head can learn it). Measured, cold and warm page cac
   fresh process under `/usr/bin/time -v`: peak RSS, process wall, and the epoch's wall from the head's history;
 - the floor of the epoch itself (when the float16 rows fit in half the available RAM, or `--memory-floor`): the same
   `aigi train` with every row already in memory as float16 (`data.stream: false`), so the epoch reads nothing: what
-  the fit loop costs on this machine (shuffled gather + step), whatever the reader does.
+  the fit loop costs on this machine (shuffled gather + step), whatever the reader does; and, in this process, the
+  linear step alone over those rows in storage order (no read, no shuffle, all cores): the least an epoch can take.
 Cold = the shards' pages evicted with posix_fadvise(DONTNEED) before the run (needs no privilege; `--drop-caches`
 also writes /proc/sys/vm/drop_caches when permitted).
 
@@ -105,6 +106,23 @@ def bare_read(files: list[Path]) -> tuple[float, int]:
     return time.perf_counter() - start, sum(n for _, _, n in plan)
 
 
+def step_floor(path: Path, batch: int) -> float:
+    """Seconds of the linear head's training step alone over every row, already in memory as float16, in storage
+    order (no read, no shuffle, all cores): what one epoch costs on this CPU whatever feeds it."""
+    import torch
+
+    import cache
+    from heads._fastlinear import LinearAdamStep
+
+    fs = cache.open(path).load(["x"], dtype="float16")
+    x, y = torch.from_numpy(fs.features["x"]), torch.from_numpy(fs.labels.astype(np.float32))
+    step = LinearAdamStep(torch.nn.Linear(x.shape[1], 1), "x", lr=1e-3, weight_decay=0.0, decoupled=False)
+    start = time.perf_counter()
+    for lo in range(0, len(x), batch):
+        step({"x": x[lo : lo + batch]}, y[lo : lo + batch], None)
+    return time.perf_counter() - start
+
+
 def write_config(work: Path, cache_path: Path, *, budget: str, batch: int, stream: str) -> Path:
     cfg = work / f"stream_{stream}.yaml"
     cfg.write_text(
@@ -171,12 +189,13 @@ def main(argv: list[str] | None = None) -> int:
 
         floor = nbytes * 2 < available_ram()
     if floor:
-        rows["train in memory"] = []
+        rows["train in memory"], rows["step alone"] = [], []
         memory_cfg = memory_config(args.work, path.resolve(), nbytes=nbytes, batch=args.batch)
     how = ""
     for _ in range(args.repeat):
         if floor:
             rows["train in memory"].append(aigi_train(memory_cfg, args.work / "run"))
+            rows["step alone"].append(step_floor(path, args.batch))
         how = evict(files, args.drop_caches)
         rows["bare read cold"].append(bare_read(files)[0])
         rows["bare read warm"].append(bare_read(files)[0])
@@ -217,6 +236,11 @@ def report(rows: dict, *, nbytes: int, args, how: str, made: float) -> dict:
             f"floor: the same epoch with every row in memory as float16 (nothing read): {t['epoch_s']:.2f} s = "
             f"{t['epoch_s'] / best_read['warm']:.2f}x the warm bare read; streamed warm / in memory = "
             f"{best_train['warm']['epoch_s'] / t['epoch_s']:.2f}x (peak RSS {t['peak_rss_gb']:.2f} GB)"
+        )
+        step = min(rows["step alone"])
+        print(
+            f"floor: the linear step alone over the rows in memory, in storage order, all cores: {step:.2f} s = "
+            f"{step / best_read['warm']:.2f}x the warm bare read"
         )
     return {
         "rows": args.rows,
