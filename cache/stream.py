@@ -2,10 +2,11 @@
 
 A `FeatureStream` is a selection of rows of one cache (a directory of shards, a compacted `.h5`, a Parquet dataset or
 a UAR folder) and a list of features. `batches` reads the selection in chunks of consecutive rows (HDF5: the
-dataset's byte range memory-mapped, or one `readinto` at its file offset when the dataset is chunked or converted;
-Parquet: one row group; UAR: one group of files), in a seeded random chunk order when shuffling, mixes `MIX_CHUNKS` chunks at a time
-(the shuffle buffer), and hands out batches in the stored dtype (float16 stays float16: the consumer widens each
-batch), gathered into a few reused buffers by a background thread, so that reading overlaps the consumer's work.
+dataset's byte range memory-mapped when its pages are in the page cache, else one `readinto` at its file offset;
+Parquet: one row group; UAR: one group of files), in a seeded random chunk order when shuffling, mixes `MIX_CHUNKS`
+chunks at a time (the shuffle buffer), and hands out batches in the stored dtype (float16 stays float16: the
+consumer widens each batch), gathered into a few reused buffers by a background thread, so that reading overlaps the
+consumer's work.
 Memory held by a stream is about `buffer_bytes` whatever the cache size. `join_streams` joins streams of several
 caches on (image_id, view) as `cache.join` joins loaded sets (a `JoinedStream`).
 """

@@ -230,7 +230,7 @@ def _strings(fs: Any, column: str) -> np.ndarray:
     col = fs.meta[column]
     if col.dtype == "string":
         codes, uniques = pd.factorize(col)
-        if len(codes) and codes.min() >= 0:  # no missing value (those are spelled as astype(str) spells them)
+        if len(codes) and codes.min() >= 0:  # a missing value (code -1) takes the slow way, which spells it "<NA>"
             return np.asarray(uniques, dtype=object).astype(str)[codes]
     return fs.column(column).astype(str)
 

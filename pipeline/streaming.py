@@ -126,9 +126,8 @@ class StreamedSet:
 
         idx = np.asarray(rows)
         idx = np.flatnonzero(idx) if idx.dtype == bool else idx
-        if len(idx) == len(self) and (not len(idx) or (idx[0] == 0 and idx[-1] == len(idx) - 1)):
-            if len(idx) < 2 or bool((np.diff(idx) == 1).all()):  # every row in order: the same rows, no copy
-                return StreamedSet(self.stream)
+        if np.array_equal(idx, np.arange(len(self))):  # every row in order: the same rows, no copy
+            return StreamedSet(self.stream)
         sub = self.stream.subset(idx)
         sub.meta = self.meta.iloc[sorted_unique(idx)].reset_index(drop=True)
         return StreamedSet(sub)

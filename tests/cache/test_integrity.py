@@ -194,7 +194,9 @@ def test_repeated_keys_are_found_as_pandas_finds_them():
     fine, one (image_id, view) twice is not, missing views count as one value."""
     from cache.reader import _refuse_duplicates
 
-    ok = pd.DataFrame({"image_id": ["a", "a", "b", "c"], "view": ["full", "crop", "full", "full"], "path": list("wxyz")})
+    ok = pd.DataFrame(
+        {"image_id": ["a", "a", "b", "c"], "view": ["full", "crop", "full", "full"], "path": list("wxyz")}
+    )
     _refuse_duplicates(ok.astype("string"), Path("c"))
     rng = np.random.default_rng(0)
     for _ in range(20):
