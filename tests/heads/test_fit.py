@@ -137,30 +137,16 @@ def test_expert_trains_on_its_subset_only() -> None:
     ],
 )
 def test_fast_linear_step_matches_autograd_and_torch_adam(cfg: heads.FitConfig, monkeypatch) -> None:
-    import heads.train as train
-
     rng = np.random.default_rng(3)
     X = rng.standard_normal((300, 12)).astype(np.float32)
     y = (X[:, :3].sum(1) + rng.standard_normal(300) > 0.8).astype(int)
-    results = []
-    for fast in (True, False):
-        monkeypatch.setattr(train, "FAST_LINEAR", fast)
-        head = heads.build("linear", inputs="x", in_dim=12)
-        hist = heads.fit(head, X, y, cfg=cfg)
-        results.append((head.linear.weight.detach().clone(), head.linear.bias.detach().clone(), hist))
-    (w1, b1, h1), (w2, b2, h2) = results
-    torch.testing.assert_close(w1, w2, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(b1, b2, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(
-        [e["loss"] for e in h1["stages"][0]["epochs"]], [e["loss"] for e in h2["stages"][0]["epochs"]], rtol=1e-5
-    )
+    _assert_same_training(_fast_and_autograd(X, y, cfg, monkeypatch))
 
 
 def test_fast_linear_step_on_float16_batches_in_blocks_matches_autograd(monkeypatch) -> None:
     """Float16 rows reach the fast step as stored and are widened block by block inside it (blocks of 8 rows here,
     batches of 64): the same training as autograd on the widened rows."""
     import heads._fastlinear as fastlinear
-    import heads.train as train
 
     rng = np.random.default_rng(5)
     X = rng.standard_normal((400, 12)).astype(np.float16)
@@ -175,13 +161,25 @@ def test_fast_linear_step_on_float16_batches_in_blocks_matches_autograd(monkeypa
         return step(self, x, target, weight)
 
     monkeypatch.setattr(fastlinear.LinearAdamStep, "__call__", spy)
+    results = _fast_and_autograd(X, y, cfg, monkeypatch)
+    assert seen and set(seen) == {torch.float16}
+    _assert_same_training(results)
+
+
+def _fast_and_autograd(X, y, cfg: heads.FitConfig, monkeypatch) -> list:
+    """(weight, bias, history) of a linear head fitted with the fast step, then with autograd."""
+    import heads.train as train
+
     results = []
     for fast in (True, False):
         monkeypatch.setattr(train, "FAST_LINEAR", fast)
         head = heads.build("linear", inputs="x", in_dim=12)
         hist = heads.fit(head, X, y, cfg=cfg)
         results.append((head.linear.weight.detach().clone(), head.linear.bias.detach().clone(), hist))
-    assert seen and set(seen) == {torch.float16}
+    return results
+
+
+def _assert_same_training(results: list) -> None:
     (w1, b1, h1), (w2, b2, h2) = results
     torch.testing.assert_close(w1, w2, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(b1, b2, rtol=1e-5, atol=1e-6)
