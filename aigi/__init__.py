@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from common.provenance import package_version
+from aigi.common.provenance import package_version
 
 __version__ = package_version()
 __all__ = [
@@ -41,14 +41,14 @@ def open_cache(path: str | Path, *, source: str | None = None) -> Any:
 
     `.load(features, where={...})` gives a `cache.FeatureSet` (`.features`, `.labels`, `.meta`, `.dims`).
     """
-    import cache
+    from aigi import cache
 
     return cache.open(path, source=source)
 
 
 def available_heads() -> list[str]:
     """The names `build_head` accepts."""
-    import heads
+    from aigi import heads
 
     return heads.available()
 
@@ -56,7 +56,7 @@ def available_heads() -> list[str]:
 def build_head(name: str, *, dims: Mapping[str, Any] | None = None, seed: int = 0, **params: Any) -> Any:
     """A new head (`heads.build`): `name` from `available_heads()`, `inputs=[feature names]` and the head's own keys;
     `dims` (a FeatureSet's `.dims`) fills the input widths."""
-    import heads
+    from aigi import heads
 
     return heads.build(name, dims=dims, seed=seed, **params)
 
@@ -67,49 +67,49 @@ def fit(head: Any, X: Any, y: Any, *, X_val: Any = None, y_val: Any = None, **se
     `settings` are `heads.FitConfig` fields (epochs, lr, batch_size, optimizer, seed, device, ...). Returns the
     training history.
     """
-    import heads
+    from aigi import heads
 
     return heads.fit(head, X, y, cfg=heads.FitConfig(**settings), X_val=X_val, y_val=y_val)
 
 
 def predict(head: Any, X: Any) -> Any:
     """P(fake) per row, a float64 numpy array."""
-    import heads
+    from aigi import heads
 
     return heads.predict(head, X)
 
 
 def save_head(head: Any, directory: str | Path, *, meta: Mapping[str, Any] | None = None) -> Path:
     """Write DIRECTORY/head.json + head.safetensors (never pickle)."""
-    import heads
+    from aigi import heads
 
     return heads.save(head, directory, meta=dict(meta or {}))
 
 
 def load_head(directory: str | Path) -> tuple[Any, dict[str, Any]]:
     """A saved head and its head.json content."""
-    import heads
+    from aigi import heads
 
     return heads.load(directory)
 
 
 def evaluate(labels: Any, scores: Any, *, threshold: float = 0.5) -> dict[str, Any]:
     """ACC at `threshold`, real ACC, fake ACC, AP and AUC of one group of rows (`pipeline.metrics.binary_metrics`)."""
-    from pipeline.metrics import binary_metrics
+    from aigi.pipeline.metrics import binary_metrics
 
     return binary_metrics(labels, scores, threshold=threshold)
 
 
 def presets() -> list[str]:
     """The shipped run-config presets (`load_config` / `train` accept their names)."""
-    from pipeline.config import preset_names
+    from aigi.pipeline.config import preset_names
 
     return preset_names()
 
 
 def load_config(config: str | Path, *, overrides: Sequence[str] = (), caches: Sequence[str] = ()) -> Any:
     """A run config (a YAML file or a preset name) with `--set`-style overrides and `--cache` replacements."""
-    from pipeline.config import load_config as load
+    from aigi.pipeline.config import load_config as load
 
     return load(config, overrides=overrides, caches=caches)
 
@@ -124,8 +124,8 @@ def train(
 ) -> dict:
     """`aigi train`: fit the head of a run config (a RunConfig, YAML file or preset name) and save it in `run_dir`;
     `weights` (`PATH` / `ALIAS=PATH`, as `--weights`): the backbone weights a `tail_*` head re-runs its blocks with."""
-    from pipeline.config import RunConfig
-    from pipeline.train import train_run
+    from aigi.pipeline.config import RunConfig
+    from aigi.pipeline.train import train_run
 
     cfg = config if isinstance(config, RunConfig) else load_config(config, overrides=overrides, caches=caches)
     return train_run(cfg, run_dir, weights=weights)
@@ -136,6 +136,6 @@ def evaluate_run(run_dir: str | Path, out_dir: str | Path, **options: Any) -> di
 
     `options` are `pipeline.evaluate.evaluate_run`'s (split, by, threshold, reals, bootstrap, where, plots, ...).
     """
-    from pipeline.evaluate import evaluate_run as run
+    from aigi.pipeline.evaluate import evaluate_run as run
 
     return run(run_dir, out_dir=out_dir, **options)

@@ -44,7 +44,7 @@ SR_PARAMS = {"rank": 16, "shift": 2.5, "jitter": 0.5, "noise": 0.3, "seed": 0}
 def add_sr_domain(staged: Path, out: Path, fraction: float = 1.0) -> Path:
     """Copy the imported UAR cache to `out` with reals as source `real` and one synthetic SR fake per real (for the
     first `fraction` of the reals)."""
-    import cache
+    from aigi import cache
 
     if (out / "cache.json").exists():
         return out
@@ -111,7 +111,7 @@ def cpu_seconds() -> float:
 
 
 def _timed(label: str, argv: list[str], times: dict) -> None:
-    from pipeline.cli import main
+    from aigi.cli import main
 
     start = time.perf_counter()
     code = main(argv)

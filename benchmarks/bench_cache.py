@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import cache  # noqa: E402
+from aigi import cache  # noqa: E402
 
 OUT_DIR = Path(__file__).resolve().parent / "out"
 

@@ -40,7 +40,7 @@ TARGET_FPR = 0.01
 
 
 def _aigi(argv: list[str]) -> None:
-    from pipeline.cli import main
+    from aigi.cli import main
 
     code = main(argv)
     if code != 0:
@@ -49,8 +49,7 @@ def _aigi(argv: list[str]) -> None:
 
 def test_logits(run: Path, store: Path) -> tuple[np.ndarray, np.ndarray]:
     """Raw logits and labels of the test rows (view orig) of the imported cache."""
-    import cache
-    import heads
+    from aigi import cache, heads
 
     head, _ = heads.load(run)
     fs = cache.open(store).load(list(head.cfg.inputs), where={"split": "test", "view": "orig"})
@@ -59,10 +58,10 @@ def test_logits(run: Path, store: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def measure(run: Path, store: Path, method: str, band: str) -> dict:
     """Calibrate with `method`, a 1%-FPR threshold and `band`; the numbers on val (fit) and test (held out)."""
-    import heads
-    from pipeline.calibrate import calibrate_run
-    from pipeline.config import CalibrationSpec
-    from pipeline.metrics import brier, ece, tpr_at_fpr
+    from aigi import heads
+    from aigi.pipeline.calibrate import calibrate_run
+    from aigi.pipeline.config import CalibrationSpec
+    from aigi.pipeline.metrics import brier, ece, tpr_at_fpr
 
     summary = calibrate_run(run, CalibrationSpec(method=method, threshold=f"fpr:{TARGET_FPR}", band=band))
     cal = heads.calibration_of(heads.load(run)[1])

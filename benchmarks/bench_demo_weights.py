@@ -39,7 +39,7 @@ def run_demo(out: Path, extra: list[str], *, shared: Path, quick: bool) -> tuple
     import resource
 
     env = {**os.environ, "AIGI_SHARED": str(shared), "PYTHONPATH": str(ROOT)}
-    argv = [sys.executable, "-m", "pipeline.cli", "demo", "-o", str(out), *(["--quick"] if quick else []), *extra]
+    argv = [sys.executable, "-m", "aigi", "demo", "-o", str(out), *(["--quick"] if quick else []), *extra]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     subprocess.run(argv, check=True, env=env, cwd=ROOT, stdout=subprocess.DEVNULL)

@@ -25,7 +25,7 @@ def main() -> None:
     ap.add_argument("--backbone", default="timm:vit_tiny_patch16_224")
     args = ap.parse_args()
 
-    from pipeline.cli import main as aigi
+    from aigi.cli import main as aigi
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -31,9 +31,8 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import extractors  # noqa: E402
-import heads  # noqa: E402
-from extractors.preprocess import resolve_policy  # noqa: E402
+from aigi import extractors, heads  # noqa: E402
+from aigi.extractors.preprocess import resolve_policy  # noqa: E402
 from tests.extractors import tiny  # noqa: E402
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -109,7 +108,7 @@ def _gapl_head():
 def gapl_rows() -> list[dict]:
     from sklearn.decomposition import PCA
 
-    from heads.prototype import pca_prototypes
+    from aigi.heads.prototype import pca_prototypes
 
     head, released = _gapl_head()
     g = torch.Generator().manual_seed(1)
@@ -197,9 +196,9 @@ def store_dtype_row(tmp: Path) -> dict:
     import timm
     from PIL import Image
 
-    import cache
-    from extractors.images import load_image
-    from pipeline.cli import main as aigi
+    from aigi import cache
+    from aigi.cli import main as aigi
+    from aigi.extractors.images import load_image
 
     torch.manual_seed(0)
     torch.save(timm.create_model("vit_tiny_patch16_224", pretrained=False).state_dict(), tmp / "vit.pth")

@@ -25,8 +25,8 @@ OUT = Path(__file__).resolve().parent / "out"
 
 def make_images(folder: Path, n: int, size: int = 256) -> Path:
     """`n` smooth random JPEGs (like photos, unlike white noise) and their manifest."""
-    import cache
-    from common.files import sha256_file
+    from aigi import cache
+    from aigi.common.files import sha256_file
 
     rng = np.random.default_rng(0)
     folder.mkdir(parents=True, exist_ok=True)
@@ -67,8 +67,8 @@ def bare_forward(backbone: str, weights: Path, manifest: Path, batch_size: int) 
     """Images/s of `model(x)` alone over batches preprocessed beforehand (nothing else timed)."""
     import torch
 
-    import extractors
-    from extractors.images import load_image
+    from aigi import extractors
+    from aigi.extractors.images import load_image
 
     ex = extractors.build(backbone, weights=weights)
     rows = pd.read_parquet(manifest)
@@ -93,7 +93,7 @@ def main() -> None:
 
     import torch
 
-    from pipeline.cli import main as aigi
+    from aigi.cli import main as aigi
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -50,8 +50,8 @@ def photos(size: int, count: int):
 def write_manifest_for(folder: Path, images) -> Path:
     import pandas as pd
 
-    from cache import write_manifest
-    from common.files import sha256_file
+    from aigi.cache import write_manifest
+    from aigi.common.files import sha256_file
 
     rows = []
     for i, img in enumerate(images):
@@ -66,7 +66,7 @@ def bare(model, images) -> float:
     """Seconds for decode(encode(x)).sample, latent mean, one image at a time, tensors prepared beforehand."""
     import torch
 
-    from pipeline.fakes.ops import to_tensor
+    from aigi.pipeline.fakes.ops import to_tensor
 
     tensors = [to_tensor(img)[None] * 2 - 1 for img in images]
     start = time.perf_counter()
@@ -78,8 +78,8 @@ def bare(model, images) -> float:
 
 def pipeline(vae, manifest: Path, out: Path) -> float:
     """Seconds for the whole `fakes vae` run (read, pad, reconstruct, crop, write PNG, hash, manifest)."""
-    from pipeline.fakes.runner import FakesConfig, run_fakes
-    from pipeline.fakes.vae import VaeTransform
+    from aigi.pipeline.fakes.runner import FakesConfig, run_fakes
+    from aigi.pipeline.fakes.vae import VaeTransform
 
     cfg = FakesConfig(manifest=manifest, out_dir=out, output_manifest=out / "m.parquet", batch_size=1)
     start = time.perf_counter()
@@ -90,7 +90,7 @@ def pipeline(vae, manifest: Path, out: Path) -> float:
 
 
 def read_rows(manifest: Path):
-    from cache import read_manifest
+    from aigi.cache import read_manifest
 
     return read_manifest(manifest)
 
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from diffusers import AutoencoderKL
 
-    from pipeline.fakes.vae import load_vae
+    from aigi.pipeline.fakes.vae import load_vae
 
     if args.threads:
         torch.set_num_threads(args.threads)

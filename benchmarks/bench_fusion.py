@@ -79,7 +79,7 @@ def synthetic_rows(
 ) -> tuple[pd.DataFrame, np.ndarray]:
     """Meta rows and features: `pairs` reals, each with a type-A and a type-B fake (B kept in training with
     probability `rare_b`)."""
-    import cache
+    from aigi import cache
 
     rng = np.random.default_rng(seed)
     reals = rng.standard_normal((pairs, dim)).astype(np.float32)
@@ -109,7 +109,7 @@ def synthetic_rows(
 
 def write_cache(path: Path, meta: pd.DataFrame, x: np.ndarray, *, spec: dict) -> Path:
     """Write the rows as a feature cache (feature `x`, float32) with `cache.CacheWriter`."""
-    import cache
+    from aigi import cache
 
     with cache.CacheWriter(path, spec=spec, features={"x": (x.shape[1],)}, dtype="float32") as writer:
         writer.append(meta, {"x": x})
@@ -118,7 +118,7 @@ def write_cache(path: Path, meta: pd.DataFrame, x: np.ndarray, *, spec: dict) ->
 
 def param_count(name: str, dim: int, **cfg) -> int:
     """Total parameter count of head `name` on a `dim`-wide input `x`."""
-    import heads
+    from aigi import heads
 
     return sum(p.numel() for p in heads.build(name, inputs=["x"], in_dim=dim, **cfg).parameters())
 
@@ -149,7 +149,7 @@ def ablation_config(cache_path: Path, *, dim: int, seeds: list[int], epochs: int
 
 def run_scenario(name: str, *, args: argparse.Namespace, work: Path) -> dict:
     """Build one scenario's cache, run the ablation, and return per-type results."""
-    from pipeline.ablate import expand, run_ablation
+    from aigi.pipeline.ablate import expand, run_ablation
 
     meta, x = synthetic_rows(
         pairs=args.pairs,

@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     for _ in range(args.repeat):
         target = args.work / "imported"
         shutil.rmtree(target, ignore_errors=True)
-        cli = [sys.executable, "-m", "pipeline.cli", "import", "uar", str(folder), "--cache", str(target)]
+        cli = [sys.executable, "-m", "aigi", "import", "uar", str(folder), "--cache", str(target)]
         runs["aigi import uar"].append(timed(cli))
         runs["bare np.load loop"].append(timed([sys.executable, "-c", BARE, str(folder)]))
     best = {k: min(v) for k, v in runs.items()}

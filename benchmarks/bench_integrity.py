@@ -42,7 +42,7 @@ sys.path.insert(0, {root!r})
 Path({ready!r}).touch()
 while not Path({go!r}).exists():  # both processes start their command together
     time.sleep(0.005)
-from pipeline.cli import main
+from aigi.cli import main
 sys.exit(main({argv!r}))
 """
 
@@ -72,7 +72,7 @@ def run_together(tmp: Path, argvs: list[list[str]]) -> list[int]:
 
 def count(cache_dir: Path, expected: set[tuple[str, str]]) -> dict:
     """Rows lost and duplicated in a cache against the expected (image_id, view) keys."""
-    import cache
+    from aigi import cache
 
     try:
         meta = cache.open(cache_dir, keep_duplicates=True).meta()
@@ -143,7 +143,7 @@ def _flip(file: Path, offset: int) -> None:
 def bench_flips(tmp: Path, flips: int) -> dict:
     import h5py
 
-    import cache
+    from aigi import cache
 
     rng = np.random.default_rng(0)
     n, dim = 4000, 256
@@ -179,8 +179,8 @@ def bench_flips(tmp: Path, flips: int) -> dict:
 
 
 def bench_cost(tmp: Path, rows: int, dim: int) -> dict:
-    import cache
-    import cache.writer as writer_mod
+    import aigi.cache.writer as writer_mod
+    from aigi import cache
 
     rng = np.random.default_rng(0)
     chunk = 4096

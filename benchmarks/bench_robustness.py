@@ -41,7 +41,7 @@ BACKBONE, FEATURES = "timm:convnext_atto", "l0.mean,l1.mean"
 
 
 def _aigi(argv: list[str]) -> None:
-    from pipeline.cli import main
+    from aigi.cli import main
 
     code = main(argv)
     if code != 0:
@@ -68,7 +68,7 @@ def demo_data(demo: Path, shared: Path) -> tuple[Path, Path, Path]:
 
 def ablation_config(config: Path, views_cache: Path, seeds: list[int]) -> dict:
     """The demo's linear run config as an ablation over training views, calibrated, evaluated on every view."""
-    from pipeline.config import read_yaml
+    from aigi.pipeline.config import read_yaml
 
     raw = read_yaml(config)
     raw["data"]["caches"] = {"demo": str(views_cache)}
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     _aigi(["extract", "--manifest", str(manifest), "--backbone", BACKBONE, "--weights", str(weights),
            "--features", FEATURES, "--views", ",".join(VIEWS), "--cache", str(views_cache)])  # fmt: skip
     seeds = [int(s) for s in args.seeds.split(",")]
-    from pipeline.config import dump_yaml
+    from aigi.pipeline.config import dump_yaml
 
     ablate_yaml = args.work / "ablate.yaml"
     ablate_yaml.write_text(dump_yaml(ablation_config(config, views_cache, seeds)), encoding="utf-8")

@@ -33,15 +33,15 @@ OUT_DIR = ROOT / "benchmarks" / "out"
 DRIVER = r"""
 import json, sys, time
 t = {"start": time.perf_counter()}
-from pipeline import cli
+from aigi import cli
 cli.build_parser("train") if "only" in cli.build_parser.__code__.co_varnames else cli.build_parser()
 t["cli"] = time.perf_counter()
 import torch, heads
-from pipeline.config import load_config, save_config
+from aigi.pipeline.config import load_config, save_config
 try:
-    from pipeline.rows import open_caches, train_val_rows, groups_of
+    from aigi.pipeline.rows import open_caches, train_val_rows, groups_of
 except ImportError:
-    from pipeline.train import open_caches, train_val_rows, groups_of
+    from aigi.pipeline.train import open_caches, train_val_rows, groups_of
 t["imports"] = time.perf_counter()
 cfg = load_config(sys.argv[1], overrides=[], caches=[sys.argv[2]])
 t["config"] = time.perf_counter()
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             [
                 sys.executable,
                 "-m",
-                "pipeline.cli",
+                "aigi",
                 "import",
                 "uar",
                 str(folder),
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         cmd = [
             sys.executable,
             "-m",
-            "pipeline.cli",
+            "aigi",
             "train",
             str(config),
             "--cache",

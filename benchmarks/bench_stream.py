@@ -41,7 +41,7 @@ def make_cache(path: Path, rows: int, dim: int, shard_size: int, test_every: int
     """Write the synthetic cache (skipped when it is complete); every `test_every`-th row is in split test."""
     import pandas as pd
 
-    import cache
+    from aigi import cache
 
     if (path / "cache.json").exists() and len(cache.open(path)) == rows:
         return path
@@ -111,8 +111,8 @@ def step_floor(path: Path, batch: int) -> float:
     order (no read, no shuffle, all cores): what one epoch costs on this CPU whatever feeds it."""
     import torch
 
-    import cache
-    from heads._fastlinear import LinearAdamStep
+    from aigi import cache
+    from aigi.heads._fastlinear import LinearAdamStep
 
     fs = cache.open(path).load(["x"], dtype="float16")
     x, y = torch.from_numpy(fs.features["x"]), torch.from_numpy(fs.labels.astype(np.float32))
@@ -143,7 +143,7 @@ def memory_config(work: Path, cache_path: Path, *, nbytes: int, batch: int) -> P
 def aigi_train(cfg: Path, out: Path) -> dict:
     """Run `aigi train` under /usr/bin/time -v: peak RSS, wall, the epoch's seconds, the stream line."""
     shutil.rmtree(out, ignore_errors=True)
-    cmd = ["/usr/bin/time", "-v", sys.executable, "-m", "pipeline.cli", "train", str(cfg), "-o", str(out)]
+    cmd = ["/usr/bin/time", "-v", sys.executable, "-m", "aigi", "train", str(cfg), "-o", str(out)]
     start = time.perf_counter()
     run = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     wall = time.perf_counter() - start
@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     nbytes = bare_read(files)[1]
     floor = args.memory_floor
     if floor is None:
-        from pipeline.streaming import available_ram
+        from aigi.pipeline.streaming import available_ram
 
         floor = nbytes * 2 < available_ram()
     if floor:

@@ -33,7 +33,7 @@ def make_caches(work: Path, rows: int, dim: int, shard_size: int) -> dict[str, P
     """Caches A (x), B (z, same order), B' (z, shuffled order) and C (x and z); skipped when complete."""
     import pandas as pd
 
-    import cache
+    from aigi import cache
 
     paths = {k: work / k for k in ("A", "B", "Bshuf", "C")}
     if all((p / "cache.json").exists() and len(cache.open(p)) == rows for p in paths.values()):

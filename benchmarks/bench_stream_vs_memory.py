@@ -31,7 +31,7 @@ from bench_stream import make_cache  # noqa: E402
 
 def aigi(*argv: str) -> float:
     start = time.perf_counter()
-    run = subprocess.run([sys.executable, "-m", "pipeline.cli", *argv], capture_output=True, text=True,
+    run = subprocess.run([sys.executable, "-m", "aigi", *argv], capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
     if run.returncode != 0:
         raise SystemExit(f"aigi {argv[0]} failed:\n{run.stderr[-3000:]}")

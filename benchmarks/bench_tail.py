@@ -64,7 +64,7 @@ class Clock:
 
 def _extract(weights: Path, features: list[str], images: torch.Tensor, batch: int) -> tuple[dict, dict, dict]:
     """Token caches of every feature in one pass (float16, as stored), the spec, and the seconds it took."""
-    import extractors
+    from aigi import extractors
 
     ex = extractors.build(f"timm:{ARCH}", weights=weights, features=features, device="cpu")
     clock = Clock()
@@ -75,8 +75,8 @@ def _extract(weights: Path, features: list[str], images: torch.Tensor, batch: in
 
 
 def _head(spec: dict, weights: Path, feature: str, *, depth_from: int | None = None) -> torch.nn.Module:
-    import heads
-    from extractors.tail import VitTail, build_tail
+    from aigi import heads
+    from aigi.extractors.tail import VitTail, build_tail
 
     if depth_from is None:
         tail = build_tail(spec, weights=weights, feature=feature)
@@ -123,7 +123,7 @@ def _prefix(weights: Path, block: int):
 
 
 def measure(args: argparse.Namespace) -> dict:
-    import heads
+    from aigi import heads
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(1)

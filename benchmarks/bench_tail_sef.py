@@ -62,8 +62,8 @@ RUNS = {  # name -> (head, input, head config, fit overrides)
 
 def make_data(demo: Path) -> tuple[Path, Path]:
     """The demo (resumes) and the token cache of its manifest; returns (token cache, backbone weights)."""
-    from pipeline.cli import main as aigi
-    from pipeline.demo.steps import DEFAULT_BACKBONE, DemoSize, DemoState, find_backbone_weights
+    from aigi.cli import main as aigi
+    from aigi.pipeline.demo.steps import DEFAULT_BACKBONE, DemoSize, DemoState, find_backbone_weights
 
     if not (demo / "data" / "manifest.parquet").exists() and aigi(["demo", "-o", str(demo), "--no-ablate"]) != 0:
         raise SystemExit("the demo failed; see its message above")
@@ -95,8 +95,8 @@ def _metrics(fs, p: np.ndarray) -> dict[str, float]:
 
 
 def _run(name: str, sets: dict, spec: dict, weights: Path, *, seed: int, epochs: int) -> dict:
-    import heads
-    from pipeline.tail import frozen_tail
+    from aigi import heads
+    from aigi.pipeline.tail import frozen_tail
 
     head_name, feature, extra, fit = RUNS[name]
     train, test = sets["train"], sets["test"]
@@ -137,7 +137,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.combine:
         return combine(args.combine, args.out)
-    import cache
+    from aigi import cache
 
     tokens, weights = make_data(args.demo)
     c = cache.open(tokens)

@@ -1,8 +1,8 @@
 """The on-disk feature cache: manifests, shards (HDF5 / Parquet), fingerprints, readers and writers. No torch."""
 
-from cache.featureset import FeatureSet, join
-from cache.fingerprint import canonical_json, fingerprint, spec_diff
-from cache.manifest import (
+from aigi.cache.featureset import FeatureSet, join
+from aigi.cache.fingerprint import canonical_json, fingerprint, spec_diff
+from aigi.cache.manifest import (
     MANIFEST_COLUMNS,
     assign_splits,
     parse_split_ratio,
@@ -10,12 +10,12 @@ from cache.manifest import (
     validate_manifest,
     write_manifest,
 )
-from cache.reader import Cache
-from cache.reader import open_cache as open  # noqa: A001  (the public name is `cache.open`)
-from cache.shards import META_COLUMNS, SCHEMA_VERSION
-from cache.tools import compact, info, repair, verify
-from cache.uar import load_npy, scan_uar, uar_spec
-from cache.writer import CacheWriter
+from aigi.cache.reader import Cache
+from aigi.cache.reader import open_cache as open  # noqa: A001  (the public name is `cache.open`)
+from aigi.cache.shards import META_COLUMNS, SCHEMA_VERSION
+from aigi.cache.tools import compact, info, repair, verify
+from aigi.cache.uar import load_npy, scan_uar, uar_spec
+from aigi.cache.writer import CacheWriter
 
 __all__ = [
     "MANIFEST_COLUMNS",

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from common.files import temp_name, writing
+from aigi.common.files import temp_name, writing
 
 __all__ = ["folder_lock", "owner_dead", "owner_tag", "pid_alive", "remove_dead", "temp_name", "writing"]
 

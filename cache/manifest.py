@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from common.files import atomic_path
+from aigi.common.files import atomic_path
 
 # column -> (pandas dtype, default when absent or None). `image_id`, `path`, `label`, `source` are required.
 MANIFEST_COLUMNS: dict[str, tuple[str, object]] = {

@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from cache.featureset import FeatureSet, where_mask
-from cache.fingerprint import fingerprint
-from cache.shards import (
+from aigi.cache.featureset import FeatureSet, where_mask
+from aigi.cache.fingerprint import fingerprint
+from aigi.cache.shards import (
     FEAT_PREFIX,
     SCHEMA_VERSION,
     count_rows,
@@ -26,8 +26,8 @@ from cache.shards import (
     read_header,
     read_meta,
 )
-from cache.uar import UAR_FEATURE, load_npy, load_npy_batch, scan_uar, uar_spec
-from cache.writer import CACHE_JSON, INDEX_JSON, SHARD_DIR, SHARD_RE, read_cache_json, read_index
+from aigi.cache.uar import UAR_FEATURE, load_npy, load_npy_batch, scan_uar, uar_spec
+from aigi.cache.writer import CACHE_JSON, INDEX_JSON, SHARD_DIR, SHARD_RE, read_cache_json, read_index
 
 READ_THREADS = max(2, min(8, os.cpu_count() or 1))
 

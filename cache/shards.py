@@ -14,8 +14,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from cache.manifest import MANIFEST_COLUMNS, validate_manifest
-from common.files import writing
+from aigi.cache.manifest import MANIFEST_COLUMNS, validate_manifest
+from aigi.common.files import writing
 
 SCHEMA_VERSION = 1
 FORMATS = ("h5", "parquet")

@@ -313,7 +313,7 @@ class FeatureStream:
     def _read_parquet(self, unit: _Unit, path: Path) -> dict[str, np.ndarray]:
         import pyarrow.parquet as pq
 
-        from cache.shards import FEAT_PREFIX, _decode_arrow
+        from aigi.cache.shards import FEAT_PREFIX, _decode_arrow
 
         bounds = self._bounds(unit.part, 1)
         group = int(np.searchsorted(bounds, unit.lo, side="right"))
@@ -637,7 +637,7 @@ def join_streams(streams: dict[str, FeatureStream]) -> FeatureStream:
     """
     import pandas as pd
 
-    from cache.featureset import KEY
+    from aigi.cache.featureset import KEY
 
     aliases = list(streams)
     if len(aliases) == 1:

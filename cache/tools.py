@@ -10,9 +10,9 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from cache.locking import folder_lock, remove_dead, temp_name, writing
-from cache.reader import Cache, open_cache
-from cache.shards import (
+from aigi.cache.locking import folder_lock, remove_dead, temp_name, writing
+from aigi.cache.reader import Cache, open_cache
+from aigi.cache.shards import (
     DIGEST,
     ERRORS_KEY,
     HEADER_KEY,
@@ -25,7 +25,7 @@ from cache.shards import (
     write_h5,
     write_parquet,
 )
-from cache.writer import (
+from aigi.cache.writer import (
     CACHE_JSON,
     INDEX_JSON,
     SHARD_DIR,
@@ -36,7 +36,7 @@ from cache.writer import (
     shard_record,
     write_index,
 )
-from common.files import atomic_path
+from aigi.common.files import atomic_path
 
 
 def compact(src: str | Path, out_h5: str | Path) -> Path:

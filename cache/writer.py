@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cache.fingerprint import fingerprint, spec_diff
-from cache.locking import folder_lock, owner_dead, owner_tag, remove_dead, temp_name, writing
-from cache.shards import (
+from aigi.cache.fingerprint import fingerprint, spec_diff
+from aigi.cache.locking import folder_lock, owner_dead, owner_tag, remove_dead, temp_name, writing
+from aigi.cache.shards import (
     DIGEST,
     DTYPES,
     ERROR_FIELDS,
@@ -29,7 +29,7 @@ from cache.shards import (
     prepare_meta,
     write_bytes,
 )
-from common.files import atomic_write
+from aigi.common.files import atomic_write
 
 CACHE_JSON = "cache.json"
 INDEX_JSON = "index.json"  # the shard index: name -> rows, bytes, digest of every committed shard

@@ -26,7 +26,7 @@ __all__ = sorted(_EXPORTS)
 
 def __getattr__(name: str) -> Any:
     if name not in _EXPORTS:
-        raise AttributeError(f"module 'extractors' has no attribute {name!r}")
+        raise AttributeError(f"module 'aigi.extractors' has no attribute {name!r}")
     for module in pkgutil.iter_modules(__path__):  # importing them registers their extractors: a new one is one file
         if not module.name.startswith("_"):
             importlib.import_module(f"{__name__}.{module.name}")

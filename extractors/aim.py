@@ -26,8 +26,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from common.device import resolve_device
-from common.files import sha256_file
+from aigi.common.device import resolve_device
+from aigi.common.files import sha256_file
 
 from ._registry import register_extractor
 from .base import Extractor, ExtractorSpec, parse_layer_feature, resolve_dtype

@@ -24,8 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from common.device import resolve_device
-from common.files import sha256_file
+from aigi.common.device import resolve_device
+from aigi.common.files import sha256_file
 
 from ._registry import register_extractor
 from .base import Extractor, ExtractorSpec, resolve_dtype

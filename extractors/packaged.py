@@ -10,7 +10,7 @@ import importlib.metadata
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.files import sha256_file
+from aigi.common.files import sha256_file
 
 
 @dataclass(frozen=True)

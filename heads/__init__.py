@@ -3,11 +3,11 @@
 import importlib as _importlib
 import pkgutil as _pkgutil
 
-from heads._registry import available, build, head_class, make_config, register_head
-from heads.calibration import Calibration, fit_calibration
-from heads.io import calibration_of, load, needs_frozen, read_info, save, save_calibration
-from heads.released import gapl_prototype, linear_probe, uar_linear
-from heads.train import FitConfig, Stage, explain, fit, logits, lr_at, predict
+from aigi.heads._registry import available, build, head_class, make_config, register_head
+from aigi.heads.calibration import Calibration, fit_calibration
+from aigi.heads.io import calibration_of, load, needs_frozen, read_info, save, save_calibration
+from aigi.heads.released import gapl_prototype, linear_probe, uar_linear
+from aigi.heads.train import FitConfig, Stage, explain, fit, logits, lr_at, predict
 
 # Importing a module registers the heads it defines (`@register_head`): every public module of the package is
 # imported, so a new head is one file heads/NAME.py.

@@ -7,8 +7,8 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 from torch import Tensor
 
-from heads._blocks import ExpertBank, subset_rows
-from heads.train import Stage
+from aigi.heads._blocks import ExpertBank, subset_rows
+from aigi.heads.train import Stage
 
 
 def expert_stages(

@@ -80,7 +80,7 @@ def build(
         torch.manual_seed(seed)
         head = cls(config, frozen) if needs else cls(config)
     if standardize:
-        from heads._norm import InputNorm, input_widths
+        from aigi.heads._norm import InputNorm, input_widths
 
         head.input_norm = InputNorm(config.inputs, input_widths(config))
     return head

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import numpy as np
 from torch import Tensor, nn
 
-from heads._blocks import Adapter, LayerMix, check_inputs, subset_rows
-from heads._registry import register_head
-from heads.train import Stage
+from aigi.heads._blocks import Adapter, LayerMix, check_inputs, subset_rows
+from aigi.heads._registry import register_head
+from aigi.heads.train import Stage
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from heads._blocks import ExpertBank, check_inputs
-from heads._experts import artifact_expert_stages
-from heads._registry import register_head
-from heads.train import Stage
+from aigi.heads._blocks import ExpertBank, check_inputs
+from aigi.heads._experts import artifact_expert_stages
+from aigi.heads._registry import register_head
+from aigi.heads.train import Stage
 
 
 def _default_experts() -> dict[str, tuple[str, ...]]:

@@ -15,9 +15,9 @@ from safetensors.torch import load as load_bytes
 from safetensors.torch import save as save_bytes
 from torch import nn
 
-from common.files import atomic_write, temp_name
-from heads._registry import build
-from heads.calibration import Calibration
+from aigi.common.files import atomic_write, temp_name
+from aigi.heads._registry import build
+from aigi.heads.calibration import Calibration
 
 FORMAT = "aigi-head"
 VERSION = 1
@@ -162,7 +162,7 @@ def read_info(directory: str | Path) -> dict[str, Any]:
 
 def needs_frozen(name: str) -> bool:
     """Whether head `name` runs a frozen backbone tail (the `tail_*` heads)."""
-    from heads._registry import head_class
+    from aigi.heads._registry import head_class
 
     return bool(getattr(head_class(name), "needs_frozen", False))
 

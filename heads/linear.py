@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from heads._blocks import check_inputs
-from heads._fastlinear import LinearAdamStep
-from heads._registry import register_head
+from aigi.heads._blocks import check_inputs
+from aigi.heads._fastlinear import LinearAdamStep
+from aigi.heads._registry import register_head
 
 
 @dataclass(frozen=True)

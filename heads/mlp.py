@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from heads._blocks import check_inputs
-from heads._registry import register_head
+from aigi.heads._blocks import check_inputs
+from aigi.heads._registry import register_head
 
 
 @dataclass(frozen=True)

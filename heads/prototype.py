@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from heads._blocks import check_inputs
-from heads._registry import register_head
-from heads.train import Stage
+from aigi.heads._blocks import check_inputs
+from aigi.heads._registry import register_head
+from aigi.heads.train import Stage
 
 
 @dataclass(frozen=True)

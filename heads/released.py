@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from heads._registry import build
+from aigi.heads._registry import build
 
 
 def _load_tensor_file(path: str | Path) -> Any:

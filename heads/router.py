@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from heads._blocks import ExpertBank, check_inputs
-from heads._experts import expert_stages
-from heads._registry import register_head
-from heads.train import Stage
+from aigi.heads._blocks import ExpertBank, check_inputs
+from aigi.heads._experts import expert_stages
+from aigi.heads._registry import register_head
+from aigi.heads.train import Stage
 
 
 def top_k_gates(logits: Tensor, k: int) -> Tensor:

@@ -25,12 +25,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from heads._blocks import subset_rows
-from heads._lora import LoraExperts, TailHead, orthogonality_loss
-from heads._registry import register_head
-from heads.prototype import PrototypeCfg, PrototypeHead
-from heads.router import RouterHead, RoutingCfg, balance_loss, domain_loss, manual_gates, router_stage, top_k_gates
-from heads.train import Stage
+from aigi.heads._blocks import subset_rows
+from aigi.heads._lora import LoraExperts, TailHead, orthogonality_loss
+from aigi.heads._registry import register_head
+from aigi.heads.prototype import PrototypeCfg, PrototypeHead
+from aigi.heads.router import RouterHead, RoutingCfg, balance_loss, domain_loss, manual_gates, router_stage, top_k_gates
+from aigi.heads.train import Stage
 
 ATTN = ("q", "k", "v", "out")
 

@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from common.device import resolve_device
-from common.metrics import average_precision
-from heads._rows import MemoryRows, StreamRows, is_source, memory_tensors
+from aigi.common.device import resolve_device
+from aigi.common.metrics import average_precision
+from aigi.heads._rows import MemoryRows, StreamRows, is_source, memory_tensors
 
 Groups = Mapping[str, np.ndarray] | None
 StageForward = Callable[[dict[str, Tensor], dict[str, Tensor]], "Tensor | tuple[Tensor, Tensor]"]

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common.extras import require
-from common.files import atomic_write
-from pipeline.tail import add_weights_argument
+from aigi.common.extras import require
+from aigi.common.files import atomic_write
+from aigi.pipeline.tail import add_weights_argument
 
 ABLATION_KEYS = ("grid", "variants", "seeds", "sort_by", "prepare", "eval_views")
 RESULT_FILE = "result.json"
@@ -150,7 +150,7 @@ def _seeds(raw: Any, *, source: str) -> list[int]:
 def _eval_views(raw: Any, *, source: str) -> list[str]:
     if raw is None:
         return []
-    from extractors.views import canonical_view
+    from aigi.extractors.views import canonical_view
 
     if not isinstance(raw, list) or not all(isinstance(v, str) for v in raw):
         raise ValueError(f"{source}: `eval_views` must be a list of views, e.g. [orig, jpeg:75]; got {raw!r}")
@@ -179,7 +179,7 @@ def setting_name(variant: str, values: Mapping[str, Any]) -> str:
 
 def config_hash(config: Mapping[str, Any]) -> str:
     """The first 8 hex digits of the sha256 of a resolved config's canonical JSON."""
-    import cache
+    from aigi import cache
 
     return cache.fingerprint(dict(config))[:8]
 
@@ -195,7 +195,7 @@ def expand(
         seeds: replaces the config's seeds.
         sort_by: replaces the config's sort metric.
     """
-    from pipeline.config import parse_config, to_dict
+    from aigi.pipeline.config import parse_config, to_dict
 
     if not isinstance(raw, Mapping):
         raise ValueError(f"{source}: an ablation config is a mapping (a run config plus grid/variants/seeds)")
@@ -250,7 +250,7 @@ def load_ablation(
     sort_by: str | None = None,
 ) -> AblationPlan:
     """Read an ablation YAML, apply `--cache` and `--set` overrides to its base config, and expand it."""
-    from pipeline.config import apply_overrides, override_caches, read_yaml
+    from aigi.pipeline.config import apply_overrides, override_caches, read_yaml
 
     path = Path(path)
     missing = f"ablation config {path} does not exist (e.g. configs/ablate_fusion.yaml)"
@@ -262,9 +262,9 @@ def load_ablation(
 def check_tail_weights(plan: AblationPlan, weights: Sequence[str]) -> None:
     """Build the frozen tail of every distinct `tail_*` head of the runs once, before any run starts, so that
     missing or other backbone weights end the command at once (naming the file and the fix) instead of every run."""
-    import heads
-    from pipeline.rows import open_caches
-    from pipeline.tail import frozen_tail, parse_weights
+    from aigi import heads
+    from aigi.pipeline.rows import open_caches
+    from aigi.pipeline.tail import frozen_tail, parse_weights
 
     seen = set()
     for r in plan.runs:
@@ -306,7 +306,7 @@ def execute_run(
     done = read_result(run_dir)
     if done is not None:
         return {**done, "skipped": True}
-    from cache.locking import folder_lock
+    from aigi.cache.locking import folder_lock
 
     # one process per run: a re-run waits for a live process still working on it instead of deleting its folder
     with folder_lock(Path(run_dir).parent, f".{Path(run_dir).name}.lock"):
@@ -322,11 +322,11 @@ def _train_and_evaluate(
     """The body of `execute_run`, holding the run's lock: a fresh run folder, train, evaluate, write the result."""
     import torch
 
-    from common.provenance import code_revision
-    from pipeline import streaming
-    from pipeline.config import RunConfig, parse_config
-    from pipeline.evaluate import evaluate_run
-    from pipeline.train import train_run
+    from aigi.common.provenance import code_revision
+    from aigi.pipeline import streaming
+    from aigi.pipeline.config import RunConfig, parse_config
+    from aigi.pipeline.evaluate import evaluate_run
+    from aigi.pipeline.train import train_run
 
     path = Path(run_dir)
     # every run of this worker process reuses loaded rows; workers share finished expert stages through files
@@ -403,7 +403,7 @@ def _exit_with_parent(parent: int) -> None:
     """In a worker process: end it (os._exit) soon after process `parent` is gone. Started once per process."""
     import threading
 
-    from cache.locking import pid_alive
+    from aigi.cache.locking import pid_alive
 
     if _WATCHED:
         return
@@ -468,7 +468,7 @@ def _run_local(tasks: list[tuple[str, tuple]], *, jobs: int, bar: Any, run: Any 
 
 
 def _run_dask(tasks: list[tuple[str, tuple]], *, workers: int, scheduler: str | None, out_dir: Path, bar: Any):
-    from pipeline.distributed import dask_client, map_tasks, task_key
+    from aigi.pipeline.distributed import dask_client, map_tasks, task_key
 
     keyed = [(task_key("ablate", out_dir, key), args) for key, args in tasks]
     with dask_client(workers=workers, scheduler=scheduler) as client:
@@ -519,7 +519,7 @@ def run_ablation(
     results.update({key: r for (key, _), r in zip(pending, new, strict=True)})
     results = [results[r.run_id] for r in plan.runs]
     ran = sum(not r.get("skipped") for r in results)
-    from pipeline.report import ablation_summary, ablation_table, write_ablation_report
+    from aigi.pipeline.report import ablation_summary, ablation_table, write_ablation_report
 
     table = ablation_table(results, grid_keys=plan.grid_keys)
     summary = ablation_summary(table, sort_by=plan.sort_by)
@@ -591,7 +591,7 @@ def run(args: argparse.Namespace) -> int:
         f"({100 * best[f'{plan.sort_by}.mean']:.2f}) -> {out['files']['summary']}"
     )
     if "plot" not in out["files"]:
-        from pipeline.plots import SKIPPED
+        from aigi.pipeline.plots import SKIPPED
 
         print(SKIPPED, file=sys.stderr)
     return 0

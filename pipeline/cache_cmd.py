@@ -28,7 +28,7 @@ def _print_info(info: dict) -> None:
 
 def run_cache_info(args: argparse.Namespace) -> int:
     """Entry point of `aigi cache info`."""
-    import cache
+    from aigi import cache
 
     info = cache.info(args.path)
     print(json.dumps(info, indent=2)) if args.json else _print_info(info)
@@ -37,7 +37,7 @@ def run_cache_info(args: argparse.Namespace) -> int:
 
 def run_verify(args: argparse.Namespace) -> int:
     """Entry point of `aigi cache verify`: exit 0 when sound, 2 with the list of problems otherwise."""
-    import cache
+    from aigi import cache
 
     result = cache.verify(args.path)
     stale = result["stale_temp_files"]
@@ -52,7 +52,7 @@ def run_verify(args: argparse.Namespace) -> int:
 
 def run_repair(args: argparse.Namespace) -> int:
     """Entry point of `aigi cache repair`."""
-    import cache
+    from aigi import cache
 
     result = cache.repair(args.path)
     dropped = result["dropped_shards"]
@@ -72,7 +72,7 @@ def run_repair(args: argparse.Namespace) -> int:
 
 def run_compact(args: argparse.Namespace) -> int:
     """Entry point of `aigi cache compact`."""
-    import cache
+    from aigi import cache
 
     out = cache.compact(args.path, args.output)
     print(f"wrote {out} ({len(cache.open(out))} rows)")

@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.config import CalibrationSpec
-from pipeline.tail import add_weights_argument
+from aigi.pipeline.config import CalibrationSpec
+from aigi.pipeline.tail import add_weights_argument
 
 CALIBRATE_HELP = """\
 Fits, on the run's validation rows (the rows `aigi train` held out: split == val, or its seeded val_fraction
@@ -32,10 +32,10 @@ def validation_logits(
 ) -> tuple[Any, dict, np.ndarray, np.ndarray, str]:
     """(head, head.json content, raw logits, labels, where the rows came from) of the run's validation rows;
     `weights` (`PATH` / `ALIAS=PATH`): the backbone weights a `tail_*` head re-runs its last blocks with."""
-    import heads
-    from pipeline.config import override_caches, parse_config, to_dict
-    from pipeline.rows import check_fingerprints, open_caches, run_config, val_rows
-    from pipeline.tail import load_head
+    from aigi import heads
+    from aigi.pipeline.config import override_caches, parse_config, to_dict
+    from aigi.pipeline.rows import check_fingerprints, open_caches, run_config, val_rows
+    from aigi.pipeline.tail import load_head
 
     head, info = load_head(run_dir, weights)
     raw = to_dict(run_config(run_dir, info))
@@ -55,8 +55,8 @@ def calibrate_run(
     run_dir: str | Path, spec: CalibrationSpec, *, caches: list[str] | None = None, weights: Sequence[str] = ()
 ) -> dict[str, Any]:
     """Fit `spec` on the run's validation rows, store it in head.json and return a summary with val ECE/Brier."""
-    import heads
-    from pipeline.metrics import brier, ece
+    from aigi import heads
+    from aigi.pipeline.metrics import brier, ece
 
     run_dir = Path(run_dir)
     _, _, z, y, how = validation_logits(run_dir, caches=caches, weights=weights)
@@ -84,7 +84,7 @@ def calibrate_run(
 
 def calibrated(head: Any, info: dict[str, Any], features: Any) -> tuple[np.ndarray, np.ndarray, Any]:
     """(calibrated P(fake), verdicts 0 / 1 / -1, the calibration) of rows under the head's stored calibration."""
-    import heads
+    from aigi import heads
 
     cal = heads.calibration_of(info)
     probs = cal.probability(heads.logits(head, features))

@@ -252,7 +252,7 @@ def _build(cls: type, data: Any, *, where: str, source: str) -> Any:
 
 def _head_section(data: Any, *, source: str) -> HeadSection:
     """The head's name and parameters, checked against its config class (fields the cache fills may be absent)."""
-    import heads
+    from aigi import heads
 
     if not isinstance(data, Mapping) or not data.get("name"):
         raise ValueError(
@@ -271,7 +271,7 @@ def _head_section(data: Any, *, source: str) -> HeadSection:
 
 def _fit_section(data: Any, *, source: str) -> dict[str, Any]:
     """Check fit keys and types against `heads.FitConfig`; return every field, defaults filled in."""
-    import heads
+    from aigi import heads
 
     return _plain(dataclasses.asdict(_build(heads.FitConfig, data, where="fit.", source=source)))
 
@@ -332,11 +332,11 @@ def _calibration_section(data: Any, *, source: str) -> dict[str, Any]:
 
 def _check_values(cfg: RunConfig, *, source: str) -> None:
     """Value checks the types cannot express."""
-    from pipeline.metrics import REAL_POLICIES, parse_threshold
+    from aigi.pipeline.metrics import REAL_POLICIES, parse_threshold
 
     if not 0.0 <= cfg.data.val_fraction < 1.0:
         raise ValueError(f"{source}: data.val_fraction must be in [0, 1), got {cfg.data.val_fraction}")
-    from pipeline.streaming import parse_budget, parse_stream
+    from aigi.pipeline.streaming import parse_budget, parse_stream
 
     try:
         parse_stream(cfg.data.stream)
@@ -395,7 +395,7 @@ def presets_dir() -> Path:
     """The folder of the presets shipped with the package, `pipeline/presets` (the repository's configs/ links here)."""
     from importlib import resources
 
-    return Path(str(resources.files("pipeline") / "presets"))
+    return Path(str(resources.files("aigi.pipeline") / "presets"))
 
 
 def preset_names() -> list[str]:
@@ -545,7 +545,7 @@ def _plain(value: Any) -> Any:
 def save_config(cfg: RunConfig | Mapping[str, Any], directory: str | Path) -> Path:
     """Write the resolved config (a RunConfig or its `to_dict` form) to DIRECTORY/config.yaml; `load_config` reads
     it back to an equal RunConfig. Its first line, a YAML comment, names the code that wrote it (`saved_revision`)."""
-    from common.provenance import code_revision
+    from aigi.common.provenance import code_revision
 
     path = Path(directory) / "config.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from common.extras import require
+from aigi.common.extras import require
 
 
 @contextlib.contextmanager

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from common.files import atomic_path
+from aigi.common.files import atomic_path
 
 DOMAINS = ("human", "animal", "object", "scene", "anime")
 
@@ -113,7 +113,7 @@ def load_text_tower(weights: str | Path, *, quick_gelu: bool = True) -> Any:
     from open_clip.transformer import TextTransformer
     from torch import nn
 
-    from extractors.weights import read_state_dict
+    from aigi.extractors.weights import read_state_dict
 
     state = read_state_dict(weights)
     need = ("token_embedding.weight", "positional_embedding", "ln_final.weight", "text_projection")
@@ -221,7 +221,7 @@ def assign_domains(
     """
     import pandas as pd
 
-    import cache
+    from aigi import cache
 
     store = cache.open(cache_path)
     if text_weights is not None:
@@ -320,7 +320,7 @@ def run(args: argparse.Namespace) -> int:
     )
     counts = ", ".join(f"{d}: {n}" for d, n in frame["domain"].value_counts().sort_index().items())
     if args.manifest is not None:
-        import cache
+        from aigi import cache
 
         manifest = cache.read_manifest(args.manifest)
         out, changed = fill_manifest(manifest, frame, overwrite=args.overwrite)

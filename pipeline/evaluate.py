@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.metrics import REAL_POLICIES
-from pipeline.tail import add_weights_argument
+from aigi.pipeline.metrics import REAL_POLICIES
+from aigi.pipeline.tail import add_weights_argument
 
 EVAL_HELP = """\
 Scores the rows of one split with a trained head and writes report.md, metrics.csv, metrics.json,
@@ -44,7 +44,7 @@ SCORE_COLUMNS = ("image_id", "view", "label", "source", "domain", "pair_id", "sp
 
 def _score(head: Any, info: Mapping[str, Any], fs: Any, *, by: str) -> pd.DataFrame:
     """Rows with their calibrated P(fake) (`score`) and verdict (0 / 1, -1 inside an abstain band)."""
-    from pipeline.calibrate import calibrated
+    from aigi.pipeline.calibrate import calibrated
 
     cols = [c for c in dict.fromkeys([*SCORE_COLUMNS, by]) if c in fs.meta.columns]
     frame = fs.meta[cols].reset_index(drop=True).copy()
@@ -60,9 +60,9 @@ def _threshold(
 
     `val` is the best balanced-accuracy cut on the run's validation rows, scored with the stored calibration.
     """
-    import heads
-    from pipeline.metrics import calibrate_threshold, parse_threshold
-    from pipeline.rows import val_rows
+    from aigi import heads
+    from aigi.pipeline.metrics import calibrate_threshold, parse_threshold
+    from aigi.pipeline.rows import val_rows
 
     cal = heads.calibration_of(dict(info))
     if threshold is None and info.get("calibration"):
@@ -80,7 +80,7 @@ def _threshold(
 
 def _split_rows(opened: Mapping[str, Any], cfg: Any, *, inputs: list[str], split: str) -> Any:
     """The rows of `split` (or every row for "all") with the run's filters; an error naming the splits present."""
-    from pipeline.rows import check_where, hold_choice, load_rows
+    from aigi.pipeline.rows import check_where, hold_choice, load_rows
 
     rows_where = dict(cfg.data.where) if split == "all" else {**cfg.data.where, cfg.data.split_column: split}
     hold = hold_choice(opened, cfg.data, inputs=inputs, where=rows_where)  # in memory, float16 or streamed
@@ -139,10 +139,10 @@ def evaluate_run(
     Returns:
         The metrics (metrics.json's content).
     """
-    import heads
-    from pipeline.metrics import assemble_groups, group_metrics
-    from pipeline.report import write_report
-    from pipeline.rows import check_fingerprints, open_caches, run_config
+    from aigi import heads
+    from aigi.pipeline.metrics import assemble_groups, group_metrics
+    from aigi.pipeline.report import write_report
+    from aigi.pipeline.rows import check_fingerprints, open_caches, run_config
 
     run_dir = Path(run_dir)
     if bootstrap is not None and bootstrap < 0:
@@ -191,7 +191,7 @@ def evaluate_run(
 
 def _trained_head(run_dir: Path, weights: Any) -> tuple[Any, dict[str, Any]]:
     """The head saved in `run_dir` and its head.json; an imported head with an untrained stage is refused."""
-    from pipeline.tail import load_head
+    from aigi.pipeline.tail import load_head
 
     head, info = load_head(run_dir, weights)
     if info.get("untrained"):
@@ -206,7 +206,7 @@ def _eval_config(cfg: Any, run_dir: Path, caches: Sequence[str] | None, where: S
     """The run's config with `--cache` / `--where` overrides applied to its plain mapping, parsed once more."""
     if not (caches or where):
         return cfg
-    from pipeline.config import apply_overrides, override_caches, parse_config, to_dict
+    from aigi.pipeline.config import apply_overrides, override_caches, parse_config, to_dict
 
     raw = to_dict(cfg)
     raw = override_caches(raw, list(caches)) if caches else raw
@@ -258,7 +258,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Entry point of `aigi eval`."""
     if args.views:
-        from pipeline import robustness
+        from aigi.pipeline import robustness
 
         return robustness.run(args)
     result = evaluate_run(
@@ -283,7 +283,7 @@ def run(args: argparse.Namespace) -> int:
         f"threshold {result['threshold']:.4g}: mean ACC {pct(m['acc'])}, AP {pct(m['ap'])}, AUC {pct(m['auc'])}, "
         f"TPR@1%FPR {pct(m['tpr_at_1pct_fpr'])}, ECE {pct(m['ece'])}{covered} -> {args.out}/report.md"
     )
-    from pipeline.plots import SKIPPED, can_draw
+    from aigi.pipeline.plots import SKIPPED, can_draw
 
     if not can_draw():
         print(SKIPPED, file=sys.stderr)

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from common.extras import require
-from common.files import atomic_path
+from aigi.common.extras import require
+from aigi.common.files import atomic_path
 
 JOBS_DIR = "jobs"
 KEY_COLUMNS = ["image_id", "view"]
@@ -79,7 +79,7 @@ def load_or_create_job(cfg: ExtractConfig, rows: pd.DataFrame, cached_keys: set[
     plan is made once, under the cache's lock, and written before any work, so a resumed, distributed or second
     concurrent run of the same job cuts exactly the same shards.
     """
-    from cache.writer import job_plan
+    from aigi.cache.writer import job_plan
 
     cache_dir = Path(cfg.cache)
     digest = _key_digest(rows)[:16]
@@ -134,8 +134,8 @@ class ImageRows:
         return len(self.paths)
 
     def __getitem__(self, i: int):
-        from extractors import apply_view
-        from extractors.images import ImageLoadError, load_image
+        from aigi.extractors import apply_view
+        from aigi.extractors.images import ImageLoadError, load_image
 
         try:
             img = apply_view(load_image(self.paths[i]), self.views[i])
@@ -161,7 +161,7 @@ _EXTRACTORS: dict[str, object] = {}
 
 def get_extractor(cfg: ExtractConfig):
     """Build the backbone once per process and configuration (dask workers reuse it across shard tasks)."""
-    import extractors
+    from aigi import extractors
 
     key = json.dumps([cfg.backbone, cfg.weights, cfg.features, cfg.preprocess, cfg.device, cfg.dtype, cfg.arch])
     if key not in _EXTRACTORS:
@@ -177,7 +177,7 @@ def cache_spec(extractor, store_dtype: str, cache_dir: str | Path | None = None)
     A cache written before the storage dtype was recorded keeps its spec when its stored dtype is the one asked,
     so that its extraction still resumes.
     """
-    from cache.writer import CACHE_JSON, read_cache_json
+    from aigi.cache.writer import CACHE_JSON, read_cache_json
 
     spec = asdict(extractor.spec)
     if cache_dir is not None and (Path(cache_dir) / CACHE_JSON).exists():
@@ -188,7 +188,7 @@ def cache_spec(extractor, store_dtype: str, cache_dir: str | Path | None = None)
 
 
 def _writer(cfg: ExtractConfig, extractor):
-    from cache import CacheWriter
+    from aigi.cache import CacheWriter
 
     return CacheWriter(
         cfg.cache,
@@ -268,7 +268,7 @@ def _extract_rows(cfg: ExtractConfig, extractor, rows: pd.DataFrame, progress):
 
 def prepare(cfg: ExtractConfig) -> tuple[list[tuple[int, pd.DataFrame]], dict]:
     """Read the manifest, plan the job (or find its plan), and list the shard tasks."""
-    from cache import read_manifest
+    from aigi.cache import read_manifest
 
     manifest = read_manifest(cfg.manifest)
     if manifest.empty:
@@ -277,7 +277,7 @@ def prepare(cfg: ExtractConfig) -> tuple[list[tuple[int, pd.DataFrame]], dict]:
     cached = set()
     cache_dir = Path(cfg.cache)
     if (cache_dir / "cache.json").exists():
-        import cache as cache_pkg
+        from aigi import cache as cache_pkg
 
         meta = cache_pkg.open(cache_dir).meta()
         cached = set(zip(meta["image_id"].astype(str), meta["view"].astype(str)))
@@ -306,7 +306,7 @@ def run_dask(cfg: ExtractConfig, tasks: list, *, workers: int = 0, scheduler: st
     """Extract every shard task on dask; the driver writes `cache.json` first and shows progress over images."""
     from tqdm import tqdm
 
-    from pipeline.distributed import dask_client, map_tasks, task_key
+    from aigi.pipeline.distributed import dask_client, map_tasks, task_key
 
     _writer(cfg, get_extractor(cfg))  # cache.json and the fingerprint guard, before any worker writes a shard
     resources = {"GPU": 1} if str(cfg.device).startswith("cuda") else None
@@ -336,7 +336,7 @@ def summary_line(results: list[dict], seconds: float, cfg: ExtractConfig) -> str
 
 
 def config_from_args(args: argparse.Namespace) -> ExtractConfig:
-    from extractors import parse_views
+    from aigi.extractors import parse_views
 
     manifest = Path(args.manifest)
     return ExtractConfig(
@@ -383,7 +383,7 @@ def fail_if_all_failed(cfg: ExtractConfig, tasks: list[tuple[int, pd.DataFrame]]
             errors += json.loads(listing.read_text())
     if not planned or len(errors) < planned:
         return
-    from cache.writer import INDEX_JSON, drop_shards
+    from aigi.cache.writer import INDEX_JSON, drop_shards
 
     left = drop_shards(Path(cfg.cache), [index for index, _ in tasks])
     jobs = Path(cfg.cache) / JOBS_DIR

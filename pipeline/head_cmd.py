@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from common.files import sha256_file
+from aigi.common.files import sha256_file
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -49,7 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_head_import_linear(args: argparse.Namespace) -> int:
-    import heads
+    from aigi import heads
 
     head = heads.linear_probe(args.file, feature=args.feature, fake_class=args.fake_class)
     meta = {"imported_from": {"kind": "linear", "file": args.file.name, "sha256": sha256_file(args.file)}}
@@ -62,7 +62,7 @@ def run_head_import_linear(args: argparse.Namespace) -> int:
 
 def _bound_cache(path: Path, feature: str, dim: int) -> dict:
     """head.json entries (as `aigi train` writes them) binding an imported head to the cache at `path`."""
-    import cache
+    from aigi import cache
 
     store = cache.open(path)
     shape = store.features.get(feature)
@@ -81,7 +81,7 @@ def _bound_cache(path: Path, feature: str, dim: int) -> dict:
 
 
 def run_head_import_uar(args: argparse.Namespace) -> int:
-    import heads
+    from aigi import heads
 
     head = heads.uar_linear(args.file, feature=args.feature)
     meta = {"imported_from": {"kind": "uar", "file": args.file.name, "sha256": sha256_file(args.file)}}
@@ -91,7 +91,7 @@ def run_head_import_uar(args: argparse.Namespace) -> int:
 
 
 def run_head_import_gapl(args: argparse.Namespace) -> int:
-    import heads
+    from aigi import heads
 
     head = heads.gapl_prototype(args.stage1, args.prototypes, feature=args.feature)
     files = {"stage1": args.stage1, "prototypes": args.prototypes}
@@ -110,7 +110,7 @@ def run_head_import_gapl(args: argparse.Namespace) -> int:
 
 def run_head_info(args: argparse.Namespace) -> int:
     """`aigi head info`: what head.json records, plus parameter counts."""
-    import heads
+    from aigi import heads
 
     head, info = heads.load(args.directory)
     counts = {

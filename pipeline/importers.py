@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from common.files import atomic_write
-from pipeline.index import add_split_args, apply_splits
+from aigi.common.files import atomic_write
+from aigi.pipeline.index import add_split_args, apply_splits
 
 LABEL_DIRS = ("0_real", "1_fake")
 
@@ -22,11 +22,11 @@ IMPORT_LOCK = ".import.lock"
 
 def _existing(out: Path) -> tuple[dict[str, str], dict]:
     """image_id -> split of the rows already in the cache at `out`, and its header (empty when it does not exist)."""
-    from cache.writer import CACHE_JSON, read_cache_json
+    from aigi.cache.writer import CACHE_JSON, read_cache_json
 
     if not (out / CACHE_JSON).exists():
         return {}, {}
-    import cache
+    from aigi import cache
 
     meta = cache.open(out, keep_duplicates=True).meta()
     return dict(zip(meta["image_id"].astype(str), meta["split"].astype(str))), read_cache_json(out)
@@ -38,8 +38,8 @@ def _load_files(files: list[str], dim: int) -> tuple[np.ndarray, np.ndarray, lis
     All files at once through `cache.uar.load_npy_batch` (threaded reads, one header parse); when any file is
     refused, file by file so that each bad one is named and the others kept.
     """
-    from cache import load_npy
-    from cache.uar import load_npy_batch
+    from aigi.cache import load_npy
+    from aigi.cache.uar import load_npy_batch
 
     try:
         return load_npy_batch(files, dim=dim), np.ones(len(files), dtype=bool), []
@@ -59,7 +59,7 @@ def _load_files(files: list[str], dim: int) -> tuple[np.ndarray, np.ndarray, lis
 
 def _first_dim(files: list[str]) -> int:
     """The width of the first file that loads (a bad first file does not decide it)."""
-    from cache import load_npy
+    from aigi.cache import load_npy
 
     reasons = []
     for file in files:
@@ -109,9 +109,9 @@ def import_uar(
     Returns:
         Counts: files found, rows written, rows skipped as already present, and the feature dim.
     """
-    from cache import CacheWriter, scan_uar, uar_spec
-    from cache.locking import folder_lock
-    from cache.uar import UAR_FEATURE
+    from aigi.cache import CacheWriter, scan_uar, uar_spec
+    from aigi.cache.locking import folder_lock
+    from aigi.cache.uar import UAR_FEATURE
 
     folder, out = Path(folder), Path(out)
     rows = scan_uar(folder, source=source)
@@ -148,7 +148,7 @@ def _write_rows(writer, todo: pd.DataFrame, dim: int, *, desc: str, progress: bo
     """Append the rows of `todo` chunk by chunk; files that do not load are recorded as errors and returned."""
     from tqdm.auto import tqdm
 
-    from cache.uar import UAR_FEATURE
+    from aigi.cache.uar import UAR_FEATURE
 
     failed = []
     step = max(1, min(writer.shard_size, 4096))
@@ -191,7 +191,7 @@ def export_npy(cache_path: str | Path, out: str | Path, *, feature: str | None =
     Raises:
         ValueError: for an unknown or non-vector feature, or when two rows would write the same file.
     """
-    import cache
+    from aigi import cache
 
     store = cache.open(cache_path)
     name = feature or ("probe" if "probe" in store.features else next(iter(store.features)))

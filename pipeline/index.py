@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from common.files import sha256_file
+from aigi.common.files import sha256_file
 
 LAYOUTS = ("auto", "uar", "genimage", "flat", "csv", "plain")
 LABEL_DIRS = {"0_real": 0, "1_fake": 1}
@@ -157,7 +157,7 @@ def _describe(found: list[Found], root: Path, *, progress: bool) -> tuple[pd.Dat
     """Hash and probe every candidate; return manifest rows and the (path, reason) of skipped files."""
     from tqdm.auto import tqdm
 
-    from extractors.images import ImageLoadError, probe_image
+    from aigi.extractors.images import ImageLoadError, probe_image
 
     rows, skipped = [], []
     for item in tqdm(found, desc="index", unit="img", disable=None if progress else True):
@@ -215,7 +215,7 @@ def add_split_args(parser: argparse.ArgumentParser) -> None:
 
 def apply_splits(df: pd.DataFrame, *, split: str | None, split_ratio: str | None, seed: int) -> pd.DataFrame:
     """Apply `--split` / `--split-ratio` to manifest-like rows (unchanged when neither is given)."""
-    from cache import assign_splits, parse_split_ratio
+    from aigi.cache import assign_splits, parse_split_ratio
 
     if split:
         return df.assign(split=split)
@@ -300,7 +300,7 @@ def relative_to_manifest(paths: pd.Series, root: Path, manifest: Path) -> pd.Ser
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of `aigi index`."""
-    from cache import write_manifest
+    from aigi.cache import write_manifest
 
     df, skipped = build_manifest(
         args.root,

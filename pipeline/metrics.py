@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from common.metrics import average_precision, ranking_metrics, roc_auc
+from aigi.common.metrics import average_precision, ranking_metrics, roc_auc
 
 ECE_BINS = 15
 FPR_TARGETS = {"tpr_at_1pct_fpr": 0.01, "tpr_at_0.1pct_fpr": 0.001}

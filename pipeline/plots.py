@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from common.extras import available, require
+from aigi.common.extras import available, require
 
 MAX_HIST_PANELS = 16
 SKIPPED = "plots skipped: matplotlib is not installed (pip install 'aigi[plots]')"

@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from common.files import atomic_path, sha256_file
-from pipeline.index import printable
-from pipeline.tail import parse_weights
+from aigi.common.files import atomic_path, sha256_file
+from aigi.pipeline.index import printable
+from aigi.pipeline.tail import parse_weights
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".jfif"}
 
@@ -49,7 +49,7 @@ def parse_assignments(text: str | None, *, what: str) -> dict[str, str]:
 
 def extractor_from_spec(spec: dict, *, weights: str | None, device: str, features: list[str] | None = None) -> Any:
     """Rebuild the extractor a cache was made with, from the spec recorded in the head (`features`: only these)."""
-    import extractors
+    from aigi import extractors
 
     params = dict(spec.get("preprocess_params") or [])
     policy = spec["preprocess"] + (":" + ",".join(f"{k}={v}" for k, v in params.items()) if params else "")
@@ -86,7 +86,7 @@ def live_spec(extractor: Any, recorded_spec: dict) -> dict:
 
 def check_fingerprint(extractor: Any, *, recorded: str | None, recorded_spec: dict, alias: str) -> None:
     """Refuse features that would not match the head's training cache, naming the differing fields."""
-    import cache
+    from aigi import cache
 
     spec = live_spec(extractor, recorded_spec)
     if recorded is None or cache.fingerprint(spec) == recorded:
@@ -116,7 +116,7 @@ def input_map(head: Any, specs: dict[str, dict]) -> dict[str, tuple[str, str]]:
 def load_batch(paths: list[Path], transform) -> tuple[list[int], Any, list[tuple[int, str]]]:
     import torch
 
-    from extractors.images import ImageLoadError, load_image
+    from aigi.extractors.images import ImageLoadError, load_image
 
     ok, tensors, bad = [], [], []
     for i, path in enumerate(paths):
@@ -167,8 +167,8 @@ def score_batches(
 
 def head_scores(head: Any, X: dict[str, np.ndarray], info: dict) -> dict[str, np.ndarray]:
     """Calibrated P(fake), verdict and, for expert heads, each expert's gate and score."""
-    import heads
-    from heads.calibration import VERDICTS
+    from aigi import heads
+    from aigi.heads.calibration import VERDICTS
 
     cal = heads.calibration_of(info)
     probs = cal.probability(heads.logits(head, X))
@@ -225,8 +225,8 @@ def check_scorable(info: dict, head_dir: str) -> dict[str, dict]:
 
 def load_head(args: argparse.Namespace) -> tuple[Any, dict, dict[str, dict], dict[str, str | None]]:
     """The head (with its frozen tail for `tail_*` heads), head.json, the recorded specs and the weights per alias."""
-    import heads
-    from pipeline.tail import frozen_tail
+    from aigi import heads
+    from aigi.pipeline.tail import frozen_tail
 
     info = heads.read_info(args.head_dir)
     specs = check_scorable(info, args.head_dir)
@@ -245,7 +245,7 @@ def score_images(args: argparse.Namespace) -> pd.DataFrame:
     The head's stored calibration (`aigi calibrate`) maps its logits to P(fake) and gives the threshold and the
     abstain band; a head without one uses sigmoid(logit) and 0.5.
     """
-    import heads
+    from aigi import heads
 
     head, info, specs, weights = load_head(args)
     inputs = input_map(head, specs)
@@ -281,10 +281,9 @@ def score_images(args: argparse.Namespace) -> pd.DataFrame:
 def score_cache(args: argparse.Namespace) -> pd.DataFrame:
     """Scores of the cached rows of `args.cache` matching `args.where`: in memory, or streamed when the features
     would exceed the memory budget (see pipeline.streaming)."""
-    import cache
-    import heads
-    from pipeline import tail
-    from pipeline.streaming import StreamedSet, choose, parse_budget, row_values
+    from aigi import cache, heads
+    from aigi.pipeline import tail
+    from aigi.pipeline.streaming import StreamedSet, choose, parse_budget, row_values
 
     head, info = tail.load_head(args.head_dir, args.weights or [])  # with the tail a `tail_*` head runs on tokens
     paths = [c.partition("=")[2] if "=" in c else c for c in args.cache]
@@ -304,7 +303,7 @@ def score_cache(args: argparse.Namespace) -> pd.DataFrame:
     )  # fmt: skip
     print(f"data: {rows:,} rows {choice.why}", file=sys.stderr)
     if choice.mode == "stream":
-        from cache.stream import open_stream, stream_buffer
+        from aigi.cache.stream import open_stream, stream_buffer
 
         fs = StreamedSet(open_stream(store, names, where, buffer_bytes=stream_buffer(parse_budget(args.memory_budget))))
     else:

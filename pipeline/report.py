@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from common.files import atomic_path, atomic_write
-from pipeline.metrics import COVERAGE_METRICS, METRIC_LABELS, METRICS
+from aigi.common.files import atomic_path, atomic_write
+from aigi.pipeline.metrics import COVERAGE_METRICS, METRIC_LABELS, METRICS
 
 LABELS = {"n": "n", **METRIC_LABELS}
 COLUMNS = tuple((key, LABELS[key]) for key in ("n", *METRICS))
@@ -138,7 +138,7 @@ def write_report(
     files["scores.parquet"] = out / "scores.parquet"
     scores.to_parquet(files["scores.parquet"], index=False)
     pngs: list[Path] = []
-    from pipeline.plots import SKIPPED, can_draw, draw_all
+    from aigi.pipeline.plots import SKIPPED, can_draw, draw_all
 
     if plots and not can_draw():
         context = [*context, SKIPPED]
@@ -250,7 +250,7 @@ def ablation_markdown(summary: Any, *, sort_by: str, n_runs: int) -> str:
 def write_ablation_report(out: Path, *, table: Any, summary: Any, sort_by: str) -> dict[str, Path]:
     """Write an ablation's results.parquet, summary.md and summary.png atomically into `out` (no summary.png when
     matplotlib is not installed)."""
-    from pipeline.plots import ablation_plot, can_draw
+    from aigi.pipeline.plots import ablation_plot, can_draw
 
     files = {"results": out / "results.parquet", "summary": out / "summary.md", "plot": out / "summary.png"}
     with atomic_path(files["results"]) as tmp:

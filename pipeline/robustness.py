@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.tail import add_weights_argument
+from aigi.pipeline.tail import add_weights_argument
 
 ROBUSTNESS_HELP = """\
 Scores the same images under every requested view (rows of the cache keyed by (image_id, view), written by
@@ -35,7 +35,7 @@ def view_strength(view: str) -> tuple[str, float | None]:
 
 def view_metrics(labels: np.ndarray, probs: np.ndarray, verdicts: np.ndarray, *, threshold: float) -> dict[str, Any]:
     """Every metric of `pipeline.metrics` for one view's rows, plus coverage and ACC on the covered rows."""
-    from pipeline.metrics import binary_metrics, coverage_metrics
+    from aigi.pipeline.metrics import binary_metrics, coverage_metrics
 
     return {**binary_metrics(labels, probs, threshold=threshold), **coverage_metrics(labels, verdicts)}
 
@@ -104,11 +104,11 @@ def score_views(
 ) -> tuple[pd.DataFrame, Any, list[str]]:
     """Rows of `split` under every view with calibrated P(fake): (frame, calibration, context lines).
     `weights` (`PATH` / `ALIAS=PATH`): the backbone weights a `tail_*` head re-runs its last blocks with."""
-    from extractors.views import canonical_view
-    from pipeline.calibrate import calibrated
-    from pipeline.config import override_caches, parse_config, to_dict
-    from pipeline.rows import check_fingerprints, hold_choice, load_rows, open_caches, run_config
-    from pipeline.tail import load_head
+    from aigi.extractors.views import canonical_view
+    from aigi.pipeline.calibrate import calibrated
+    from aigi.pipeline.config import override_caches, parse_config, to_dict
+    from aigi.pipeline.rows import check_fingerprints, hold_choice, load_rows, open_caches, run_config
+    from aigi.pipeline.tail import load_head
 
     views = [canonical_view(v) for v in views]
     head, info = load_head(run_dir, weights)
@@ -154,8 +154,8 @@ def robustness_run(
     weights: Sequence[str] = (),
 ) -> pd.DataFrame:
     """Score `views` of one split with a head and write the robustness report (see ROBUSTNESS_HELP)."""
-    from extractors.views import canonical_view
-    from pipeline.plots import SKIPPED, can_draw, strength_plot
+    from aigi.extractors.views import canonical_view
+    from aigi.pipeline.plots import SKIPPED, can_draw, strength_plot
 
     views = [canonical_view(v) for v in views]
     frame, cal, context = score_views(Path(run_dir), views=views, split=split, caches=caches, weights=weights)
@@ -201,8 +201,8 @@ def add_view_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of `aigi robustness`."""
-    from extractors.views import parse_views
-    from pipeline.plots import SKIPPED, can_draw
+    from aigi.extractors.views import parse_views
+    from aigi.pipeline.plots import SKIPPED, can_draw
 
     table = robustness_run(args.run_dir, views=parse_views(args.views), out_dir=args.out, split=args.split,
                            caches=args.cache or None, weights=args.weights)  # fmt: skip

@@ -19,8 +19,8 @@ GROUP_COLUMNS = ("source", "domain")
 
 def open_caches(paths: Mapping[str, str]) -> dict[str, Any]:
     """Open every cache of a run: alias -> `cache.Cache`."""
-    import cache
-    from pipeline import streaming
+    from aigi import cache
+    from aigi.pipeline import streaming
 
     if not paths:
         raise ValueError("the run names no cache: set data.caches in the config or pass --cache PATH")
@@ -50,8 +50,8 @@ def hold_choice(caches: Mapping[str, Any], data: Any, *, inputs: Sequence[str], 
     """How to hold the rows matching `where` (`pipeline.streaming.choose` with data.stream / data.memory_budget):
     in memory as float32 or float16, or streamed (several caches are joined while streaming when they store one
     dtype; caches of different dtypes are joined in memory)."""
-    from cache.featureset import where_mask
-    from pipeline.streaming import Choice, choose, parse_budget, row_values
+    from aigi.cache.featureset import where_mask
+    from aigi.pipeline.streaming import Choice, choose, parse_budget, row_values
 
     plan = feature_plan(caches, inputs)
     first = caches[next(iter(plan))]
@@ -86,7 +86,7 @@ def load_rows(
     (a `pipeline.streaming.StreamedSet`). Inside an ablation worker the rows of one selection are loaded once
     (`pipeline.streaming.reuse_rows`). The choice's sentence is kept as the set's `held` attribute.
     """
-    from pipeline import streaming
+    from aigi.pipeline import streaming
 
     mode = "float32" if hold is None else hold.mode
     load = lambda: _load(caches, inputs=inputs, where=where, domains=domains, hold=hold)  # noqa: E731
@@ -100,12 +100,12 @@ def load_rows(
 
 
 def _load(caches: Mapping[str, Any], *, inputs: Sequence[str], where: Mapping[str, Any], domains: str, hold: Any):
-    import cache
+    from aigi import cache
 
     plan = feature_plan(caches, inputs)
     if hold is not None and hold.mode == "stream":
-        from cache.stream import join_streams, open_stream, stream_buffer
-        from pipeline.streaming import StreamedSet
+        from aigi.cache.stream import join_streams, open_stream, stream_buffer
+        from aigi.pipeline.streaming import StreamedSet
 
         size = stream_buffer(hold.budget)
         streams = {a: open_stream(caches[a], feats, dict(where), buffer_bytes=size) for a, feats in plan.items()}
@@ -121,7 +121,7 @@ def _load(caches: Mapping[str, Any], *, inputs: Sequence[str], where: Mapping[st
             "missing (name them ALIAS/FEATURE when two caches share a name)"
         )
     if domains:
-        from pipeline.domains import attach_domains
+        from aigi.pipeline.domains import attach_domains
 
         fs = attach_domains(fs, domains)
     return fs
@@ -204,7 +204,7 @@ def check_where(caches: Mapping[str, Any], where: Mapping[str, Any], *, flag: st
 
 def _cut_val(train: Any, data: Any) -> tuple[Any, Any, str]:
     """Cut a seeded `data.val_fraction` of the training pairs off as validation rows (none when it is 0)."""
-    import cache
+    from aigi import cache
 
     if data.val_fraction <= 0:
         return train, None, "none (data.val_fraction is 0)"
@@ -255,7 +255,7 @@ def check_fingerprints(info: Mapping[str, Any], caches: Mapping[str, Any], *, ru
             warnings.append(f"cache alias {alias!r} is not recorded in {run_dir}/head.json; not checked")
             continue
         if c.fingerprint != want:
-            import cache
+            from aigi import cache
 
             spec = (info.get("extractor_spec") or {}).get(alias_rec)
             diff = "; ".join(cache.spec_diff(spec, c.spec)) if spec is not None else ""
@@ -270,7 +270,7 @@ def check_fingerprints(info: Mapping[str, Any], caches: Mapping[str, Any], *, ru
 
 def run_config(run_dir: Path, info: Mapping[str, Any]) -> Any:
     """The run config a head was trained with: head.json's copy, else RUN_DIR/config.yaml, else head and inputs."""
-    from pipeline.config import load_config, parse_config
+    from aigi.pipeline.config import load_config, parse_config
 
     if info.get("run_config"):
         return parse_config(info["run_config"], source=f"{run_dir}/head.json")

@@ -122,7 +122,7 @@ class StreamedSet:
         return col.to_numpy(dtype=object) if col.dtype == "string" else col.to_numpy()
 
     def subset(self, rows: np.ndarray) -> StreamedSet:
-        from cache.stream import sorted_unique
+        from aigi.cache.stream import sorted_unique
 
         idx = np.asarray(rows)
         idx = np.flatnonzero(idx) if idx.dtype == bool else idx

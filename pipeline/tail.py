@@ -54,8 +54,7 @@ def frozen_tail(
     Raises:
         ValueError: no weights given for a backbone that was not random-init, or weights that differ from the cache's.
     """
-    import extractors
-    import heads
+    from aigi import extractors, heads
 
     if not heads.needs_frozen(head_name):
         return None
@@ -86,7 +85,7 @@ def parse_weights(items: list[str], aliases: list[str]) -> dict[str, str | None]
 
 def load_head(run_dir: str | Path, weights: Sequence[str] = (), *, device: str = "cpu") -> tuple[Any, dict]:
     """`heads.load` of a run, with the frozen tail a `tail_*` head needs (from its recorded spec and `weights`)."""
-    import heads
+    from aigi import heads
 
     info = heads.read_info(run_dir)
     specs = info.get("extractor_spec") or {}

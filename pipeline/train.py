@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline.tail import add_weights_argument
+from aigi.pipeline.tail import add_weights_argument
 
 TRAIN_HELP = """\
 Trains the head a run config names on the rows of its cache(s) with split == train and writes RUN_DIR/head.json +
@@ -36,7 +36,7 @@ def initial_head(
     cfg: Any, dims: dict, *, seed: int, init: str | Path | None, frozen: Any = None
 ) -> tuple[Any, dict | None]:
     """A new head built from the config, or the saved head at `init` (checked against the config and the rows)."""
-    import heads
+    from aigi import heads
 
     if init is None:
         return heads.build(cfg.head.name, dims=dims, seed=seed, frozen=frozen, **cfg.head.params), None
@@ -68,13 +68,13 @@ def train_run(
     Returns:
         A summary: head, rows, seconds, val metrics, run_dir, how the rows were held, stage seconds.
     """
-    import heads
-    from pipeline import streaming
-    from pipeline.config import save_config, to_dict
-    from pipeline.metrics import binary_metrics
-    from pipeline.rows import groups_of, open_caches, train_val_rows
-    from pipeline.tail import frozen_tail, parse_weights
-    from pipeline.timing import Stages
+    from aigi import heads
+    from aigi.pipeline import streaming
+    from aigi.pipeline.config import save_config, to_dict
+    from aigi.pipeline.metrics import binary_metrics
+    from aigi.pipeline.rows import groups_of, open_caches, train_val_rows
+    from aigi.pipeline.tail import frozen_tail, parse_weights
+    from aigi.pipeline.timing import Stages
 
     stages = stages or Stages(start=False)
     resolved = to_dict(cfg)
@@ -145,7 +145,7 @@ def _run_meta(
     started_from: dict | None,
 ) -> dict[str, Any]:
     """head.json's record of a run: its caches, config, code revision, history, rows and validation."""
-    from common.provenance import code_revision
+    from aigi.common.provenance import code_revision
 
     return {
         "caches": {
@@ -170,8 +170,8 @@ def _fit_calibration(cfg: Any, head: Any, val: Any) -> Any:
     """The calibration the config asks for, fitted on the validation rows (None when it asks for none)."""
     if not cfg.calibration:
         return None
-    import heads
-    from pipeline.config import CalibrationSpec
+    from aigi import heads
+    from aigi.pipeline.config import CalibrationSpec
 
     spec = CalibrationSpec(**cfg.calibration)
     return heads.fit_calibration(heads.logits(head, val.features), val.labels, **spec.fit_kwargs())
@@ -179,11 +179,11 @@ def _fit_calibration(cfg: Any, head: Any, val: Any) -> Any:
 
 def _val_in_memory(val: Any, budget: Any) -> Any:
     """Streamed validation rows small enough for a quarter of the budget, loaded (scored every epoch)."""
-    from pipeline.streaming import StreamedSet, parse_budget
+    from aigi.pipeline.streaming import StreamedSet, parse_budget
 
     if not isinstance(val, StreamedSet) or val.stream.nbytes("float32") * 4 > parse_budget(budget):
         return val
-    import cache
+    from aigi import cache
 
     return cache.FeatureSet(val.stream.load("float32"), val.meta)
 
@@ -227,8 +227,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of `aigi train`."""
-    from pipeline.config import load_config
-    from pipeline.timing import Stages
+    from aigi.pipeline.config import load_config
+    from aigi.pipeline.timing import Stages
 
     stages = Stages()
     check_run_dir(args.out, overwrite=args.overwrite)

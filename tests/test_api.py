@@ -15,7 +15,7 @@ from safetensors.numpy import load_file
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 import aigi
-import cache
+from aigi import cache
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,5 +1,8 @@
-"""The package layering of DESIGN §2 (cache knows no torch, heads and extractors know no storage or pipeline, common is
-the bottom) and no import cycle between the modules of a package."""
+"""The package layering of docs/ARCHITECTURE.md (cache knows no torch, heads and extractors know no storage or pipeline,
+common is the bottom, the command line is the top) and no import cycle between the modules of a package.
+
+Every package lives under the one `aigi.` namespace; `aigi.heads` is the folder heads/ of the repository, and so on.
+"""
 
 from __future__ import annotations
 
@@ -10,14 +13,29 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("common", "cache", "extractors", "heads", "pipeline", "aigi")
+# package -> its folder in the repository (`aigi.<package>`; "aigi" is the public Python API, aigi/__init__.py)
+FOLDERS = {
+    "common": "common",
+    "cache": "cache",
+    "extractors": "extractors",
+    "heads": "heads",
+    "pipeline": "pipeline",
+    "cli": "aigi/cli",
+    "aigi": "aigi",
+}
+PACKAGES = tuple(FOLDERS)
+# TEMPORARY, while the command-line layer is split off the stages: the demo runs `aigi` commands in-process
+TEMPORARY = {"pipeline/demo/steps.py": ["cli"]}
 TORCH = {"torch", "timm", "open_clip"}
-FORBIDDEN = {  # `aigi` (the public Python API) is the top: it may import all, nothing imports it
-    "common": {"cache", "extractors", "heads", "pipeline", "aigi"},
-    "cache": {*TORCH, "extractors", "heads", "pipeline", "aigi"},
-    "heads": {"extractors", "cache", "pipeline", "aigi"},
-    "extractors": {"cache", "heads", "pipeline", "aigi"},
-    "pipeline": {"aigi"},
+TOP = {"cli", "aigi"}  # the command line and the Python API: nothing below imports them
+FORBIDDEN = {
+    "common": {"cache", "extractors", "heads", "pipeline", *TOP},
+    "cache": {*TORCH, "extractors", "heads", "pipeline", *TOP},
+    "heads": {"extractors", "cache", "pipeline", *TOP},
+    "extractors": {"cache", "heads", "pipeline", *TOP},
+    "pipeline": TOP,
+    "cli": {"aigi"},
+    "aigi": {"cli"},
 }
 
 
@@ -34,23 +52,47 @@ def imported_modules(path: Path, *, package: str = "") -> set[str]:
                 parts = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join([*parts, *([base] if base else [])])
             if base:
-                names.add(base)
+                if base != "aigi":  # `from aigi import heads` imports aigi.heads; the API only by its names
+                    names.add(base)
                 names.update(f"{base}.{alias.name}" for alias in node.names)
     return names
 
 
+def project_package(name: str) -> str:
+    """The package of module `name` as FORBIDDEN names it: `aigi.heads.fit` -> heads, `aigi.cli` -> cli, `aigi` or an
+    attribute of the API (`aigi.fit`) -> aigi; any other module -> its top-level name (`torch.nn` -> torch)."""
+    parts = name.split(".")
+    if parts[0] != "aigi":
+        return parts[0]
+    return parts[1] if len(parts) > 1 and parts[1] in FOLDERS else "aigi"
+
+
 def imported_roots(path: Path) -> set[str]:
-    return {name.split(".")[0] for name in imported_modules(path) if name}
+    return {project_package(name) for name in imported_modules(path) if name}
+
+
+def package_files(package: str) -> list[Path]:
+    """The modules of `package`: the command line is aigi/cli/ and aigi/__main__.py, the API the rest of aigi/."""
+    files = sorted((ROOT / FOLDERS[package]).rglob("*.py"))
+    main = ROOT / "aigi" / "__main__.py"
+    if package == "aigi":
+        files = [f for f in files if not f.is_relative_to(ROOT / FOLDERS["cli"]) and f != main]
+    if package == "cli":
+        files.append(main)
+    return files
 
 
 def module_name(path: Path) -> str:
+    """The import name of a file of the repository: heads/fit.py -> aigi.heads.fit, aigi/cli/x.py -> aigi.cli.x."""
     parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[0] != "aigi":
+        parts = ["aigi", *parts]
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
 def import_graph(package: str) -> dict[str, set[str]]:
     """Module -> the modules of the same package it imports (a package import counts as its `__init__`)."""
-    files = {module_name(f): f for f in sorted((ROOT / package).rglob("*.py"))}
+    files = {module_name(f): f for f in package_files(package)}
     graph = {}
     for name, path in files.items():
         pkg = name if path.name == "__init__.py" else name.rpartition(".")[0]
@@ -83,23 +125,26 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 @pytest.mark.parametrize("package", sorted(FORBIDDEN))
 def test_package_imports_respect_layering(package: str) -> None:
-    files = sorted((ROOT / package).rglob("*.py"))
+    files = package_files(package)
     assert files, f"package {package} has no modules"
     bad = {str(f.relative_to(ROOT)): sorted(imported_roots(f) & FORBIDDEN[package]) for f in files}
-    bad = {k: v for k, v in bad.items() if v}
-    assert not bad, f"forbidden imports (DESIGN §2): {bad}"
+    bad = {k: v for k, v in bad.items() if v and TEMPORARY.get(k) != v}
+    assert not bad, f"forbidden imports (docs/ARCHITECTURE.md): {bad}"
 
 
 def test_checker_sees_forbidden_import(tmp_path: Path) -> None:
     f = tmp_path / "m.py"
-    f.write_text("import os\nfrom torch import nn\nimport heads.linear\nfrom . import x\n")
-    assert imported_roots(f) == {"os", "torch", "heads"}
+    f.write_text("import os\nfrom torch import nn\nimport aigi.heads.linear\nfrom aigi import cache\nfrom . import x\n")
+    assert imported_roots(f) == {"os", "torch", "heads", "cache"}
+    f.write_text("import aigi\nfrom aigi.cli import main\n")
+    assert imported_roots(f) == {"aigi", "cli"}
 
 
 def test_cache_uses_only_the_torch_free_modules_of_common() -> None:
-    used = {m for f in (ROOT / "cache").rglob("*.py") for m in imported_modules(f) if m.startswith("common.")}
+    used = {m for f in package_files("cache") for m in imported_modules(f) if m.startswith("aigi.common.")}
+    assert used, "cache uses common (the checker must see it)"
     for name in used:
-        path = ROOT / (name.replace(".", "/") + ".py")
+        path = ROOT / (name.removeprefix("aigi.").replace(".", "/") + ".py")
         if path.is_file():
             assert not imported_roots(path) & TORCH, f"cache imports {name}, which imports torch"
 

@@ -4,6 +4,6 @@
 trains the small fallback fake makers.
 """
 
-from pipeline.demo.steps import register, run, run_demo
+from aigi.pipeline.demo.steps import register, run, run_demo
 
 __all__ = ["register", "run", "run_demo"]

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from common.files import atomic_path
+from aigi.common.files import atomic_path
 
 # name, semantic domain, origin. No package ships an anime picture, so the demo has no `anime` domain.
 PHOTO_SOURCES: tuple[tuple[str, str, str], ...] = (

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common.extras import require
+from aigi.common.extras import require
 
 DEMO_HELP = """\
 Runs the whole aigi flow on real photos that ship inside scikit-image, scikit-learn and matplotlib, offline:
@@ -79,7 +79,7 @@ class DemoState:
 
 def aigi(state: DemoState, argv: list[str]) -> None:
     """Run one `aigi` sub-command in this process, as a user would type it; fail loudly on a non-zero exit."""
-    from pipeline.cli import main
+    from aigi.cli import main
 
     state.commands.append("aigi " + " ".join(_quote(a) for a in argv))
     code = main(argv)
@@ -100,7 +100,7 @@ def _rel(path: Path, state: DemoState) -> str:
 
 def step_photos(state: DemoState) -> None:
     """Real photos from installed packages -> crops (PNG) -> `aigi index` with a seeded split by pair."""
-    from pipeline.demo.data import NO_ANIME_NOTE, collect_photos, cut_crops
+    from aigi.pipeline.demo.data import NO_ANIME_NOTE, collect_photos, cut_crops
 
     photos, skipped = collect_photos()
     table = cut_crops(photos, state.data, n_crops=state.size.crops, size=state.size.crop_size, seed=state.seed)
@@ -137,8 +137,8 @@ def step_photos(state: DemoState) -> None:
 
 def _fake_weights(state: DemoState, kind: str, explicit: str | None) -> Path:
     """Pretrained weights for `kind`: the user's, else ../shared/data's, else the small model shipped with aigi."""
-    from pipeline.demo.data import find_shared_weights
-    from pipeline.fakes import small
+    from aigi.pipeline.demo.data import find_shared_weights
+    from aigi.pipeline.fakes import small
 
     found = None if explicit == SMALL else find_shared_weights(kind, explicit=explicit)
     if found is not None:
@@ -165,8 +165,8 @@ def step_fakes(state: DemoState, *, vae_weights: str | None, sr_weights: str | N
 
 def fake_quality(state: DemoState) -> list[dict[str, Any]]:
     """Per fake source: rows and PSNR against the paired real, measured on the written files."""
-    from cache import read_manifest
-    from pipeline.demo.data import load_rgb, psnr
+    from aigi.cache import read_manifest
+    from aigi.pipeline.demo.data import load_rgb, psnr
 
     df = read_manifest(state.manifest)
     reals = df[df["label"] == 0].set_index("image_id")["path"]
@@ -189,9 +189,9 @@ def fake_quality(state: DemoState) -> list[dict[str, Any]]:
 
 def draw_gallery(state: DemoState, path: Path, *, per_domain: int = 2) -> str:
     """A PNG: columns = test crops of each domain; rows = the real, then each fake type made from it."""
-    from cache import read_manifest
-    from pipeline.demo.data import load_rgb
-    from pipeline.plots import pyplot
+    from aigi.cache import read_manifest
+    from aigi.pipeline.demo.data import load_rgb
+    from aigi.pipeline.plots import pyplot
 
     plt = pyplot()
 
@@ -220,8 +220,8 @@ def draw_gallery(state: DemoState, path: Path, *, per_domain: int = 2) -> str:
 
 def find_backbone_weights(state: DemoState, explicit: str | None) -> dict[str, Any]:
     """The backbone's weights: the user's file, else real ones found offline, else None (random); with a note."""
-    from extractors.packaged import find_packaged_weights
-    from pipeline.demo.data import find_shared_weights
+    from aigi.extractors.packaged import find_packaged_weights
+    from aigi.pipeline.demo.data import find_shared_weights
 
     if explicit and explicit != RANDOM:
         return {"path": explicit, "how": "given", "real": True}
@@ -287,7 +287,7 @@ def step_extract(state: DemoState, *, weights: Path) -> None:
             "32",
         ],
     )
-    import cache
+    from aigi import cache
 
     info = cache.info(state.cache)
     state.facts["extract"] = {
@@ -299,7 +299,7 @@ def step_extract(state: DemoState, *, weights: Path) -> None:
 
 def load_demo_config(path: Path = CONFIG) -> dict[str, Any]:
     """The demo's ablation config (configs/demo.yaml) as plain data."""
-    from pipeline.config import parse_yaml
+    from aigi.pipeline.config import parse_yaml
 
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: `aigi demo` runs from a source checkout (pip install -e .)")
@@ -325,7 +325,7 @@ def demo_configs(base: dict[str, Any], *, state: DemoState) -> tuple[dict[str, d
 
 def write_yaml(path: Path, data: dict[str, Any]) -> Path:
     """Write `data` as YAML (creating the folder) that the config reader reads back equal."""
-    from pipeline.config import dump_yaml
+    from aigi.pipeline.config import dump_yaml
 
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(dump_yaml(data))
@@ -370,7 +370,7 @@ def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
 def _data_section(state: DemoState) -> list[str]:
     import pandas as pd
 
-    from cache import read_manifest
+    from aigi.cache import read_manifest
 
     df = read_manifest(state.manifest)
     photos = [[p["name"], p["domain"], p["origin"], p["size"], p["crops"]] for p in state.facts["photos"]]

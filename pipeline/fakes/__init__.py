@@ -38,7 +38,7 @@ def _common(p: argparse.ArgumentParser, *, weights: bool) -> None:
 
 def register(subparsers) -> None:
     """Add `aigi fakes KIND` for every kind of the registry (`pipeline.fakes.registry`: vae, sr, ...)."""
-    from pipeline.fakes.registry import fake_kinds
+    from aigi.pipeline.fakes.registry import fake_kinds
 
     kinds = fake_kinds()
     fakes = subparsers.add_parser("fakes", help=f"make aligned fakes ({', '.join(kinds)})", description=FAKES_HELP)
@@ -52,8 +52,8 @@ def register(subparsers) -> None:
 
 
 def _config(args: argparse.Namespace, resize: int | None = None):
-    from cache import read_manifest
-    from pipeline.fakes.runner import FakesConfig
+    from aigi.cache import read_manifest
+    from aigi.pipeline.fakes.runner import FakesConfig
 
     if getattr(args, "out_twice", False) or args.out.suffix.lower() in {".parquet", ".csv"}:
         raise ValueError(
@@ -77,7 +77,7 @@ def _config(args: argparse.Namespace, resize: int | None = None):
 
 
 def _finish(transform, cfg) -> int:
-    from pipeline.fakes.runner import run_fakes
+    from aigi.pipeline.fakes.runner import run_fakes
 
     result = run_fakes(transform, cfg)
     print(result.summary(transform.source))
@@ -86,8 +86,8 @@ def _finish(transform, cfg) -> int:
 
 def run_kind(args: argparse.Namespace) -> int:
     """`aigi fakes KIND`: check the options and the manifest, load the kind's model, make the fakes."""
-    from pipeline.fakes.imageio import parse_format
-    from pipeline.fakes.registry import fake_kind
+    from aigi.pipeline.fakes.imageio import parse_format
+    from aigi.pipeline.fakes.registry import fake_kind
 
     kind = fake_kind(args.fakes_command)
     parse_format(args.format)  # fail before loading a model

@@ -114,7 +114,7 @@ def encoding_for(spec: str, source: str | Path) -> Encoding:
 
 def remove_dead_temps(folder: Path) -> int:
     """Delete the temporary files left below `folder` by killed runs (never a live run's); return how many."""
-    from cache.locking import remove_dead
+    from aigi.cache.locking import remove_dead
 
     if not folder.is_dir():
         return 0

@@ -60,7 +60,7 @@ class FakeKind:
 
 def fake_kinds() -> dict[str, FakeKind]:
     """Every registered kind by name, in name order (the modules of `pipeline.fakes.kinds` with a `KIND`)."""
-    import pipeline.fakes.kinds as kinds
+    import aigi.pipeline.fakes.kinds as kinds
 
     found = {}
     for info in pkgutil.iter_modules(kinds.__path__):

@@ -18,11 +18,11 @@ from pathlib import Path, PurePosixPath
 import pandas as pd
 from PIL import Image
 
-from cache import read_manifest, write_manifest
-from common.files import atomic_write, sha256_file
-from extractors.images import ImageLoadError, load_image, probe_image
-from pipeline.fakes.imageio import Encoding, encoding_for, parse_format, remove_dead_temps
-from pipeline.fakes.registry import FakeTransform
+from aigi.cache import read_manifest, write_manifest
+from aigi.common.files import atomic_write, sha256_file
+from aigi.extractors.images import ImageLoadError, load_image, probe_image
+from aigi.pipeline.fakes.imageio import Encoding, encoding_for, parse_format, remove_dead_temps
+from aigi.pipeline.fakes.registry import FakeTransform
 
 Transform = FakeTransform  # same-key images (and their ids) -> fakes of the same sizes (`pipeline.fakes.registry`)
 

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.extras import require
+from aigi.common.extras import require
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 VAE_NAME = "small_vae"
@@ -106,7 +106,7 @@ def vae_roundtrip(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
 
 def sr_roundtrip(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     """x in [0, 1] -> model(bicubic_down(x, 4)), the path of `aigi fakes sr`."""
-    from pipeline.fakes.sr import downscale
+    from aigi.pipeline.fakes.sr import downscale
 
     return lambda x: model(downscale(x, SR_SCALE))
 
@@ -168,7 +168,7 @@ def train_steps(
 @torch.inference_mode()
 def roundtrip_psnr(roundtrip: Callable[[torch.Tensor], torch.Tensor], crops: np.ndarray) -> float:
     """PSNR (dB) of the 8-bit round-trip outputs against the uint8 crops [N, H, W, 3], 8 crops at a time."""
-    from pipeline.fakes.ops import to_image
+    from aigi.pipeline.fakes.ops import to_image
 
     se, count = 0.0, 0
     for i in range(0, len(crops), 8):
@@ -199,7 +199,7 @@ def save_small_sr(model: nn.Module, path: Path) -> Path:
 
 def crops_of_bundled_photos(data: DataSettings, folder: Path) -> np.ndarray:
     """Crops of the bundled photos as uint8 [N, H, W, 3] (written as PNG under `folder`)."""
-    from pipeline.demo.data import collect_photos, cut_crops, load_rgb
+    from aigi.pipeline.demo.data import collect_photos, cut_crops, load_rgb
 
     photos, _ = collect_photos()
     table = cut_crops(photos, folder, n_crops=data.crops, size=data.size, seed=data.seed)

@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from common.device import resolve_device
-from common.extras import require
-from pipeline.fakes.ops import padded_size, read_checkpoint, stack_padded, to_image, to_tensor
+from aigi.common.device import resolve_device
+from aigi.common.extras import require
+from aigi.pipeline.fakes.ops import padded_size, read_checkpoint, stack_padded, to_image, to_tensor
 
 
 @dataclass

@@ -14,10 +14,10 @@ import torch
 from PIL import Image
 from torch import nn
 
-from common.device import resolve_device
-from common.extras import require
-from pipeline.fakes.ops import padded_size, read_checkpoint, stack_padded, to_image, to_tensor
-from pipeline.fakes.taesd import TinyAutoencoder, load_pair
+from aigi.common.device import resolve_device
+from aigi.common.extras import require
+from aigi.pipeline.fakes.ops import padded_size, read_checkpoint, stack_padded, to_image, to_tensor
+from aigi.pipeline.fakes.taesd import TinyAutoencoder, load_pair
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 LDM_PREFIXES = ("first_stage_model.", "vae.")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-import cache
+from aigi import cache
 from tests.cache.helpers import FEATURES, SPEC, as_stored, rows
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -20,7 +20,7 @@ APPENDER = textwrap.dedent(
     import sys, time
     from pathlib import Path
     sys.path.insert(0, {root!r})
-    import cache
+    from aigi import cache
     from tests.cache.helpers import FEATURES, SPEC, rows
     meta, feats = rows(40, start={start})
     w = cache.CacheWriter({path!r}, spec=SPEC, features=FEATURES, shard_size=2)
@@ -65,7 +65,7 @@ SLOW_WRITER = textwrap.dedent(
     """
     import os, sys, time
     sys.path.insert(0, {root!r})
-    import cache
+    from aigi import cache
     from tests.cache.helpers import FEATURES, SPEC, rows
     real_replace = os.replace
 
@@ -104,7 +104,7 @@ CLAIMER = textwrap.dedent(
     """
     import sys, time
     sys.path.insert(0, {root!r})
-    import cache
+    from aigi import cache
     from tests.cache.helpers import FEATURES, SPEC
     w = cache.CacheWriter({path!r}, spec=SPEC, features=FEATURES)
     print("claimed" if w.claim_shard(4) else "refused", flush=True)
@@ -136,7 +136,7 @@ PLANNER = textwrap.dedent(
     """
     import json, sys, time
     sys.path.insert(0, {root!r})
-    from cache.writer import job_plan
+    from aigi.cache.writer import job_plan
 
     def make(first):
         time.sleep(1.5)  # the other process asks for the same plan meanwhile
@@ -164,7 +164,7 @@ def test_two_processes_starting_one_job_get_one_plan(tmp_path):
     ]
     plans = [json.loads(k.communicate(timeout=120)[0]) for k in kids]
     assert plans[0] == plans[1] and plans[0]["first_shard"] == 3
-    from cache.writer import job_plan
+    from aigi.cache.writer import job_plan
 
     other = job_plan(path, "other", lambda first: {"first_shard": first, "n_shards": 2})
     assert other["first_shard"] == 6  # after the first job's reserved range

@@ -14,9 +14,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import cache
-import common.files as file_io
-from cache import shards as shard_io
+import aigi.common.files as file_io
+from aigi import cache
+from aigi.cache import shards as shard_io
 from tests.cache.helpers import FEATURES, SPEC, rows
 
 ROOT = Path(__file__).resolve().parents[2]

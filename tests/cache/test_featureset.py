@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import cache
+from aigi import cache
 
 
 def fs(ids, views, feats: dict, labels=None) -> cache.FeatureSet:

@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import cache
-from cache.locking import owner_tag
+from aigi import cache
+from aigi.cache.locking import owner_tag
 from tests.cache.helpers import FEATURES, SPEC, as_stored, rows
 
 N, SHARD = 12, 4
@@ -173,7 +173,7 @@ def test_compact_removes_a_dead_compacts_temp_file(tmp_path):
 
 
 def test_compact_refuses_repeated_keys_and_the_cli_repairs_them(tmp_path, capsys):
-    from pipeline.cli import main
+    from aigi.cli import main
 
     meta, feats = make(tmp_path / "c")
     cache.CacheWriter(tmp_path / "c", spec=SPEC, features=FEATURES).write_shard(
@@ -192,7 +192,7 @@ def test_compact_refuses_repeated_keys_and_the_cli_repairs_them(tmp_path, capsys
 def test_repeated_keys_are_found_as_pandas_finds_them():
     """The integer-coded key check flags exactly the rows `DataFrame.duplicated` flags: one image in several views is
     fine, one (image_id, view) twice is not, missing views count as one value."""
-    from cache.reader import _refuse_duplicates
+    from aigi.cache.reader import _refuse_duplicates
 
     ok = pd.DataFrame(
         {"image_id": ["a", "a", "b", "c"], "view": ["full", "crop", "full", "full"], "path": list("wxyz")}

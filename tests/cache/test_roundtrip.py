@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import cache
+from aigi import cache
 from tests.cache.helpers import FEATURES, SPEC, as_stored, rows
 
 # float16 storage: every value read back equals np.float16(x) exactly (round-to-nearest-even cast, then widened

@@ -7,9 +7,9 @@ import threading
 import numpy as np
 import pytest
 
-import cache
-import cache.stream as stream_mod
-from cache.stream import MIX_CHUNKS, FeatureStream, open_stream
+import aigi.cache.stream as stream_mod
+from aigi import cache
+from aigi.cache.stream import MIX_CHUNKS, FeatureStream, open_stream
 from tests.cache.helpers import FEATURES, SPEC, rows
 from tests.cache.test_uar_folder import make_folder
 
@@ -171,7 +171,7 @@ def _second_cache(path, fmt: str, order: np.ndarray, seed: int = 7):
 def test_a_join_of_two_caches_streams_the_rows_cache_join_loads(tmp_path, fmt: str, storage: str, shuffle) -> None:
     """Every joined row once, with both caches' features as `cache.join` gives them (shared names become
     alias/name), whether the second cache stores the rows in the same order or another, and lacks some of them."""
-    from cache.stream import join_streams
+    from aigi.cache.stream import join_streams
 
     first = _write(tmp_path / "a", "h5")
     keep = np.arange(1000)[np.arange(1000) % 7 != 3]  # rows the second cache lacks: not in the join

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cache.uar import load_npy_batch
+from aigi.cache.uar import load_npy_batch
 
 
 def test_batch_equals_np_load_for_mixed_headers(tmp_path) -> None:

@@ -8,7 +8,7 @@ import pickle
 import numpy as np
 import pytest
 
-import cache
+from aigi import cache
 
 
 def make_folder(root, *, dim=6):

@@ -6,7 +6,7 @@ import h5py
 import numpy as np
 import pytest
 
-import cache
+from aigi import cache
 from tests.cache.helpers import FEATURES, SPEC, rows
 
 

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-import cache
+from aigi import cache
 from tests.cache.helpers import FEATURES, SPEC, rows
 
 

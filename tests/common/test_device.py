@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from common.device import resolve_device
+from aigi.common.device import resolve_device
 
 
 def test_auto_and_explicit_devices() -> None:

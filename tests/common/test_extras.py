@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from common.extras import EXTRA_OF, MissingExtra, available, require
-from pipeline.cli import user_message
+from aigi.cli import user_message
+from aigi.common.extras import EXTRA_OF, MissingExtra, available, require
 
 
 def test_a_missing_package_names_its_extra_and_is_a_user_error() -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from common.files import _SHA_CACHE, atomic_path, atomic_write, sha256_file
+from aigi.common.files import _SHA_CACHE, atomic_path, atomic_write, sha256_file
 
 
 def test_sha256_file_streams_and_caches(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from common.metrics import average_precision, ranking_metrics, roc_auc
+from aigi.common.metrics import average_precision, ranking_metrics, roc_auc
 
 
 @pytest.mark.parametrize("seed", range(5))

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from common.provenance import code_revision, git_revision, package_version
+from aigi.common.provenance import code_revision, git_revision, package_version
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_version_flag_prints_the_installed_distribution_version() -> None:
     expected = metadata.version("aigi")  # the venv installs the project (make test: pip install -e .)
-    out = subprocess.run([sys.executable, "-m", "pipeline.cli", "--version"], capture_output=True, text=True, cwd=ROOT)
+    out = subprocess.run([sys.executable, "-m", "aigi", "--version"], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == f"aigi {expected}"
     assert package_version() == expected

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pipeline.cli import main
+from aigi.cli import main
 from tests.conftest import SHARED
 
 pytestmark = pytest.mark.slow
@@ -84,7 +84,7 @@ def test_fakes_are_the_same_bytes_when_made_again_on_one_thread(demo, tmp_path):
     reals.to_parquet(tmp_path / "reals.parquet")
     report = (demo / "report.md").read_text()
     weights = {kind: re.search(rf"^- {kind}: `([^`]+)`", report, re.M)[1] for kind in ("vae", "sr")}
-    from pipeline.fakes import small
+    from aigi.pipeline.fakes import small
 
     paths = {"vae": small.vae_path(), "sr": small.sr_path()} if _small_fakes_used() else None
     if paths is None:
@@ -112,7 +112,7 @@ def test_vae_fakes_reach_25_db_with_pretrained_weights(demo):
 
 
 def test_report_opens_with_which_backbone_and_fakes(demo):
-    from extractors.packaged import find_packaged_weights
+    from aigi.extractors.packaged import find_packaged_weights
 
     lines = (demo / "report.md").read_text().splitlines()
     backbone = next(line for line in lines[:12] if line.startswith("- **Backbone**"))

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.demo import data as demo_data
-from pipeline.demo.data import (
+from aigi.pipeline.demo import data as demo_data
+from aigi.pipeline.demo.data import (
     PHOTO_SOURCES,
     Photo,
     collect_photos,

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import extractors
-from extractors.aim import AIM_SIZES, create_aim_model, official_to_ours, sincos_positions
+from aigi import extractors
+from aigi.extractors.aim import AIM_SIZES, create_aim_model, official_to_ours, sincos_positions
 
 from . import tiny
 

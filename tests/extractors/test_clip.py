@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import extractors
-from extractors.clip import convert_clip_state, create_clip_model
+from aigi import extractors
+from aigi.extractors.clip import convert_clip_state, create_clip_model
 
 from . import tiny
 

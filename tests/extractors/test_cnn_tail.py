@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-import extractors
-import heads
-from extractors.tail import CnnTail, build_tail
+from aigi import extractors, heads
+from aigi.extractors.tail import CnnTail, build_tail
 
 from .test_layouts import original_layout_state, reference_mobilenet_v2_blocks
 

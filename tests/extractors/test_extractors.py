@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import extractors
-from extractors.weights import read_state_dict
+from aigi import extractors
+from aigi.extractors.weights import read_state_dict
 
 from . import tiny
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from extractors.images import ImageLoadError, load_image, probe_image
+from aigi.extractors.images import ImageLoadError, load_image, probe_image
 
 
 def _jpeg(path: Path, size: tuple[int, int] = (64, 48)) -> Path:

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import extractors
-from extractors.layouts import mobilenet_v2_layout
+from aigi import extractors
+from aigi.extractors.layouts import mobilenet_v2_layout
 
 torchvision = pytest.importorskip("torchvision")
 

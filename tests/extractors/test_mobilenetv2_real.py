@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-import extractors
+from aigi import extractors
 from tests.conftest import shared_path
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")

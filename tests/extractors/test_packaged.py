@@ -7,8 +7,8 @@ import importlib.metadata
 import pytest
 import torch
 
-from common.files import sha256_file
-from extractors.packaged import PACKAGED, find_packaged_weights
+from aigi.common.files import sha256_file
+from aigi.extractors.packaged import PACKAGED, find_packaged_weights
 
 
 def test_unknown_arch_finds_nothing():

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from extractors.preprocess import (
+from aigi.extractors.preprocess import (
     NORMS,
     CenterCrop,
     Resize,

@@ -16,7 +16,7 @@ import yaml
 from PIL import Image
 from torchvision import transforms as T
 
-import extractors
+from aigi import extractors
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -93,7 +93,7 @@ def test_uar_inputs_equal_uars_crop_and_transform() -> None:
     ours = our_transform("uar")
     assert recipe("uar") == ("aim-v1-3b", None)
     to_input = T.Compose([T.ToTensor(), T.Normalize(*IMAGENET)])
-    from extractors.preprocess import seed_from_id
+    from aigi.extractors.preprocess import seed_from_id
 
     for i, img in enumerate(_images()):
         rgb, image_id = img.convert("RGB"), f"img{i}"

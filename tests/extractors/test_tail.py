@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-import extractors
-import heads
-from extractors.tail import build_tail
+from aigi import extractors, heads
+from aigi.extractors.tail import build_tail
 
 from . import tiny
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from extractors import apply_view, canonical_view, parse_views
+from aigi.extractors import apply_view, canonical_view, parse_views
 
 
 def _noise(h: int = 40, w: int = 60, seed: int = 0) -> Image.Image:

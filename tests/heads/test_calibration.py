@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-import heads
-from heads.calibration import (
+from aigi import heads
+from aigi.heads.calibration import (
     Calibration,
     conformal_high,
     conformal_low,

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
-import heads
-from extractors.tail import CnnTail
+from aigi import heads
+from aigi.extractors.tail import CnnTail
 from tests.heads.test_tail import whole_model_losses
 
 

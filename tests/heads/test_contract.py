@@ -9,8 +9,8 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-import heads
-from heads.train import head_stages, stage_parameters
+from aigi import heads
+from aigi.heads.train import head_stages, stage_parameters
 from tests.heads.synth import make_set
 
 DIMS = {"a": 16, "b": 16}

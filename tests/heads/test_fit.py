@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-import heads
-from heads.train import class_weights
+from aigi import heads
+from aigi.heads.train import class_weights
 
 
 def test_class_weights_by_hand() -> None:
@@ -146,7 +146,7 @@ def test_fast_linear_step_matches_autograd_and_torch_adam(cfg: heads.FitConfig, 
 def test_fast_linear_step_on_float16_batches_in_blocks_matches_autograd(monkeypatch) -> None:
     """Float16 rows reach the fast step as stored and are widened block by block inside it (blocks of 8 rows here,
     batches of 64): the same training as autograd on the widened rows."""
-    import heads._fastlinear as fastlinear
+    import aigi.heads._fastlinear as fastlinear
 
     rng = np.random.default_rng(5)
     X = rng.standard_normal((400, 12)).astype(np.float16)
@@ -168,7 +168,7 @@ def test_fast_linear_step_on_float16_batches_in_blocks_matches_autograd(monkeypa
 
 def _fast_and_autograd(X, y, cfg: heads.FitConfig, monkeypatch) -> list:
     """(weight, bias, history) of a linear head fitted with the fast step, then with autograd."""
-    import heads.train as train
+    import aigi.heads.train as train
 
     results = []
     for fast in (True, False):

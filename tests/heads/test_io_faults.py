@@ -11,8 +11,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-import heads
-from pipeline.cli import main
+from aigi import heads
+from aigi.cli import main
 
 
 def linear(seed: int, dim: int = 6):

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.decomposition import PCA
 
-import heads
+from aigi import heads
 from tests.conftest import shared_path
 from tests.heads.synth import make_set
 
@@ -99,7 +99,7 @@ def _gapl_prototypes(emb: np.ndarray, y: np.ndarray, per_class: int) -> torch.Te
 
 
 def test_pca_prototypes_equal_gapls_computation() -> None:
-    from heads.prototype import pca_prototypes
+    from aigi.heads.prototype import pca_prototypes
 
     rng = np.random.default_rng(1)
     emb = F.normalize(
@@ -174,7 +174,7 @@ def test_training_attention_has_gapls_values_and_gradients() -> None:
 
 
 def test_moments_are_merged_only_when_the_embeddings_pass_the_exact_pca_cap(monkeypatch) -> None:
-    import heads.prototype as proto
+    import aigi.heads.prototype as proto
 
     data = make_set(600, seed=2)
     added = []

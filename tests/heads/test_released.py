@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 import torch
 
-import heads
-from pipeline.cli import main
+from aigi import heads
+from aigi.cli import main
 from tests.conftest import shared_path
 
 
@@ -156,8 +156,8 @@ def test_probe_import_explains_unusable_files(state: dict, message: str, tmp_pat
 def test_cli_import_linear_needs_the_feature_and_records_the_cache(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    import cache
-    from cache import CacheWriter
+    from aigi import cache
+    from aigi.cache import CacheWriter
 
     torch.save(_univfd_state(), tmp_path / "fc_weights.pth")
     with pytest.raises(SystemExit):  # --feature is required: the probe only means something on its own feature
@@ -190,7 +190,7 @@ def test_cli_import_linear_needs_the_feature_and_records_the_cache(
 def test_bound_probe_scores_its_cache_and_refuses_another_recipe(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """UnivFD's probe bound to a CLIP-normalised `proj` cache: `aigi eval` scores it as sigmoid(x @ w.T + b) and
     refuses a cache of the same feature made with ImageNet statistics."""
-    from cache import CacheWriter
+    from aigi.cache import CacheWriter
 
     state = _univfd_state(4)
     torch.save(state, tmp_path / "fc_weights.pth")

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-import heads
-from heads.router import balance_loss, domain_loss, top_k_gates
+from aigi import heads
+from aigi.heads.router import balance_loss, domain_loss, top_k_gates
 
 
 def test_top_k_gates_softmax_over_the_k_largest_only() -> None:
@@ -139,9 +139,9 @@ SAVED_KEYS = {
 def test_router_and_tail_moe_configs_keep_their_saved_keys_and_checks(name: str) -> None:
     import dataclasses
 
-    from heads._registry import make_config
-    from heads.router import RouterCfg, RoutingCfg
-    from heads.tail import TailMoeCfg
+    from aigi.heads._registry import make_config
+    from aigi.heads.router import RouterCfg, RoutingCfg
+    from aigi.heads.tail import TailMoeCfg
 
     cfg_cls = {"router": RouterCfg, "tail_moe": TailMoeCfg}[name]
     assert issubclass(cfg_cls, RoutingCfg)  # one definition of the routing keys

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-import heads
-import heads.train as train
+import aigi.heads.train as train
+from aigi import heads
 from tests.heads.synth import make_set
 
 HEADS = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-import heads
+from aigi import heads
 from tests.heads.synth import make_set
 
 EXPERTS = {"vae": ["vae:*"], "sr": ["sr:*"]}

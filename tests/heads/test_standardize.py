@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
-import heads
+from aigi import heads
 
 
 def badly_scaled(n: int = 2000, d: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -14,10 +14,9 @@ import pytest
 from sklearn.decomposition import PCA
 from sklearn.metrics import accuracy_score, roc_auc_score
 
-import cache
-import heads
-from cache.stream import open_stream
-from heads.prototype import ClassMoments
+from aigi import cache, heads
+from aigi.cache.stream import open_stream
+from aigi.heads.prototype import ClassMoments
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = {"backbone": "synthetic", "weights_sha256": "cd" * 32, "input_size": 0, "layers": [], "dtype": "float16"}
@@ -137,8 +136,8 @@ PEAK = textwrap.dedent(
     """
     import json, sys
     import numpy as np
-    import cache, heads
-    from cache.stream import open_stream, stream_buffer
+    from aigi import cache, heads
+    from aigi.cache.stream import open_stream, stream_buffer
 
     def rss(field):  # kB
         for line in open("/proc/self/status"):
@@ -181,8 +180,8 @@ PEAK_JOINED = textwrap.dedent(
     """
     import json, sys
     import numpy as np
-    import cache, heads
-    from cache.stream import join_streams, open_stream, stream_buffer
+    from aigi import cache, heads
+    from aigi.cache.stream import join_streams, open_stream, stream_buffer
 
     def rss(field):  # kB
         for line in open("/proc/self/status"):

@@ -15,10 +15,9 @@ from safetensors.torch import load_file
 from torch import nn
 from torch.nn.utils import parametrize
 
-import extractors
-import heads
-from extractors.tail import VitTail, build_tail
-from heads._lora import orthogonality_loss
+from aigi import extractors, heads
+from aigi.extractors.tail import VitTail, build_tail
+from aigi.heads._lora import orthogonality_loss
 
 ARCH = "vit_tiny_patch16_224"
 TINY = {"depth": 2, "embed_dim": 32, "num_heads": 2, "img_size": 32, "patch_size": 8}

@@ -17,13 +17,13 @@ import pytest
 import yaml
 from PIL import Image
 
-import cache
-from pipeline.ablate import expand, load_ablation, read_result, run_ablation
-from pipeline.cli import main
-from pipeline.config import parse_config, to_dict
-from pipeline.evaluate import evaluate_run
-from pipeline.report import ablation_markdown
-from pipeline.train import train_run
+from aigi import cache
+from aigi.cli import main
+from aigi.pipeline.ablate import expand, load_ablation, read_result, run_ablation
+from aigi.pipeline.config import parse_config, to_dict
+from aigi.pipeline.evaluate import evaluate_run
+from aigi.pipeline.report import ablation_markdown
+from aigi.pipeline.train import train_run
 
 ROOT = Path(__file__).resolve().parents[2]
 METRICS = ["acc", "real_acc", "fake_acc", "ap", "auc"]
@@ -192,11 +192,11 @@ def test_cli_dry_run_lists_states(finished: dict, store: Path, tmp_path: Path, c
 
 
 def test_one_run_parses_its_config_once(store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import pipeline.config
+    import aigi.pipeline.config as config_mod
 
     calls = []
-    real = pipeline.config.parse_config
-    monkeypatch.setattr(pipeline.config, "parse_config", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = config_mod.parse_config
+    monkeypatch.setattr(config_mod, "parse_config", lambda *a, **k: calls.append(1) or real(*a, **k))
     plan = expand(ablation(store, variants=None, seeds=[0]))
     out = run_ablation(plan, tmp_path / "once", jobs=1, progress=False)
     assert out["ran"] == 1 and len(calls) == 1
@@ -218,7 +218,7 @@ def test_sigkill_mid_ablation_then_restart_redoes_no_finished_run(store: Path, t
     path.write_text(yaml.safe_dump(ablation(store, seeds=[0, 1, 2, 3])), encoding="utf-8")
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "pipeline.cli", "ablate", str(path), "-o", str(out), "--jobs", "1"]
+    cmd = [sys.executable, "-m", "aigi", "ablate", str(path), "-o", str(out), "--jobs", "1"]
     proc = subprocess.Popen(
         cmd, cwd=tmp_path, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )

@@ -8,8 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipeline.ablate import expand, run_ablation
-from pipeline.cli import main
+from aigi.cli import main
+from aigi.pipeline.ablate import expand, run_ablation
 from tests.pipeline.test_robustness import VIEWS, make_view_cache
 
 

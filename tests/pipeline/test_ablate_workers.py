@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import yaml
 
-from pipeline.ablate import execute_run, expand, read_result
+from aigi.pipeline.ablate import execute_run, expand, read_result
 from tests.pipeline.test_ablate import ablation, make_cache
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,7 +32,7 @@ def test_killing_the_main_process_ends_its_workers(tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     main = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", "ablate", str(tmp_path / "abl.yaml"), "-o", str(out), "--jobs", "2"],
+        [sys.executable, "-m", "aigi", "ablate", str(tmp_path / "abl.yaml"), "-o", str(out), "--jobs", "2"],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
@@ -58,9 +58,9 @@ HOLDER = textwrap.dedent(
     import sys, time
     sys.path.insert(0, {root!r})
     import yaml
-    from pipeline.ablate import execute_run, expand
+    from aigi.pipeline.ablate import execute_run, expand
     run = expand(yaml.safe_load(open({cfg!r}))).runs[0]
-    import pipeline.train as train
+    import aigi.pipeline.train as train
 
     real = train.train_run
 
@@ -116,7 +116,7 @@ def grow(step_mb: int, seconds: float, identity: dict, threads: int) -> dict:
 
 
 def test_workers_keep_what_they_hold_across_runs() -> None:
-    from pipeline.ablate import _run_local
+    from aigi.pipeline.ablate import _run_local
 
     class Bar:
         n = 0
@@ -134,7 +134,7 @@ def test_workers_keep_what_they_hold_across_runs() -> None:
 
 
 def test_each_worker_reads_a_row_selection_once(tmp_path) -> None:
-    from pipeline.ablate import run_ablation
+    from aigi.pipeline.ablate import run_ablation
 
     store = make_cache(tmp_path / "cache")
     plan = expand(ablation(store, seeds=[0, 1, 2, 3]))  # 8 runs, all on the same rows

@@ -9,13 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import cache
-import heads
-from heads.calibration import conformal_high, fit_temperature
-from pipeline.cli import main
-from pipeline.config import load_config
-from pipeline.metrics import ece
-from pipeline.rows import open_caches, train_val_rows
+from aigi import cache, heads
+from aigi.cli import main
+from aigi.heads.calibration import conformal_high, fit_temperature
+from aigi.pipeline.config import load_config
+from aigi.pipeline.metrics import ece
+from aigi.pipeline.rows import open_caches, train_val_rows
 from tests.pipeline.test_train_eval import make_cache, write_config
 
 

@@ -20,8 +20,8 @@ import torch
 import yaml
 from PIL import Image
 
-import cache
-from pipeline.cli import main
+from aigi import cache
+from aigi.cli import main
 from tests.pipeline.test_extract import extract_args, make_manifest, weights  # noqa: F401
 from tests.pipeline.test_predict import trained as predict_run  # noqa: F401
 from tests.pipeline.test_train_eval import make_cache, write_config
@@ -74,7 +74,7 @@ def subprocess_cli(*argv: object, **kwargs) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "AIGI_DEBUG": ""}
     env.pop("AIGI_DEBUG")
     return subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", *map(str, argv)],
+        [sys.executable, "-m", "aigi", *map(str, argv)],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -548,7 +548,7 @@ def test_train_refuses_to_overwrite_a_run(syn, capsys):
 
 
 def test_train_interrupted_says_nothing_was_saved(syn, capsys, monkeypatch):
-    import heads
+    from aigi import heads
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -658,7 +658,7 @@ def test_extract_every_image_unreadable(tmp_path, capsys, weights):  # noqa: F81
 def test_extract_interrupted_then_resumed(tmp_path, weights, monkeypatch, capsys):  # noqa: F811
     # Ctrl-C lands right after the first shard is committed, whatever the machine's speed (a signal sent from
     # outside races a fast machine, which may finish all shards first).
-    from cache.writer import CacheWriter
+    from aigi.cache.writer import CacheWriter
 
     manifest = make_manifest(tmp_path, 8)
     args = extract_args(manifest, tmp_path / "c", weights)
@@ -705,7 +705,7 @@ if sys.argv[2:] == ["--import-aigi"]:
     import aigi
     code = 0
 else:
-    from pipeline.cli import main
+    from aigi.cli import main
     code = main(sys.argv[2:])
 print("optional modules imported:", ",".join(m for m in OPTIONAL if m in sys.modules) or "none", file=sys.stderr)
 sys.exit(code)
@@ -774,7 +774,7 @@ def test_demo_without_its_packages_names_the_demo_extra(tmp_path):
 
 
 def test_fakes_vae_from_a_taesd_pair_needs_no_extra(tmp_path, reals):
-    from pipeline.fakes.taesd import TinyAutoencoder
+    from aigi.pipeline.fakes.taesd import TinyAutoencoder
     from tests.pipeline.test_fakes import save_pair
 
     torch.manual_seed(0)

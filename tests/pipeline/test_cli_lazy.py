@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipeline import cli
+from aigi import cli
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -24,10 +24,12 @@ def test_command_map_matches_the_registered_commands() -> None:
 
 def test_a_command_does_not_import_the_other_stages() -> None:
     code = (
-        "import sys; from pipeline import cli; cli.build_parser('import');"
-        "import json; print(json.dumps(sorted(m for m in sys.modules if m.startswith('pipeline.'))))"
+        "import sys; from aigi import cli; cli.build_parser('import');"
+        "import json; print(json.dumps(sorted(m for m in sys.modules if m.startswith('aigi.pipeline.'))))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     loaded = json.loads(out.stdout)
-    assert "pipeline.importers" in loaded
-    assert not {"pipeline.train", "pipeline.demo", "pipeline.extract", "pipeline.ablate"} & set(loaded)
+    assert "aigi.pipeline.importers" in loaded
+    assert not {"aigi.pipeline.train", "aigi.pipeline.demo", "aigi.pipeline.extract", "aigi.pipeline.ablate"} & set(
+        loaded
+    )

@@ -12,10 +12,9 @@ import pytest
 import torch
 import yaml
 
-import cache
-import heads
-from pipeline.cli import main
-from pipeline.tail import frozen_tail
+from aigi import cache, heads
+from aigi.cli import main
+from aigi.pipeline.tail import frozen_tail
 from tests.extractors.test_layouts import original_layout_state
 from tests.pipeline.test_extract import make_manifest
 

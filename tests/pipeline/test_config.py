@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.config import RunConfig, apply_overrides, cache_aliases, load_config, parse_value, save_config
+from aigi.pipeline.config import RunConfig, apply_overrides, cache_aliases, load_config, parse_value, save_config
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 

@@ -16,7 +16,7 @@ import pandas as pd
 import psutil
 import pytest
 
-from pipeline.cli import main
+from aigi.cli import main
 from tests.pipeline.test_extract import _cache_content, extract_args, make_manifest, weights  # noqa: F401
 
 pytestmark = pytest.mark.slow

@@ -12,11 +12,11 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-import cache
-from pipeline.cli import main
-from pipeline.config import load_config
-from pipeline.domains import PROMPTS, load_text_tower, text_embeddings
-from pipeline.rows import groups_of, open_caches, train_val_rows
+from aigi import cache
+from aigi.cli import main
+from aigi.pipeline.config import load_config
+from aigi.pipeline.domains import PROMPTS, load_text_tower, text_embeddings
+from aigi.pipeline.rows import groups_of, open_caches, train_val_rows
 
 
 def _id(text: str) -> str:

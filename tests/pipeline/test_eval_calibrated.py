@@ -10,10 +10,9 @@ import pandas as pd
 import pytest
 import yaml
 
-import cache
-import heads
-from pipeline.cli import main
-from pipeline.metrics import brier, ece, oracle_acc, tpr_at_fpr
+from aigi import cache, heads
+from aigi.cli import main
+from aigi.pipeline.metrics import brier, ece, oracle_acc, tpr_at_fpr
 from tests.pipeline.test_train_eval import make_cache, write_config
 
 

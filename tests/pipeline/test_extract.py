@@ -16,10 +16,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-import cache
-import extractors
-from extractors.images import load_image
-from pipeline.cli import main
+from aigi import cache, extractors
+from aigi.cli import main
+from aigi.extractors.images import load_image
 
 ROOT = Path(__file__).resolve().parents[2]
 BACKBONE = "timm:vit_tiny_patch16_224"
@@ -203,8 +202,8 @@ def _cache_content(path: Path) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
 KILL_AFTER_SHARD = textwrap.dedent(
     """
     import os, signal, sys
-    from cache.writer import CacheWriter
-    from pipeline.cli import main
+    from aigi.cache.writer import CacheWriter
+    from aigi.cli import main
 
     kill_after, written = int(sys.argv[1]), []
     write_shard = CacheWriter.write_shard
@@ -280,8 +279,8 @@ def test_store_dtype_float32_keeps_the_forward_bit_for_bit(tmp_path: Path, weigh
 def test_a_cache_from_before_the_storage_dtype_was_recorded_still_resumes(tmp_path: Path, weights: Path) -> None:
     from dataclasses import asdict
 
-    from cache import CacheWriter
-    from pipeline.extract import cache_spec
+    from aigi.cache import CacheWriter
+    from aigi.pipeline.extract import cache_spec
 
     ex = extractors.build(BACKBONE, weights=weights, features=FEATURES.split(","))
     CacheWriter(tmp_path / "old", spec=asdict(ex.spec), features=dict(ex.feature_shapes), dtype="float16").close()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-import cache
+from aigi import cache
 from tests.pipeline.test_extract import BACKBONE, make_manifest, weights  # noqa: F401  (fixture)
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -18,9 +18,9 @@ STARTER = """
 import sys, time
 from pathlib import Path
 sys.path.insert(0, {root!r})
-import cache.writer
-import pipeline.extract
-from pipeline.cli import main
+import aigi.cache.writer as writer_mod
+import aigi.pipeline.extract as extract_mod
+from aigi.cli import main
 
 
 def slowly(fn):
@@ -30,7 +30,7 @@ def slowly(fn):
     return slow
 
 
-for module, name in ((pipeline.extract, "_existing_shard_indices"), (cache.writer, "next_free_index")):
+for module, name in ((extract_mod, "_existing_shard_indices"), (writer_mod, "next_free_index")):
     if hasattr(module, name):
         setattr(module, name, slowly(getattr(module, name)))
 Path({ready!r}).touch()

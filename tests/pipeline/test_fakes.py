@@ -12,12 +12,12 @@ import pytest
 import torch
 from PIL import Image
 
-from cache import read_manifest, write_manifest
-from pipeline.cli import main
-from pipeline.fakes.imageio import estimate_jpeg_quality
-from pipeline.fakes.runner import FakesConfig, run_fakes
-from pipeline.fakes.taesd import TinyAutoencoder, load_pair
-from pipeline.fakes.vae import VaeTransform, load_vae
+from aigi.cache import read_manifest, write_manifest
+from aigi.cli import main
+from aigi.pipeline.fakes.imageio import estimate_jpeg_quality
+from aigi.pipeline.fakes.runner import FakesConfig, run_fakes
+from aigi.pipeline.fakes.taesd import TinyAutoencoder, load_pair
+from aigi.pipeline.fakes.vae import VaeTransform, load_vae
 from tests.conftest import shared_path
 
 N_BLOCKS = 4
@@ -129,7 +129,7 @@ def test_kl_loads_from_folder_pipeline_folder_and_single_files(tmp_path: Path) -
 
 
 def test_single_file_config_inferred_from_keys(tmp_path: Path) -> None:
-    from pipeline.fakes.vae import infer_kl_config
+    from aigi.pipeline.fakes.vae import infer_kl_config
 
     model = tiny_kl()
     ldm = {to_ldm_key(k): v for k, v in model.state_dict().items()}
@@ -396,7 +396,7 @@ def test_rerun_on_a_manifest_updated_in_place_with_resaved_reals(tmp_path: Path,
 
 
 def test_o_names_the_images_folder_and_the_old_spelling_is_one_line(tmp_path: Path, capsys) -> None:
-    from pipeline.cli import build_parser
+    from aigi.cli import build_parser
 
     args = build_parser().parse_args(["fakes", "sr", "--manifest", "m.parquet", "--weights", "w.pth", "-o", "imgs",
                                       "--output-manifest", "new.parquet"])  # fmt: skip

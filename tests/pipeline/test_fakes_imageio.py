@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.fakes.imageio import (
+from aigi.pipeline.fakes.imageio import (
     _BASE_LUMA,
     Encoding,
     encoding_for,
@@ -17,7 +17,7 @@ from pipeline.fakes.imageio import (
     ijg_table,
     parse_format,
 )
-from pipeline.fakes.runner import safe_relative, slug
+from aigi.pipeline.fakes.runner import safe_relative, slug
 
 
 def photo(seed: int = 0, size: tuple[int, int] = (48, 40)) -> Image.Image:

@@ -11,17 +11,17 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from cache import read_manifest
-from pipeline.cli import build_parser, main
-from pipeline.fakes import kinds
-from pipeline.fakes.registry import FakeKind, FakeTransform, fake_kind, fake_kinds
+from aigi.cache import read_manifest
+from aigi.cli import build_parser, main
+from aigi.pipeline.fakes import kinds
+from aigi.pipeline.fakes.registry import FakeKind, FakeTransform, fake_kind, fake_kinds
 from tests.pipeline.test_fakes import write_reals
 
 BLUR_KIND = '''
 """A test kind: Gaussian blur of radius --radius."""
 from PIL import ImageFilter
 
-from pipeline.fakes.registry import FakeKind
+from aigi.pipeline.fakes.registry import FakeKind
 
 
 class Blur:
@@ -65,7 +65,7 @@ def blur_kind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     (folder / "blur.py").write_text(textwrap.dedent(BLUR_KIND), encoding="utf-8")
     monkeypatch.setattr(kinds, "__path__", [*kinds.__path__, str(folder)])
     yield
-    sys.modules.pop("pipeline.fakes.kinds.blur", None)
+    sys.modules.pop("aigi.pipeline.fakes.kinds.blur", None)
 
 
 def test_a_new_kind_is_one_file(tmp_path: Path, blur_kind) -> None:

@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from cache import read_manifest, write_manifest
-from pipeline.cli import main
-from pipeline.fakes.sr import SrTransform, downscale, load_sr
+from aigi.cache import read_manifest, write_manifest
+from aigi.cli import main
+from aigi.pipeline.fakes.sr import SrTransform, downscale, load_sr
 from tests.conftest import shared_path
 
 

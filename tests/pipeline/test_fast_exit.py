@@ -29,7 +29,7 @@ def _aigi(tmp_path: Path, *argv: str, hook: str = "") -> subprocess.CompletedPro
         f"import atexit, sys\natexit.register(lambda: print({MARKER!r}, file=sys.stderr))\n{hook}\n", encoding="utf-8"
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(ROOT)])}
-    return subprocess.run([sys.executable, "-m", "pipeline", *argv], capture_output=True, text=True, env=env)
+    return subprocess.run([sys.executable, "-m", "aigi", *argv], capture_output=True, text=True, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,7 @@ def test_train_skips_teardown_and_writes_a_whole_head(trained: dict) -> None:
 
 def test_predict_output_is_whole_without_teardown(trained: dict) -> None:
     tmp = trained["tmp"]
-    import cache
+    from aigi import cache
 
     fs = cache.open(trained["cache"]).load(["f"], where={"view": "orig"})
     out = _aigi(tmp, "predict", str(tmp / "run"), "--cache", str(trained["cache"]), "-o", str(tmp / "p.csv"))

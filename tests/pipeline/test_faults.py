@@ -15,8 +15,8 @@ import pandas as pd
 import pytest
 import torch
 
-import cache
-from pipeline.cli import main
+from aigi import cache
+from aigi.cli import main
 from tests.pipeline.test_import import make_sets
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,7 +36,7 @@ def aigi(*args: str, limit: int | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("AIGI_DEBUG", None)
     return subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", *args],
+        [sys.executable, "-m", "aigi", *args],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -137,7 +137,7 @@ KILLED_FAKES = textwrap.dedent(
         real_replace(src, dst)
 
     os.replace = slow_replace
-    from pipeline.cli import main
+    from aigi.cli import main
     main(["fakes", "vae", "--manifest", {manifest!r}, "--weights", {weights!r}, "-o", {out!r},
           "--output-manifest", {om!r}])
     """

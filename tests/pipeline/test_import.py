@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import cache
-from pipeline.cli import main
-from pipeline.importers import export_npy, import_uar
+from aigi import cache
+from aigi.cli import main
+from aigi.pipeline.importers import export_npy, import_uar
 from tests.conftest import shared_path
 
 
@@ -124,7 +124,7 @@ IMPORTER = """
 import sys, time
 from pathlib import Path
 sys.path.insert(0, {root!r})
-from pipeline.importers import import_uar
+from aigi.pipeline.importers import import_uar
 Path({flag!r} + ".ready").touch()
 while not Path({go!r}).exists():  # both start together
     time.sleep(0.01)

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-import cache
-from pipeline.cli import main
+from aigi import cache
+from aigi.cli import main
 
 COUNTER = iter(range(10_000))
 

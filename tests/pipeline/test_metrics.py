@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.metrics import (
+from aigi.pipeline.metrics import (
     assemble_groups,
     binary_metrics,
     calibrate_threshold,
@@ -17,7 +17,7 @@ from pipeline.metrics import (
     resample_weights,
     weighted_metrics,
 )
-from pipeline.report import write_report
+from aigi.pipeline.report import write_report
 
 # Three reals scored 0.1, 0.4, 0.7 and three fakes scored 0.9, 0.5, 0.2.
 # At 0.5 (score >= 0.5 => fake): reals 0.1, 0.4 right, 0.7 wrong -> 2/3; fakes 0.9 and 0.5 (a tie) right, 0.2 wrong

@@ -11,7 +11,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from pipeline import plots, report  # noqa: E402
+from aigi.pipeline import plots, report  # noqa: E402
 
 
 @pytest.fixture

@@ -9,9 +9,8 @@ import pandas as pd
 import pytest
 import yaml
 
-import cache
-import heads
-from pipeline.cli import main
+from aigi import cache, heads
+from aigi.cli import main
 from tests.pipeline.test_extract import _hostile_files, extract_args, make_manifest, weights  # noqa: F401
 
 

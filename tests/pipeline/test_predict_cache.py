@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-import cache
-import heads
-from pipeline.cli import main
+from aigi import cache, heads
+from aigi.cli import main
 from tests.heads.test_stream_fit import write_cache
 
 

@@ -10,9 +10,8 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-import cache
-import heads
-from pipeline.cli import main
+from aigi import cache, heads
+from aigi.cli import main
 from tests.pipeline.test_train_eval import _id, write_config
 
 VIEWS = ("orig", "jpeg:75", "resize:0.5")

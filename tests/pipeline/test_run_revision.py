@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-import common.provenance
-from pipeline.ablate import expand, read_result, run_ablation
-from pipeline.cli import main
-from pipeline.config import load_config, saved_revision
+import aigi.common.provenance as provenance
+from aigi.cli import main
+from aigi.pipeline.ablate import expand, read_result, run_ablation
+from aigi.pipeline.config import load_config, saved_revision
 from tests.pipeline.test_ablate import ablation
 from tests.pipeline.test_ablate import make_cache as make_ablation_cache
 from tests.pipeline.test_train_eval import make_cache, write_config
@@ -44,7 +44,7 @@ def test_train_saves_the_git_revision_with_the_head_and_the_config(tmp_path: Pat
 
 
 def test_outside_a_checkout_the_package_version_is_saved(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(common.provenance, "git_revision", lambda *a, **k: None)
+    monkeypatch.setattr(provenance, "git_revision", lambda *a, **k: None)
     run = train(tmp_path)
     expected = f"aigi {metadata.version('aigi')}"
     assert json.loads((run / "head.json").read_text())["code_revision"] == expected

@@ -12,12 +12,12 @@ import pytest
 import torch
 import yaml
 
-import heads
-from pipeline.ablate import expand, run_ablation
-from pipeline.cli import main
-from pipeline.config import load_config, parse_config
-from pipeline.evaluate import evaluate_run
-from pipeline.train import train_run
+from aigi import heads
+from aigi.cli import main
+from aigi.pipeline.ablate import expand, run_ablation
+from aigi.pipeline.config import load_config, parse_config
+from aigi.pipeline.evaluate import evaluate_run
+from aigi.pipeline.train import train_run
 from tests.heads.test_stream_fit import write_cache
 
 
@@ -80,7 +80,7 @@ def test_eval_streams_and_scores_like_in_memory(store, tmp_path, capsys) -> None
 def split_cache(store: Path, tmp_path: Path) -> dict[str, Path]:
     """From `store` (feature x): `b`, a second cache of the same images with a feature z, storing them in another
     order and in other shards; `both`, one cache holding x and z of every row in the store's order."""
-    import cache
+    from aigi import cache
 
     src = cache.open(store)
     meta, x = src.meta(), src.load(["x"], dtype="float16").features["x"]
@@ -124,7 +124,7 @@ def test_two_caches_stream_joined_as_one_cache_holding_both(store, tmp_path, cap
 
 def test_streaming_caches_of_two_dtypes_is_one_line(store, tmp_path, capsys) -> None:
     other = tmp_path / "other"
-    import cache
+    from aigi import cache
 
     src = cache.open(store)
     with cache.CacheWriter(other, spec=src.spec, features={"z": (4,)}, dtype="float32") as w:
@@ -157,7 +157,7 @@ def test_ablation_runs_share_the_experts_and_equal_lone_runs(store, tmp_path) ->
     assert [s.get("reused", False) for s in done["history"]["stages"]] == [True, True, False]
     result = json.loads((tmp_path / "abl" / "runs" / concat.run_id / "result.json").read_text())
     assert set(result["stage_seconds"]) == {"open", "load", "fit", "write", "eval"}
-    from pipeline import streaming
+    from aigi.pipeline import streaming
 
     streaming.REUSE, streaming.STAGE_DIR = False, None  # a lone run in this process: nothing reused
     train_run(parse_config(concat.config), tmp_path / "alone")

@@ -7,10 +7,10 @@ import io
 import numpy as np
 import pytest
 
-import cache
-from cache.stream import open_stream
-from pipeline import streaming
-from pipeline.streaming import Reporting, StreamedSet, choose, parse_budget
+from aigi import cache
+from aigi.cache.stream import open_stream
+from aigi.pipeline import streaming
+from aigi.pipeline.streaming import Reporting, StreamedSet, choose, parse_budget
 from tests.heads.test_stream_fit import write_cache
 
 

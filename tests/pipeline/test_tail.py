@@ -10,10 +10,9 @@ import pandas as pd
 import pytest
 import yaml
 
-import cache
-import heads
-from pipeline.cli import main
-from pipeline.tail import frozen_tail
+from aigi import cache, heads
+from aigi.cli import main
+from aigi.pipeline.tail import frozen_tail
 from tests.pipeline.test_extract import BACKBONE, make_manifest, weights  # noqa: F401
 
 TOKENS = "l10.tokens"

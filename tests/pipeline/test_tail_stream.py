@@ -17,10 +17,9 @@ import pytest
 import torch
 import yaml
 
-import cache
-import heads
-from pipeline.cli import main
-from pipeline.tail import load_head
+from aigi import cache, heads
+from aigi.cli import main
+from aigi.pipeline.tail import load_head
 from tests.pipeline.test_extract import BACKBONE, ROOT, make_manifest, weights  # noqa: F401
 
 TOKENS = "l10.tokens"
@@ -132,7 +131,7 @@ def test_predict_on_the_cached_tokens_streamed_or_in_memory(runs, tokens, weight
 PEAK = textwrap.dedent(
     """
     import json, sys
-    from pipeline.cli import main
+    from aigi.cli import main
 
     def rss(field):
         for line in open("/proc/self/status"):

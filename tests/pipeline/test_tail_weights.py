@@ -12,10 +12,9 @@ import pytest
 import torch
 import yaml
 
-import cache
-import heads
-from pipeline.cli import main
-from pipeline.tail import load_head
+from aigi import cache, heads
+from aigi.cli import main
+from aigi.pipeline.tail import load_head
 from tests.pipeline.test_extract import BACKBONE, make_manifest, weights  # noqa: F401
 
 TOKENS = "l10.tokens"

@@ -13,11 +13,11 @@ import yaml
 from safetensors.numpy import load_file
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-import cache
-from pipeline.cli import main
-from pipeline.config import load_config
-from pipeline.metrics import calibrate_threshold
-from pipeline.rows import train_val_rows, val_rows
+from aigi import cache
+from aigi.cli import main
+from aigi.pipeline.config import load_config
+from aigi.pipeline.metrics import calibrate_threshold
+from aigi.pipeline.rows import train_val_rows, val_rows
 
 
 def _id(text: str) -> str:
@@ -132,11 +132,11 @@ def test_threshold_val_is_calibrated_on_the_val_rows(trained: dict) -> None:
 
 
 def test_threshold_val_loads_only_the_validation_rows(trained: dict, monkeypatch: pytest.MonkeyPatch) -> None:
-    import pipeline.rows
+    import aigi.pipeline.rows as rows_mod
 
     asked = []
-    real = pipeline.rows.load_rows
-    monkeypatch.setattr(pipeline.rows, "load_rows", lambda *a, **k: asked.append(k["where"]) or real(*a, **k))
+    real = rows_mod.load_rows
+    monkeypatch.setattr(rows_mod, "load_rows", lambda *a, **k: asked.append(k["where"]) or real(*a, **k))
     assert main(["eval", str(trained["run"]), "--threshold", "val", "-o", str(trained["tmp"] / "report_v")]) == 0
     assert sorted(w["split"] for w in asked) == ["test", "val"]  # the scored split and val, never train
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.metrics import EXTRA_METRICS, brier, ece, extra_metrics, oracle_acc, tpr_at_fpr, weighted_extra
+from aigi.pipeline.metrics import EXTRA_METRICS, brier, ece, extra_metrics, oracle_acc, tpr_at_fpr, weighted_extra
 
 # Reals 0.8, 0.6, 0.4, 0.2; fakes 0.9, 0.8 (tied with a real), 0.7, 0.5. ROC points (threshold: TPR, FPR):
 # 0.9: 1/4, 0 | 0.8: 2/4, 1/4 (the tie moves both at once) | 0.7: 3/4, 1/4 | 0.6: 3/4, 2/4 | 0.5: 1, 2/4 | ...

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-import cache
-from pipeline import streaming
-from pipeline.rows import open_caches
+from aigi import cache
+from aigi.pipeline import streaming
+from aigi.pipeline.rows import open_caches
 from tests.pipeline.test_ablate import make_cache
 
 

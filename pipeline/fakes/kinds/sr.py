@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.fakes.registry import FakeKind, FakeTransform
+from aigi.pipeline.fakes.registry import FakeKind, FakeTransform
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -12,7 +12,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def make(args: argparse.Namespace) -> FakeTransform:
-    from pipeline.fakes.sr import SrTransform, load_sr
+    from aigi.pipeline.fakes.sr import SrTransform, load_sr
 
     model = load_sr(args.weights, name=args.name, device=args.device, dtype=args.dtype)
     return SrTransform(model, scale=args.scale)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipeline.fakes.registry import FakeKind, FakeTransform
+from aigi.pipeline.fakes.registry import FakeKind, FakeTransform
 
 
 def parse_resize(text: str | None) -> int | None:
@@ -26,7 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def make(args: argparse.Namespace) -> FakeTransform:
-    from pipeline.fakes.vae import VaeTransform, load_vae
+    from aigi.pipeline.fakes.vae import VaeTransform, load_vae
 
     vae = load_vae(args.weights, name=args.name, config=args.config, device=args.device, dtype=args.dtype,
                    tile_size=args.tile_size)  # fmt: skip

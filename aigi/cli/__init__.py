@@ -8,46 +8,46 @@ import importlib
 import os
 import sys
 
-from common.extras import MissingExtra
-from common.provenance import package_version
+from aigi.common.extras import MissingExtra
+from aigi.common.provenance import package_version
 
 # Each module defines `register(subparsers) -> None`, adding its sub-command(s) with `set_defaults(func=...)`.
 # Modules keep heavy imports (torch, sklearn, diffusers, ...) inside functions so that `aigi --help` stays fast.
 COMMAND_MODULES = [
-    "pipeline.index",
-    "pipeline.cache_cmd",
-    "pipeline.importers",
-    "pipeline.fakes",
-    "pipeline.extract",
-    "pipeline.train",
-    "pipeline.evaluate",
-    "pipeline.calibrate",
-    "pipeline.robustness",
-    "pipeline.head_cmd",
-    "pipeline.domains",
-    "pipeline.ablate",
-    "pipeline.predict",
-    "pipeline.demo",
+    "aigi.pipeline.index",
+    "aigi.pipeline.cache_cmd",
+    "aigi.pipeline.importers",
+    "aigi.pipeline.fakes",
+    "aigi.pipeline.extract",
+    "aigi.pipeline.train",
+    "aigi.pipeline.evaluate",
+    "aigi.pipeline.calibrate",
+    "aigi.pipeline.robustness",
+    "aigi.pipeline.head_cmd",
+    "aigi.pipeline.domains",
+    "aigi.pipeline.ablate",
+    "aigi.pipeline.predict",
+    "aigi.pipeline.demo",
 ]
 
 # Which module registers each sub-command: `aigi CMD ...` imports only that module (start-up time); `aigi --help`
 # and unknown commands build the full parser. tests/pipeline/test_cli_lazy.py keeps this in step with the modules.
 COMMANDS = {
-    "index": "pipeline.index",
-    "cache": "pipeline.cache_cmd",
-    "import": "pipeline.importers",
-    "export": "pipeline.importers",
-    "fakes": "pipeline.fakes",
-    "extract": "pipeline.extract",
-    "train": "pipeline.train",
-    "eval": "pipeline.evaluate",
-    "calibrate": "pipeline.calibrate",
-    "robustness": "pipeline.robustness",
-    "head": "pipeline.head_cmd",
-    "domains": "pipeline.domains",
-    "ablate": "pipeline.ablate",
-    "predict": "pipeline.predict",
-    "demo": "pipeline.demo",
+    "index": "aigi.pipeline.index",
+    "cache": "aigi.pipeline.cache_cmd",
+    "import": "aigi.pipeline.importers",
+    "export": "aigi.pipeline.importers",
+    "fakes": "aigi.pipeline.fakes",
+    "extract": "aigi.pipeline.extract",
+    "train": "aigi.pipeline.train",
+    "eval": "aigi.pipeline.evaluate",
+    "calibrate": "aigi.pipeline.calibrate",
+    "robustness": "aigi.pipeline.robustness",
+    "head": "aigi.pipeline.head_cmd",
+    "domains": "aigi.pipeline.domains",
+    "ablate": "aigi.pipeline.ablate",
+    "predict": "aigi.pipeline.predict",
+    "demo": "aigi.pipeline.demo",
 }
 
 # Errors a user can fix: printed as one line (set AIGI_DEBUG=1 for the traceback), exit code 2. Every OSError (a
