@@ -5,7 +5,6 @@ from aigi.cache.fingerprint import canonical_json, fingerprint, spec_diff
 from aigi.cache.manifest import (
     MANIFEST_COLUMNS,
     assign_splits,
-    parse_split_ratio,
     read_manifest,
     validate_manifest,
     write_manifest,
@@ -32,7 +31,6 @@ __all__ = [
     "join",
     "load_npy",
     "open",
-    "parse_split_ratio",
     "read_manifest",
     "repair",
     "scan_uar",

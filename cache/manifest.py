@@ -102,23 +102,6 @@ def write_manifest(df: pd.DataFrame, path: str | Path) -> Path:
     return path
 
 
-def parse_split_ratio(text: str) -> dict[str, float]:
-    """Parse `train=0.8,test=0.2` into a dict whose values sum to 1."""
-    ratios: dict[str, float] = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        key, sep, value = part.partition("=")
-        if not sep or key not in SPLITS[:3]:
-            raise ValueError(f"bad split ratio {part!r}: expected NAME=FRACTION with NAME in {SPLITS[:3]}")
-        try:
-            ratios[key] = float(value)
-        except ValueError:
-            raise ValueError(f"bad split ratio {part!r}: {value!r} is not a number") from None
-    total = sum(ratios.values())
-    if not ratios or any(v < 0 for v in ratios.values()) or abs(total - 1.0) > 1e-6:
-        raise ValueError(f"split ratios {text!r} must be non-negative and sum to 1 (they sum to {total:g})")
-    return ratios
-
-
 def assign_splits(df: pd.DataFrame, ratios: dict[str, float], *, seed: int = 0) -> pd.DataFrame:
     """Assign `split` by pair, so a real image and its aligned fakes always land in the same split.
 

@@ -41,10 +41,12 @@ class ThresholdRule:
         return {"threshold_policy": "val_acc"}
 
     def __str__(self) -> str:
-        return {"fixed": f"{self.value:g}", "val_acc": "val_acc", "target_fpr": f"fpr:{self.value:g}"}[self.policy]
+        if self.policy == "val_acc":
+            return "val_acc"
+        return f"{self.value:g}" if self.policy == "fixed" else f"fpr:{self.value:g}"
 
 
-THRESHOLD_FORMS = "a number in [0, 1], val_acc (or val) or fpr:A (e.g. fpr:0.01)"
+THRESHOLD_FORMS = "a number in [0, 1], val, val_acc or fpr:A (e.g. fpr:0.01)"
 
 
 def parse_threshold(text: str | float, *, option: str = "--threshold") -> ThresholdRule:
@@ -58,7 +60,7 @@ def parse_threshold(text: str | float, *, option: str = "--threshold") -> Thresh
     if value is None:
         raise ValueError(f"{option} {text!r}: expected {THRESHOLD_FORMS}")
     if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{option} {text!r}: a fixed threshold is a probability in [0, 1]")
+        raise ValueError(f"{option} {text!r}: a fixed threshold must be in [0, 1] (it is a P(fake))")
     return ThresholdRule("fixed", value)
 
 
@@ -86,7 +88,7 @@ def parse_band(text: str | None, *, option: str = "--band") -> BandRule:
     if kind == "none" and not sep:
         return BandRule()
     if kind not in ("coverage", "error") or not sep:
-        raise ValueError(f"{option} {text!r}: expected none, coverage:C or error:A (C, A in (0, 1))")
+        raise ValueError(f"{option} {text!r}: expected none or coverage:X or error:X (X in (0, 1))")
     return BandRule(kind, _fraction(arg, option=option, text=text))
 
 
@@ -236,7 +238,9 @@ def parse_split_ratio(text: str, *, option: str = "--split-ratio") -> dict[str, 
         ratios[key] = number
     total = sum(ratios.values())
     if not ratios or any(v < 0 for v in ratios.values()) or abs(total - 1.0) > 1e-6:
-        raise ValueError(f"{option} {text!r}: ratios must be non-negative and sum to 1 (they sum to {total:g})")
+        raise ValueError(
+            f"{option} {text!r}: the split ratios must be non-negative and sum to 1 (they sum to {total:g})"
+        )
     return ratios
 
 

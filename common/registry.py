@@ -7,7 +7,7 @@ unknown name raises one `ValueError` that names the kind, suggests close matches
 
     >>> HEADS = Registry("head")
     >>> HEADS.get("lineer")
-    ValueError: unknown head 'lineer'. Did you mean 'linear'? Available: concat, expert, gating, linear, ...
+    ValueError: unknown head 'lineer'. Did you mean linear? Available: concat, expert, gating, linear, ...
 
 A registry written at import time and read afterwards is a table of code, not configuration: it holds no run's
 settings and nothing of one call survives into another.
@@ -31,10 +31,12 @@ class Registry(Generic[T]):
         kind: what an entry is, for messages ("head", "extractor", "fake kind", "command").
         package: a package whose modules add entries when imported; all of them are imported on the first lookup
             (so a new entry is one new file in that package).
+        family_label: how `names()` shows what follows a family's prefix (`timm:<model name>`).
     """
 
-    def __init__(self, kind: str, *, package: str | None = None) -> None:
+    def __init__(self, kind: str, *, package: str | None = None, family_label: str = "<name>") -> None:
         self.kind = kind
+        self._family_label = family_label
         self._package = package
         self._entries: dict[str, T] = {}
         self._families: dict[str, T] = {}  # prefix -> entry serving every name that starts with it
@@ -47,7 +49,8 @@ class Registry(Generic[T]):
         def add(value: T) -> T:
             table = self._families if family else self._entries
             if name in table or name in self._lazy:
-                raise ValueError(f"{self.kind} {name!r} is registered twice")
+                first = getattr(table.get(name), "__qualname__", None) or self._lazy.get(name) or table.get(name)
+                raise ValueError(f"{self.kind} {name!r} is registered twice: it is already registered by {first}")
             table[name] = value
             return value
 
@@ -56,7 +59,7 @@ class Registry(Generic[T]):
     def register_lazy(self, name: str, target: str) -> None:
         """Add `name` as `"package.module:attribute"`, imported when the entry is first asked for."""
         if name in self._entries or name in self._lazy:
-            raise ValueError(f"{self.kind} {name!r} is registered twice")
+            raise ValueError(f"{self.kind} {name!r} is registered twice: it is already registered")
         self._lazy[name] = target
 
     def _load_package(self) -> None:
@@ -70,7 +73,7 @@ class Registry(Generic[T]):
     def names(self) -> list[str]:
         """Every name, sorted; families shown as `prefix<name>`."""
         self._load_package()
-        return sorted([*self._entries, *self._lazy]) + [f"{p}<name>" for p in sorted(self._families)]
+        return sorted([*self._entries, *self._lazy]) + [f"{p}{self._family_label}" for p in sorted(self._families)]
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and self.find(name) is not None
@@ -102,8 +105,9 @@ class Registry(Generic[T]):
     def unknown(self, name: str) -> ValueError:
         """The error for a name that is not registered: close matches and the full list."""
         known = self.names()
-        close = difflib.get_close_matches(name, [n.removesuffix("<name>") for n in known], n=3, cutoff=0.5)
-        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        bare = [n.removesuffix(self._family_label) for n in known]
+        close = difflib.get_close_matches(name, bare, n=3, cutoff=0.5)
+        hint = f" Did you mean {' or '.join(close)}?" if close else ""
         return ValueError(f"unknown {self.kind} {name!r}.{hint} Available: {', '.join(known)}")
 
     def items(self) -> list[tuple[str, T]]:

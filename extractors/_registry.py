@@ -2,34 +2,28 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from aigi.common.registry import Registry
+
 from .base import Extractor
 
 Builder = Callable[..., Extractor]
-_BUILDERS: dict[str, Builder] = {}
-_PREFIXES: dict[str, Builder] = {}  # "timm:" -> builder taking the rest of the name as `arch`
+# The modules of the package register their builders when imported (`extractors.__getattr__` imports them all), so a
+# new backbone is one file extractors/NAME.py. A family (`timm:`) builds every name that starts with it.
+EXTRACTORS: Registry[Builder] = Registry("extractor", family_label="<model name>")
 
 
 def register_extractor(name: str, *, prefix: bool = False) -> Callable[[Builder], Builder]:
     """Register a builder under `name` (or, with prefix=True, every name starting with `name`)."""
-
-    def decorate(fn: Builder) -> Builder:
-        table = _PREFIXES if prefix else _BUILDERS
-        if name in table:
-            raise ValueError(f"extractor {name!r} is registered twice")
-        table[name] = fn
-        return fn
-
-    return decorate
+    return EXTRACTORS.register(name, family=prefix)
 
 
 def available() -> list[str]:
     """Registered names; prefix families are shown as e.g. "timm:<model name>"."""
-    return sorted(_BUILDERS) + [f"{p}<model name>" for p in sorted(_PREFIXES)]
+    return EXTRACTORS.names()
 
 
 def build(
@@ -62,11 +56,10 @@ def build(
         ValueError: unknown name (with suggestions), bad feature names, options or weights.
     """
     kwargs = dict(weights=weights, features=features, preprocess=preprocess, device=device, dtype=dtype)
-    if name in _BUILDERS:
-        return _BUILDERS[name](name=name, **kwargs, **arch_overrides)
-    for prefix, builder in _PREFIXES.items():
-        if name.startswith(prefix) and len(name) > len(prefix):
-            return builder(name=name, arch=name[len(prefix) :], **kwargs, **arch_overrides)
-    close = difflib.get_close_matches(name, list(_BUILDERS) + list(_PREFIXES), n=3, cutoff=0.5)
-    hint = f" Did you mean {', '.join(close)}?" if close else ""
-    raise ValueError(f"unknown extractor {name!r}.{hint} Available: {', '.join(available())}")
+    found = EXTRACTORS.find(name)
+    if found is None:
+        raise EXTRACTORS.unknown(name)
+    builder, arch = found
+    if arch is None:
+        return builder(name=name, **kwargs, **arch_overrides)
+    return builder(name=name, arch=arch, **kwargs, **arch_overrides)

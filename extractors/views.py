@@ -20,57 +20,16 @@ from PIL import Image, ImageFilter
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
-_KINDS = ("orig", "jpeg", "webp", "blur", "resize", "crop")
+from aigi.common.grammar import canonical_view, parse_view, parse_views
+
+__all__ = ["apply_view", "canonical_view", "parse_view", "parse_views"]
+
 _QUALITY = ("jpeg", "webp")
-DEFAULT_CROP = 0.5
-
-
-def _parse(view: str) -> tuple[str, float | int | None]:
-    kind, sep, arg = view.strip().partition(":")
-    if kind not in _KINDS:
-        raise ValueError(
-            f"unknown view {view!r}; views are orig, jpeg:Q, webp:Q, blur:SIGMA, resize:SCALE, crop:FRACTION"
-        )
-    if kind == "crop" and not sep:
-        return kind, DEFAULT_CROP
-    if kind == "orig":
-        if sep:
-            raise ValueError(f"view 'orig' takes no parameter, got {view!r}")
-        return kind, None
-    try:
-        value = int(arg) if kind in _QUALITY else float(arg)
-    except ValueError:
-        what = "whole number" if kind in _QUALITY else "number"
-        raise ValueError(f"view {view!r}: {arg!r} is not a {what}") from None
-    if kind in _QUALITY and not 1 <= value <= 100:
-        raise ValueError(f"view {view!r}: {kind.upper()} quality must be in 1..100")
-    if kind not in _QUALITY and not (math.isfinite(value) and value > 0):
-        raise ValueError(f"view {view!r}: {kind} needs a positive number")
-    if kind == "crop" and value > 1:
-        raise ValueError(f"view {view!r}: crop keeps a fraction of each side, in (0, 1]")
-    return kind, value
-
-
-def canonical_view(view: str) -> str:
-    """The canonical spelling of a view ("jpeg:075" -> "jpeg:75", "blur:1" -> "blur:1.0"); validates."""
-    kind, value = _parse(view)
-    return kind if value is None else f"{kind}:{value!r}"
-
-
-def parse_views(text: str) -> list[str]:
-    """Comma-separated views -> canonical names, in order; errors on unknown, malformed or repeated views."""
-    views = [canonical_view(v) for v in text.split(",") if v.strip()]
-    if not views:
-        raise ValueError("no view given; e.g. --views orig,jpeg:75,blur:1.0,resize:0.5")
-    repeated = sorted({v for v in views if views.count(v) > 1})
-    if repeated:
-        raise ValueError(f"views repeated: {', '.join(repeated)}")
-    return views
 
 
 def apply_view(img: Image.Image, view: str) -> Image.Image:
     """The perturbed RGB image for `view` (see the module doc); `orig` returns the image unchanged."""
-    kind, value = _parse(view)
+    kind, value = parse_view(view)
     img = img.convert("RGB")
     if kind == "orig":
         return img

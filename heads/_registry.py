@@ -10,19 +10,21 @@ from typing import Any
 import torch
 from torch import nn
 
-_HEADS: dict[str, type[nn.Module]] = {}
+from aigi.common.registry import Registry
+
+# Every public module of the package registers its heads when imported (heads/__init__.py imports them all), so a
+# new head is one file heads/NAME.py.
+HEADS: Registry[type[nn.Module]] = Registry("head")
 
 
 def register_head(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
     """Class decorator adding a head under `name`; the class needs a `cfg_cls` frozen dataclass."""
 
     def add(cls: type[nn.Module]) -> type[nn.Module]:
-        if name in _HEADS:
-            raise ValueError(f"head '{name}' is already registered by {_HEADS[name].__qualname__}")
         if not dataclasses.is_dataclass(getattr(cls, "cfg_cls", None)):
             raise TypeError(f"head '{name}' ({cls.__qualname__}) needs a dataclass `cfg_cls`")
+        HEADS.register(name, cls)
         cls.head_name = name
-        _HEADS[name] = cls
         return cls
 
     return add
@@ -30,16 +32,12 @@ def register_head(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
 
 def available() -> list[str]:
     """Names of every registered head, sorted."""
-    return sorted(_HEADS)
+    return HEADS.names()
 
 
 def head_class(name: str) -> type[nn.Module]:
     """The class registered as `name`; unknown names raise ValueError with close matches."""
-    if name not in _HEADS:
-        close = difflib.get_close_matches(name, list(_HEADS), n=3)
-        hint = f" Did you mean {close}?" if close else ""
-        raise ValueError(f"unknown head '{name}'.{hint} Available: {available()}")
-    return _HEADS[name]
+    return HEADS.get(name)
 
 
 def build(

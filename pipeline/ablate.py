@@ -18,6 +18,7 @@ from typing import Any
 
 from aigi.common.extras import require
 from aigi.common.files import atomic_write
+from aigi.common.grammar import set_dotted
 from aigi.pipeline.tail import add_weights_argument
 
 ABLATION_KEYS = ("grid", "variants", "seeds", "sort_by", "prepare", "eval_views")
@@ -79,22 +80,6 @@ class AblationPlan:
 
 # ----------------------------------------------------------------------------------------------------------------
 # expansion
-
-
-def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
-    """Replace the value at dotted `key` of a nested mapping, creating sections on the way."""
-    parts = [p for p in key.split(".") if p]
-    if not parts:
-        raise ValueError(f"empty override key {key!r}")
-    node = data
-    for part in parts[:-1]:
-        child = node.get(part)
-        if child is None:
-            child = node[part] = {}
-        if not isinstance(child, dict):
-            raise ValueError(f"override {key!r}: {part!r} holds a value, not a section")
-        node = child
-    node[parts[-1]] = copy.deepcopy(value)
 
 
 def _variants(raw: Any, *, source: str) -> list[tuple[str, dict[str, Any]]]:
@@ -263,8 +248,9 @@ def check_tail_weights(plan: AblationPlan, weights: Sequence[str]) -> None:
     """Build the frozen tail of every distinct `tail_*` head of the runs once, before any run starts, so that
     missing or other backbone weights end the command at once (naming the file and the fix) instead of every run."""
     from aigi import heads
+    from aigi.common.grammar import parse_aliased
     from aigi.pipeline.rows import open_caches
-    from aigi.pipeline.tail import frozen_tail, parse_weights
+    from aigi.pipeline.tail import frozen_tail
 
     seen = set()
     for r in plan.runs:
@@ -275,7 +261,7 @@ def check_tail_weights(plan: AblationPlan, weights: Sequence[str]) -> None:
         seen.add(key)
         caches = open_caches(data.caches)
         specs = {alias: c.spec for alias, c in caches.items()}
-        frozen_tail(head.name, head.inputs, specs, parse_weights(list(weights), list(caches)))
+        frozen_tail(head.name, head.inputs, specs, parse_aliased(list(weights), list(caches)))
 
 
 # ----------------------------------------------------------------------------------------------------------------

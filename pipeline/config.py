@@ -34,6 +34,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aigi.common.grammar import apply_overrides as apply_dotted
+from aigi.common.grammar import parse_band, parse_stream, parse_threshold
+
 _FLOAT_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 REVISION_MARK = "# code revision: "  # first line of a saved run config: the git revision (or version) that wrote it
 BUILD_OPTIONS = {"standardize": bool}  # head keys that are `heads.build` options, not fields of the head's config
@@ -117,43 +120,8 @@ class CalibrationSpec:
 
     def fit_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of `heads.fit_calibration`."""
-        out: dict[str, Any] = {"method": self.method, **parse_threshold_policy(self.threshold)}
-        kind, target = _split(self.band, "band", ("none", "coverage", "error"))
-        out.update(band_policy=kind, band_target=target)
-        return out
-
-
-def _split(text: str, what: str, kinds: tuple[str, ...]) -> tuple[str, float | None]:
-    kind, sep, arg = str(text).strip().partition(":")
-    if kind not in kinds or (kind == "none") == bool(sep):
-        raise ValueError(f"--{what} {text!r}: expected " + " or ".join(k if k == "none" else f"{k}:X" for k in kinds))
-    if not sep:
-        return kind, None
-    try:
-        value = float(arg)
-    except ValueError:
-        raise ValueError(f"--{what} {text!r}: {arg!r} is not a number") from None
-    if not 0.0 < value < 1.0:
-        raise ValueError(f"--{what} {text!r}: the target must be in (0, 1)")
-    return kind, value
-
-
-def parse_threshold_policy(text: str | float) -> dict[str, Any]:
-    """`0.5` -> fixed, `val_acc` (or `val`) -> best validation cut, `fpr:0.01` -> target FPR on reals."""
-    word = str(text).strip().lower()
-    if word in ("val", "val_acc"):
-        return {"threshold_policy": "val_acc"}
-    if word.startswith("fpr:"):
-        return {"threshold_policy": "target_fpr", "target_fpr": _split(word, "threshold", ("fpr",))[1]}
-    try:
-        value = float(word)
-    except ValueError:
-        raise ValueError(
-            f"--threshold {text!r}: expected a number in [0, 1], val_acc or fpr:A (e.g. fpr:0.01)"
-        ) from None
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"--threshold {text!r}: a fixed threshold is a probability in [0, 1]")
-    return {"threshold_policy": "fixed", "threshold": value}
+        threshold, band = parse_threshold(self.threshold), parse_band(self.band)
+        return {"method": self.method, **threshold.fit_kwargs(), **band.fit_kwargs()}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -332,16 +300,15 @@ def _calibration_section(data: Any, *, source: str) -> dict[str, Any]:
 
 def _check_values(cfg: RunConfig, *, source: str) -> None:
     """Value checks the types cannot express."""
-    from aigi.pipeline.metrics import REAL_POLICIES, parse_threshold
+    from aigi.common.grammar import parse_size
+    from aigi.pipeline.metrics import REAL_POLICIES
 
     if not 0.0 <= cfg.data.val_fraction < 1.0:
         raise ValueError(f"{source}: data.val_fraction must be in [0, 1), got {cfg.data.val_fraction}")
-    from aigi.pipeline.streaming import parse_budget, parse_stream
-
     try:
         parse_stream(cfg.data.stream)
-        if cfg.data.memory_budget is not None:
-            parse_budget(cfg.data.memory_budget)
+        if cfg.data.memory_budget is not None and str(cfg.data.memory_budget).strip().lower() != "auto":
+            parse_size(cfg.data.memory_budget, option="data.memory_budget")
     except ValueError as err:
         raise ValueError(f"{source}: {err}") from None
     if cfg.eval.reals not in REAL_POLICIES:
@@ -349,9 +316,9 @@ def _check_values(cfg: RunConfig, *, source: str) -> None:
     if cfg.eval.bootstrap < 0:
         raise ValueError(f"{source}: eval.bootstrap must be >= 0, got {cfg.eval.bootstrap}")
     try:
-        parse_threshold(cfg.eval.threshold)
+        parse_threshold(cfg.eval.threshold, option="eval.threshold")
     except ValueError as err:
-        raise ValueError(f"{source}: eval.{err}") from None
+        raise ValueError(f"{source}: {err}") from None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -461,23 +428,9 @@ def parse_value(text: str) -> Any:
 
 
 def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """Apply `key.sub=value` overrides to a copy of a raw config mapping (keys are checked later by parsing)."""
-    out = copy.deepcopy(dict(data))
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"--set {item!r}: expected KEY=VALUE with a dotted key, e.g. fit.lr=1e-4")
-        node = out
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                raise ValueError(f"--set {item!r}: {part!r} is a value, not a section")
-            node = child
-        node[parts[-1]] = parse_value(text)
-    return out
+    """Apply `key.sub=value` overrides (YAML-parsed values) to a copy of a raw config mapping (keys are checked
+    later by parsing)."""
+    return apply_dotted(data, overrides, parse=parse_value)
 
 
 def override_caches(data: Mapping[str, Any], caches: Sequence[str]) -> dict[str, Any]:

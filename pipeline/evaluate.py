@@ -61,21 +61,24 @@ def _threshold(
     `val` is the best balanced-accuracy cut on the run's validation rows, scored with the stored calibration.
     """
     from aigi import heads
-    from aigi.pipeline.metrics import calibrate_threshold, parse_threshold
+    from aigi.common.grammar import parse_threshold
+    from aigi.heads.calibration import conformal_high
+    from aigi.pipeline.metrics import calibrate_threshold
     from aigi.pipeline.rows import val_rows
 
     cal = heads.calibration_of(dict(info))
     if threshold is None and info.get("calibration"):
         return cal.threshold, f"stored with the head ({cal.threshold_policy}, calibration {cal.method})"
-    thr = parse_threshold(cfg.eval.threshold if threshold is None else threshold)
-    if thr != "val":
-        return float(thr), "fixed"
+    rule = parse_threshold(cfg.eval.threshold if threshold is None else threshold)
+    if rule.policy == "fixed":
+        return float(rule.value), "fixed"
     val, how = val_rows(caches, cfg.data, inputs=list(info["inputs"]))
     if val is None:
-        raise ValueError(f"--threshold val: the run has no validation rows ({how})")
-    return calibrate_threshold(
-        val.labels, cal.probability(heads.logits(head, val.features))
-    ), f"calibrated on val ({how})"
+        raise ValueError(f"--threshold {rule}: the run has no validation rows ({how})")
+    probs = cal.probability(heads.logits(head, val.features))
+    if rule.policy == "target_fpr":
+        return conformal_high(probs[val.labels == 0], rule.value), f"target FPR {rule.value:g} on val ({how})"
+    return calibrate_threshold(val.labels, probs), f"calibrated on val ({how})"
 
 
 def _split_rows(opened: Mapping[str, Any], cfg: Any, *, inputs: list[str], split: str) -> Any:

@@ -215,7 +215,8 @@ def add_split_args(parser: argparse.ArgumentParser) -> None:
 
 def apply_splits(df: pd.DataFrame, *, split: str | None, split_ratio: str | None, seed: int) -> pd.DataFrame:
     """Apply `--split` / `--split-ratio` to manifest-like rows (unchanged when neither is given)."""
-    from aigi.cache import assign_splits, parse_split_ratio
+    from aigi.cache import assign_splits
+    from aigi.common.grammar import parse_split_ratio
 
     if split:
         return df.assign(split=split)

@@ -18,7 +18,6 @@ Definitions (scores are P(fake); the rule is score >= t => fake; label 1 is fake
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -45,7 +44,7 @@ __all__ = [
     "ece", "brier",
     "average_precision", "roc_auc", "ranking_metrics", "binary_metrics", "coverage_metrics", "calibrate_threshold",
     "assemble_groups", "mean_row", "group_metrics", "resample_weights", "weighted_metrics", "weighted_extra",
-    "weighted_coverage", "parse_threshold",
+    "weighted_coverage",
 ]  # fmt: skip
 
 
@@ -411,16 +410,3 @@ def weighted_extra(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray) 
     for key in (*FPR_TARGETS, "oracle_acc"):
         out[key][bad] = np.nan
     return out
-
-
-def parse_threshold(text: str | float) -> float | str:
-    """`0.5` -> 0.5, `val` -> "val"; anything else is an error."""
-    if isinstance(text, str) and text.strip().lower() == "val":
-        return "val"
-    try:
-        value = float(text)
-    except (TypeError, ValueError):
-        raise ValueError(f"--threshold must be a number in [0, 1] or 'val', got {text!r}") from None
-    if not 0.0 <= value <= 1.0 or math.isnan(value):
-        raise ValueError(f"--threshold must be in [0, 1] (scores are P(fake)), got {value}")
-    return value

@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 
 from aigi.common.files import atomic_path, sha256_file
+from aigi.common.grammar import parse_aliased, parse_assignments
 from aigi.pipeline.index import printable
-from aigi.pipeline.tail import parse_weights
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".jfif"}
 
@@ -33,17 +33,6 @@ def list_images(inputs: list[str]) -> list[Path]:
             raise FileNotFoundError(f"{path} does not exist")
     if not out:
         raise ValueError(f"no image files found in {inputs}")
-    return out
-
-
-def parse_assignments(text: str | None, *, what: str) -> dict[str, str]:
-    """`a=1,b=2` -> {"a": "1", "b": "2"}."""
-    out: dict[str, str] = {}
-    for part in filter(None, (p.strip() for p in (text or "").split(","))):
-        key, sep, value = part.partition("=")
-        if not sep or not key:
-            raise ValueError(f"bad {what} {part!r}: expected NAME=VALUE")
-        out[key.strip()] = value.strip()
     return out
 
 
@@ -230,7 +219,7 @@ def load_head(args: argparse.Namespace) -> tuple[Any, dict, dict[str, dict], dic
 
     info = heads.read_info(args.head_dir)
     specs = check_scorable(info, args.head_dir)
-    weights = parse_weights(args.weights or [], list(specs))
+    weights = parse_aliased(args.weights or [], list(specs))
     head, info = heads.load(args.head_dir, frozen=frozen_tail(info["name"], info["inputs"], specs, weights))
     if args.expert_weights:
         if not hasattr(head, "set_manual_weights"):

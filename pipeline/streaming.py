@@ -9,7 +9,6 @@ to half of the RAM available when the command starts. The choice is said in one 
 from __future__ import annotations
 
 import os
-import re
 import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -18,10 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from aigi.common import grammar
+
 DEFAULT_RAM_FRACTION = 0.5
-UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20,
-         "GIB": 2**30, "TIB": 2**40}  # fmt: skip
-STREAM_MODES = ("auto", True, False)
 PROGRESS_SECONDS = 10.0
 
 
@@ -41,28 +39,8 @@ def available_ram() -> int:
 
 
 def parse_budget(value: Any) -> int:
-    """Bytes from `data.memory_budget`: None = half the available RAM, a number of bytes, or "1.5GB" / "800 MiB".
-
-    Raises:
-        ValueError: for anything else, naming the accepted forms.
-    """
-    if value is None or value == "auto":
-        return int(available_ram() * DEFAULT_RAM_FRACTION)
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
-        return int(value)
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", str(value))
-    if match and match.group(2).upper() in UNITS and float(match.group(1)) > 0:
-        return int(float(match.group(1)) * UNITS[match.group(2).upper()])
-    raise ValueError(f"data.memory_budget {value!r}: give bytes or a size such as 1.5GB, 800MB, 2GiB (or omit it)")
-
-
-def parse_stream(value: Any) -> str | bool:
-    """`data.stream` as "auto", True or False."""
-    if isinstance(value, str) and value.lower() in ("auto", "true", "false"):
-        return {"auto": "auto", "true": True, "false": False}[value.lower()]
-    if value in STREAM_MODES:
-        return value
-    raise ValueError(f"data.stream {value!r}: use true, false or auto")
+    """Bytes from `data.memory_budget` (`aigi.common.grammar.parse_budget`): None or auto = half the available RAM."""
+    return grammar.parse_budget(value, default=int(available_ram() * DEFAULT_RAM_FRACTION))
 
 
 def gb(n: float) -> str:
@@ -86,7 +64,7 @@ def choose(*, rows: int, row_values: int, stored: str, stream: Any, budget: int)
     """Pick in memory (float32 / float16) or streamed for `rows` rows of `row_values` feature values each."""
     f32, f16 = rows * row_values * 4, rows * row_values * 2
     sizes = f"float32 copy {gb(f32)}, memory budget {gb(budget)}"
-    mode = parse_stream(stream)
+    mode = grammar.parse_stream(stream)
     if mode is True:
         return Choice("stream", f"streamed from disk (data.stream: true; {sizes})", budget)
     if f32 <= budget:

@@ -8,6 +8,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from aigi.common.grammar import parse_aliased
+
 WEIGHTS_HELP = (
     "tail_* heads: the backbone weights file the token cache was extracted with (the same as `aigi extract "
     "--weights`; ALIAS=PATH per cache when the head reads several)"
@@ -69,20 +71,6 @@ def frozen_tail(
     return extractors.build_tail(dict(spec), weights=path, feature=feature, device=device)
 
 
-def parse_weights(items: list[str], aliases: list[str]) -> dict[str, str | None]:
-    """`--weights PATH` (one backbone) or `--weights ALIAS=PATH` (several) -> alias -> weights path."""
-    out: dict[str, str | None] = {a: None for a in aliases}
-    for item in items:
-        alias, sep, path = item.partition("=")
-        if sep and alias in out:
-            out[alias] = path
-        elif len(aliases) == 1:
-            out[aliases[0]] = item
-        else:
-            raise ValueError(f"the head reads {len(aliases)} backbones {aliases}: give --weights ALIAS=PATH for each")
-    return out
-
-
 def load_head(run_dir: str | Path, weights: Sequence[str] = (), *, device: str = "cpu") -> tuple[Any, dict]:
     """`heads.load` of a run, with the frozen tail a `tail_*` head needs (from its recorded spec and `weights`)."""
     from aigi import heads
@@ -91,6 +79,6 @@ def load_head(run_dir: str | Path, weights: Sequence[str] = (), *, device: str =
     specs = info.get("extractor_spec") or {}
     frozen = None
     if heads.needs_frozen(info["name"]):
-        by_alias = parse_weights(list(weights), list(specs))
+        by_alias = parse_aliased(list(weights), list(specs))
         frozen = frozen_tail(info["name"], info["inputs"], specs, by_alias, device=device)
     return heads.load(run_dir, frozen=frozen)

@@ -69,11 +69,12 @@ def train_run(
         A summary: head, rows, seconds, val metrics, run_dir, how the rows were held, stage seconds.
     """
     from aigi import heads
+    from aigi.common.grammar import parse_aliased
     from aigi.pipeline import streaming
     from aigi.pipeline.config import save_config, to_dict
     from aigi.pipeline.metrics import binary_metrics
     from aigi.pipeline.rows import groups_of, open_caches, train_val_rows
-    from aigi.pipeline.tail import frozen_tail, parse_weights
+    from aigi.pipeline.tail import frozen_tail
     from aigi.pipeline.timing import Stages
 
     stages = stages or Stages(start=False)
@@ -90,7 +91,7 @@ def train_run(
     stages.mark("load")
     fit_cfg = heads.FitConfig(**cfg.fit)
     specs = {a: c.spec for a, c in caches.items()}
-    frozen = frozen_tail(cfg.head.name, cfg.head.inputs, specs, parse_weights(list(weights), list(caches)))
+    frozen = frozen_tail(cfg.head.name, cfg.head.inputs, specs, parse_aliased(list(weights), list(caches)))
     head, started_from = initial_head(cfg, train.dims, seed=fit_cfg.seed, init=init, frozen=frozen)
     share = {}
     if streaming.REUSE:

@@ -86,7 +86,7 @@ def _finish(transform, cfg) -> int:
 
 def run_kind(args: argparse.Namespace) -> int:
     """`aigi fakes KIND`: check the options and the manifest, load the kind's model, make the fakes."""
-    from aigi.pipeline.fakes.imageio import parse_format
+    from aigi.common.grammar import parse_format
     from aigi.pipeline.fakes.registry import fake_kind
 
     kind = fake_kind(args.fakes_command)

@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, JpegImagePlugin
 
+from aigi.common.grammar import parse_format
+
 # The example tables of the JPEG standard (ITU T.81 Annex K), natural (row-major) order; libjpeg scales them.
 _BASE_LUMA = np.array(
     [
@@ -79,18 +81,6 @@ class Encoding:
         buf = io.BytesIO()
         img.save(buf, format=self.fmt.upper(), **self.options)
         return buf.getvalue()
-
-
-def parse_format(text: str) -> str:
-    """Validate a `--format` value: `same`, `png` or `jpeg:Q` (Q in 1..100)."""
-    text = text.strip().lower()
-    if text in ("same", "png"):
-        return text
-    if text.startswith("jpeg:") or text.startswith("jpg:"):
-        value = text.split(":", 1)[1]
-        if value.isdigit() and 1 <= int(value) <= 100:
-            return f"jpeg:{int(value)}"
-    raise ValueError(f"bad --format {text!r}: expected same, png or jpeg:Q with Q in 1..100 (e.g. jpeg:95)")
 
 
 def encoding_for(spec: str, source: str | Path) -> Encoding:

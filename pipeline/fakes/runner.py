@@ -20,8 +20,9 @@ from PIL import Image
 
 from aigi.cache import read_manifest, write_manifest
 from aigi.common.files import atomic_write, sha256_file
+from aigi.common.grammar import parse_format
 from aigi.extractors.images import ImageLoadError, load_image, probe_image
-from aigi.pipeline.fakes.imageio import Encoding, encoding_for, parse_format, remove_dead_temps
+from aigi.pipeline.fakes.imageio import Encoding, encoding_for, remove_dead_temps
 from aigi.pipeline.fakes.registry import FakeTransform
 
 Transform = FakeTransform  # same-key images (and their ids) -> fakes of the same sizes (`pipeline.fakes.registry`)

@@ -79,7 +79,7 @@ def test_fit_rejects_bad_inputs() -> None:
 
 
 def test_registry_errors_name_close_matches() -> None:
-    with pytest.raises(ValueError, match="Did you mean \\['router'\\]"):
+    with pytest.raises(ValueError, match="Did you mean router"):
         heads.build("ruter", inputs="x", in_dim=3)
     with pytest.raises(ValueError, match="did you mean \\['hidden'\\]"):
         heads.build("mlp", inputs="x", in_dim=3, hiden=4)

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from aigi.common.grammar import parse_format
 from aigi.pipeline.fakes.imageio import (
     _BASE_LUMA,
     Encoding,
     encoding_for,
     estimate_jpeg_quality,
     ijg_table,
-    parse_format,
 )
 from aigi.pipeline.fakes.runner import safe_relative, slug
 

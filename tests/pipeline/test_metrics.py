@@ -13,7 +13,6 @@ from aigi.pipeline.metrics import (
     binary_metrics,
     calibrate_threshold,
     group_metrics,
-    parse_threshold,
     resample_weights,
     weighted_metrics,
 )
@@ -128,13 +127,6 @@ def test_calibrated_threshold_maximises_balanced_accuracy() -> None:
     assert calibrate_threshold(np.array([0, 1, 1, 1]), np.array([0.6, 0.5, 0.7, 0.9])) == pytest.approx(0.65)
     with pytest.raises(ValueError, match="both classes"):
         calibrate_threshold(np.array([1, 1]), np.array([0.2, 0.4]))
-
-
-def test_parse_threshold() -> None:
-    assert parse_threshold("0.3") == 0.3 and parse_threshold("VAL") == "val"
-    for bad in ("1.5", "high", "nan"):
-        with pytest.raises(ValueError, match="threshold"):
-            parse_threshold(bad)
 
 
 def test_bootstrap_intervals_are_seeded_and_bracket_the_estimate() -> None:

@@ -5,16 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from aigi.common.grammar import parse_side
 from aigi.pipeline.fakes.registry import FakeKind, FakeTransform
-
-
-def parse_resize(text: str | None) -> int | None:
-    """--resize: none, or a side length in pixels >= 8."""
-    if text is None or str(text).lower() == "none":
-        return None
-    if not str(text).isdigit() or int(text) < 8:
-        raise ValueError(f"bad --resize {text!r}: none or a side length in pixels >= 8")
-    return int(text)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -43,5 +35,5 @@ KIND = FakeKind(
     "incl. TAEF2).",
     add_arguments=add_arguments,
     make=make,
-    resize=lambda args: parse_resize(args.resize),
+    resize=lambda args: parse_side(args.resize, option="--resize"),
 )
