@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import errno
 import importlib
+import logging
 import os
 import sys
 
@@ -128,9 +129,30 @@ def _quiet_stdout() -> None:
         pass
 
 
+class _ConsoleHandler(logging.Handler):
+    """Shows the library's log records as bare lines: progress and warnings on standard error, other notes on
+    standard output. The streams are looked up at each record, so a replaced `sys.stdout` (a test, a pipe) is used."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        stream = sys.stderr if record.levelno >= logging.WARNING or record.name == "aigi.progress" else sys.stdout
+        try:
+            print(self.format(record), file=stream, flush=stream is sys.stderr)
+        except (BrokenPipeError, ValueError):
+            pass
+
+
+def configure_output(*, quiet: bool = False) -> None:
+    """Send the `aigi` loggers' records to the console (once per process); `quiet` keeps only warnings."""
+    logger = logging.getLogger("aigi")
+    if not any(isinstance(h, _ConsoleHandler) for h in logger.handlers):
+        logger.addHandler(_ConsoleHandler())
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `aigi` console script; returns the process exit code."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    configure_output(quiet=False)
     command = next((a for a in argv if not a.startswith("-")), None)
     args = build_parser(command).parse_args(argv)
     try:
