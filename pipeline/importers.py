@@ -260,8 +260,8 @@ def run_export_npy(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add `aigi import uar` and `aigi export npy`."""
+def register_import(subparsers: argparse._SubParsersAction) -> None:
+    """Add `aigi import uar`."""
     imp = subparsers.add_parser("import", help="import shipped feature sets into a cache")
     kinds = imp.add_subparsers(dest="kind", metavar="KIND", required=True)
     p = kinds.add_parser(
@@ -285,6 +285,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--extractor", help="extractor name recorded in the spec (default: aim-v1-3b for 3072-d)")
     p.set_defaults(func=run_import_uar)
 
+
+def register_export(subparsers: argparse._SubParsersAction) -> None:
+    """Add `aigi export npy`."""
     exp = subparsers.add_parser("export", help="export cached features to other layouts")
     kinds = exp.add_subparsers(dest="kind", metavar="KIND", required=True)
     p = kinds.add_parser("npy", help="write <source>/0_real|1_fake/<stem>.npy, (1, D) float32 each")

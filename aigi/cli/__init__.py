@@ -4,52 +4,36 @@ from __future__ import annotations
 
 import argparse
 import errno
-import importlib
 import logging
 import os
 import sys
 
 from aigi.common.extras import MissingExtra
 from aigi.common.provenance import package_version
+from aigi.common.registry import Registry
 
-# Each module defines `register(subparsers) -> None`, adding its sub-command(s) with `set_defaults(func=...)`.
-# Modules keep heavy imports (torch, sklearn, diffusers, ...) inside functions so that `aigi --help` stays fast.
-COMMAND_MODULES = [
-    "aigi.pipeline.index",
-    "aigi.pipeline.cache_cmd",
-    "aigi.pipeline.importers",
-    "aigi.pipeline.fakes",
-    "aigi.pipeline.extract",
-    "aigi.pipeline.train",
-    "aigi.pipeline.evaluate",
-    "aigi.pipeline.calibrate",
-    "aigi.pipeline.robustness",
-    "aigi.pipeline.head_cmd",
-    "aigi.pipeline.domains",
-    "aigi.pipeline.ablate",
-    "aigi.pipeline.predict",
-    "aigi.pipeline.demo",
-]
-
-# Which module registers each sub-command: `aigi CMD ...` imports only that module (start-up time); `aigi --help`
-# and unknown commands build the full parser. tests/pipeline/test_cli_lazy.py keeps this in step with the modules.
-COMMANDS = {
-    "index": "aigi.pipeline.index",
-    "cache": "aigi.pipeline.cache_cmd",
-    "import": "aigi.pipeline.importers",
-    "export": "aigi.pipeline.importers",
-    "fakes": "aigi.pipeline.fakes",
-    "extract": "aigi.pipeline.extract",
-    "train": "aigi.pipeline.train",
-    "eval": "aigi.pipeline.evaluate",
-    "calibrate": "aigi.pipeline.calibrate",
-    "robustness": "aigi.pipeline.robustness",
-    "head": "aigi.pipeline.head_cmd",
-    "domains": "aigi.pipeline.domains",
-    "ablate": "aigi.pipeline.ablate",
-    "predict": "aigi.pipeline.predict",
-    "demo": "aigi.pipeline.demo",
-}
+# One lazy entry per sub-command: "module:function", the function adding that sub-command to the parser (with
+# `set_defaults(func=...)`). `aigi CMD ...` imports only CMD's module (start-up time); `aigi --help` and unknown
+# commands build the full parser. Modules keep heavy imports (torch, sklearn, diffusers, ...) inside functions.
+COMMANDS: Registry = Registry("command")
+for _name, _target in {
+    "index": "aigi.pipeline.index:register",
+    "cache": "aigi.pipeline.cache_cmd:register",
+    "import": "aigi.pipeline.importers:register_import",
+    "export": "aigi.pipeline.importers:register_export",
+    "fakes": "aigi.pipeline.fakes:register",
+    "extract": "aigi.pipeline.extract:register",
+    "train": "aigi.pipeline.train:register",
+    "eval": "aigi.pipeline.evaluate:register",
+    "calibrate": "aigi.pipeline.calibrate:register",
+    "robustness": "aigi.pipeline.robustness:register",
+    "head": "aigi.pipeline.head_cmd:register",
+    "domains": "aigi.pipeline.domains:register",
+    "ablate": "aigi.pipeline.ablate:register",
+    "predict": "aigi.pipeline.predict:register",
+    "demo": "aigi.pipeline.demo:register",
+}.items():
+    COMMANDS.register_lazy(_name, _target)
 
 # Errors a user can fix: printed as one line (set AIGI_DEBUG=1 for the traceback), exit code 2. Every OSError (a
 # missing file, disk full, permissions, a damaged file) is one; so are errors of file-format libraries (a YAML tag,
@@ -78,15 +62,15 @@ MAX_MESSAGE = 600
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    """The full `aigi` parser with every available sub-command, or only the module providing command `only`."""
+    """The full `aigi` parser with every sub-command, or with command `only` alone (its module alone imported)."""
     parser = argparse.ArgumentParser(
         prog="aigi",
         description="Detect AI-generated images: cache frozen-backbone features once, train light heads on them.",
     )
     parser.add_argument("--version", action="version", version=f"aigi {package_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in [COMMANDS[only]] if only in COMMANDS else COMMAND_MODULES:
-        importlib.import_module(name).register(sub)
+    for name in [only] if only in COMMANDS else COMMANDS.names():
+        COMMANDS.get(name)(sub)
     return parser
 
 
