@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aigi.cli._options import add_weights_argument  # TEMPORARY until the command line moves to aigi/cli
 from aigi.common.extras import require
 from aigi.common.files import atomic_write
 from aigi.common.grammar import set_dotted
-from aigi.pipeline.tail import add_weights_argument
 
 ABLATION_KEYS = ("grid", "variants", "seeds", "sort_by", "prepare", "eval_views")
 RESULT_FILE = "result.json"

@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from aigi.cli._options import add_weights_argument  # TEMPORARY until the command line moves to aigi/cli
 from aigi.pipeline.config import CalibrationSpec
-from aigi.pipeline.tail import add_weights_argument
 
 CALIBRATE_HELP = """\
 Fits, on the run's validation rows (the rows `aigi train` held out: split == val, or its seeded val_fraction

@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from aigi.cli._options import add_weights_argument  # TEMPORARY until the command line moves to aigi/cli
 from aigi.pipeline.metrics import REAL_POLICIES
-from aigi.pipeline.tail import add_weights_argument
 
 EVAL_HELP = """\
 Scores the rows of one split with a trained head and writes report.md, metrics.csv, metrics.json,

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from aigi.pipeline.tail import add_weights_argument
+from aigi.cli._options import add_weights_argument  # TEMPORARY until the command line moves to aigi/cli
 
 ROBUSTNESS_HELP = """\
 Scores the same images under every requested view (rows of the cache keyed by (image_id, view), written by

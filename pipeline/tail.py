@@ -3,22 +3,11 @@ weights file the user names (the same one `aigi extract` used: its sha256 is che
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from aigi.common.grammar import parse_aliased
-
-WEIGHTS_HELP = (
-    "tail_* heads: the backbone weights file the token cache was extracted with (the same as `aigi extract "
-    "--weights`; ALIAS=PATH per cache when the head reads several)"
-)
-
-
-def add_weights_argument(p: argparse.ArgumentParser) -> None:
-    """`--weights [ALIAS=]PATH` (repeatable): the same flag on every command that trains or loads a head."""
-    p.add_argument("--weights", action="append", default=[], metavar="[ALIAS=]PATH", help=WEIGHTS_HELP)
 
 
 def token_input(inputs: Sequence[str], specs: Mapping[str, Mapping[str, Any]]) -> tuple[str, str]:

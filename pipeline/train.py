@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from aigi.pipeline.tail import add_weights_argument
+from aigi.cli._options import add_weights_argument  # TEMPORARY until the command line moves to aigi/cli
 
 TRAIN_HELP = """\
 Trains the head a run config names on the rows of its cache(s) with split == train and writes RUN_DIR/head.json +
