@@ -54,9 +54,10 @@ def _unwrap_optional(hint: Any) -> Any:
 def add_field_option(parser: argparse.ArgumentParser, fld: dataclasses.Field, hint: Any) -> None:
     """Add the flag of one dataclass field: `--tile-size` for `tile_size`, typed from its annotation.
 
-    A `Literal[...]` gives the choices, a `bool` defaulting to False a switch, a field without default a required
-    option; `metadata["help"]` is the help, `metadata["metavar"]` the metavar, and a field with `metadata["parse"]`
-    keeps the text the user typed (converted by `options_from_args`, whose errors are one-line user errors).
+    A `Literal[...]` gives the choices, a `bool` a switch (`--x`, or `--x/--no-x` when it defaults to True), a field
+    without default a required option; `metadata["help"]` is the help, `metadata["metavar"]` the metavar, and a
+    field with `metadata["parse"]` keeps the text the user typed (converted by `options_from_args`, whose errors are
+    one-line user errors). Other types (lists, dicts) need a `parse`.
     """
     meta = fld.metadata
     kwargs: dict[str, Any] = {"dest": fld.name, "help": meta.get("help")}
@@ -68,16 +69,16 @@ def add_field_option(parser: argparse.ArgumentParser, fld: dataclasses.Field, hi
     else:
         kwargs["default"] = fld.default if fld.default is not dataclasses.MISSING else fld.default_factory()
     base = _unwrap_optional(hint)
-    if "parse" in meta:
-        pass
-    elif base is bool and not required and kwargs["default"] is False:
-        kwargs["action"] = "store_true"
+    if base is bool and "parse" not in meta:
+        kwargs["action"] = "store_true" if kwargs.get("default") is False else argparse.BooleanOptionalAction
         kwargs.pop("metavar", None)
-    elif typing.get_origin(base) is typing.Literal:
+    elif typing.get_origin(base) is typing.Literal and "parse" not in meta:
         choices = list(typing.get_args(base))
         kwargs.update(choices=choices, type=type(choices[0]))
-    elif base in (int, float, Path):
+    elif base in (int, float, Path) and "parse" not in meta:
         kwargs["type"] = base
+    elif base is not str and "parse" not in meta:
+        raise TypeError(f"option {fld.name}: {hint!r} has no command-line form; give the field a metadata parse")
     parser.add_argument("--" + fld.name.replace("_", "-"), **kwargs)
 
 

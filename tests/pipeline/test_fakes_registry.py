@@ -156,3 +156,21 @@ def test_the_shipped_kinds_take_typed_options_not_a_namespace() -> None:
     assert fake_kind("vae").resize(options) is None
     resized = options_from_args(fake_kind("vae").options, build_parser().parse_args([*argv, "--resize", "64"]))
     assert fake_kind("vae").resize(resized) == 64 and fake_kind("sr").resize(resized) is None
+
+
+def test_a_field_the_command_line_cannot_type_is_refused_when_the_parser_is_built() -> None:
+    import argparse
+    from dataclasses import dataclass, field
+
+    from aigi.cli.fakes import add_dataclass_options
+
+    @dataclass(frozen=True)
+    class Options:
+        keep: bool = field(default=True, metadata={"help": "keep it"})
+        sides: tuple[int, ...] = field(default=(1,), metadata={"help": "sides"})
+
+    parser = argparse.ArgumentParser()
+    add_dataclass_options(parser, Options, names=("keep",))
+    assert parser.parse_args([]).keep is True and parser.parse_args(["--no-keep"]).keep is False
+    with pytest.raises(TypeError, match="sides"):
+        add_dataclass_options(argparse.ArgumentParser(), Options)
