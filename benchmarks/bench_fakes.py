@@ -66,7 +66,7 @@ def bare(model, images) -> float:
     """Seconds for decode(encode(x)).sample, latent mean, one image at a time, tensors prepared beforehand."""
     import torch
 
-    from aigi.pipeline.fakes.ops import to_tensor
+    from aigi.fakes.ops import to_tensor
 
     tensors = [to_tensor(img)[None] * 2 - 1 for img in images]
     start = time.perf_counter()
@@ -78,8 +78,8 @@ def bare(model, images) -> float:
 
 def pipeline(vae, manifest: Path, out: Path) -> float:
     """Seconds for the whole `fakes vae` run (read, pad, reconstruct, crop, write PNG, hash, manifest)."""
-    from aigi.pipeline.fakes.runner import FakesConfig, run_fakes
-    from aigi.pipeline.fakes.vae import VaeTransform
+    from aigi.fakes.vae import VaeTransform
+    from aigi.pipeline.fakes import FakesConfig, run_fakes
 
     cfg = FakesConfig(manifest=manifest, out_dir=out, output_manifest=out / "m.parquet", batch_size=1)
     start = time.perf_counter()
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from diffusers import AutoencoderKL
 
-    from aigi.pipeline.fakes.vae import load_vae
+    from aigi.fakes.vae import load_vae
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -112,5 +112,6 @@ class Registry(Generic[T]):
 
     def items(self) -> list[tuple[str, T]]:
         """(name, entry) for every exact name, lazy ones imported."""
+        self._load_package()
         return [(name, self.get(name)) for name in sorted([*self._entries, *self._lazy])]
 

@@ -1,5 +1,5 @@
-"""The package layering of docs/ARCHITECTURE.md (cache knows no torch, heads and extractors know no storage or pipeline,
-common is the bottom, the command line is the top) and no import cycle between the modules of a package.
+"""The package layering of docs/ARCHITECTURE.md (cache knows no torch, heads, extractors and fakes know no storage or
+pipeline, common is the bottom, the command line is the top) and no import cycle between the modules of a package.
 
 Every package lives under the one `aigi.` namespace; `aigi.heads` is the folder heads/ of the repository, and so on.
 """
@@ -19,6 +19,7 @@ FOLDERS = {
     "cache": "cache",
     "extractors": "extractors",
     "heads": "heads",
+    "fakes": "fakes",
     "pipeline": "pipeline",
     "cli": "aigi/cli",
     "aigi": "aigi",
@@ -35,6 +36,7 @@ FORBIDDEN = {
     "cache": {*TORCH, "extractors", "heads", "pipeline", *TOP},
     "heads": {"extractors", "cache", "pipeline", *TOP},
     "extractors": {"cache", "heads", "pipeline", *TOP},
+    "fakes": {"cache", "heads", "pipeline", *TOP},
     "pipeline": TOP,
     "cli": {"aigi"},
     "aigi": {"cli"},

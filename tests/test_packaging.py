@@ -2,7 +2,7 @@
 
 A wheel is built once from a copy of the sources (as pip does for `pip install .`), installed into a fresh virtual
 environment whose only other packages are the dependencies, and run from a folder that holds its own `heads/`,
-`cache/`, `common/`, `pipeline/` and `extractors/` packages.
+`cache/`, `common/`, `pipeline/`, `extractors/` and `fakes/` packages.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from aigi.cli import COMMANDS
 
 ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
-SHADOWS = ("heads", "cache", "common", "pipeline", "extractors")
+SHADOWS = ("heads", "cache", "common", "pipeline", "extractors", "fakes")
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("setuptools") is None, reason="building needs setuptools")
 
@@ -84,6 +84,15 @@ def test_the_wheel_installs_one_top_level_name_and_every_module(wheel: Path) -> 
     assert sorted(n for n in names if n.startswith("aigi/pipeline/presets/")) == [
         f"aigi/pipeline/presets/{p}.yaml" for p in preset_names()
     ]
+
+
+def test_the_wheel_ships_the_small_fakes_weights_byte_for_byte(wheel: Path) -> None:
+    shipped = sorted(p for p in (ROOT / "fakes" / "weights").rglob("*") if p.is_file())
+    assert {p.name for p in shipped} >= {"training.json", "small_sr_x4.safetensors", "config.json"}
+    with zipfile.ZipFile(wheel) as whl:
+        for path in shipped:
+            name = f"aigi/fakes/{path.relative_to(ROOT / 'fakes').as_posix()}"
+            assert whl.read(name) == path.read_bytes(), name
 
 
 @pytest.fixture(scope="module")
@@ -174,3 +183,34 @@ def test_a_whole_flow_runs_from_the_installed_wheel(installed: dict[str, Path]) 
         assert out.returncode == 0, (argv, out.stdout[-500:], out.stderr[-1500:])
     assert (project / "report" / "metrics.json").is_file() and (project / "scores.csv").is_file()
     assert not any((project / name / "__pycache__").exists() for name in SHADOWS), "aigi imported a shadow package"
+
+
+def test_the_shipped_small_fakes_run_from_the_installed_wheel(installed: dict[str, Path]) -> None:
+    """`aigi fakes vae` and `aigi fakes sr` with the weights inside the installed package, in the user's folder."""
+    pytest.importorskip("diffusers")
+    pytest.importorskip("spandrel")
+    project = installed["project"]
+    folder = project / "small_fakes" / "gen" / "0_real"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 256, (32, 40, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    code = "from aigi.fakes import small; print(small.vae_path()); print(small.sr_path())"
+    out = run_in(installed, [str(installed["python"]), "-c", code])
+    assert out.returncode == 0, out.stderr
+    vae, sr = out.stdout.split()
+    assert Path(vae).resolve().is_relative_to(installed["python"].parents[1].resolve()), vae  # inside the venv
+    assert (Path(vae) / "config.json").is_file() and Path(sr).is_file()
+    aigi = str(installed["aigi"])
+    manifest = "small_fakes/manifest.parquet"
+    out = run_in(installed, [aigi, "index", "small_fakes/gen", "-o", manifest], timeout=300)
+    assert out.returncode == 0, out.stderr[-1500:]
+    for kind, weights, extra in (("vae", vae, []), ("sr", sr, ["--scale", "4"])):
+        argv = [aigi, "fakes", kind, "--manifest", manifest, "--weights", weights, "-o", "small_fakes/out",
+                "--device", "cpu", *extra]  # fmt: skip
+        out = run_in(installed, argv, timeout=300)
+        assert out.returncode == 0, (kind, out.stderr[-1500:])
+    out_dir = project / "small_fakes" / "out"
+    made = sorted(p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*.png"))
+    sources = ("sr_small_sr_x4-x4", "vae_small_vae")  # fakes keep the reals' relative paths under 1_fake/
+    assert made == [f"{s}/1_fake/gen/0_real/{i}.png" for s in sources for i in range(2)]

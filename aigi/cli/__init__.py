@@ -21,7 +21,7 @@ for _name, _target in {
     "cache": "aigi.pipeline.cache_cmd:register",
     "import": "aigi.pipeline.importers:register_import",
     "export": "aigi.pipeline.importers:register_export",
-    "fakes": "aigi.pipeline.fakes:register",
+    "fakes": "aigi.cli.fakes:add_parser",
     "extract": "aigi.pipeline.extract:register",
     "train": "aigi.pipeline.train:register",
     "eval": "aigi.pipeline.evaluate:register",

@@ -137,8 +137,8 @@ def step_photos(state: DemoState) -> None:
 
 def _fake_weights(state: DemoState, kind: str, explicit: str | None) -> Path:
     """Pretrained weights for `kind`: the user's, else ../shared/data's, else the small model shipped with aigi."""
+    from aigi.fakes import small
     from aigi.pipeline.demo.data import find_shared_weights
-    from aigi.pipeline.fakes import small
 
     found = None if explicit == SMALL else find_shared_weights(kind, explicit=explicit)
     if found is not None:
@@ -148,7 +148,7 @@ def _fake_weights(state: DemoState, kind: str, explicit: str | None) -> Path:
     state.facts[f"{kind}_weights"] = {
         "path": str(small.vae_path() if kind == "vae" else small.sr_path()),
         "how": f"small, shipped with aigi: {record['params']:,} parameters trained {record['steps']} steps "
-        "(seed 0) on other crops of these photos by `python -m pipeline.fakes.small`",
+        "(seed 0) on other crops of these photos by `python -m aigi.fakes.small`",
         "small": True,
     }
     return Path(state.facts[f"{kind}_weights"]["path"])

@@ -61,3 +61,21 @@ def test_a_package_registers_its_entries_on_first_lookup(tmp_path: Path, monkeyp
     finally:
         for name in [m for m in sys.modules if m.startswith("plugins_for_test")]:
             del sys.modules[name]
+
+
+def test_items_of_a_package_registry_import_the_package_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`items()` as the first lookup lists the package's entries, as `names()` does."""
+    pkg = tmp_path / "plugins_for_items"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text(
+        "from aigi.common.registry import Registry\nREG = Registry('kind', package=__name__)\n"
+    )
+    (pkg / "one.py").write_text("from plugins_for_items import REG\nREG.register('one', 1)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        import plugins_for_items
+
+        assert plugins_for_items.REG.items() == [("one", 1)]
+    finally:
+        for name in [m for m in sys.modules if m.startswith("plugins_for_items")]:
+            del sys.modules[name]

@@ -84,7 +84,7 @@ def test_fakes_are_the_same_bytes_when_made_again_on_one_thread(demo, tmp_path):
     reals.to_parquet(tmp_path / "reals.parquet")
     report = (demo / "report.md").read_text()
     weights = {kind: re.search(rf"^- {kind}: `([^`]+)`", report, re.M)[1] for kind in ("vae", "sr")}
-    from aigi.pipeline.fakes import small
+    from aigi.fakes import small
 
     paths = {"vae": small.vae_path(), "sr": small.sr_path()} if _small_fakes_used() else None
     if paths is None:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from aigi.pipeline.demo import data as demo_data
+from aigi.fakes import photos as bundled_photos
 from aigi.pipeline.demo.data import (
     PHOTO_SOURCES,
     Photo,
@@ -49,8 +49,8 @@ def test_missing_or_gray_sources_are_skipped_with_a_reason():
 
 def test_crop_counts_are_balanced_over_domains_then_photos():
     # 10 crops over 3 domains: 4, 3, 3; the two "a" photos split 4 as 2 + 2, the three "c" photos 3 as 1 + 1 + 1
-    assert demo_data._balanced_counts(["a", "a", "b", "c", "c", "c"], 10) == [2, 2, 3, 1, 1, 1]
-    assert demo_data._balanced_counts(["a", "b"], 5) == [3, 2]
+    assert bundled_photos.balanced_counts(["a", "a", "b", "c", "c", "c"], 10) == [2, 2, 3, 1, 1, 1]
+    assert bundled_photos.balanced_counts(["a", "b"], 5) == [3, 2]
 
 
 def test_crops_are_seeded_sized_and_indexed(tmp_path):
@@ -71,7 +71,7 @@ def test_crops_are_seeded_sized_and_indexed(tmp_path):
 
 def test_a_crop_at_scale_one_is_the_photo_pixels(tmp_path, monkeypatch):
     photo = _photo("p", "object", 5, shape=(80, 100))
-    monkeypatch.setattr(demo_data, "_crop_boxes", lambda p, n, *, size, rng: [(7, 11, size)] * n)
+    monkeypatch.setattr(bundled_photos, "crop_boxes", lambda p, n, *, size, rng: [(7, 11, size)] * n)
     cut_crops([photo], tmp_path, n_crops=1, size=32, seed=0)
     crop = np.asarray(Image.open(tmp_path / "real" / "p_000.png"))
     np.testing.assert_array_equal(crop, photo.pixels[11:43, 7:39])

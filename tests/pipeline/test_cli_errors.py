@@ -757,8 +757,8 @@ def test_core_commands_run_without_the_optional_parts(syn, capsys, predict_run, 
 
 
 @pytest.mark.parametrize(("kind", "blocked", "weights_file"), [
-    ("vae", "diffusers", ROOT / "pipeline" / "fakes" / "weights" / "small_vae"),
-    ("sr", "spandrel", ROOT / "pipeline" / "fakes" / "weights" / "small_sr_x4.safetensors"),
+    ("vae", "diffusers", ROOT / "fakes" / "weights" / "small_vae"),
+    ("sr", "spandrel", ROOT / "fakes" / "weights" / "small_sr_x4.safetensors"),
 ])  # fmt: skip
 def test_fakes_without_its_package_names_the_fakes_extra(tmp_path, reals, kind, blocked, weights_file):
     proc = aigi_without((blocked,), "fakes", kind, "--manifest", reals, "--weights", weights_file,
@@ -774,7 +774,7 @@ def test_demo_without_its_packages_names_the_demo_extra(tmp_path):
 
 
 def test_fakes_vae_from_a_taesd_pair_needs_no_extra(tmp_path, reals):
-    from aigi.pipeline.fakes.taesd import TinyAutoencoder
+    from aigi.fakes.taesd import TinyAutoencoder
     from tests.pipeline.test_fakes import save_pair
 
     torch.manual_seed(0)

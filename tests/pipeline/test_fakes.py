@@ -14,10 +14,10 @@ from PIL import Image
 
 from aigi.cache import read_manifest, write_manifest
 from aigi.cli import main
-from aigi.pipeline.fakes.imageio import estimate_jpeg_quality
-from aigi.pipeline.fakes.runner import FakesConfig, run_fakes
-from aigi.pipeline.fakes.taesd import TinyAutoencoder, load_pair
-from aigi.pipeline.fakes.vae import VaeTransform, load_vae
+from aigi.fakes.imageio import estimate_jpeg_quality
+from aigi.fakes.taesd import TinyAutoencoder, load_pair
+from aigi.fakes.vae import VaeTransform, load_vae
+from aigi.pipeline.fakes import FakesConfig, run_fakes
 from tests.conftest import shared_path
 
 N_BLOCKS = 4
@@ -129,7 +129,7 @@ def test_kl_loads_from_folder_pipeline_folder_and_single_files(tmp_path: Path) -
 
 
 def test_single_file_config_inferred_from_keys(tmp_path: Path) -> None:
-    from aigi.pipeline.fakes.vae import infer_kl_config
+    from aigi.fakes.vae import infer_kl_config
 
     model = tiny_kl()
     ldm = {to_ldm_key(k): v for k, v in model.state_dict().items()}

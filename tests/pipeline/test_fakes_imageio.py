@@ -10,14 +10,14 @@ import pytest
 from PIL import Image
 
 from aigi.common.grammar import parse_format
-from aigi.pipeline.fakes.imageio import (
+from aigi.fakes.imageio import (
     _BASE_LUMA,
     Encoding,
     encoding_for,
     estimate_jpeg_quality,
     ijg_table,
 )
-from aigi.pipeline.fakes.runner import safe_relative, slug
+from aigi.pipeline.fakes import safe_relative, slug
 
 
 def photo(seed: int = 0, size: tuple[int, int] = (48, 40)) -> Image.Image:

@@ -15,7 +15,7 @@ from PIL import Image
 
 from aigi.cache import read_manifest, write_manifest
 from aigi.cli import main
-from aigi.pipeline.fakes.sr import SrTransform, downscale, load_sr
+from aigi.fakes.sr import SrTransform, downscale, load_sr
 from tests.conftest import shared_path
 
 

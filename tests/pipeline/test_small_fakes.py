@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from aigi.pipeline.fakes import small
-from aigi.pipeline.fakes.sr import SrTransform, load_sr
-from aigi.pipeline.fakes.vae import VaeTransform, load_vae
+from aigi.fakes import small
+from aigi.fakes.sr import SrTransform, load_sr
+from aigi.fakes.vae import VaeTransform, load_vae
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,7 @@ def test_shipped_sr_reaches_24_db_and_beats_bicubic_with_the_same_bytes_on_1_or_
     one, two = _run(transform, crops, threads=1), _run(transform, crops, threads=2)
     assert all(a.tobytes() == b.tobytes() for a, b in zip(one, two))
     x = torch.stack([torch.from_numpy(np.asarray(c).copy()).permute(2, 0, 1).float() / 255 for c in crops])
-    from aigi.pipeline.fakes.sr import downscale
+    from aigi.fakes.sr import downscale
 
     bicubic = F.interpolate(downscale(x, 4), scale_factor=4, mode="bicubic").clamp(0, 1)
     bicubic_images = [Image.fromarray(b.mul(255).round().byte().permute(1, 2, 0).numpy()) for b in bicubic]

@@ -11,7 +11,7 @@ from PIL import Image
 
 from aigi.common.device import resolve_device
 from aigi.common.extras import require
-from aigi.pipeline.fakes.ops import padded_size, read_checkpoint, stack_padded, to_image, to_tensor
+from aigi.fakes.ops import padded_size, read_checkpoint, stack_padded, to_image, to_tensor
 
 
 @dataclass

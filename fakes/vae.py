@@ -16,8 +16,8 @@ from torch import nn
 
 from aigi.common.device import resolve_device
 from aigi.common.extras import require
-from aigi.pipeline.fakes.ops import padded_size, read_checkpoint, stack_padded, to_image, to_tensor
-from aigi.pipeline.fakes.taesd import TinyAutoencoder, load_pair
+from aigi.fakes.ops import padded_size, read_checkpoint, stack_padded, to_image, to_tensor
+from aigi.fakes.taesd import TinyAutoencoder, load_pair
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 LDM_PREFIXES = ("first_stage_model.", "vae.")

@@ -1,8 +1,9 @@
-"""Make aligned fakes for a manifest's real images: plan outputs, batch by size, write atomically, add manifest rows.
+"""The `fakes` stage: make aligned fakes for a manifest's real images with a fake kind (`aigi.fakes.registry`).
 
-Output layout (importable again with `aigi index`, ForenSynths style):
+Plan the outputs, batch by size, write atomically, resume, add manifest rows. Output layout (importable again with
+`aigi index`, ForenSynths style):
     DIR/<slug>/1_fake/<real's relative path, same stem>.<png|jpg>   the fakes, slug = source with ':' -> '_'
-    DIR/<slug>/0_real/<...same...>                                   re-encoded reals (--resave-real, --resize)
+    DIR/<slug>/0_real/<...same...>                                   re-encoded reals (resave_real, resize)
     DIR/<slug>/errors.json                                           reals that could not be used, with the reason
 """
 
@@ -12,28 +13,30 @@ import json
 import os
 from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import pandas as pd
 from PIL import Image
 
 from aigi.cache import read_manifest, write_manifest
+from aigi.cache.locking import remove_dead
 from aigi.common.files import atomic_write, sha256_file
 from aigi.common.grammar import parse_format
+from aigi.common.progress import progress as progress_bar
 from aigi.extractors.images import ImageLoadError, load_image, probe_image
-from aigi.pipeline.fakes.imageio import Encoding, encoding_for, remove_dead_temps
-from aigi.pipeline.fakes.registry import FakeTransform
-
-Transform = FakeTransform  # same-key images (and their ids) -> fakes of the same sizes (`pipeline.fakes.registry`)
+from aigi.fakes.imageio import Encoding, encoding_for
+from aigi.fakes.registry import FakeTransform, fake_kind
 
 
-@dataclass
+@dataclass(frozen=True)
 class FakesConfig:
-    """What to make and where. Paths in manifests are relative to `root` (default: the manifest's folder)."""
+    """What to make and where (the stage's options, whatever the kind). Paths in manifests are relative to `root`
+    (default: the manifest's folder)."""
 
     manifest: Path
-    out_dir: Path
+    out_dir: Path  # the images folder (`-o/--out`)
     output_manifest: Path | None = None  # default: rewrite `manifest` in place
     root: Path | None = None
     fmt: str = "same"  # same | png | jpeg:Q
@@ -52,9 +55,11 @@ class FakesResult:
     errors: list[dict] = field(default_factory=list)
     rows: pd.DataFrame | None = None
     manifest: Path | None = None
+    source: str = ""  # the fakes' source value
 
-    def summary(self, source: str) -> str:
-        """One line for the terminal."""
+    def summary(self, source: str | None = None) -> str:
+        """One line for the terminal (`source`: instead of the result's own)."""
+        source = self.source if source is None else source
         failed = f", {len(self.errors)} failed (reasons in errors.json)" if self.errors else ""
         return f"{source}: {self.written} written, {self.skipped} already done{failed}; manifest {self.manifest}"
 
@@ -127,7 +132,7 @@ def _done(item: _Item) -> bool:
     return item.fake_path.is_file() and (item.real_path is None or item.real_path.is_file())
 
 
-def _batches(items: list[_Item], transform, batch_size: int) -> Iterator[list[_Item]]:
+def _batches(items: list[_Item], transform: FakeTransform, batch_size: int) -> Iterator[list[_Item]]:
     """Items grouped by the transform's batch key (their padded size), in a stable order, `batch_size` at a time."""
     groups: dict[tuple, list[_Item]] = defaultdict(list)
     for item in items:
@@ -153,18 +158,15 @@ def _load(item: _Item, resize: int | None) -> Image.Image:
 class FakeMaker:
     """Runs one transform over the reals of a manifest (see the module docstring for the layout)."""
 
-    def __init__(self, transform, cfg: FakesConfig, *, progress: bool | None = None) -> None:
-        self.transform, self.cfg = transform, cfg
-        self.cfg.fmt = parse_format(cfg.fmt)
+    def __init__(self, transform: FakeTransform, cfg: FakesConfig, *, progress: bool | None = None) -> None:
+        self.transform = transform
+        self.cfg = replace(cfg, manifest=Path(cfg.manifest), fmt=parse_format(cfg.fmt))
         self.progress = progress
         self.source: str = transform.source
 
     def run(self) -> FakesResult:
         """Make every missing fake, then write the manifest with the new rows. Safe to interrupt and re-run."""
-        from tqdm import tqdm
-
         cfg = self.cfg
-        cfg.manifest = Path(cfg.manifest)
         df = read_manifest(cfg.manifest)
         root = Path(cfg.root) if cfg.root else cfg.manifest.resolve().parent
         out_manifest = Path(cfg.output_manifest or cfg.manifest)
@@ -181,8 +183,9 @@ class FakeMaker:
         result = FakesResult(errors=errors)
         todo = [it for it in items if not _done(it)]
         result.skipped = len(items) - len(todo)
-        disable = None if self.progress is None else not self.progress  # None: hidden when not a terminal
-        with tqdm(total=len(todo), desc=self.source, unit="img", disable=disable) as bar:
+        terminal = True if self.progress else None  # None: a bar on a terminal, plain lines otherwise
+        with progress_bar(total=len(todo), desc=self.source, unit="img", quiet=self.progress is False,
+                          terminal=terminal) as bar:  # fmt: skip
             for batch in _batches(todo, self.transform, cfg.batch_size):
                 result.written += self._run_batch(batch, result.errors)
                 bar.update(len(batch))
@@ -192,6 +195,7 @@ class FakeMaker:
             raise ValueError(_all_failed(result.errors, base / "errors.json"))
         result.rows = self._fake_rows(done, new_root)
         result.manifest = self._write_manifest(df, done, result.rows, root=root, new_root=new_root, out=out_manifest)
+        result.source = self.source
         return result
 
     def _run_batch(self, batch: list[_Item], errors: list[dict]) -> int:
@@ -246,7 +250,9 @@ class FakeMaker:
         return pd.DataFrame(rows, columns=["image_id", "path", "label", "source", "domain", "split", "pair_id",
                                            "width", "height", "format"])  # fmt: skip
 
-    def _write_manifest(self, df, done, rows, *, root: Path, new_root: Path, out: Path) -> Path:
+    def _write_manifest(
+        self, df: pd.DataFrame, done: list[_Item], rows: pd.DataFrame, *, root: Path, new_root: Path, out: Path
+    ) -> Path:
         old = df.copy()
         if root.resolve() != new_root.resolve():
             old["path"] = [_rebase(p, root, new_root) for p in old["path"]]
@@ -296,6 +302,42 @@ def _rebase(path: str, root: Path, new_root: Path) -> str:
     return Path(os.path.relpath((root / path).resolve(), new_root.resolve())).as_posix()
 
 
-def run_fakes(transform, cfg: FakesConfig, *, progress: bool | None = None) -> FakesResult:
+def run_fakes(transform: FakeTransform, cfg: FakesConfig, *, progress: bool | None = None) -> FakesResult:
     """Make the fakes `transform` defines for the reals of `cfg.manifest`; see `FakeMaker`."""
     return FakeMaker(transform, cfg, progress=progress).run()
+
+
+def remove_dead_temps(folder: Path) -> int:
+    """Delete the temporary files left below `folder` by killed runs (never a live run's); return how many."""
+    if not folder.is_dir():
+        return 0
+    dirs = [folder, *(p for p in folder.rglob("*") if p.is_dir())]
+    return sum(len(remove_dead(d, ".*.tmp-*")) for d in dirs)
+
+
+def check_config(cfg: FakesConfig) -> None:
+    """Refuse options that cannot work before a model is loaded: the images folder named like a manifest, a batch
+    size below 1, an unknown format, a missing or broken manifest (each a ValueError or OSError on one line)."""
+    parse_format(cfg.fmt)
+    if Path(cfg.out_dir).suffix.lower() in {".parquet", ".csv"}:
+        raise ValueError(
+            f"-o/--out {cfg.out_dir} names the images folder; give it once, and the new manifest as "
+            "--output-manifest FILE"
+        )
+    read_manifest(cfg.manifest)  # a missing or broken manifest fails before a model is loaded
+    if cfg.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {cfg.batch_size}")
+
+
+def make_fakes(kind: str, options: Any, cfg: FakesConfig, *, progress: bool | None = None) -> FakesResult:
+    """The whole stage: check `cfg`, load kind `kind`'s model from `options` (its options dataclass), make its fakes.
+
+    The kind's own resize (`aigi fakes vae --resize`) applies to the reals too, unless `cfg.resize` is set.
+    """
+    fake = fake_kind(kind)
+    if not isinstance(options, fake.options):
+        raise TypeError(f"fake kind {kind!r} takes {fake.options.__name__} options, got {type(options).__name__}")
+    if cfg.resize is None:
+        cfg = replace(cfg, resize=fake.resize(options))
+    check_config(cfg)
+    return run_fakes(fake.make(options), cfg, progress=progress)

@@ -1,4 +1,4 @@
-"""Image files for aligned fakes: output format choice, JPEG quality estimation, atomic writes, content hashes."""
+"""Encodings of aligned fakes: the output format a real image asks for, and JPEG quality estimation."""
 
 from __future__ import annotations
 
@@ -100,13 +100,3 @@ def encoding_for(spec: str, source: str | Path) -> Encoding:
         quality, _ = estimate_jpeg_quality(img.quantization)
         sampling = JpegImagePlugin.get_sampling(img)
     return Encoding("jpeg", {"quality": quality, "subsampling": sampling if sampling in (0, 1, 2) else 2})
-
-
-def remove_dead_temps(folder: Path) -> int:
-    """Delete the temporary files left below `folder` by killed runs (never a live run's); return how many."""
-    from aigi.cache.locking import remove_dead
-
-    if not folder.is_dir():
-        return 0
-    dirs = [folder, *(p for p in folder.rglob("*") if p.is_dir())]
-    return sum(len(remove_dead(d, ".*.tmp-*")) for d in dirs)

@@ -5,9 +5,9 @@
 - `weights/training.json`: the settings they were trained with and the PSNR measured afterwards.
 
 Both are trained for a fixed number of steps with fixed seeds on crops of the photos that ship inside
-scikit-image, scikit-learn and matplotlib, so the same settings give the same models (up to the CPU's float
-arithmetic) and the fakes never depend on how busy the machine is. Retrain with
-`python -m pipeline.fakes.small --out DIR`.
+scikit-image, scikit-learn and matplotlib (`aigi.fakes.photos`), so the same settings give the same models (up to
+the CPU's float arithmetic) and the fakes never depend on how busy the machine is. Retrain with
+`python -m aigi.fakes.small --out DIR`.
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ def vae_roundtrip(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
 
 def sr_roundtrip(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     """x in [0, 1] -> model(bicubic_down(x, 4)), the path of `aigi fakes sr`."""
-    from aigi.pipeline.fakes.sr import downscale
+    from aigi.fakes.sr import downscale
 
     return lambda x: model(downscale(x, SR_SCALE))
 
@@ -168,7 +168,7 @@ def train_steps(
 @torch.inference_mode()
 def roundtrip_psnr(roundtrip: Callable[[torch.Tensor], torch.Tensor], crops: np.ndarray) -> float:
     """PSNR (dB) of the 8-bit round-trip outputs against the uint8 crops [N, H, W, 3], 8 crops at a time."""
-    from aigi.pipeline.fakes.ops import to_image
+    from aigi.fakes.ops import to_image
 
     se, count = 0.0, 0
     for i in range(0, len(crops), 8):
@@ -199,7 +199,7 @@ def save_small_sr(model: nn.Module, path: Path) -> Path:
 
 def crops_of_bundled_photos(data: DataSettings, folder: Path) -> np.ndarray:
     """Crops of the bundled photos as uint8 [N, H, W, 3] (written as PNG under `folder`)."""
-    from aigi.pipeline.demo.data import collect_photos, cut_crops, load_rgb
+    from aigi.fakes.photos import collect_photos, cut_crops, load_rgb
 
     photos, _ = collect_photos()
     table = cut_crops(photos, folder, n_crops=data.crops, size=data.size, seed=data.seed)
@@ -260,7 +260,7 @@ def _train_one(kind, build, roundtrip, loss_fn, settings, save, *, crops, held) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m pipeline.fakes.small [--out DIR] [--vae-steps N] [--sr-steps N]`: retrain the shipped models."""
+    """`python -m aigi.fakes.small [--out DIR] [--vae-steps N] [--sr-steps N]`: retrain the shipped models."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=WEIGHTS_DIR, help="folder to write (default: the package's own)")
     p.add_argument("--vae-steps", type=int, default=VAE_SETTINGS.steps, help="training steps of the autoencoder")

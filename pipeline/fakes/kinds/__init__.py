@@ -1,1 +1,0 @@
-"""One module per fake kind, each defining `KIND = pipeline.fakes.registry.FakeKind(...)` (found automatically)."""
