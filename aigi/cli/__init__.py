@@ -22,7 +22,7 @@ for _name, _target in {
     "import": "aigi.cli.import_:add_parser",
     "export": "aigi.cli.export:add_parser",
     "fakes": "aigi.pipeline.fakes:register",
-    "extract": "aigi.pipeline.extract:register",
+    "extract": "aigi.cli.extract:add_parser",
     "train": "aigi.pipeline.train:register",
     "eval": "aigi.pipeline.evaluate:register",
     "calibrate": "aigi.pipeline.calibrate:register",
@@ -30,7 +30,7 @@ for _name, _target in {
     "head": "aigi.cli.head:add_parser",
     "domains": "aigi.cli.domains:add_parser",
     "ablate": "aigi.pipeline.ablate:register",
-    "predict": "aigi.pipeline.predict:register",
+    "predict": "aigi.cli.predict:add_parser",
     "demo": "aigi.pipeline.demo:register",
 }.items():
     COMMANDS.register_lazy(_name, _target)
