@@ -25,7 +25,9 @@ __all__ = [
     "build_head",
     "evaluate",
     "evaluate_run",
+    "extract",
     "fit",
+    "index",
     "load_config",
     "load_head",
     "open_cache",
@@ -34,6 +36,28 @@ __all__ = [
     "save_head",
     "train",
 ]
+
+
+def index(root: str | Path, output: str | Path, **options: Any) -> Any:
+    """`aigi index`: write the manifest `output` (one row per image) of the images under `root`.
+
+    `options` are `pipeline.index.IndexOptions` fields (layout, csv, source, domain, pair_by_stem, split,
+    split_ratio, seed, ...). Returns an `IndexResult` (`.manifest`, `.skipped`, `.duplicates`).
+    """
+    from aigi.pipeline.index import IndexOptions, index_images
+
+    return index_images(root, output, IndexOptions(**options))
+
+
+def extract(manifest: str | Path, cache: str | Path, *, backbone: str, **options: Any) -> Any:
+    """`aigi extract`: the `backbone` features of the manifest's images into the cache folder `cache` (resumable).
+
+    `options` are `pipeline.extract.ExtractOptions` fields (weights or random_weights, features, views, root,
+    device, batch_size, store_dtype, ...). Returns an `ExtractResult` (`.rows`, `.errors`, `.shards`).
+    """
+    from aigi.pipeline.extract import ExtractOptions, extract_features
+
+    return extract_features(ExtractOptions(manifest=manifest, backbone=backbone, cache=cache, **options))
 
 
 def open_cache(path: str | Path, *, source: str | None = None) -> Any:

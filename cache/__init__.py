@@ -13,10 +13,11 @@ from aigi.cache.reader import Cache
 from aigi.cache.reader import open_cache as open  # noqa: A001  (the public name is `cache.open`)
 from aigi.cache.shards import META_COLUMNS, SCHEMA_VERSION
 from aigi.cache.tools import compact, info, repair, verify
-from aigi.cache.uar import load_npy, scan_uar, uar_spec
+from aigi.cache.uar import LABEL_DIRS, load_npy, scan_uar, uar_spec
 from aigi.cache.writer import CacheWriter
 
 __all__ = [
+    "LABEL_DIRS",
     "MANIFEST_COLUMNS",
     "META_COLUMNS",
     "SCHEMA_VERSION",

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+# The one rule, for folders of images and of features alike: `0_real` holds reals (label 0), `1_fake` fakes (1).
 LABEL_DIRS = {"0_real": 0, "1_fake": 1}
 DEFAULT_SOURCE = "uar"
 UAR_FEATURE = "probe"

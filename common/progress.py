@@ -7,7 +7,8 @@ terminal, and otherwise (output sent to a file by nohup, sbatch or a pipe) a pla
     extract clip-l14: 1,200/40,000 img (3.0%), 41.7 img/s, 15m30s left
 
 Library code reports through it and through `logging.getLogger(__name__)`; it never prints. The command line decides
-where the lines go (`aigi.cli`), and `quiet=True` (or the logger's level) silences them.
+where the lines go (`aigi.cli`), and `quiet=True` (or the logger's level) silences them. `delay_s` (as tqdm's
+`delay`) keeps work shorter than that silent: a command done in a moment prints its result, not its progress.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ T = TypeVar("T")
 LOG = logging.getLogger("aigi.progress")
 EVERY_S = 10.0
 EVERY_FRACTION = 0.05
+SHORT_WORK_S = 1.0  # the `delay_s` of the stages: work done within a second shows no progress
 
 
 def _duration(seconds: float) -> str:
@@ -45,12 +47,13 @@ class Progress(Generic[T]):
         every_s: float = EVERY_S,
         every_fraction: float = EVERY_FRACTION,
         terminal: bool | None = None,
+        delay_s: float = 0.0,
     ) -> None:
         self.iterable, self.desc, self.unit = iterable, desc, unit
         if total is None and iterable is not None and hasattr(iterable, "__len__"):
             total = len(iterable)  # type: ignore[arg-type]
         self.total, self.n, self.quiet = total, 0, quiet
-        self.every_s, self.every_fraction = every_s, every_fraction
+        self.every_s, self.every_fraction, self.delay_s = every_s, every_fraction, delay_s
         self.start = self._last_time = time.perf_counter()
         self._last_n = 0
         self._bar: Any = None
@@ -59,7 +62,7 @@ class Progress(Generic[T]):
         if tty and not quiet:
             from tqdm import tqdm
 
-            self._bar = tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, file=sys.stderr)
+            self._bar = tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, file=sys.stderr, delay=delay_s)
 
     def __enter__(self) -> Progress[T]:
         return self
@@ -91,6 +94,8 @@ class Progress(Generic[T]):
         if self.quiet:
             return
         now = time.perf_counter()
+        if now - self.start < self.delay_s:
+            return
         step = self.every_fraction * self.total if self.total else None
         if now - self._last_time >= self.every_s or (step and self.n - self._last_n >= step):
             self._line(now)
@@ -121,7 +126,7 @@ class Progress(Generic[T]):
         self._closed = True
         if self._bar is not None:
             self._bar.close()
-        elif not self.quiet and self.n != self._last_n:
+        elif not self.quiet and self.n != self._last_n and time.perf_counter() - self.start >= self.delay_s:
             self._line(time.perf_counter())
 
 

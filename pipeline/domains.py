@@ -1,10 +1,10 @@
-"""The `aigi domains` stage: give every cached image a semantic domain (CLIP zero-shot prompts, else k-means)."""
+"""The domains stage: give every cached image a semantic domain (CLIP zero-shot prompts, else k-means)."""
 
 from __future__ import annotations
 
-import argparse
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,21 +54,41 @@ PROMPTS: dict[str, tuple[str, ...]] = {
 }
 ZERO_SHOT_SCALE = 100.0  # CLIP's learned logit scale (exp of 4.6052): softmax temperature of the zero-shot scores
 
-DOMAINS_HELP = """\
-Assigns a semantic domain to every image of a cache (one value per image_id, from its `orig` view):
-  zero-shot  when --text-weights is given and the cache holds CLIP's projected embedding (--feature, default
-             proj): cosine similarity to CLIP text embeddings of prompt ensembles for human, animal, object,
-             scene, anime (OpenAI's prompt-ensembling recipe); the text tower is read from a local OpenAI /
-             open_clip CLIP checkpoint (e.g. ViT-L/14 or ViT-L/14-336: the text towers are the same)
-  k-means    otherwise: sklearn KMeans (k = --k) on the L2-normalised feature (--feature, default: the cache's
-             first), domains named cluster0 .. cluster{k-1}
-The output says which method was used (column `method`, and the printed summary).
 
-Outputs: -o DOMAINS.parquet (image_id, domain, score, method); with --manifest M, -o is instead a copy of M whose
-empty `domain` cells are filled (all cells with --overwrite), so `aigi extract` carries the domains into new
-caches. For an existing cache, point a run config at the table: data.domains: DOMAINS.parquet (joined by
-image_id when rows are loaded; `router` heads read the `domain` column).
-"""
+@dataclass(frozen=True)
+class DomainsOptions:
+    """How `write_domains` assigns domains and where it puts them (the defaults are `aigi domains`'s).
+
+    Attributes:
+        k: clusters for k-means.
+        text_weights: a local CLIP checkpoint with the text tower; when given, zero-shot on `feature` (default proj).
+        feature: the feature to use (zero-shot: default `proj`; k-means: default the cache's first feature).
+        view: the view whose row represents each image.
+        seed: the k-means seed.
+        manifest: write the domains into a copy of this manifest instead of a domains table.
+        overwrite: with `manifest`: replace non-empty domains too.
+    """
+
+    k: int = 5
+    text_weights: str | Path | None = None
+    feature: str | None = None
+    view: str = "orig"
+    seed: int = 0
+    manifest: str | Path | None = None
+    overwrite: bool = False
+
+
+@dataclass
+class DomainsResult:
+    """What `write_domains` did: the domains table, a sentence saying which method made it, the file written and,
+    with a manifest, its row count, the rows that matched a cached image and the rows changed."""
+
+    table: Any
+    how: str
+    out: Path
+    manifest_rows: int | None = None
+    matched: int = 0
+    changed: int = 0
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -197,24 +217,9 @@ def kmeans_domains(features: np.ndarray, *, k: int, seed: int = 0) -> tuple[np.n
 # the stage
 
 
-def assign_domains(
-    cache_path: str | Path,
-    *,
-    k: int = 5,
-    text_weights: str | Path | None = None,
-    feature: str | None = None,
-    view: str = "orig",
-    seed: int = 0,
-) -> tuple[Any, str]:
-    """Domains of every image of a cache.
-
-    Args:
-        cache_path: the cache (any format `cache.open` reads).
-        k: clusters for k-means.
-        text_weights: CLIP checkpoint with the text tower; when given, zero-shot on `feature` (default proj).
-        feature: the feature to use (zero-shot: default `proj`; k-means: default the cache's first feature).
-        view: the view whose row represents each image.
-        seed: k-means seed.
+def assign_domains(cache_path: str | Path, options: DomainsOptions = DomainsOptions()) -> tuple[Any, str]:
+    """Domains of every image of a cache (any format `cache.open` reads), by `options.k`, `text_weights`,
+    `feature`, `view` and `seed`.
 
     Returns:
         (DataFrame image_id, domain, score, method; a sentence saying which method was used).
@@ -224,6 +229,7 @@ def assign_domains(
     from aigi import cache
 
     store = cache.open(cache_path)
+    text_weights, feature, view, k, seed = options.text_weights, options.feature, options.view, options.k, options.seed
     if text_weights is not None:
         feature = feature or "proj"
         ids, x = image_features(store, feature=feature, view=view)
@@ -291,44 +297,20 @@ def _write_table(frame: Any, path: Path) -> Path:
     return path
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add `aigi domains --cache C [--k N] [--text-weights W --feature proj] [--manifest M] -o OUT`."""
-    p = subparsers.add_parser(
-        "domains",
-        help="assign semantic domains to cached images (CLIP zero-shot prompts, else k-means clusters)",
-        description=DOMAINS_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--cache", type=Path, required=True, help="the feature cache")
-    p.add_argument("--k", type=int, default=5, help="k-means clusters when zero-shot is not possible (default 5)")
-    p.add_argument("--text-weights", type=Path, help="local CLIP checkpoint holding the text tower (zero-shot)")
-    p.add_argument("--feature", help="feature to use (zero-shot default: proj; k-means default: the first)")
-    p.add_argument("--view", default="orig", help="view representing each image (default orig)")
-    p.add_argument("--seed", type=int, default=0, help="k-means seed (default 0)")
-    p.add_argument("--manifest", type=Path, help="write the domains into a copy of this manifest (to -o)")
-    p.add_argument("--overwrite", action="store_true", help="with --manifest: replace non-empty domains too")
-    p.add_argument("-o", "--out", type=Path, required=True, help="domains table (.parquet), or the new manifest")
-    p.set_defaults(func=run)
+def write_domains(cache_path: str | Path, out: str | Path, options: DomainsOptions = DomainsOptions()) -> DomainsResult:
+    """Assign domains to the images of a cache and write them to `out`: a domains table (image_id, domain, score,
+    method), or with `options.manifest` a copy of that manifest whose `domain` cells are filled."""
+    from aigi import cache
 
-
-def run(args: argparse.Namespace) -> int:
-    """Entry point of `aigi domains`."""
-    if args.text_weights is not None and not args.text_weights.is_file():
-        raise FileNotFoundError(f"--text-weights {args.text_weights} does not exist")
-    frame, how = assign_domains(
-        args.cache, k=args.k, text_weights=args.text_weights, feature=args.feature, view=args.view, seed=args.seed
-    )
-    counts = ", ".join(f"{d}: {n}" for d, n in frame["domain"].value_counts().sort_index().items())
-    if args.manifest is not None:
-        from aigi import cache
-
-        manifest = cache.read_manifest(args.manifest)
-        out, changed = fill_manifest(manifest, frame, overwrite=args.overwrite)
-        cache.write_manifest(out, args.out)
-        matched = int(manifest["image_id"].astype(str).isin(set(frame["image_id"])).sum())
-        where = f"{changed} manifest rows changed ({matched} of {len(manifest)} matched a cached image)"
-    else:
-        _write_table(frame, args.out)
-        where = f"{len(frame)} images"
-    print(f"domains by {how}: {counts}; {where} -> {args.out}")
-    return 0
+    if options.text_weights is not None and not Path(options.text_weights).is_file():
+        raise FileNotFoundError(f"--text-weights {options.text_weights} does not exist")
+    frame, how = assign_domains(cache_path, options)
+    out = Path(out)
+    if options.manifest is None:
+        _write_table(frame, out)
+        return DomainsResult(frame, how, out)
+    manifest = cache.read_manifest(options.manifest)
+    filled, changed = fill_manifest(manifest, frame, overwrite=options.overwrite)
+    cache.write_manifest(filled, out)
+    matched = int(manifest["image_id"].astype(str).isin(set(frame["image_id"])).sum())
+    return DomainsResult(frame, how, out, manifest_rows=len(manifest), matched=matched, changed=changed)

@@ -2,33 +2,65 @@
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
-import sys
+import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from aigi.common.extras import require
 from aigi.common.files import atomic_path
+from aigi.common.grammar import parse_views
+from aigi.common.progress import SHORT_WORK_S, progress
 
+LOG = logging.getLogger(__name__)
 JOBS_DIR = "jobs"
 KEY_COLUMNS = ["image_id", "view"]
+FORMATS = ("h5", "parquet")
+DTYPES = ("auto", "fp32", "bf16", "fp16")
+STORE_DTYPES = ("float16", "float32")
 
 
 @dataclass(frozen=True)
-class ExtractConfig:
-    """Everything an extract run needs; picklable, so a dask worker can rebuild the same extractor from it."""
+class ExtractOptions:
+    """Everything an extract run needs (the defaults are `aigi extract`'s); picklable, so a dask worker can rebuild
+    the same extractor from it.
+
+    Attributes:
+        manifest: the manifest file (`aigi index`, `aigi fakes`).
+        backbone: the extractor, e.g. clip-l14, aim-v1-3b, timm:vit_base_patch16_224.
+        cache: the cache folder to create or extend.
+        root: the folder the manifest's paths are relative to (default: the manifest's folder).
+        weights: a local weights file of the backbone (nothing is downloaded).
+        random_weights: extract with a randomly initialised backbone on purpose; without it `weights` is required
+            (features of an untrained backbone look like real ones), with it `weights` must be None.
+        features: the feature names to store (default: the backbone's).
+        preprocess: resize | center_crop | rich_patch (default: the backbone's).
+        views: the views of each image (orig, jpeg:Q, webp:Q, blur:SIGMA, resize:SCALE, crop:FRACTION).
+        fmt: the shard format, h5 or parquet.
+        shard_size: rows per shard (the unit of resume and distribution).
+        batch_size: images per forward.
+        num_workers: DataLoader processes decoding images.
+        device: auto (CUDA when present), cpu, cuda, cuda:1, ...
+        dtype: the compute dtype (auto, fp32, bf16, fp16).
+        store_dtype: the dtype the cache stores (recorded in the fingerprint); float32 keeps the forward's values.
+        workers: run the shards on a local dask cluster of this many processes (0: in this process).
+        scheduler: run the shards on an existing dask cluster, e.g. tcp://host:8786.
+        arch: architecture keywords of the extractor (e.g. a timm model's).
+    """
 
     manifest: str
-    root: str
     backbone: str
     cache: str
+    root: str | None = None
     weights: str | None = None
+    random_weights: bool = False
     features: tuple[str, ...] | None = None
     preprocess: str | None = None
     views: tuple[str, ...] = ("orig",)
@@ -39,9 +71,32 @@ class ExtractConfig:
     device: str = "auto"
     dtype: str = "auto"
     store_dtype: str = "float16"
+    workers: int = 0
+    scheduler: str | None = None
     arch: dict = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        """Checks the weights choice; paths as text, the root resolved (the manifest's folder by default), views in
+        their canonical spelling."""
+        check_weights_choice(self.weights, self.random_weights)
+        fixed = {
+            "manifest": str(self.manifest),
+            "cache": str(self.cache),
+            "root": str(Path(self.root) if self.root else Path(self.manifest).parent),
+            "weights": None if self.weights is None else str(self.weights),
+            "features": None if self.features is None else tuple(self.features),
+            "views": tuple(parse_views(self.views)),
+        }
+        for name, value in fixed.items():
+            object.__setattr__(self, name, value)
+
+    @property
+    def on_dask(self) -> bool:
+        """Whether the shards run on dask (`workers` or `scheduler` given)."""
+        return bool(self.workers or self.scheduler)
+
     def extractor_kwargs(self) -> dict:
+        """The keywords of `extractors.build` besides the backbone's name."""
         feats = list(self.features) if self.features else None
         return dict(
             weights=self.weights,
@@ -51,6 +106,46 @@ class ExtractConfig:
             dtype=self.dtype,
             **self.arch,
         )
+
+
+@dataclass
+class ExtractResult:
+    """What `extract_features` did: one record per shard of the job (`shard`, `rows`, `errors`, `skipped`, and
+    `elsewhere` when another running process extracts it), the seconds taken and the cache."""
+
+    shards: list[dict]
+    seconds: float
+    cache: str
+
+    @property
+    def done(self) -> list[dict]:
+        """The shards this run extracted."""
+        return [r for r in self.shards if not r["skipped"]]
+
+    @property
+    def rows(self) -> int:
+        """Rows written by this run."""
+        return sum(r["rows"] for r in self.done)
+
+    @property
+    def errors(self) -> int:
+        """Images of this run that failed (recorded in shards/*.errors.json)."""
+        return sum(r["errors"] for r in self.done)
+
+    @property
+    def elsewhere(self) -> int:
+        """Shards being extracted by another running process."""
+        return sum(bool(r.get("elsewhere")) for r in self.shards)
+
+    @property
+    def already_done(self) -> int:
+        """Shards finished before this run."""
+        return len(self.shards) - len(self.done) - self.elsewhere
+
+    @property
+    def rate(self) -> float:
+        """Images (written or failed) per second."""
+        return (self.rows + self.errors) / self.seconds if self.seconds > 0 else float("nan")
 
 
 # ---------------------------------------------------------------------------------------------------- planning
@@ -71,7 +166,7 @@ def plan_rows(manifest: pd.DataFrame, views: tuple[str, ...]) -> pd.DataFrame:
     return rows.drop(columns="_vorder").reset_index(drop=True)
 
 
-def load_or_create_job(cfg: ExtractConfig, rows: pd.DataFrame, cached_keys: set[tuple[str, str]]) -> dict:
+def load_or_create_job(cfg: ExtractOptions, rows: pd.DataFrame, cached_keys: set[tuple[str, str]]) -> dict:
     """The job's plan: which rows go to which shard. Re-running the same job finds and reuses its plan.
 
     A job is identified by the digest of its full (image_id, view) list. Rows already in the cache from another job
@@ -124,7 +219,7 @@ def shard_tasks(plan: dict, rows: pd.DataFrame) -> list[tuple[int, pd.DataFrame]
 class ImageRows:
     """A map-style dataset over manifest rows: decode, apply the view, preprocess; failures carry their reason."""
 
-    def __init__(self, rows: pd.DataFrame, *, root: str, transform) -> None:
+    def __init__(self, rows: pd.DataFrame, *, root: str, transform: Callable[[Any, str], Any]) -> None:
         self.paths = [str(Path(root) / p) for p in rows["path"].astype(str)]
         self.ids = rows["image_id"].astype(str).tolist()
         self.views = rows["view"].astype(str).tolist()
@@ -133,7 +228,7 @@ class ImageRows:
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, i: int) -> tuple[int, Any, str]:
         from aigi.extractors import apply_view
         from aigi.extractors.images import ImageLoadError, load_image
 
@@ -146,7 +241,7 @@ class ImageRows:
             return i, None, f"{type(err).__name__}: {err}"
 
 
-def collate_rows(items: list) -> tuple[list[int], object, list[tuple[int, str]]]:
+def collate_rows(items: list) -> tuple[list[int], Any, list[tuple[int, str]]]:
     """Stack the images that decoded; keep (row, reason) for the ones that did not."""
     import torch
 
@@ -159,7 +254,7 @@ def collate_rows(items: list) -> tuple[list[int], object, list[tuple[int, str]]]
 _EXTRACTORS: dict[str, object] = {}
 
 
-def get_extractor(cfg: ExtractConfig):
+def get_extractor(cfg: ExtractOptions) -> Any:
     """Build the backbone once per process and configuration (dask workers reuse it across shard tasks)."""
     from aigi import extractors
 
@@ -170,7 +265,7 @@ def get_extractor(cfg: ExtractConfig):
     return _EXTRACTORS[key]
 
 
-def cache_spec(extractor, store_dtype: str, cache_dir: str | Path | None = None) -> dict:
+def cache_spec(extractor: Any, store_dtype: str, cache_dir: str | Path | None = None) -> dict:
     """The spec a cache of these features records: the extractor's, plus the storage dtype (float16 rounds the
     forward's values, float32 keeps them), so that the two never share a fingerprint.
 
@@ -187,7 +282,7 @@ def cache_spec(extractor, store_dtype: str, cache_dir: str | Path | None = None)
     return {**spec, "storage_dtype": store_dtype}
 
 
-def _writer(cfg: ExtractConfig, extractor):
+def _writer(cfg: ExtractOptions, extractor: Any) -> Any:
     from aigi.cache import CacheWriter
 
     return CacheWriter(
@@ -210,7 +305,10 @@ def _features_of(rows: pd.DataFrame, done: list[tuple[int, dict]], shapes: dict)
     return feats
 
 
-def _shard_payload(rows: pd.DataFrame, done: list[tuple[int, dict]], failed: list[tuple[int, str]], shapes: dict):
+def _shard_payload(
+    rows: pd.DataFrame, done: list[tuple[int, dict]], failed: list[tuple[int, str]], shapes: dict
+) -> tuple[pd.DataFrame, dict[str, np.ndarray], list[dict]]:
+    """The meta rows, features (in row order) and error records of a shard's extracted and failed rows."""
     done.sort(key=lambda t: t[0])
     meta = rows.iloc[[i for i, _ in done]].reset_index(drop=True)
     errors = [
@@ -225,7 +323,9 @@ def _shard_payload(rows: pd.DataFrame, done: list[tuple[int, dict]], failed: lis
     return meta, _features_of(rows, done, shapes), errors
 
 
-def run_shard(cfg: ExtractConfig, index: int, rows: pd.DataFrame, progress=None) -> dict:
+def run_shard(
+    cfg: ExtractOptions, index: int, rows: pd.DataFrame, on_images: Callable[[int], None] | None = None
+) -> dict:
     """Extract one shard and write it atomically; a finished shard is skipped. Returns counts for the summary."""
     extractor = get_extractor(cfg)
     writer = _writer(cfg, extractor)
@@ -235,14 +335,16 @@ def run_shard(cfg: ExtractConfig, index: int, rows: pd.DataFrame, progress=None)
     if claim is None:
         return {"shard": index, "rows": len(rows), "errors": 0, "skipped": True, "elsewhere": True}
     try:
-        meta, feats, errors = _extract_rows(cfg, extractor, rows, progress)
+        meta, feats, errors = _extract_rows(cfg, extractor, rows, on_images)
         writer.write_shard(index, meta, feats, errors)
     finally:
         claim.unlink(missing_ok=True)
     return {"shard": index, "rows": len(meta), "errors": len(errors), "skipped": False}
 
 
-def _extract_rows(cfg: ExtractConfig, extractor, rows: pd.DataFrame, progress):
+def _extract_rows(
+    cfg: ExtractOptions, extractor: Any, rows: pd.DataFrame, on_images: Callable[[int], None] | None
+) -> tuple[pd.DataFrame, dict[str, np.ndarray], list[dict]]:
     """Decode, forward and collect one shard's rows: (meta, features, error records)."""
     import torch
     from torch.utils.data import DataLoader
@@ -261,12 +363,12 @@ def _extract_rows(cfg: ExtractConfig, extractor, rows: pd.DataFrame, progress):
         if batch is not None:
             out = {k: v.float().cpu().numpy() for k, v in extractor(batch).items()}
             done.extend((i, {k: v[j] for k, v in out.items()}) for j, i in enumerate(idx))
-        if progress is not None:
-            progress(len(idx) + len(bad))
+        if on_images is not None:
+            on_images(len(idx) + len(bad))
     return _shard_payload(rows, done, failed, extractor.feature_shapes)
 
 
-def prepare(cfg: ExtractConfig) -> tuple[list[tuple[int, pd.DataFrame]], dict]:
+def prepare(cfg: ExtractOptions) -> tuple[list[tuple[int, pd.DataFrame]], dict]:
     """Read the manifest, plan the job (or find its plan), and list the shard tasks."""
     from aigi.cache import read_manifest
 
@@ -285,27 +387,23 @@ def prepare(cfg: ExtractConfig) -> tuple[list[tuple[int, pd.DataFrame]], dict]:
     return shard_tasks(plan, rows), plan
 
 
-def run_local(cfg: ExtractConfig, tasks: list[tuple[int, pd.DataFrame]]) -> list[dict]:
-    """Run the shard tasks in this process, with one progress bar over images."""
-    from tqdm import tqdm
-
+def run_local(cfg: ExtractOptions, tasks: list[tuple[int, pd.DataFrame]]) -> list[dict]:
+    """Run the shard tasks in this process, reporting progress over images."""
     extractor = get_extractor(cfg)
     _writer(cfg, extractor)  # writes or checks cache.json before any work (fingerprint guard)
     results = []
     total = sum(len(r) for _, r in tasks)
-    with tqdm(total=total, unit="img", desc=f"extract {cfg.backbone}", disable=None, dynamic_ncols=True) as bar:
+    with progress(total=total, unit="img", desc=f"extract {cfg.backbone}", delay_s=SHORT_WORK_S) as bar:
         for index, rows in tasks:
-            res = run_shard(cfg, index, rows, progress=bar.update)
+            res = run_shard(cfg, index, rows, on_images=bar.update)
             if res["skipped"]:
                 bar.update(len(rows))
             results.append(res)
     return results
 
 
-def run_dask(cfg: ExtractConfig, tasks: list, *, workers: int = 0, scheduler: str | None = None) -> list[dict]:
-    """Extract every shard task on dask; the driver writes `cache.json` first and shows progress over images."""
-    from tqdm import tqdm
-
+def run_dask(cfg: ExtractOptions, tasks: list[tuple[int, pd.DataFrame]]) -> list[dict]:
+    """Extract every shard task on dask; the driver writes `cache.json` first and reports progress over images."""
     from aigi.pipeline.distributed import dask_client, map_tasks, task_key
 
     _writer(cfg, get_extractor(cfg))  # cache.json and the fingerprint guard, before any worker writes a shard
@@ -313,49 +411,11 @@ def run_dask(cfg: ExtractConfig, tasks: list, *, workers: int = 0, scheduler: st
     total = sum(len(rows) for _, rows in tasks)
     keyed = [(task_key("extract", cfg.cache, f"{index:05d}"), (cfg, index, rows)) for index, rows in tasks]
     with (
-        dask_client(workers=workers, scheduler=scheduler) as client,
-        tqdm(total=total, unit="img", desc=f"extract {cfg.backbone} (dask)", disable=None, dynamic_ncols=True) as bar,
+        dask_client(workers=cfg.workers, scheduler=cfg.scheduler) as client,
+        progress(total=total, unit="img", desc=f"extract {cfg.backbone} (dask)", delay_s=SHORT_WORK_S) as bar,
     ):
         sizes = {key: len(args[2]) for key, args in keyed}
         return map_tasks(client, run_shard, keyed, resources=resources, on_done=lambda k, _: bar.update(sizes[k]))
-
-
-def summary_line(results: list[dict], seconds: float, cfg: ExtractConfig) -> str:
-    """The one line `aigi extract` prints at the end: rows, shards, failures, speed."""
-    done = [r for r in results if not r["skipped"]]
-    rows = sum(r["rows"] for r in done)
-    errors = sum(r["errors"] for r in done)
-    elsewhere = sum(bool(r.get("elsewhere")) for r in results)
-    skipped = len(results) - len(done) - elsewhere
-    rate = (rows + errors) / seconds if seconds > 0 else float("nan")
-    other = f", {elsewhere} being extracted by another running process" if elsewhere else ""
-    return (
-        f"extracted {rows} rows into {len(done)} shard(s) ({skipped} already done{other}), {errors} image(s) "
-        f"failed (see shards/*.errors.json), {rate:.1f} img/s; cache: {cfg.cache}"
-    )
-
-
-def config_from_args(args: argparse.Namespace) -> ExtractConfig:
-    from aigi.extractors import parse_views
-
-    manifest = Path(args.manifest)
-    return ExtractConfig(
-        manifest=str(manifest),
-        root=str(Path(args.root) if args.root else manifest.parent),
-        backbone=args.backbone,
-        cache=str(args.cache),
-        weights=args.weights,
-        features=tuple(f.strip() for f in args.features.split(",") if f.strip()) if args.features else None,
-        preprocess=args.preprocess,
-        views=tuple(parse_views(args.views)),
-        fmt=args.format,
-        shard_size=args.shard_size,
-        batch_size=args.batch_size,
-        num_workers=args.num_workers,
-        device=args.device,
-        dtype=args.dtype,
-        store_dtype=args.store_dtype,
-    )
 
 
 def check_weights_choice(weights: str | None, random_weights: bool) -> None:
@@ -369,7 +429,7 @@ def check_weights_choice(weights: str | None, random_weights: bool) -> None:
         )
 
 
-def fail_if_all_failed(cfg: ExtractConfig, tasks: list[tuple[int, pd.DataFrame]]) -> None:
+def fail_if_all_failed(cfg: ExtractOptions, tasks: list[tuple[int, pd.DataFrame]]) -> None:
     """When every image of this job failed, remove what the job wrote (a re-run after fixing the images or the
     manifest's paths then extracts them) and raise with the first reasons."""
     import shutil
@@ -401,66 +461,22 @@ def fail_if_all_failed(cfg: ExtractConfig, tasks: list[tuple[int, pd.DataFrame]]
     )
 
 
-def run(args: argparse.Namespace) -> int:
-    check_weights_choice(args.weights, getattr(args, "random_weights", False))
-    on_dask = bool(getattr(args, "workers", 0) or getattr(args, "scheduler", None))
-    if on_dask:
+def extract_features(options: ExtractOptions) -> ExtractResult:
+    """Extract the features of the manifest's images (x views) into the cache, resuming a finished part.
+
+    Rows already in the cache are not extracted again (noted as a warning); unreadable images are recorded in the
+    cache's shards/*.errors.json and the run goes on.
+
+    Raises:
+        ValueError: for an empty manifest, weights whose fingerprint differs from the cache's, or when every image
+            failed (what the run wrote is then removed).
+    """
+    if options.on_dask:
         require("dask.distributed", needed_for="--workers / --scheduler")  # before anything is written
-    cfg = config_from_args(args)
     start = time.perf_counter()
-    tasks, plan = prepare(cfg)
+    tasks, plan = prepare(options)
     if plan.get("skipped_already_cached"):
-        print(f"{plan['skipped_already_cached']} row(s) already in the cache are not extracted again", file=sys.stderr)
-    if on_dask:
-        results = run_dask(cfg, tasks, workers=args.workers, scheduler=args.scheduler)
-    else:
-        results = run_local(cfg, tasks)
-    fail_if_all_failed(cfg, tasks)
-    print(summary_line(results, time.perf_counter() - start, cfg))
-    return 0
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--manifest", required=True, help="manifest.parquet from `aigi index` (or `aigi fakes`)")
-    p.add_argument("--root", help="folder the manifest's paths are relative to (default: the manifest's folder)")
-    p.add_argument("--backbone", required=True, help="extractor, e.g. clip-l14, aim-v1-3b, timm:vit_base_patch16_224")
-    p.add_argument("--weights", help="local weights file of the backbone (nothing is downloaded)")
-    p.add_argument(
-        "--random-weights",
-        action="store_true",
-        help="extract with a randomly initialised backbone on purpose (tests, benchmarks); without it --weights is "
-        "required",
-    )
-    p.add_argument("--features", help="comma-separated feature names, e.g. l23.cls,proj (default: the backbone's)")
-    p.add_argument("--preprocess", help="resize | center_crop | rich_patch (default: the backbone's)")
-    p.add_argument(
-        "--views",
-        default="orig",
-        help="comma-separated views: orig, jpeg:Q, webp:Q, blur:SIGMA, resize:SCALE, crop:FRACTION (e.g. orig,jpeg:75)",
-    )
-    p.add_argument("--cache", required=True, help="cache directory to create or extend")
-    p.add_argument("--format", default="h5", choices=["h5", "parquet"], help="shard format")
-    p.add_argument("--shard-size", type=int, default=1024, help="rows per shard (the unit of resume and distribution)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--num-workers", type=int, default=0, help="DataLoader processes decoding images")
-    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
-    p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"], help="compute dtype")
-    p.add_argument(
-        "--store-dtype",
-        default="float16",
-        choices=["float16", "float32"],
-        help="dtype the cache stores (recorded in the fingerprint); float32 keeps the forward's values bit for bit",
-    )
-    p.add_argument("--workers", type=int, default=0, help="run shards on a local dask cluster of N processes")
-    p.add_argument("--scheduler", help="run shards on an existing dask cluster, e.g. tcp://host:8786")
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "extract",
-        help="extract backbone features of a manifest's images into a cache",
-        description="Extract frozen-backbone features into a feature cache. Batched, resumable (finished shards are "
-        "skipped), fingerprinted; unreadable images are recorded in shards/*.errors.json and the run goes on.",
-    )
-    add_arguments(p)
-    p.set_defaults(func=run)
+        LOG.warning(f"{plan['skipped_already_cached']} row(s) already in the cache are not extracted again")
+    results = run_dask(options, tasks) if options.on_dask else run_local(options, tasks)
+    fail_if_all_failed(options, tasks)
+    return ExtractResult(results, time.perf_counter() - start, options.cache)

@@ -1,23 +1,63 @@
-"""`aigi import uar` / `aigi export npy`: move shipped `.npy` feature folders (UAR layout) into and out of a cache."""
+"""The import and export stages: move shipped `.npy` feature folders (UAR layout) into and out of a cache."""
 
 from __future__ import annotations
 
-import argparse
 import io
-import sys
+import logging
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from aigi.cache import LABEL_DIRS
 from aigi.common.files import atomic_write
-from aigi.pipeline.index import add_split_args, apply_splits
+from aigi.common.progress import SHORT_WORK_S, progress
+from aigi.pipeline.index import apply_splits
 
-LABEL_DIRS = ("0_real", "1_fake")
-
-
+LOG = logging.getLogger(__name__)
 IMPORT_LOCK = ".import.lock"
+FORMATS = ("h5", "parquet")
+DTYPES = ("float32", "float16")
+
+
+@dataclass(frozen=True)
+class ImportOptions:
+    """How `import_uar` stores a `.npy` folder (the defaults are `aigi import uar`'s).
+
+    Attributes:
+        source: the source of rows whose `0_real`/`1_fake` folders sit directly in the imported folder (default uar).
+        split: give every new row this split (train, val, test).
+        split_ratio: assign new rows splits by pair_id instead, e.g. `train=0.8,test=0.2`, seeded by `seed`.
+        seed: the seed of `split_ratio`.
+        fmt: shard format of a new cache, h5 or parquet (default: the existing cache's, else h5).
+        shard_size: rows per shard.
+        dtype: stored dtype of a new cache, float32 or float16 (default: the existing cache's, else float32, so
+            that values equal `np.load`'s exactly).
+        extractor: the extractor name recorded in the spec (default: aim-v1-3b for 3072-d features).
+        progress: report progress while importing.
+    """
+
+    source: str | None = None
+    split: str | None = None
+    split_ratio: str | None = None
+    seed: int = 0
+    fmt: str | None = None
+    shard_size: int = 4096
+    dtype: str | None = None
+    extractor: str | None = None
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """What `export_npy` writes: the vector feature `feature` (default: probe, else the cache's first) of the rows
+    of view `view`."""
+
+    feature: str | None = None
+    view: str = "orig"
 
 
 def _existing(out: Path) -> tuple[dict[str, str], dict]:
@@ -85,54 +125,45 @@ def _split_note(rows: pd.DataFrame, done: dict[str, str], out: Path, asked: str)
     )
 
 
-def import_uar(
-    folder: str | Path,
-    out: str | Path,
-    *,
-    source: str | None = None,
-    split: str | None = None,
-    split_ratio: str | None = None,
-    seed: int = 0,
-    fmt: str | None = None,
-    shard_size: int = 4096,
-    dtype: str | None = None,
-    extractor: str | None = None,
-    progress: bool = True,
-) -> dict:
+def import_uar(folder: str | Path, out: str | Path, options: ImportOptions = ImportOptions()) -> dict:
     """Import a UAR-style `.npy` folder into the cache `out`, appending to it when it exists.
 
     Rows already in the cache (same image_id: an interrupted or repeated import) are skipped, so re-running
     resumes. Row rules (source, pair_id, image_id) are those of `cache.scan_uar`. Features are stored as
-    `probe` in `dtype` (float32 by default, so values equal `np.load`'s exactly). `fmt` and `dtype` default to
-    those of the existing cache, else h5 and float32.
+    `probe` in `options.dtype`. Files that do not load are recorded in the cache's `shards/*.errors.json`.
 
     Returns:
-        Counts: files found, rows written, rows skipped as already present, and the feature dim.
+        Counts: files found, rows written, rows skipped as already present, the feature dim, and the files that
+        failed (image_id, path, reason).
+
+    Raises:
+        ValueError: when none of the files could be imported.
     """
     from aigi.cache import CacheWriter, scan_uar, uar_spec
     from aigi.cache.locking import folder_lock
     from aigi.cache.uar import UAR_FEATURE
 
-    folder, out = Path(folder), Path(out)
-    rows = scan_uar(folder, source=source)
-    rows = apply_splits(rows, split=split, split_ratio=split_ratio, seed=seed)
+    folder, out, o = Path(folder), Path(out), options
+    rows = scan_uar(folder, source=o.source)
+    rows = apply_splits(rows, split=o.split, split_ratio=o.split_ratio, seed=o.seed)
     dim = _first_dim(rows["file"].tolist())
     with folder_lock(out, IMPORT_LOCK):  # imports into one cache run one after the other: none repeats a row
         done, header = _existing(out)
-        if split or split_ratio:
-            note = _split_note(rows, done, out, f"--split {split}" if split else f"--split-ratio {split_ratio}")
+        if o.split or o.split_ratio:
+            asked = f"--split {o.split}" if o.split else f"--split-ratio {o.split_ratio}"
+            note = _split_note(rows, done, out, asked)
             if note:
-                print(note, file=sys.stderr)
+                LOG.warning(note)
         todo = rows[~rows["image_id"].isin(done)].reset_index(drop=True)
         writer = CacheWriter(
             out,
-            spec=uar_spec(dim, extractor=extractor),
+            spec=uar_spec(dim, extractor=o.extractor),
             features={UAR_FEATURE: (dim,)},
-            fmt=fmt or header.get("format", "h5"),
-            shard_size=shard_size,
-            dtype=dtype or header.get("dtype", "float32"),
+            fmt=o.fmt or header.get("format", FORMATS[0]),
+            shard_size=o.shard_size,
+            dtype=o.dtype or header.get("dtype", DTYPES[0]),
         )
-        failed = _write_rows(writer, todo, dim, desc=f"import {folder.name}", progress=progress)
+        failed = _write_rows(writer, todo, dim, desc=f"import {folder.name}", show=o.progress)
     if failed and len(failed) == len(todo):
         raise ValueError(f"{folder}: none of the {len(todo)} .npy files could be imported, e.g. {failed[0]['reason']}")
     return {
@@ -144,10 +175,8 @@ def import_uar(
     }
 
 
-def _write_rows(writer, todo: pd.DataFrame, dim: int, *, desc: str, progress: bool) -> list[dict]:
+def _write_rows(writer: Any, todo: pd.DataFrame, dim: int, *, desc: str, show: bool) -> list[dict]:
     """Append the rows of `todo` chunk by chunk; files that do not load are recorded as errors and returned."""
-    from tqdm.auto import tqdm
-
     from aigi.cache.uar import UAR_FEATURE
 
     failed = []
@@ -156,7 +185,7 @@ def _write_rows(writer, todo: pd.DataFrame, dim: int, *, desc: str, progress: bo
     load = lambda i: _load_files(chunks[i]["file"].tolist(), dim)  # noqa: E731
     with (
         writer,
-        tqdm(total=len(todo), desc=desc, unit="file", disable=None if progress else True) as bar,
+        progress(total=len(todo), desc=desc, unit="file", quiet=not show, delay_s=SHORT_WORK_S) as bar,
         ThreadPoolExecutor(max_workers=1) as reader,  # the next chunk is read while this one is written
     ):
         pending = reader.submit(load, 0) if chunks else None
@@ -185,7 +214,7 @@ def _save_npy(path: Path, arr: np.ndarray) -> None:
     atomic_write(path, buffer.getvalue())
 
 
-def export_npy(cache_path: str | Path, out: str | Path, *, feature: str | None = None, view: str = "orig") -> int:
+def export_npy(cache_path: str | Path, out: str | Path, options: ExportOptions = ExportOptions()) -> int:
     """Write one `(1, D)` float32 `.npy` per row as `<out>/<source>/0_real|1_fake/<stem>.npy`; return the count.
 
     Raises:
@@ -193,7 +222,7 @@ def export_npy(cache_path: str | Path, out: str | Path, *, feature: str | None =
     """
     from aigi import cache
 
-    store = cache.open(cache_path)
+    store, feature, view = cache.open(cache_path), options.feature, options.view
     name = feature or ("probe" if "probe" in store.features else next(iter(store.features)))
     if name not in store.features:
         raise ValueError(f"{cache_path}: no feature {name!r}; it has {list(store.features)} (use --feature)")
@@ -203,7 +232,8 @@ def export_npy(cache_path: str | Path, out: str | Path, *, feature: str | None =
     if meta.empty:
         views = sorted(store.meta()["view"].astype(str).unique().tolist())
         raise ValueError(f"{cache_path}: no row has view {view!r}; its views are {views} (use --view)")
-    targets = meta["source"].map(safe_component) + "/" + meta["label"].map(dict(enumerate(LABEL_DIRS)))
+    folders = {label: name for name, label in LABEL_DIRS.items()}
+    targets = meta["source"].map(safe_component) + "/" + meta["label"].map(folders)
     targets = targets + "/" + meta["path"].map(lambda p: safe_component(Path(str(p)).stem)) + ".npy"
     dup = targets.duplicated(keep=False)
     if dup.any():
@@ -223,76 +253,3 @@ def export_npy(cache_path: str | Path, out: str | Path, *, feature: str | None =
             _save_npy(path, vec.reshape(1, -1).astype(np.float32))
             written += 1
     return written
-
-
-def run_import_uar(args: argparse.Namespace) -> int:
-    """Entry point of `aigi import uar`."""
-    stats = import_uar(
-        args.folder,
-        args.cache,
-        source=args.source,
-        split=args.split,
-        split_ratio=args.split_ratio,
-        seed=args.seed,
-        fmt=args.format,
-        shard_size=args.shard_size,
-        dtype=args.dtype,
-        extractor=args.extractor,
-    )
-    print(
-        f"imported {stats['written']} of {stats['files']} files ({stats['dim']}-d) into {args.cache}"
-        + (f"; {stats['skipped_present']} already present" if stats["skipped_present"] else "")
-    )
-    if stats["failed"]:
-        shown = "; ".join(e["reason"] for e in stats["failed"][:5])
-        print(
-            f"skipped {len(stats['failed'])} file(s) that could not be imported (recorded in the cache's "
-            f"shards/*.errors.json): {shown}",
-            file=sys.stderr,
-        )
-    return 0
-
-
-def run_export_npy(args: argparse.Namespace) -> int:
-    """Entry point of `aigi export npy`."""
-    n = export_npy(args.cache, args.output, feature=args.feature, view=args.view)
-    print(f"wrote {n} .npy files under {args.output}")
-    return 0
-
-
-def register_import(subparsers: argparse._SubParsersAction) -> None:
-    """Add `aigi import uar`."""
-    imp = subparsers.add_parser("import", help="import shipped feature sets into a cache")
-    kinds = imp.add_subparsers(dest="kind", metavar="KIND", required=True)
-    p = kinds.add_parser(
-        "uar",
-        help="UAR layout: **/0_real/*.npy, **/1_fake/*.npy, each (1, D) or (D,)",
-        description="Import a UAR-style folder of .npy features. The first folder under DIR is the "
-        "source of its rows (reals and fakes alike); a real and a fake with the same file stem in "
-        "one folder share a pair_id. Appends to an existing cache; re-running resumes.",
-    )
-    p.add_argument("folder", type=Path, help="the folder to import")
-    p.add_argument("--cache", type=Path, required=True, help="cache directory to create or append to")
-    p.add_argument("--source", help="source when 0_real/1_fake sit directly in FOLDER (default: uar)")
-    add_split_args(p)
-    p.add_argument("--format", choices=("h5", "parquet"), help="shard format of a new cache (default h5)")
-    p.add_argument("--shard-size", type=int, default=4096, help="rows per shard (default 4096)")
-    p.add_argument(
-        "--dtype",
-        choices=("float32", "float16"),
-        help="stored dtype of a new cache (default float32: values stay exactly those of the .npy files)",
-    )
-    p.add_argument("--extractor", help="extractor name recorded in the spec (default: aim-v1-3b for 3072-d)")
-    p.set_defaults(func=run_import_uar)
-
-
-def register_export(subparsers: argparse._SubParsersAction) -> None:
-    """Add `aigi export npy`."""
-    exp = subparsers.add_parser("export", help="export cached features to other layouts")
-    kinds = exp.add_subparsers(dest="kind", metavar="KIND", required=True)
-    p = kinds.add_parser("npy", help="write <source>/0_real|1_fake/<stem>.npy, (1, D) float32 each")
-    p.add_argument("cache", type=Path, help="a cache directory, compacted .h5 or Parquet dataset")
-    p.add_argument("-o", "--output", type=Path, required=True, help="folder to write")
-    p.add_argument("--feature", help="feature to export (default: probe, else the first)")
-    p.add_argument("--view", default="orig", help="view to export (default orig)")
-    p.set_defaults(func=run_export_npy)

@@ -1,22 +1,63 @@
-"""`aigi index`: build a manifest (one row per image: sha256 id, label, source, split, size) from a folder layout."""
+"""The index stage: build a manifest (one row per image: sha256 id, label, source, split, size) from a folder layout."""
 
 from __future__ import annotations
 
-import argparse
+import logging
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
+from aigi.cache import LABEL_DIRS
 from aigi.common.files import sha256_file
+from aigi.common.progress import SHORT_WORK_S, progress
 
+LOG = logging.getLogger(__name__)
 LAYOUTS = ("auto", "uar", "genimage", "flat", "csv", "plain")
-LABEL_DIRS = {"0_real": 0, "1_fake": 1}
 GENIMAGE_DIRS = {"nature": 0, "ai": 1}
 GENIMAGE_SPLITS = {"train": "train", "val": "val"}
 FLAT_DIRS = {"real": 0, "fake": 1}
+
+
+@dataclass(frozen=True)
+class IndexOptions:
+    """How `index_images` reads a folder (the defaults are `aigi index`'s).
+
+    Attributes:
+        layout: uar, genimage, flat, csv or plain; auto finds it (plain when no other layout is found).
+        csv: the CSV of the csv layout (paths relative to the root; given alone, it means layout csv).
+        source: the source of rows not inside a generator folder (default: the root's name).
+        domain: the semantic domain of every row without one.
+        pair_by_stem: a fake whose file stem equals a real's in the same folder is that real's aligned fake.
+        allow_outside_root: also index files outside the root (CSV paths with .. or absolute, symlinks out of it).
+        split: give every row this split (train, val, test).
+        split_ratio: assign splits by pair_id instead, e.g. `train=0.8,test=0.2`, seeded by `seed`.
+        seed: the seed of `split_ratio`.
+        progress: report progress while hashing and probing the images.
+    """
+
+    layout: str = "auto"
+    csv: str | Path | None = None
+    source: str | None = None
+    domain: str = ""
+    pair_by_stem: bool = False
+    allow_outside_root: bool = False
+    split: str | None = None
+    split_ratio: str | None = None
+    seed: int = 0
+    progress: bool = True
+
+
+@dataclass
+class IndexResult:
+    """What `index_images` wrote: the manifest's rows, its file, the files skipped as non-images (path, reason)
+    and the number of duplicate files dropped (same bytes as an earlier image)."""
+
+    manifest: pd.DataFrame
+    path: Path
+    skipped: list[tuple[str, str]]
+    duplicates: int
 
 
 @dataclass(frozen=True)
@@ -122,6 +163,7 @@ def detect_layout(root: Path) -> str:
 
 
 def one_line(err: object) -> str:
+    """`err` as one line (inner newlines and runs of spaces folded)."""
     return " ".join(str(err).split())
 
 
@@ -153,14 +195,12 @@ def outside_root(found: list[Found], root: Path) -> list[str]:
     return out
 
 
-def _describe(found: list[Found], root: Path, *, progress: bool) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
+def _describe(found: list[Found], root: Path, *, show: bool) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
     """Hash and probe every candidate; return manifest rows and the (path, reason) of skipped files."""
-    from tqdm.auto import tqdm
-
     from aigi.extractors.images import ImageLoadError, probe_image
 
     rows, skipped = [], []
-    for item in tqdm(found, desc="index", unit="img", disable=None if progress else True):
+    for item in progress(found, desc="index", unit="img", quiet=not show, delay_s=SHORT_WORK_S):
         rel = item.path.relative_to(root).as_posix() if item.path.is_relative_to(root) else str(item.path)
         if not is_utf8(rel):
             skipped.append((printable(rel), "file name is not valid UTF-8; rename it"))
@@ -201,20 +241,9 @@ def pair_by_stem(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def add_split_args(parser: argparse.ArgumentParser) -> None:
-    """`--split S` or `--split-ratio train=0.8,test=0.2 [--seed N]` (shared by index and import)."""
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--split", choices=("train", "val", "test"), help="give every row this split")
-    group.add_argument(
-        "--split-ratio",
-        metavar="RATIOS",
-        help="assign splits by pair_id, e.g. train=0.8,test=0.2 (a real and its fakes stay together)",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed of --split-ratio (default 0)")
-
-
 def apply_splits(df: pd.DataFrame, *, split: str | None, split_ratio: str | None, seed: int) -> pd.DataFrame:
-    """Apply `--split` / `--split-ratio` to manifest-like rows (unchanged when neither is given)."""
+    """Give manifest-like rows the split `split`, or splits by pair_id from `split_ratio` (`train=0.8,test=0.2`)
+    seeded by `seed`; unchanged when neither is given."""
     from aigi.cache import assign_splits
     from aigi.common.grammar import parse_split_ratio
 
@@ -226,27 +255,45 @@ def apply_splits(df: pd.DataFrame, *, split: str | None, split_ratio: str | None
 
 
 def build_manifest(
-    root: str | Path,
-    *,
-    layout: str = "auto",
-    csv: str | Path | None = None,
-    source: str | None = None,
-    domain: str = "",
-    pair_stems: bool = False,
-    progress: bool = True,
-    allow_outside: bool = False,
-    exclude: Path | None = None,
+    root: str | Path, options: IndexOptions = IndexOptions(), *, exclude: Path | None = None
 ) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
     """Manifest rows for the images under `root` (splits untouched), and the files skipped as non-images.
 
     Paths are relative to `root`. Files outside `root` (CSV paths with `..` or absolute, symlinks pointing out of
-    it) are refused unless `allow_outside`; `exclude` (the manifest being written) is never indexed.
+    it) are refused unless `options.allow_outside_root`; `exclude` (the manifest being written) is never indexed.
     """
     root = Path(root)
+    layout, src, found = _find(root, options)
+    if exclude is not None:
+        found = [f for f in found if Path(os.path.abspath(f.path)) != Path(os.path.abspath(exclude))]
+    if not found:
+        raise ValueError(f"{root}: no files found (layout {layout}); check the folder, or pass --layout/--csv")
+    outside = [] if options.allow_outside_root else outside_root(found, root)
+    if outside:
+        raise ValueError(
+            f"{len(outside)} file(s) lie outside {root}: {'; '.join(outside[:3])}; pass --allow-outside-root to "
+            "index them anyway, or move them into the folder"
+        )
+    if layout == "plain":
+        LOG.warning(
+            f"note: {root} has no real/fake layout (<source>/0_real|1_fake, real/ + fake/, GenImage): every image "
+            f"is indexed as real (label 0, source {src}); make aligned fakes of them with `aigi fakes vae|sr`"
+        )
+    df, skipped = _describe(found, root, show=options.progress)
+    df = df.sort_values("path", kind="stable").reset_index(drop=True)
+    if options.domain:
+        df["domain"] = df["domain"].where(df["domain"] != "", options.domain)
+    df["pair_id"] = df["pair_id"].where(df["pair_id"] != "", df["image_id"].where(df["label"] == 0, ""))
+    return (pair_by_stem(df) if options.pair_by_stem else df), skipped
+
+
+def _find(root: Path, options: IndexOptions) -> tuple[str, str, list[Found]]:
+    """The layout of `root`, the default source of its rows, and the candidate files the layout finds."""
     if not root.exists():
         raise FileNotFoundError(f"{root} does not exist; pass the folder that holds the images")
     if not root.is_dir():
         raise NotADirectoryError(f"{root} is a file, not a folder; pass the folder that holds the images")
+    layout, csv = options.layout, options.csv
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; choose one of {LAYOUTS}")
     if csv is not None and layout == "auto":
@@ -254,43 +301,10 @@ def build_manifest(
     if layout == "csv" and csv is None:
         raise ValueError("--layout csv needs --csv FILE")
     layout = detect_layout(root) if layout == "auto" else layout
-    src = source or root.resolve().name
+    src = options.source or root.resolve().name
     scanners = {"uar": scan_uar, "genimage": scan_genimage, "flat": scan_flat, "plain": scan_plain}
     found = scan_csv(root, Path(csv), source=src) if layout == "csv" else scanners[layout](root, source=src)
-    if exclude is not None:
-        found = [f for f in found if Path(os.path.abspath(f.path)) != Path(os.path.abspath(exclude))]
-    if not found:
-        raise ValueError(f"{root}: no files found (layout {layout}); check the folder, or pass --layout/--csv")
-    outside = [] if allow_outside else outside_root(found, root)
-    if outside:
-        raise ValueError(
-            f"{len(outside)} file(s) lie outside {root}: {'; '.join(outside[:3])}; pass --allow-outside-root to "
-            "index them anyway, or move them into the folder"
-        )
-    if layout == "plain":
-        print(
-            f"note: {root} has no real/fake layout (<source>/0_real|1_fake, real/ + fake/, GenImage): every image "
-            f"is indexed as real (label 0, source {src}); make aligned fakes of them with `aigi fakes vae|sr`",
-            file=sys.stderr,
-        )
-    df, skipped = _describe(found, root, progress=progress)
-    df = df.sort_values("path", kind="stable").reset_index(drop=True)
-    if domain:
-        df["domain"] = df["domain"].where(df["domain"] != "", domain)
-    df["pair_id"] = df["pair_id"].where(df["pair_id"] != "", df["image_id"].where(df["label"] == 0, ""))
-    return (pair_by_stem(df) if pair_stems else df), skipped
-
-
-def _report(df: pd.DataFrame, skipped: list[tuple[str, str]], out: Path, dropped: int) -> None:
-    print(f"wrote {out}: {len(df)} images ({int((df['label'] == 0).sum())} real, {int((df['label'] == 1).sum())} fake)")
-    print("by source: " + ", ".join(f"{k}={v}" for k, v in df["source"].value_counts().sort_index().items()))
-    if (df["split"] != "").any():
-        print("by split: " + ", ".join(f"{k or '-'}={v}" for k, v in df["split"].value_counts().sort_index().items()))
-    if dropped:
-        print(f"dropped {dropped} duplicate file(s) (same bytes as an earlier image)", file=sys.stderr)
-    if skipped:
-        shown = "; ".join(f"{p} ({r})" for p, r in skipped[:5])
-        print(f"skipped {len(skipped)} file(s) that are not readable images, e.g. {shown}", file=sys.stderr)
+    return layout, src, found
 
 
 def relative_to_manifest(paths: pd.Series, root: Path, manifest: Path) -> pd.Series:
@@ -299,62 +313,27 @@ def relative_to_manifest(paths: pd.Series, root: Path, manifest: Path) -> pd.Ser
     return paths.map(lambda p: Path(os.path.relpath(top / p, here)).as_posix())
 
 
-def run(args: argparse.Namespace) -> int:
-    """Entry point of `aigi index`."""
+def index_images(root: str | Path, output: str | Path, options: IndexOptions = IndexOptions()) -> IndexResult:
+    """Index the images under `root` into the manifest file `output` (written atomically at the end).
+
+    Duplicate files (same bytes) are kept once; paths are stored relative to the manifest's folder.
+
+    Raises:
+        ValueError: when no file under `root` is a readable image, or for a bad layout, CSV or split option.
+    """
     from aigi.cache import write_manifest
 
-    df, skipped = build_manifest(
-        args.root,
-        layout=args.layout,
-        csv=args.csv,
-        source=args.source,
-        domain=args.domain or "",
-        pair_stems=args.pair_by_stem,
-        allow_outside=args.allow_outside_root,
-        exclude=args.output,
-    )
+    root, output = Path(root), Path(output)
+    df, skipped = build_manifest(root, options, exclude=output)
     if df.empty:
         reasons = "; ".join(f"{p}: {r}" for p, r in skipped[:3])
         raise ValueError(
-            f"{args.root}: none of the {len(skipped)} files found is a readable image ({reasons}); "
+            f"{root}: none of the {len(skipped)} files found is a readable image ({reasons}); "
             "point aigi index at a folder of images"
         )
     before = len(df)
     df = df.drop_duplicates(subset="image_id", keep="first").reset_index(drop=True)
-    df = apply_splits(df, split=args.split, split_ratio=args.split_ratio, seed=args.seed)
-    df["path"] = relative_to_manifest(df["path"], Path(args.root), Path(args.output))
-    write_manifest(df, args.output)
-    _report(df, skipped, Path(args.output), before - len(df))
-    return 0
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add `aigi index`."""
-    p = subparsers.add_parser(
-        "index", help="build manifest.parquet from a folder of images", description=__doc__.split(":", 1)[1].strip()
-    )
-    p.add_argument("root", type=Path, help="the dataset folder")
-    p.add_argument("-o", "--output", type=Path, required=True, help="manifest file to write (.parquet)")
-    p.add_argument(
-        "--layout",
-        choices=LAYOUTS,
-        default="auto",
-        help="uar: <source>/0_real|1_fake; genimage: <gen>/train|val/ai|nature; flat: real/ + fake/; "
-        "csv: --csv FILE with path,label[,source,domain,split,pair_id]; plain: every image is real "
-        "(default: auto, plain when no other layout is found)",
-    )
-    p.add_argument("--csv", type=Path, help="the CSV of --layout csv (paths relative to ROOT)")
-    p.add_argument("--source", help="source of rows not inside a generator folder (default: ROOT's name)")
-    p.add_argument("--domain", help="semantic domain of every row without one (human, animal, object, ...)")
-    p.add_argument(
-        "--pair-by-stem",
-        action="store_true",
-        help="a fake whose file stem equals a real's in the same folder is that real's aligned fake",
-    )
-    p.add_argument(
-        "--allow-outside-root",
-        action="store_true",
-        help="also index files outside ROOT (CSV paths with .. or absolute, symlinks pointing out of ROOT)",
-    )
-    add_split_args(p)
-    p.set_defaults(func=run)
+    df = apply_splits(df, split=options.split, split_ratio=options.split_ratio, seed=options.seed)
+    df["path"] = relative_to_manifest(df["path"], root, output)
+    write_manifest(df, output)
+    return IndexResult(df, output, skipped, before - len(df))

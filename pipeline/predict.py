@@ -1,12 +1,12 @@
-"""`aigi predict`: score image files with a trained head, extracting features on the fly with its recorded backbone."""
+"""The predict stage: score image files with a trained head (features extracted on the fly with its recorded
+backbone), or the rows of a feature cache."""
 
 from __future__ import annotations
 
-import argparse
+import logging
 import os
-import sys
-from collections.abc import Callable
-from dataclasses import asdict
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +15,52 @@ import pandas as pd
 
 from aigi.common.files import atomic_path, sha256_file
 from aigi.common.grammar import parse_aliased, parse_assignments
+from aigi.common.progress import SHORT_WORK_S, progress
 from aigi.pipeline.index import printable
 
+LOG = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".jfif"}
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    """How `predict_images` and `predict_cache` score (the defaults are `aigi predict`'s).
+
+    Attributes:
+        weights: the backbone weights file(s), `PATH` or `ALIAS=PATH` per backbone when the head reads several
+            (images; with a cache, the weights a `tail_*` head re-runs its blocks with).
+        expert_weights: router heads: manual semantic-expert weights, e.g. `human=0.7,animal=0.3`.
+        device: where the backbone runs: auto (CUDA when present), cpu, cuda, cuda:1, ...
+        batch_size: images per batch.
+        where: cache rows: filters `COLUMN=VALUE`.
+        stream: cache rows: stream the features from disk (true, false, auto: when over the budget).
+        memory_budget: cache rows: memory for the features, e.g. 1.5GB (default half the RAM).
+    """
+
+    weights: tuple[str, ...] = ()
+    expert_weights: str | None = None
+    device: str = "auto"
+    batch_size: int = 16
+    where: tuple[str, ...] = ()
+    stream: str = "auto"
+    memory_budget: str | None = None
+
+    def __post_init__(self) -> None:
+        """Checks the batch size; lists as tuples."""
+        if self.batch_size < 1:
+            raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
+        object.__setattr__(self, "weights", tuple(str(w) for w in self.weights))
+        object.__setattr__(self, "where", tuple(self.where))
+
+
+@dataclass
+class CacheScores:
+    """Scores of cached rows: the table (meta columns, p_fake, error), the row count and how the rows were held
+    (in memory, or streamed from disk, and why)."""
+
+    table: pd.DataFrame
+    rows: int
+    rows_held: str
 
 
 def list_images(inputs: list[str]) -> list[Path]:
@@ -102,7 +145,9 @@ def input_map(head: Any, specs: dict[str, dict]) -> dict[str, tuple[str, str]]:
     return out
 
 
-def load_batch(paths: list[Path], transform) -> tuple[list[int], Any, list[tuple[int, str]]]:
+def load_batch(paths: list[Path], transform: Callable[[Any, str], Any]) -> tuple[list[int], Any, list[tuple[int, str]]]:
+    """Decode and preprocess `paths`: (positions read, their stacked tensors or None, (position, reason) of the
+    others)."""
     import torch
 
     from aigi.extractors.images import ImageLoadError, load_image
@@ -130,28 +175,38 @@ def score_batches(
 
     `storage` (alias -> numpy dtype) rounds a backbone's features as its training cache stored them.
     """
-    from tqdm import tqdm
-
     columns: dict[str, list] = {}
     kept: list[int] = []
     failed: dict[int, str] = {}
-    for start in tqdm(range(0, len(paths), batch_size), desc="predict", unit="batch", disable=None):
-        chunk = paths[start : start + batch_size]
-        first = next(iter(backbones.values()))
-        ok, batch, bad = load_batch(chunk, first.transform)
-        failed.update({start + i: reason for i, reason in bad})
-        if batch is None:
-            continue
-        feats: dict[str, dict[str, np.ndarray]] = {}
-        for alias, ex in backbones.items():
-            x = batch if ex is first else load_batch([chunk[i] for i in ok], ex.transform)[1]
-            feats[alias] = {name: value.numpy() for name, value in ex(x).items()}
-            if (storage or {}).get(alias):
-                feats[alias] = {n: v.astype(storage[alias]).astype(np.float32) for n, v in feats[alias].items()}
-        for name, values in score(feats).items():
-            columns.setdefault(name, []).append(np.asarray(values))
-        kept.extend(start + i for i in ok)
+    first = next(iter(backbones.values()))
+    with progress(total=len(paths), desc="predict", unit="img", delay_s=SHORT_WORK_S) as bar:
+        for start in range(0, len(paths), batch_size):
+            chunk = paths[start : start + batch_size]
+            ok, batch, bad = load_batch(chunk, first.transform)
+            failed.update({start + i: reason for i, reason in bad})
+            if batch is not None:
+                feats = _batch_features(backbones, batch, [chunk[i] for i in ok], storage or {})
+                for name, values in score(feats).items():
+                    columns.setdefault(name, []).append(np.asarray(values))
+                kept.extend(start + i for i in ok)
+            bar.update(len(chunk))
     return {name: np.concatenate(v) for name, v in columns.items()}, kept, failed
+
+
+def _batch_features(
+    backbones: dict[str, Any], batch: Any, paths: list[Path], storage: dict[str, str]
+) -> dict[str, dict[str, np.ndarray]]:
+    """Every backbone's features of one batch of readable images: the first backbone's input is `batch`, the others
+    read `paths` again with their own preprocessing; `storage` rounds a backbone's features through its dtype."""
+    first = next(iter(backbones.values()))
+    out = {}
+    for alias, ex in backbones.items():
+        x = batch if ex is first else load_batch(paths, ex.transform)[1]
+        feats = {name: value.numpy() for name, value in ex(x).items()}
+        if storage.get(alias):
+            feats = {name: v.astype(storage[alias]).astype(np.float32) for name, v in feats.items()}
+        out[alias] = feats
+    return out
 
 
 def head_scores(head: Any, X: dict[str, np.ndarray], info: dict) -> dict[str, np.ndarray]:
@@ -212,31 +267,41 @@ def check_scorable(info: dict, head_dir: str) -> dict[str, dict]:
     return specs
 
 
-def load_head(args: argparse.Namespace) -> tuple[Any, dict, dict[str, dict], dict[str, str | None]]:
+def load_head(
+    head_dir: str | Path, options: PredictOptions
+) -> tuple[Any, dict, dict[str, dict], dict[str, str | None]]:
     """The head (with its frozen tail for `tail_*` heads), head.json, the recorded specs and the weights per alias."""
     from aigi import heads
     from aigi.pipeline.tail import frozen_tail
 
-    info = heads.read_info(args.head_dir)
-    specs = check_scorable(info, args.head_dir)
-    weights = parse_aliased(args.weights or [], list(specs))
-    head, info = heads.load(args.head_dir, frozen=frozen_tail(info["name"], info["inputs"], specs, weights))
-    if args.expert_weights:
+    info = heads.read_info(head_dir)
+    specs = check_scorable(info, str(head_dir))
+    weights = parse_aliased(list(options.weights), list(specs))
+    head, info = heads.load(head_dir, frozen=frozen_tail(info["name"], info["inputs"], specs, weights))
+    if options.expert_weights:
         if not hasattr(head, "set_manual_weights"):
             raise ValueError(f"--expert-weights needs a router head; this head is '{info.get('name')}'")
-        head.set_manual_weights({k: float(v) for k, v in parse_assignments(args.expert_weights, what="weight").items()})
+        manual = parse_assignments(options.expert_weights, what="weight")
+        head.set_manual_weights({k: float(v) for k, v in manual.items()})
     return head, info, specs, weights
 
 
-def score_images(args: argparse.Namespace) -> pd.DataFrame:
-    """Calibrated P(fake), verdict (and expert gates) of the images in args.images; failed images get an `error`.
+def predict_images(
+    head_dir: str | Path, images: Sequence[str | Path], options: PredictOptions = PredictOptions()
+) -> pd.DataFrame:
+    """Calibrated P(fake), verdict (and expert gates) of the image files and folders `images`, one row per file
+    (`path`, `p_fake`, `verdict`, `error`, ...); each unreadable file gets an `error` and a warning.
 
     The head's stored calibration (`aigi calibrate`) maps its logits to P(fake) and gives the threshold and the
     abstain band; a head without one uses sigmoid(logit) and 0.5.
+
+    Raises:
+        ValueError: when the head cannot score images, the weights do not reproduce its training fingerprint, or
+            no file could be read.
     """
     from aigi import heads
 
-    head, info, specs, weights = load_head(args)
+    head, info, specs, weights = load_head(head_dir, options)
     inputs = input_map(head, specs)
     tail = heads.needs_frozen(info["name"])  # the backbone runs only up to the cached block, the head does the rest
     backbones = {}
@@ -244,10 +309,10 @@ def score_images(args: argparse.Namespace) -> pd.DataFrame:
         wanted = [feat for a, feat in inputs.values() if a == alias] if tail else None
         if tail and not wanted:
             continue
-        ex = extractor_from_spec(spec, weights=weights[alias], device=args.device, features=wanted)
+        ex = extractor_from_spec(spec, weights=weights[alias], device=options.device, features=wanted)
         check_fingerprint(ex, recorded=(info.get("fingerprints") or {}).get(alias), recorded_spec=spec, alias=alias)
         backbones[alias] = ex
-    paths = list_images(args.images)
+    paths = list_images([str(i) for i in images])
     storage = {a: s["storage_dtype"] for a, s in specs.items() if "storage_dtype" in s}
 
     def rows(feats: dict) -> dict:
@@ -256,7 +321,7 @@ def score_images(args: argparse.Namespace) -> pd.DataFrame:
         # `aigi eval` does on the cache
         return head_scores(head, X, info) if tail else {f"x:{name}": v for name, v in X.items()}
 
-    columns, kept, failed = score_batches(paths, backbones, batch_size=args.batch_size, score=rows, storage=storage)
+    columns, kept, failed = score_batches(paths, backbones, batch_size=options.batch_size, score=rows, storage=storage)
     if not tail and kept:
         columns = head_scores(head, {name[2:]: v for name, v in columns.items()}, info)
     table = pd.DataFrame({"path": [printable(p) for p in paths], "p_fake": np.nan, "verdict": "", "error": ""})
@@ -264,44 +329,51 @@ def score_images(args: argparse.Namespace) -> pd.DataFrame:
         table.loc[i, "error"] = reason
     for name, values in columns.items():
         table.loc[kept, name] = values
+    _check_read(table)
     return table
 
 
-def score_cache(args: argparse.Namespace) -> pd.DataFrame:
-    """Scores of the cached rows of `args.cache` matching `args.where`: in memory, or streamed when the features
-    would exceed the memory budget (see pipeline.streaming)."""
+def _check_read(table: pd.DataFrame) -> None:
+    """A warning per file that could not be read; a ValueError when none could."""
+    bad = table[table["error"] != ""]
+    for path, reason in bad[["path", "error"]].itertuples(index=False):
+        LOG.warning(f"skipped {path}: {reason}")
+    if len(bad) == len(table):
+        first = "; ".join(f"{p}: {r}" for p, r in bad[["path", "error"]].head(3).itertuples(index=False))
+        raise ValueError(f"none of the {len(bad)} image(s) could be read ({first}); pass readable image files")
+
+
+def predict_cache(
+    head_dir: str | Path, cache_path: str | Path, options: PredictOptions = PredictOptions()
+) -> CacheScores:
+    """P(fake) of the rows of one cache matching `options.where`, scored as cached: in memory, or streamed when the
+    features would exceed the memory budget (see pipeline.streaming)."""
     from aigi import cache, heads
     from aigi.pipeline import tail
     from aigi.pipeline.streaming import StreamedSet, choose, parse_budget, row_values
 
-    head, info = tail.load_head(args.head_dir, args.weights or [])  # with the tail a `tail_*` head runs on tokens
-    paths = [c.partition("=")[2] if "=" in c else c for c in args.cache]
-    if len(paths) != 1:
-        raise ValueError("--cache: give one cache (join several with `aigi eval`, which follows the run's config)")
-    store = cache.open(paths[0])
-    where = parse_assignments(",".join(args.where), what="filter") if args.where else {}
+    head, info = tail.load_head(head_dir, options.weights)  # with the tail a `tail_*` head runs on tokens
+    store = cache.open(cache_path)
+    where = parse_assignments(",".join(options.where), what="filter") if options.where else {}
     names = list(head.cfg.inputs)
     unknown = [n for n in names if n not in store.features]
     if unknown:
-        raise ValueError(f"{paths[0]}: the head reads {unknown}, the cache holds {sorted(store.features)}")
+        raise ValueError(f"{cache_path}: the head reads {unknown}, the cache holds {sorted(store.features)}")
     rows = int(np.count_nonzero(cache.featureset.where_mask(store.meta(), where))) if where else len(store)
+    budget = parse_budget(options.memory_budget)
     dims = {n: store.features[n] for n in names}
-    choice = choose(
-        rows=rows, row_values=row_values(dims), stored=store.dtype, stream=args.stream,
-        budget=parse_budget(args.memory_budget),
-    )  # fmt: skip
-    print(f"data: {rows:,} rows {choice.why}", file=sys.stderr)
+    choice = choose(rows=rows, row_values=row_values(dims), stored=store.dtype, stream=options.stream, budget=budget)
     if choice.mode == "stream":
         from aigi.cache.stream import open_stream, stream_buffer
 
-        fs = StreamedSet(open_stream(store, names, where, buffer_bytes=stream_buffer(parse_budget(args.memory_budget))))
+        fs = StreamedSet(open_stream(store, names, where, buffer_bytes=stream_buffer(budget)))
     else:
         fs = store.load(names, where=where, dtype=choice.mode)
     cols = [c for c in ("image_id", "path", "label", "source", "split", "view") if c in fs.meta.columns]
     table = fs.meta[cols].reset_index(drop=True).copy()
     table["p_fake"] = heads.predict(head, fs.features)
     table["error"] = ""
-    return table
+    return CacheScores(table, rows, choice.why)
 
 
 def write_table(table: pd.DataFrame, path: str) -> None:
@@ -314,84 +386,3 @@ def write_table(table: pd.DataFrame, path: str) -> None:
             table.to_parquet(tmp, index=False)
         else:
             table.to_csv(tmp, index=False)
-
-
-def run(args: argparse.Namespace) -> int:
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
-    check_output(args.output)
-    if not args.images and not args.cache:
-        raise ValueError("give image files/folders to score, or --cache PATH to score cached features")
-    if args.cache:
-        return _report_cache(args, score_cache(args))
-    table = score_images(args)
-    good, bad = table[table["error"] == ""], table[table["error"] != ""]
-    for path, reason in bad[["path", "error"]].itertuples(index=False):
-        print(f"skipped {path}: {reason}", file=sys.stderr)
-    if good.empty:
-        first = "; ".join(f"{p}: {r}" for p, r in bad[["path", "error"]].head(3).itertuples(index=False))
-        raise ValueError(f"none of the {len(bad)} image(s) could be read ({first}); pass readable image files")
-    extra = [c for c in table.columns if c.startswith(("gate.", "expert."))]
-    with pd.option_context("display.max_colwidth", 80, "display.width", 200):
-        print(good[["path", "p_fake", "verdict", *extra]].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    if args.output:
-        write_table(table, args.output)
-        print(f"wrote {len(table)} rows to {args.output}", file=sys.stderr)
-    counts = good["verdict"].value_counts()
-    verdicts = ", ".join(
-        f"{int(counts.get(v, 0))} {v}" for v in ("fake", "real", "unsure") if v in counts or v != "unsure"
-    )
-    print(f"{len(good)} image(s) scored, {len(bad)} skipped ({verdicts})", file=sys.stderr)
-    return 0
-
-
-def _report_cache(args: argparse.Namespace, table: pd.DataFrame) -> int:
-    shown = table.drop(columns=["error"])
-    with pd.option_context("display.max_colwidth", 60, "display.width", 200):
-        print(shown.head(20).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    if len(table) > 20:
-        print(f"... {len(table) - 20:,} more rows" + ("" if args.output else " (write them all with -o FILE.csv)"))
-    if args.output:
-        write_table(table, args.output)
-        print(f"wrote {len(table)} rows to {args.output}", file=sys.stderr)
-    print(f"{len(table):,} cached row(s) scored", file=sys.stderr)
-    return 0
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "predict",
-        help="score images with a trained head (features extracted on the fly)",
-        description="Score image files or folders with a head trained by `aigi train`. Features are extracted with "
-        "the backbone and preprocessing the head's training cache recorded; the weights must reproduce its "
-        "fingerprint. Prints the calibrated P(fake) per image and the verdict (real / fake, or unsure inside the "
-        "head's abstain band; see `aigi calibrate`) and, for expert heads, the gates and per-expert scores. Unreadable "
-        "files are reported and skipped (exit code 0; 2 when no file could be read).",
-    )
-    p.add_argument("head_dir", help="RUN_DIR written by `aigi train`")
-    p.add_argument("images", nargs="*", help="image files and/or folders (searched recursively)")
-    p.add_argument(
-        "--cache",
-        action="append",
-        default=[],
-        metavar="PATH",
-        help="score this cache's rows instead of images (features as cached; streamed when they exceed the budget)",
-    )
-    p.add_argument("--where", action="append", default=[], metavar="COL=VALUE", help="with --cache: row filters")
-    p.add_argument("--stream", default="auto", help="with --cache: stream the features (true, false, auto)")
-    p.add_argument("--memory-budget", help="with --cache: memory for features, e.g. 1.5GB (default half the RAM)")
-    p.add_argument(
-        "--weights",
-        action="append",
-        metavar="[ALIAS=]PATH",
-        help="backbone weights file (ALIAS=PATH per backbone when the head reads several)",
-    )
-    p.add_argument(
-        "--expert-weights",
-        metavar="DOMAIN=W,...",
-        help="router heads: manual semantic-expert weights, e.g. human=0.7,animal=0.3 (artifact gate stays 1)",
-    )
-    p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("-o", "--output", help="write all rows (scores, gates, errors) to this .csv, .json or .parquet file")
-    p.set_defaults(func=run)

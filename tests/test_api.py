@@ -30,10 +30,16 @@ def make_cache(path: Path, *, dim: int = 16) -> None:
     rng = np.random.default_rng(0)
     n = 400
     labels = np.arange(n) % 2
-    meta = pd.DataFrame({
-        "image_id": [f"{i:064x}" for i in range(n)], "path": [f"img/{i}.png" for i in range(n)], "label": labels,
-        "source": np.where(labels == 1, "vae", "real"), "pair_id": "", "view": "orig",
-    })
+    meta = pd.DataFrame(
+        {
+            "image_id": [f"{i:064x}" for i in range(n)],
+            "path": [f"img/{i}.png" for i in range(n)],
+            "label": labels,
+            "source": np.where(labels == 1, "vae", "real"),
+            "pair_id": "",
+            "view": "orig",
+        }
+    )
     meta = cache.assign_splits(meta, {"train": 0.7, "test": 0.3}, seed=0)
     x = rng.standard_normal((n, dim)).astype(np.float32)
     x[labels == 1, :4] += 1.5
@@ -78,3 +84,25 @@ def test_import_aigi_does_not_import_torch() -> None:
     assert out.returncode == 0, out.stderr
     loaded, version = out.stdout.split()
     assert loaded == "False" and version != ""
+
+
+def test_api_indexes_a_folder_and_extracts_its_features(tmp_path: Path) -> None:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for i, label in enumerate(("0_real", "1_fake", "0_real", "1_fake")):
+        (tmp_path / "data" / "gen" / label).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(
+            tmp_path / "data/gen" / label / f"{i}.png"
+        )
+    done = aigi.index(tmp_path / "data", tmp_path / "data" / "manifest.parquet", split="test")
+    assert len(done.manifest) == 4 and done.skipped == [] and set(done.manifest["split"]) == {"test"}
+    assert sorted(done.manifest["label"]) == [0, 0, 1, 1]
+    result = aigi.extract(
+        tmp_path / "data" / "manifest.parquet", tmp_path / "c", backbone="timm:test_vit", random_weights=True,
+        views=("orig", "jpeg:075"),
+    )  # fmt: skip
+    assert (result.rows, result.errors) == (8, 0)
+    meta = cache.open(tmp_path / "c").meta()
+    assert sorted(meta["view"].unique()) == ["jpeg:75", "orig"] and len(meta) == 8
+    assert set(meta["image_id"]) == set(done.manifest["image_id"])

@@ -17,20 +17,20 @@ from aigi.common.registry import Registry
 # commands build the full parser. Modules keep heavy imports (torch, sklearn, diffusers, ...) inside functions.
 COMMANDS: Registry = Registry("command")
 for _name, _target in {
-    "index": "aigi.pipeline.index:register",
-    "cache": "aigi.pipeline.cache_cmd:register",
-    "import": "aigi.pipeline.importers:register_import",
-    "export": "aigi.pipeline.importers:register_export",
+    "index": "aigi.cli.index:add_parser",
+    "cache": "aigi.cli.cache:add_parser",
+    "import": "aigi.cli.import_:add_parser",
+    "export": "aigi.cli.export:add_parser",
     "fakes": "aigi.cli.fakes:add_parser",
-    "extract": "aigi.pipeline.extract:register",
+    "extract": "aigi.cli.extract:add_parser",
     "train": "aigi.pipeline.train:register",
     "eval": "aigi.pipeline.evaluate:register",
     "calibrate": "aigi.pipeline.calibrate:register",
     "robustness": "aigi.pipeline.robustness:register",
-    "head": "aigi.pipeline.head_cmd:register",
-    "domains": "aigi.pipeline.domains:register",
+    "head": "aigi.cli.head:add_parser",
+    "domains": "aigi.cli.domains:add_parser",
     "ablate": "aigi.pipeline.ablate:register",
-    "predict": "aigi.pipeline.predict:register",
+    "predict": "aigi.cli.predict:add_parser",
     "demo": "aigi.pipeline.demo:register",
 }.items():
     COMMANDS.register_lazy(_name, _target)

@@ -3,13 +3,59 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from aigi.common.grammar import SPLIT_NAMES
 
 WEIGHTS_HELP = (
     "tail_* heads: the backbone weights file the token cache was extracted with (the same as `aigi extract "
     "--weights`; ALIAS=PATH per cache when the head reads several)"
 )
+DEVICE_HELP = "auto (CUDA when present), cpu, cuda, cuda:1, ..."
 
 
 def add_weights_argument(p: argparse.ArgumentParser) -> None:
     """`--weights [ALIAS=]PATH` (repeatable): the same flag on every command that trains or loads a head."""
     p.add_argument("--weights", action="append", default=[], metavar="[ALIAS=]PATH", help=WEIGHTS_HELP)
+
+
+def add_output_argument(
+    p: argparse.ArgumentParser, help_text: str, *, long: str = "--output", required: bool = True, as_path: bool = True
+) -> None:
+    """`-o/--output` (or `-o/--out`): the file or folder a command writes.
+
+    Args:
+        p: the command's parser.
+        help_text: what is written there.
+        long: the long spelling (`--output` for files and folders of data, `--out` for head and report folders).
+        required: whether the command needs it.
+        as_path: give a `Path` (False: the text as typed, e.g. to see a trailing `/`).
+    """
+    p.add_argument("-o", long, type=Path if as_path else str, required=required, help=help_text)
+
+
+def add_split_arguments(p: argparse.ArgumentParser) -> None:
+    """`--split S` or `--split-ratio train=0.8,test=0.2 [--seed N]`: the splits given to new rows."""
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--split", choices=SPLIT_NAMES, help="give every row this split")
+    group.add_argument(
+        "--split-ratio",
+        metavar="RATIOS",
+        help="assign splits by pair_id, e.g. train=0.8,test=0.2 (a real and its fakes stay together)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of --split-ratio (default 0)")
+
+
+def add_device_argument(p: argparse.ArgumentParser) -> None:
+    """`--device` (default auto): where a backbone or a head runs."""
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
+
+
+def add_where_argument(p: argparse.ArgumentParser, help_text: str) -> None:
+    """`--where COLUMN=VALUE` (repeatable): row filters on the cache's meta columns."""
+    p.add_argument("--where", action="append", default=[], metavar="COLUMN=VALUE", help=help_text)
+
+
+def add_json_argument(p: argparse.ArgumentParser) -> None:
+    """`--json`: print the result as JSON instead of text."""
+    p.add_argument("--json", action="store_true", help="print JSON")

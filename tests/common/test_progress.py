@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import pytest
 
@@ -31,6 +32,18 @@ def test_quiet_says_nothing(caplog: pytest.LogCaptureFixture) -> None:
     with progress(total=5, desc="x", terminal=False, every_s=0.0, quiet=True) as bar:
         bar.update(5)
     assert not caplog.records
+
+
+def test_work_shorter_than_the_delay_says_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="aigi.progress")
+    with progress(total=4, desc="short", terminal=False, every_s=0.0, delay_s=3600) as bar:
+        bar.update(4)
+    assert not caplog.records
+    with progress(total=4, desc="long", terminal=False, every_s=0.0, delay_s=0.05) as bar:
+        bar.update(1)
+        time.sleep(0.06)
+        bar.update(3)
+    assert [r.getMessage().split(" ")[1] for r in caplog.records] == ["4/4"]
 
 
 def test_the_command_line_prints_progress_to_stderr_and_notes_to_stdout(capsys: pytest.CaptureFixture) -> None:

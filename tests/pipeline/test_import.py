@@ -12,7 +12,7 @@ import pytest
 
 from aigi import cache
 from aigi.cli import main
-from aigi.pipeline.importers import export_npy, import_uar
+from aigi.pipeline.importers import ImportOptions, export_npy, import_uar
 from tests.conftest import shared_path
 
 
@@ -49,11 +49,14 @@ def make_sets(root, names=("progan", "sd14"), n=3, dim=5, seed=0):
 
 def test_sets_sources_append_and_export_roundtrip(tmp_path):
     values = make_sets(tmp_path / "a")
-    stats = import_uar(tmp_path / "a", tmp_path / "c", split="test", fmt="parquet", shard_size=4, progress=False)
+    stats = import_uar(
+        tmp_path / "a", tmp_path / "c", ImportOptions(split="test", fmt="parquet", shard_size=4, progress=False)
+    )
     assert stats == {"files": 12, "written": 12, "skipped_present": 0, "dim": 5, "failed": []}
     values.update({f"extra/{k.split('/', 1)[1]}": v for k, v in make_sets(tmp_path / "b", ("x",), seed=1).items()})
-    import_uar(tmp_path / "b" / "x", tmp_path / "c", source="extra", split="train", progress=False)  # bare folder
-    again = import_uar(tmp_path / "a", tmp_path / "c", split="test", progress=False)
+    bare = ImportOptions(source="extra", split="train", progress=False)
+    import_uar(tmp_path / "b" / "x", tmp_path / "c", bare)  # a bare folder
+    again = import_uar(tmp_path / "a", tmp_path / "c", ImportOptions(split="test", progress=False))
     assert again["written"] == 0 and again["skipped_present"] == 12  # re-running is a no-op (resume)
     meta = cache.open(tmp_path / "c").meta()
     assert meta.groupby("source")["split"].agg(lambda s: sorted(set(s))).to_dict() == {
@@ -71,7 +74,7 @@ def test_sets_sources_append_and_export_roundtrip(tmp_path):
 
 def test_float16_import_is_the_float16_cast(tmp_path):
     values = make_sets(tmp_path / "a", ("g",))
-    import_uar(tmp_path / "a", tmp_path / "c", dtype="float16", progress=False)
+    import_uar(tmp_path / "a", tmp_path / "c", ImportOptions(dtype="float16", progress=False))
     fs = cache.open(tmp_path / "c").load()
     for path, vec in zip(fs.meta["path"], fs.features["probe"]):
         np.testing.assert_array_equal(vec, values[path].astype(np.float16).astype(np.float32))
@@ -106,7 +109,7 @@ def test_export_refuses_colliding_stems(tmp_path):
     for cat in ("car", "cat"):
         (tmp_path / "a/gen" / cat / "0_real").mkdir(parents=True)
         np.save(tmp_path / "a/gen" / cat / "0_real/x.npy", np.ones((1, 3), np.float32))
-    import_uar(tmp_path / "a", tmp_path / "c", progress=False)
+    import_uar(tmp_path / "a", tmp_path / "c", ImportOptions(progress=False))
     with pytest.raises(ValueError, match="same file"):
         export_npy(tmp_path / "c", tmp_path / "out")
 
@@ -124,11 +127,11 @@ IMPORTER = """
 import sys, time
 from pathlib import Path
 sys.path.insert(0, {root!r})
-from aigi.pipeline.importers import import_uar
+from aigi.pipeline.importers import ImportOptions, import_uar
 Path({flag!r} + ".ready").touch()
 while not Path({go!r}).exists():  # both start together
     time.sleep(0.01)
-import_uar({folder!r}, {out!r}, shard_size=2, progress=False)
+import_uar({folder!r}, {out!r}, ImportOptions(shard_size=2, progress=False))
 """
 
 

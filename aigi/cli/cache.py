@@ -6,8 +6,41 @@ import argparse
 import json
 from pathlib import Path
 
+from aigi.cli._options import add_json_argument, add_output_argument
 
-def _human(n: int) -> str:
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add `aigi cache info|verify|repair|compact`."""
+    p = subparsers.add_parser("cache", help="inspect, verify, repair and compact feature caches")
+    sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    info = sub.add_parser("info", help="rows, features, sources, splits, views, size, fingerprint")
+    info.add_argument("path", type=Path, help="cache directory, compacted .h5, Parquet dataset or .npy folder")
+    add_json_argument(info)
+    info.set_defaults(func=run_info)
+    verify = sub.add_parser(
+        "verify",
+        help="check every shard against the digest and row count recorded at commit, NaN/inf, "
+        "fingerprints, duplicate keys, shards missing from or left out of the index",
+    )
+    verify.add_argument("path", type=Path)
+    verify.set_defaults(func=run_verify)
+    repair = sub.add_parser(
+        "repair",
+        help="drop what verify names (missing, changed or unreadable shards, repeated rows, unindexed files)",
+        description="Make a cache directory sound again. Dropped shards are listed; re-running the same "
+        "`aigi extract` or `aigi import uar` re-creates their rows.",
+    )
+    repair.add_argument("path", type=Path)
+    repair.set_defaults(func=run_repair)
+    compact = sub.add_parser("compact", help="write one self-describing .h5 with every row")
+    compact.add_argument("path", type=Path)
+    add_output_argument(compact, "the .h5 file to write")
+    compact.set_defaults(func=run_compact)
+    return p
+
+
+def human_size(n: float) -> str:
+    """A byte count in B, KB, MB or GB (powers of 1024)."""
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1024 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -15,28 +48,33 @@ def _human(n: int) -> str:
     return f"{n} B"
 
 
-def _print_info(info: dict) -> None:
+def print_info(info: dict) -> None:
+    """`cache.info`'s summary as aligned text lines."""
     print(f"{info['path']} ({info['kind']}, {info['format']}, {info['dtype']})")
     print(f"  rows        {info['rows']}  (labels {info['labels']})")
     print("  features    " + ", ".join(f"{k} {tuple(v)}" for k, v in info["features"].items()))
     for key in ("sources", "splits", "views"):
         print(f"  {key:<11} " + ", ".join(f"{k or '-'}={v}" for k, v in info[key].items()))
-    print(f"  shards      {info['shards']}, errors recorded {info['errors']}, {_human(info['bytes_on_disk'])} on disk")
+    size = human_size(info["bytes_on_disk"])
+    print(f"  shards      {info['shards']}, errors recorded {info['errors']}, {size} on disk")
     print(f"  fingerprint {info['fingerprint']}")
     print(f"  spec        {json.dumps(info['spec'], sort_keys=True)}")
 
 
-def run_cache_info(args: argparse.Namespace) -> int:
+def run_info(args: argparse.Namespace) -> int:
     """Entry point of `aigi cache info`."""
     from aigi import cache
 
     info = cache.info(args.path)
-    print(json.dumps(info, indent=2)) if args.json else _print_info(info)
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        print_info(info)
     return 0
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    """Entry point of `aigi cache verify`: exit 0 when sound, 2 with the list of problems otherwise."""
+    """Entry point of `aigi cache verify`: exit 0 when sound; a damaged cache raises (one line, exit code 2)."""
     from aigi import cache
 
     result = cache.verify(args.path)
@@ -51,7 +89,7 @@ def run_verify(args: argparse.Namespace) -> int:
 
 
 def run_repair(args: argparse.Namespace) -> int:
-    """Entry point of `aigi cache repair`."""
+    """Entry point of `aigi cache repair`: repair, then verify."""
     from aigi import cache
 
     result = cache.repair(args.path)
@@ -77,32 +115,3 @@ def run_compact(args: argparse.Namespace) -> int:
     out = cache.compact(args.path, args.output)
     print(f"wrote {out} ({len(cache.open(out))} rows)")
     return 0
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add `aigi cache info|verify|repair|compact`."""
-    p = subparsers.add_parser("cache", help="inspect, verify, repair and compact feature caches")
-    sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
-    info = sub.add_parser("info", help="rows, features, sources, splits, views, size, fingerprint")
-    info.add_argument("path", type=Path, help="cache directory, compacted .h5, Parquet dataset or .npy folder")
-    info.add_argument("--json", action="store_true", help="print JSON")
-    info.set_defaults(func=run_cache_info)
-    verify = sub.add_parser(
-        "verify",
-        help="check every shard against the digest and row count recorded at commit, NaN/inf, "
-        "fingerprints, duplicate keys, shards missing from or left out of the index",
-    )
-    verify.add_argument("path", type=Path)
-    verify.set_defaults(func=run_verify)
-    repair = sub.add_parser(
-        "repair",
-        help="drop what verify names (missing, changed or unreadable shards, repeated rows, unindexed files)",
-        description="Make a cache directory sound again. Dropped shards are listed; re-running the same "
-        "`aigi extract` or `aigi import uar` re-creates their rows.",
-    )
-    repair.add_argument("path", type=Path)
-    repair.set_defaults(func=run_repair)
-    compact = sub.add_parser("compact", help="write one self-describing .h5 with every row")
-    compact.add_argument("path", type=Path)
-    compact.add_argument("-o", "--output", type=Path, required=True, help="the .h5 file to write")
-    compact.set_defaults(func=run_compact)

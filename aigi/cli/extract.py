@@ -1,0 +1,104 @@
+"""`aigi extract`: extract frozen-backbone features of a manifest's images into a feature cache."""
+
+from __future__ import annotations
+
+import argparse
+
+from aigi.cli._options import add_device_argument
+from aigi.common.grammar import VIEW_FORMS
+from aigi.pipeline.extract import DTYPES, FORMATS, STORE_DTYPES, ExtractOptions, ExtractResult, extract_features
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add `aigi extract`."""
+    p = subparsers.add_parser(
+        "extract",
+        help="extract backbone features of a manifest's images into a cache",
+        description="Extract frozen-backbone features into a feature cache. Batched, resumable (finished shards are "
+        "skipped), fingerprinted; unreadable images are recorded in shards/*.errors.json and the run goes on.",
+    )
+    add_arguments(p)
+    p.set_defaults(func=run)
+    return p
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of `aigi extract`, their defaults those of `ExtractOptions`."""
+    p.add_argument("--manifest", required=True, help="manifest.parquet from `aigi index` (or `aigi fakes`)")
+    p.add_argument("--root", help="folder the manifest's paths are relative to (default: the manifest's folder)")
+    p.add_argument("--backbone", required=True, help="extractor, e.g. clip-l14, aim-v1-3b, timm:vit_base_patch16_224")
+    p.add_argument("--weights", help="local weights file of the backbone (nothing is downloaded)")
+    p.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="extract with a randomly initialised backbone on purpose (tests, benchmarks); without it --weights is "
+        "required",
+    )
+    p.add_argument("--features", help="comma-separated feature names, e.g. l23.cls,proj (default: the backbone's)")
+    p.add_argument("--preprocess", help="resize | center_crop | rich_patch (default: the backbone's)")
+    p.add_argument(
+        "--views",
+        default=",".join(ExtractOptions.views),
+        help=f"comma-separated views: {VIEW_FORMS} (e.g. orig,jpeg:75)",
+    )
+    p.add_argument("--cache", required=True, help="cache directory to create or extend")
+    p.add_argument("--format", default=ExtractOptions.fmt, choices=FORMATS, help="shard format")
+    p.add_argument(
+        "--shard-size",
+        type=int,
+        default=ExtractOptions.shard_size,
+        help="rows per shard (the unit of resume and distribution)",
+    )
+    p.add_argument("--batch-size", type=int, default=ExtractOptions.batch_size)
+    p.add_argument(
+        "--num-workers", type=int, default=ExtractOptions.num_workers, help="DataLoader processes decoding images"
+    )
+    add_device_argument(p)
+    p.add_argument("--dtype", default=ExtractOptions.dtype, choices=DTYPES, help="compute dtype")
+    p.add_argument(
+        "--store-dtype",
+        default=ExtractOptions.store_dtype,
+        choices=STORE_DTYPES,
+        help="dtype the cache stores (recorded in the fingerprint); float32 keeps the forward's values bit for bit",
+    )
+    p.add_argument("--workers", type=int, default=0, help="run shards on a local dask cluster of N processes")
+    p.add_argument("--scheduler", help="run shards on an existing dask cluster, e.g. tcp://host:8786")
+
+
+def options_from_args(args: argparse.Namespace) -> ExtractOptions:
+    """The extract options the arguments ask for."""
+    return ExtractOptions(
+        manifest=args.manifest,
+        backbone=args.backbone,
+        cache=args.cache,
+        root=args.root,
+        weights=args.weights,
+        random_weights=args.random_weights,
+        features=tuple(f.strip() for f in args.features.split(",") if f.strip()) if args.features else None,
+        preprocess=args.preprocess,
+        views=tuple(args.views.split(",")),
+        fmt=args.format,
+        shard_size=args.shard_size,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        device=args.device,
+        dtype=args.dtype,
+        store_dtype=args.store_dtype,
+        workers=args.workers,
+        scheduler=args.scheduler,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of `aigi extract`."""
+    print(summary_line(extract_features(options_from_args(args))))
+    return 0
+
+
+def summary_line(result: ExtractResult) -> str:
+    """The one line `aigi extract` prints at the end: rows, shards, failures, speed."""
+    other = f", {result.elsewhere} being extracted by another running process" if result.elsewhere else ""
+    return (
+        f"extracted {result.rows} rows into {len(result.done)} shard(s) ({result.already_done} already done{other}), "
+        f"{result.errors} image(s) failed (see shards/*.errors.json), {result.rate:.1f} img/s; cache: {result.cache}"
+    )

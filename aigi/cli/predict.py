@@ -1,0 +1,117 @@
+"""`aigi predict`: score image files with a trained head, extracting features on the fly with its recorded backbone."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import pandas as pd
+
+from aigi.cli._options import add_device_argument, add_output_argument, add_where_argument
+from aigi.pipeline.predict import PredictOptions, check_output, predict_cache, predict_images, write_table
+
+SHOWN_CACHE_ROWS = 20
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add `aigi predict`."""
+    p = subparsers.add_parser(
+        "predict",
+        help="score images with a trained head (features extracted on the fly)",
+        description="Score image files or folders with a head trained by `aigi train`. Features are extracted with "
+        "the backbone and preprocessing the head's training cache recorded; the weights must reproduce its "
+        "fingerprint. Prints the calibrated P(fake) per image and the verdict (real / fake, or unsure inside the "
+        "head's abstain band; see `aigi calibrate`) and, for expert heads, the gates and per-expert scores. Unreadable "
+        "files are reported and skipped (exit code 0; 2 when no file could be read).",
+    )
+    p.add_argument("head_dir", help="RUN_DIR written by `aigi train`")
+    p.add_argument("images", nargs="*", help="image files and/or folders (searched recursively)")
+    p.add_argument(
+        "--cache",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="score this cache's rows instead of images (features as cached; streamed when they exceed the budget)",
+    )
+    add_where_argument(p, "with --cache: row filters")
+    p.add_argument(
+        "--stream", default=PredictOptions.stream, help="with --cache: stream the features (true, false, auto)"
+    )
+    p.add_argument("--memory-budget", help="with --cache: memory for features, e.g. 1.5GB (default half the RAM)")
+    p.add_argument(
+        "--weights",
+        action="append",
+        default=[],
+        metavar="[ALIAS=]PATH",
+        help="backbone weights file (ALIAS=PATH per backbone when the head reads several)",
+    )
+    p.add_argument(
+        "--expert-weights",
+        metavar="DOMAIN=W,...",
+        help="router heads: manual semantic-expert weights, e.g. human=0.7,animal=0.3 (artifact gate stays 1)",
+    )
+    add_device_argument(p)
+    p.add_argument("--batch-size", type=int, default=PredictOptions.batch_size)
+    add_output_argument(
+        p, "write all rows (scores, gates, errors) to this .csv, .json or .parquet file", required=False, as_path=False
+    )
+    p.set_defaults(func=run)
+    return p
+
+
+def options_from_args(args: argparse.Namespace) -> PredictOptions:
+    """The predict options the arguments ask for."""
+    return PredictOptions(
+        weights=tuple(args.weights),
+        expert_weights=args.expert_weights,
+        device=args.device,
+        batch_size=args.batch_size,
+        where=tuple(args.where),
+        stream=args.stream,
+        memory_budget=args.memory_budget,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of `aigi predict`."""
+    options = options_from_args(args)
+    check_output(args.output)
+    if not args.images and not args.cache:
+        raise ValueError("give image files/folders to score, or --cache PATH to score cached features")
+    if args.cache:
+        return report_cache(args, options)
+    table = predict_images(args.head_dir, args.images, options)
+    good, bad = table[table["error"] == ""], table[table["error"] != ""]
+    extra = [c for c in table.columns if c.startswith(("gate.", "expert."))]
+    with pd.option_context("display.max_colwidth", 80, "display.width", 200):
+        print(good[["path", "p_fake", "verdict", *extra]].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    if args.output:
+        write_table(table, args.output)
+        print(f"wrote {len(table)} rows to {args.output}", file=sys.stderr)
+    counts = good["verdict"].value_counts()
+    verdicts = ", ".join(
+        f"{int(counts.get(v, 0))} {v}" for v in ("fake", "real", "unsure") if v in counts or v != "unsure"
+    )
+    print(f"{len(good)} image(s) scored, {len(bad)} skipped ({verdicts})", file=sys.stderr)
+    return 0
+
+
+def report_cache(args: argparse.Namespace, options: PredictOptions) -> int:
+    """`aigi predict --cache`: score the cache's rows, show the first of them, write them all to -o."""
+    paths = [c.partition("=")[2] if "=" in c else c for c in args.cache]
+    if len(paths) != 1:
+        raise ValueError("--cache: give one cache (join several with `aigi eval`, which follows the run's config)")
+    scored = predict_cache(args.head_dir, paths[0], options)
+    table = scored.table
+    print(f"data: {scored.rows:,} rows {scored.rows_held}", file=sys.stderr)
+    with pd.option_context("display.max_colwidth", 60, "display.width", 200):
+        shown = table.drop(columns=["error"]).head(SHOWN_CACHE_ROWS)
+        print(shown.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    if len(table) > SHOWN_CACHE_ROWS:
+        more = len(table) - SHOWN_CACHE_ROWS
+        print(f"... {more:,} more rows" + ("" if args.output else " (write them all with -o FILE.csv)"))
+    if args.output:
+        write_table(table, args.output)
+        print(f"wrote {len(table)} rows to {args.output}", file=sys.stderr)
+    print(f"{len(table):,} cached row(s) scored", file=sys.stderr)
+    return 0
