@@ -24,10 +24,8 @@ FOLDERS = {
     "aigi": "aigi",
 }
 PACKAGES = tuple(FOLDERS)
-# TEMPORARY, while the command-line layer is split off the stages: the demo runs `aigi` commands in-process
-TEMPORARY = {
-    f"pipeline/{name}.py": ["cli"] for name in ("ablate", "calibrate", "robustness", "evaluate", "train", "demo/steps")
-}
+# TEMPORARY, while the command-line layer is split off the stages (none left)
+TEMPORARY: dict[str, list[str]] = {}
 TORCH = {"torch", "timm", "open_clip"}
 TOP = {"cli", "aigi"}  # the command line and the Python API: nothing below imports them
 FORBIDDEN = {

@@ -23,15 +23,15 @@ for _name, _target in {
     "export": "aigi.pipeline.importers:register_export",
     "fakes": "aigi.pipeline.fakes:register",
     "extract": "aigi.pipeline.extract:register",
-    "train": "aigi.pipeline.train:register",
-    "eval": "aigi.pipeline.evaluate:register",
-    "calibrate": "aigi.pipeline.calibrate:register",
-    "robustness": "aigi.pipeline.robustness:register",
+    "train": "aigi.cli.train:add_parser",
+    "eval": "aigi.cli.eval:add_parser",
+    "calibrate": "aigi.cli.calibrate:add_parser",
+    "robustness": "aigi.cli.robustness:add_parser",
     "head": "aigi.pipeline.head_cmd:register",
     "domains": "aigi.pipeline.domains:register",
-    "ablate": "aigi.pipeline.ablate:register",
+    "ablate": "aigi.cli.ablate:add_parser",
     "predict": "aigi.pipeline.predict:register",
-    "demo": "aigi.pipeline.demo:register",
+    "demo": "aigi.cli.demo:add_parser",
 }.items():
     COMMANDS.register_lazy(_name, _target)
 
