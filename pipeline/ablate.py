@@ -27,6 +27,7 @@ from typing import Any
 from aigi.common.extras import require
 from aigi.common.files import atomic_write
 from aigi.common.grammar import set_dotted
+from aigi.pipeline.config import RunConfig
 
 ABLATION_KEYS = ("grid", "variants", "seeds", "sort_by", "prepare", "eval_views")
 RESULT_FILE = "result.json"
@@ -110,7 +111,7 @@ class RunSpec:
     values: dict[str, Any]
     seed: int
     config: dict[str, Any] = field(repr=False)  # the resolved config as plain data (its hash is in run_id)
-    parsed: Any = field(default=None, repr=False, compare=False)  # the same as a RunConfig, parsed once
+    parsed: RunConfig | None = field(default=None, repr=False, compare=False)  # the same, parsed once
 
 
 @dataclass(frozen=True)
@@ -210,9 +211,9 @@ def setting_name(variant: str, values: Mapping[str, Any]) -> str:
 
 def config_hash(config: Mapping[str, Any]) -> str:
     """The first 8 hex digits of the sha256 of a resolved config's canonical JSON."""
-    from aigi import cache
+    from aigi.cache import fingerprint as sha256_of
 
-    return cache.fingerprint(dict(config))[:8]
+    return sha256_of(dict(config))[:8]
 
 
 def expand(
@@ -329,7 +330,11 @@ def read_result(run_dir: str | Path) -> dict[str, Any] | None:
 
 
 def execute_run(
-    run_dir: str, config: Any, identity: dict[str, Any], threads: int | None = None, steps: RunSteps | None = None
+    run_dir: str,
+    config: RunConfig | Mapping[str, Any],
+    identity: dict[str, Any],
+    threads: int | None = None,
+    steps: RunSteps | None = None,
 ) -> dict:
     """Train and evaluate one resolved config in `run_dir` with `steps`; skip it when its result exists.
 
@@ -363,14 +368,14 @@ def _view_folder(view: str) -> str:
 
 
 def _train_and_evaluate(
-    run_dir: str, config: Any, identity: dict[str, Any], threads: int | None, steps: RunSteps
+    run_dir: str, config: RunConfig | Mapping[str, Any], identity: dict[str, Any], threads: int | None, steps: RunSteps
 ) -> dict:
     """The body of `execute_run`, holding the run's lock: a fresh run folder, train, evaluate, write the result."""
     import torch
 
     from aigi.common.provenance import code_revision
     from aigi.pipeline import streaming
-    from aigi.pipeline.config import RunConfig, parse_config
+    from aigi.pipeline.config import parse_config
 
     path = Path(run_dir)
     # every run of this worker process reuses loaded rows; workers share finished expert stages through files

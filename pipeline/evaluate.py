@@ -10,6 +10,7 @@ from typing import Any
 from aigi.common.grammar import parse_threshold
 from aigi.pipeline.config import RunConfig
 from aigi.pipeline.metrics import REAL_POLICIES
+from aigi.pipeline.scoring import SCORE_COLUMNS, ScoringRun
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,7 @@ def evaluate_run(
     from aigi import heads
     from aigi.pipeline.metrics import assemble_groups, group_metrics
     from aigi.pipeline.report import write_report
-    from aigi.pipeline.scoring import SCORE_COLUMNS, open_run, pick_threshold, score_rows, split_rows
+    from aigi.pipeline.scoring import open_run, pick_threshold, score_rows, split_rows
 
     run = open_run(run_dir, caches=options.caches, where=options.where, weights=options.weights, config=config,
                    trained=True)  # fmt: skip
@@ -128,7 +129,7 @@ def evaluate_run(
     return EvalResult(metrics=metrics, out_dir=Path(out_dir), files=files)
 
 
-def _context(run: Any, opts: EvalOptions, thr_how: str, cal: Any) -> list[str]:
+def _context(run: ScoringRun, opts: EvalOptions, thr_how: str, cal: Any) -> list[str]:
     """The report's header lines: head, caches, rows, threshold, how scores are made, warnings."""
     data = run.config.data
     rows = "all" if opts.split == "all" else f"{data.split_column} == {opts.split}"
