@@ -176,8 +176,8 @@ def longest_chain(graph: dict[str, set[str]], nodes: set[str]) -> list[str]:
 
 def test_no_head_side_stage_imports_another_stage() -> None:
     graph = import_graph("pipeline")
-    stages = {f"aigi.pipeline.{name}" for name in STAGES}
-    assert stages <= set(graph), sorted(stages - set(graph))
+    stages = {f"aigi.pipeline.{name}" for name in STAGES} & set(graph)  # a command module may move to aigi/cli
+    assert {f"aigi.pipeline.{name}" for name in HEAD_SIDE_STAGES} <= stages
     bad = {name: sorted(graph[f"aigi.pipeline.{name}"] & stages) for name in HEAD_SIDE_STAGES}
     assert not any(bad.values()), f"stage modules import stage modules: {bad}"
     head_side = {f"aigi.pipeline.{name}" for name in HEAD_SIDE_STAGES}
