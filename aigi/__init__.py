@@ -145,21 +145,26 @@ def train(
     overrides: Sequence[str] = (),
     caches: Sequence[str] = (),
     weights: Sequence[str] = (),
-) -> dict:
+) -> dict[str, Any]:
     """`aigi train`: fit the head of a run config (a RunConfig, YAML file or preset name) and save it in `run_dir`;
-    `weights` (`PATH` / `ALIAS=PATH`, as `--weights`): the backbone weights a `tail_*` head re-runs its blocks with."""
+    `weights` (`PATH` / `ALIAS=PATH`, as `--weights`): the backbone weights a `tail_*` head re-runs its blocks with.
+    Returns the summary (`pipeline.train.TrainResult.to_dict()`)."""
     from aigi.pipeline.config import RunConfig
-    from aigi.pipeline.train import train_run
+    from aigi.pipeline.train import TrainOptions, train_run
 
     cfg = config if isinstance(config, RunConfig) else load_config(config, overrides=overrides, caches=caches)
-    return train_run(cfg, run_dir, weights=weights)
+    return train_run(cfg, run_dir, TrainOptions(weights=tuple(weights))).to_dict()
 
 
-def evaluate_run(run_dir: str | Path, out_dir: str | Path, **options: Any) -> dict[str, Any]:
+def evaluate_run(run_dir: str | Path, out_dir: str | Path, options: Any = None, **settings: Any) -> dict[str, Any]:
     """`aigi eval`: score a trained run's test split and write its report to `out_dir`; returns the metrics.
 
-    `options` are `pipeline.evaluate.evaluate_run`'s (split, by, threshold, reals, bootstrap, where, plots, ...).
+    `options` is a `pipeline.evaluate.EvalOptions`; or give its fields as keywords (split, by, threshold, reals,
+    bootstrap, seed, where, caches, weights, plots), e.g. `aigi.evaluate_run(run, out, plots=False)`.
     """
+    from aigi.pipeline.evaluate import EvalOptions
     from aigi.pipeline.evaluate import evaluate_run as run
 
-    return run(run_dir, out_dir=out_dir, **options)
+    if options is not None and settings:
+        raise TypeError("give either options=EvalOptions(...) or its fields as keywords, not both")
+    return run(run_dir, out_dir, options if options is not None else EvalOptions(**settings)).metrics

@@ -59,11 +59,12 @@ def test_logits(run: Path, store: Path) -> tuple[np.ndarray, np.ndarray]:
 def measure(run: Path, store: Path, method: str, band: str) -> dict:
     """Calibrate with `method`, a 1%-FPR threshold and `band`; the numbers on val (fit) and test (held out)."""
     from aigi import heads
-    from aigi.pipeline.calibrate import calibrate_run
+    from aigi.pipeline.calibrate import CalibrateOptions, calibrate_run
     from aigi.pipeline.config import CalibrationSpec
     from aigi.pipeline.metrics import brier, ece, tpr_at_fpr
 
-    summary = calibrate_run(run, CalibrationSpec(method=method, threshold=f"fpr:{TARGET_FPR}", band=band))
+    spec = CalibrationSpec(method=method, threshold=f"fpr:{TARGET_FPR}", band=band)
+    summary = calibrate_run(run, CalibrateOptions(spec=spec))
     cal = heads.calibration_of(heads.load(run)[1])
     z, y = test_logits(run, store)
     p = cal.probability(z)
@@ -76,17 +77,17 @@ def measure(run: Path, store: Path, method: str, band: str) -> dict:
         "band_range": cal.band,
         "temperature": cal.temperature if method == "temperature" else None,
         "platt": [cal.slope, cal.bias] if method == "platt" else None,
-        "val_rows": summary["val_rows"],
-        "val_reals": int(summary["calibration"]["fitted_on"]["real"]),
-        "val_ece_raw": summary["val"]["ece_before"],
-        "val_ece": summary["val"]["ece_after"],
+        "val_rows": summary.val_rows,
+        "val_reals": int(summary.calibration["fitted_on"]["real"]),
+        "val_ece_raw": summary.val["ece_before"],
+        "val_ece": summary.val["ece_after"],
         "test_rows": int(y.size),
         "test_ece_raw": ece(y, 1 / (1 + np.exp(-z))),
         "test_ece": ece(y, p),
         "test_brier_raw": brier(y, 1 / (1 + np.exp(-z))),
         "test_brier": brier(y, p),
         "threshold": cal.threshold,
-        "val_fpr": summary["val"]["fpr"],
+        "val_fpr": summary.val["fpr"],
         "test_fpr": float(called[reals].mean()),
         "test_false_positives": f"{int(called[reals].sum())}/{int(reals.sum())}",
         "test_tpr": float(called[fakes].mean()),

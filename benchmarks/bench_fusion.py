@@ -149,7 +149,9 @@ def ablation_config(cache_path: Path, *, dim: int, seeds: list[int], epochs: int
 
 def run_scenario(name: str, *, args: argparse.Namespace, work: Path) -> dict:
     """Build one scenario's cache, run the ablation, and return per-type results."""
-    from aigi.pipeline.ablate import expand, run_ablation
+    from aigi.pipeline.ablate import AblateOptions, RunSteps, expand, run_ablation
+    from aigi.pipeline.evaluate import EvalOptions, evaluate_run
+    from aigi.pipeline.train import TrainOptions, train_run
 
     meta, x = synthetic_rows(
         pairs=args.pairs,
@@ -169,10 +171,12 @@ def run_scenario(name: str, *, args: argparse.Namespace, work: Path) -> dict:
     store = write_cache(work / name / "cache", meta, x, spec=spec)
     cfg, counts = ablation_config(store, dim=args.dim, seeds=args.seeds, epochs=args.epochs)
     start = time.perf_counter()
-    out = run_ablation(expand(cfg, source=name), work / name / "ablation", jobs=args.jobs, progress=False)
+    steps = RunSteps(train=train_run, evaluate=evaluate_run, train_options=TrainOptions(), eval_options=EvalOptions())
+    options = AblateOptions(jobs=args.jobs, progress=False)
+    out = run_ablation(expand(cfg, source=name), work / name / "ablation", steps, options)
     seconds = time.perf_counter() - start
     rows = []
-    for _, r in out["summary"].iterrows():
+    for _, r in out.summary.iterrows():
         row = {"scenario": name, "head": r["variant"], "params": counts.get(r["variant"].split("_")[0])}
         for kind, source in SOURCES.items():
             for metric in ("fake_acc", "ap"):

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
+from aigi.common import typed
 from aigi.common.registry import Registry
 
 # Every public module of the package registers its heads when imported (heads/__init__.py imports them all), so a
@@ -85,21 +85,18 @@ def build(
 
 
 def make_config(cfg_cls: type, values: Mapping[str, Any], *, what: str = "config") -> Any:
-    """Turn a plain dict (YAML/JSON) into the frozen dataclass `cfg_cls`; lists become tuples."""
-    fields = {f.name: f for f in dataclasses.fields(cfg_cls)}
-    unknown = [k for k in values if k not in fields]
-    if unknown:
-        hints = {k: difflib.get_close_matches(k, list(fields), n=2) for k in unknown}
+    """Turn a plain dict (YAML/JSON) into the frozen dataclass `cfg_cls` (`aigi.common.typed`: strict keys, values
+    converted by the fields' type hints; lists become tuples)."""
+    try:
+        kwargs = typed.typed_fields(cfg_cls, values, source=what)
+    except typed.UnknownKeys as err:
+        hints = {k: typed.close_matches(k, err.known, n=2) for k in err.keys}
         hint = "; ".join(f"'{k}' (did you mean {v}?)" if v else f"'{k}'" for k, v in hints.items())
-        raise ValueError(f"unknown key(s) for {what}: {hint}. Valid keys: {sorted(fields)}")
-    required = [n for n, f in fields.items() if _is_required(f) and n not in values]
+        raise ValueError(f"unknown key(s) for {what}: {hint}. Valid keys: {sorted(err.known)}") from None
+    required = [name for name in typed.required_fields(cfg_cls) if name not in kwargs]
     if required:
         raise ValueError(f"{what} needs {required} (e.g. in_dim from the cache's feature width)")
-    return cfg_cls(**{k: _freeze(v) for k, v in values.items()})
-
-
-def _is_required(field: dataclasses.Field) -> bool:
-    return field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
+    return cfg_cls(**{k: _freeze(v) for k, v in kwargs.items()})
 
 
 def _freeze(value: Any) -> Any:

@@ -1,57 +1,104 @@
-"""The `aigi ablate` stage: expand a grid of run configs x seeds, run each once (resumably, in parallel), tabulate."""
+"""The ablate stage: expand a grid of run configs x seeds, train and evaluate each once (resumably, in parallel),
+tabulate.
+
+An ablation config is a run config plus `variants` (named sets of dotted-key overrides), `grid` ({KEY: [VALUE, ...]},
+crossed with every variant), `seeds`, `sort_by` and `eval_views`; overrides apply in the order base config -> variant
+-> grid point -> seed. Each run is one resolved config, its id a readable name + 8 hex of the config's sha256; it
+trains and evaluates in DIR/runs/RUN_ID/ and writes result.json last, atomically, so a re-run skips finished runs.
+
+This module imports no other stage: the caller hands it the train and eval stages to run (`RunSteps`).
+"""
 
 from __future__ import annotations
 
-import argparse
 import copy
+import dataclasses
 import itertools
 import json
 import os
 import re
 import shutil
-import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aigi.cli._options import add_weights_argument  # TEMPORARY until the command line moves to aigi/cli
 from aigi.common.extras import require
 from aigi.common.files import atomic_write
 from aigi.common.grammar import set_dotted
+from aigi.pipeline.config import RunConfig
 
 ABLATION_KEYS = ("grid", "variants", "seeds", "sort_by", "prepare", "eval_views")
 RESULT_FILE = "result.json"
 SHARED_STAGES = "shared_stages"  # finished expert stages the runs share (pipeline.streaming.DiskStages)
 DEFAULT_SORT = "auc"
 
-ABLATE_HELP = """\
-An ablation config is a run config (the schema of `aigi train` presets: head, fit, data, eval) plus:
-  variants:  named sets of overrides, a mapping NAME: {KEY: VALUE, ...} or a list of {name: NAME, KEY: VALUE, ...};
-             each changes several keys at once (e.g. `head: {name: gating, ...}` swaps the whole head section)
-  grid:      {DOTTED.KEY: [VALUE, ...]}, crossed with every variant (e.g. fit.lr: [1.0e-3, 1.0e-4])
-  seeds:     [0, 1, 2]: each setting runs once per seed (the seed goes to fit.seed)
-  sort_by:   the metric summary.md is sorted by (default auc; e.g. ap, acc, or GROUP/fake_acc)
-  eval_views: [orig, jpeg:75, resize:0.5]: each run is also evaluated on the test rows of each of these cached
-             views (columns @VIEW/METRIC); train on several views as augmentation with a grid or variant over
-             data.where.view (e.g. [[orig], [orig, jpeg:75]]) and read the views it did not see as held out
-A KEY is dotted (fit.lr, head.rank, data.where.view); its VALUE replaces whatever the key held before.
-Overrides apply in the order base config -> variant -> grid point -> seed.
 
-Each run = one resolved config, run id = readable name + 8 hex of the sha256 of that config. It trains the head
-(as `aigi train`) and evaluates it on the test split (as `aigi eval`) in DIR/runs/RUN_ID/ and writes
-DIR/runs/RUN_ID/result.json last, atomically. Runs whose result.json exists are skipped, so a killed ablation
-restarted with the same config redoes no finished run. At the end: DIR/results.parquet (one row per run),
-DIR/summary.md (mean +- std over seeds, one row per setting, best first) and DIR/summary.png (with the `plots`
-extra).
+@dataclass(frozen=True)
+class AblateOptions:
+    """How `aigi ablate` runs the runs.
 
-Parallelism: --jobs N runs N processes (joblib, loky) with cores // N torch threads each; --workers N runs on a
-dask LocalCluster of N processes; --scheduler tcp://HOST:PORT on an existing dask cluster (its workers need the
-project installed and the caches and DIR on shared storage). A worker process serves all its runs: it reads each
-selection of rows once (result.json's `row_sets`: read / reused), and heads that train the same frozen experts
-(gating, concat, mean) train them once per seed (DIR/shared_stages).
-"""
+    Attributes:
+        jobs: local joblib (loky) processes; each gets cores // jobs torch threads.
+        workers: dask LocalCluster worker processes (0: not dask).
+        scheduler: the address of an existing dask scheduler (tcp://HOST:PORT).
+        progress: report progress over the runs (`common.progress`).
+    """
+
+    jobs: int = 1
+    workers: int = 0
+    scheduler: str | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.jobs < 1:
+            raise ValueError(f"--jobs must be >= 1, got {self.jobs}")
+        if (self.workers or self.scheduler) and self.jobs > 1:
+            raise ValueError("give either --jobs N (joblib) or --workers N / --scheduler (dask), not both")
+
+    @property
+    def dask(self) -> bool:
+        """Whether the runs go to dask workers."""
+        return bool(self.workers or self.scheduler)
+
+
+@dataclass(frozen=True)
+class RunSteps:
+    """The two stages an ablation runs for each config, and their options; the caller gives them (the command line:
+    `pipeline.train.train_run` with its `TrainOptions`, `pipeline.evaluate.evaluate_run` with its `EvalOptions`), so
+    this module imports no other stage. They travel to worker processes, so they are module-level functions.
+
+    Attributes:
+        train: `train(config, run_dir, options=train_options)` -> a result with val_metrics, train_rows, val_rows,
+            seconds, stages.
+        evaluate: `evaluate(run_dir, out_dir, eval_options, config=config)` -> a result with `metrics`.
+        train_options: passed to `train`.
+        eval_options: passed to `evaluate`, with `plots` off and `where` set per evaluated view (a dataclass).
+    """
+
+    train: Callable[..., Any]
+    evaluate: Callable[..., Any]
+    train_options: Any
+    eval_options: Any
+
+
+@dataclass(frozen=True)
+class AblationResult:
+    """What `run_ablation` ran and wrote.
+
+    Attributes:
+        ran, skipped: runs executed now / found finished.
+        results: one row per run (results.parquet).
+        summary: mean and std over seeds per setting, best first (summary.md).
+        files: name -> path of results.parquet, summary.md and summary.png (with the `plots` extra).
+    """
+
+    ran: int
+    skipped: int
+    results: Any
+    summary: Any
+    files: dict[str, Path]
 
 
 @dataclass(frozen=True)
@@ -64,7 +111,7 @@ class RunSpec:
     values: dict[str, Any]
     seed: int
     config: dict[str, Any] = field(repr=False)  # the resolved config as plain data (its hash is in run_id)
-    parsed: Any = field(default=None, repr=False, compare=False)  # the same as a RunConfig, parsed once
+    parsed: RunConfig | None = field(default=None, repr=False, compare=False)  # the same, parsed once
 
 
 @dataclass(frozen=True)
@@ -164,9 +211,9 @@ def setting_name(variant: str, values: Mapping[str, Any]) -> str:
 
 def config_hash(config: Mapping[str, Any]) -> str:
     """The first 8 hex digits of the sha256 of a resolved config's canonical JSON."""
-    from aigi import cache
+    from aigi.cache import fingerprint as sha256_of
 
-    return cache.fingerprint(dict(config))[:8]
+    return sha256_of(dict(config))[:8]
 
 
 def expand(
@@ -264,6 +311,14 @@ def check_tail_weights(plan: AblationPlan, weights: Sequence[str]) -> None:
         frozen_tail(head.name, head.inputs, specs, parse_aliased(list(weights), list(caches)))
 
 
+def check_can_run(plan: AblationPlan, options: AblateOptions, *, weights: Sequence[str] = ()) -> None:
+    """Before any run starts: dask is installed when the runs go to dask, and every `tail_*` head's backbone
+    weights are there (`check_tail_weights`)."""
+    if options.dask:
+        require("dask.distributed", needed_for="--workers / --scheduler")
+    check_tail_weights(plan, weights)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # one run (runs in a worker process)
 
@@ -275,9 +330,13 @@ def read_result(run_dir: str | Path) -> dict[str, Any] | None:
 
 
 def execute_run(
-    run_dir: str, config: Any, identity: dict[str, Any], threads: int | None = None, weights: Sequence[str] = ()
+    run_dir: str,
+    config: RunConfig | Mapping[str, Any],
+    identity: dict[str, Any],
+    threads: int | None = None,
+    steps: RunSteps | None = None,
 ) -> dict:
-    """Train and evaluate one resolved config in `run_dir`; skip it when its result exists.
+    """Train and evaluate one resolved config in `run_dir` with `steps`; skip it when its result exists.
 
     Idempotent: a finished run returns its stored result (with "skipped": True); leftovers of an unfinished
     attempt are removed first. Safe to retry after a worker dies.
@@ -287,32 +346,36 @@ def execute_run(
         config: the run's `RunConfig` (or its plain-data form, `pipeline.config.to_dict`, parsed here).
         identity: run_id, setting, variant, values, seed (copied into the result).
         threads: torch threads for this process (None: leave as is).
-        weights: `PATH` / `ALIAS=PATH` backbone weights for `tail_*` heads (as `aigi train --weights`).
+        steps: the train and eval stages to run (required unless the run is finished).
     """
     done = read_result(run_dir)
     if done is not None:
         return {**done, "skipped": True}
     from aigi.cache.locking import folder_lock
 
+    if steps is None:
+        raise TypeError("execute_run needs the train and eval stages (steps=RunSteps(...)) to run an unfinished run")
     # one process per run: a re-run waits for a live process still working on it instead of deleting its folder
     with folder_lock(Path(run_dir).parent, f".{Path(run_dir).name}.lock"):
         done = read_result(run_dir)
         if done is not None:
             return {**done, "skipped": True}
-        return _train_and_evaluate(run_dir, config, identity, threads, weights)
+        return _train_and_evaluate(run_dir, config, identity, threads, steps)
+
+
+def _view_folder(view: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.=-]", "_", view)
 
 
 def _train_and_evaluate(
-    run_dir: str, config: Any, identity: dict[str, Any], threads: int | None, weights: Sequence[str]
+    run_dir: str, config: RunConfig | Mapping[str, Any], identity: dict[str, Any], threads: int | None, steps: RunSteps
 ) -> dict:
     """The body of `execute_run`, holding the run's lock: a fresh run folder, train, evaluate, write the result."""
     import torch
 
     from aigi.common.provenance import code_revision
     from aigi.pipeline import streaming
-    from aigi.pipeline.config import RunConfig, parse_config
-    from aigi.pipeline.evaluate import evaluate_run
-    from aigi.pipeline.train import train_run
+    from aigi.pipeline.config import parse_config
 
     path = Path(run_dir)
     # every run of this worker process reuses loaded rows; workers share finished expert stages through files
@@ -323,35 +386,36 @@ def _train_and_evaluate(
     if threads:
         torch.set_num_threads(threads)
     loads = dict(streaming.ROW_LOADS)
+    eval_options = dataclasses.replace(steps.eval_options, plots=False)  # plots cost seconds per run
     try:
         start, cpu = time.perf_counter(), time.process_time()
         cfg = config if isinstance(config, RunConfig) else parse_config(config, source=f"{path}/config.yaml")
-        trained = train_run(cfg, path, weights=weights)
+        trained = steps.train(cfg, path, options=steps.train_options)
         evaluated = time.perf_counter()
-        metrics = evaluate_run(path, out_dir=path / "eval", plots=False, config=cfg, weights=weights)
+        metrics = steps.evaluate(path, path / "eval", eval_options, config=cfg).metrics
         views = {
-            v: evaluate_run(path, out_dir=path / "eval_views" / re.sub(r"[^A-Za-z0-9_.=-]", "_", v), plots=False,
-                            config=cfg, where=[f"view={v}"], weights=weights)["mean"]
+            v: steps.evaluate(path, path / "eval_views" / _view_folder(v),
+                              dataclasses.replace(eval_options, where=(f"view={v}",)), config=cfg).metrics["mean"]
             for v in identity.get("eval_views") or []
         }  # fmt: skip
         seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     finally:
         torch.set_num_threads(previous)
-    val = trained.get("val_metrics") or {}
+    val = trained.val_metrics or {}
     result = {
         **identity,
         "code_revision": code_revision(),
         "metrics": {"mean": metrics["mean"], "groups": metrics["groups"], "threshold": metrics["threshold"]},
         "views": views,
         "train_views": cfg.data.where.get("view"),
-        "train_rows": trained["train_rows"],
-        "val_rows": trained["val_rows"],
+        "train_rows": trained.train_rows,
+        "val_rows": trained.val_rows,
         "val_ap": val.get("ap"),
-        "train_seconds": trained["seconds"],
+        "train_seconds": trained.seconds,
         "seconds": seconds,
         "row_sets": {k: v - loads[k] for k, v in streaming.ROW_LOADS.items()},  # read from disk / reused here
         "cpu_seconds": cpu,  # CPU time of the run in this process (all threads): a busy machine changes it little
-        "stage_seconds": {**trained["stages"], "eval": start + seconds - evaluated},
+        "stage_seconds": {**trained.stages, "eval": start + seconds - evaluated},
         "threads": torch.get_num_threads() if not threads else threads,
         "pid": os.getpid(),
         "finished_at": time.time(),
@@ -371,14 +435,14 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
-def _tasks(plan: AblationPlan, out_dir: Path, threads: int | None, weights: Sequence[str]) -> list[tuple[str, tuple]]:
+def _tasks(plan: AblationPlan, out_dir: Path, threads: int | None, steps: RunSteps) -> list[tuple[str, tuple]]:
     tasks = []
     for r in plan.runs:
         identity = {"run_id": r.run_id, "setting": r.setting, "variant": r.variant, "values": r.values, "seed": r.seed}
         if plan.eval_views:
             identity["eval_views"] = list(plan.eval_views)
         run_dir = str(out_dir / "runs" / r.run_id)
-        tasks.append((r.run_id, (run_dir, r.parsed or r.config, identity, threads, tuple(weights))))
+        tasks.append((r.run_id, (run_dir, r.parsed or r.config, identity, threads, steps)))
     return tasks
 
 
@@ -462,122 +526,35 @@ def _run_dask(tasks: list[tuple[str, tuple]], *, workers: int, scheduler: str | 
 
 
 def run_ablation(
-    plan: AblationPlan,
-    out_dir: str | Path,
-    *,
-    jobs: int = 1,
-    workers: int = 0,
-    scheduler: str | None = None,
-    progress: bool = True,
-    weights: Sequence[str] = (),
-) -> dict[str, Any]:
+    plan: AblationPlan, out_dir: str | Path, steps: RunSteps, options: AblateOptions = AblateOptions()
+) -> AblationResult:
     """Run every unfinished run of `plan` into OUT_DIR/runs/, then write results.parquet, summary.md, summary.png.
 
     Args:
         plan: from `expand` / `load_ablation`.
         out_dir: the ablation directory.
-        jobs: local joblib (loky) processes; each gets cores // jobs torch threads.
-        workers: dask LocalCluster worker processes (0 = not dask).
-        scheduler: address of an existing dask scheduler (tcp://HOST:PORT).
-        progress: show a progress bar over runs.
-        weights: `PATH` / `ALIAS=PATH` backbone weights for `tail_*` heads (checked by `check_tail_weights`).
-
-    Returns:
-        {"ran": n, "skipped": n, "results": DataFrame, "summary": DataFrame, "files": {name: path}}.
+        steps: the train and eval stages each run runs (`RunSteps`).
+        options: local processes or dask, and progress (`AblateOptions`).
     """
-    from tqdm.auto import tqdm
+    from aigi.common.progress import progress
+    from aigi.pipeline.report import ablation_summary, ablation_table, write_ablation_report
 
-    if jobs < 1:
-        raise ValueError(f"--jobs must be >= 1, got {jobs}")
     out = Path(out_dir)
     (out / "runs").mkdir(parents=True, exist_ok=True)
-    threads = None if scheduler else max(1, _cores() // max(workers or jobs, 1))
+    threads = None if options.scheduler else max(1, _cores() // max(options.workers or options.jobs, 1))
     finished = {r.run_id: read_result(out / "runs" / r.run_id) for r in plan.runs}
-    pending = [(key, args) for key, args in _tasks(plan, out, threads, weights) if finished[key] is None]
+    pending = [(key, args) for key, args in _tasks(plan, out, threads, steps) if finished[key] is None]
     results = {key: {**r, "skipped": True} for key, r in finished.items() if r is not None}
-    with tqdm(
-        total=len(plan.runs), initial=len(results), unit="run", desc="ablate", disable=None if progress else True
-    ) as bar:
-        if pending and (workers or scheduler):
-            new = _run_dask(pending, workers=workers, scheduler=scheduler, out_dir=out, bar=bar)
+    desc = f"ablate ({len(results)} of {len(plan.runs)} runs already done)" if results else "ablate"
+    with progress(total=len(pending), desc=desc, unit="run", quiet=not options.progress) as bar:
+        if pending and options.dask:
+            new = _run_dask(pending, workers=options.workers, scheduler=options.scheduler, out_dir=out, bar=bar)
         else:
-            new = _run_local(pending, jobs=jobs, bar=bar) if pending else []
+            new = _run_local(pending, jobs=options.jobs, bar=bar) if pending else []
     results.update({key: r for (key, _), r in zip(pending, new, strict=True)})
     results = [results[r.run_id] for r in plan.runs]
     ran = sum(not r.get("skipped") for r in results)
-    from aigi.pipeline.report import ablation_summary, ablation_table, write_ablation_report
-
     table = ablation_table(results, grid_keys=plan.grid_keys)
     summary = ablation_summary(table, sort_by=plan.sort_by)
     files = write_ablation_report(out, table=table, summary=summary, sort_by=plan.sort_by)
-    return {
-        "ran": ran,
-        "skipped": len(results) - ran,
-        "results": table,
-        "summary": summary,
-        "files": files,
-    }
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# CLI
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add `aigi ablate CONFIG -o DIR [--jobs N] [--workers N | --scheduler ADDR] [--seeds ...]`."""
-    p = subparsers.add_parser(
-        "ablate",
-        help="grid of run configs x seeds: train + evaluate each (resumable, parallel), summarise",
-        description=ABLATE_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("config", type=Path, help="ablation YAML (run config + variants/grid/seeds) or preset name")
-    p.add_argument("-o", "--out", type=Path, required=True, metavar="DIR", help="ablation directory")
-    p.add_argument("--jobs", type=int, default=1, metavar="N", help="local processes (joblib loky; default 1)")
-    dist = p.add_mutually_exclusive_group()
-    dist.add_argument("--workers", type=int, default=0, metavar="N", help="run on a dask LocalCluster of N processes")
-    dist.add_argument("--scheduler", metavar="tcp://HOST:PORT", help="run on an existing dask scheduler")
-    p.add_argument("--seeds", type=int, nargs="+", metavar="SEED", help="replace the config's seeds")
-    p.add_argument("--sort-by", metavar="METRIC", help="summary metric to sort by (default: config's, else auc)")
-    p.add_argument(
-        "--cache", action="append", default=[], metavar="[ALIAS=]PATH", help="replace the base config's cache(s)"
-    )
-    p.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a base config key"
-    )
-    add_weights_argument(p)
-    p.add_argument("--dry-run", action="store_true", help="list the runs and whether each is done, run nothing")
-    p.set_defaults(func=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    """Entry point of `aigi ablate`."""
-    if (args.workers or args.scheduler) and args.jobs > 1:
-        raise ValueError("give either --jobs N (joblib) or --workers N / --scheduler (dask), not both")
-    plan = load_ablation(
-        args.config, overrides=args.overrides, caches=args.cache, seeds=args.seeds, sort_by=args.sort_by
-    )
-    check_inputs_exist(plan)
-    if args.dry_run:
-        for r in plan.runs:
-            state = "done" if read_result(args.out / "runs" / r.run_id) is not None else "todo"
-            print(f"{state}  {r.run_id}")
-        return 0
-    if args.workers or args.scheduler:
-        require("dask.distributed", needed_for="--workers / --scheduler")  # before any run starts
-    check_tail_weights(plan, args.weights)
-    start = time.perf_counter()
-    out = run_ablation(
-        plan, args.out, jobs=args.jobs, workers=args.workers, scheduler=args.scheduler, weights=args.weights
-    )
-    best = out["summary"].iloc[0]
-    print(
-        f"ablate: {len(plan.runs)} runs ({out['ran']} ran, {out['skipped']} already done) in "
-        f"{time.perf_counter() - start:.1f} s; best by {plan.sort_by}: {best['setting']} "
-        f"({100 * best[f'{plan.sort_by}.mean']:.2f}) -> {out['files']['summary']}"
-    )
-    if "plot" not in out["files"]:
-        from aigi.pipeline.plots import SKIPPED
-
-        print(SKIPPED, file=sys.stderr)
-    return 0
+    return AblationResult(ran=ran, skipped=len(results) - ran, results=table, summary=summary, files=files)

@@ -26,9 +26,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
-import re
-import types
-import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,8 +33,8 @@ from typing import Any
 
 from aigi.common.grammar import apply_overrides as apply_dotted
 from aigi.common.grammar import parse_band, parse_stream, parse_threshold
+from aigi.common.typed import FLOAT_RE, UnknownKeys, build, typed_fields
 
-_FLOAT_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 REVISION_MARK = "# code revision: "  # first line of a saved run config: the git revision (or version) that wrote it
 BUILD_OPTIONS = {"standardize": bool}  # head keys that are `heads.build` options, not fields of the head's config
 
@@ -109,10 +106,7 @@ class CalibrationSpec:
             return None
         if not isinstance(data, dict):
             raise ValueError(f"{source}: calibration must be a mapping (method, threshold, band), got {data!r}")
-        unknown = sorted(set(data) - {"method", "threshold", "band"})
-        if unknown:
-            raise ValueError(f"{source}: unknown key(s) calibration.{unknown[0]} (known: method, threshold, band)")
-        spec = cls(**data)
+        spec = build(cls, data, where="calibration.", source=source)
         spec.fit_kwargs()  # validate now, not after training
         if spec.method not in ("temperature", "platt", "none"):
             raise ValueError(f"{source}: calibration.method must be temperature, platt or none, got {spec.method!r}")
@@ -125,97 +119,7 @@ class CalibrationSpec:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# parsing
-
-
-def _unknown_key(key: str, known: Sequence[str], *, where: str, source: str) -> ValueError:
-    close = difflib.get_close_matches(key, list(known), n=3, cutoff=0.6)
-    hint = f"; did you mean {', '.join(repr(where + c) for c in close)}?" if close else ""
-    return ValueError(
-        f"{source}: unknown key {where + key!r}{hint} (known keys under {where or 'top level'!r}: {', '.join(known)})"
-    )
-
-
-def _as_number(value: Any) -> Any:
-    """YAML 1.1 reads `1e-3` as a string: turn number-looking strings into floats."""
-    return float(value) if isinstance(value, str) and _FLOAT_RE.match(value.strip()) else value
-
-
-def _coerce(value: Any, hint: Any, *, key: str, source: str) -> Any:
-    """Check `value` against a type hint (int, float, str, bool, unions, dict, tuple); convert where safe."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        for option in args:
-            try:
-                return _coerce(value, option, key=key, source=source)
-            except ValueError:
-                continue
-        raise ValueError(f"{source}: {key} = {value!r} matches none of {hint}")
-    if hint is Any or value is None and hint is type(None):
-        return value
-    if origin in (dict, Mapping) or hint is dict:
-        if not isinstance(value, Mapping):
-            raise ValueError(f"{source}: {key} must be a mapping, got {value!r}")
-        sub = args[1] if len(args) == 2 else Any
-        return {k: _coerce(v, sub, key=f"{key}.{k}", source=source) for k, v in value.items()}
-    if origin in (tuple, list) or hint in (tuple, list):
-        items = [value] if isinstance(value, str) else value
-        if not isinstance(items, Sequence):
-            raise ValueError(f"{source}: {key} must be a list, got {value!r}")
-        sub = args[0] if args and (len(args) == 1 or args[1:] == (Ellipsis,)) else Any
-        return tuple(_coerce(v, sub, key=f"{key}[{i}]", source=source) for i, v in enumerate(items))
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-    elif hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(_as_number(value), float) and float(_as_number(value)).is_integer():
-            return int(_as_number(value))
-    elif hint is float:
-        number = _as_number(value)
-        if isinstance(number, int | float) and not isinstance(number, bool):
-            return float(number)
-    elif hint is str:
-        if isinstance(value, str):
-            return value
-    elif value is None or isinstance(value, hint):
-        return value
-    name = getattr(hint, "__name__", str(hint))
-    raise ValueError(f"{source}: {key} must be {name}, got {value!r} ({type(value).__name__})")
-
-
-def _fields(cls: type, data: Any, *, where: str, source: str, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The values of a mapping checked against dataclass `cls`: unknown keys and wrong types raise ValueError.
-
-    Every value is converted by its field's type hint (nested dataclasses, lists and mappings element by element),
-    so a quoted "0" stays a string where a string is expected and 1e-3 becomes a float where a float is.
-    `extra` names further allowed keys and their types.
-    """
-    if data is None:
-        data = {}
-    if not isinstance(data, Mapping):
-        raise ValueError(f"{source}: {where.rstrip('.') or 'the config'} must be a mapping, got {data!r}")
-    hints = {**typing.get_type_hints(cls), **(extra or {})}
-    names = [*(f.name for f in dataclasses.fields(cls)), *(extra or {})]
-    kwargs = {}
-    for key, value in data.items():
-        if key not in names:
-            raise _unknown_key(str(key), names, where=where, source=source)
-        sub = hints[key]
-        if dataclasses.is_dataclass(sub):
-            kwargs[key] = _build(sub, value, where=f"{where}{key}.", source=source)
-        else:
-            kwargs[key] = _coerce(value, sub, key=where + key, source=source)
-    return kwargs
-
-
-def _build(cls: type, data: Any, *, where: str, source: str) -> Any:
-    """Strictly build dataclass `cls` from a mapping (see `_fields`); missing required fields raise ValueError."""
-    try:
-        return cls(**_fields(cls, data, where=where, source=source))
-    except TypeError as err:
-        raise ValueError(f"{source}: {where.rstrip('.') or 'the config'} is incomplete: {err}") from None
+# parsing (strict keys and type conversion: `aigi.common.typed`)
 
 
 def _head_section(data: Any, *, source: str) -> HeadSection:
@@ -231,7 +135,7 @@ def _head_section(data: Any, *, source: str) -> HeadSection:
     except ValueError as err:
         raise ValueError(f"{source}: head.name: {err}") from None
     given = {k: v for k, v in data.items() if k != "name"}
-    params = _plain(_fields(cfg_cls, given, where="head.", source=source, extra=BUILD_OPTIONS))
+    params = _plain(typed_fields(cfg_cls, given, where="head.", source=source, extra=BUILD_OPTIONS))
     if not params.get("inputs"):
         raise ValueError(f"{source}: head.inputs must name the feature(s) the head reads, e.g. [probe]")
     return HeadSection(name=str(data["name"]), params=params)
@@ -241,7 +145,7 @@ def _fit_section(data: Any, *, source: str) -> dict[str, Any]:
     """Check fit keys and types against `heads.FitConfig`; return every field, defaults filled in."""
     from aigi import heads
 
-    return _plain(dataclasses.asdict(_build(heads.FitConfig, data, where="fit.", source=source)))
+    return _plain(dataclasses.asdict(build(heads.FitConfig, data, where="fit.", source=source)))
 
 
 def cache_aliases(caches: Any, *, source: str = "config") -> dict[str, str]:
@@ -271,9 +175,9 @@ def parse_config(data: Mapping[str, Any], *, source: str = "config") -> RunConfi
     if not isinstance(data, Mapping):
         raise ValueError(f"{source}: a run config is a mapping with `head`, `fit`, `data`, `eval`")
     top = [f.name for f in dataclasses.fields(RunConfig)]
-    for key in data:
-        if key not in top:
-            raise _unknown_key(str(key), top, where="", source=source)
+    unknown = [str(key) for key in data if key not in top]
+    if unknown:
+        raise UnknownKeys(unknown, top, source=source)
     raw_data = dict(data.get("data") or {})
     raw_data["caches"] = {
         a: str(Path(p).expanduser().resolve()) for a, p in cache_aliases(raw_data.get("caches"), source=source).items()
@@ -282,9 +186,9 @@ def parse_config(data: Mapping[str, Any], *, source: str = "config") -> RunConfi
         raw_data["domains"] = str(Path(str(raw_data["domains"])).expanduser().resolve())
     cfg = RunConfig(
         head=_head_section(data.get("head"), source=source),
-        data=_build(DataSection, raw_data, where="data.", source=source),
+        data=build(DataSection, raw_data, where="data.", source=source),
         fit=_fit_section(data.get("fit"), source=source),
-        eval=_build(EvalSection, data.get("eval"), where="eval.", source=source),
+        eval=build(EvalSection, data.get("eval"), where="eval.", source=source),
         description=str(data.get("description", "")),
         calibration=_calibration_section(data.get("calibration"), source=source),
     )
@@ -340,7 +244,7 @@ def _yaml_classes() -> tuple[type, type]:
         pass
 
     for cls in (Loader, Dumper):
-        cls.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_RE, list("-+0123456789."))
+        cls.add_implicit_resolver("tag:yaml.org,2002:float", FLOAT_RE, list("-+0123456789."))
     return Loader, Dumper
 
 

@@ -14,11 +14,14 @@ Definitions (scores are P(fake); the rule is score >= t => fake; label 1 is fake
   sum over bins of (rows in bin / rows) * |mean P(fake) - fraction of fakes|.
 - Brier: mean of (P(fake) - label)^2.
 - Coverage (heads with an abstain band): the share of rows answered real or fake; ACC covered: ACC among them.
+- Per view (the same images under cached perturbations, `view_table`): the metrics of each view's rows, and against
+  `orig` the share of images whose verdict flips, of correctly-called reals that become fake, and the mean |change|
+  of P(fake).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -410,3 +413,58 @@ def weighted_extra(labels: np.ndarray, scores: np.ndarray, weights: np.ndarray) 
     for key in (*FPR_TARGETS, "oracle_acc"):
         out[key][bad] = np.nan
     return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# per view: the same images under cached perturbations
+
+
+def view_strength(view: str) -> tuple[str, float | None]:
+    """("jpeg", 75.0) for `jpeg:75`; ("orig", None) for `orig`."""
+    kind, _, arg = view.partition(":")
+    return kind, (float(arg) if arg else None)
+
+
+def view_metrics(labels: np.ndarray, probs: np.ndarray, verdicts: np.ndarray, *, threshold: float) -> dict[str, Any]:
+    """Every metric of this module for one view's rows, plus coverage and ACC on the covered rows."""
+    return {**binary_metrics(labels, probs, threshold=threshold), **coverage_metrics(labels, verdicts)}
+
+
+def flip_stats(flips: pd.DataFrame, probs: pd.DataFrame, view: str, *, reference: str = "orig") -> dict[str, Any]:
+    """Verdict changes of `view` against `reference` over the images scored under both."""
+    both = flips[[reference, view]].dropna().index
+    if len(both) == 0:
+        return {"paired": 0, "flip_rate": None, "real_to_fake": None, "mean_abs_dp": None}
+    ref, new = flips.loc[both, reference], flips.loc[both, view]
+    reals = flips.loc[both, "label"] == 0
+    real_ok = reals & (ref == 0)
+    return {
+        "paired": int(len(both)),
+        "flip_rate": float((ref != new).mean()),
+        "real_to_fake": float((new[real_ok] == 1).mean()) if real_ok.any() else None,
+        "mean_abs_dp": float((probs.loc[both, view] - probs.loc[both, reference]).abs().mean()),
+    }
+
+
+def view_table(frame: pd.DataFrame, *, views: Sequence[str], threshold: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(one row of metrics per view, one row of verdicts per image) of scored rows.
+
+    Args:
+        frame: one row per (image, view): image_id, view, label, prob (P(fake)), verdict (0 / 1, -1 unsure).
+        views: the views, in the table's order.
+        threshold: the threshold the verdicts were made with.
+    """
+    flips = frame.pivot_table(index="image_id", columns="view", values="verdict", aggfunc="first")
+    probs = frame.pivot_table(index="image_id", columns="view", values="prob", aggfunc="first")
+    flips["label"] = frame.groupby("image_id")["label"].first()
+    rows = []
+    for view in views:
+        part = frame[frame["view"] == view]
+        m = view_metrics(part["label"].to_numpy().astype(np.int64), part["prob"].to_numpy(),
+                         part["verdict"].to_numpy(), threshold=threshold)  # fmt: skip
+        kind, value = view_strength(view)
+        row = {"view": view, "kind": kind, "strength": value, **m}
+        if view != "orig" and "orig" in views:
+            row.update(flip_stats(flips, probs, view))
+        rows.append(row)
+    return pd.DataFrame(rows), flips.reset_index()

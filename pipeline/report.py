@@ -1,5 +1,6 @@
-"""Every table and report file: an evaluation's report.md (papers-style table), metrics.csv, metrics.json,
-scores.parquet and plots; an ablation's results.parquet, summary.md and summary.png. Figures are drawn by `plots`."""
+"""Every table and report file: the one markdown table renderer; an evaluation's report.md (papers-style table),
+metrics.csv, metrics.json, scores.parquet and plots; a robustness report (robustness.md / .csv / .json, flips.parquet,
+robustness.png); an ablation's results.parquet, summary.md and summary.png. Figures are drawn by `plots`."""
 
 from __future__ import annotations
 
@@ -28,6 +29,19 @@ def _columns(metrics: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
 SUMMARY_METRICS = ("acc", "ap", "auc", "real_acc", "tpr_at_1pct_fpr")  # an ablation summary's mean columns
 GROUP_SUMMARY_METRICS = ("fake_acc", "ap")  # and its per-group columns
 VIEW_SUMMARY_METRICS = ("acc", "auc", "tpr_at_1pct_fpr")  # and its per-view columns (@VIEW/METRIC)
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]], *, align: str = "") -> list[str]:
+    """The lines of a markdown table: the header, the alignment row, one line per row (cells as `str` gives them).
+
+    Args:
+        header: the column titles.
+        rows: the cells of each row.
+        align: one letter per column, `l` (left) or `r` (right); missing letters are `l`.
+    """
+    marks = ["---:" if a == "r" else "---" for a in align.ljust(len(header), "l")[: len(header)]]
+    lines = ["| " + " | ".join(str(h) for h in header) + " |", "|" + "|".join(marks) + "|"]
+    return lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
 
 
 def _clean(value: Any) -> Any:
@@ -90,11 +104,10 @@ def markdown(metrics: Mapping[str, Any], *, title: str, context: Sequence[str] =
         lines.append(f"- [lo, hi]: 95% bootstrap interval ({metrics['mean']['ci']['n_boot']} resamplings)")
     columns = _columns(metrics)
     header = ["Group" if by == "group" else by.capitalize(), *[label for _, label in columns]]
-    lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" + "---:|" * len(columns)]
-    for name, row in metrics["groups"].items():
-        lines.append("| " + " | ".join([str(name), *[_cell(row, k) for k, _ in columns]]) + " |")
+    rows = [[str(name), *[_cell(row, k) for k, _ in columns]] for name, row in metrics["groups"].items()]
     mean = metrics["mean"]
-    lines.append("| **Mean** | " + " | ".join(f"**{_cell(mean, k)}**" for k, _ in columns) + " |")
+    rows.append(["**Mean**", *[f"**{_cell(mean, k)}**" for k, _ in columns]])
+    lines += ["", *markdown_table(header, rows, align="l" + "r" * len(columns))]
     notes = [(n, r["note"]) for n, r in [*metrics["groups"].items(), ("Mean", mean)] if r.get("note")]
     if notes:
         lines += ["", "Notes:", *[f"- {name}: {text}" for name, text in notes]]
@@ -237,14 +250,16 @@ def ablation_markdown(summary: Any, *, sort_by: str, n_runs: int) -> str:
         "GROUP/fake acc is the share of that group's fakes called fake at the run's threshold; @VIEW columns are the "
         "mean over groups on the test rows of that cached view.",
         "",
-        "| " + " | ".join(head) + " |",
-        "|" + "|".join(["---"] * 2 + ["---:"] * len(cols)) + "|",
     ]
-    for _, row in summary.iterrows():
-        cells = [str(row["setting"]), str(int(row["seeds"]))]
-        cells += [_pct(float(row[f"{c}.mean"]), float(row[f"{c}.std"])) for c in cols]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    rows = [
+        [
+            str(row["setting"]),
+            str(int(row["seeds"])),
+            *[_pct(float(row[f"{c}.mean"]), float(row[f"{c}.std"])) for c in cols],
+        ]
+        for _, row in summary.iterrows()
+    ]
+    return "\n".join([*lines, *markdown_table(head, rows, align="ll" + "r" * len(cols))]) + "\n"
 
 
 def write_ablation_report(out: Path, *, table: Any, summary: Any, sort_by: str) -> dict[str, Path]:
@@ -261,4 +276,66 @@ def write_ablation_report(out: Path, *, table: Any, summary: Any, sort_by: str) 
         return files
     with atomic_path(files["plot"]) as tmp:
         ablation_plot(summary, tmp)
+    return files
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# robustness across views
+
+ROBUSTNESS_COLUMNS = (("view", None), ("n", None), ("acc", "ACC"), ("real_acc", "real ACC"), ("fake_acc", "fake ACC"),
+                      ("auc", "AUC"), ("tpr_at_1pct_fpr", "TPR@1%FPR"), ("ece", "ECE"), ("coverage", "coverage"),
+                      ("acc_covered", "ACC covered"), ("flip_rate", "flips vs orig"), ("real_to_fake", "reals -> fake"),
+                      ("mean_abs_dp", "mean abs dP"))  # fmt: skip
+UNSCALED = ("ece", "mean_abs_dp")  # robustness.md shows these as they are, the other metrics in percent
+
+
+def _view_cell(key: str, title: str | None, value: Any) -> str:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return ""
+    if title is None:
+        return str(value)
+    return f"{value:.4f}" if key in UNSCALED else f"{100 * value:.2f}"
+
+
+def robustness_markdown(table: pd.DataFrame, context: Sequence[str]) -> str:
+    """robustness.md: the settings, then one row per view (percentages except ECE and mean |dP|)."""
+    cols = [(k, t) for k, t in ROBUSTNESS_COLUMNS if k in table.columns]
+    rows = [[_view_cell(k, t, row.get(k)) for k, t in cols] for row in table.to_dict("records")]
+    lines = ["# Robustness across views", "", *[f"- {c}" for c in context], ""]
+    lines += markdown_table([t or k for k, t in cols], rows, align="l" + "r" * (len(cols) - 1))
+    lines += ["", "Percentages except ECE and mean |dP|. ![robustness](robustness.png)", ""]
+    return "\n".join(lines)
+
+
+def write_robustness_report(
+    out_dir: str | Path, *, table: pd.DataFrame, flips: pd.DataFrame, context: Sequence[str]
+) -> dict[str, Path]:
+    """Write robustness.csv, robustness.json, flips.parquet, robustness.png (with the `plots` extra) and robustness.md.
+
+    Args:
+        out_dir: the report directory (created).
+        table: one row of metrics per view (`metrics.view_table`).
+        flips: one row of verdicts per image.
+        context: bullet lines describing the run (head, rows, calibration).
+
+    Returns:
+        name -> path of every file written.
+    """
+    from aigi.pipeline.plots import SKIPPED, can_draw, strength_plot
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {name: out / name for name in ("robustness.csv", "robustness.json", "flips.parquet")}
+    table.to_csv(files["robustness.csv"], index=False)
+    records = json.loads(table.to_json(orient="records"))
+    files["robustness.json"].write_text(json.dumps({"views": records, "context": list(context)}, indent=2) + "\n")
+    flips = flips.copy()
+    flips.columns = [str(c) for c in flips.columns]
+    flips.to_parquet(files["flips.parquet"], index=False)
+    if can_draw():
+        files["robustness.png"] = strength_plot(table, out / "robustness.png")
+    else:
+        context = [*context, SKIPPED]
+    files["robustness.md"] = out / "robustness.md"
+    files["robustness.md"].write_text(robustness_markdown(table, context), encoding="utf-8")
     return files

@@ -8,8 +8,8 @@ to half of the RAM available when the command starts. The choice is said in one 
 
 from __future__ import annotations
 
+import logging
 import os
-import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -112,8 +112,8 @@ class StreamedSet:
 
 
 class Reporting:
-    """A batch source passing batches through from a `cache.FeatureStream`, printing rows/s and GB/s to stderr
-    every PROGRESS_SECONDS and once at the end of each pass over more than one batch."""
+    """A batch source passing batches through from a `cache.FeatureStream`, reporting rows/s and GB/s (as progress
+    lines, or to `out`) every PROGRESS_SECONDS and once at the end of each pass over more than one batch."""
 
     def __init__(self, stream: Any, out: Any = None) -> None:
         self.stream, self.out = stream, out
@@ -124,8 +124,14 @@ class Reporting:
     dims = property(lambda self: self.stream.dims)
     labels = property(lambda self: self.stream.labels)
 
+    def _emit(self, line: str) -> None:
+        if self.out is None:
+            logging.getLogger("aigi.progress").info(line)  # the command line shows it on stderr
+        else:
+            self.out.write(line + "\n")
+            self.out.flush()
+
     def batches(self, batch_size: int, **kwargs: Any) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
-        out = self.out or sys.stderr
         start = last = time.perf_counter()
         rows0, bytes0, n, total = self.stream.stats.rows, self.stream.stats.bytes, 0, len(self.stream)
         if kwargs.get("rows") is not None:
@@ -136,9 +142,9 @@ class Reporting:
             now = time.perf_counter()
             if now - last >= PROGRESS_SECONDS:
                 last = now
-                print(self._line(now - start, rows0, bytes0, total), file=out, flush=True)
+                self._emit(self._line(now - start, rows0, bytes0, total))
         if n > 1:
-            print(self._line(time.perf_counter() - start, rows0, bytes0, total), file=out, flush=True)
+            self._emit(self._line(time.perf_counter() - start, rows0, bytes0, total))
 
     def _line(self, seconds: float, rows0: int, bytes0: int, total: int) -> str:
         rows, nbytes = self.stream.stats.rows - rows0, self.stream.stats.bytes - bytes0

@@ -1,25 +1,62 @@
-"""The `aigi train` stage: run config + feature cache(s) -> a fitted head in RUN_DIR (rows: `pipeline.rows`)."""
+"""The train stage: run config + feature cache(s) -> a fitted head in RUN_DIR (rows: `pipeline.rows`)."""
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import time
-from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aigi.cli._options import add_weights_argument  # TEMPORARY until the command line moves to aigi/cli
+from aigi.pipeline.config import RunConfig
+from aigi.pipeline.timing import Stages
 
-TRAIN_HELP = """\
-Trains the head a run config names on the rows of its cache(s) with split == train and writes RUN_DIR/head.json +
-head.safetensors (with the cache fingerprints, extractor spec, resolved config, training history and validation
-metrics, the code's git revision or version) and RUN_DIR/config.yaml (the resolved config, headed by that revision;
-`aigi train RUN_DIR/config.yaml` replays the run).
 
-Validation: the rows with split == val when the cache has any; otherwise a seeded data.val_fraction (default 10%)
-of the training pairs (pair_id, or image_id for unpaired rows), so a real and its aligned fakes stay together.
-Paths in the config and on the command line are relative to the working directory.
-"""
+@dataclass(frozen=True)
+class TrainOptions:
+    """How `aigi train` fits a run config, beyond the config itself.
+
+    Attributes:
+        init: start from the saved head in this folder (its config and weights) instead of a new one; the config's
+            head.name and inputs must match it.
+        weights: `PATH` / `ALIAS=PATH` backbone weights a `tail_*` head re-runs its last blocks with.
+    """
+
+    init: Path | None = None
+    weights: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "weights", tuple(self.weights))
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What `train_run` fitted and wrote.
+
+    Attributes:
+        head: the head's registry name.
+        train_rows, val_rows: rows fitted on and validated on.
+        seconds: the fit's wall time.
+        val_metrics: ACC / AP / AUC ... on the validation rows at 0.5 (None without validation rows).
+        run_dir: where head.json, head.safetensors and config.yaml were written.
+        dims: feature name -> per-row shape.
+        held: how the training rows were held (in memory as float32 / float16, or streamed), and why.
+        stages: stage name -> seconds (open, load, fit, write; config when the caller marked it).
+    """
+
+    head: str
+    train_rows: int
+    val_rows: int
+    seconds: float
+    val_metrics: dict[str, Any] | None
+    run_dir: Path
+    dims: dict[str, Any]
+    held: str
+    stages: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The result as plain data (run_dir as a string), as the Python API returns it."""
+        return {**dataclasses.asdict(self), "run_dir": str(self.run_dir)}
 
 
 def check_run_dir(run_dir: Path, *, overwrite: bool) -> None:
@@ -33,7 +70,7 @@ def check_run_dir(run_dir: Path, *, overwrite: bool) -> None:
 
 
 def initial_head(
-    cfg: Any, dims: dict, *, seed: int, init: str | Path | None, frozen: Any = None
+    cfg: RunConfig, dims: dict, *, seed: int, init: str | Path | None, frozen: Any = None
 ) -> tuple[Any, dict | None]:
     """A new head built from the config, or the saved head at `init` (checked against the config and the rows)."""
     from aigi import heads
@@ -56,17 +93,19 @@ def initial_head(
 
 
 def train_run(
-    cfg: Any, run_dir: str | Path, *, init: str | Path | None = None, stages: Any = None, weights: Sequence[str] = ()
-) -> dict[str, Any]:
+    cfg: RunConfig, run_dir: str | Path, options: TrainOptions = TrainOptions(), *, stages: Stages | None = None
+) -> TrainResult:
     """Fit the head of `cfg` (a `pipeline.config.RunConfig`) and save it with its metadata in `run_dir`.
 
     Rows stay in memory or are streamed from the cache as `data.stream` / `data.memory_budget` decide
     (`pipeline.rows.hold_choice`). In an ablation worker (`pipeline.streaming.REUSE`) the rows are loaded once per
     process and stages that heads share (the frozen experts of gating / concat / mean) are trained once.
-    `weights` (`PATH` or `ALIAS=PATH` items): the backbone weights a `tail_*` head re-runs its last blocks with.
 
-    Returns:
-        A summary: head, rows, seconds, val metrics, run_dir, how the rows were held, stage seconds.
+    Args:
+        cfg: the run config.
+        run_dir: where head.json, head.safetensors and config.yaml are written (replaced).
+        options: `--init` and `--weights` (`TrainOptions`).
+        stages: a timer whose marks the caller started (`aigi train` times reading the config too).
     """
     from aigi import heads
     from aigi.common.grammar import parse_aliased
@@ -75,7 +114,6 @@ def train_run(
     from aigi.pipeline.metrics import binary_metrics
     from aigi.pipeline.rows import groups_of, open_caches, train_val_rows
     from aigi.pipeline.tail import frozen_tail
-    from aigi.pipeline.timing import Stages
 
     stages = stages or Stages(start=False)
     resolved = to_dict(cfg)
@@ -91,8 +129,8 @@ def train_run(
     stages.mark("load")
     fit_cfg = heads.FitConfig(**cfg.fit)
     specs = {a: c.spec for a, c in caches.items()}
-    frozen = frozen_tail(cfg.head.name, cfg.head.inputs, specs, parse_aliased(list(weights), list(caches)))
-    head, started_from = initial_head(cfg, train.dims, seed=fit_cfg.seed, init=init, frozen=frozen)
+    frozen = frozen_tail(cfg.head.name, cfg.head.inputs, specs, parse_aliased(list(options.weights), list(caches)))
+    head, started_from = initial_head(cfg, train.dims, seed=fit_cfg.seed, init=options.init, frozen=frozen)
     share = {}
     if streaming.REUSE:
         share = {"stage_store": streaming.stage_store(), "data_key": repr((streaming.cache_key(caches), cfg.data))}
@@ -120,21 +158,21 @@ def train_run(
     heads.save(head, run_dir, meta=meta, calibration=calibration)
     save_config(resolved, run_dir)
     stages.mark("write")
-    return {
-        "head": cfg.head.name,
-        "train_rows": len(train),
-        "val_rows": meta["val_rows"],
-        "seconds": seconds,
-        "val_metrics": val_metrics,
-        "run_dir": str(run_dir),
-        "dims": train.dims,
-        "held": meta["rows_held"],
-        "stages": dict(stages.seconds),
-    }
+    return TrainResult(
+        head=cfg.head.name,
+        train_rows=len(train),
+        val_rows=meta["val_rows"],
+        seconds=seconds,
+        val_metrics=val_metrics,
+        run_dir=run_dir,
+        dims=train.dims,
+        held=meta["rows_held"],
+        stages=dict(stages.seconds),
+    )
 
 
 def _run_meta(
-    cfg: Any,
+    cfg: RunConfig,
     caches: dict,
     resolved: dict,
     *,
@@ -167,7 +205,7 @@ def _run_meta(
     }  # fmt: skip
 
 
-def _fit_calibration(cfg: Any, head: Any, val: Any) -> Any:
+def _fit_calibration(cfg: RunConfig, head: Any, val: Any) -> Any:
     """The calibration the config asks for, fitted on the validation rows (None when it asks for none)."""
     if not cfg.calibration:
         return None
@@ -187,65 +225,3 @@ def _val_in_memory(val: Any, budget: Any) -> Any:
     from aigi import cache
 
     return cache.FeatureSet(val.stream.load("float32"), val.meta)
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add `aigi train CONFIG.yaml [--cache PATH ...] [--set key=value ...] -o RUN_DIR`."""
-    p = subparsers.add_parser(
-        "train",
-        help="train a head on cached features from a YAML run config (configs/uar.yaml, configs/univfd.yaml, ...)",
-        description=TRAIN_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("config", type=Path, help="YAML run config (head, fit, data, eval sections) or a preset name (uar)")
-    p.add_argument(
-        "--cache",
-        action="append",
-        default=[],
-        metavar="[ALIAS=]PATH",
-        help="replace the config's cache(s): bare paths in order, ALIAS=PATH by name (repeatable)",
-    )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value by dotted key, YAML-parsed: fit.lr=1e-4, head.inputs=[proj]",
-    )
-    add_weights_argument(p)
-    p.add_argument("-o", "--out", type=Path, required=True, metavar="RUN_DIR", help="where to write the head")
-    p.add_argument("--overwrite", action="store_true", help="replace the head already in RUN_DIR")
-    p.add_argument(
-        "--init",
-        type=Path,
-        metavar="HEAD_DIR",
-        help="start from a saved head (its config and weights) instead of a new one, e.g. an imported GAPL head "
-        "whose stage 2 is untrained; the config's head.name and inputs must match it",
-    )
-    p.set_defaults(func=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    """Entry point of `aigi train`."""
-    from aigi.pipeline.config import load_config
-    from aigi.pipeline.timing import Stages
-
-    stages = Stages()
-    check_run_dir(args.out, overwrite=args.overwrite)
-    cfg = load_config(args.config, overrides=args.overrides, caches=args.cache)
-    stages.mark("config")
-    s = train_run(cfg, args.out, init=args.init, stages=stages, weights=args.weights)
-    dims = ", ".join(f"{k}: {'x'.join(map(str, v))}" for k, v in s["dims"].items())
-    vm = s["val_metrics"]
-    val = (
-        "no validation"
-        if vm is None
-        else (
-            f"val n={vm['n']} ACC {100 * vm['acc']:.2f} AP " + ("n/a" if vm["ap"] is None else f"{100 * vm['ap']:.2f}")
-        )
-    )
-    print(f"data: {s['train_rows']} training rows {s['held']}")
-    print(f"train: {s['head']} ({dims}) on {s['train_rows']} rows in {s['seconds']:.1f} s; {val} -> {args.out}")
-    print(f"time: {stages.line()}")
-    return 0

@@ -23,15 +23,15 @@ for _name, _target in {
     "export": "aigi.cli.export:add_parser",
     "fakes": "aigi.cli.fakes:add_parser",
     "extract": "aigi.cli.extract:add_parser",
-    "train": "aigi.pipeline.train:register",
-    "eval": "aigi.pipeline.evaluate:register",
-    "calibrate": "aigi.pipeline.calibrate:register",
-    "robustness": "aigi.pipeline.robustness:register",
+    "train": "aigi.cli.train:add_parser",
+    "eval": "aigi.cli.eval:add_parser",
+    "calibrate": "aigi.cli.calibrate:add_parser",
+    "robustness": "aigi.cli.robustness:add_parser",
     "head": "aigi.cli.head:add_parser",
     "domains": "aigi.cli.domains:add_parser",
-    "ablate": "aigi.pipeline.ablate:register",
+    "ablate": "aigi.cli.ablate:add_parser",
     "predict": "aigi.cli.predict:add_parser",
-    "demo": "aigi.pipeline.demo:register",
+    "demo": "aigi.cli.demo:add_parser",
 }.items():
     COMMANDS.register_lazy(_name, _target)
 

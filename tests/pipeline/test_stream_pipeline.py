@@ -14,11 +14,12 @@ import yaml
 
 from aigi import heads
 from aigi.cli import main
-from aigi.pipeline.ablate import expand, run_ablation
+from aigi.pipeline.ablate import AblateOptions, expand, run_ablation
 from aigi.pipeline.config import load_config, parse_config
-from aigi.pipeline.evaluate import evaluate_run
+from aigi.pipeline.evaluate import EvalOptions, evaluate_run
 from aigi.pipeline.train import train_run
 from tests.heads.test_stream_fit import write_cache
+from tests.pipeline.test_ablate import STEPS
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +71,8 @@ def test_eval_streams_and_scores_like_in_memory(store, tmp_path, capsys) -> None
     train(config(tmp_path, store), run, capsys)
     cfg = load_config(run / "config.yaml")
     small = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, memory_budget="10kB"))
-    mem = evaluate_run(run, out_dir=tmp_path / "e1", plots=False, config=cfg)
-    streamed = evaluate_run(run, out_dir=tmp_path / "e2", plots=False, config=small)
+    mem = evaluate_run(run, tmp_path / "e1", EvalOptions(plots=False), config=cfg).metrics
+    streamed = evaluate_run(run, tmp_path / "e2", EvalOptions(plots=False), config=small).metrics
     assert "float32" in mem["rows_held"] and "streamed" in streamed["rows_held"]
     for k in ("acc", "ap", "auc"):
         assert streamed["mean"][k] == pytest.approx(mem["mean"][k], abs=1e-9)
@@ -115,8 +116,8 @@ def test_two_caches_stream_joined_as_one_cache_holding_both(store, tmp_path, cap
     run_cfg = load_config(tmp_path / "joined" / "config.yaml")
     small = dataclasses.replace(run_cfg, data=dataclasses.replace(run_cfg.data, memory_budget="10kB", stream="auto"))
     big = dataclasses.replace(run_cfg, data=dataclasses.replace(run_cfg.data, stream=False))
-    streamed = evaluate_run(tmp_path / "joined", out_dir=tmp_path / "e1", plots=False, config=small)
-    mem = evaluate_run(tmp_path / "joined", out_dir=tmp_path / "e2", plots=False, config=big)
+    streamed = evaluate_run(tmp_path / "joined", tmp_path / "e1", EvalOptions(plots=False), config=small).metrics
+    mem = evaluate_run(tmp_path / "joined", tmp_path / "e2", EvalOptions(plots=False), config=big).metrics
     assert "streamed" in streamed["rows_held"] and "float32" in mem["rows_held"]
     for k in ("acc", "ap", "auc"):
         assert streamed["mean"][k] == pytest.approx(mem["mean"][k], abs=1e-9)
@@ -149,7 +150,7 @@ def test_ablation_runs_share_the_experts_and_equal_lone_runs(store, tmp_path) ->
         "seeds": [0],
     }
     plan = expand(raw)
-    run_ablation(plan, tmp_path / "abl", jobs=1, progress=False)
+    run_ablation(plan, tmp_path / "abl", STEPS, AblateOptions(jobs=1, progress=False))
     shared = sorted((tmp_path / "abl" / "shared_stages").glob("*.json"))
     assert len(shared) == 2  # one entry per expert, trained once for both heads
     concat = next(r for r in plan.runs if r.variant == "concat")
