@@ -13,14 +13,12 @@ caches on (image_id, view) as `cache.join` joins loaded sets (a `JoinedStream`).
 
 from __future__ import annotations
 
-import mmap
 import os
 import queue
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -84,16 +82,14 @@ class FeatureStream:
         _sel=None,
     ) -> None:
         self.cache = cache
-        self.names = cache._names(features)
-        sel = cache._selection(where) if _sel is None else _sel
+        self.names = cache.feature_names(features)
+        sel = cache.selection(where) if _sel is None else _sel
         self._part = sel["_part"].to_numpy(dtype=np.int64)
         self._row = sel["_row"].to_numpy(dtype=np.int64)
         self._sel = sel
         self.meta = sel.drop(columns=["_part", "_row"]).reset_index(drop=True)
         self.buffer_bytes = int(buffer_bytes)
         self.stats = StreamStats()
-        self._offsets: dict[int, dict[str, int | None]] = {}  # part -> contiguous HDF5 dataset offsets
-        self._groups: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:
         return len(self._part)
@@ -180,151 +176,39 @@ class FeatureStream:
         return units
 
     def _bounds(self, part_id: int, chunk: int) -> np.ndarray:
-        """Row boundaries inside a part that a unit never crosses: Parquet row groups, else every `chunk` rows."""
-        part = self.cache.parts[part_id]
-        path = Path(getattr(part, "path", ""))
-        if path.suffix == ".parquet":
-            if part_id not in self._groups:
-                import pyarrow.parquet as pq
-
-                md = pq.ParquetFile(path).metadata
-                self._groups[part_id] = np.cumsum([md.row_group(i).num_rows for i in range(md.num_row_groups)])
-            return self._groups[part_id]
-        if not hasattr(part, "header"):  # UAR files: a part is one group of files
-            return np.array([part.n])
-        return np.arange(chunk, part.n + chunk, chunk)
+        """Row boundaries inside a part that a unit never crosses (the part's: Parquet row groups, a group of UAR
+        files, else every `chunk` rows)."""
+        return self.cache.parts[part_id].bounds(chunk)
 
     def _read_into(self, unit: _Unit, dest: dict[str, np.ndarray]) -> int:
-        """Read a unit's selected rows to the start of `dest` (arrays of >= hi - lo rows); returns their count."""
-        part = self.cache.parts[unit.part]
-        path = Path(getattr(part, "path", ""))
-        k = len(unit.rows)
-        if hasattr(part, "header") and path.suffix == ".parquet":
-            feats = self._read_parquet(unit, path)
-        elif hasattr(part, "header"):
-            self._read_h5(unit, path, dest)
-            feats = None
-        else:  # UAR .npy files: only the selected rows are read
-            feats = part.feature_rows(self.names, unit.rows)
-            self.stats.bytes += k * self.row_bytes
-            for n, arr in feats.items():
-                dest[n][:k] = arr
-            return k
-        for n in self.names:
-            if feats is not None and k == unit.hi - unit.lo:
-                dest[n][:k] = feats[n]
-            elif feats is not None:
-                dest[n][:k] = feats[n][unit.rows - unit.lo]
-            elif k != unit.hi - unit.lo:
-                dest[n][:k] = dest[n][unit.rows - unit.lo]
-        return k
-
-    def _h5_offsets(self, part_id: int) -> dict[str, int | None]:
-        """File offset of each feature's dataset in an HDF5 part (None: chunked, empty or stored in another dtype)."""
-        if part_id not in self._offsets:
-            import h5py
-
-            part = self.cache.parts[part_id]
-            part._check()
-            with h5py.File(part.path, "r") as f:
-                offs = {}
-                for n in self.names:
-                    ds = f["features"][n]
-                    native = ds.chunks is None and ds.size and ds.dtype == np.dtype(self.dtype)
-                    offs[n] = ds.id.get_offset() if native else None
-                self._offsets[part_id] = offs
-        return self._offsets[part_id]
-
-    def _read_h5(self, unit: _Unit, path: Path, dest: dict[str, np.ndarray]) -> None:
-        """Rows [lo, hi) of an HDF5 part into dest: one `readinto` at the file offset of a contiguous dataset."""
-        import h5py
-
-        offs = self._h5_offsets(unit.part)
-        with open(path, "rb", buffering=0) as fh:
-            for n in self.names:
-                arr = dest[n][: unit.hi - unit.lo]
-                if offs[n] is None:
-                    with h5py.File(path, "r") as f:
-                        f["features"][n].read_direct(arr, np.s_[unit.lo : unit.hi])
-                else:
-                    fh.seek(offs[n] + unit.lo * arr[0].nbytes)
-                    if fh.readinto(memoryview(arr.reshape(-1).view(np.uint8))) != arr.nbytes:
-                        raise ValueError(f"{path}: feature {n!r} is truncated; `aigi cache verify` lists all problems")
-                self.stats.bytes += arr.nbytes
+        """Read a unit's selected rows to the start of `dest` (arrays of >= hi - lo rows); returns their count.
+        HDF5: one `readinto` of the range at its file offset; Parquet: its row group; UAR: only the selected files."""
+        self.stats.bytes += self.cache.parts[unit.part].read_selected(dest, unit.lo, unit.hi, unit.rows)
+        return len(unit.rows)
 
     def _advise(self, units: list[_Unit]) -> None:
         """Ask the kernel to start reading these units' byte ranges (contiguous HDF5 datasets) in the background, so
         that a cold cache's next chunks arrive while the current ones are handed out; a no-op for cached pages."""
-        if not ADVISE or not hasattr(os, "posix_fadvise"):
+        if not ADVISE:
             return
         for u in units:
-            part = self.cache.parts[u.part]
-            path = Path(getattr(part, "path", ""))
-            if not hasattr(part, "header") or path.suffix == ".parquet":
-                continue
-            offs = self._h5_offsets(u.part)
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                for n, shape in self._own.items():
-                    row = int(np.prod(shape)) * np.dtype(self.dtype).itemsize
-                    if offs[n] is not None:
-                        os.posix_fadvise(fd, offs[n] + u.lo * row, (u.hi - u.lo) * row, os.POSIX_FADV_WILLNEED)
-            finally:
-                os.close(fd)
+            self.cache.parts[u.part].advise(self.names, u.lo, u.hi)
 
     def _map(self, unit: _Unit, *, dense: bool = False) -> dict[str, np.ndarray] | None:
-        """Rows [lo, hi) of an HDF5 part as read-only arrays over the file's pages (memory-mapped), or None when the
-        part is not HDF5, a feature is not one contiguous native dataset, or the unit is dense and its pages are not
-        in the page cache.
+        """Rows [lo, hi) of a part as read-only arrays over the file's pages (memory-mapped), or None when `MAP` is
+        off, the part cannot map them (not a contiguous HDF5 dataset of the stored dtype), or the unit is dense and
+        its pages are not in the page cache (`_cached`).
 
         Mapped rows are gathered straight from the page cache: one copy, where `readinto` + gather made two (warm,
         2 M x 1,024 float16: 0.9 s a pass instead of 1.4 s). A dense range on disk is read with one sequential
         `readinto` instead (large requests; faulting its pages in as a shuffled gather touches them was 15-30%
         slower cold). A sparse unit is always mapped: only the pages of its rows are read."""
+        if not MAP:
+            return None
         part = self.cache.parts[unit.part]
-        path = Path(getattr(part, "path", ""))
-        if not hasattr(part, "header") or path.suffix == ".parquet" or not MAP:
-            return None
-        offs = self._h5_offsets(unit.part)
-        if any(o is None for o in offs.values()):
-            return None
-        ranges = {}
-        for n, shape in self._own.items():
-            row = int(np.prod(shape)) * np.dtype(self.dtype).itemsize
-            ranges[n] = (offs[n] + unit.lo * row, (unit.hi - unit.lo) * row)
-        out = {}
-        with open(path, "rb", buffering=0) as fh:
-            if dense and not all(_cached(fh.fileno(), start, length) for start, length in ranges.values()):
-                return None
-            size = os.fstat(fh.fileno()).st_size
-            for n, shape in self._own.items():
-                start, length = ranges[n]
-                if start + length > size:
-                    raise ValueError(f"{path}: feature {n!r} is truncated; `aigi cache verify` lists all problems")
-                base = start - start % mmap.ALLOCATIONGRANULARITY
-                mm = mmap.mmap(fh.fileno(), start + length - base, access=mmap.ACCESS_READ, offset=base)
-                flat = np.frombuffer(
-                    mm, dtype=self.dtype, count=length // np.dtype(self.dtype).itemsize, offset=start - base
-                )
-                out[n] = flat.reshape(unit.hi - unit.lo, *shape)
-                self.stats.bytes += length
-        return out
-
-    def _read_parquet(self, unit: _Unit, path: Path) -> dict[str, np.ndarray]:
-        import pyarrow.parquet as pq
-
-        from aigi.cache.shards import FEAT_PREFIX, _decode_arrow
-
-        bounds = self._bounds(unit.part, 1)
-        group = int(np.searchsorted(bounds, unit.lo, side="right"))
-        start = int(bounds[group - 1]) if group else 0
-        table = pq.ParquetFile(path).read_row_group(group, columns=[FEAT_PREFIX + n for n in self.names])
-        out = {}
-        for n, shape in self._own.items():
-            col = table.column(FEAT_PREFIX + n)
-            arr = _decode_arrow(col, shape=shape, dtype=str(self.cache.dtype), where=str(path))
-            out[n] = np.array(arr[unit.lo - start : unit.hi - start])
-            self.stats.bytes += out[n].nbytes
+        out = part.map_range(self.names, unit.lo, unit.hi, resident=_cached if dense else None)
+        if out is not None:
+            self.stats.bytes += sum(arr.nbytes for arr in out.values())
         return out
 
     # --------------------------------------------------------------------------------------------------------

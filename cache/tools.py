@@ -2,41 +2,29 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pandas as pd
 
-from aigi.cache.locking import folder_lock, remove_dead, temp_name, writing
-from aigi.cache.reader import Cache, open_cache
-from aigi.cache.shards import (
-    DIGEST,
-    ERRORS_KEY,
-    HEADER_KEY,
-    count_rows,
-    file_digest,
-    meta_columns_h5,
-    prepare_meta,
-    read_features,
-    read_header,
-    write_h5,
-    write_parquet,
-)
-from aigi.cache.writer import (
+from aigi.cache.hdf5 import CompactedH5
+from aigi.cache.kinds import count_rows
+from aigi.cache.layout import (
     CACHE_JSON,
     INDEX_JSON,
     SHARD_DIR,
     SHARD_RE,
     TEMP_GLOB,
+    errors_file,
     read_index,
-    remove_dead_files,
-    shard_record,
     write_index,
 )
-from aigi.common.files import atomic_path
+from aigi.cache.locking import folder_lock, remove_dead, temp_name, writing
+from aigi.cache.reader import open_cache
+from aigi.cache.shards import prepare_meta, write_bytes
+from aigi.cache.storage import ShardFile
+from aigi.cache.writer import remove_dead_files, shard_record
 
 
 def compact(src: str | Path, out_h5: str | Path) -> Path:
@@ -48,50 +36,9 @@ def compact(src: str | Path, out_h5: str | Path) -> Path:
     remove_dead(out.parent, f".{out.name}.tmp-*")  # left by a killed compact
     meta = cache.meta()
     header = {**cache.header, "format": "h5"}  # whatever the source was (Parquet, a UAR folder), this is HDF5
-    # through a Python file object: a full disk raises a clean OSError instead of failing inside HDF5's close
-    with atomic_path(out) as tmp, open(tmp, "w+b") as fh, h5py.File(fh, "w") as f:
-        f.attrs[HEADER_KEY] = json.dumps(header)
-        f.attrs["n_rows"] = len(meta)
-        f.attrs[ERRORS_KEY] = json.dumps(cache.errors())
-        group = f.create_group("meta")
-        for col, values in meta_columns_h5(meta).items():
-            group.create_dataset(col, data=values)
-        feats = f.create_group("features")
-        for name, shape in cache.features.items():
-            feats.create_dataset(name, shape=(len(meta), *shape), dtype=cache.dtype)
-        offset = 0
-        for batch in cache.iter_batches(65536, dtype=cache.dtype):
-            for name, arr in batch.features.items():
-                feats[name][offset : offset + len(batch)] = arr
-            offset += len(batch)
+    batches = (batch.features for batch in cache.iter_batches(65536, dtype=cache.dtype))
+    CompactedH5.write(out, header=header, meta=meta, errors=cache.errors(), batches=batches)
     return out
-
-
-def _check_part(part, cache: Cache) -> tuple[list[str], pd.DataFrame | None]:
-    """Problems found in one shard/file, and its meta rows when it has none."""
-    if getattr(part, "broken", ""):
-        return [f"{part.path}: {part.broken}"], None
-    record = getattr(part, "record", None)
-    if record is not None and file_digest(part.path) != record.get(DIGEST):
-        return [f"{part.path}: bytes differ from the digest recorded at commit (changed or damaged file)"], None
-    problems: list[str] = []
-    try:
-        meta = part.meta()
-        feats = part.features(list(cache.features))
-    except Exception as err:  # any unreadable shard is a problem to list, not a crash
-        return [f"{part.path}: unreadable ({type(err).__name__}: {err})"], None
-    for name, arr in feats.items():
-        if arr.shape != (len(meta), *cache.features[name]):
-            problems.append(f"{part.path}: feature {name!r} has shape {arr.shape}, meta has {len(meta)} rows")
-        elif not np.isfinite(arr).all():
-            problems.append(f"{part.path}: feature {name!r} holds NaN/inf values")
-    if len(meta) != part.n:
-        problems.append(f"{part.path}: row count {part.n} in the header but {len(meta)} meta rows")
-    if isinstance(part.path, Path) and part.path.suffix in (".h5", ".parquet"):
-        own = read_header(part.path)
-        if own is not None and own["fingerprint"] != cache.fingerprint:
-            problems.append(f"{part.path}: fingerprint {own['fingerprint'][:12]} differs from the cache's")
-    return problems, (None if problems else meta)
 
 
 def _inspect(path: Path) -> dict:
@@ -100,7 +47,7 @@ def _inspect(path: Path) -> dict:
     problems: list[str] = []
     bad, good = [], []
     for part in store.parts:
-        found, meta = _check_part(part, store)
+        found, meta = part.verify()
         problems += found
         (bad if found else good).append((part, meta))
     metas = [m.assign(_part=i) for i, (_, m) in enumerate(good)]
@@ -164,23 +111,23 @@ def verify(path: str | Path) -> dict:
 
 def _drop(root: Path, name: str, index: dict) -> int:
     """Delete a shard file and its errors file and forget it; return the rows it was recorded with."""
-    (root / SHARD_DIR / name).unlink(missing_ok=True)
-    (root / SHARD_DIR / (name.split(".")[0] + ".errors.json")).unlink(missing_ok=True)
+    shard = root / SHARD_DIR / name
+    shard.unlink(missing_ok=True)
+    errors_file(shard).unlink(missing_ok=True)
     return int((index.pop(name, None) or {}).get("rows", 0))
 
 
-def _rewrite(root: Path, name: str, meta: pd.DataFrame, keep: np.ndarray, header: dict, index: dict) -> None:
-    """Write shard `name` again with only the `keep` rows, and record it."""
-    path = root / SHARD_DIR / name
-    feats = read_features(path, list(header["features"]), header=header)
+def _rewrite(part: ShardFile, meta: pd.DataFrame, keep: np.ndarray, header: dict, index: dict) -> None:
+    """Write shard `part` again, in its own kind, with only the `keep` rows, and record it."""
+    path = part.path
+    feats = part.read(list(header["features"]))
     tmp = temp_name(path)
     try:
-        write = write_h5 if header["format"] == "h5" else write_parquet
         rows = prepare_meta(meta[keep].drop(columns=["_part"], errors="ignore"), where=str(path))
-        write(tmp, header=header, meta=rows, feats={k: v[keep] for k, v in feats.items()})
-        record = shard_record(tmp, header["format"])
+        write_bytes(tmp, part.encode(header=header, meta=rows, feats={k: v[keep] for k, v in feats.items()}))
+        record = shard_record(tmp, part.fmt)
         os.replace(tmp, path)
-        index[name] = record
+        index[path.name] = record
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -196,7 +143,7 @@ def _dedupe(root: Path, good: list, header: dict, index: dict) -> tuple[int, lis
             continue
         dropped += int((~keep).sum())
         if keep.any():
-            _rewrite(root, part.path.name, meta, keep, header, index)
+            _rewrite(part, meta, keep, header, index)
             rewritten.append(part.path.name)
         else:
             _drop(root, part.path.name, index)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -12,6 +11,21 @@ import numpy as np
 import pandas as pd
 
 from aigi.cache.fingerprint import fingerprint, spec_diff
+from aigi.cache.kinds import count_rows, shard_kind
+from aigi.cache.layout import (
+    CACHE_JSON,
+    CLAIM_GLOB,
+    CLAIM_RE,
+    INDEX_JSON,
+    JOBS_DIR,
+    SHARD_DIR,
+    SHARD_RE,
+    TEMP_GLOB,
+    errors_file,
+    read_cache_json,
+    read_index,
+    write_index,
+)
 from aigi.cache.locking import folder_lock, owner_dead, owner_tag, remove_dead, temp_name, writing
 from aigi.cache.shards import (
     DIGEST,
@@ -19,46 +33,37 @@ from aigi.cache.shards import (
     ERROR_FIELDS,
     FORMATS,
     SCHEMA_VERSION,
-    SUFFIX,
     bytes_digest,
     check_features,
-    count_rows,
     file_digest,
-    h5_bytes,
-    parquet_bytes,
     prepare_meta,
     write_bytes,
 )
 from aigi.common.files import atomic_write
 
-CACHE_JSON = "cache.json"
-INDEX_JSON = "index.json"  # the shard index: name -> rows, bytes, digest of every committed shard
-SHARD_DIR = "shards"
-JOBS_DIR = "jobs"  # job plans (`<key>.json` with first_shard, n_shards) reserve a range of shard numbers
-SHARD_RE = re.compile(r"^(\d{5,})\.(h5|parquet)$")
-CLAIM_RE = re.compile(r"^\.(\d{5,})\.claim-")
-TEMP_GLOB = ".*.tmp-*"
-CLAIM_GLOB = ".*.claim-*"
-
-
-def read_index(path: Path) -> dict[str, dict] | None:
-    """The shard index of the cache at `path` (shard file name -> rows, bytes, digest), None when it has none."""
-    file = Path(path) / INDEX_JSON
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{file} is damaged ({err}); run `aigi cache repair {path}` to rebuild it") from None
-    if not isinstance(data, dict) or not isinstance(data.get("shards"), dict):
-        raise ValueError(f"{file} has no 'shards' mapping; run `aigi cache repair {path}` to rebuild it")
-    return data["shards"]
-
-
-def write_index(path: Path, shards: dict[str, dict]) -> None:
-    """Write the shard index atomically (callers hold the cache lock)."""
-    body = {"version": 1, "digest": DIGEST, "shards": dict(sorted(shards.items()))}
-    atomic_write(Path(path) / INDEX_JSON, json.dumps(body, indent=1))
+# the layout names stay importable from here (`from aigi.cache.writer import CACHE_JSON, read_index`)
+__all__ = [
+    "CACHE_JSON",
+    "CLAIM_GLOB",
+    "CLAIM_RE",
+    "INDEX_JSON",
+    "JOBS_DIR",
+    "SHARD_DIR",
+    "SHARD_RE",
+    "TEMP_GLOB",
+    "CacheWriter",
+    "check_compatible",
+    "drop_shards",
+    "job_plan",
+    "make_header",
+    "next_free_index",
+    "read_cache_json",
+    "read_index",
+    "remove_dead_files",
+    "shard_record",
+    "taken_indices",
+    "write_index",
+]
 
 
 def shard_record(file: Path, fmt: str | None = None) -> dict:
@@ -136,21 +141,6 @@ def make_header(*, spec: dict, features: dict[str, tuple[int, ...]], fmt: str, d
     }
 
 
-def read_cache_json(path: Path) -> dict:
-    """Read `path/cache.json`, raising a clear error when it is missing or not valid JSON."""
-    file = Path(path) / CACHE_JSON
-    try:
-        header = json.loads(file.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{file} does not exist: {path} is not a feature cache directory") from None
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{file} is not valid JSON ({err}); restore it or rebuild the cache") from None
-    missing = [k for k in ("schema_version", "format", "spec", "fingerprint", "features", "dtype") if k not in header]
-    if missing:
-        raise ValueError(f"{file} lacks key(s) {missing}; it was not written by this version of aigi")
-    return header
-
-
 def check_compatible(old: dict, new: dict, *, where: str) -> None:
     """Raise a ValueError naming what differs when `new` settings do not fit an existing cache header `old`."""
     if old["fingerprint"] != new["fingerprint"]:
@@ -204,6 +194,7 @@ class CacheWriter:
         self.header = make_header(spec=spec, features=features, fmt=fmt, dtype=dtype)
         self.features = {n: tuple(int(d) for d in s) for n, s in features.items()}
         self.fmt, self.dtype = fmt, dtype
+        self.kind = shard_kind(fmt)  # the storage class of this cache's shards: suffix and encoding
         with writing(self.path, "creating the cache"):
             (self.path / SHARD_DIR).mkdir(parents=True, exist_ok=True)
         self.lock = folder_lock(self.path)
@@ -227,11 +218,11 @@ class CacheWriter:
 
     def shard_path(self, index: int) -> Path:
         """Final path of shard `index`."""
-        return self.path / SHARD_DIR / f"{int(index):05d}{SUFFIX[self.fmt]}"
+        return self.path / SHARD_DIR / f"{int(index):05d}{self.kind.suffix}"
 
     def errors_path(self, index: int) -> Path:
         """Path of the error records of shard `index`."""
-        return self.path / SHARD_DIR / f"{int(index):05d}.errors.json"
+        return errors_file(self.shard_path(index))
 
     def _shard_files(self) -> list[Path]:
         return sorted(p for p in (self.path / SHARD_DIR).iterdir() if SHARD_RE.match(p.name))
@@ -265,8 +256,7 @@ class CacheWriter:
             with writing(path):
                 # the errors file goes first: a committed shard always has its errors beside it
                 atomic_write(self.errors_path(index), json.dumps(errors, indent=1))
-                encode = h5_bytes if self.fmt == "h5" else parquet_bytes
-                data = encode(header=self.header, meta=meta, feats=feats)
+                data = self.kind.encode(header=self.header, meta=meta, feats=feats)
                 write_bytes(tmp, data, shown=path)
                 record = {"rows": len(meta), "bytes": len(data), DIGEST: bytes_digest(data)}
                 with self.lock:

@@ -16,7 +16,7 @@ import pytest
 
 import aigi.common.files as file_io
 from aigi import cache
-from aigi.cache import shards as shard_io
+from aigi.cache.kinds import open_file
 from tests.cache.helpers import FEATURES, SPEC, rows
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,10 +31,9 @@ def assert_same_cache(a: Path, b: Path) -> None:
         if name.endswith(".errors.json"):
             assert (a / "shards" / name).read_text() == (b / "shards" / name).read_text()
             continue
-        pd.testing.assert_frame_equal(shard_io.read_meta(a / "shards" / name), shard_io.read_meta(b / "shards" / name))
-        header = shard_io.read_header(a / "shards" / name)
-        fa = shard_io.read_features(a / "shards" / name, list(FEATURES), header=header)
-        fb = shard_io.read_features(b / "shards" / name, list(FEATURES), header=header)
+        shard_a, shard_b = open_file(a / "shards" / name), open_file(b / "shards" / name)
+        pd.testing.assert_frame_equal(shard_a.meta(), shard_b.meta())
+        fa, fb = shard_a.read(list(FEATURES)), shard_b.read(list(FEATURES))
         for k in FEATURES:
             assert fa[k].dtype == fb[k].dtype and np.array_equal(fa[k], fb[k])
 

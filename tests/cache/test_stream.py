@@ -9,7 +9,8 @@ import pytest
 
 import aigi.cache.stream as stream_mod
 from aigi import cache
-from aigi.cache.stream import MIX_CHUNKS, FeatureStream, open_stream
+from aigi.cache.hdf5 import H5Shard
+from aigi.cache.stream import MIX_CHUNKS, open_stream
 from tests.cache.helpers import FEATURES, SPEC, rows
 from tests.cache.test_uar_folder import make_folder
 
@@ -70,8 +71,8 @@ def test_dense_hdf5_rows_in_the_page_cache_are_gathered_from_the_mapped_file(tmp
     store = _write(tmp_path / "c", "h5")
     ref = store.load(dtype="float16").features
     reads = []
-    real = FeatureStream._read_h5
-    monkeypatch.setattr(FeatureStream, "_read_h5", lambda self, *a: reads.append(a) or real(self, *a))
+    real = H5Shard.read_range
+    monkeypatch.setattr(H5Shard, "read_range", lambda self, *a: reads.append(a) or real(self, *a))
     monkeypatch.setattr(stream_mod, "_cached", lambda fd, start, length: cached)
     got, _ = _gather(open_stream(store, buffer_bytes=1 << 16), shuffle=True)
     assert (reads == []) == cached
