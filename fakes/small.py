@@ -7,12 +7,11 @@
 Both are trained for a fixed number of steps with fixed seeds on crops of the photos that ship inside
 scikit-image, scikit-learn and matplotlib (`aigi.fakes.photos`), so the same settings give the same models (up to
 the CPU's float arithmetic) and the fakes never depend on how busy the machine is. Retrain with
-`python -m aigi.fakes.small --out DIR`.
+`python -m aigi.cli.small_fakes --out DIR`.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -257,27 +256,3 @@ def _train_one(kind, build, roundtrip, loss_fn, settings, save, *, crops, held) 
         "psnr_check_crops": round(psnr, 3),
         "seconds": round(time.perf_counter() - start, 1),
     }
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m aigi.fakes.small [--out DIR] [--vae-steps N] [--sr-steps N]`: retrain the shipped models."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=WEIGHTS_DIR, help="folder to write (default: the package's own)")
-    p.add_argument("--vae-steps", type=int, default=VAE_SETTINGS.steps, help="training steps of the autoencoder")
-    p.add_argument("--sr-steps", type=int, default=SR_SETTINGS.steps, help="training steps of the upsampler")
-    p.add_argument("--models", default="vae,sr", help="which to train (default vae,sr; the others' files are kept)")
-    args = p.parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
-    train_and_save(
-        args.out,
-        vae=TrainSettings(**{**asdict(VAE_SETTINGS), "steps": args.vae_steps}),
-        sr=TrainSettings(**{**asdict(SR_SETTINGS), "steps": args.sr_steps}),
-        data=DATA_SETTINGS,
-        check=DataSettings(crops=240, size=224, seed=0),
-        models=tuple(m.strip() for m in args.models.split(",") if m.strip()),
-    )
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

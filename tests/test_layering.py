@@ -223,3 +223,10 @@ def test_longest_chain_follows_imports() -> None:
 def test_cycle_finder_sees_a_cycle(tmp_path: Path) -> None:
     assert find_cycle({"p.a": {"p.b"}, "p.b": {"p.c"}, "p.c": {"p.a"}, "p.d": set()}) == ["p.a", "p.b", "p.c", "p.a"]
     assert find_cycle({"p.a": {"p.b"}, "p.b": set(), "p.c": {"p.a", "p.b"}}) is None
+
+
+@pytest.mark.parametrize("package", ["common", "cache", "extractors", "fakes", "heads", "aigi"])
+def test_only_the_command_line_parses_arguments(package: str) -> None:
+    bad = {str(f.relative_to(ROOT)): uses for f in package_files(package)
+           if (uses := [u for u in command_line_uses(f) if u.startswith("import argparse")])}  # fmt: skip
+    assert not bad, f"argparse outside aigi/cli/ (docs/ARCHITECTURE.md section 2): {bad}"

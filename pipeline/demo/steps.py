@@ -146,7 +146,7 @@ def _fake_weights(state: DemoState, kind: str, explicit: str | None) -> Path:
     state.facts[f"{kind}_weights"] = {
         "path": str(small.vae_path() if kind == "vae" else small.sr_path()),
         "how": f"small, shipped with aigi: {record['params']:,} parameters trained {record['steps']} steps "
-        "(seed 0) on other crops of these photos by `python -m aigi.fakes.small`",
+        "(seed 0) on other crops of these photos by `python -m aigi.cli.small_fakes`",
         "small": True,
     }
     return Path(state.facts[f"{kind}_weights"]["path"])
