@@ -15,11 +15,11 @@ demo: $(STAMP)
 	$(VENV)/bin/aigi demo -o demo_out
 
 test: $(STAMP)
-	$(VENV)/bin/ruff check aigi common cache extractors heads pipeline tests benchmarks
+	$(VENV)/bin/ruff check aigi common cache extractors fakes heads pipeline tests benchmarks
 	$(PY) -m pytest -q -ra
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check aigi common cache extractors heads pipeline tests benchmarks
+	$(VENV)/bin/ruff check aigi common cache extractors fakes heads pipeline tests benchmarks
 
 bench: $(STAMP)
 	for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done
