@@ -1,11 +1,12 @@
 """The predict stage: score image files with a trained head (features extracted on the fly with its recorded
-backbone), or the rows of a feature cache."""
+backbone), or the rows of a feature cache, through the one scoring path (`pipeline.scoring.score_features`: the
+fingerprint checked, then logit -> stored calibration -> P(fake) -> verdict with the stored threshold and band)."""
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -55,12 +56,13 @@ class PredictOptions:
 
 @dataclass
 class CacheScores:
-    """Scores of cached rows: the table (meta columns, p_fake, error), the row count and how the rows were held
-    (in memory, or streamed from disk, and why)."""
+    """Scores of cached rows: the table (meta columns, logit, p_fake, verdict, error), the row count, how the rows
+    were held (in memory, or streamed from disk, and why) and the fingerprint check's warnings."""
 
     table: pd.DataFrame
     rows: int
     rows_held: str
+    notes: tuple[str, ...] = ()
 
 
 def list_images(inputs: list[str]) -> list[Path]:
@@ -116,6 +118,16 @@ def live_spec(extractor: Any, recorded_spec: dict) -> dict:
     return spec
 
 
+def weights_hint(spec: Mapping[str, Any]) -> str:
+    """How the head names the backbone weights its training cache used: the file (when recorded) and its sha256."""
+    digest = str(spec.get("weights_sha256", ""))
+    name = spec.get("weights_file") or spec.get("weights_name")
+    if digest == "random-init":
+        return "the training cache used a random initialisation (no weights file)"
+    where = f"`{name}` " if name else ""
+    return f"the weights file {where}the training cache used (sha256 {digest[:16]}…)"
+
+
 def check_fingerprint(extractor: Any, *, recorded: str | None, recorded_spec: dict, alias: str) -> None:
     """Refuse features that would not match the head's training cache, naming the differing fields."""
     from aigi import cache
@@ -126,7 +138,7 @@ def check_fingerprint(extractor: Any, *, recorded: str | None, recorded_spec: di
     diff = cache.spec_diff(recorded_spec, spec)
     raise ValueError(
         f"backbone {alias!r}: these weights/settings give fingerprint {cache.fingerprint(spec)[:12]}, but the head "
-        f"was trained on {recorded[:12]}; differing fields: {diff}. Pass the weights file the training cache used."
+        f"was trained on {recorded[:12]}; differing fields: {diff}. Pass {weights_hint(recorded_spec)} with --weights"
     )
 
 
@@ -209,14 +221,15 @@ def _batch_features(
     return out
 
 
-def head_scores(head: Any, X: dict[str, np.ndarray], info: dict) -> dict[str, np.ndarray]:
-    """Calibrated P(fake), verdict and, for expert heads, each expert's gate and score."""
+def head_scores(head: Any, X: Any, info: dict) -> dict[str, np.ndarray]:
+    """The raw logit, calibrated P(fake) and verdict (`scoring.score_features`, the one scoring path), an `error` for
+    rows with NaN/inf features and, for expert heads, each expert's gate and score."""
     from aigi import heads
-    from aigi.heads.calibration import VERDICTS
+    from aigi.pipeline.scoring import NAN_FEATURES, score_features
 
-    cal = heads.calibration_of(info)
-    probs = cal.probability(heads.logits(head, X))
-    out = {"p_fake": probs, "verdict": np.array([VERDICTS[int(v)] for v in cal.verdict(probs)], dtype=object)}
+    scored = score_features(head, info, X)
+    out = {"logit": scored.logit, "p_fake": scored.p_fake, "verdict": scored.verdict_names(),
+           "error": np.where(scored.invalid, NAN_FEATURES, "").astype(object)}  # fmt: skip
     if hasattr(head, "explain"):
         ex = heads.explain(head, X)
         for k, name in enumerate(ex["expert_names"]):
@@ -278,12 +291,39 @@ def load_head(
     specs = check_scorable(info, str(head_dir))
     weights = parse_aliased(list(options.weights), list(specs))
     head, info = heads.load(head_dir, frozen=frozen_tail(info["name"], info["inputs"], specs, weights))
-    if options.expert_weights:
-        if not hasattr(head, "set_manual_weights"):
-            raise ValueError(f"--expert-weights needs a router head; this head is '{info.get('name')}'")
-        manual = parse_assignments(options.expert_weights, what="weight")
-        head.set_manual_weights({k: float(v) for k, v in manual.items()})
+    set_expert_weights(head, info, options.expert_weights)
     return head, info, specs, weights
+
+
+def set_expert_weights(head: Any, info: Mapping[str, Any], text: str | None) -> None:
+    """`--expert-weights DOMAIN=W,...` on a router head; a weight must be a finite number >= 0."""
+    import math
+
+    if not text:
+        return
+    if not hasattr(head, "set_manual_weights"):
+        raise ValueError(f"--expert-weights needs a router head; this head is '{info.get('name')}'")
+    manual = parse_assignments(text, what="weight")
+    values = {}
+    for name, value in manual.items():
+        try:
+            values[name] = float(value)
+        except (TypeError, ValueError):
+            values[name] = math.nan
+        if not math.isfinite(values[name]) or values[name] < 0:
+            raise ValueError(f"--expert-weights {name}={value}: a weight must be a finite number >= 0, e.g. {name}=0.5")
+    head.set_manual_weights(values)
+
+
+def warn_demo_head(info: Mapping[str, Any], head_dir: str | Path) -> None:
+    """Say first, for a head `aigi demo` trained, that its verdicts on other images mean nothing."""
+    from aigi.pipeline.scoring import is_demo_head
+
+    if is_demo_head(info):
+        LOG.warning(
+            f"{head_dir} is a demo head, not a detector: `aigi demo` trained it on crops of a dozen photos against toy "
+            "fakes, so its P(fake) and verdicts on other images mean nothing (train on real data: see the README)"
+        )
 
 
 def predict_images(
@@ -302,6 +342,7 @@ def predict_images(
     from aigi import heads
 
     head, info, specs, weights = load_head(head_dir, options)
+    warn_demo_head(info, head_dir)
     inputs = input_map(head, specs)
     tail = heads.needs_frozen(info["name"])  # the backbone runs only up to the cached block, the head does the rest
     backbones = {}
@@ -324,7 +365,8 @@ def predict_images(
     columns, kept, failed = score_batches(paths, backbones, batch_size=options.batch_size, score=rows, storage=storage)
     if not tail and kept:
         columns = head_scores(head, {name[2:]: v for name, v in columns.items()}, info)
-    table = pd.DataFrame({"path": [printable(p) for p in paths], "p_fake": np.nan, "verdict": "", "error": ""})
+    table = pd.DataFrame({"path": [printable(p) for p in paths], "logit": np.nan, "p_fake": np.nan, "verdict": "",
+                          "error": ""})  # fmt: skip
     for i, reason in failed.items():
         table.loc[i, "error"] = reason
     for name, values in columns.items():
@@ -337,7 +379,7 @@ def _check_read(table: pd.DataFrame) -> None:
     """A warning per file that could not be read; a ValueError when none could."""
     bad = table[table["error"] != ""]
     for path, reason in bad[["path", "error"]].itertuples(index=False):
-        LOG.warning(f"skipped {path}: {reason}")
+        LOG.warning(f"{'not scored' if reason.startswith('NaN') else 'skipped'} {path}: {reason}")
     if len(bad) == len(table):
         first = "; ".join(f"{p}: {r}" for p, r in bad[["path", "error"]].head(3).itertuples(index=False))
         raise ValueError(f"none of the {len(bad)} image(s) could be read ({first}); pass readable image files")
@@ -348,12 +390,18 @@ def predict_cache(
 ) -> CacheScores:
     """P(fake) of the rows of one cache matching `options.where`, scored as cached: in memory, or streamed when the
     features would exceed the memory budget (see pipeline.streaming)."""
-    from aigi import cache, heads
+    from aigi import cache
     from aigi.pipeline import tail
+    from aigi.pipeline.scoring import check_cache
     from aigi.pipeline.streaming import StreamedSet, choose, parse_budget, row_values
 
     head, info = tail.load_head(head_dir, options.weights)  # with the tail a `tail_*` head runs on tokens
+    warn_demo_head(info, head_dir)
+    set_expert_weights(head, info, options.expert_weights)
     store = cache.open(cache_path)
+    notes = check_cache(info, store, head_dir=head_dir)  # a cache of other features is refused, as by `aigi eval`
+    for note in notes:
+        LOG.warning(f"warning: {note}")
     where = parse_assignments(",".join(options.where), what="filter") if options.where else {}
     names = list(head.cfg.inputs)
     unknown = [n for n in names if n not in store.features]
@@ -371,9 +419,11 @@ def predict_cache(
         fs = store.load(names, where=where, dtype=choice.mode)
     cols = [c for c in ("image_id", "path", "label", "source", "split", "view") if c in fs.meta.columns]
     table = fs.meta[cols].reset_index(drop=True).copy()
-    table["p_fake"] = heads.predict(head, fs.features)
-    table["error"] = ""
-    return CacheScores(table, rows, choice.why)
+    for name, values in head_scores(head, fs.features, info).items():
+        table[name] = values
+    for row in table[table["error"] != ""].head(20).itertuples():
+        LOG.warning(f"not scored: row {row.Index} ({getattr(row, 'image_id', '?')}): {row.error}")
+    return CacheScores(table, rows, choice.why, tuple(notes))
 
 
 def write_table(table: pd.DataFrame, path: str) -> None:
