@@ -118,17 +118,21 @@ def live_spec(extractor: Any, recorded_spec: dict) -> dict:
     return spec
 
 
-def weights_hint(spec: Mapping[str, Any]) -> str:
-    """How the head names the backbone weights its training cache used: the file (when recorded) and its sha256."""
+def weights_hint(info: Mapping[str, Any], alias: str) -> str:
+    """How the head names the backbone weights its training cache used: the file's name (recorded by `aigi head
+    pack --weights`), else the cache it was trained on, and the weights' sha256."""
+    spec = (info.get("extractor_spec") or {}).get(alias) or {}
     digest = str(spec.get("weights_sha256", ""))
-    name = spec.get("weights_file") or spec.get("weights_name")
-    if digest == "random-init":
-        return "the training cache used a random initialisation (no weights file)"
-    where = f"`{name}` " if name else ""
-    return f"the weights file {where}the training cache used (sha256 {digest[:16]}…)"
+    packed = ((info.get("backbone_weights") or {}).get(alias) or {}).get("file")
+    cache_path = ((info.get("caches") or {}).get(alias) or {}).get("path")
+    where = f"`{packed}`" if packed else f"the {spec.get('name')} weights file"
+    used = f" that `aigi extract` used for cache {cache_path}" if cache_path and not packed else ""
+    return f"{where}{used} (sha256 {digest[:16]}…)"
 
 
-def check_fingerprint(extractor: Any, *, recorded: str | None, recorded_spec: dict, alias: str) -> None:
+def check_fingerprint(
+    extractor: Any, *, recorded: str | None, recorded_spec: dict, alias: str, hint: str = "the weights file"
+) -> None:
     """Refuse features that would not match the head's training cache, naming the differing fields."""
     from aigi import cache
 
@@ -138,7 +142,7 @@ def check_fingerprint(extractor: Any, *, recorded: str | None, recorded_spec: di
     diff = cache.spec_diff(recorded_spec, spec)
     raise ValueError(
         f"backbone {alias!r}: these weights/settings give fingerprint {cache.fingerprint(spec)[:12]}, but the head "
-        f"was trained on {recorded[:12]}; differing fields: {diff}. Pass {weights_hint(recorded_spec)} with --weights"
+        f"was trained on {recorded[:12]}; differing fields: {diff}. Pass {hint} with --weights"
     )
 
 
@@ -315,34 +319,48 @@ def set_expert_weights(head: Any, info: Mapping[str, Any], text: str | None) -> 
     head.set_manual_weights(values)
 
 
-def warn_demo_head(info: Mapping[str, Any], head_dir: str | Path) -> None:
-    """Say first, for a head `aigi demo` trained, that its verdicts on other images mean nothing."""
+def warn_demo_head(info: Mapping[str, Any], head_dir: str | Path) -> list[str]:
+    """Say first, for a head `aigi demo` trained, that its verdicts on other images mean nothing; the notes said."""
     from aigi.pipeline.scoring import is_demo_head
 
-    if is_demo_head(info):
-        LOG.warning(
-            f"{head_dir} is a demo head, not a detector: `aigi demo` trained it on crops of a dozen photos against toy "
-            "fakes, so its P(fake) and verdicts on other images mean nothing (train on real data: see the README)"
-        )
+    if not is_demo_head(info):
+        return []
+    note = (
+        f"{head_dir} is a demo head, not a detector: `aigi demo` trained it on crops of a dozen photos against toy "
+        "fakes, so its P(fake) and verdicts on other images mean nothing (train on real data: see the README)"
+    )
+    LOG.warning(f"warning: {note}")
+    return [note]
 
 
 def predict_images(
     head_dir: str | Path, images: Sequence[str | Path], options: PredictOptions = PredictOptions()
 ) -> pd.DataFrame:
     """Calibrated P(fake), verdict (and expert gates) of the image files and folders `images`, one row per file
-    (`path`, `p_fake`, `verdict`, `error`, ...); each unreadable file gets an `error` and a warning.
+    (`path`, `logit`, `p_fake`, `verdict`, `error`, ...); each unreadable file gets an `error` and a warning.
 
-    The head's stored calibration (`aigi calibrate`) maps its logits to P(fake) and gives the threshold and the
-    abstain band; a head without one uses sigmoid(logit) and 0.5.
+    `head_dir`: a run folder, or a packed head (`aigi head pack`: a .aigi file or folder). The head's stored
+    calibration (`aigi calibrate`) maps its logits to P(fake) and gives the threshold and the abstain band; a head
+    without one uses sigmoid(logit) and 0.5.
 
     Raises:
         ValueError: when the head cannot score images, the weights do not reproduce its training fingerprint, or
             no file could be read.
     """
+    from aigi.pipeline.pack import OpenedHead
+
+    with OpenedHead(head_dir) as folder:
+        return _predict_images(folder, images, options, name=str(head_dir))
+
+
+def _predict_images(
+    head_dir: Path, images: Sequence[str | Path], options: PredictOptions, *, name: str
+) -> pd.DataFrame:
+    """`predict_images` on a head folder (`name`: how the user named it)."""
     from aigi import heads
 
     head, info, specs, weights = load_head(head_dir, options)
-    warn_demo_head(info, head_dir)
+    notes = warn_demo_head(info, name)
     inputs = input_map(head, specs)
     tail = heads.needs_frozen(info["name"])  # the backbone runs only up to the cached block, the head does the rest
     backbones = {}
@@ -350,8 +368,12 @@ def predict_images(
         wanted = [feat for a, feat in inputs.values() if a == alias] if tail else None
         if tail and not wanted:
             continue
+        if weights[alias] is None and spec.get("weights_sha256") != "random-init":
+            hint = weights_hint(info, alias)
+            raise ValueError(f"backbone {alias!r} ({spec.get('name')}): no --weights given; pass {hint} with --weights")
         ex = extractor_from_spec(spec, weights=weights[alias], device=options.device, features=wanted)
-        check_fingerprint(ex, recorded=(info.get("fingerprints") or {}).get(alias), recorded_spec=spec, alias=alias)
+        check_fingerprint(ex, recorded=(info.get("fingerprints") or {}).get(alias), recorded_spec=spec, alias=alias,
+                          hint=weights_hint(info, alias))  # fmt: skip
         backbones[alias] = ex
     paths = list_images([str(i) for i in images])
     storage = {a: s["storage_dtype"] for a, s in specs.items() if "storage_dtype" in s}
@@ -369,9 +391,10 @@ def predict_images(
                           "error": ""})  # fmt: skip
     for i, reason in failed.items():
         table.loc[i, "error"] = reason
-    for name, values in columns.items():
-        table.loc[kept, name] = values
+    for column, values in columns.items():
+        table.loc[kept, column] = values
     _check_read(table)
+    table.attrs["notes"] = notes  # for the report's header
     return table
 
 
@@ -388,15 +411,24 @@ def _check_read(table: pd.DataFrame) -> None:
 def predict_cache(
     head_dir: str | Path, cache_path: str | Path, options: PredictOptions = PredictOptions()
 ) -> CacheScores:
-    """P(fake) of the rows of one cache matching `options.where`, scored as cached: in memory, or streamed when the
-    features would exceed the memory budget (see pipeline.streaming)."""
+    """Logit, calibrated P(fake) and verdict of the rows of one cache matching `options.where`, after the cache's
+    fingerprint matched the head's; scored as cached: in memory, or streamed when the features would exceed the memory
+    budget (see pipeline.streaming). `head_dir`: a run folder or a packed head."""
+    from aigi.pipeline.pack import OpenedHead
+
+    with OpenedHead(head_dir) as folder:
+        return _predict_cache(folder, cache_path, options, name=str(head_dir))
+
+
+def _predict_cache(head_dir: Path, cache_path: str | Path, options: PredictOptions, *, name: str) -> CacheScores:
+    """`predict_cache` on a head folder (`name`: how the user named it)."""
     from aigi import cache
     from aigi.pipeline import tail
     from aigi.pipeline.scoring import check_cache
     from aigi.pipeline.streaming import StreamedSet, choose, parse_budget, row_values
 
     head, info = tail.load_head(head_dir, options.weights)  # with the tail a `tail_*` head runs on tokens
-    warn_demo_head(info, head_dir)
+    warn_demo_head(info, name)
     set_expert_weights(head, info, options.expert_weights)
     store = cache.open(cache_path)
     notes = check_cache(info, store, head_dir=head_dir)  # a cache of other features is refused, as by `aigi eval`
