@@ -165,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = [a for a in argv if a != "--quiet"]
     configure_output(quiet=quiet)
     args = parse(argv)
+    args.quiet = quiet
     try:
         code = args.func(args)
         sys.stdout.flush()

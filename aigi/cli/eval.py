@@ -113,7 +113,8 @@ def run(args: argparse.Namespace) -> int:
         print((evaluated.out_dir / "metrics.json").read_text(), end="")
         return 0
     m, pooled = result["mean"], result["pooled"]
-    print(f"data: {m['n']} rows {result['rows_held']}")
+    if not getattr(args, "quiet", False):
+        print(f"data: {m['n']} rows {result['rows_held']}")
     pct = lambda v: "n/a" if v is None else f"{100 * v:.2f}"
     covered = f", coverage {pct(m['coverage'])}, ACC covered {pct(m['acc_covered'])}" if "coverage" in m else ""
     print(
