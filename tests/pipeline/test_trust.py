@@ -139,14 +139,15 @@ def test_mean_and_pooled_are_two_names_and_every_table_is_in_percent(run: dict, 
     assert f"pooled ACC {100 * pooled['acc']:.2f}" in out and f"mean ACC {100 * m['mean']['acc']:.2f}" in out
     text = (rep / "report.md").read_text()
     assert "| Pooled |" in text and "P(fake) = sigmoid(logit / 1.7)" in text
-    assert f"| {100 * m['groups']['gan']['ece']:.2f} |" in text.split("| gan |")[1].replace(" ", " ").split("\n")[0] + "|"
+    gan_row = next(line for line in text.splitlines() if line.startswith("| gan |"))
+    assert f"| {100 * m['groups']['gan']['ece']:.2f} |" in gan_row  # ECE in percent
     assert main(["eval", str(run["run"]), "--views", "orig", "-o", str(tmp_path / "rob")]) == 0
     rob = (tmp_path / "rob" / "robustness.md").read_text()
     row = json.loads((tmp_path / "rob" / "robustness.json").read_text())["views"][0]
     assert f"{100 * row['ece']:.2f}" in rob and "pooled ACC" in rob  # ECE in percent, as in report.md
 
 
-# ------------------------------------------------------------------------------------ item 4: calibrate says what it can
+# ------------------------------------------------------------------------------- item 4: calibrate says what it can
 
 
 def test_calibrate_warns_reports_before_after_and_writes_to_o(run: dict, tmp_path: Path, capsys) -> None:
@@ -215,7 +216,9 @@ def test_conventions_json_quiet_usage_and_a_narrow_stdout(run: dict, tmp_path: P
     with pytest.raises(SystemExit) as exc:
         main(["eval", str(run["run"]), "-o", str(tmp_path / "e"), "--bogus"])
     err = capsys.readouterr().err
-    assert exc.value.code == 2 and "usage: aigi eval" in err and "aigi eval: error: unrecognized arguments: --bogus" in err
+    assert (
+        exc.value.code == 2 and "usage: aigi eval" in err and "aigi eval: error: unrecognized arguments: --bogus" in err
+    )
     assert callable(aigi.predict_images) and "head, info = aigi.load_head" in aigi.load_head.__doc__
 
 
@@ -250,7 +253,9 @@ def test_plots_show_the_differences_and_the_low_fpr_region(tmp_path: Path, monke
     plots.acc_plot(tmp_path / "a.png", metrics=metrics)
     assert kept[-1].axes[0].get_ylim()[0] >= 90  # 99.89 and 99.22 no longer look the same
     y = np.r_[np.zeros(50), np.ones(50)]
-    plots.roc_plot(tmp_path / "r.png", labels=y, scores=np.r_[np.arange(50), np.arange(25, 75)], index={"g": np.arange(100)})
+    plots.roc_plot(
+        tmp_path / "r.png", labels=y, scores=np.r_[np.arange(50), np.arange(25, 75)], index={"g": np.arange(100)}
+    )
     ax = kept[-1].axes[0]
     assert ax.get_xscale() == "log" and ax.get_xlim()[0] == pytest.approx(1e-3)
     assert {0.01, 0.001} <= {round(line.get_xdata()[0], 6) for line in ax.lines if len(set(line.get_xdata())) == 1}
