@@ -32,6 +32,7 @@ __all__ = [
     "load_head",
     "open_cache",
     "predict",
+    "predict_images",
     "presets",
     "save_head",
     "train",
@@ -111,10 +112,24 @@ def save_head(head: Any, directory: str | Path, *, meta: Mapping[str, Any] | Non
 
 
 def load_head(directory: str | Path) -> tuple[Any, dict[str, Any]]:
-    """A saved head and its head.json content."""
+    """A saved head and its head.json content, as a pair: `head, info = aigi.load_head("runs/uar")`."""
     from aigi import heads
 
     return heads.load(directory)
+
+
+def predict_images(head_dir: str | Path, images: Any, **options: Any) -> Any:
+    """`aigi predict HEAD IMAGES`: score image files and folders with a trained or packed head, through the one
+    scoring path (fingerprint checked, stored calibration, threshold and band); a DataFrame with one row per file:
+    `path`, `logit`, `p_fake`, `verdict` (real / fake / unsure), `error`.
+
+    `options` are `pipeline.predict.PredictOptions` fields (weights, expert_weights, device, batch_size), e.g.
+    `aigi.predict_images("runs/uar", ["photos/"], weights=["ViT-L-14.pth"])`.
+    """
+    from aigi.pipeline.predict import PredictOptions
+    from aigi.pipeline.predict import predict_images as run
+
+    return run(head_dir, [images] if isinstance(images, str | Path) else list(images), PredictOptions(**options))
 
 
 def evaluate(labels: Any, scores: Any, *, threshold: float = 0.5) -> dict[str, Any]:

@@ -64,7 +64,7 @@ def measure(run: Path, store: Path, method: str, band: str) -> dict:
     from aigi.pipeline.metrics import brier, ece, tpr_at_fpr
 
     spec = CalibrationSpec(method=method, threshold=f"fpr:{TARGET_FPR}", band=band)
-    summary = calibrate_run(run, CalibrateOptions(spec=spec))
+    summary = calibrate_run(run, CalibrateOptions(spec=spec, in_place=True))
     cal = heads.calibration_of(heads.load(run)[1])
     z, y = test_logits(run, store)
     p = cal.probability(z)
@@ -79,15 +79,15 @@ def measure(run: Path, store: Path, method: str, band: str) -> dict:
         "platt": [cal.slope, cal.bias] if method == "platt" else None,
         "val_rows": summary.val_rows,
         "val_reals": int(summary.calibration["fitted_on"]["real"]),
-        "val_ece_raw": summary.val["ece_before"],
-        "val_ece": summary.val["ece_after"],
+        "val_ece_raw": summary.val["before"]["ece"],
+        "val_ece": summary.val["after"]["ece"],
         "test_rows": int(y.size),
         "test_ece_raw": ece(y, 1 / (1 + np.exp(-z))),
         "test_ece": ece(y, p),
         "test_brier_raw": brier(y, 1 / (1 + np.exp(-z))),
         "test_brier": brier(y, p),
         "threshold": cal.threshold,
-        "val_fpr": summary.val["fpr"],
+        "val_fpr": summary.val["after"]["fpr"],
         "test_fpr": float(called[reals].mean()),
         "test_false_positives": f"{int(called[reals].sum())}/{int(reals.sum())}",
         "test_tpr": float(called[fakes].mean()),

@@ -58,6 +58,7 @@ class Progress(Generic[T]):
         self._last_n = 0
         self._bar: Any = None
         self._closed = False
+        quiet = self.quiet = quiet or not LOG.isEnabledFor(logging.INFO)  # `aigi --quiet` silences the bar too
         tty = sys.stderr.isatty() if terminal is None else terminal
         if tty and not quiet:
             from tqdm import tqdm

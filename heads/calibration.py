@@ -13,8 +13,14 @@ Everything is fitted on validation rows (never on test rows) and lives in head.j
   `coverage:C` abstains on the (1-C) share of validation rows whose calibrated logit is nearest the threshold's;
   `error:A` is class-conditional split-conformal: high just above the ceil((n_real+1)(1-A))-th smallest real score
   and low just below the floor((n_fake+1)A)-th smallest fake score, so a new real is called fake, and a new fake
-  called real, with probability <= A each; rows where both answers are plausible are unsure. When the classes do
-  not overlap that much there is no band and the threshold is the `val_acc` cut clipped into [high, low].
+  called real, with probability <= A each; rows where both answers are plausible are unsure.
+- A threshold and a band fitted together both keep what head.json says they are: the band is widened to hold the
+  threshold (fake needs P(fake) >= max(high, threshold), real needs P(fake) <= low and < threshold), so a target-FPR
+  threshold keeps its FPR and the band its error rates. When the threshold lies in [high, low] (classes that do
+  not overlap that much) it meets both targets alone and there is no band.
+- Every value is checked when it is made or read from head.json: T > 0 and a Platt slope > 0 (a negative one
+  would invert the ranking), a threshold and a band inside [0, 1], targets inside (0, 1), all finite.
+- Rows whose logit is NaN/inf get the verdict INVALID (-2): they are reported, never called real or fake.
 """
 
 from __future__ import annotations
@@ -31,8 +37,8 @@ import torch.nn.functional as F
 METHODS = ("none", "temperature", "platt")
 THRESHOLD_POLICIES = ("fixed", "val_acc", "target_fpr")
 BAND_POLICIES = ("none", "coverage", "error")
-REAL, FAKE, UNSURE = 0, 1, -1
-VERDICTS = {REAL: "real", FAKE: "fake", UNSURE: "unsure"}
+REAL, FAKE, UNSURE, INVALID = 0, 1, -1, -2
+VERDICTS = {REAL: "real", FAKE: "fake", UNSURE: "unsure", INVALID: "invalid"}
 
 
 @dataclass(frozen=True)
@@ -59,8 +65,7 @@ class Calibration:
         ]:
             if value not in allowed:
                 raise ValueError(f"calibration {what} must be one of {allowed}, got {value!r}")
-        if self.band is not None and not self.band[0] < self.band[1]:
-            raise ValueError(f"abstain band must be (low, high) with low < high, got {self.band}")
+        _check_values(self)
 
     def calibrated_logits(self, logits: np.ndarray) -> np.ndarray:
         """The logits after scaling (float64)."""
@@ -76,14 +81,16 @@ class Calibration:
         return _sigmoid(self.calibrated_logits(logits))
 
     def verdict(self, probs: np.ndarray) -> np.ndarray:
-        """0 real, 1 fake, -1 unsure for calibrated probabilities (int8)."""
+        """0 real, 1 fake, -1 unsure, -2 invalid (NaN/inf) for calibrated probabilities (int8)."""
         p = np.asarray(probs, dtype=np.float64)
         if self.band is None:
-            return (p >= self.threshold).astype(np.int8)
-        low, high = self.band
-        out = np.full(p.shape, UNSURE, dtype=np.int8)
-        out[p >= high] = FAKE
-        out[p <= low] = REAL
+            out = (p >= self.threshold).astype(np.int8)
+        else:
+            low, high = self.band
+            out = np.full(p.shape, UNSURE, dtype=np.int8)
+            out[p >= high] = FAKE
+            out[p <= low] = REAL
+        out[~np.isfinite(p)] = INVALID
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -102,14 +109,46 @@ class Calibration:
         if unknown:
             raise ValueError(f"head.json calibration has unknown keys {unknown}; known: {sorted(known)}")
         data = dict(data)
-        if data.get("band") is not None:
-            data["band"] = tuple(float(v) for v in data["band"])
-        return cls(**data)
+        try:
+            if data.get("band") is not None:
+                data["band"] = tuple(float(v) for v in data["band"])
+            return cls(**data)
+        except TypeError as err:  # a value of the wrong type (a string where a number belongs)
+            raise ValueError(f"calibration holds a value of the wrong type ({err})") from None
+
+
+def _check_values(cal: Calibration) -> None:
+    """Refuse values that would give wrong P(fake) or verdicts silently (see the module doc)."""
+    numbers = {"temperature": cal.temperature, "slope": cal.slope, "bias": cal.bias, "threshold": cal.threshold}
+    for name, value in numbers.items():
+        if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+            raise ValueError(f"calibration {name} must be a finite number, got {value!r}")
+    if cal.temperature <= 0:
+        raise ValueError(f"calibration temperature must be > 0, got {cal.temperature:g} (T <= 0 inverts or breaks "
+                         "the scores)")  # fmt: skip
+    if cal.slope <= 0:
+        raise ValueError(f"calibration slope must be > 0, got {cal.slope:g} (a slope <= 0 inverts the ranking)")
+    if not 0.0 <= cal.threshold <= 1.0:
+        raise ValueError(f"calibration threshold must be a P(fake) in [0, 1], got {cal.threshold:g}")
+    for name, value in (("target_fpr", cal.target_fpr), ("band_target", cal.band_target)):
+        if value is not None and not (isinstance(value, int | float) and 0.0 < value < 1.0):
+            raise ValueError(f"calibration {name} must be in (0, 1), got {value!r}")
+    if cal.band is not None:
+        low, high = cal.band
+        if not (math.isfinite(low) and math.isfinite(high) and 0.0 <= low < high <= 1.0):
+            raise ValueError(f"abstain band must be (low, high) with 0 <= low < high <= 1, got {cal.band}")
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
     """torch's float64 sigmoid, so an identity calibration gives exactly `heads.predict`'s scores."""
     return torch.sigmoid(torch.as_tensor(np.asarray(z, dtype=np.float64))).numpy()
+
+
+def _log_odds(p: np.ndarray) -> np.ndarray:
+    """log(p / (1 - p)) in float64 (+-inf at 0 and 1)."""
+    p = np.asarray(p, dtype=np.float64)
+    with np.errstate(divide="ignore"):
+        return np.log(p) - np.log1p(-p)
 
 
 def _logit(p: float) -> float:
@@ -159,18 +198,21 @@ def fit_platt(logits: np.ndarray, labels: np.ndarray, *, max_iter: int = 200) ->
     return float(a), float(b)
 
 
-def threshold_val_acc(probs: np.ndarray, labels: np.ndarray) -> float:
-    """The cut maximising balanced accuracy (highest among ties), moved halfway down to the next lower score."""
+def threshold_val_acc(probs: np.ndarray, labels: np.ndarray, *, logits: np.ndarray | None = None) -> float:
+    """The cut maximising balanced accuracy (highest among ties), moved halfway down to the next lower score;
+    ranked on the calibrated `logits` when given (probabilities near 0 or 1 tie where logits do not)."""
     p, y = np.asarray(probs, dtype=np.float64), np.asarray(labels).astype(bool)
     if y.all() or not y.any():
         raise ValueError("the val_acc threshold needs validation rows of both classes (real and fake)")
-    order = np.argsort(-p, kind="mergesort")
-    s, ys = p[order], y[order]
+    z = np.asarray(logits if logits is not None else _log_odds(p), dtype=np.float64)  # ranked on logits: no ties
+    order = np.argsort(-z, kind="mergesort")
+    s, ys = z[order], y[order]
     ends = np.r_[np.flatnonzero(np.diff(s) != 0), s.size - 1]  # last row of each block of tied scores
     tp, fp = np.cumsum(ys)[ends], np.cumsum(~ys)[ends]
     best = int(np.argmax(tp * int((~ys).sum()) - fp * int(ys.sum())))  # balanced ACC x 2PN - PN, in exact integers
-    cut = float(s[ends[best]])
-    return cut if best == len(ends) - 1 else (cut + float(s[ends[best] + 1])) / 2.0
+    ps = p[order]
+    cut = float(ps[ends[best]])
+    return cut if best == len(ends) - 1 else (cut + float(ps[ends[best] + 1])) / 2.0
 
 
 def conformal_high(real_probs: np.ndarray, alpha: float) -> float:
@@ -229,10 +271,15 @@ def fit_calibration(
         scale["slope"], scale["bias"] = fit_platt(z, y)
     elif method != "none":
         raise ValueError(f"calibration method must be one of {METHODS}, got {method!r}")
+    if scale.get("slope", 1.0) <= 0:
+        raise ValueError(
+            f"Platt scaling fitted a slope of {scale['slope']:.3g} <= 0: on the validation rows the head ranks reals "
+            "above fakes; retrain it (or check the labels) before calibrating"
+        )
     base = Calibration(method=method, **scale)
-    p = base.probability(z)
+    p, zc = base.probability(z), base.calibrated_logits(z)
     if threshold_policy == "val_acc":
-        threshold = threshold_val_acc(p, y)
+        threshold = threshold_val_acc(p, y, logits=zc)
     elif threshold_policy == "target_fpr":
         threshold = conformal_high(p[y == 0], _fraction(target_fpr, "target FPR"))
     elif threshold_policy != "fixed":
@@ -242,11 +289,7 @@ def fit_calibration(
         band = coverage_band(p, threshold, _fraction(band_target, "band coverage"))
     elif band_policy == "error":
         alpha = _fraction(band_target, "band error")
-        low, high = conformal_low(p[y == 1], alpha), conformal_high(p[y == 0], alpha)
-        if low < high:
-            band = (low, high)
-        else:  # every cut in [high, low] meets the target on both classes: take the best one on validation
-            threshold = min(max(threshold_val_acc(p, y), high), low)
+        band = band_with_threshold(conformal_low(p[y == 1], alpha), conformal_high(p[y == 0], alpha), threshold)
     elif band_policy != "none":
         raise ValueError(f"band policy must be one of {BAND_POLICIES}, got {band_policy!r}")
     return dataclasses.replace(
@@ -259,6 +302,15 @@ def fit_calibration(
         band_target=None if band_policy == "none" else float(band_target),
         fitted_on={"rows": int(y.size), "real": int((y == 0).sum()), "fake": int((y == 1).sum())},
     )
+
+
+def band_with_threshold(low: float, high: float, threshold: float) -> tuple[float, float] | None:
+    """The error band (low, high) widened to hold `threshold` (see the module doc); None when the threshold alone
+    meets both targets (high <= threshold <= low)."""
+    if high <= threshold <= low:
+        return None
+    lo, hi = min(low, float(np.nextafter(threshold, -np.inf))), max(high, threshold)
+    return (max(lo, 0.0), min(hi, 1.0)) if lo < hi else None
 
 
 def _fraction(value: float | None, what: str) -> float:

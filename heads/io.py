@@ -111,6 +111,15 @@ def _read_info(json_path: Path) -> dict[str, Any]:
         raise ValueError(f"{json_path} is not an aigi head file (format={found!r}); {FIX}")
     if not isinstance(info.get("config"), dict) or not isinstance(info.get("name"), str):
         raise ValueError(f"{json_path} lacks a head name or config mapping; {FIX}")
+    cal = info.get("calibration")
+    try:  # a hand-edited calibration (T = 0, a NaN threshold) is refused here, before it scores anything
+        if cal is not None and not isinstance(cal, dict):
+            raise ValueError(f"calibration must be a mapping, got {type(cal).__name__}")
+        Calibration.from_dict(cal)
+    except ValueError as err:
+        raise ValueError(
+            f"{json_path}: {err}; re-fit it with `aigi calibrate`, or delete the `calibration` entry"
+        ) from None
     return info
 
 

@@ -137,17 +137,17 @@ def _context(run: ScoringRun, opts: EvalOptions, thr_how: str, cal: Any) -> list
         f"head `{run.info['name']}` from `{run.run_dir}` on inputs {', '.join(f'`{i}`' for i in run.inputs)}",
         *[f"cache `{a}`: `{c.path}` (fingerprint {c.fingerprint[:12]})" for a, c in run.caches.items()],
         f"rows: {rows}, filters {dict(data.where)}; threshold: {thr_how}",
-        f"scores: P(fake) = sigmoid(logit){calibration_text(cal)}",
+        f"scores: P(fake) = {calibration_text(cal)}; ranking metrics read the logit",
         *[f"warning: {n}" for n in run.notes],
     ]
 
 
 def calibration_text(cal: Any) -> str:
-    """How the head's stored calibration maps logits to scores, for the report's header."""
+    """How the head's stored calibration maps logits to P(fake), for the report's header."""
     text = {
-        "none": "",
-        "temperature": f" / {cal.temperature:.4g} (temperature scaling)",
-        "platt": f" x {cal.slope:.4g} + {cal.bias:.4g} (Platt scaling)",
+        "none": "sigmoid(logit)",
+        "temperature": f"sigmoid(logit / {cal.temperature:.4g}) (temperature scaling)",
+        "platt": f"sigmoid({cal.slope:.4g} x logit + {cal.bias:.4g}) (Platt scaling)",
     }[cal.method]
     if cal.band is not None:
         text += f"; unsure when {cal.band[0]:.4g} < P(fake) < {cal.band[1]:.4g} ({cal.band_policy} band)"

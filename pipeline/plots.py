@@ -24,6 +24,18 @@ IDENTITY = {"jpeg": 100.0, "webp": 100.0, "blur": 0.0, "resize": 1.0, "crop": 1.
 AXIS = {"jpeg": "JPEG quality", "webp": "WebP quality", "blur": "blur sigma (px)", "resize": "resize factor",
         "crop": "central crop (fraction of each side)"}  # fmt: skip
 PLOTTED = (("acc", "ACC"), ("auc", "AUC"), ("tpr_at_1pct_fpr", "TPR @ 1% FPR"))
+MIN_FPR = 1e-3  # the ROC's log FPR axis starts here: the low-FPR region the field reports
+
+
+def axis_floor(values: Sequence[float], *, step: float = 5.0, top: float = 100.0) -> float:
+    """The lower end of a percent axis that shows the differences between `values`: 0 while the smallest is below
+    80% of the axis (bars from zero), else a multiple of `step` a little below it (bars at 93-100 on a 0-100 axis
+    all look the same); the plots say where such an axis starts."""
+    finite = [v for v in values if v == v]
+    if not finite or min(finite) < 0.8 * top:
+        return 0.0
+    low = min(finite)
+    return max(0.0, step * math.floor((low - max(0.15 * (top - low), 1.0)) / step))
 
 
 def can_draw() -> bool:
@@ -44,8 +56,9 @@ def draw_all(
     """Draw roc.png, acc_by_group.png and score_hist.png into `out_dir`; return their paths."""
     labels = scores["label"].to_numpy().astype(np.int64)
     values = scores["score"].to_numpy().astype(np.float64)
+    ranks = scores["logit"].to_numpy().astype(np.float64) if "logit" in scores.columns else values
     return [
-        roc_plot(out_dir / "roc.png", labels=labels, scores=values, index=index),
+        roc_plot(out_dir / "roc.png", labels=labels, scores=ranks, index=index),
         acc_plot(out_dir / "acc_by_group.png", metrics=metrics),
         hist_plot(
             out_dir / "score_hist.png", labels=labels, scores=values, index=index, threshold=metrics["threshold"]
@@ -54,7 +67,8 @@ def draw_all(
 
 
 def roc_plot(path: Path, *, labels: np.ndarray, scores: np.ndarray, index: Mapping[str, np.ndarray]) -> Path:
-    """One ROC curve per group with both classes (AUC in the legend), with the chance diagonal."""
+    """One ROC curve per group with both classes (AUC in the legend; `scores`: logits, so saturated probabilities do
+    not tie), on a log FPR axis from 1e-3 with the 1% and 0.1% FPR lines, and the chance curve."""
     from sklearn.metrics import roc_auc_score, roc_curve
 
     plt = pyplot()
@@ -66,13 +80,21 @@ def roc_plot(path: Path, *, labels: np.ndarray, scores: np.ndarray, index: Mappi
         if np.unique(y).size < 2:
             continue
         fpr, tpr, _ = roc_curve(y, s)
-        ax.plot(fpr, tpr, color=colors(i % colors.N), lw=1.6, label=f"{name} (AUC {100 * roc_auc_score(y, s):.2f})")
+        fpr = np.maximum(fpr, MIN_FPR / 2)  # FPR 0 sits at the axis' left edge
+        label = f"{name} (AUC {100 * roc_auc_score(y, s):.2f}, {int((y == 0).sum())} reals)"
+        ax.step(fpr, tpr, where="post", color=colors(i % colors.N), lw=1.6, label=label)
         drawn += 1
-    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="chance")
-    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="false positive rate (reals called fake)", ylabel="true positive rate")
+    grid = np.logspace(np.log10(MIN_FPR), 0, 100)
+    ax.plot(grid, grid, ls="--", color="grey", lw=1, label="chance")
+    for x, text in ((0.01, "1% FPR"), (0.001, "0.1% FPR")):
+        ax.axvline(x, color="black", ls=":", lw=1)
+        ax.text(x * 1.08, 0.02, text, rotation=90, fontsize="x-small", va="bottom")
+    ax.set_xscale("log")
+    ax.set(xlim=(MIN_FPR, 1), ylim=(0, 1.01), xlabel="false positive rate (reals called fake), log scale",
+           ylabel="true positive rate")  # fmt: skip
     ax.set_title("ROC per group" if drawn else "ROC per group (no group has both classes)")
-    ax.legend(loc="lower right", fontsize="small")
-    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize="small")
+    ax.grid(alpha=0.3, which="both")
     return _save(fig, path)
 
 
@@ -84,18 +106,22 @@ def acc_plot(path: Path, *, metrics: Mapping[str, Any]) -> Path:
     x = np.arange(len(rows))
     width = 0.27
     fig, ax = plt.subplots(figsize=(max(6.4, 0.9 * len(rows) + 2), 4.8))
+    all_heights = []
     for j, (key, label) in enumerate(keys):
         heights = [np.nan if r.get(key) is None else 100 * r[key] for _, r in rows]
+        all_heights += heights
         bars = ax.bar(x + (j - 1) * width, heights, width, label=label)
         if key == "acc":
             ax.bar_label(bars, fmt="%.2f", fontsize="x-small", padding=2)
     ax.set_xticks(
         x, [name for name, _ in rows], rotation=30 if len(rows) > 6 else 0, ha="right" if len(rows) > 6 else "center"
     )
-    ax.set(ylim=(0, 119), ylabel="accuracy (%)")
+    lo = axis_floor(all_heights)
+    ax.set(ylim=(lo, 100 + 0.12 * (100 - lo)), ylabel="accuracy (%)" + (f", axis from {lo:g}" if lo else ""))
     ax.set_title(f"Accuracy by {metrics.get('by', 'group')} at threshold {metrics['threshold']:.3g}")
-    ax.axhline(50, color="grey", ls=":", lw=1)
-    ax.legend(loc="upper center", ncol=3, fontsize="small")
+    if lo < 50:
+        ax.axhline(50, color="grey", ls=":", lw=1)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small", frameon=False)
     return _save(fig, path)
 
 
@@ -120,7 +146,7 @@ def hist_plot(
         ax.set_title(str(name), fontsize="small")
         ax.set_xlabel("score P(fake)", fontsize="small")
         ax.set_ylabel("images", fontsize="small")
-        ax.legend(fontsize="x-small")
+        ax.legend(fontsize="x-small", loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=2, frameon=False)
     for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     fig.suptitle(f"Score histograms by label (dashed: threshold {threshold:.3g})")
@@ -142,14 +168,20 @@ def ablation_plot(summary: Any, path: str | Path, *, metrics: Sequence[str] = ("
     x = np.arange(n)
     width = 0.8 / max(k, 1)
     fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * n * max(k, 1) * 0.5 + 2), 4.5))
+    lows = []
     for i, m in enumerate(metrics):
         mean = 100 * summary[f"{m}.mean"].to_numpy(dtype=float)
         std = np.nan_to_num(100 * summary[f"{m}.std"].to_numpy(dtype=float))
-        ax.bar(x + (i - (k - 1) / 2) * width, mean, width, yerr=std, capsize=3, label=m.upper().replace("_", " "))
-    ax.set_ylim(0, 100.5)  # bars start at zero: a cut axis makes small differences look large
-    ax.axhline(50, color="grey", ls=":", lw=1)
+        lows += list(mean - std)
+        bars = ax.bar(x + (i - (k - 1) / 2) * width, mean, width, yerr=std, capsize=3,
+                      label=m.upper().replace("_", " "))  # fmt: skip
+        ax.bar_label(bars, fmt="%.2f", fontsize="xx-small", padding=2, rotation=90)
+    lo = axis_floor(lows)  # an axis that shows the differences (99.89 and 99.22 look different), its start said
+    ax.set_ylim(lo, 100 + 0.12 * (100 - lo))
+    if lo < 50:
+        ax.axhline(50, color="grey", ls=":", lw=1)
     ax.set_xticks(x, summary["setting"].tolist(), rotation=30, ha="right")
-    ax.set_ylabel("test metric (%), mean ± std over seeds")
+    ax.set_ylabel("test metric (%), mean ± std over seeds" + (f"; axis from {lo:g}" if lo else ""))
     ax.set_title("Ablation: mean over evaluation groups")
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     ax.grid(axis="y", alpha=0.3)
@@ -161,23 +193,28 @@ def ablation_plot(summary: Any, path: str | Path, *, metrics: Sequence[str] = ("
 
 
 def strength_plot(table: pd.DataFrame, path: Path) -> Path:
-    """One panel per view kind: ACC, AUC and TPR at 1% FPR against the view's parameter (orig at identity)."""
+    """One panel per view kind: ACC, AUC and TPR at 1% FPR against the view's parameter, from `original` (the
+    unperturbed image, its own tick: not a JPEG of quality 100) to the strongest perturbation on the right."""
     plt = pyplot()
     kinds = [k for k in dict.fromkeys(table["kind"]) if k != "orig"] or ["orig"]
     fig, axes = plt.subplots(1, len(kinds), figsize=(4.6 * len(kinds), 3.8), squeeze=False)
     orig = table[table["kind"] == "orig"]
     for ax, kind in zip(axes[0], kinds):
         part = table[table["kind"] == kind]
+        weak_first = kind in ("jpeg", "webp", "resize", "crop")  # a higher value is a weaker perturbation
+        part = part.sort_values("strength", ascending=not weak_first)
         if kind != "orig" and len(orig):
-            part = pd.concat([orig.assign(strength=IDENTITY[kind]), part])
-        part = part.sort_values("strength")
+            part = pd.concat([orig.assign(strength=np.nan), part])
+        ticks = ["original" if k == "orig" else f"{v:g}" for k, v in zip(part["kind"], part["strength"])]
+        pos = np.arange(len(part))
         for key, label in PLOTTED:
-            ax.plot(part["strength"], 100 * part[key].astype(float), marker="o", label=label)
-        ax.set(xlabel=AXIS.get(kind, kind), ylabel="%", ylim=(0, 101), title=kind)
-        if kind in ("jpeg", "webp", "resize", "crop"):
-            ax.invert_xaxis()  # stronger perturbation to the right
+            ax.plot(pos, 100 * part[key].astype(float), marker="o", label=label)
+        lo = axis_floor([100 * float(v) for key, _ in PLOTTED for v in part[key] if v is not None])
+        ax.set(xlabel=AXIS.get(kind, kind), ylabel="%" + (f" (axis from {lo:g})" if lo else ""),
+               ylim=(lo, 100 + 0.05 * (100 - lo)), title=kind)  # fmt: skip
+        ax.set_xticks(pos, ticks)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize="small", loc="lower left")
+        ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.25), ncol=3, frameon=False)
     fig.suptitle("metric against perturbation strength (stronger to the right)")
     path.parent.mkdir(parents=True, exist_ok=True)
     return _save(fig, path)

@@ -1,11 +1,12 @@
 """The predict stage: score image files with a trained head (features extracted on the fly with its recorded
-backbone), or the rows of a feature cache."""
+backbone), or the rows of a feature cache, through the one scoring path (`pipeline.scoring.score_features`: the
+fingerprint checked, then logit -> stored calibration -> P(fake) -> verdict with the stored threshold and band)."""
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -55,12 +56,13 @@ class PredictOptions:
 
 @dataclass
 class CacheScores:
-    """Scores of cached rows: the table (meta columns, p_fake, error), the row count and how the rows were held
-    (in memory, or streamed from disk, and why)."""
+    """Scores of cached rows: the table (meta columns, logit, p_fake, verdict, error), the row count, how the rows
+    were held (in memory, or streamed from disk, and why) and the fingerprint check's warnings."""
 
     table: pd.DataFrame
     rows: int
     rows_held: str
+    notes: tuple[str, ...] = ()
 
 
 def list_images(inputs: list[str]) -> list[Path]:
@@ -116,7 +118,21 @@ def live_spec(extractor: Any, recorded_spec: dict) -> dict:
     return spec
 
 
-def check_fingerprint(extractor: Any, *, recorded: str | None, recorded_spec: dict, alias: str) -> None:
+def weights_hint(info: Mapping[str, Any], alias: str) -> str:
+    """How the head names the backbone weights its training cache used: the file's name (recorded by `aigi head
+    pack --weights`), else the cache it was trained on, and the weights' sha256."""
+    spec = (info.get("extractor_spec") or {}).get(alias) or {}
+    digest = str(spec.get("weights_sha256", ""))
+    packed = ((info.get("backbone_weights") or {}).get(alias) or {}).get("file")
+    cache_path = ((info.get("caches") or {}).get(alias) or {}).get("path")
+    where = f"`{packed}`" if packed else f"the {spec.get('name')} weights file"
+    used = f" that `aigi extract` used for cache {cache_path}" if cache_path and not packed else ""
+    return f"{where}{used} (sha256 {digest[:16]}…)"
+
+
+def check_fingerprint(
+    extractor: Any, *, recorded: str | None, recorded_spec: dict, alias: str, hint: str = "the weights file"
+) -> None:
     """Refuse features that would not match the head's training cache, naming the differing fields."""
     from aigi import cache
 
@@ -126,7 +142,7 @@ def check_fingerprint(extractor: Any, *, recorded: str | None, recorded_spec: di
     diff = cache.spec_diff(recorded_spec, spec)
     raise ValueError(
         f"backbone {alias!r}: these weights/settings give fingerprint {cache.fingerprint(spec)[:12]}, but the head "
-        f"was trained on {recorded[:12]}; differing fields: {diff}. Pass the weights file the training cache used."
+        f"was trained on {recorded[:12]}; differing fields: {diff}. Pass {hint} with --weights"
     )
 
 
@@ -209,14 +225,15 @@ def _batch_features(
     return out
 
 
-def head_scores(head: Any, X: dict[str, np.ndarray], info: dict) -> dict[str, np.ndarray]:
-    """Calibrated P(fake), verdict and, for expert heads, each expert's gate and score."""
+def head_scores(head: Any, X: Any, info: dict) -> dict[str, np.ndarray]:
+    """The raw logit, calibrated P(fake) and verdict (`scoring.score_features`, the one scoring path), an `error` for
+    rows with NaN/inf features and, for expert heads, each expert's gate and score."""
     from aigi import heads
-    from aigi.heads.calibration import VERDICTS
+    from aigi.pipeline.scoring import NAN_FEATURES, score_features
 
-    cal = heads.calibration_of(info)
-    probs = cal.probability(heads.logits(head, X))
-    out = {"p_fake": probs, "verdict": np.array([VERDICTS[int(v)] for v in cal.verdict(probs)], dtype=object)}
+    scored = score_features(head, info, X)
+    out = {"logit": scored.logit, "p_fake": scored.p_fake, "verdict": scored.verdict_names(),
+           "error": np.where(scored.invalid, NAN_FEATURES, "").astype(object)}  # fmt: skip
     if hasattr(head, "explain"):
         ex = heads.explain(head, X)
         for k, name in enumerate(ex["expert_names"]):
@@ -278,30 +295,72 @@ def load_head(
     specs = check_scorable(info, str(head_dir))
     weights = parse_aliased(list(options.weights), list(specs))
     head, info = heads.load(head_dir, frozen=frozen_tail(info["name"], info["inputs"], specs, weights))
-    if options.expert_weights:
-        if not hasattr(head, "set_manual_weights"):
-            raise ValueError(f"--expert-weights needs a router head; this head is '{info.get('name')}'")
-        manual = parse_assignments(options.expert_weights, what="weight")
-        head.set_manual_weights({k: float(v) for k, v in manual.items()})
+    set_expert_weights(head, info, options.expert_weights)
     return head, info, specs, weights
+
+
+def set_expert_weights(head: Any, info: Mapping[str, Any], text: str | None) -> None:
+    """`--expert-weights DOMAIN=W,...` on a router head; a weight must be a finite number >= 0."""
+    import math
+
+    if not text:
+        return
+    if not hasattr(head, "set_manual_weights"):
+        raise ValueError(f"--expert-weights needs a router head; this head is '{info.get('name')}'")
+    manual = parse_assignments(text, what="weight")
+    values = {}
+    for name, value in manual.items():
+        try:
+            values[name] = float(value)
+        except (TypeError, ValueError):
+            values[name] = math.nan
+        if not math.isfinite(values[name]) or values[name] < 0:
+            raise ValueError(f"--expert-weights {name}={value}: a weight must be a finite number >= 0, e.g. {name}=0.5")
+    head.set_manual_weights(values)
+
+
+def warn_demo_head(info: Mapping[str, Any], head_dir: str | Path) -> list[str]:
+    """Say first, for a head `aigi demo` trained, that its verdicts on other images mean nothing; the notes said."""
+    from aigi.pipeline.scoring import is_demo_head
+
+    if not is_demo_head(info):
+        return []
+    note = (
+        f"{head_dir} is a demo head, not a detector: `aigi demo` trained it on crops of a dozen photos against toy "
+        "fakes, so its P(fake) and verdicts on other images mean nothing (train on real data: see the README)"
+    )
+    LOG.warning(f"warning: {note}")
+    return [note]
 
 
 def predict_images(
     head_dir: str | Path, images: Sequence[str | Path], options: PredictOptions = PredictOptions()
 ) -> pd.DataFrame:
     """Calibrated P(fake), verdict (and expert gates) of the image files and folders `images`, one row per file
-    (`path`, `p_fake`, `verdict`, `error`, ...); each unreadable file gets an `error` and a warning.
+    (`path`, `logit`, `p_fake`, `verdict`, `error`, ...); each unreadable file gets an `error` and a warning.
 
-    The head's stored calibration (`aigi calibrate`) maps its logits to P(fake) and gives the threshold and the
-    abstain band; a head without one uses sigmoid(logit) and 0.5.
+    `head_dir`: a run folder, or a packed head (`aigi head pack`: a .aigi file or folder). The head's stored
+    calibration (`aigi calibrate`) maps its logits to P(fake) and gives the threshold and the abstain band; a head
+    without one uses sigmoid(logit) and 0.5.
 
     Raises:
         ValueError: when the head cannot score images, the weights do not reproduce its training fingerprint, or
             no file could be read.
     """
+    from aigi.pipeline.pack import OpenedHead
+
+    with OpenedHead(head_dir) as folder:
+        return _predict_images(folder, images, options, name=str(head_dir))
+
+
+def _predict_images(
+    head_dir: Path, images: Sequence[str | Path], options: PredictOptions, *, name: str
+) -> pd.DataFrame:
+    """`predict_images` on a head folder (`name`: how the user named it)."""
     from aigi import heads
 
     head, info, specs, weights = load_head(head_dir, options)
+    notes = warn_demo_head(info, name)
     inputs = input_map(head, specs)
     tail = heads.needs_frozen(info["name"])  # the backbone runs only up to the cached block, the head does the rest
     backbones = {}
@@ -309,8 +368,12 @@ def predict_images(
         wanted = [feat for a, feat in inputs.values() if a == alias] if tail else None
         if tail and not wanted:
             continue
+        if weights[alias] is None and spec.get("weights_sha256") != "random-init":
+            hint = weights_hint(info, alias)
+            raise ValueError(f"backbone {alias!r} ({spec.get('name')}): no --weights given; pass {hint} with --weights")
         ex = extractor_from_spec(spec, weights=weights[alias], device=options.device, features=wanted)
-        check_fingerprint(ex, recorded=(info.get("fingerprints") or {}).get(alias), recorded_spec=spec, alias=alias)
+        check_fingerprint(ex, recorded=(info.get("fingerprints") or {}).get(alias), recorded_spec=spec, alias=alias,
+                          hint=weights_hint(info, alias))  # fmt: skip
         backbones[alias] = ex
     paths = list_images([str(i) for i in images])
     storage = {a: s["storage_dtype"] for a, s in specs.items() if "storage_dtype" in s}
@@ -324,12 +387,14 @@ def predict_images(
     columns, kept, failed = score_batches(paths, backbones, batch_size=options.batch_size, score=rows, storage=storage)
     if not tail and kept:
         columns = head_scores(head, {name[2:]: v for name, v in columns.items()}, info)
-    table = pd.DataFrame({"path": [printable(p) for p in paths], "p_fake": np.nan, "verdict": "", "error": ""})
+    table = pd.DataFrame({"path": [printable(p) for p in paths], "logit": np.nan, "p_fake": np.nan, "verdict": "",
+                          "error": ""})  # fmt: skip
     for i, reason in failed.items():
         table.loc[i, "error"] = reason
-    for name, values in columns.items():
-        table.loc[kept, name] = values
+    for column, values in columns.items():
+        table.loc[kept, column] = values
     _check_read(table)
+    table.attrs["notes"] = notes  # for the report's header
     return table
 
 
@@ -337,7 +402,7 @@ def _check_read(table: pd.DataFrame) -> None:
     """A warning per file that could not be read; a ValueError when none could."""
     bad = table[table["error"] != ""]
     for path, reason in bad[["path", "error"]].itertuples(index=False):
-        LOG.warning(f"skipped {path}: {reason}")
+        LOG.warning(f"{'not scored' if reason.startswith('NaN') else 'skipped'} {path}: {reason}")
     if len(bad) == len(table):
         first = "; ".join(f"{p}: {r}" for p, r in bad[["path", "error"]].head(3).itertuples(index=False))
         raise ValueError(f"none of the {len(bad)} image(s) could be read ({first}); pass readable image files")
@@ -346,14 +411,29 @@ def _check_read(table: pd.DataFrame) -> None:
 def predict_cache(
     head_dir: str | Path, cache_path: str | Path, options: PredictOptions = PredictOptions()
 ) -> CacheScores:
-    """P(fake) of the rows of one cache matching `options.where`, scored as cached: in memory, or streamed when the
-    features would exceed the memory budget (see pipeline.streaming)."""
-    from aigi import cache, heads
+    """Logit, calibrated P(fake) and verdict of the rows of one cache matching `options.where`, after the cache's
+    fingerprint matched the head's; scored as cached: in memory, or streamed when the features would exceed the memory
+    budget (see pipeline.streaming). `head_dir`: a run folder or a packed head."""
+    from aigi.pipeline.pack import OpenedHead
+
+    with OpenedHead(head_dir) as folder:
+        return _predict_cache(folder, cache_path, options, name=str(head_dir))
+
+
+def _predict_cache(head_dir: Path, cache_path: str | Path, options: PredictOptions, *, name: str) -> CacheScores:
+    """`predict_cache` on a head folder (`name`: how the user named it)."""
+    from aigi import cache
     from aigi.pipeline import tail
+    from aigi.pipeline.scoring import check_cache
     from aigi.pipeline.streaming import StreamedSet, choose, parse_budget, row_values
 
     head, info = tail.load_head(head_dir, options.weights)  # with the tail a `tail_*` head runs on tokens
+    warn_demo_head(info, name)
+    set_expert_weights(head, info, options.expert_weights)
     store = cache.open(cache_path)
+    notes = check_cache(info, store, head_dir=head_dir)  # a cache of other features is refused, as by `aigi eval`
+    for note in notes:
+        LOG.warning(f"warning: {note}")
     where = parse_assignments(",".join(options.where), what="filter") if options.where else {}
     names = list(head.cfg.inputs)
     unknown = [n for n in names if n not in store.features]
@@ -371,9 +451,11 @@ def predict_cache(
         fs = store.load(names, where=where, dtype=choice.mode)
     cols = [c for c in ("image_id", "path", "label", "source", "split", "view") if c in fs.meta.columns]
     table = fs.meta[cols].reset_index(drop=True).copy()
-    table["p_fake"] = heads.predict(head, fs.features)
-    table["error"] = ""
-    return CacheScores(table, rows, choice.why)
+    for name, values in head_scores(head, fs.features, info).items():
+        table[name] = values
+    for row in table[table["error"] != ""].head(20).itertuples():
+        LOG.warning(f"not scored: row {row.Index} ({getattr(row, 'image_id', '?')}): {row.error}")
+    return CacheScores(table, rows, choice.why, tuple(notes))
 
 
 def write_table(table: pd.DataFrame, path: str) -> None:

@@ -58,9 +58,11 @@ def _clean(value: Any) -> Any:
 
 
 def metrics_table(metrics: Mapping[str, Any]) -> pd.DataFrame:
-    """One row per group plus a last `mean` row: group, n, n_real, n_fake, metrics (fractions), CI bounds, note."""
+    """One row per group plus a `mean` row (over groups) and a `pooled` row (every row once): group, n, n_real,
+    n_fake, metrics (fractions), CI bounds, note."""
     rows = []
-    for name, row in [*metrics["groups"].items(), ("mean", metrics["mean"])]:
+    extra = [("pooled", metrics["pooled"])] if "pooled" in metrics else []
+    for name, row in [*metrics["groups"].items(), ("mean", metrics["mean"]), *extra]:
         out: dict[str, Any] = {"group": name}
         out.update({k: row.get(k) for k in ("n", "n_real", "n_fake", *METRICS)})
         out.update({k: row[k] for k in COVERAGE_METRICS if k in row})
@@ -90,8 +92,11 @@ def markdown(metrics: Mapping[str, Any], *, title: str, context: Sequence[str] =
     lines = [f"# {title}", "", *[f"- {c}" for c in context]]
     lines += [
         f"- threshold {metrics['threshold']:.4g}: a row is called fake when its score (P(fake)) >= the threshold",
-        f"- groups by `{by}`; values in % (ECE and Brier too); AP, AUC, TPR@FPR and oracle ACC are undefined (–) "
-        "for a group with one class; oracle ACC uses the best threshold for the rows themselves (an upper bound)",
+        f"- groups by `{by}`; values in % (ECE, Brier and EER too); AP, AUC, TPR@FPR, EER and oracle ACC rank rows by "
+        "their logit and are undefined (–) for a group with one class, TPR at FPR a also with fewer than 1/a reals; "
+        "oracle ACC uses the best threshold for the rows themselves (an upper bound)",
+        "- **Mean** averages each metric over the groups (the papers' tables); **Pooled** measures every row scored "
+        "once, together (what `aigi eval --views` reports per view)",
     ]
     pairing = metrics.get("reals") or {}
     if pairing.get("real_groups"):
@@ -107,8 +112,11 @@ def markdown(metrics: Mapping[str, Any], *, title: str, context: Sequence[str] =
     rows = [[str(name), *[_cell(row, k) for k, _ in columns]] for name, row in metrics["groups"].items()]
     mean = metrics["mean"]
     rows.append(["**Mean**", *[f"**{_cell(mean, k)}**" for k, _ in columns]])
+    if "pooled" in metrics:
+        rows.append(["Pooled", *[_cell(metrics["pooled"], k) for k, _ in columns]])
     lines += ["", *markdown_table(header, rows, align="l" + "r" * len(columns))]
-    notes = [(n, r["note"]) for n, r in [*metrics["groups"].items(), ("Mean", mean)] if r.get("note")]
+    tail = [("Mean", mean), ("Pooled", metrics.get("pooled") or {})]
+    notes = [(n, r["note"]) for n, r in [*metrics["groups"].items(), *tail] if r.get("note")]
     if notes:
         lines += ["", "Notes:", *[f"- {name}: {text}" for name, text in notes]]
     if plots:
@@ -164,6 +172,35 @@ def write_report(
     files["report.md"] = out / "report.md"
     text = markdown(clean, title=title, context=context, plots=[p.name for p in pngs])
     files["report.md"].write_text(text, encoding="utf-8")
+    from aigi.pipeline.html import eval_html
+
+    files["report.html"] = out / "report.html"
+    atomic_write(files["report.html"], eval_html(clean, title=title, context=context, text=text, pngs=pngs))
+    return files
+
+
+def write_predict_report(out_dir: str | Path, table: pd.DataFrame, *, head: str) -> dict[str, Path]:
+    """`aigi predict --report DIR`: scores.csv (every row), report.md (counts and the rows) and report.html (a
+    gallery of thumbnails sortable by P(fake), verdicts marked) in `out_dir`."""
+    from aigi.pipeline.html import predict_html
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    notes = [f"warning: {n}" for n in table.attrs.get("notes", [])]
+    context = [f"head `{head}`", "P(fake) is calibrated with the head's stored calibration; verdicts use its "
+               "threshold and abstain band (`unsure` inside it)", *notes]  # fmt: skip
+    files = {"scores.csv": out / "scores.csv", "report.md": out / "report.md", "report.html": out / "report.html"}
+    with atomic_path(files["scores.csv"]) as tmp:
+        table.to_csv(tmp, index=False)
+    counts = table["verdict"].replace("", "not scored").value_counts()
+    cols = [c for c in ("path", "p_fake", "verdict", "error") if c in table.columns]
+    rows = [[str(v) if not isinstance(v, float) else ("–" if v != v else f"{v:.4f}") for v in r]
+            for r in table[cols].itertuples(index=False)]  # fmt: skip
+    lines = [f"# Predictions of {Path(head).name}", "", *[f"- {c}" for c in context],
+             f"- {len(table)} image(s): " + ", ".join(f"{n} {v}" for v, n in counts.items()), "",
+             *markdown_table(cols, rows), "", "The gallery: [report.html](report.html)", ""]  # fmt: skip
+    atomic_write(files["report.md"], "\n".join(lines))
+    atomic_write(files["report.html"], predict_html(table, title=f"Predictions of {Path(head).name}", context=context))
     return files
 
 
@@ -282,11 +319,11 @@ def write_ablation_report(out: Path, *, table: Any, summary: Any, sort_by: str) 
 # ----------------------------------------------------------------------------------------------------------------
 # robustness across views
 
-ROBUSTNESS_COLUMNS = (("view", None), ("n", None), ("acc", "ACC"), ("real_acc", "real ACC"), ("fake_acc", "fake ACC"),
-                      ("auc", "AUC"), ("tpr_at_1pct_fpr", "TPR@1%FPR"), ("ece", "ECE"), ("coverage", "coverage"),
+ROBUSTNESS_COLUMNS = (("view", None), ("n", None), ("acc", "pooled ACC"), ("real_acc", "real ACC"),
+                      ("fake_acc", "fake ACC"), ("auc", "pooled AUC"), ("tpr_at_1pct_fpr", "TPR@1%FPR"),
+                      ("eer", "EER"), ("ece", "ECE"), ("coverage", "coverage"),
                       ("acc_covered", "ACC covered"), ("flip_rate", "flips vs orig"), ("real_to_fake", "reals -> fake"),
                       ("mean_abs_dp", "mean abs dP"))  # fmt: skip
-UNSCALED = ("ece", "mean_abs_dp")  # robustness.md shows these as they are, the other metrics in percent
 
 
 def _view_cell(key: str, title: str | None, value: Any) -> str:
@@ -294,7 +331,7 @@ def _view_cell(key: str, title: str | None, value: Any) -> str:
         return ""
     if title is None:
         return str(value)
-    return f"{value:.4f}" if key in UNSCALED else f"{100 * value:.2f}"
+    return f"{100 * value:.2f}"  # every metric in percent (mean |dP| in percentage points), as in report.md
 
 
 def robustness_markdown(table: pd.DataFrame, context: Sequence[str]) -> str:
@@ -303,7 +340,8 @@ def robustness_markdown(table: pd.DataFrame, context: Sequence[str]) -> str:
     rows = [[_view_cell(k, t, row.get(k)) for k, t in cols] for row in table.to_dict("records")]
     lines = ["# Robustness across views", "", *[f"- {c}" for c in context], ""]
     lines += markdown_table([t or k for k, t in cols], rows, align="l" + "r" * (len(cols) - 1))
-    lines += ["", "Percentages except ECE and mean |dP|. ![robustness](robustness.png)", ""]
+    lines += ["", "Every value in percent (mean |dP| in percentage points); each view's metrics pool its rows (the "
+              "**Pooled** row of `aigi eval`). ![robustness](robustness.png)", ""]  # fmt: skip
     return "\n".join(lines)
 
 

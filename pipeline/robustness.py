@@ -58,7 +58,7 @@ def score_views(run_dir: str | Path, options: RobustnessOptions) -> tuple[pd.Dat
     """Rows of the split under every view, scored: (image_id, view, label, prob, verdict frame; the head's
     calibration; the report's header lines)."""
     from aigi.pipeline.rows import hold_choice, load_rows
-    from aigi.pipeline.scoring import calibrated, open_run
+    from aigi.pipeline.scoring import open_run, score_features
 
     run = open_run(run_dir, caches=options.caches, weights=options.weights)
     views, data = list(options.views), run.config.data
@@ -77,7 +77,9 @@ def score_views(run_dir: str | Path, options: RobustnessOptions) -> tuple[pd.Dat
         )
     frame = fs.meta[["image_id", "view", "label"]].reset_index(drop=True).copy()
     frame["label"] = frame["label"].astype(np.int64)
-    frame["prob"], frame["verdict"], cal = calibrated(run.head, run.info, fs.features)
+    scored = score_features(run.head, run.info, fs.features)
+    frame["logit"], frame["prob"], frame["verdict"] = scored.logit, scored.p_fake, scored.verdict
+    cal = scored.calibration
     context = [f"head `{run.info['name']}` from `{run.run_dir}`",
                f"rows: split {split}, views {', '.join(views)}, {len(fs)} rows {hold.why}",
                f"calibration: {cal.method}, threshold {cal.threshold:.6g} ({cal.threshold_policy})"

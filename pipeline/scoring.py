@@ -1,9 +1,16 @@
-"""Scoring with a trained head: rows -> logits -> calibrated P(fake) -> verdict.
+"""Scoring with a trained head, the one path: fingerprint check -> logit -> calibration -> P(fake) -> verdict.
+
+`score_features` is the only function that turns features into scores: the head's raw logit (float64, what every
+ranking metric reads), the calibrated P(fake) under the head's stored calibration, and the verdict with the stored
+threshold and band (a row whose logit is NaN/inf gets the verdict `invalid`: reported, never called real). Every path
+calls it: `aigi predict` on images and on cached rows (in memory or streamed, `tail_*` heads included), the Python API
+(`aigi.predict_images`), `aigi eval`, `aigi calibrate`, `aigi eval --views` (`aigi robustness`) and `aigi ablate`
+through eval. The features reach it only after their fingerprint matched the head's (`open_run` for a run's caches,
+`check_cache` for one cache, `pipeline.predict` for live extraction).
 
 A run is opened once (`open_run`: its head, the config it was trained with and `--cache` / `--where` replacements
-applied, its caches checked against the recorded fingerprints); its rows are scored under the head's stored
-calibration (`calibrated`, `score_rows`); thresholds are picked on its validation rows (`pick_threshold`). `aigi eval`,
-`aigi calibrate` and `aigi eval --views` (`aigi robustness`) use these side by side, and `aigi ablate` through eval.
+applied, its caches checked against the recorded fingerprints); thresholds are picked on its validation rows
+(`pick_threshold`).
 """
 
 from __future__ import annotations
@@ -19,7 +26,74 @@ import pandas as pd
 from aigi.common.grammar import ThresholdRule
 from aigi.pipeline.config import RunConfig
 
+DEMO_MARK = "[aigi demo head]"  # opens the run config's description of the heads `aigi demo` trains
 SCORE_COLUMNS = ("image_id", "view", "label", "source", "domain", "pair_id", "split", "path")
+
+
+@dataclass(frozen=True)
+class Scored:
+    """Rows scored by `score_features`.
+
+    Attributes:
+        logit: the head's raw logit per row, float64 (ranking metrics read it: no ties where P(fake) saturates).
+        p_fake: the calibrated P(fake) (NaN where the logit is NaN/inf).
+        verdict: int8 per row: 1 fake, 0 real, -1 unsure (inside the abstain band), -2 invalid (NaN/inf features).
+        calibration: the head's stored calibration (`heads.Calibration`).
+    """
+
+    logit: np.ndarray
+    p_fake: np.ndarray
+    verdict: np.ndarray
+    calibration: Any
+
+    @property
+    def invalid(self) -> np.ndarray:
+        """Rows whose logit is NaN/inf (their features are): not scored."""
+        return ~np.isfinite(self.logit)
+
+    def verdict_names(self) -> np.ndarray:
+        """`fake` / `real` / `unsure` per row, "" for an invalid row (its `error` says why)."""
+        from aigi.heads.calibration import INVALID, VERDICTS
+
+        return np.array(["" if v == INVALID else VERDICTS[int(v)] for v in self.verdict], dtype=object)
+
+
+NAN_FEATURES = "NaN/inf in the features: not scored (re-extract this image; `aigi cache verify` finds such rows)"
+
+
+def score_features(head: Any, info: Mapping[str, Any], features: Any) -> Scored:
+    """The one scoring path: logit -> stored calibration -> P(fake) -> verdict with the stored threshold and band.
+
+    Args:
+        head: the head (`nn.Module`; a `tail_*` head with its frozen tail).
+        info: its head.json content (the calibration is read from it, checked).
+        features: name -> [N, ...] arrays, or a streamed set (`pipeline.streaming.StreamedSet`).
+    """
+    from aigi import heads
+
+    cal = heads.calibration_of(dict(info))
+    z = heads.logits(head, features)
+    with np.errstate(invalid="ignore", over="ignore"):
+        p = cal.probability(z)
+    p[~np.isfinite(z)] = np.nan
+    return Scored(logit=z, p_fake=p, verdict=cal.verdict(p), calibration=cal)
+
+
+def is_demo_head(info: Mapping[str, Any]) -> bool:
+    """Whether head.json says the head was trained by `aigi demo` (its run config's description opens with
+    DEMO_MARK)."""
+    description = str(((info.get("run_config") or {}).get("description")) or "")
+    return description.startswith(DEMO_MARK)
+
+
+def check_cache(info: Mapping[str, Any], store: Any, *, head_dir: str | Path) -> list[str]:
+    """Refuse a cache whose fingerprint differs from the one the head was trained on (as `aigi eval` does); return
+    warnings for a cache that cannot be checked."""
+    from aigi.pipeline.rows import check_fingerprints
+
+    names = {str(i).rpartition("/")[2] for i in info.get("inputs") or []}
+    owners = [a for a, spec in (info.get("extractor_spec") or {}).items() if names <= set(spec.get("features", ()))]
+    return check_fingerprints(info, {owners[0] if len(owners) == 1 else "cache": store}, run_dir=Path(head_dir))
 
 
 @dataclass(frozen=True)
@@ -95,21 +169,14 @@ def config_with(cfg: RunConfig, run_dir: Path, *, caches: Sequence[str] = (), wh
     return parse_config(raw, source=f"{run_dir}/head.json")
 
 
-def calibrated(head: Any, info: Mapping[str, Any], features: Any) -> tuple[np.ndarray, np.ndarray, Any]:
-    """(calibrated P(fake), verdicts 0 / 1 / -1, the calibration) of rows under the head's stored calibration."""
-    from aigi import heads
-
-    cal = heads.calibration_of(dict(info))
-    probs = cal.probability(heads.logits(head, features))
-    return probs, cal.verdict(probs), cal
-
-
 def score_rows(run: ScoringRun, fs: Any, *, columns: Sequence[str] = SCORE_COLUMNS) -> pd.DataFrame:
-    """Rows (their `columns` present in the meta) with calibrated P(fake) (`score`) and verdict (0 / 1, -1 unsure)."""
+    """Rows (their `columns` present in the meta) with the raw `logit`, the calibrated P(fake) (`score`) and the
+    verdict (1 fake, 0 real, -1 unsure, -2 invalid), from `score_features`."""
     cols = [c for c in dict.fromkeys(columns) if c in fs.meta.columns]
     frame = fs.meta[cols].reset_index(drop=True).copy()
     frame["label"] = frame["label"].astype(np.int64)
-    frame["score"], frame["verdict"], _ = calibrated(run.head, run.info, fs.features)
+    scored = score_features(run.head, run.info, fs.features)
+    frame["logit"], frame["score"], frame["verdict"] = scored.logit, scored.p_fake, scored.verdict
     return frame
 
 
@@ -154,7 +221,8 @@ def pick_threshold(run: ScoringRun, rule: ThresholdRule) -> tuple[float, str]:
     z, labels, how = validation_logits(run)
     if z is None:
         raise ValueError(f"--threshold {rule}: the run has no validation rows ({how})")
-    probs = heads.calibration_of(run.info).probability(z)
+    cal = heads.calibration_of(run.info)
+    probs = cal.probability(z)
     if rule.policy == "target_fpr":
         return conformal_high(probs[labels == 0], rule.value), f"target FPR {rule.value:g} on val ({how})"
-    return calibrate_threshold(labels, probs), f"calibrated on val ({how})"
+    return calibrate_threshold(labels, probs, logits=cal.calibrated_logits(z)), f"calibrated on val ({how})"

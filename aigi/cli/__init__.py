@@ -68,6 +68,11 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         description="Detect AI-generated images: cache frozen-backbone features once, train light heads on them.",
     )
     parser.add_argument("--version", action="version", version=f"aigi {package_version()}")
+    parser.add_argument(
+        "--quiet",
+        action="store_true",
+        help="only results, warnings and errors: no progress or notes (anywhere on the line)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in [only] if only in COMMANDS else COMMANDS.names():
         COMMANDS.get(name)(sub)
@@ -133,12 +138,34 @@ def configure_output(*, quiet: bool = False) -> None:
     logger.setLevel(logging.WARNING if quiet else logging.INFO)
 
 
+def command_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The innermost sub-command parser `args` went through (`aigi head pack` -> the `pack` parser)."""
+    while True:
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        name = getattr(args, subs[0].dest, None) if subs else None
+        if name not in (subs[0].choices if subs else {}):
+            return parser
+        parser = subs[0].choices[name]
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    """The arguments; an unknown flag is refused by the sub-command's own parser (its usage, exit code 2)."""
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(command)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        command_parser(parser, args).error(f"unrecognized arguments: {' '.join(unknown)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `aigi` console script; returns the process exit code."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    configure_output(quiet=False)
-    command = next((a for a in argv if not a.startswith("-")), None)
-    args = build_parser(command).parse_args(argv)
+    quiet = "--quiet" in argv
+    argv = [a for a in argv if a != "--quiet"]
+    configure_output(quiet=quiet)
+    args = parse(argv)
+    args.quiet = quiet
     try:
         code = args.func(args)
         sys.stdout.flush()

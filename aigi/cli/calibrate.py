@@ -1,21 +1,27 @@
-"""`aigi calibrate RUN_DIR`: fit a head's calibration, threshold and abstain band on its validation rows
-(`pipeline.calibrate`)."""
+"""`aigi calibrate RUN_DIR -o NEW_RUN_DIR` (or `--in-place`): fit a head's calibration, threshold and abstain band on
+its validation rows (`pipeline.calibrate`)."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from aigi.cli._options import add_cache_argument, add_run_dir_argument, add_weights_argument
 
 CALIBRATE_HELP = """\
 Fits, on the run's validation rows (the rows `aigi train` held out: split == val, or its seeded val_fraction
-of the training pairs), and stores in RUN/head.json under `calibration`:
+of the training pairs), and stores in head.json under `calibration`:
   --method      temperature (P(fake) = sigmoid(z / T)), platt (sigmoid(a z + b)) or none
   --threshold   a number (e.g. 0.5), val_acc (best balanced accuracy on validation) or fpr:A (split-conformal
-                on the real validation rows: a new real is called fake with probability <= A)
+                on the real validation rows: a new real is called fake with probability <= A; needs at least
+                1/A - 1 validation reals, else a one-line warning says what they support)
   --band        none, coverage:C (abstain on the 1-C share of validation rows nearest the threshold) or
                 error:A (class-conditional split-conformal: reals called fake and fakes called real each
-                with probability <= A; rows where both answers are plausible are `unsure`)
+                with probability <= A; rows where both answers are plausible are `unsure`). A threshold and a band
+                fitted together both keep what head.json says they are: the band is widened to hold the threshold.
+The calibrated head is written to -o NEW_RUN_DIR (a copy of the run's files; the run stays as it is), or with
+--in-place into RUN_DIR/head.json. The validation metrics before (raw sigmoid, threshold 0.5) and after are
+printed, in percent; a calibration that makes the validation ECE worse is said in a warning.
 `aigi eval` and `aigi predict` then report calibrated probabilities, the stored threshold and, with a band,
 real / fake / unsure verdicts. A run trained with no validation rows cannot be calibrated: train it with
 --set data.val_fraction=0.1 (or give the cache split == val rows).
@@ -23,7 +29,7 @@ real / fake / unsure verdicts. A run trained with no validation rows cannot be c
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add `aigi calibrate RUN_DIR [--method M] [--threshold T] [--band B]`."""
+    """Add `aigi calibrate RUN_DIR (-o NEW_RUN_DIR | --in-place) [--method M] [--threshold T] [--band B]`."""
     p = subparsers.add_parser(
         "calibrate",
         help="fit a head's calibration, threshold and abstain band on its validation rows",
@@ -34,10 +40,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--method", choices=("temperature", "platt", "none"), default="temperature")
     p.add_argument("--threshold", default="0.5", help="a number, val_acc or fpr:A (default 0.5)")
     p.add_argument("--band", default="none", help="none, coverage:C or error:A (default none)")
+    p.add_argument("-o", "--out", type=Path, default=None, metavar="NEW_RUN_DIR",
+                   help="write the calibrated head here (a copy of the run's files)")  # fmt: skip
+    p.add_argument("--in-place", action="store_true", help="rewrite RUN_DIR/head.json instead of writing to -o")
     add_cache_argument(p)
     add_weights_argument(p)
     p.set_defaults(func=run)
     return p
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.2f}"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -46,12 +59,20 @@ def run(args: argparse.Namespace) -> int:
     from aigi.pipeline.config import CalibrationSpec
 
     spec = CalibrationSpec(method=args.method, threshold=args.threshold, band=args.band)
-    s = calibrate_run(args.run_dir, CalibrateOptions(spec=spec, caches=tuple(args.cache), weights=tuple(args.weights)))
-    cal, v = s.calibration, s.val
+    options = CalibrateOptions(spec=spec, caches=tuple(args.cache), weights=tuple(args.weights), out=args.out,
+                               in_place=args.in_place)  # fmt: skip
+    s = calibrate_run(args.run_dir, options)
+    cal, before, after = s.calibration, s.val["before"], s.val["after"]
     band = "no band" if cal["band"] is None else f"unsure band ({cal['band'][0]:.4g}, {cal['band'][1]:.4g})"
     print(
-        f"calibrate: {cal['method']} on {s.val_rows} val rows: ECE {v['ece_before']:.4f} -> {v['ece_after']:.4f}, "
-        f"Brier {v['brier_before']:.4f} -> {v['brier_after']:.4f}; threshold {cal['threshold']:.6g} "
-        f"({cal['threshold_policy']}), {band}, val coverage {100 * v['coverage']:.1f}% -> {args.run_dir}/head.json"
+        f"calibrate: {cal['method']} on {s.val_rows} val rows; threshold {cal['threshold']:.6g} "
+        f"({cal['threshold_policy']}), {band} -> {s.run_dir}/head.json"
+    )
+    print(
+        "validation (%), before (sigmoid, 0.5) -> after: "
+        + ", ".join(
+            f"{k.upper().replace('_', ' ')} {_pct(before[k])} -> {_pct(after[k])}"
+            for k in ("ece", "brier", "log_loss", "acc", "fpr", "tpr", "coverage")
+        )  # fmt: skip
     )
     return 0

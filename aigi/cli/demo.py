@@ -75,5 +75,9 @@ def run(args: argparse.Namespace) -> int:
     print("\nThe same flow on your own images and a real backbone:")
     for cmd in real_flow_commands():
         print("  " + cmd)
+    print(
+        "Note: the demo's heads are not detectors (trained on crops of a dozen photos against toy fakes, split by "
+        "photo); do not score your own images with them: train on real data as above."
+    )
     print(f"Report: {report} -- run the commands above (also in its last section) on real data and backbones.")
     return 0

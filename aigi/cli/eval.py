@@ -92,6 +92,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     add_weights_argument(p)
     add_out_argument(p, metavar="REPORT_DIR", text="where to write the report")
+    p.add_argument("--json", action="store_true", help="print the metrics (metrics.json's content) as JSON")
     p.set_defaults(func=run)
     return p
 
@@ -106,15 +107,22 @@ def run(args: argparse.Namespace) -> int:
     options = EvalOptions(split=args.split, by=args.by, threshold=args.threshold, reals=args.reals,
                           bootstrap=args.bootstrap, seed=args.seed, where=tuple(args.where), caches=tuple(args.cache),
                           weights=tuple(args.weights))  # fmt: skip
-    result = evaluate_run(args.run_dir, args.out, options).metrics
-    m = result["mean"]
-    print(f"data: {m['n']} rows {result['rows_held']}")
+    evaluated = evaluate_run(args.run_dir, args.out, options)
+    result = evaluated.metrics
+    if args.json:
+        print((evaluated.out_dir / "metrics.json").read_text(), end="")
+        return 0
+    m, pooled = result["mean"], result["pooled"]
+    if not getattr(args, "quiet", False):
+        print(f"data: {m['n']} rows {result['rows_held']}")
     pct = lambda v: "n/a" if v is None else f"{100 * v:.2f}"
     covered = f", coverage {pct(m['coverage'])}, ACC covered {pct(m['acc_covered'])}" if "coverage" in m else ""
     print(
         f"eval: {len(result['groups'])} group(s) by {result['by']}, {m['n']} rows, "
-        f"threshold {result['threshold']:.4g}: mean ACC {pct(m['acc'])}, AP {pct(m['ap'])}, AUC {pct(m['auc'])}, "
-        f"TPR@1%FPR {pct(m['tpr_at_1pct_fpr'])}, ECE {pct(m['ece'])}{covered} -> {args.out}/report.md"
+        f"threshold {result['threshold']:.4g}, in %: mean ACC {pct(m['acc'])}, AP {pct(m['ap'])}, "
+        f"AUC {pct(m['auc'])}, TPR@1%FPR {pct(m['tpr_at_1pct_fpr'])}, EER {pct(m['eer'])}, ECE {pct(m['ece'])}"
+        f"{covered} (means over groups); pooled ACC {pct(pooled['acc'])}, AUC {pct(pooled['auc'])} -> "
+        f"{args.out}/report.md, report.html"
     )
     if not can_draw():
         print(SKIPPED, file=sys.stderr)
@@ -139,7 +147,7 @@ def run_views(args: argparse.Namespace) -> int:
             else f", flips {100 * row['flip_rate']:.1f}%"
         )
         auc = "n/a" if row["auc"] is None or pd.isna(row["auc"]) else f"{100 * row['auc']:.2f}"
-        print(f"{row['view']}: ACC {100 * row['acc']:.2f}, AUC {auc}{flips}")
+        print(f"{row['view']}: pooled ACC {100 * row['acc']:.2f}, pooled AUC {auc}{flips}")
     print(f"robustness: {len(table)} view(s) -> {args.out}/robustness.md")
     if not can_draw():
         print(SKIPPED, file=sys.stderr)

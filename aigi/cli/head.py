@@ -49,7 +49,48 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     info.add_argument("directory", type=Path, help="head directory (head.json + head.safetensors)")
     add_json_argument(info)
     info.set_defaults(func=run_info)
+    add_pack_parser(sub)
     return parser
+
+
+def add_pack_parser(sub: argparse._SubParsersAction) -> None:
+    """Add `aigi head pack RUN_DIR -o HEAD.aigi|FOLDER [--weights [ALIAS=]FILE] [--eval REPORT_DIR]`."""
+    pack = sub.add_parser(
+        "pack",
+        help="a shareable head: weights, config, extractor spec with the weights' sha256, calibration, eval table",
+        description="Write RUN_DIR's head as one file HEAD.aigi (a zip) or a folder that holds no absolute path of "
+        "this machine: head.safetensors, head.json (config, the extractor spec with its preprocessing and the "
+        "backbone weights' sha256, how to get those weights, the calibration) and eval.json (the metrics of "
+        "RUN_DIR/eval or --eval). `aigi predict HEAD.aigi IMAGES --weights FILE` scores images on any machine that "
+        "has the backbone's weights.",
+    )
+    pack.add_argument("run_dir", type=Path, help="directory written by `aigi train` (or `aigi calibrate -o`)")
+    pack.add_argument("-o", "--out", type=Path, required=True, metavar="HEAD.aigi|FOLDER", help="where to write it")
+    pack.add_argument("--weights", action="append", default=[], metavar="[ALIAS=]FILE",
+                      help="the backbone weights file: its name is recorded (its sha256 is checked)")  # fmt: skip
+    pack.add_argument(
+        "--eval",
+        type=Path,
+        default=None,
+        metavar="REPORT_DIR",
+        help="the `aigi eval` report whose metrics go in (default RUN_DIR/eval when present)",
+    )
+    pack.set_defaults(func=run_pack)
+
+
+def run_pack(args: argparse.Namespace) -> int:
+    """Entry point of `aigi head pack`."""
+    from aigi import heads
+    from aigi.common.grammar import parse_aliased
+    from aigi.pipeline.pack import pack_head
+
+    specs = heads.read_info(args.run_dir).get("extractor_spec") or {}
+    weights = {a: w for a, w in parse_aliased(list(args.weights), list(specs)).items() if w is not None}
+    result = pack_head(args.run_dir, args.out, weights=weights, eval_dir=args.eval)
+    for alias, entry in result.weights.items():
+        print(f"backbone {alias}: {entry['backbone']}, weights sha256 {entry['sha256'][:16]}…: {entry['how']}")
+    print(f"wrote {result.out} ({result.kind}{', with the eval table' if result.has_eval else ', no eval table'})")
+    return 0
 
 
 def run_import_linear(args: argparse.Namespace) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import pandas as pd
 
@@ -24,7 +25,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "head's abstain band; see `aigi calibrate`) and, for expert heads, the gates and per-expert scores. Unreadable "
         "files are reported and skipped (exit code 0; 2 when no file could be read).",
     )
-    p.add_argument("head_dir", help="RUN_DIR written by `aigi train`")
+    p.add_argument("head_dir", help="RUN_DIR written by `aigi train`, or a packed head (`aigi head pack`: HEAD.aigi)")
     p.add_argument("images", nargs="*", help="image files and/or folders (searched recursively)")
     p.add_argument(
         "--cache",
@@ -55,6 +56,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     add_output_argument(
         p, "write all rows (scores, gates, errors) to this .csv, .json or .parquet file", required=False, as_path=False
     )
+    p.add_argument("--json", action="store_true", help="print every row as JSON (a list of records) instead of a table")
+    p.add_argument(
+        "--report",
+        type=Path,
+        metavar="DIR",
+        help="also write DIR/report.html (a gallery of thumbnails sortable by P(fake), verdicts marked), report.md "
+        "and scores.csv",
+    )
     p.set_defaults(func=run)
     return p
 
@@ -82,12 +91,20 @@ def run(args: argparse.Namespace) -> int:
         return report_cache(args, options)
     table = predict_images(args.head_dir, args.images, options)
     good, bad = table[table["error"] == ""], table[table["error"] != ""]
-    extra = [c for c in table.columns if c.startswith(("gate.", "expert."))]
-    with pd.option_context("display.max_colwidth", 80, "display.width", 200):
-        print(good[["path", "p_fake", "verdict", *extra]].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    if args.json:
+        print(table.to_json(orient="records", indent=1))
+    elif not (args.output or args.report):  # with a file to read, stdout keeps to the summary
+        extra = [c for c in table.columns if c.startswith(("gate.", "expert."))]
+        with pd.option_context("display.max_colwidth", 60, "display.width", 120):
+            print(good[["path", "p_fake", "verdict", *extra]].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     if args.output:
         write_table(table, args.output)
         print(f"wrote {len(table)} rows to {args.output}", file=sys.stderr)
+    if args.report:
+        from aigi.pipeline.report import write_predict_report
+
+        files = write_predict_report(args.report, table, head=str(args.head_dir))
+        print(f"report: {files['report.html']}", file=sys.stderr)
     counts = good["verdict"].value_counts()
     verdicts = ", ".join(
         f"{int(counts.get(v, 0))} {v}" for v in ("fake", "real", "unsure") if v in counts or v != "unsure"
@@ -104,14 +121,19 @@ def report_cache(args: argparse.Namespace, options: PredictOptions) -> int:
     scored = predict_cache(args.head_dir, paths[0], options)
     table = scored.table
     print(f"data: {scored.rows:,} rows {scored.rows_held}", file=sys.stderr)
-    with pd.option_context("display.max_colwidth", 60, "display.width", 200):
-        shown = table.drop(columns=["error"]).head(SHOWN_CACHE_ROWS)
-        print(shown.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    if len(table) > SHOWN_CACHE_ROWS:
-        more = len(table) - SHOWN_CACHE_ROWS
-        print(f"... {more:,} more rows" + ("" if args.output else " (write them all with -o FILE.csv)"))
+    if args.json:
+        print(table.to_json(orient="records", indent=1))
+    elif not args.output:
+        cols = [c for c in ("image_id", "source", "label", "p_fake", "verdict") if c in table.columns]
+        with pd.option_context("display.max_colwidth", 40, "display.width", 120):
+            shown = table[cols].head(SHOWN_CACHE_ROWS)
+            print(shown.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+        if len(table) > SHOWN_CACHE_ROWS:
+            print(f"... {len(table) - SHOWN_CACHE_ROWS:,} more rows (write them all with -o FILE.csv)")
     if args.output:
         write_table(table, args.output)
         print(f"wrote {len(table)} rows to {args.output}", file=sys.stderr)
-    print(f"{len(table):,} cached row(s) scored", file=sys.stderr)
+    not_scored = int((table["error"] != "").sum())
+    print(f"{len(table) - not_scored:,} cached row(s) scored" + (f", {not_scored} not scored (NaN/inf features)"
+          if not_scored else ""), file=sys.stderr)  # fmt: skip
     return 0

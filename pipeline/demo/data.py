@@ -9,6 +9,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+
 from aigi.fakes.photos import PHOTO_SOURCES, Photo, collect_photos, cut_crops, load_rgb, psnr
 
 __all__ = [
@@ -21,13 +24,40 @@ __all__ = [
     "cut_crops",
     "find_shared_weights",
     "load_rgb",
+    "photo_splits",
     "psnr",
     "shared_dirs",
+    "split_by_photo",
 ]
 
 NO_ANIME_NOTE = "no installed package ships an anime picture, so the demo has no `anime` domain"
 SHARED_HINTS = {"vae": ("taesd",), "sr": ("sr",), "backbone": ("mobilenetv2",)}
 SHARED_ENV = "AIGI_SHARED"  # a shared-data folder to use instead of ../shared (an empty folder: none)
+
+
+def photo_splits(photos: list[Photo], *, seed: int = 0) -> dict[str, str]:
+    """A split per photo (a group split: every crop of a photo, and so each of its fakes, shares one split).
+
+    Within each domain the photos are shuffled (seeded); a domain with two photos or more gives its first to `test`,
+    one with four or more its second to `val`, the rest go to `train` (a domain with one photo is trained on only).
+    No pixel of a test photo is ever seen in training, so the test scores measure the fakes, not the photos.
+    """
+    out: dict[str, str] = {}
+    domains = list(dict.fromkeys(p.domain for p in photos))
+    for i, domain in enumerate(domains):
+        names = [p.name for p in photos if p.domain == domain]
+        order = np.random.default_rng([seed, i]).permutation(len(names))
+        for rank, k in enumerate(order):
+            split = "test" if rank == 0 and len(names) >= 2 else "val" if rank == 1 and len(names) >= 4 else "train"
+            out[names[k]] = split
+    return out
+
+
+def split_by_photo(table: pd.DataFrame, photos: list[Photo], *, seed: int = 0) -> pd.DataFrame:
+    """`cut_crops`'s rows with a `split` column from `photo_splits` (crop paths are `real/<photo>_<k>.png`)."""
+    splits = photo_splits(photos, seed=seed)
+    photo = table["path"].str.slice(len("real/")).str.rsplit("_", n=1).str[0]
+    return table.assign(split=photo.map(splits))
 
 
 def shared_dirs(roots: list[Path] | None = None) -> list[Path]:

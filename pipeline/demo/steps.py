@@ -22,7 +22,6 @@ from aigi.pipeline.report import markdown_table
 LOG = logging.getLogger(__name__)
 CONFIG = Path(__file__).resolve().parents[1] / "presets" / "demo.yaml"  # the shipped preset (`aigi train demo`)
 MAIN_HEADS = ("linear", "gating", "router", "prototype")
-SPLIT_RATIO = "train=0.6,val=0.1,test=0.3"
 SMALL = "small"  # --vae-weights / --sr-weights value: the small models shipped with aigi, even when others exist
 RANDOM = "random"  # --backbone-weights value: a seeded random initialisation, even when real weights exist
 DEFAULT_BACKBONE = "timm:mobilenetv2_100"
@@ -60,6 +59,7 @@ class DemoState:
     timings: list[tuple[str, float]] = field(default_factory=list)
     commands: list[str] = field(default_factory=list)
     run_command: Callable[[list[str]], int] | None = field(default=None, repr=False)  # `aigi ARGV` -> exit code
+    resumed: set[str] = field(default_factory=set)  # steps that found their work done by an earlier run
 
     @property
     def data(self) -> Path:
@@ -97,11 +97,13 @@ def _rel(path: Path, state: DemoState) -> str:
 
 
 def step_photos(state: DemoState) -> None:
-    """Real photos from installed packages -> crops (PNG) -> `aigi index` with a seeded split by pair."""
-    from aigi.pipeline.demo.data import NO_ANIME_NOTE, collect_photos, cut_crops
+    """Real photos from installed packages -> crops (PNG) -> `aigi index`, split by photo (`data.split_by_photo`)."""
+    from aigi.pipeline.demo.data import NO_ANIME_NOTE, collect_photos, cut_crops, split_by_photo
 
     photos, skipped = collect_photos()
     table = cut_crops(photos, state.data, n_crops=state.size.crops, size=state.size.crop_size, seed=state.seed)
+    table = split_by_photo(table, photos, seed=state.seed)
+    table.to_csv(state.data / "real.csv", index=False)  # the CSV carries each crop's domain and its photo's split
     state.facts["photos"] = [
         {
             "name": p.name,
@@ -109,28 +111,16 @@ def step_photos(state: DemoState) -> None:
             "origin": p.origin,
             "size": f"{p.pixels.shape[1]}x{p.pixels.shape[0]}",
             "crops": int(table["path"].str.startswith(f"real/{p.name}_").sum()),
+            "split": str(table.loc[table["path"].str.startswith(f"real/{p.name}_"), "split"].iloc[0]),
         }
         for p in photos
     ]
     state.facts["skipped_photos"] = skipped + [NO_ANIME_NOTE]
-    if not state.manifest.exists():
-        aigi(
-            state,
-            [
-                "index",
-                str(state.data),
-                "--layout",
-                "csv",
-                "--csv",
-                str(state.data / "real.csv"),
-                "-o",
-                str(state.manifest),
-                "--split-ratio",
-                SPLIT_RATIO,
-                "--seed",
-                str(state.seed),
-            ],
-        )
+    if state.manifest.exists():
+        state.resumed.add("photos + index")
+        return
+    aigi(state, ["index", str(state.data), "--layout", "csv", "--csv", str(state.data / "real.csv"),
+                 "-o", str(state.manifest)])  # fmt: skip
 
 
 def _fake_weights(state: DemoState, kind: str, explicit: str | None) -> Path:
@@ -154,9 +144,14 @@ def _fake_weights(state: DemoState, kind: str, explicit: str | None) -> Path:
 
 def step_fakes(state: DemoState, *, vae_weights: str | None, sr_weights: str | None) -> None:
     """`aigi fakes vae` and `aigi fakes sr` (x4) on every real crop; then PSNR of each fake type and a gallery."""
+    from aigi.cache import read_manifest
+
     common = ["--manifest", str(state.manifest), "-o", str(state.data / "fakes"), "--batch-size", "8"]
+    before = len(read_manifest(state.manifest))
     aigi(state, ["fakes", "vae", "--weights", str(_fake_weights(state, "vae", vae_weights)), *common])
     aigi(state, ["fakes", "sr", "--weights", str(_fake_weights(state, "sr", sr_weights)), "--scale", "4", *common])
+    if len(read_manifest(state.manifest)) == before:
+        state.resumed.add("fakes (vae, sr)")
     state.facts["fakes"] = fake_quality(state)
     state.facts["gallery"] = draw_gallery(state, state.out / "gallery.png")
 
@@ -266,6 +261,9 @@ def step_extract(state: DemoState, *, weights: Path) -> None:
     For timm CNNs that is `center_crop` at 224 px: the demo's 224 px crops go in whole, neither padded nor resized
     (padding dilutes the artifact statistics, resizing smooths them away).
     """
+    from aigi import cache
+
+    rows_before = int(cache.info(state.cache).get("rows", 0)) if (state.cache / "cache.json").exists() else 0
     start = time.perf_counter()
     aigi(
         state,
@@ -285,9 +283,9 @@ def step_extract(state: DemoState, *, weights: Path) -> None:
             "32",
         ],
     )
-    from aigi import cache
-
     info = cache.info(state.cache)
+    if int(info.get("rows", 0)) == rows_before:
+        state.resumed.add("extract")
     state.facts["extract"] = {
         "rows": int(info.get("rows", 0)),
         "seconds": time.perf_counter() - start,
@@ -310,7 +308,10 @@ def demo_configs(base: dict[str, Any], *, state: DemoState) -> tuple[dict[str, d
     Returns:
         One `aigi train` config per variant, and the `aigi ablate` config.
     """
+    from aigi.pipeline.scoring import DEMO_MARK
+
     ablation = copy.deepcopy(base)
+    ablation["description"] = f"{DEMO_MARK} {ablation.get('description', '')}".strip()  # `aigi predict` says so
     ablation["data"]["caches"] = {"demo": str(state.cache.resolve())}
     ablation["seeds"] = list(state.size.seeds)
     for section in [ablation, *ablation["variants"].values()]:
@@ -366,7 +367,7 @@ def _data_section(state: DemoState) -> list[str]:
     from aigi.cache import read_manifest
 
     df = read_manifest(state.manifest)
-    photos = [[p["name"], p["domain"], p["origin"], p["size"], p["crops"]] for p in state.facts["photos"]]
+    photos = [[p["name"], p["domain"], p["origin"], p["size"], p["crops"], p["split"]] for p in state.facts["photos"]]
     counts = pd.crosstab(df["source"].astype(str), df["split"].astype(str))
     split_rows = [[src, *[int(counts.loc[src].get(s, 0)) for s in ("train", "val", "test")]] for src in counts.index]
     return [
@@ -375,9 +376,11 @@ def _data_section(state: DemoState) -> list[str]:
         f"{len(state.facts['photos'])} photos shipped inside installed packages (nothing downloaded), cut into "
         f"{state.size.crops} crops of {state.size.crop_size} px (seeded positions; windows of 1-2.5 crop sizes "
         "resized down), saved as PNG under `data/real/`, indexed with `aigi index --layout csv` (the CSV carries "
-        f"each crop's domain) and split {SPLIT_RATIO} by pair (a real and its fakes share a split).",
+        f"each crop's domain and its photo's split). The split is by photo: every crop of a photo, and so each of its "
+        "fakes, is in one split (in each domain with two photos or more one photo is held out for test, with four or "
+        "more one for val), so no pixel of a test photo is seen in training.",
         "",
-        *markdown_table(["photo", "domain", "package", "size", "crops"], photos),
+        *markdown_table(["photo", "domain", "package", "size", "crops", "split"], photos),
         "",
         *[f"- {note}" for note in state.facts["skipped_photos"]],
         "",
@@ -414,11 +417,17 @@ def _features_section(state: DemoState) -> list[str]:
         "## 3. Features",
         "",
         f"`aigi extract --backbone {state.backbone}` with weights `{Path(weights['path']).name}` ({weights['how']}): "
-        f"{ex['rows']} rows, {dims}, {ex['seconds']:.0f} s "
-        f"({ex['rows'] / max(ex['seconds'], 1e-9):.0f} images/s including model load). The heads read "
-        f"`{state.head_input}`.",
+        f"{ex['rows']} rows, {dims}, {_extract_time(state)}. The heads read `{state.head_input}`.",
         "",
     ]
+
+
+def _extract_time(state: DemoState) -> str:
+    """How long extraction took, or that an earlier run had extracted every row (no rate for work not done)."""
+    ex = state.facts["extract"]
+    if "extract" in state.resumed:
+        return "resumed: every row was already in the cache from an earlier run"
+    return f"{ex['seconds']:.0f} s ({ex['rows'] / max(ex['seconds'], 1e-9):.0f} images/s including model load)"
 
 
 def _heads_section(state: DemoState) -> list[str]:
@@ -533,7 +542,10 @@ def write_report(state: DemoState, total_seconds: float) -> Path:
         *_ablation_section(state),
         "## 6. Timings",
         "",
-        *markdown_table(["step", "seconds"], [[name, f"{sec:.0f}"] for name, sec in state.timings]),
+        *markdown_table(
+            ["step", "seconds"],
+            [[name + (" (resumed)" if name in state.resumed else ""), f"{sec:.0f}"] for name, sec in state.timings],
+        ),  # fmt: skip
         "",
         "## 7. The commands this demo ran",
         "",
@@ -651,7 +663,8 @@ def run_demo(out: str | Path, options: DemoOptions, run_command: Callable[[list[
         LOG.info(f"\n== demo: {name}")
         fn()
         state.timings.append((name, time.perf_counter() - t0))
-        LOG.info(f"== demo: {name} done in {state.timings[-1][1]:.0f} s: {stage_summary(state, name)}")
+        resumed = " (resumed: an earlier run had done it)" if name in state.resumed else ""
+        LOG.info(f"== demo: {name} done in {state.timings[-1][1]:.0f} s{resumed}: {stage_summary(state, name)}")
     total = time.perf_counter() - start
     state.timings.append(("total", total))
     return write_report(state, total)

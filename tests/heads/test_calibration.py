@@ -117,7 +117,9 @@ def test_errors_name_the_problem() -> None:
 def test_calibration_round_trips_through_head_json(tmp_path: Path) -> None:
     head = heads.build("linear", inputs=["f"], in_dim=4)
     x = np.random.default_rng(0).standard_normal((50, 4)).astype(np.float32)
-    z, y = heads.logits(head, {"f": x}), (np.arange(50) % 2)
+    z = heads.logits(head, {"f": x})
+    # labels that follow the logits (with noise): a Platt slope fitted on them is positive (a negative one is refused)
+    y = (z + 0.5 * np.random.default_rng(1).standard_normal(50) > np.median(z)).astype(int)
     np.testing.assert_allclose(_sigmoid(z), heads.predict(head, {"f": x}), rtol=1e-12)
     np.testing.assert_array_equal(Calibration().probability(z), heads.predict(head, {"f": x}))  # bit for bit
     cal = fit_calibration(z, y, method="platt", threshold_policy="val_acc", band_policy="coverage", band_target=0.9)

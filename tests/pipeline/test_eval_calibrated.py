@@ -43,11 +43,13 @@ def test_eval_uses_the_stored_calibration_and_reports_coverage(run: dict) -> Non
     covered = (p >= 0.6) | (p <= 0.3)
     assert g["coverage"] == pytest.approx(covered.mean())
     assert g["acc_covered"] == pytest.approx(np.mean((p[covered] >= 0.6) == (y[covered] == 1)))
-    assert g["tpr_at_1pct_fpr"] == pytest.approx(tpr_at_fpr(y, p, 0.01)[0])
-    assert g["tpr_at_0.1pct_fpr"] == pytest.approx(tpr_at_fpr(y, p, 0.001)[0])
+    # fewer than 100 reals: the FPR moves in steps over 1%, so TPR at 1% (and 0.1%) FPR is undefined, with a note
+    # (issue 27: such a number is the TPR at FPR 0 under another name)
+    assert (y == 0).sum() < 100 and g["tpr_at_1pct_fpr"] is None and g["tpr_at_0.1pct_fpr"] is None
+    assert "TPR@1%FPR needs >= 100 reals" in g["note"] and tpr_at_fpr(y, p, 0.01)[1] > 0
     assert g["oracle_acc"] == pytest.approx(oracle_acc(y, p))
     assert g["ece"] == pytest.approx(ece(y, p)) and g["brier"] == pytest.approx(brier(y, p))
-    for key in ("acc", "auc", "tpr_at_1pct_fpr", "oracle_acc", "ece", "brier", "coverage"):
+    for key in ("acc", "auc", "eer", "oracle_acc", "ece", "brier", "coverage"):
         lo, hi = g["ci"][key]
         assert lo <= g[key] + 1e-9 and g[key] - 1e-9 <= hi, key
     table = pd.read_csv(rep / "metrics.csv")

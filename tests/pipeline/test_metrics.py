@@ -185,7 +185,7 @@ def test_report_files(tmp_path) -> None:
     assert set(data["groups"]["A"]) >= {"n", "acc", "real_acc", "fake_acc", "ap", "auc"}
     assert data["groups"]["B"]["ap"] is None and data["groups"]["A"]["ap"] == pytest.approx(34 / 45)
     table = pd.read_csv(tmp_path / "metrics.csv")
-    assert table["group"].tolist() == ["A", "B", "mean"]
+    assert table["group"].tolist() == ["A", "B", "mean", "pooled"]  # mean over groups; pooled: every row once
     assert table.loc[0, "acc"] == pytest.approx(4 / 6) and np.isnan(table.loc[1, "auc"])
     text = (tmp_path / "report.md").read_text()
     assert "| A | 6 | 66.67 | 66.67 | 66.67 | 75.56 | 66.67 |" in text

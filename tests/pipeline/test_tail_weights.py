@@ -86,7 +86,7 @@ def test_calibrate_rebuilds_the_tail_from_weights(run, store, weights, bad_weigh
     import shutil
 
     shutil.copytree(run, tmp_path / "run")
-    argv = ["calibrate", str(tmp_path / "run"), "--method", "temperature"]
+    argv = ["calibrate", str(tmp_path / "run"), "--in-place", "--method", "temperature"]
     check_weights_errors(capsys, argv, weights, bad_weights)
     assert not heads.read_info(tmp_path / "run").get("calibration")  # nothing stored by the failed attempts
     assert main([*argv, "--weights", str(weights)]) == 0
