@@ -159,6 +159,33 @@ def hub_folder(name: HubName, files: Sequence[Sequence[str]], *, what: str = "--
     return path.parent
 
 
+# A diffusers model folder: its config and its weights (safetensors preferred, as diffusers does).
+DIFFUSERS_FOLDER = (("config.json",), ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"))
+
+
+def resolve_path(
+    weights: str | Path, *, what: str = "--weights", folder: Sequence[Sequence[str]] = ()
+) -> tuple[Path, str | None]:
+    """The local path `weights` names, and the model's short name when it is a hub name (else None).
+
+    A local path is returned as it is (never looked up on the network). A `hf-hub:` name is downloaded through the
+    cache: its FILE when that has a file suffix, otherwise (when `folder` gives the files a model folder needs) the
+    repository's root or FILE as a sub-folder, e.g. `hf-hub:stabilityai/sd-vae-ft-mse` or `hf-hub:ORG/PIPELINE:vae`.
+
+    Raises:
+        WeightsUnavailable: as `hub_file`.
+        ValueError: a malformed name.
+    """
+    if not is_hub_name(weights):
+        return Path(weights), None
+    name = parse_hub_name(str(weights))
+    is_file = bool(name.filename and Path(name.filename).suffix)
+    short = Path(name.filename).stem if is_file else name.repo_id.split("/")[-1]  # type: ignore[arg-type]
+    if folder and not is_file:
+        return hub_folder(name, folder, what=what), short
+    return hub_file(name, what=what), short
+
+
 def check_sha256(path: Path, pin: str, *, what: str, fix: str) -> str:
     """The file's sha256, which must start with `pin` (a full 64-digit digest, or a published prefix).
 

@@ -250,7 +250,7 @@ def resolve_weights(weights: str | Path | None, *, backbone: str) -> str | None:
         return None
     text = str(weights).strip()
     parts = [p.strip() for p in text.split(",")]
-    if Path(text).exists() or not any(is_hub_name(p) for p in parts) and not _bare_word(text):
+    if not is_weights_name(text):
         return text
     if any(is_hub_name(p) for p in parts):
         return ",".join(str(_fetch(HubFile(parse_hub_name(p)), "--weights")) if is_hub_name(p) else p for p in parts)
@@ -258,6 +258,12 @@ def resolve_weights(weights: str | Path | None, *, backbone: str) -> str | None:
     if files is None:
         raise _unknown_name(text, backbone)
     return ",".join(str(_fetch(f, f"--weights {text}")) for f in files)
+
+
+def is_weights_name(weights: str | Path) -> bool:
+    """Whether `weights` is a name to resolve (a `hf-hub:` name or an alias-like word), not a local path."""
+    text = str(weights).strip()
+    return not Path(text).exists() and (any(is_hub_name(p.strip()) for p in text.split(",")) or _bare_word(text))
 
 
 def _bare_word(text: str) -> bool:

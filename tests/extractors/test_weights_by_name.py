@@ -138,3 +138,7 @@ def test_apple_alias_fetches_backbone_and_head_and_checks_the_published_pins(
     assert ex.spec.weights_sha256 == f"{sha(backbone)}+{sha(head)}"
     by_names = ",".join(f"hf-hub:apple/AIM:aim_3b_5bimgs_attnprobe_{p}.pth" for p in ("backbone", "head_best_layers"))
     assert extractors.build("aim-v1-3b", weights=by_names, device="cpu", **cfg).spec == ex.spec
+    (tmp_path / "b.pth").write_bytes(backbone)
+    (tmp_path / "h.pth").write_bytes(head)  # the same bytes as local files: the same spec, so the same fingerprint
+    local = extractors.build("aim-v1-3b", weights=f"{tmp_path / 'b.pth'},{tmp_path / 'h.pth'}", device="cpu", **cfg)
+    assert local.spec == ex.spec
