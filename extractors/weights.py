@@ -17,10 +17,12 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from aigi.common.hub import HubName, WeightsUnavailable, check_sha256, hub_file, is_hub_name, parse_hub_name
+
+if TYPE_CHECKING:
+    import torch
 
 _WRAPPER_KEYS = ("state_dict", "model", "module", "params")
 
@@ -34,6 +36,8 @@ def _is_torchscript(path: Path) -> bool:
 
 
 def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:
+    import torch
+
     while isinstance(obj, dict):
         tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
         if tensors and len(tensors) >= len(obj) // 2:
@@ -84,6 +88,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             'executing its code. Convert it once to a plain state dict: python -c "import torch; '
             "m = torch.jit.load('ViT-L-14.pt', map_location='cpu'); torch.save(m.state_dict(), 'ViT-L-14.pth')\""
         )
+    import torch  # imported here: naming and resolving weights needs no torch
+
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError:  # weights_only refuses pickled code
@@ -209,6 +215,29 @@ def alias_files(backbone: str, alias: str) -> list[HubFile] | None:
     known = aliases_of(backbone)
     found = known.get(alias) or (known.get("timm") if alias.startswith("timm:") else None)
     return None if found is None else found.files(backbone, alias)
+
+
+def alias_rows() -> list[dict[str, str]]:
+    """Every alias of every backbone with the hub files it names and their published pins (nothing downloaded, no
+    model library imported: the registries' entries are named, and read when an alias is resolved)."""
+    rows = []
+    for alias in ALIASES:
+        for backbone in alias.backbones:
+            if backbone.endswith(":"):
+                files = ["timm's pretrained_cfg(ARCH[.TAG]).hf_hub_id: model.safetensors, else pytorch_model.bin"]
+                pins = ""
+            elif backbone in _OPEN_CLIP:
+                files = [f"open_clip's hf_hub of ({_OPEN_CLIP[backbone]!r}, {alias.alias!r}): "
+                         f"{' / '.join(_OPEN_CLIP_FILES)}"]  # fmt: skip
+                pins = ""
+            else:
+                found = alias.files(backbone, alias.alias)
+                files = [str(f.name) + (f" ({' / '.join(f.candidates)})" if f.candidates else "") for f in found]
+                pins = ", ".join(f.pin for f in found if f.pin)
+            name = f"{backbone}<model>" if backbone.endswith(":") else backbone
+            rows.append({"backbone": name, "alias": alias.alias, "what": alias.text, "files": " + ".join(files),
+                         "sha256": pins, "source": alias.source})  # fmt: skip
+    return rows
 
 
 def _fetch(file: HubFile, what: str) -> Path:

@@ -9,6 +9,7 @@ huggingface_hub's settings (endpoint, cache under the test's folder, online) at 
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import threading
 from collections import Counter
@@ -108,6 +109,10 @@ def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHub]:
         _HUB = FakeHub()
     _HUB.reset()
     home = tmp_path / "hf"
+    # huggingface_hub's own stderr handler keeps the stream of the test that first used it: route its warnings
+    # (download retries) through the root logger instead, which pytest captures per test
+    monkeypatch.setattr(logging.getLogger("huggingface_hub"), "handlers", [])
+    monkeypatch.setattr(logging.getLogger("huggingface_hub"), "propagate", True)
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
     monkeypatch.setenv("HF_HOME", str(home))
     monkeypatch.setattr(constants, "ENDPOINT", _HUB.url)
