@@ -93,8 +93,10 @@ def offline() -> bool:
 
 
 def _reason(err: BaseException) -> str:
+    """`Type: first sentence` of an error, on one line."""
     text = " ".join(str(err).split()) or type(err).__name__
-    return f"{type(err).__name__}: {text[:160]}"
+    first = text.split(". ")[0]
+    return f"{type(err).__name__}: {first[:200]}"
 
 
 def _where() -> str:
@@ -103,58 +105,68 @@ def _where() -> str:
     return f"{constants.ENDPOINT}, cache {constants.HF_HUB_CACHE}" + (" (HF_HUB_OFFLINE=1)" if offline() else "")
 
 
-def hub_file(name: HubName, *, candidates: Sequence[str] = DEFAULT_FILES, what: str = "--weights") -> Path:
+def hub_file(
+    name: HubName,
+    *,
+    candidates: Sequence[str] = DEFAULT_FILES,
+    what: str | None = None,
+    manual: str | None = None,
+) -> Path:
     """The local path of a hub file, downloaded into huggingface_hub's cache unless it is there already.
 
     Args:
         name: the repository, file and revision; without a file, `candidates` are tried in order (the first one the
-            repository holds wins).
+            repository holds wins; offline, the first one in the cache).
         candidates: the file names to try when `name` gives none.
-        what: the option the name was given to (for messages).
+        what: how messages name the request (default `--weights NAME`).
+        manual: the manual way, for messages (default: download the file's URL by hand, pass `--weights PATH`).
 
     Raises:
         WeightsUnavailable: not in the repository, not reachable, or offline and not in the cache.
     """
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
+    from huggingface_hub.utils import EntryNotFoundError, LocalEntryNotFoundError
 
     files = [name.filename] if name.filename else list(candidates or DEFAULT_FILES)
     tried = []
     for filename in files:
         try:
             return Path(hf_hub_download(name.repo_id, filename, revision=name.revision))
-        except EntryNotFoundError as err:  # not in this repository (or, offline, not in the cache): try the next
-            tried.append(f"{filename} ({'not in the cache' if offline() else 'absent'})")
-            last: BaseException = err
+        except LocalEntryNotFoundError as err:  # offline: not in the cache; online: the hub could not be reached
+            if not offline():
+                tried.append(f"{filename} ({_reason(err)})")
+                break
+            tried.append(f"{filename} (not in the cache)")
+        except EntryNotFoundError:  # the repository does not hold this file: try the next name
+            tried.append(f"{filename} (absent)")
         except _BUGS:
             raise
         except Exception as err:  # the repository, revision or network: no other file name would fare better
             tried.append(f"{filename} ({_reason(err)})")
-            last = err
             break
     offline_fix = "unset HF_HUB_OFFLINE to download it, or " if offline() else ""
+    manual = manual or f"download {name.url(files[0])} by hand and pass --weights PATH"
     raise WeightsUnavailable(
-        f"{what} {name}: could not get {' / '.join(tried)} from {_where()}; {offline_fix}download "
-        f"{name.url(files[0])} by hand and pass {what} PATH ({_reason(last)})"
+        f"{what or f'--weights {name}'}: could not get {' / '.join(tried)} from {_where()}; {offline_fix}{manual}"
     ) from None
 
 
-def hub_folder(name: HubName, files: Sequence[Sequence[str]], *, what: str = "--weights") -> Path:
+def hub_folder(name: HubName, files: Sequence[Sequence[str]], *, what: str | None = None) -> Path:
     """A folder of a hub repository (`name.filename` as a sub-folder, or its root), holding one file of each group.
 
     Args:
         name: the repository and revision; `filename`, when given, is the sub-folder (a diffusers `vae`).
         files: groups of alternatives, e.g. (("config.json",), ("diffusion_pytorch_model.safetensors", "...bin")).
-        what: the option the name was given to.
+        what: how messages name the request (default `--weights NAME`).
 
     Raises:
         WeightsUnavailable: as `hub_file`.
     """
     sub = (name.filename or "").strip("/")
+    root, what = HubName(name.repo_id, None, name.revision), what or f"--weights {name}"
     path = None
     for group in files:
-        options = [f"{sub}/{f}" if sub else f for f in group]
-        path = hub_file(HubName(name.repo_id, None, name.revision), candidates=options, what=what)
+        path = hub_file(root, candidates=[f"{sub}/{f}" if sub else f for f in group], what=what)
     assert path is not None, "hub_folder needs at least one group of files"
     return path.parent
 
@@ -163,9 +175,7 @@ def hub_folder(name: HubName, files: Sequence[Sequence[str]], *, what: str = "--
 DIFFUSERS_FOLDER = (("config.json",), ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"))
 
 
-def resolve_path(
-    weights: str | Path, *, what: str = "--weights", folder: Sequence[Sequence[str]] = ()
-) -> tuple[Path, str | None]:
+def resolve_path(weights: str | Path, *, folder: Sequence[Sequence[str]] = ()) -> tuple[Path, str | None]:
     """The local path `weights` names, and the model's short name when it is a hub name (else None).
 
     A local path is returned as it is (never looked up on the network). A `hf-hub:` name is downloaded through the
@@ -182,8 +192,8 @@ def resolve_path(
     is_file = bool(name.filename and Path(name.filename).suffix)
     short = Path(name.filename).stem if is_file else name.repo_id.split("/")[-1]  # type: ignore[arg-type]
     if folder and not is_file:
-        return hub_folder(name, folder, what=what), short
-    return hub_file(name, what=what), short
+        return hub_folder(name, folder), short
+    return hub_file(name), short
 
 
 def check_sha256(path: Path, pin: str, *, what: str, fix: str) -> str:

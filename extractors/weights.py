@@ -240,26 +240,34 @@ def alias_rows() -> list[dict[str, str]]:
     return rows
 
 
-def _fetch(file: HubFile, what: str) -> Path:
-    path = hub_file(file.name, candidates=file.candidates, what=what)
+def _fetch(file: HubFile, what: str, manual: str | None = None) -> Path:
+    path = hub_file(file.name, candidates=file.candidates, what=what, manual=manual)
     if file.pin:
         fix = f"pass --weights {file.name} to take it without the published pin, or a local file you trust"
-        check_sha256(path, file.pin, what=f"{what} ({file.name})", fix=fix)
+        check_sha256(path, file.pin, what=what, fix=fix)
     return path
 
 
-def _unknown_name(text: str, backbone: str) -> WeightsUnavailable:
+def _manual(files: list[HubFile], option: str) -> str | None:
+    """The manual way for several files (a backbone + head pair); None: the default for one."""
+    if len(files) < 2:
+        return None
+    urls = " and ".join(f.name.url() for f in files)
+    return f"download {urls} by hand and pass {option} BACKBONE.pth,HEAD.pth"
+
+
+def _unknown_name(text: str, backbone: str, option: str) -> WeightsUnavailable:
     known = sorted(aliases_of(backbone))
     close = difflib.get_close_matches(text, known, n=2, cutoff=0.6)
     hint = f"; did you mean {' or '.join(close)}?" if close else ""
     names = f"its aliases: {', '.join(known)}; " if known else ""
     return WeightsUnavailable(
-        f"--weights {text!r}: no such file, and not a weights name of {backbone}{hint} ({names}or "
+        f"{option} {text!r}: no such file, and not a weights name of {backbone}{hint} ({names}or "
         "hf-hub:ORG/REPO[:FILE][@REVISION]; see docs/WEIGHTS.md)"
     )
 
 
-def resolve_weights(weights: str | Path | None, *, backbone: str) -> str | None:
+def resolve_weights(weights: str | Path | None, *, backbone: str, option: str = "--weights") -> str | None:
     """The local weights a `--weights` value names, for backbone `backbone`; the one place names are resolved.
 
     An existing local path (file, AIM-v1 folder, or `A,B` pair) is returned as it is, without touching the
@@ -270,6 +278,7 @@ def resolve_weights(weights: str | Path | None, *, backbone: str) -> str | None:
     Args:
         weights: what the user typed (None: no weights).
         backbone: the backbone name (`clip-l14`, `aim-v1-3b`, `timm:resnet50`), which picks the aliases.
+        option: the option the value was given to (for messages).
 
     Raises:
         WeightsUnavailable: a name that does not resolve (one line: what was tried, the manual way).
@@ -282,11 +291,21 @@ def resolve_weights(weights: str | Path | None, *, backbone: str) -> str | None:
     if not is_weights_name(text):
         return text
     if any(is_hub_name(p) for p in parts):
-        return ",".join(str(_fetch(HubFile(parse_hub_name(p)), "--weights")) if is_hub_name(p) else p for p in parts)
+        manual = f"download the file by hand and pass {option} PATH"
+        return ",".join(
+            str(_fetch(HubFile(parse_hub_name(p)), f"{option} {p}", None if len(parts) == 1 else manual))
+            if is_hub_name(p)
+            else p
+            for p in parts
+        )
     files = alias_files(backbone, text)
     if files is None:
-        raise _unknown_name(text, backbone)
-    return ",".join(str(_fetch(f, f"--weights {text}")) for f in files)
+        raise _unknown_name(text, backbone, option)
+    if option != "--weights" and len(files) == 1:
+        manual = f"download {files[0].name.url()} by hand and pass {option} PATH"
+    else:
+        manual = _manual(files, option)
+    return ",".join(str(_fetch(f, f"{option} {text} ({f.name})", manual)) for f in files)
 
 
 def is_weights_name(weights: str | Path) -> bool:

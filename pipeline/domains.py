@@ -233,7 +233,8 @@ def assign_domains(cache_path: str | Path, options: DomainsOptions = DomainsOpti
     store = cache.open(cache_path)
     text_weights, feature, view, k, seed = options.text_weights, options.feature, options.view, options.k, options.seed
     if text_weights is not None:
-        text_weights = resolve_weights(text_weights, backbone=str(store.spec.get("name") or ""))
+        backbone = str(store.spec.get("name") or "")
+        text_weights = resolve_weights(text_weights, backbone=backbone, option="--text-weights")
         feature = feature or "proj"
         ids, x = image_features(store, feature=feature, view=view)
         index, score = zero_shot(x, text_embeddings(load_text_tower(text_weights)))

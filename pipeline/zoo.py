@@ -182,7 +182,7 @@ def _fetch(entry: ZooEntry, file: ZooFile, pin: str, folder: Path, out: Path) ->
     )
     what = f"zoo entry {entry.name} ({file.role})"
     if is_hub_name(file.source):
-        path = hub_file(parse_hub_name(file.source), what=what)
+        path = hub_file(parse_hub_name(file.source), what=what, manual=manual)
         if pin:
             check_sha256(path, pin, what=what, fix=f"nothing was imported; {manual}")
         return path

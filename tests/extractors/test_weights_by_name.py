@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import time
 from pathlib import Path
 
 import pytest
@@ -142,3 +143,20 @@ def test_apple_alias_fetches_backbone_and_head_and_checks_the_published_pins(
     (tmp_path / "h.pth").write_bytes(head)  # the same bytes as local files: the same spec, so the same fingerprint
     local = extractors.build("aim-v1-3b", weights=f"{tmp_path / 'b.pth'},{tmp_path / 'h.pth'}", device="cpu", **cfg)
     assert local.spec == ex.spec
+
+
+def test_an_unreachable_hub_stops_at_the_first_file_and_says_why(
+    hub: FakeHub,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from huggingface_hub import constants
+
+    closed = "http://127.0.0.1:9"  # nothing listens there: the connection is refused at once
+    monkeypatch.setattr(time, "sleep", lambda seconds: None)  # huggingface_hub's back-off between its retries
+    monkeypatch.setattr(constants, "ENDPOINT", closed)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", closed + "/{repo_id}/resolve/{revision}/{filename}")
+    with pytest.raises(WeightsUnavailable) as err:
+        resolve_weights("hf-hub:org/tiny-vit", backbone=TIMM)
+    text = str(err.value)
+    assert "could not get model.safetensors (LocalEntryNotFoundError" in text and "pytorch_model" not in text
+    assert f"download {closed}/org/tiny-vit/resolve/main/model.safetensors by hand and pass --weights PATH" in text
