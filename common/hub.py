@@ -51,10 +51,6 @@ class HubName:
             + (f"@{self.revision}" if self.revision else "")
         )
 
-    def with_file(self, filename: str) -> HubName:
-        """The same repository and revision, naming `filename`."""
-        return HubName(self.repo_id, filename, self.revision)
-
     def url(self, filename: str | None = None) -> str:
         """The download address of `filename` (default: this name's file) under the configured endpoint."""
         from huggingface_hub import hf_hub_url
