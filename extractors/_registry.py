@@ -9,6 +9,7 @@ from typing import Any
 from aigi.common.registry import Registry
 
 from .base import Extractor
+from .weights import resolve_weights
 
 Builder = Callable[..., Extractor]
 # The modules of the package register their builders when imported (`extractors.__getattr__` imports them all), so a
@@ -40,8 +41,9 @@ def build(
 
     Args:
         name: a name from `available()`, e.g. "clip-l14-336", "aim-v1-3b" or "timm:vit_base_patch16_224".
-        weights: local weights file (AIM-v1: backbone and head files joined by a comma, or their folder).
-            None builds random weights (tests, benchmarks).
+        weights: local weights file (AIM-v1: backbone and head files joined by a comma, or their folder), or a
+            name `weights.resolve_weights` resolves (`hf-hub:...`, an alias such as `openai`). None builds random
+            weights (tests, benchmarks).
         features: feature names (`l<i>.cls`, `l<i>.mean`, `pooler`, `proj`, `probe`, ...); None = the default.
         preprocess: "resize", "center_crop" or "rich_patch", optionally with parameters ("resize:size=448");
             None = the backbone's default policy.
@@ -55,6 +57,7 @@ def build(
     Raises:
         ValueError: unknown name (with suggestions), bad feature names, options or weights.
     """
+    weights = resolve_weights(weights, backbone=name)  # a name -> local files; a local path stays as it is
     kwargs = dict(weights=weights, features=features, preprocess=preprocess, device=device, dtype=dtype)
     found = EXTRACTORS.find(name)
     if found is None:

@@ -152,7 +152,9 @@ def _load_backbone(name: str, weights: str | Path | None, overrides: dict[str, A
     from .aim import AIM_SIZES, load_aim
     from .clip import CLIP_MODELS, create_clip_model, load_clip_weights
     from .timm_backbone import RANDOM_INIT, classifier_prefixes, create_timm, load_timm_weights
+    from .weights import resolve_weights
 
+    weights = resolve_weights(weights, backbone=name)  # a name -> local files; a local path stays as it is
     if name in CLIP_MODELS:
         model = create_clip_model(name, **overrides)
         sha = load_clip_weights(model, weights, need_proj=True) if weights else RANDOM_INIT

@@ -54,7 +54,7 @@ def read_checkpoint(path: str | Path) -> dict:
                                                                        else " (.pth or .safetensors)")
         )  # fmt: skip
     if not path.is_file():
-        raise FileNotFoundError(f"--weights {path} does not exist; pass a local weights file (nothing is downloaded)")
+        raise FileNotFoundError(f"--weights {path} does not exist; pass a local weights file or hf-hub:ORG/REPO:FILE")
     fix = "save a plain state dict (torch.save(model.state_dict(), FILE)) or a .safetensors file"
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError

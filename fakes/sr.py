@@ -11,6 +11,7 @@ from PIL import Image
 
 from aigi.common.device import resolve_device
 from aigi.common.extras import require
+from aigi.common.hub import resolve_path
 from aigi.fakes.ops import padded_size, read_checkpoint, stack_padded, to_image, to_tensor
 
 
@@ -41,13 +42,14 @@ def load_sr(weights: str | Path, *, name: str | None = None, device: str = "auto
     as a state dict: spandrel's own `load_from_file` would try `torch.jit.load` (TorchScript: code) on `.pt` files.
 
     Args:
-        weights: a `.pth`, `.pt`, `.ckpt` or `.safetensors` file (bare state dict or wrapped as `params`/`params_ema`).
+        weights: a `.pth`, `.pt`, `.ckpt` or `.safetensors` file (bare state dict or wrapped as `params`/`params_ema`),
+            or a hub name `hf-hub:ORG/REPO:FILE[@REVISION]` (downloaded through huggingface_hub's cache).
         name: the model's name in `sr:<name>-x<S>` (default: the file stem).
         device: `auto`, `cpu`, `cuda`, ...
         dtype: `auto` (fp16 on CUDA when the architecture supports it, else fp32), `fp32`, `fp16`, `bf16`.
     """
     spandrel = require("spandrel", needed_for="a super-resolution model")
-    weights = Path(weights)
+    weights, _ = resolve_path(weights)  # a hf-hub: name -> its file in huggingface_hub's cache
     state = read_checkpoint(weights)
     if not isinstance(state, dict):
         kind = type(state).__name__

@@ -16,6 +16,7 @@ from torch import nn
 
 from aigi.common.device import resolve_device
 from aigi.common.extras import require
+from aigi.common.hub import DIFFUSERS_FOLDER, resolve_path
 from aigi.fakes.ops import padded_size, read_checkpoint, stack_padded, to_image, to_tensor
 from aigi.fakes.taesd import TinyAutoencoder, load_pair
 
@@ -204,8 +205,10 @@ def load_vae(
     Args:
         weights: a diffusers VAE folder (AutoencoderKL or AutoencoderTiny), a pipeline folder with `vae/`,
             a single checkpoint file (AutoencoderKL, LDM or diffusers key names), or a folder with a TAESD-family
-            `NAME_encoder.pth` + `NAME_decoder.pth` pair (incl. TAEF2).
-        name: the model's name in `vae:<name>`; also picks NAME when a folder holds several TAESD pairs.
+            `NAME_encoder.pth` + `NAME_decoder.pth` pair (incl. TAEF2); or a hub name: `hf-hub:ORG/REPO` (a
+            diffusers VAE repository), `hf-hub:ORG/REPO:vae` (a pipeline's sub-folder), `hf-hub:ORG/REPO:FILE`.
+        name: the model's name in `vae:<name>` (default: the file's stem, the folder's or repository's name); also
+            picks NAME when a folder holds several TAESD pairs.
         config: a diffusers config folder / config.json for a single file (default: inferred from its keys).
         device: `auto`, `cpu`, `cuda`, `cuda:1`, ...
         dtype: `auto` (fp16 on CUDA, fp32 on CPU), `fp32`, `fp16`, `bf16`. A KL VAE whose config sets
@@ -213,7 +216,8 @@ def load_vae(
         tile_size: tile side in pixels for tiled encode/decode of images larger than it (KL only); None: the
             larger of the config's sample_size and 1024; 0 turns tiling off.
     """
-    weights = Path(weights)
+    weights, hub_name = resolve_path(weights, folder=DIFFUSERS_FOLDER)  # a hf-hub: name -> its cached file/folder
+    name = name or hub_name
     if not weights.exists():
         raise FileNotFoundError(f"--weights {weights} does not exist")
     dev = resolve_device(device)

@@ -61,7 +61,8 @@ class DomainsOptions:
 
     Attributes:
         k: clusters for k-means.
-        text_weights: a local CLIP checkpoint with the text tower; when given, zero-shot on `feature` (default proj).
+        text_weights: a CLIP checkpoint with the text tower (a local file, `hf-hub:` name or the cache backbone's
+            alias, e.g. `openai`); when given, zero-shot on `feature` (default proj).
         feature: the feature to use (zero-shot: default `proj`; k-means: default the cache's first feature).
         view: the view whose row represents each image.
         seed: the k-means seed.
@@ -227,10 +228,13 @@ def assign_domains(cache_path: str | Path, options: DomainsOptions = DomainsOpti
     import pandas as pd
 
     from aigi import cache
+    from aigi.extractors.weights import resolve_weights
 
     store = cache.open(cache_path)
     text_weights, feature, view, k, seed = options.text_weights, options.feature, options.view, options.k, options.seed
     if text_weights is not None:
+        backbone = str(store.spec.get("name") or "")
+        text_weights = resolve_weights(text_weights, backbone=backbone, option="--text-weights")
         feature = feature or "proj"
         ids, x = image_features(store, feature=feature, view=view)
         index, score = zero_shot(x, text_embeddings(load_text_tower(text_weights)))
@@ -301,8 +305,10 @@ def write_domains(cache_path: str | Path, out: str | Path, options: DomainsOptio
     """Assign domains to the images of a cache and write them to `out`: a domains table (image_id, domain, score,
     method), or with `options.manifest` a copy of that manifest whose `domain` cells are filled."""
     from aigi import cache
+    from aigi.extractors.weights import is_weights_name
 
-    if options.text_weights is not None and not Path(options.text_weights).is_file():
+    named = options.text_weights is not None and is_weights_name(options.text_weights)
+    if options.text_weights is not None and not named and not Path(options.text_weights).is_file():
         raise FileNotFoundError(f"--text-weights {options.text_weights} does not exist")
     frame, how = assign_domains(cache_path, options)
     out = Path(out)

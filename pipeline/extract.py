@@ -37,7 +37,8 @@ class ExtractOptions:
         backbone: the extractor, e.g. clip-l14, aim-v1-3b, timm:vit_base_patch16_224.
         cache: the cache folder to create or extend.
         root: the folder the manifest's paths are relative to (default: the manifest's folder).
-        weights: a local weights file of the backbone (nothing is downloaded).
+        weights: a local weights file of the backbone, or a name (`hf-hub:ORG/REPO[:FILE][@REVISION]`, an alias
+            such as `openai`) that `extractors.build` resolves through huggingface_hub's cache.
         random_weights: extract with a randomly initialised backbone on purpose; without it `weights` is required
             (features of an untrained backbone look like real ones), with it `weights` must be None.
         features: the feature names to store (default: the backbone's).
@@ -424,8 +425,9 @@ def check_weights_choice(weights: str | None, random_weights: bool) -> None:
         raise ValueError("--weights and --random-weights exclude each other; pass one of them")
     if not weights and not random_weights:
         raise ValueError(
-            "no --weights: the backbone would run with random weights; pass --weights FILE (a local file: nothing "
-            "is downloaded), or --random-weights to extract features of a randomly initialised backbone on purpose"
+            "no --weights: the backbone would run with random weights; pass --weights FILE (or a name: "
+            "hf-hub:ORG/REPO[:FILE], an alias such as openai; docs/WEIGHTS.md), or --random-weights to extract "
+            "features of a randomly initialised backbone on purpose"
         )
 
 

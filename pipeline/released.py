@@ -25,7 +25,13 @@ def _origin(kind: str, file: Path) -> dict[str, Any]:
 
 
 def import_linear_head(
-    file: str | Path, out: str | Path, *, feature: str, fake_class: int = 1, cache: str | Path | None = None
+    file: str | Path,
+    out: str | Path,
+    *,
+    feature: str,
+    fake_class: int = 1,
+    cache: str | Path | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> ImportedHead:
     """Save a released linear probe (`heads.linear_probe`: UnivFD's, UAR's, ...) as a `linear` head in `out`.
 
@@ -36,12 +42,13 @@ def import_linear_head(
         fake_class: the row of a two-row (softmax) head that scores "fake".
         cache: a cache holding that feature: the head records its fingerprint and extractor spec, as `aigi train`
             does, so that scoring refuses features made otherwise.
+        extra: further head.json entries (where the file came from: `aigi head pull` records its zoo entry).
     """
     from aigi import heads
 
     file = Path(file)
     head = heads.linear_probe(file, feature=feature, fake_class=fake_class)
-    meta = _origin("linear", file)
+    meta = _origin("linear", file) | (extra or {})
     if cache is not None:
         meta |= bound_cache(cache, feature, head.cfg.in_dim)
     heads.save(head, out, meta=meta)
@@ -72,22 +79,31 @@ def bound_cache(path: str | Path, feature: str, dim: int) -> dict[str, Any]:
     }
 
 
-def import_uar_head(file: str | Path, out: str | Path, *, feature: str = "probe") -> ImportedHead:
-    """Save UAR's released linear classifier (`linear.weight` (1, D), `linear.bias` (1,)) as a `linear` head."""
+def import_uar_head(
+    file: str | Path, out: str | Path, *, feature: str = "probe", extra: dict[str, Any] | None = None
+) -> ImportedHead:
+    """Save UAR's released linear classifier (`linear.weight` (1, D), `linear.bias` (1,)) as a `linear` head;
+    `extra`: further head.json entries."""
     from aigi import heads
 
     file = Path(file)
     head = heads.uar_linear(file, feature=feature)
-    meta = _origin("uar", file)
+    meta = _origin("uar", file) | (extra or {})
     heads.save(head, out, meta=meta)
     return ImportedHead(Path(out), "linear", feature, head.cfg.in_dim, meta)
 
 
 def import_gapl_head(
-    stage1: str | Path, prototypes: str | Path, out: str | Path, *, feature: str = "pooler"
+    stage1: str | Path,
+    prototypes: str | Path,
+    out: str | Path,
+    *,
+    feature: str = "pooler",
+    extra: dict[str, Any] | None = None,
 ) -> ImportedHead:
     """Save GAPL's projection (`stage1.pt`, 128 x D) and prototypes (64 x 128) as a `prototype` head whose stage 2
-    (attention and classifier) is untrained: head.json says so, and how to train it."""
+    (attention and classifier) is untrained: head.json says so, and how to train it; `extra`: further head.json
+    entries."""
     from aigi import heads
 
     head = heads.gapl_prototype(stage1, prototypes, feature=feature)
@@ -96,6 +112,7 @@ def import_gapl_head(
         "imported_from": {"kind": "gapl", **{k: {"file": p.name, "sha256": sha256_file(p)} for k, p in files.items()}},
         "untrained": "stage 2 (attention and classifier)",
         "note": f"train stage 2 before scoring: aigi train configs/gapl.yaml --init {out} -o RUN_DIR",
+        **(extra or {}),
     }
     heads.save(head, out, meta=meta)
     return ImportedHead(Path(out), "prototype", feature, head.cfg.in_dim, meta)

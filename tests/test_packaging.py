@@ -94,6 +94,11 @@ def test_the_wheel_ships_the_small_fakes_weights_byte_for_byte(wheel: Path) -> N
             assert whl.read(name) == path.read_bytes(), name
 
 
+def test_the_wheel_ships_the_zoo(wheel: Path) -> None:
+    with zipfile.ZipFile(wheel) as whl:
+        assert whl.read("aigi/pipeline/zoo.yaml") == (ROOT / "pipeline" / "zoo.yaml").read_bytes()
+
+
 @pytest.fixture(scope="module")
 def installed(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A fresh venv with the wheel installed (its dependencies come from this interpreter's site-packages, as a

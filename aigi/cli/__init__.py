@@ -31,6 +31,7 @@ for _name, _target in {
     "domains": "aigi.cli.domains:add_parser",
     "ablate": "aigi.cli.ablate:add_parser",
     "predict": "aigi.cli.predict:add_parser",
+    "zoo": "aigi.cli.zoo:add_parser",
     "demo": "aigi.cli.demo:add_parser",
 }.items():
     COMMANDS.register_lazy(_name, _target)

@@ -7,9 +7,16 @@ from pathlib import Path
 
 from aigi.common.grammar import SPLIT_NAMES
 
+# What every `--weights` of a backbone takes (resolved by `aigi.extractors.weights.resolve_weights`).
+WEIGHTS_NAMES = (
+    "a local file (never looked up on the network), or a name downloaded through huggingface_hub's cache "
+    "(HF_HOME, HF_HUB_OFFLINE, HF_ENDPOINT): hf-hub:ORG/REPO[:FILE][@REVISION], or the backbone's alias: openai "
+    "(clip-l14, clip-l14-336), apple or apple-last (aim-v1-*), timm or timm:TAG (timm:*); see docs/WEIGHTS.md"
+)
+EXTRACT_WEIGHTS_HELP = f"the backbone's weights: {WEIGHTS_NAMES}"
 WEIGHTS_HELP = (
-    "tail_* heads: the backbone weights file the token cache was extracted with (the same as `aigi extract "
-    "--weights`; ALIAS=PATH per cache when the head reads several)"
+    "tail_* heads: the backbone weights the token cache was extracted with (the same as `aigi extract "
+    f"--weights`: {WEIGHTS_NAMES}; ALIAS=VALUE per cache when the head reads several)"
 )
 DEVICE_HELP = "auto (CUDA when present), cpu, cuda, cuda:1, ..."
 SET_HELP = "override a config value by dotted key, YAML-parsed: fit.lr=1e-4, head.inputs=[proj]"
@@ -17,7 +24,7 @@ SET_HELP = "override a config value by dotted key, YAML-parsed: fit.lr=1e-4, hea
 
 def add_weights_argument(p: argparse.ArgumentParser) -> None:
     """`--weights [ALIAS=]PATH` (repeatable): the same flag on every command that trains or loads a head."""
-    p.add_argument("--weights", action="append", default=[], metavar="[ALIAS=]PATH", help=WEIGHTS_HELP)
+    p.add_argument("--weights", action="append", default=[], metavar="[ALIAS=]WEIGHTS", help=WEIGHTS_HELP)
 
 
 def add_output_argument(

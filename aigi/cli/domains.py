@@ -38,7 +38,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument(
         "--k", type=int, default=default.k, help="k-means clusters when zero-shot is not possible (default 5)"
     )
-    p.add_argument("--text-weights", type=Path, help="local CLIP checkpoint holding the text tower (zero-shot)")
+    p.add_argument(
+        "--text-weights",
+        help="CLIP checkpoint holding the text tower (zero-shot): a local file, hf-hub:ORG/REPO[:FILE][@REV], or "
+        "the cache backbone's alias (openai for clip-l14 / clip-l14-336)",
+    )
     p.add_argument("--feature", help="feature to use (zero-shot default: proj; k-means default: the first)")
     p.add_argument("--view", default=default.view, help="view representing each image (default orig)")
     p.add_argument("--seed", type=int, default=default.seed, help="k-means seed (default 0)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from aigi.cli._options import add_device_argument
+from aigi.cli._options import EXTRACT_WEIGHTS_HELP, add_device_argument
 from aigi.common.grammar import VIEW_FORMS
 from aigi.pipeline.extract import DTYPES, FORMATS, STORE_DTYPES, ExtractOptions, ExtractResult, extract_features
 
@@ -27,7 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--manifest", required=True, help="manifest.parquet from `aigi index` (or `aigi fakes`)")
     p.add_argument("--root", help="folder the manifest's paths are relative to (default: the manifest's folder)")
     p.add_argument("--backbone", required=True, help="extractor, e.g. clip-l14, aim-v1-3b, timm:vit_base_patch16_224")
-    p.add_argument("--weights", help="local weights file of the backbone (nothing is downloaded)")
+    p.add_argument("--weights", help=EXTRACT_WEIGHTS_HELP)
     p.add_argument(
         "--random-weights",
         action="store_true",

@@ -1,4 +1,5 @@
-"""`aigi head`: import released classifiers (any linear probe, UAR, GAPL) as aigi heads and describe saved heads."""
+"""`aigi head`: import released classifiers (any linear probe, UAR, GAPL) as aigi heads, pull them from the zoo,
+and describe saved heads."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ SHOWN_APART = ("format", "version", "name", "config", "inputs", "parameters", "b
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add `aigi head import-linear | import-uar | import-gapl | info`."""
-    parser = subparsers.add_parser("head", help="import released heads, describe saved heads")
+    """Add `aigi head import-linear | import-uar | import-gapl | pull | info`."""
+    parser = subparsers.add_parser("head", help="import or pull released heads, describe saved heads")
     sub = parser.add_subparsers(dest="head_command", metavar="ACTION", required=True)
 
     lin = sub.add_parser(
@@ -44,6 +45,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     add_output_argument(gapl, "head directory to write", long="--out")
     gapl.add_argument("--feature", default="pooler", help="input feature name (default: pooler, CLIP-L/14 224)")
     gapl.set_defaults(func=run_import_gapl)
+
+    add_pull_parser(sub)
 
     info = sub.add_parser("info", help="print a saved head's name, inputs, config and parameter counts")
     info.add_argument("directory", type=Path, help="head directory (head.json + head.safetensors)")
@@ -114,6 +117,51 @@ def run_import_gapl(args: argparse.Namespace) -> int:
         f"wrote {head.out} (prototype head on '{head.feature}'); its stage 2 is untrained: "
         f"aigi train configs/gapl.yaml --init {head.out} -o RUN_DIR trains it"
     )
+    return 0
+
+
+def add_pull_parser(sub: argparse._SubParsersAction) -> None:
+    """Add `aigi head pull NAME -o DIR [--cache C] [--sha256 [ROLE=]HEX] [--no-verify] [--zoo FILE]`."""
+    pull = sub.add_parser(
+        "pull",
+        help="fetch a released head of the zoo (aigi zoo) from its source, check its sha256, import it",
+        description="Fetches each file of a zoo entry from its own source (hf-hub names through huggingface_hub's "
+        "cache; URLs into a temporary file inside -o DIR), refuses a file whose sha256 is not the pinned one, and "
+        "imports it with the matching `aigi head import-*` (weights-only loading). Offline (HF_HUB_OFFLINE=1) only "
+        "cached hub files are used. An entry without an importer is fetched and checked, not imported.",
+    )
+    pull.add_argument("name", help="the zoo entry (aigi zoo lists them)")
+    add_output_argument(pull, "head directory to write", long="--out")
+    pull.add_argument("--cache", help="linear heads: a cache holding the feature; its fingerprint is recorded")
+    pull.add_argument(
+        "--sha256",
+        action="append",
+        default=[],
+        metavar="[ROLE=]HEX",
+        help="the sha256 to check a file the zoo has no pin for (ROLE=HEX per file when the entry has several)",
+    )
+    pull.add_argument("--no-verify", action="store_true", help="take files without a pin unchecked (said so)")
+    pull.add_argument("--zoo", help="another zoo file (default: the one shipped with aigi)")
+    pull.set_defaults(func=run_pull)
+
+
+def run_pull(args: argparse.Namespace) -> int:
+    """Entry point of `aigi head pull`."""
+    from aigi.pipeline.zoo import PullOptions, pull_head
+
+    options = PullOptions(cache=args.cache, sha256=tuple(args.sha256), no_verify=args.no_verify, zoo=args.zoo)
+    result = pull_head(args.name, args.out, options)
+    for role, path in result.files.items():
+        check = "matches the pin" if result.checked[role] else "NOT checked (--no-verify)"
+        print(f"{role}: {path.name} sha256 {result.sha256[role]} ({check})")
+    head, entry = result.head, result.entry
+    if head is None:
+        print(f"{entry.name}: {entry.note or 'no aigi importer'}; files: " + ", ".join(map(str, result.files.values())))
+        return 0
+    print(f"wrote {head.out} ({head.name} head on '{head.feature}', {head.dim}-d; licence: {entry.licence})")
+    print(f"it scores a cache made with: {entry.extract_command()}")
+    if head.name == "prototype":
+        print(f"its stage 2 is untrained: aigi train configs/gapl.yaml --init {head.out} -o RUN_DIR trains it")
     return 0
 
 

@@ -44,7 +44,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         action="append",
         default=[],
         metavar="[ALIAS=]PATH",
-        help="backbone weights file (ALIAS=PATH per backbone when the head reads several)",
+        help="backbone weights file or name, as for `aigi extract --weights` (ALIAS=PATH per backbone when the head "
+        "reads several)",
     )
     p.add_argument(
         "--expert-weights",

@@ -27,7 +27,7 @@ KIND = register_kind(
         name="sr",
         help="GAN super-resolution fakes: upsample(downsample(real, S), S)",
         weights="a .pth/.safetensors super-resolution model spandrel recognises (ESRGAN/RRDBNet, Real-ESRGAN "
-        "Compact, SRGAN/SRResNet, ...).",
+        "Compact, SRGAN/SRResNet, ...), or a hub name hf-hub:ORG/REPO:FILE[@REVISION].",
         options=SrOptions,
         make=make,
     )

@@ -46,7 +46,7 @@ KIND = register_kind(
         help="VAE reconstructions: decode(encode(real))",
         weights="a diffusers AutoencoderKL/AutoencoderTiny folder, a pipeline folder with vae/, a single "
         ".safetensors/.ckpt AutoencoderKL file, or a folder with NAME_encoder.pth + NAME_decoder.pth (TAESD family, "
-        "incl. TAEF2).",
+        "incl. TAEF2); or a hub name: hf-hub:ORG/REPO (a diffusers VAE), hf-hub:ORG/REPO:vae, hf-hub:ORG/REPO:FILE.",
         options=VaeOptions,
         make=make,
         resize=lambda options: options.resize,
