@@ -84,13 +84,16 @@ def _context(context: Sequence[str]) -> str:
 
 
 def eval_html(
-    metrics: Mapping[str, Any], *, title: str, context: Sequence[str], text: str = "", pngs: Sequence[Path] = ()
+    metrics: Mapping[str, Any],
+    *,
+    columns: Sequence[tuple[str, str]],
+    title: str,
+    context: Sequence[str],
+    text: str = "",
+    pngs: Sequence[Path] = (),
 ) -> str:
-    """`aigi eval`'s report.html: the settings, the metrics table (percent; groups, mean over groups, pooled) and
-    the plots, all in one file."""
-    from aigi.pipeline.report import _columns
-
-    columns = _columns(metrics)
+    """`aigi eval`'s report.html: the settings, the metrics table (`columns`: (metric key, label), in percent;
+    groups, mean over groups, pooled) and the plots, all in one file."""
     head = "".join(f"<th>{html.escape(label)}</th>" for _, label in columns)
     rows = [(name, row, "") for name, row in metrics["groups"].items()]
     rows += [("Mean (over groups)", metrics["mean"], "mean")]

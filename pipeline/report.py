@@ -20,7 +20,7 @@ LABELS = {"n": "n", **METRIC_LABELS}
 COLUMNS = tuple((key, LABELS[key]) for key in ("n", *METRICS))
 
 
-def _columns(metrics: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+def report_columns(metrics: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
     """The report's columns: every metric, plus coverage when the head abstains."""
     extra = tuple((k, LABELS[k]) for k in COVERAGE_METRICS if k in metrics["mean"])
     return COLUMNS + extra
@@ -107,7 +107,7 @@ def markdown(metrics: Mapping[str, Any], *, title: str, context: Sequence[str] =
         )
     if metrics["mean"].get("ci"):
         lines.append(f"- [lo, hi]: 95% bootstrap interval ({metrics['mean']['ci']['n_boot']} resamplings)")
-    columns = _columns(metrics)
+    columns = report_columns(metrics)
     header = ["Group" if by == "group" else by.capitalize(), *[label for _, label in columns]]
     rows = [[str(name), *[_cell(row, k) for k, _ in columns]] for name, row in metrics["groups"].items()]
     mean = metrics["mean"]
@@ -175,7 +175,8 @@ def write_report(
     from aigi.pipeline.html import eval_html
 
     files["report.html"] = out / "report.html"
-    atomic_write(files["report.html"], eval_html(clean, title=title, context=context, text=text, pngs=pngs))
+    page = eval_html(clean, columns=report_columns(clean), title=title, context=context, text=text, pngs=pngs)
+    atomic_write(files["report.html"], page)
     return files
 
 

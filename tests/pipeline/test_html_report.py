@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from aigi.pipeline.html import eval_html
-from aigi.pipeline.report import write_predict_report
+from aigi.pipeline.report import report_columns, write_predict_report
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -50,7 +50,8 @@ def test_eval_report_inlines_its_plots(tmp_path: Path) -> None:
     Image.new("RGB", (20, 10), "white").save(png)
     metrics = {"groups": {"vae": {"n": 4, "acc": 0.75, "note": "few"}}, "mean": {"n": 4, "acc": 0.75},
                "pooled": {"n": 4, "acc": 0.75}, "threshold": 0.5, "by": "source"}  # fmt: skip
-    html = eval_html(metrics, title="Evaluation of r", context=["head `linear`"], pngs=[png])
+    columns = report_columns(metrics)
+    html = eval_html(metrics, columns=columns, title="Evaluation of r", context=["head `linear`"], pngs=[png])
     assert "Pooled (all rows)" in html and "Mean (over groups)" in html and "<td>75.00</td>" in html
     assert html.count("data:image/png;base64,") == 1 and "vae: few" in html
 
