@@ -268,12 +268,13 @@ def read_domains(path: str | Path) -> Any:
 
 
 def attach_domains(fs: Any, path: str | Path) -> Any:
-    """A FeatureSet whose `domain` column is taken from the domains table by image_id ("" where it has none)."""
+    """The same rows (a `common.rows.Rows` with meta) whose `domain` column is taken from the domains table by
+    image_id ("" where it has none)."""
     table = read_domains(path)
     lookup = dict(zip(table["image_id"].astype(str), table["domain"].astype(str), strict=True))
     meta = fs.meta.copy()
     meta["domain"] = meta["image_id"].astype(str).map(lookup).fillna("").astype("string")
-    return type(fs)(fs.features, meta)
+    return fs.with_meta(meta)
 
 
 def fill_manifest(manifest: Any, domains: Any, *, overwrite: bool = False) -> tuple[Any, int]:

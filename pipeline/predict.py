@@ -347,10 +347,10 @@ def predict_cache(
     head_dir: str | Path, cache_path: str | Path, options: PredictOptions = PredictOptions()
 ) -> CacheScores:
     """P(fake) of the rows of one cache matching `options.where`, scored as cached: in memory, or streamed when the
-    features would exceed the memory budget (see pipeline.streaming)."""
+    features would exceed the memory budget (see pipeline.rows)."""
     from aigi import cache, heads
     from aigi.pipeline import tail
-    from aigi.pipeline.streaming import StreamedSet, choose, parse_budget, row_values
+    from aigi.pipeline.rows import choose, parse_budget, row_values
 
     head, info = tail.load_head(head_dir, options.weights)  # with the tail a `tail_*` head runs on tokens
     store = cache.open(cache_path)
@@ -366,12 +366,12 @@ def predict_cache(
     if choice.mode == "stream":
         from aigi.cache.stream import open_stream, stream_buffer
 
-        fs = StreamedSet(open_stream(store, names, where, buffer_bytes=stream_buffer(budget)))
+        fs = open_stream(store, names, where, buffer_bytes=stream_buffer(budget))
     else:
         fs = store.load(names, where=where, dtype=choice.mode)
     cols = [c for c in ("image_id", "path", "label", "source", "split", "view") if c in fs.meta.columns]
     table = fs.meta[cols].reset_index(drop=True).copy()
-    table["p_fake"] = heads.predict(head, fs.features)
+    table["p_fake"] = heads.predict(head, fs)
     table["error"] = ""
     return CacheScores(table, rows, choice.why)
 

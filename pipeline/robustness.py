@@ -66,7 +66,7 @@ def score_views(run_dir: str | Path, options: RobustnessOptions) -> tuple[pd.Dat
     where = {k: v for k, v in data.where.items() if k != "view"}
     where = {**where, "view": views} if split == "all" else {**where, "view": views, data.split_column: split}
     hold = hold_choice(run.caches, data, inputs=run.inputs, where=where)  # in memory or streamed
-    fs = load_rows(run.caches, inputs=run.inputs, where=where, domains=data.domains, hold=hold)
+    fs = load_rows(run.caches, inputs=run.inputs, where=where, domains=data.domains, hold=hold, join=data.join)
     have = set(fs.column("view").astype(str)) if len(fs) else set()
     missing = [v for v in views if v not in have]
     if missing:
@@ -77,7 +77,7 @@ def score_views(run_dir: str | Path, options: RobustnessOptions) -> tuple[pd.Dat
         )
     frame = fs.meta[["image_id", "view", "label"]].reset_index(drop=True).copy()
     frame["label"] = frame["label"].astype(np.int64)
-    frame["prob"], frame["verdict"], cal = calibrated(run.head, run.info, fs.features)
+    frame["prob"], frame["verdict"], cal = calibrated(run.head, run.info, fs)
     context = [f"head `{run.info['name']}` from `{run.run_dir}`",
                f"rows: split {split}, views {', '.join(views)}, {len(fs)} rows {hold.why}",
                f"calibration: {cal.method}, threshold {cal.threshold:.6g} ({cal.threshold_policy})"

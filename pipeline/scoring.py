@@ -33,6 +33,7 @@ class ScoringRun:
         config: the run config it was trained with, with the caller's replacements.
         caches: alias -> opened `cache.Cache`, fingerprints checked.
         notes: warnings of the fingerprint check (caches that could not be checked).
+        rows: caches and row selections the caller keeps for several runs (`pipeline.rows.RowStore`), or None.
     """
 
     run_dir: Path
@@ -41,6 +42,7 @@ class ScoringRun:
     config: RunConfig
     caches: dict[str, Any]
     notes: tuple[str, ...] = ()
+    rows: Any = None
 
     @property
     def inputs(self) -> list[str]:
@@ -56,6 +58,7 @@ def open_run(
     weights: Sequence[str] = (),
     config: RunConfig | None = None,
     trained: bool = False,
+    rows: Any = None,
 ) -> ScoringRun:
     """Load a run's head, its config (with replacements) and its caches (fingerprints checked).
 
@@ -66,6 +69,7 @@ def open_run(
         weights: `PATH` / `ALIAS=PATH` backbone weights for `tail_*` heads (they re-run the last blocks).
         config: the run's config when the caller holds it (the ablation runner); default: read from RUN_DIR.
         trained: refuse an imported head with an untrained stage (its scores mean nothing).
+        rows: a `pipeline.rows.RowStore` the caller keeps (the ablation runner): caches and rows read once.
     """
     from aigi.pipeline.rows import check_fingerprints, open_caches, run_config
     from aigi.pipeline.tail import load_head
@@ -78,9 +82,9 @@ def open_run(
             f"train stage 2 first: aigi train configs/gapl.yaml --init {run_dir} -o RUN_DIR, then evaluate RUN_DIR"
         )
     cfg = config_with(config if config is not None else run_config(run_dir, info), run_dir, caches=caches, where=where)
-    opened = open_caches(cfg.data.caches)
+    opened = open_caches(cfg.data.caches, store=rows)
     notes = check_fingerprints(info, opened, run_dir=run_dir)
-    return ScoringRun(run_dir, head, dict(info), cfg, opened, tuple(notes))
+    return ScoringRun(run_dir, head, dict(info), cfg, opened, tuple(notes), rows)
 
 
 def config_with(cfg: RunConfig, run_dir: Path, *, caches: Sequence[str] = (), where: Sequence[str] = ()) -> RunConfig:
@@ -109,7 +113,7 @@ def score_rows(run: ScoringRun, fs: Any, *, columns: Sequence[str] = SCORE_COLUM
     cols = [c for c in dict.fromkeys(columns) if c in fs.meta.columns]
     frame = fs.meta[cols].reset_index(drop=True).copy()
     frame["label"] = frame["label"].astype(np.int64)
-    frame["score"], frame["verdict"], _ = calibrated(run.head, run.info, fs.features)
+    frame["score"], frame["verdict"], _ = calibrated(run.head, run.info, fs)
     return frame
 
 
@@ -120,7 +124,8 @@ def split_rows(run: ScoringRun, split: str) -> Any:
     data = run.config.data
     rows_where = dict(data.where) if split == "all" else {**data.where, data.split_column: split}
     hold = hold_choice(run.caches, data, inputs=run.inputs, where=rows_where)  # in memory, float16 or streamed
-    fs = load_rows(run.caches, inputs=run.inputs, where=rows_where, domains=data.domains, hold=hold)
+    fs = load_rows(run.caches, inputs=run.inputs, where=rows_where, domains=data.domains, hold=hold, join=data.join,
+                   store=run.rows)  # fmt: skip
     if len(fs) == 0:
         check_where(run.caches, data.where, flag="--where")
         present = sorted({str(v) for c in run.caches.values() for v in c.meta().get(data.split_column, [])})
@@ -136,10 +141,10 @@ def validation_logits(run: ScoringRun) -> tuple[np.ndarray | None, np.ndarray | 
     from aigi import heads
     from aigi.pipeline.rows import val_rows
 
-    val, how = val_rows(run.caches, run.config.data, inputs=run.inputs)
+    val, how = val_rows(run.caches, run.config.data, inputs=run.inputs, store=run.rows)
     if val is None or len(val) == 0:
         return None, None, how
-    return heads.logits(run.head, val.features), val.labels.astype(np.int64), how
+    return heads.logits(run.head, val), val.labels.astype(np.int64), how
 
 
 def pick_threshold(run: ScoringRun, rule: ThresholdRule) -> tuple[float, str]:
