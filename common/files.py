@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import functools
 import hashlib
 import os
 import socket
@@ -12,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 _HASH_CHUNK = 8 * 1024 * 1024
+_SHA_CACHE: dict[tuple[str, int, int], str] = {}
 
 
 def sha256_file(path: str | Path) -> str:
@@ -24,17 +24,14 @@ def sha256_file(path: str | Path) -> str:
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist")
     stat = path.stat()
-    return _sha256_of(str(path), stat.st_size, stat.st_mtime_ns)
-
-
-@functools.cache
-def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
-    """The digest of the file at `path` as it was at (size, mtime): memoised by those immutable values."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _SHA_CACHE:
+        digest = hashlib.sha256()
+        with path.open("rb") as fh:
+            while chunk := fh.read(_HASH_CHUNK):
+                digest.update(chunk)
+        _SHA_CACHE[key] = digest.hexdigest()
+    return _SHA_CACHE[key]
 
 
 def temp_name(path: str | Path) -> Path:
