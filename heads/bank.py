@@ -534,6 +534,9 @@ class _StageRun:
         when the stage is finished (its epochs done, or early stopping)."""
         start = time.perf_counter()
         loss = float(torch.stack(self.losses).mean()) if self.losses else float("nan")
+        if self.losses and not math.isfinite(loss) and (bad := self.run.ctx.feed.nonfinite()) is not None:
+            raise ValueError(f"X: feature {bad!r} holds NaN or inf values (the training loss is {loss}); drop or "
+                             "repair those rows before training")  # fmt: skip
         if self.losses and not math.isfinite(loss):
             raise ValueError(
                 f"head '{self.run.name}', stage '{self.stage.name}': the training loss is {loss} at epoch "

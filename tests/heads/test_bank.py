@@ -175,3 +175,26 @@ def test_the_api_fits_a_sweep_as_a_bank_and_refuses_bad_inputs(data: dict) -> No
         aigi.fit(alone, data["X"], data["y"], lr=float("inf"))
     with pytest.raises(ValueError, match="one mapping for every head"):
         aigi.fit_many(sweep, data["X"], data["y"], settings=grid[:3])
+
+
+def test_nan_features_streamed_from_a_cache_are_named_when_the_loss_breaks(tmp_path) -> None:
+    import pandas as pd
+
+    from aigi import cache
+    from aigi.cache.stream import open_stream
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((400, 6)).astype(np.float16)
+    meta = pd.DataFrame({"image_id": [f"{i:04d}" for i in range(400)], "path": [f"{i}.png" for i in range(400)],
+                         "label": np.arange(400) % 2, "source": "real", "split": "train"})  # fmt: skip
+    with cache.CacheWriter(tmp_path / "c", spec={"synthetic": "nan"}, features={"v": (6,)}, dtype="float16") as w:
+        w.append(meta, {"v": x})
+    import h5py
+
+    with h5py.File(next((tmp_path / "c" / "shards").glob("*.h5")), "r+") as f:  # a NaN the writer would refuse
+        f["features"]["v"][123, 2] = np.nan
+    rows = open_stream(cache.open(tmp_path / "c"), ["v"])
+    for name in ("linear", "mlp"):
+        head = heads.build(name, inputs="v", in_dim=6, **({"hidden": 4} if name == "mlp" else {}))
+        with pytest.raises(ValueError, match=r"X: feature 'v' holds NaN or inf values \(the training loss is nan\)"):
+            heads.fit(head, rows, rows.labels, cfg=heads.FitConfig(epochs=1, batch_size=64))
