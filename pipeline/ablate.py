@@ -643,6 +643,8 @@ def _run_forked(tasks: list[tuple[str, tuple]], *, jobs: int, bar: Any, rows: An
     import multiprocessing
     import queue
 
+    import torch._dynamo  # noqa: F401  (a torch optimizer imports it on first use: once here, not in each worker)
+
     ctx = multiprocessing.get_context("fork")
     todo, done = ctx.SimpleQueue(), ctx.Queue()
     for i in [*range(len(tasks)), *[None] * jobs]:
