@@ -581,6 +581,9 @@ def _exit_with_parent(parent: int) -> None:
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
+# what a worker imports on its first bank (a torch optimizer imports torch._dynamo, the metrics sklearn's): about
+# 3 s of CPU each, paid once before the workers fork
+WORKER_IMPORTS = ("torch._dynamo", "sklearn.metrics", "sklearn.decomposition")
 KEEP_WORKER_BYTES = 1 << 40  # a worker's memory may grow this much after its first run before loky replaces it
 
 
@@ -640,11 +643,12 @@ def _run_forked(tasks: list[tuple[str, tuple]], *, jobs: int, bar: Any, rows: An
     """`execute_bank(*args, rows=rows)` for every task on `jobs` forked processes that take the next task when
     they finish one (largest first): they share the rows this process read into `rows` (copy-on-write pages, read
     only), and end with it. Results in task order."""
+    import importlib
     import multiprocessing
     import queue
 
-    import torch._dynamo  # noqa: F401  (a torch optimizer imports it on first use: once here, not in each worker)
-
+    for module in WORKER_IMPORTS:  # imported once here, not once in each worker
+        importlib.import_module(module)
     ctx = multiprocessing.get_context("fork")
     todo, done = ctx.SimpleQueue(), ctx.Queue()
     for i in [*range(len(tasks)), *[None] * jobs]:
