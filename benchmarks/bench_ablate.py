@@ -235,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     if not domains.is_file() or domains.stat().st_mtime < (combined / "cache.json").stat().st_mtime:
         _timed("domains", ["domains", "--cache", str(combined), "--k", "4", "-o", str(domains)], times)
     if args.prepare_only:
+        print("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in times.items()) + f" (load {os.getloadavg()[0]:.2f})")
         print(f"made {combined} and {domains}; now: aigi ablate configs/ablate_fusion.yaml --cache uar={combined} "
               f"--set data.domains={domains} -o ablations/fusion --jobs 2")  # fmt: skip
         return 0

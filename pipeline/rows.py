@@ -334,6 +334,20 @@ def load_rows(
     return rows
 
 
+def select(
+    caches: Mapping[str, Any],
+    data: Any,
+    *,
+    inputs: Sequence[str],
+    where: Mapping[str, Any],
+    store: RowStore | None = None,
+) -> Any:
+    """The rows matching `where` as a run's data section holds them (`hold_choice`, then `load_rows` with its
+    domains and join policy): one call for a stage that scores a selection."""
+    hold = hold_choice(caches, data, inputs=inputs, where=where)
+    return load_rows(caches, inputs=inputs, where=where, domains=data.domains, hold=hold, join=_join(data), store=store)
+
+
 def _load(caches: Mapping[str, Any], *, inputs: Sequence[str], where: Mapping[str, Any], domains: str, hold, join):
     from aigi import cache
 
@@ -438,14 +452,12 @@ def val_rows(
         (val or None, a sentence describing where val came from).
     """
     col = data.split_column
-    load = {"inputs": inputs, "domains": data.domains, "join": _join(data), "store": store}
     where = {**data.where, col: data.val}
     if selected(caches, inputs, where):
-        val = load_rows(caches, where=where, hold=hold_choice(caches, data, inputs=inputs, where=where), **load)
+        val = select(caches, data, inputs=inputs, where=where, store=store)
         if len(val):
             return val, _val_how(val, data)
-    where = {**data.where, col: data.train}
-    train = load_rows(caches, where=where, hold=hold_choice(caches, data, inputs=inputs, where=where), **load)
+    train = select(caches, data, inputs=inputs, where={**data.where, col: data.train}, store=store)
     _, val, how = _cut_val(_checked_train(train, caches, data), data)
     return val, how
 
@@ -531,6 +543,15 @@ def _strings(fs: Any, column: str) -> np.ndarray:
 
 # ----------------------------------------------------------------------------------------------------------------
 # what a trained head recorded
+
+
+def open_checked(
+    info: Mapping[str, Any], paths: Mapping[str, str], *, run_dir: Path, store: RowStore | None = None
+) -> tuple[dict[str, Any], list[str]]:
+    """A trained run's caches opened (`open_caches`) and checked against the fingerprints its head recorded
+    (`check_fingerprints`): the caches and the check's warnings."""
+    caches = open_caches(paths, store=store)
+    return caches, check_fingerprints(info, caches, run_dir=run_dir)
 
 
 def check_fingerprints(info: Mapping[str, Any], caches: Mapping[str, Any], *, run_dir: Path) -> list[str]:

@@ -71,7 +71,7 @@ def open_run(
         trained: refuse an imported head with an untrained stage (its scores mean nothing).
         rows: a `pipeline.rows.RowStore` the caller keeps (the ablation runner): caches and rows read once.
     """
-    from aigi.pipeline.rows import check_fingerprints, open_caches, run_config
+    from aigi.pipeline.rows import open_checked, run_config
     from aigi.pipeline.tail import load_head
 
     run_dir = Path(run_dir)
@@ -82,8 +82,7 @@ def open_run(
             f"train stage 2 first: aigi train configs/gapl.yaml --init {run_dir} -o RUN_DIR, then evaluate RUN_DIR"
         )
     cfg = config_with(config if config is not None else run_config(run_dir, info), run_dir, caches=caches, where=where)
-    opened = open_caches(cfg.data.caches, store=rows)
-    notes = check_fingerprints(info, opened, run_dir=run_dir)
+    opened, notes = open_checked(info, cfg.data.caches, run_dir=run_dir, store=rows)
     return ScoringRun(run_dir, head, dict(info), cfg, opened, tuple(notes), rows)
 
 
@@ -119,13 +118,11 @@ def score_rows(run: ScoringRun, fs: Any, *, columns: Sequence[str] = SCORE_COLUM
 
 def split_rows(run: ScoringRun, split: str) -> Any:
     """The rows of `split` (or every row for "all") with the run's filters; an error naming the splits present."""
-    from aigi.pipeline.rows import check_where, hold_choice, load_rows
+    from aigi.pipeline.rows import check_where, select
 
     data = run.config.data
     rows_where = dict(data.where) if split == "all" else {**data.where, data.split_column: split}
-    hold = hold_choice(run.caches, data, inputs=run.inputs, where=rows_where)  # in memory, float16 or streamed
-    fs = load_rows(run.caches, inputs=run.inputs, where=rows_where, domains=data.domains, hold=hold, join=data.join,
-                   store=run.rows)  # fmt: skip
+    fs = select(run.caches, data, inputs=run.inputs, where=rows_where, store=run.rows)  # in memory or streamed
     if len(fs) == 0:
         check_where(run.caches, data.where, flag="--where")
         present = sorted({str(v) for c in run.caches.values() for v in c.meta().get(data.split_column, [])})
