@@ -241,33 +241,17 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if ablation.exists() and not args.keep:
         shutil.rmtree(ablation)
-    config = ROOT / "configs" / "ablate_fusion.yaml"
     load_before, cpu_before = os.getloadavg(), cpu_seconds()
-    memory = MemorySampler()
-    memory.__enter__()
-    _timed(
-        "ablate",
-        [
-            "ablate",
-            str(config),
-            "--cache",
-            f"uar={combined}",
-            "--set",
-            f"data.domains={domains}",
-            "-o",
-            str(ablation),
-            "--jobs",
-            str(args.jobs),
-        ],
-        times,
-    )
-    memory.__exit__()
+    with MemorySampler() as memory:
+        argv = ["ablate", str(ROOT / "configs" / "ablate_fusion.yaml"), "--cache", f"uar={combined}", "--set",
+                f"data.domains={domains}", "-o", str(ablation), "--jobs", str(args.jobs)]  # fmt: skip
+        _timed("ablate", argv, times)
     times["ablate_cpu"] = cpu_seconds() - cpu_before
     summary = (ablation / "summary.md").read_text(encoding="utf-8")
     print(summary)
     runs = run_breakdown(ablation)
     load = {"before": load_before, "after": os.getloadavg()}
-    rows_bytes = len(pd.read_parquet(ablation / "results.parquet")) and _rows_bytes(combined)
+    rows_bytes = _rows_bytes(combined)
     print(f"peak memory of the ablate step: PSS {memory.peak_pss / 1e9:.2f} GB (shared pages counted once), summed "
           f"RSS {memory.peak_rss / 1e9:.2f} GB; the rows as float32: {rows_bytes / 1e9:.2f} GB "
           f"(PSS {memory.peak_pss / rows_bytes:.2f}x)")  # fmt: skip
