@@ -21,8 +21,12 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 BUFFER_BYTES = 256 << 20  # default memory of a stream's chunks, shuffle buffer and prefetched batches
 MIX_CHUNKS = 4  # chunks mixed per shuffle buffer
@@ -95,7 +99,7 @@ class FeatureStream:
         self.buffer_bytes = int(buffer_bytes)
         self.stats = StreamStats()
 
-    def _like(self, idx: np.ndarray | None = None, meta=None) -> FeatureStream:
+    def _like(self, idx: np.ndarray | None = None, meta: pd.DataFrame | None = None) -> FeatureStream:
         """A stream over the same cache and features: rows `idx` (sorted positions; None: all), with `meta` (None:
         those rows of this stream's meta)."""
         out = object.__new__(type(self))
@@ -144,7 +148,7 @@ class FeatureStream:
         col = self.meta[name]
         return col.to_numpy(dtype=object) if col.dtype == "string" else col.to_numpy()
 
-    def with_meta(self, meta) -> FeatureStream:
+    def with_meta(self, meta: pd.DataFrame) -> FeatureStream:
         """The same rows with another meta table (same length and order, e.g. with a `domain` column added)."""
         if len(meta) != len(self):
             raise ValueError(f"meta has {len(meta)} rows, the stream {len(self)}")
@@ -547,7 +551,7 @@ class JoinedStream(FeatureStream):
             out.update({self.out_names[(alias, n)]: sh for n, sh in stream._own.items()})
         return out
 
-    def _like(self, idx: np.ndarray | None = None, meta=None) -> JoinedStream:
+    def _like(self, idx: np.ndarray | None = None, meta: pd.DataFrame | None = None) -> JoinedStream:
         out = super()._like(idx, meta)
         out._local = threading.local()
         if idx is not None:

@@ -254,7 +254,9 @@ class Feed:
         """Whether the rows are read from disk pass by pass."""
         return self.x is None
 
-    def epoch(self, batch_size: int, *, gen: torch.Generator, sub: np.ndarray | None = None, raw: bool = False):
+    def epoch(
+        self, batch_size: int, *, gen: torch.Generator, sub: np.ndarray | None = None, raw: bool = False
+    ) -> Iterator[Batch]:
         """One pass over the rows (or `sub`) in a seeded random order drawn from `gen`: in memory a permutation of
         the rows, streamed the source's seeded chunk order and shuffle buffer. `raw`: float16 features come as
         stored (the consumer widens them)."""
@@ -289,7 +291,9 @@ class Feed:
             xb[k] = part if part.dtype == torch.float32 or raw else self._widen(k, part)
         return xb
 
-    def _stream(self, batch_size: int, *, sub: np.ndarray | None, shuffle: bool, seed: int, raw: bool):
+    def _stream(
+        self, batch_size: int, *, sub: np.ndarray | None, shuffle: bool, seed: int, raw: bool
+    ) -> Iterator[Batch]:
         keep = raw and self.device.type == "cpu"
         for feats, pos in self.rows.batches(batch_size, rows=sub, shuffle=shuffle, seed=seed):
             local = pos if sub is None else np.searchsorted(sub, pos)

@@ -462,7 +462,9 @@ def _train_one(cfg: RunConfig, path: Path, steps: RunSteps, store: Any, stages: 
     return done, {"loads": {k: store.counts[k] - loads[k] for k in loads}, "seconds": seconds, "cpu": cpu}
 
 
-def _evaluate(path: Path, cfg: RunConfig, identity: dict, trained: Any, steps: RunSteps, store: Any, share: dict):
+def _evaluate(
+    path: Path, cfg: RunConfig, identity: dict, trained: Any, steps: RunSteps, store: Any, share: dict
+) -> dict:
     """Evaluate one trained run (or record its failure) and write its result.json (or error.json) atomically."""
     import torch
 
@@ -516,7 +518,9 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
-def bank_tasks(plan: AblationPlan, out_dir: Path, pending: set[str], threads: int | None, steps: RunSteps):
+def bank_tasks(
+    plan: AblationPlan, out_dir: Path, pending: set[str], threads: int | None, steps: RunSteps
+) -> list[tuple[str, tuple]]:
     """The unfinished runs as bank tasks `(key, (runs, threads, steps))`, largest estimated work first.
 
     Runs on the same rows (`pipeline.rows.same_rows`) are split into banks that gain from training together: every
@@ -693,7 +697,9 @@ def _forked_worker(parent: int, tasks: list[tuple[str, tuple]], todo: Any, done:
         done.put((i, result))
 
 
-def _run_dask(tasks: list[tuple[str, tuple]], *, workers: int, scheduler: str | None, out_dir: Path, bar: Any):
+def _run_dask(
+    tasks: list[tuple[str, tuple]], *, workers: int, scheduler: str | None, out_dir: Path, bar: Any
+) -> list[Any]:
     from aigi.pipeline.distributed import dask_client, map_tasks, task_key
 
     keyed = [(task_key("ablate", out_dir, key), args) for key, args in tasks]

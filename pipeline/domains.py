@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -257,7 +257,7 @@ def _unit_rows(features: np.ndarray, *, overwrite: bool = False) -> np.ndarray:
     return x
 
 
-def _reducer(sample: np.ndarray, seed: int):
+def _reducer(sample: np.ndarray, seed: int) -> tuple[Callable, Callable]:
     """(rows -> their coordinates on the sample's top KMEANS_DIMS principal components, coordinates -> rows of the
     full space); both the identity when the feature is no wider."""
     if sample.shape[1] <= KMEANS_DIMS or len(sample) <= KMEANS_DIMS:

@@ -348,7 +348,15 @@ def select(
     return load_rows(caches, inputs=inputs, where=where, domains=data.domains, hold=hold, join=_join(data), store=store)
 
 
-def _load(caches: Mapping[str, Any], *, inputs: Sequence[str], where: Mapping[str, Any], domains: str, hold, join):
+def _load(
+    caches: Mapping[str, Any],
+    *,
+    inputs: Sequence[str],
+    where: Mapping[str, Any],
+    domains: str,
+    hold: Choice | None,
+    join: Any,
+) -> Any:
     from aigi import cache
 
     plan = feature_plan(caches, inputs)

@@ -164,7 +164,14 @@ def train_bank(
     return out
 
 
-def _train_bank(runs, options: TrainOptions, stages: Stages, rows, stage_store, errors: str) -> list:
+def _train_bank(
+    runs: Sequence[tuple[RunConfig, str | Path]],
+    options: TrainOptions,
+    stages: Stages,
+    rows: RowStore | None,
+    stage_store: MutableMapping[str, dict] | None,
+    errors: str,
+) -> list[TrainResult | Exception]:
     """`train_bank` for runs of one data section."""
     from aigi import heads
     from aigi.pipeline.rows import cache_key, groups_of, open_caches, train_val_rows, val_in_memory
@@ -224,7 +231,9 @@ class _Built:
     history: Any = None
 
 
-def _member(cfg: RunConfig, run_dir: Path, caches: dict, train: Any, val: Any, val_how: str, options: TrainOptions):
+def _member(
+    cfg: RunConfig, run_dir: Path, caches: dict, train: Any, val: Any, val_how: str, options: TrainOptions
+) -> _Built:
     """A run's head, built (or loaded with --init) and checked, as a bank member."""
     from aigi import heads
     from aigi.common.grammar import parse_aliased
