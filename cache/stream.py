@@ -88,11 +88,10 @@ class FeatureStream:
         where: dict | None = None,
         *,
         buffer_bytes: int = BUFFER_BYTES,
-        _sel=None,
     ) -> None:
         self.cache = cache
         self.names = cache.feature_names(features)
-        sel = cache.selection(where) if _sel is None else _sel
+        sel = cache.selection(where)
         self._part = sel["_part"].to_numpy(dtype=np.int64)
         self._row = sel["_row"].to_numpy(dtype=np.int64)
         self.meta = sel.drop(columns=["_part", "_row"]).reset_index(drop=True)
