@@ -27,6 +27,7 @@ __all__ = [
     "evaluate_run",
     "extract",
     "fit",
+    "fit_many",
     "index",
     "load_config",
     "load_head",
@@ -95,6 +96,34 @@ def fit(head: Any, X: Any, y: Any, *, X_val: Any = None, y_val: Any = None, **se
     from aigi import heads
 
     return heads.fit(head, X, y, cfg=heads.FitConfig(**settings), X_val=X_val, y_val=y_val)
+
+
+def fit_many(
+    heads_: Sequence[Any],
+    X: Any,
+    y: Any,
+    *,
+    settings: Sequence[Mapping[str, Any]] | Mapping[str, Any] = (),
+    X_val: Any = None,
+    y_val: Any = None,
+    groups: Mapping[str, Any] | None = None,
+    groups_val: Mapping[str, Any] | None = None,
+    errors: str = "raise",
+) -> list[Any]:
+    """Train several heads in place on the same rows as one head bank (`heads.fit_many`): each batch read once for
+    every head, linear heads stepped as one matmul, shared stages trained once; each head trains as it would alone.
+
+    `settings`: `heads.FitConfig` fields for every head (one mapping) or per head (one mapping each), e.g.
+    `[{"lr": lr, "seed": s} for lr in lrs for s in seeds]`. `errors="keep"`: a failing head's entry is its
+    exception and the others go on. Returns one training history (or exception) per head.
+    """
+    from aigi import heads
+
+    per_head = [settings] * len(heads_) if isinstance(settings, Mapping) else list(settings) or [{}] * len(heads_)
+    if len(per_head) != len(heads_):
+        raise ValueError(f"settings: give one mapping for every head, or {len(heads_)} mappings; got {len(per_head)}")
+    members = [heads.Member(h, heads.FitConfig(**dict(s))) for h, s in zip(heads_, per_head, strict=True)]
+    return heads.fit_many(members, X, y, X_val=X_val, y_val=y_val, groups=groups, groups_val=groups_val, errors=errors)
 
 
 def predict(head: Any, X: Any) -> Any:

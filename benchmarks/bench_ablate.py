@@ -11,8 +11,13 @@ Recipe (each step is an `aigi` command; re-running skips finished work):
 4. `aigi ablate configs/ablate_fusion.yaml --cache uar=WORK/uar_sr --set data.domains=WORK/uar_sr_domains.parquet
    -o WORK/ablation --jobs 2`: 6 heads x 3 seeds; timed from a cold start (no finished run).
 
-Prints the step times and summary.md; writes benchmarks/out/bench_ablate.json.
-Run: `python benchmarks/bench_ablate.py [--uar DIR] [--work DIR] [--jobs 2] [--keep]`.
+Prints the step times and summary.md; writes benchmarks/out/bench_ablate.json. Besides wall seconds it measures the
+ablate step's CPU seconds (this process and every worker), and its peak memory: the process tree's summed PSS
+(shared pages counted once, split between the processes sharing them) and summed RSS (shared pages counted in every
+process), sampled every 0.2 s, against the rows' float32 bytes.
+`--sweep`: also times a sweep of 8 learning rates x 3 seeds of the linear head on the training rows (`heads.fit_many`,
+one bank) against the same 24 heads fitted one at a time (`heads.fit`).
+Run: `python benchmarks/bench_ablate.py [--uar DIR] [--work DIR] [--jobs 2] [--copies N] [--keep] [--sweep]`.
 `--prepare-only --work features` stops after step 3, leaving features/uar_sr and features/uar_sr_domains.parquet:
 the data `configs/ablate_fusion.yaml` reads by default.
 """
@@ -70,6 +75,14 @@ def add_sr_domain(staged: Path, out: Path, fraction: float = 1.0) -> Path:
     return out
 
 
+def _rows_bytes(combined: Path) -> int:
+    """Bytes of every row of the cache's features as float32."""
+    from aigi import cache
+
+    store = cache.open(combined)
+    return len(store) * sum(int(np.prod(s)) for s in store.features.values()) * 4
+
+
 def run_breakdown(ablation: Path) -> list[dict]:
     """Per-run seconds from each run's result.json: load (open + load), fit, write, eval, total; printed."""
     rows = []
@@ -110,6 +123,73 @@ def cpu_seconds() -> float:
     return own.user + own.system + ended.ru_utime + ended.ru_stime + live
 
 
+class MemorySampler:
+    """Peak summed PSS and RSS of this process and its descendants, sampled every `every` seconds on a thread."""
+
+    def __init__(self, every: float = 0.2) -> None:
+        import threading
+
+        self.every, self.peak_pss, self.peak_rss = every, 0, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="memory-sampler")
+
+    def __enter__(self) -> MemorySampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        import psutil
+
+        me = psutil.Process()
+        while not self._stop.wait(self.every):
+            pss = rss = 0
+            for p in [me, *me.children(recursive=True)]:
+                try:
+                    info = p.memory_full_info()
+                except psutil.Error:  # ended meanwhile
+                    continue
+                pss, rss = pss + info.pss, rss + info.rss
+            self.peak_pss, self.peak_rss = max(self.peak_pss, pss), max(self.peak_rss, rss)
+
+
+def lr_seed_sweep(combined: Path, *, lrs: int = 8, seeds: int = 3) -> dict:
+    """Seconds of fitting `lrs` x `seeds` linear heads on the training rows as one bank, and one at a time."""
+    import torch
+
+    from aigi import cache, heads
+
+    train = cache.open(combined).load(["probe"], where={"split": "train", "view": "orig"})
+    val = cache.open(combined).load(["probe"], where={"split": "val", "view": "orig"})
+    grid = [(1e-4 * 2**i, s) for i in range(lrs) for s in range(seeds)]
+    base = heads.FitConfig(optimizer="adamw", epochs=2, batch_size=128, balance=True, device="cpu")
+
+    def members() -> list:
+        return [heads.Member(heads.build("linear", dims=train.dims, inputs=["probe"], seed=s),
+                             heads.FitConfig(**{**base.__dict__, "lr": lr, "seed": s})) for lr, s in grid]  # fmt: skip
+
+    torch.set_num_threads(1)
+    heads.fit_many(members()[:2], train, train.labels)  # warm: imports, first allocations
+    out = {}
+    for how in ("bank", "one at a time"):
+        ms = members()
+        start, cpu = time.perf_counter(), time.process_time()
+        if how == "bank":
+            heads.fit_many(ms, train, train.labels, X_val=val, y_val=val.labels)
+        else:
+            for m in ms:
+                heads.fit(m.head, train, train.labels, cfg=m.cfg, X_val=val, y_val=val.labels)
+        out[how] = {"seconds": time.perf_counter() - start, "cpu": time.process_time() - cpu}
+    out["heads"], out["rows"] = len(grid), len(train)
+    print(f"sweep: {len(grid)} linear heads ({lrs} lr x {seeds} seeds) on {len(train):,} rows, 2 epochs, validated "
+          f"every epoch: bank {out['bank']['seconds']:.2f} s ({out['bank']['cpu']:.2f} CPU-s), one at a time "
+          f"{out['one at a time']['seconds']:.2f} s ({out['one at a time']['cpu']:.2f} CPU-s); one thread")  # fmt: skip
+    return out
+
+
 def _timed(label: str, argv: list[str], times: dict) -> None:
     from aigi.cli import main
 
@@ -129,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--copies", type=int, default=1, help="import the sample this many times (4 -> 16,000 rows)")
     parser.add_argument("--sr-fraction", type=float, default=1.0, help="share of reals given an SR fake (0.5)")
     parser.add_argument("--keep", action="store_true", help="keep finished runs (default: time a cold ablation)")
+    parser.add_argument("--sweep", action="store_true", help="also time the 8 lr x 3 seed sweep of the linear head")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "bench_ablate.json")
     parser.add_argument(
         "--prepare-only", action="store_true", help="make the caches (steps 1-3) and stop, without the timed ablation"
@@ -154,40 +235,35 @@ def main(argv: list[str] | None = None) -> int:
     if not domains.is_file() or domains.stat().st_mtime < (combined / "cache.json").stat().st_mtime:
         _timed("domains", ["domains", "--cache", str(combined), "--k", "4", "-o", str(domains)], times)
     if args.prepare_only:
+        print("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in times.items()) + f" (load {os.getloadavg()[0]:.2f})")
         print(f"made {combined} and {domains}; now: aigi ablate configs/ablate_fusion.yaml --cache uar={combined} "
               f"--set data.domains={domains} -o ablations/fusion --jobs 2")  # fmt: skip
         return 0
     if ablation.exists() and not args.keep:
         shutil.rmtree(ablation)
-    config = ROOT / "configs" / "ablate_fusion.yaml"
     load_before, cpu_before = os.getloadavg(), cpu_seconds()
-    _timed(
-        "ablate",
-        [
-            "ablate",
-            str(config),
-            "--cache",
-            f"uar={combined}",
-            "--set",
-            f"data.domains={domains}",
-            "-o",
-            str(ablation),
-            "--jobs",
-            str(args.jobs),
-        ],
-        times,
-    )
+    with MemorySampler() as memory:
+        argv = ["ablate", str(ROOT / "configs" / "ablate_fusion.yaml"), "--cache", f"uar={combined}", "--set",
+                f"data.domains={domains}", "-o", str(ablation), "--jobs", str(args.jobs)]  # fmt: skip
+        _timed("ablate", argv, times)
+    times["ablate_cpu"] = cpu_seconds() - cpu_before
     summary = (ablation / "summary.md").read_text(encoding="utf-8")
     print(summary)
     runs = run_breakdown(ablation)
     load = {"before": load_before, "after": os.getloadavg()}
-    times["ablate_cpu"] = cpu_seconds() - cpu_before
+    rows_bytes = _rows_bytes(combined)
+    print(f"peak memory of the ablate step: PSS {memory.peak_pss / 1e9:.2f} GB (shared pages counted once), summed "
+          f"RSS {memory.peak_rss / 1e9:.2f} GB; the rows as float32: {rows_bytes / 1e9:.2f} GB "
+          f"(PSS {memory.peak_pss / rows_bytes:.2f}x)")  # fmt: skip
+    sweep = lr_seed_sweep(combined) if args.sweep else None
     print("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in times.items()) + f" (cores: {os.cpu_count()}; load "
           f"average {load['before'][0]:.2f} before the ablate step, {load['after'][0]:.2f} after)")  # fmt: skip
     table = pd.read_parquet(ablation / "results.parquet")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     result = {
         "seconds": times,
+        "memory": {"peak_pss": memory.peak_pss, "peak_rss_sum": memory.peak_rss, "rows_float32": rows_bytes},
+        "sweep": sweep,
         "jobs": args.jobs,
         "load_average": load,
         "runs": len(table),

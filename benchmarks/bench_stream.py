@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     nbytes = bare_read(files)[1]
     floor = args.memory_floor
     if floor is None:
-        from aigi.pipeline.streaming import available_ram
+        from aigi.pipeline.rows import available_ram
 
         floor = nbytes * 2 < available_ram()
     if floor:

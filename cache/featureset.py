@@ -1,4 +1,4 @@
-"""FeatureSet: feature matrices plus their meta rows in memory; filtering and joining across caches."""
+"""FeatureSet: feature matrices plus their meta rows in memory (a `common.rows.Rows`); filtering and joining."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+
+from aigi.common.rows import ArrayRows
 
 KEY = ("image_id", "view")
 
@@ -23,8 +25,9 @@ def where_mask(meta: pd.DataFrame, where: dict | None) -> np.ndarray:
 
 
 @dataclass
-class FeatureSet:
-    """Features (`name -> array [N, ...]`, float32 unless asked otherwise) and their meta rows (a DataFrame)."""
+class FeatureSet(ArrayRows):
+    """Features (`name -> array [N, ...]`, float32 unless asked otherwise) and their meta rows (a DataFrame): the
+    in-memory `common.rows.Rows` with a meta table (`batches`, `arrays` come from `ArrayRows`)."""
 
     features: dict[str, np.ndarray]
     meta: pd.DataFrame
@@ -78,6 +81,10 @@ class FeatureSet:
         if len(idx) == len(self) and (len(idx) == 0 or (idx[0] == 0 and (np.diff(idx) == 1).all())):
             return FeatureSet(dict(self.features), self.meta.copy(deep=False))  # every row in order: no copy
         return FeatureSet({k: v[idx] for k, v in self.features.items()}, self.meta.iloc[idx])
+
+    def with_meta(self, meta: pd.DataFrame) -> FeatureSet:
+        """The same rows with another meta table (same length and order, e.g. with a `domain` column added)."""
+        return FeatureSet(self.features, meta)
 
     def where(self, **filters) -> FeatureSet:
         """Rows whose meta columns match every filter (a value or a list of values), e.g. `where(split="train")`."""

@@ -7,6 +7,7 @@ whose owner ran on this host and is no longer alive, so a writer never deletes a
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import socket
 import threading
@@ -20,7 +21,6 @@ __all__ = ["folder_lock", "owner_dead", "owner_tag", "pid_alive", "remove_dead",
 
 LOCK_NAME = ".lock"
 HOST = socket.gethostname()
-_LOCKS: dict[str, FileLock] = {}
 _GUARD = threading.Lock()
 
 
@@ -71,8 +71,12 @@ def folder_lock(folder: Path, name: str = LOCK_NAME) -> FileLock:
     """
     key = str(Path(folder).resolve() / name)
     with _GUARD:
-        if key not in _LOCKS:
-            with writing(Path(folder), "creating the folder"):
-                Path(folder).mkdir(parents=True, exist_ok=True)
-            _LOCKS[key] = FileLock(key, thread_local=False)
-        return _LOCKS[key]
+        with writing(Path(folder), "creating the folder"):
+            Path(folder).mkdir(parents=True, exist_ok=True)
+        return _file_lock(key)
+
+
+@functools.cache
+def _file_lock(path: str) -> FileLock:
+    """One lock object per lock file and process (memoised by the file's path)."""
+    return FileLock(path, thread_local=False)

@@ -4,10 +4,11 @@ import importlib as _importlib
 import pkgutil as _pkgutil
 
 from aigi.heads._registry import available, build, head_class, make_config, register_head
+from aigi.heads.bank import FolderStages, Member, fit, fit_many
 from aigi.heads.calibration import Calibration, fit_calibration
 from aigi.heads.io import calibration_of, load, needs_frozen, read_info, save, save_calibration
 from aigi.heads.released import gapl_prototype, linear_probe, uar_linear
-from aigi.heads.train import FitConfig, Stage, explain, fit, logits, lr_at, predict
+from aigi.heads.train import FitConfig, Stage, explain, logits, lr_at, predict
 
 # Importing a module registers the heads it defines (`@register_head`): every public module of the package is
 # imported, so a new head is one file heads/NAME.py.
@@ -21,11 +22,14 @@ __all__ = [
     "fit_calibration",
     "save_calibration",
     "FitConfig",
+    "FolderStages",
+    "Member",
     "Stage",
     "available",
     "build",
     "explain",
     "fit",
+    "fit_many",
     "gapl_prototype",
     "head_class",
     "linear_probe",

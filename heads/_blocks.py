@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -104,5 +105,38 @@ class ExpertBank(nn.Module):
         return torch.cat([cls(z[:, k]) for k, cls in enumerate(self.classifiers)], dim=1)
 
     def expert_logit(self, k: int, x: Tensor) -> Tensor:
-        """Expert k alone: its classifier on its adapted feature, [N]."""
-        return self.classifiers[k](self.adapters[k](x)).squeeze(-1)
+        """Expert k alone: its classifier on its adapted feature, [N]: `w . (x + U h) + b` computed as
+        `x . w + h . (U^T w) + b` (`h` its code, `codes`): the same math without forming the [N, D] feature."""
+        cls, up = self.classifiers[k], self.adapters[k].up.weight
+        h = self.codes(x, [k])[..., 0, :]
+        return x @ cls.weight[0] + h @ (up.T @ cls.weight[0]) + cls.bias[0]
+
+    def codes(self, x: Tensor, experts: Sequence[int] | None = None) -> Tensor:
+        """The low-rank codes `h_k = A_k(LN_k(x))` of the chosen experts (default all), [N, K, r], in one product:
+        LayerNorm's normalisation is computed once and each expert's affine folded into its down-projection
+        (`A (x_hat * g + b) = (A * g) x_hat + A b`), the same math as running the adapters one by one."""
+        chosen = [self.adapters[k] for k in (range(len(self.names)) if experts is None else experts)]
+        first = chosen[0]
+        x_hat = F.layer_norm(x, first.norm.normalized_shape, eps=first.norm.eps)
+        weight = torch.cat([a.down.weight * a.norm.weight for a in chosen])
+        bias = torch.cat([a.down.weight @ a.norm.bias for a in chosen])
+        return F.linear(x_hat, weight, bias).view(*x.shape[:-1], len(chosen), first.down.out_features)
+
+    def mixed(self, x: Tensor, gates: Tensor, experts: Sequence[int] | None = None) -> Tensor:
+        """`sum_k gates[:, k] * delta_k(x)`, [N, D], as two products (codes, then every expert's up-projection at
+        once) instead of K adapters' [N, D] outputs stacked and weighted."""
+        h = self.codes(x, experts)
+        chosen = [self.adapters[k] for k in (range(len(self.names)) if experts is None else experts)]
+        up = torch.cat([a.up.weight for a in chosen], dim=1)
+        return F.linear((h * gates.unsqueeze(-1)).flatten(-2), up)
+
+    def read_out(self, x: Tensor, weights: Tensor, gates: Tensor | None = None) -> Tensor:
+        """`sum_k g_k (w_k . delta_k(x))` per row, [N] (g = `gates` [N, K], default 1; `weights` [K, D]): a linear
+        read-out of the experts' residuals without forming any of them, as `sum_k g_k h_k . (U_k^T w_k)` (`h_k`
+        the codes). A head adds its read-out of `x` itself (`z_k = x + delta_k(x)`)."""
+        h = self.codes(x)
+        ups = torch.stack([a.up.weight for a in self.adapters])  # [K, D, r]
+        per_code = torch.einsum("kd,kdr->kr", weights, ups)
+        if gates is not None:
+            h = h * gates.unsqueeze(-1)
+        return torch.einsum("nkr,kr->n", h, per_code)

@@ -95,6 +95,9 @@ class ConcatHead(_Fusion):
         self.classifier = nn.Linear(width, 1)
 
     def forward(self, x: Mapping[str, Tensor]) -> Tensor:
+        if self.experts is not None:  # w . [z_1, ..., z_K] + b without forming the z_k (`ExpertBank.read_out`)
+            x0, weights = x[self.cfg.inputs[0]], self.classifier.weight.view(len(self.cfg.experts), -1)
+            return x0 @ weights.sum(0) + self.experts.read_out(x0, weights) + self.classifier.bias[0]
         return self.classifier(torch.cat(self.vectors(x), dim=-1)).squeeze(-1)
 
 
@@ -111,4 +114,8 @@ class MeanHead(_Fusion):
         self.classifier = nn.Linear(cfg.in_dim, 1)
 
     def forward(self, x: Mapping[str, Tensor]) -> Tensor:
+        if self.experts is not None:  # w . mean_k z_k + b = w . x + sum_k (w / K) . delta_k + b (`ExpertBank.read_out`)
+            x0, k = x[self.cfg.inputs[0]], len(self.cfg.experts)
+            weights = self.classifier.weight.expand(k, -1) / k
+            return x0 @ self.classifier.weight[0] + self.experts.read_out(x0, weights) + self.classifier.bias[0]
         return self.classifier(torch.stack(self.vectors(x)).mean(0)).squeeze(-1)

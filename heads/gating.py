@@ -72,8 +72,12 @@ class GatingHead(nn.Module):
         return self.experts(x0), torch.softmax(self.gate(x0), dim=-1)
 
     def forward(self, x: Mapping[str, Tensor]) -> Tensor:
-        z, g = self._parts(x)
-        return self.classifier(torch.einsum("nk,nkd->nd", g, z)).squeeze(-1)
+        """`w . sum_k g_k z_k + b` as `(w . x) sum_k g_k + sum_k g_k (w . delta_k(x)) + b` (`ExpertBank.read_out`:
+        neither the experts' features nor their mix is formed)."""
+        x0, w = x[self.cfg.inputs[0]], self.classifier.weight
+        g = torch.softmax(self.gate(x0), dim=-1)
+        weights = w.expand(len(self.cfg.experts), -1)
+        return (x0 @ w[0]) * g.sum(-1) + self.experts.read_out(x0, weights, g) + self.classifier.bias[0]
 
     def explain(self, x: Mapping[str, Tensor]) -> dict:
         """Gates [N, K], expert_scores [N, K] = P(fake) from each expert's own classifier, the fused score."""

@@ -165,14 +165,20 @@ class RouterHead(nn.Module):
         return logits, top_k_gates(logits, self.cfg.top_k)
 
     def _mix(self, x0: Tensor, gates: Tensor) -> Tensor:
-        adapters = self.experts.adapters
-        deltas = torch.stack([adapters[i].delta(x0) for i in range(len(self.cfg.domains))], dim=1)
-        return x0 + torch.einsum("ne,ned->nd", gates, deltas) + adapters[-1].delta(x0)
+        """`x + sum_i g_i delta_i(x) + delta_art(x)`, every expert in one pair of products (`ExpertBank.mixed`)."""
+        return x0 + self.experts.mixed(x0, torch.cat([gates, torch.ones_like(gates[:, :1])], dim=1))
 
     def forward(self, x: Mapping[str, Tensor]) -> Tensor:
         x0 = x[self.cfg.inputs[0]]
         _, gates = self.route(x0)
-        return self.classifier(self._mix(x0, gates)).squeeze(-1)
+        return self._logit(x0, gates)
+
+    def _logit(self, x0: Tensor, gates: Tensor) -> Tensor:
+        """`w . _mix(x0, gates) + b` as `w . x + sum_i g_i (w . delta_i(x)) + w . delta_art(x) + b` (`ExpertBank.
+        read_out`: the same math without forming the mixed feature)."""
+        w = self.classifier.weight
+        full = torch.cat([gates, torch.ones_like(gates[:, :1])], dim=1)
+        return x0 @ w[0] + self.experts.read_out(x0, w.expand(full.shape[1], -1), full) + self.classifier.bias[0]
 
     def explain(self, x: Mapping[str, Tensor]) -> dict:
         """Gates [N, E+1] (semantic gates, then the artifact gate = 1) and expert_scores [N, E+1] = P(fake) of each
@@ -191,11 +197,11 @@ class RouterHead(nn.Module):
     def _stage2_forward(self, xb: Mapping[str, Tensor], aux: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
         x0 = xb[self.cfg.inputs[0]]
         logits = self.router(x0)
-        z = self._mix(x0, top_k_gates(logits, self.cfg.top_k))
+        out = self._logit(x0, top_k_gates(logits, self.cfg.top_k))
         extra = self.cfg.balance_weight * balance_loss(logits, self.cfg.top_k)
         if "domain" in aux:
             extra = extra + self.cfg.domain_weight * domain_loss(logits, aux["domain"])
-        return self.classifier(z).squeeze(-1), extra
+        return out, extra
 
     def domain_index(self, groups: Mapping[str, np.ndarray] | None, y: np.ndarray) -> dict[str, np.ndarray]:
         """Per-row index of the domain in `cfg.domains`, -1 when unknown."""

@@ -1,22 +1,20 @@
-"""The one fit loop for every head (minibatches from tensors in memory or a batch source), plus predict/explain."""
+"""Fit settings and stages of every head, the rows as tensor batches (`Feed`), and scoring: predict / logits / explain.
+
+The fit loop itself is `heads.bank` (one head is a bank of one).
+"""
 
 from __future__ import annotations
 
-import hashlib
 import math
-import time
-from collections.abc import Callable, Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from aigi.common.device import resolve_device
-from aigi.common.metrics import average_precision
-from aigi.heads._rows import MemoryRows, StreamRows, is_source, memory_tensors
+from aigi.common.rows import ArrayRows, Rows, is_rows
 
 Groups = Mapping[str, np.ndarray] | None
 StageForward = Callable[[dict[str, Tensor], dict[str, Tensor]], "Tensor | tuple[Tensor, Tensor]"]
@@ -69,7 +67,11 @@ class FitConfig:
                 self.device in ("auto", "cpu", "cuda") or str(self.device).startswith("cuda:"),
                 "auto, cpu, cuda or cuda:N",
             ),
-            "lr": (_number(self.lr) and self.lr > 0, "a number > 0"),
+            "lr": (_number(self.lr) and math.isfinite(self.lr) and self.lr > 0, "a finite number > 0"),
+            "weight_decay": (
+                _number(self.weight_decay) and math.isfinite(self.weight_decay) and self.weight_decay >= 0,
+                "a finite number >= 0",
+            ),
             "epochs": (_number(self.epochs) and self.epochs >= 0, "an integer >= 0"),
             "batch_size": (_number(self.batch_size) and self.batch_size >= 1, "an integer >= 1"),
             "early_stop": (_number(self.early_stop) and self.early_stop >= 0, "an integer >= 0"),
@@ -176,141 +178,170 @@ def _labels(y: Any, n: int) -> np.ndarray:
     return y.astype(np.int64)
 
 
-def rows_of(head: nn.Module, X: Any, y: Any, device: torch.device) -> MemoryRows | StreamRows:
-    """The head's input rows from arrays in memory or a batch source, with `y` checked (None = zeros)."""
-    inputs = list(head.cfg.inputs)
-    if is_source(X):
-        missing = [k for k in inputs if k not in X.dims]
-        if missing:
-            raise ValueError(f"head '{head.head_name}' needs feature(s) {missing}; the source has {sorted(X.dims)}")
-        return StreamRows(X, inputs, _labels(np.zeros(len(X)) if y is None else y, len(X)), device)
-    X = as_inputs(head, X)
-    n = len(next(iter(X.values())))
-    return MemoryRows(memory_tensors(X, device), _labels(np.zeros(n) if y is None else y, n))
+def all_finite(arr: np.ndarray) -> bool:
+    """Whether every value of a float array is finite (float16: its exponent bits, far faster than isfinite)."""
+    if arr.dtype == np.float16:
+        return bool(((np.ascontiguousarray(arr).view(np.uint16) & 0x7C00) != 0x7C00).all())
+    return bool(np.isfinite(arr).all())
 
 
-def _standardize(head: nn.Module, rows: MemoryRows | StreamRows, others: list, *, fit_stats: bool, size: int) -> None:
-    """Fit the head's input standardisation on `rows` in one pass (when asked), then apply it to every row set."""
-    norm = getattr(head, "input_norm", None)
-    if norm is None:
-        return
-    if fit_stats:
-        norm.to(rows.device)
-        norm.fit_batches(xb for xb, _ in rows.batches(size))
-    for r in [rows, *others]:
-        if r is not None:
-            r.prep = norm.apply_tensors
+def check_finite(X: Mapping[str, np.ndarray], *, what: str = "X") -> None:
+    """A ValueError naming the first feature of `X` holding NaN or inf (checked in blocks: no full-size temporary)."""
+    for name, arr in X.items():
+        arr = np.asarray(arr)
+        if not np.issubdtype(arr.dtype, np.floating):
+            continue
+        step = max(1, (16 << 20) // max(1, arr[:1].nbytes))
+        for lo in range(0, len(arr), step):
+            if not all_finite(arr[lo : lo + step]):
+                rows = f"{lo}..{min(len(arr), lo + step) - 1}"
+                raise ValueError(
+                    f"{what}: feature {name!r} holds NaN or inf values (first in rows {rows}); "
+                    "drop or repair those rows before training"
+                )
 
 
-def fit(
-    head: nn.Module,
-    X: Mapping[str, np.ndarray] | np.ndarray | Any,
-    y: np.ndarray,
-    *,
-    cfg: FitConfig | None = None,
-    X_val: Mapping[str, np.ndarray] | np.ndarray | Any | None = None,
-    y_val: np.ndarray | None = None,
-    groups: Groups = None,
-    groups_val: Groups = None,
-    on_stage_end: Callable[[str], None] | None = None,
-    stage_store: MutableMapping[str, dict] | None = None,
-    data_key: str = "",
-) -> dict[str, Any]:
-    """Train `head` on features in memory or streamed from a batch source, running each of its stages in turn.
+class _Widen:
+    """Copies batches into reused float32 buffers (a fresh allocation per batch costs page faults: ~10x slower)."""
 
-    Args:
-        head: a head from `heads.build`.
-        X: feature name -> [N, D] array (or one array for one-input heads; float16 stays float16 in memory and is
-            widened per batch), or a batch source (see `heads._rows`), e.g. a `cache.FeatureStream`.
-        y: labels [N], 0 real / 1 fake.
-        cfg: training settings (default `FitConfig()`).
-        X_val: validation features (arrays or a batch source) for AP per epoch and early stopping.
-        y_val: validation labels.
-        groups: per-row string columns multi-stage heads select rows by ("source", "domain").
-        groups_val: the same for the validation rows.
-        on_stage_end: called with each stage's name when it finishes.
-        stage_store: finished shareable stages (see `Stage.share`) by key; a stage found there is restored (its
-            parameters, RNG states and history: the same numbers as training it) instead of trained again.
-        data_key: names the training and validation rows for `stage_store` keys (the caller's promise that two
-            fits with the same key see the same rows).
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.buffers, self.reuse = device, {}, device.type == "cpu"
 
-    Returns:
-        The history: {"stages": [{"name", "trainable", "rows", "epochs": [...], "best_epoch", "best_val_ap"}],
-        "device", "seconds", "val_ap", "streamed"}.
+    def __call__(self, name: str, x: Tensor) -> Tensor:
+        if not self.reuse:
+            return x.to(self.device, dtype=torch.float32)
+        buf = self.buffers.get(name)
+        if buf is None or buf.shape[0] < x.shape[0] or buf.shape[1:] != x.shape[1:]:
+            buf = self.buffers[name] = torch.empty(x.shape, dtype=torch.float32)
+        out = buf[: x.shape[0]]
+        out.copy_(x)
+        return out
+
+
+def memory_tensors(X: Mapping[str, np.ndarray], device: torch.device) -> dict[str, Tensor]:
+    """Features as tensors on the device: float16 kept as float16 (half the memory), anything else float32 (arrays
+    already float32 and contiguous are shared, not copied)."""
+    out = {}
+    for k, v in X.items():
+        arr = np.asarray(v)
+        dtype = np.float16 if arr.dtype == np.float16 else np.float32
+        out[k] = torch.as_tensor(np.ascontiguousarray(arr, dtype=dtype)).to(device)
+    return out
+
+
+Batch = tuple[dict[str, Tensor], Tensor]
+
+
+class Feed:
+    """A `common.rows.Rows` as tensor batches on the fit's device, for every head that reads it.
+
+    Rows held in memory (`rows.arrays()`) become device tensors once (float16 kept, widened per batch into reused
+    buffers); streamed rows are widened batch by batch as they arrive. A pass may cover a subset of the rows
+    (`sub`: sorted positions); batches come with their local index (position within `sub`). Rows in memory are
+    checked for NaN / inf before the fit; streamed rows only when a loss turns out NaN / inf (`nonfinite`): a
+    check of every batch would cost a third of a linear head's epoch.
     """
-    cfg = cfg or FitConfig()
-    device = resolve_device(cfg.device)
-    head.to(device)
-    rows = rows_of(head, X, y, device)
-    val = None
-    if X_val is not None and y_val is not None:
-        val = rows_of(head, X_val, y_val, device)
-    _standardize(head, rows, [val], fit_stats=True, size=cfg.eval_batch_size)
-    data = _Data(rows, groups)
-    val_data = None if val is None else _Data(val, groups_val)
-    start, history = time.perf_counter(), {"stages": [], "device": str(device), "streamed": is_source(X)}
-    devices = [device.index or 0] if device.type == "cuda" else []
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(_fit_threads(cfg, device, head, is_source(X)))
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(cfg.seed)
-            gen = torch.Generator().manual_seed(cfg.seed)
-            for stage in head_stages(head):
-                run = lambda st=stage: _run_stage(head, st, data=data, val=val_data, cfg=cfg, gen=gen)  # noqa: E731
-                if stage.share and stage_store is not None:
-                    history["stages"].append(_shared(head, stage, run, stage_store, data, cfg, gen, data_key))
-                else:
-                    history["stages"].append(run())
-                if on_stage_end is not None:
-                    on_stage_end(stage.name)
-    finally:
-        torch.set_num_threads(threads)
-        for p in head.parameters():
-            p.requires_grad_(True)
-        head.eval()
-    history["seconds"] = time.perf_counter() - start
-    history["val_ap"] = history["stages"][-1]["best_val_ap"] if history["stages"] else None
-    return history
+
+    def __init__(self, rows: Rows, names: Sequence[str], device: torch.device) -> None:
+        self.rows, self.names, self.device = rows, list(names), device
+        arrays = rows.arrays()
+        self.x = None if arrays is None else memory_tensors({k: arrays[k] for k in self.names}, device)
+        self.n = len(rows)
+        self._widen = _Widen(device)
+
+    @property
+    def streamed(self) -> bool:
+        """Whether the rows are read from disk pass by pass."""
+        return self.x is None
+
+    def epoch(
+        self, batch_size: int, *, gen: torch.Generator, sub: np.ndarray | None = None, raw: bool = False
+    ) -> Iterator[Batch]:
+        """One pass over the rows (or `sub`) in a seeded random order drawn from `gen`: in memory a permutation of
+        the rows, streamed the source's seeded chunk order and shuffle buffer. `raw`: float16 features come as
+        stored (the consumer widens them)."""
+        if self.x is None:
+            seed = int(torch.randint(0, 2**62, (1,), generator=gen))
+            yield from self._stream(batch_size, sub=sub, shuffle=True, seed=seed, raw=raw)
+            return
+        n = self.n if sub is None else len(sub)
+        index_of = None if sub is None else torch.from_numpy(np.asarray(sub, dtype=np.int64)).to(self.device)
+        for local in torch.randperm(n, generator=gen).to(self.device).split(batch_size):
+            index = local if index_of is None else index_of.index_select(0, local)
+            yield self._take(lambda v, i=index: v.index_select(0, i), raw), local
+
+    def ordered(self, batch_size: int, *, sub: np.ndarray | None = None) -> Iterator[Batch]:
+        """One pass over the rows (or `sub`) in order, as float32."""
+        if self.x is None:
+            yield from self._stream(batch_size, sub=sub, shuffle=False, seed=0, raw=False)
+            return
+        n = self.n if sub is None else len(sub)
+        index_of = None if sub is None else torch.from_numpy(np.asarray(sub, dtype=np.int64)).to(self.device)
+        for lo in range(0, n, batch_size):
+            local = torch.arange(lo, min(lo + batch_size, n), device=self.device)
+            if index_of is None:
+                yield self._take(lambda v, lo=lo: v[lo : lo + batch_size], False), local
+            else:
+                yield self._take(lambda v, i=index_of[lo : lo + batch_size]: v.index_select(0, i), False), local
+
+    def _take(self, pick: Callable[[Tensor], Tensor], raw: bool) -> dict[str, Tensor]:
+        xb = {}
+        for k, v in self.x.items():
+            part = pick(v)
+            xb[k] = part if part.dtype == torch.float32 or raw else self._widen(k, part)
+        return xb
+
+    def _stream(
+        self, batch_size: int, *, sub: np.ndarray | None, shuffle: bool, seed: int, raw: bool
+    ) -> Iterator[Batch]:
+        keep = raw and self.device.type == "cpu"
+        for feats, pos in self.rows.batches(batch_size, rows=sub, shuffle=shuffle, seed=seed):
+            local = pos if sub is None else np.searchsorted(sub, pos)
+            xb = {}
+            for k in self.names:
+                x = torch.from_numpy(np.ascontiguousarray(feats[k]))
+                xb[k] = x if keep and x.dtype in (torch.float16, torch.float32) else self._widen(k, x)
+            yield xb, torch.from_numpy(np.asarray(local, dtype=np.int64)).to(self.device)
+
+    def nonfinite(self) -> str | None:
+        """The first feature holding NaN or inf values, or None (one pass over the rows, in blocks)."""
+        arrays = self.rows.arrays()
+        if arrays is not None:
+            try:
+                check_finite({k: arrays[k] for k in self.names})
+            except ValueError:
+                return next(k for k in self.names if not all_finite(np.asarray(arrays[k])))
+            return None
+        for feats, _ in self.rows.batches(65536):
+            bad = next((k for k in self.names if not all_finite(np.asarray(feats[k]))), None)
+            if bad is not None:
+                return bad
+        return None
 
 
-def _shared(head, stage, run, store, data, cfg, gen, data_key) -> dict[str, Any]:
-    """Run a shareable stage, or restore it from `store` when an identical one has run (bit-identical result)."""
-    params = stage_parameters(head, stage)
-    h = hashlib.sha256()
-    for part in (stage.share, stage.name, repr(cfg), repr((stage.epochs, stage.lr, stage.label_smoothing)), data_key):
-        h.update(str(part).encode())
-    for name, p in sorted(params.items()):
-        h.update(name.encode() + p.detach().cpu().numpy().tobytes())
-    norm = getattr(head, "input_norm", None)
-    for t in [*(norm.buffers() if norm is not None else []), gen.get_state(), torch.get_rng_state()]:
-        h.update(t.detach().cpu().numpy().tobytes())
-    h.update(np.ascontiguousarray(data.y).tobytes())
-    if stage.rows is not None and data.groups is not None:
-        h.update(np.asarray(stage.rows(data.groups, data.y)).tobytes())
-    key = h.hexdigest()
-    if key in store:
-        done = store[key]
-        with torch.no_grad():
-            for name, p in params.items():
-                p.copy_(done["params"][name])
-        gen.set_state(done["gen"])
-        torch.set_rng_state(done["rng"])
-        return {**done["record"], "reused": True}
-    record = run()
-    store[key] = {
-        "params": {k: p.detach().cpu().clone() for k, p in params.items()},
-        "gen": gen.get_state(),
-        "rng": torch.get_rng_state(),
-        "record": record,
-    }
-    return record
+def rows_of(heads: Sequence[nn.Module], X: Any, *, what: str = "X", check: bool = True) -> Rows:
+    """The rows the heads read: `X` itself when it is a `common.rows.Rows` (its dims checked; its values are checked
+    for NaN / inf only when a loss turns out non-finite, `Feed.nonfinite`), else the arrays in `X` (a dict, or one
+    matrix for heads of one input) as `ArrayRows`, checked for NaN / inf here when `check`."""
+    if is_rows(X):
+        for head in heads:
+            missing = [k for k in head.cfg.inputs if k not in X.dims]
+            if missing:
+                raise ValueError(f"head '{head.head_name}' needs feature(s) {missing}; the rows hold {sorted(X.dims)}")
+        return X
+    arrays = {}
+    for head in heads:
+        arrays.update(as_inputs(head, X))
+    rows = ArrayRows(arrays)
+    if check:
+        check_finite(rows.features, what=what)
+    return rows
 
 
 SMALL_BATCH = 1 << 20  # floats per batch below which one CPU thread is faster
 
 
-def _fit_threads(cfg: FitConfig, device: torch.device, head: nn.Module, streamed: bool) -> int:
+def fit_threads(cfg: FitConfig, device: torch.device, head: nn.Module, streamed: bool) -> int:
     """CPU threads for the fit: one for small batches, one core left to the reader thread when streaming."""
     if cfg.threads is not None:
         return cfg.threads
@@ -322,195 +353,7 @@ def _fit_threads(cfg: FitConfig, device: torch.device, head: nn.Module, streamed
     return max(1, torch.get_num_threads() - 1) if streamed else torch.get_num_threads()
 
 
-@dataclass
-class _Data:
-    rows: MemoryRows | StreamRows
-    groups: Groups
-
-    @property
-    def y(self) -> np.ndarray:
-        return self.rows.y
-
-    def select(self, stage: Stage, *, required: bool) -> tuple[MemoryRows | StreamRows, np.ndarray | None]:
-        """This stage's rows and their indices (None = all rows)."""
-        if stage.rows is None or (self.groups is None and not required):
-            return self.rows, None
-        idx = np.flatnonzero(stage.rows(self.groups, self.y))
-        return self.rows.subset(idx), idx
-
-
-def _skipped(stage: Stage, y: np.ndarray) -> dict[str, Any]:
-    counts = np.bincount(y, minlength=2).tolist()
-    return {
-        "name": stage.name,
-        "skipped": f"rows of one class only ({counts} real/fake)",
-        "trainable": [],
-        "rows": len(y),
-        "epochs": [],
-        "best_epoch": None,
-        "best_val_ap": None,
-    }
-
-
-def _run_stage(
-    head: nn.Module, stage: Stage, *, data: _Data, val: _Data | None, cfg: FitConfig, gen: torch.Generator
-) -> dict[str, Any]:
-    rows, idx = data.select(stage, required=True)
-    y = rows.y
-    if len(np.unique(y)) < 2 and stage.optional:
-        return _skipped(stage, y)
-    if len(np.unique(y)) < 2:
-        sources = sorted({str(s) for s in (data.groups or {}).get("source", [])})
-        present = f"; the training rows' sources are {sources[:8]}" if sources else ""
-        raise ValueError(
-            f"stage '{stage.name}' of head '{head.head_name}' has {len(y)} training rows of one class "
-            f"only ({np.bincount(y, minlength=2).tolist()} real/fake){present}; make the head's source patterns "
-            "name sources of the cache, or train on a cache that holds those fake types"
-        )
-    device = rows.device
-    y_t = torch.as_tensor(y, dtype=torch.float32, device=device)
-    if stage.setup is not None:
-        with torch.no_grad():
-            stage.setup(lambda: ((xb, y_t[i]) for xb, i in rows.batches(cfg.eval_batch_size)))
-    params = stage_parameters(head, stage)
-    for p in head.parameters():
-        p.requires_grad_(False)
-    for p in params.values():
-        p.requires_grad_(True)
-    smooth = cfg.label_smoothing if stage.label_smoothing is None else stage.label_smoothing
-    batch = _Batches(
-        rows=rows,
-        target=y_t * (1 - smooth) + 0.5 * smooth,
-        weight=torch.as_tensor(class_weights(y), device=device) if cfg.balance else None,
-        aux=_aux(stage, data.groups, data.y, idx, device),
-    )
-    lr = cfg.lr if stage.lr is None else stage.lr
-    epochs = cfg.epochs if stage.epochs is None else stage.epochs
-    opt = _fast_step(head, stage, params, cfg, lr) or _optimizer(list(params.values()), cfg, lr, device)
-    forward = stage.forward or (lambda xb, aux: head(xb))
-    val_rows = val.select(stage, required=False)[0] if val is not None else None
-    record = {"name": stage.name, "trainable": sorted(params), "rows": len(y), "epochs": []}
-    _epochs(
-        head,
-        record,
-        forward=forward,
-        batch=batch,
-        opt=opt,
-        val=val_rows,
-        params=params,
-        cfg=cfg,
-        gen=gen,
-        lr=lr,
-        epochs=epochs,
-    )
-    return record
-
-
-def _epochs(head, record, *, forward, batch, opt, val, params, cfg, gen, lr, epochs) -> None:
-    """Run the epochs of a stage, tracking validation AP, early stopping and the best weights."""
-    best_ap, best_epoch, best_state = -1.0, None, None
-    steps_per_epoch = math.ceil(len(batch.target) / cfg.batch_size)
-    for epoch in range(epochs):
-        t0 = time.perf_counter()
-        head.train()
-        loss = _epoch(
-            forward, batch, opt, gen=gen, cfg=cfg, lr=lr, step0=epoch * steps_per_epoch, total=epochs * steps_per_epoch
-        )
-        row = {"epoch": epoch, "loss": loss, "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
-        if val is not None:
-            row["val_ap"] = _val_ap(head, forward, val, cfg)
-            if row["val_ap"] > best_ap:
-                best_ap, best_epoch = row["val_ap"], epoch
-                best_state = {k: p.detach().clone() for k, p in params.items()} if cfg.early_stop else None
-        record["epochs"].append(row)
-        if cfg.early_stop and best_epoch is not None and epoch - best_epoch >= cfg.early_stop:
-            break
-    if best_state is not None:
-        with torch.no_grad():
-            for k, p in params.items():
-                p.copy_(best_state[k])
-    record["best_epoch"] = best_epoch
-    record["best_val_ap"] = best_ap if best_epoch is not None else None
-
-
-def _aux(stage: Stage, groups: Groups, y: np.ndarray, idx: np.ndarray | None, device: torch.device) -> dict:
-    if stage.aux is None:
-        return {}
-    out = {}
-    for k, v in stage.aux(groups, y).items():
-        v = np.asarray(v)
-        out[k] = torch.as_tensor(v if idx is None else v[idx], device=device)
-    return out
-
-
-@dataclass
-class _Batches:
-    rows: MemoryRows | StreamRows
-    target: Tensor
-    weight: Tensor | None
-    aux: dict[str, Tensor]
-
-
-FAST_LINEAR = True  # use a head's no-autograd step when it offers one (tests compare it with the autograd path)
-
-
-def _fast_step(head: nn.Module, stage: Stage, params: dict, cfg: FitConfig, lr: float) -> Any:
-    """The head's own fast training step for a plain stage (`head.fast_step`), or None."""
-    maker = getattr(head, "fast_step", None)
-    if not (FAST_LINEAR and maker is not None and stage.forward is None and stage.aux is None):
-        return None
-    return maker(tuple(params), lr=lr, weight_decay=cfg.weight_decay, decoupled=cfg.optimizer == "adamw")
-
-
-def _optimizer(params: list[Tensor], cfg: FitConfig, lr: float, device: torch.device) -> torch.optim.Optimizer:
-    cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    fused = cfg.fused
-    if fused is None:
-        fused = device.type == "cuda"  # on the CPU the fused step is slower than foreach for small heads
-    kwargs = {"fused": True} if fused else {"foreach": True}
-    return cls(params, lr=lr, weight_decay=cfg.weight_decay, **kwargs)
-
-
-def _epoch(
-    forward: StageForward,
-    batch: _Batches,
-    opt: Any,
-    *,
-    gen: torch.Generator,
-    cfg: FitConfig,
-    lr: float,
-    step0: int,
-    total: int,
-) -> float:
-    """One pass over the rows in a seeded random order; returns the mean training loss."""
-    cosine = cfg.schedule == "cosine"
-    fast = not isinstance(opt, torch.optim.Optimizer)
-    losses = []
-    for step, (xb, index) in enumerate(batch.rows.batches(cfg.batch_size, gen=gen, raw=fast)):
-        if cosine:
-            for group in opt.param_groups:
-                group["lr"] = lr_at(step0 + step, total, lr=lr, schedule="cosine", min_lr_ratio=cfg.min_lr_ratio)
-        target = batch.target.index_select(0, index)
-        weight = None if batch.weight is None else batch.weight.index_select(0, index)
-        if fast:
-            losses.append(opt(xb, target, weight))
-            continue
-        aux = {k: v.index_select(0, index) for k, v in batch.aux.items()}
-        out = forward(xb, aux)
-        logits, extra = out if isinstance(out, tuple) else (out, None)
-        # BCE-with-logits as softplus(z) - z t: same math; the fused kernel stalls for ms on a busy multi-core CPU
-        per_row = F.softplus(logits) - logits * target
-        loss = per_row.mean() if weight is None else (per_row * weight).mean()
-        if extra is not None:
-            loss = loss + extra
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(loss.detach())
-    return float(torch.stack(losses).mean()) if losses else float("nan")
-
-
-SCORE_BYTES = 8 << 20  # input bytes per scoring forward: a wide head's temporaries on more rows spill the CPU caches
+SCORE_BYTES = 2 << 20  # input bytes per scoring forward: wider slices spill CPU caches (3,072-d gating: 8 MB 2x slower)
 
 
 def _forward_rows(xb: Mapping[str, Tensor]) -> int:
@@ -519,12 +362,14 @@ def _forward_rows(xb: Mapping[str, Tensor]) -> int:
     return max(64, SCORE_BYTES // max(per_row, 1))
 
 
-def _scores(rows: MemoryRows | StreamRows, batch_size: int, fn: Callable[[dict[str, Tensor]], Tensor]) -> Tensor:
-    """`fn` (one value per row) over every row, in row order, as a float64 CPU tensor. Rows are read `batch_size`
-    at a time and scored in slices of `_forward_rows` rows (a row's score does not depend on its slice but for float
-    rounding; for wide heads several times faster than one forward over tens of thousands of rows)."""
-    out = torch.empty(len(rows), dtype=torch.float64)
-    for xb, index in rows.batches(batch_size):
+def scores(
+    feed: Feed, batch_size: int, fn: Callable[[dict[str, Tensor]], Tensor], *, sub: np.ndarray | None = None
+) -> Tensor:
+    """`fn` (one value per row) over every row (or `sub`), in row order, as a float64 CPU tensor. Rows are read
+    `batch_size` at a time and scored in slices of `_forward_rows` rows (a row's score does not depend on its slice
+    but for float rounding; for wide heads several times faster than one forward over tens of thousands of rows)."""
+    out = torch.empty(feed.n if sub is None else len(sub), dtype=torch.float64)
+    for xb, index in feed.ordered(batch_size, sub=sub):
         step = _forward_rows(xb)
         for lo in range(0, len(index), step):
             part = {k: v[lo : lo + step] for k, v in xb.items()}
@@ -532,64 +377,54 @@ def _scores(rows: MemoryRows | StreamRows, batch_size: int, fn: Callable[[dict[s
     return out
 
 
-def _val_ap(head: nn.Module, forward: StageForward, rows: MemoryRows | StreamRows, cfg: FitConfig) -> float:
-    """Validation AP of the current weights (the one AP of `common.metrics`, as `aigi eval` reports it)."""
-    if len(np.unique(rows.y)) < 2:
-        return float("nan")
-    head.eval()
-
-    def logits(xb: dict[str, Tensor]) -> Tensor:
-        out = forward(xb, {})
-        return out[0] if isinstance(out, tuple) else out
-
-    with torch.inference_mode():
-        scores = _scores(rows, _rows_per_call(head, cfg.eval_batch_size), logits)
-    head.train()
-    return average_precision(rows.y, scores.numpy())
-
-
-def _rows_per_call(head: nn.Module, batch_size: int) -> int:
+def rows_per_call(head: nn.Module, batch_size: int) -> int:
     """Rows per scoring forward: at most the head's `batch_rows` (tail heads run transformer blocks per row)."""
     return min(batch_size, getattr(head, "batch_rows", batch_size))
 
 
-def _prepared(head: nn.Module, X: Any) -> MemoryRows | StreamRows:
-    rows = rows_of(head, X, None, next(iter(head.parameters())).device)
-    _standardize(head, rows, [], fit_stats=False, size=0)
+def prep_of(head: nn.Module) -> Callable[[dict[str, Tensor]], dict[str, Tensor]]:
+    """The head's input standardisation (`input_norm`), or the identity."""
+    norm = getattr(head, "input_norm", None)
+    return (lambda xb: xb) if norm is None else norm.apply_tensors
+
+
+def _prepared(head: nn.Module, X: Any) -> tuple[Feed, Callable[[dict[str, Tensor]], dict[str, Tensor]]]:
+    rows = rows_of([head], X, check=False)
     head.eval()
-    return rows
+    return Feed(rows, list(head.cfg.inputs), next(iter(head.parameters())).device), prep_of(head)
 
 
-def logits(head: nn.Module, X: Mapping[str, np.ndarray] | np.ndarray | Any, *, batch_size: int = 65536) -> np.ndarray:
+def logits(head: nn.Module, X: Mapping[str, np.ndarray] | np.ndarray | Rows, *, batch_size: int = 65536) -> np.ndarray:
     """The raw logit of every row, float64 [N] (what calibration rescales; `predict` is its sigmoid)."""
-    rows = _prepared(head, X)
+    feed, prep = _prepared(head, X)
     with torch.inference_mode():
-        return _scores(rows, _rows_per_call(head, batch_size), lambda xb: head(xb).double()).numpy()
+        return scores(feed, rows_per_call(head, batch_size), lambda xb: head(prep(xb)).double()).numpy()
 
 
-def predict(head: nn.Module, X: Mapping[str, np.ndarray] | np.ndarray | Any, *, batch_size: int = 65536) -> np.ndarray:
-    """P(fake) = sigmoid(logit) for every row (arrays in memory or a batch source, in its order), float64 [N]."""
-    rows = _prepared(head, X)
+def predict(head: nn.Module, X: Mapping[str, np.ndarray] | np.ndarray | Rows, *, batch_size: int = 65536) -> np.ndarray:
+    """P(fake) = sigmoid(logit) for every row (arrays in memory or a `Rows`, in its order), float64 [N]."""
+    feed, prep = _prepared(head, X)
     with torch.inference_mode():
-        return _scores(rows, _rows_per_call(head, batch_size), lambda xb: torch.sigmoid(head(xb).double())).numpy()
+        fn = lambda xb: torch.sigmoid(head(prep(xb)).double())  # noqa: E731
+        return scores(feed, rows_per_call(head, batch_size), fn).numpy()
 
 
-def explain(head: nn.Module, X: Mapping[str, np.ndarray] | np.ndarray | Any, *, batch_size: int = 65536) -> dict:
+def explain(head: nn.Module, X: Mapping[str, np.ndarray] | np.ndarray | Rows, *, batch_size: int = 65536) -> dict:
     """A mixing head's per-row gates and per-expert scores as numpy arrays, plus "expert_names" and "score"."""
     if not hasattr(head, "explain"):
         raise ValueError(f"head '{head.head_name}' does not mix experts; explain works for gating/router-like heads")
-    rows = _prepared(head, X)
-    if len(rows) == 0:
+    feed, prep = _prepared(head, X)
+    if feed.n == 0:
         raise ValueError("explain needs at least one row")
     out: dict[str, Any] = {}
     with torch.inference_mode():
-        for xb, index in rows.batches(_rows_per_call(head, batch_size)):
-            part = head.explain(xb)
+        for xb, index in feed.ordered(rows_per_call(head, batch_size)):
+            part = head.explain(prep(xb))
             for key, value in part.items():
                 if not isinstance(value, Tensor):
                     out[key] = value
                     continue
                 if key not in out:
-                    out[key] = torch.empty((len(rows), *value.shape[1:]), dtype=torch.float64)
+                    out[key] = torch.empty((feed.n, *value.shape[1:]), dtype=torch.float64)
                 out[key][index.cpu()] = value.double().cpu()
     return {k: v.numpy() if isinstance(v, Tensor) else v for k, v in out.items()}

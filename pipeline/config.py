@@ -10,7 +10,8 @@ A run config has four sections (see the presets in pipeline/presets/, also reach
            training pairs (by pair_id, so a real and its aligned fakes never straddle train and val);
            optional `domains`, an `aigi domains` table whose domain replaces the rows' by image_id;
            `stream` (auto / true / false) and `memory_budget` (e.g. 1.5GB; default half the available RAM): rows
-           stay in memory as float32, as float16 when only that fits, or are streamed from disk (pipeline.streaming)
+           stay in memory as float32, as float16 when only that fits, or are streamed from disk (pipeline.rows);
+           `join: {max_dropped: 0.0}`: the share of rows a join of several caches may drop (more is an error)
     eval:  defaults of `aigi eval`: by, threshold (a number or `val`), reals, bootstrap
     calibration (optional): fitted on the validation rows at the end of `aigi train` and stored with the head, as
            `aigi calibrate` does: method (temperature | platt | none), threshold (a number, val_acc or fpr:A),
@@ -53,6 +54,14 @@ class HeadSection:
 
 
 @dataclass(frozen=True)
+class JoinSection:
+    """How several caches are joined on (image_id, view): `max_dropped` is the largest share of the first cache's
+    selected rows the join may drop (rows another cache lacks); more is an error naming the count."""
+
+    max_dropped: float = 0.0
+
+
+@dataclass(frozen=True)
 class DataSection:
     """Where the rows come from and how they are split."""
 
@@ -67,6 +76,7 @@ class DataSection:
     domains: str = ""  # optional `aigi domains` table (image_id -> domain) replacing the rows' `domain` column
     stream: bool | str = "auto"  # true / false / auto: stream the rows from disk (auto: when over the budget)
     memory_budget: int | float | str | None = None  # bytes or "1.5GB"; default half the available RAM
+    join: JoinSection = field(default_factory=JoinSection)  # rows a join of several caches may drop
 
 
 @dataclass(frozen=True)
@@ -209,6 +219,8 @@ def _check_values(cfg: RunConfig, *, source: str) -> None:
 
     if not 0.0 <= cfg.data.val_fraction < 1.0:
         raise ValueError(f"{source}: data.val_fraction must be in [0, 1), got {cfg.data.val_fraction}")
+    if not 0.0 <= cfg.data.join.max_dropped <= 1.0:
+        raise ValueError(f"{source}: data.join.max_dropped must be a share in [0, 1], got {cfg.data.join.max_dropped}")
     try:
         parse_stream(cfg.data.stream)
         if cfg.data.memory_budget is not None and str(cfg.data.memory_budget).strip().lower() != "auto":

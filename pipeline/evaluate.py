@@ -83,7 +83,12 @@ class EvalResult:
 
 
 def evaluate_run(
-    run_dir: str | Path, out_dir: str | Path, options: EvalOptions = EvalOptions(), *, config: RunConfig | None = None
+    run_dir: str | Path,
+    out_dir: str | Path,
+    options: EvalOptions = EvalOptions(),
+    *,
+    config: RunConfig | None = None,
+    rows: Any = None,
 ) -> EvalResult:
     """Score one split with a trained head and write report.md, metrics.csv / .json, scores.parquet and plots.
 
@@ -95,6 +100,7 @@ def evaluate_run(
         out_dir: the report directory.
         options: what to score and how (`EvalOptions`).
         config: the run's `RunConfig` when the caller holds it (the ablation runner); default: read from RUN_DIR.
+        rows: a `pipeline.rows.RowStore` the caller keeps for several runs (the ablation runner), or None.
     """
     from aigi import heads
     from aigi.pipeline.metrics import assemble_groups, group_metrics
@@ -102,7 +108,7 @@ def evaluate_run(
     from aigi.pipeline.scoring import open_run, pick_threshold, score_rows, split_rows
 
     run = open_run(run_dir, caches=options.caches, where=options.where, weights=options.weights, config=config,
-                   trained=True)  # fmt: skip
+                   trained=True, rows=rows)  # fmt: skip
     cfg, info = run.config, run.info
     cal = heads.calibration_of(info)
     opts = options.with_defaults(cfg, stored_threshold=bool(info.get("calibration")))

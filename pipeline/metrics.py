@@ -285,7 +285,7 @@ def _reals_for(
         return pool, "all"
     if pool_pairs is not None:
         wanted = set(frame["pair_id"].astype(str).to_numpy()[fake_idx].tolist()) - {""}
-        hit = pool[np.isin(pool_pairs, list(wanted))]
+        hit = pool[pd.Series(pool_pairs).isin(wanted).to_numpy()]  # hashed: np.isin sorts the strings (10x slower)
         if hit.size or reals == "paired":
             return hit, "paired"
     if reals == "paired":

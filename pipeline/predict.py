@@ -413,7 +413,7 @@ def predict_cache(
 ) -> CacheScores:
     """Logit, calibrated P(fake) and verdict of the rows of one cache matching `options.where`, after the cache's
     fingerprint matched the head's; scored as cached: in memory, or streamed when the features would exceed the memory
-    budget (see pipeline.streaming). `head_dir`: a run folder or a packed head."""
+    budget (see pipeline.rows). `head_dir`: a run folder or a packed head."""
     from aigi.pipeline.pack import OpenedHead
 
     with OpenedHead(head_dir) as folder:
@@ -425,7 +425,7 @@ def _predict_cache(head_dir: Path, cache_path: str | Path, options: PredictOptio
     from aigi import cache
     from aigi.pipeline import tail
     from aigi.pipeline.scoring import check_cache
-    from aigi.pipeline.streaming import StreamedSet, choose, parse_budget, row_values
+    from aigi.pipeline.rows import choose, parse_budget, row_values
 
     head, info = tail.load_head(head_dir, options.weights)  # with the tail a `tail_*` head runs on tokens
     warn_demo_head(info, name)
@@ -446,12 +446,12 @@ def _predict_cache(head_dir: Path, cache_path: str | Path, options: PredictOptio
     if choice.mode == "stream":
         from aigi.cache.stream import open_stream, stream_buffer
 
-        fs = StreamedSet(open_stream(store, names, where, buffer_bytes=stream_buffer(budget)))
+        fs = open_stream(store, names, where, buffer_bytes=stream_buffer(budget))
     else:
         fs = store.load(names, where=where, dtype=choice.mode)
     cols = [c for c in ("image_id", "path", "label", "source", "split", "view") if c in fs.meta.columns]
     table = fs.meta[cols].reset_index(drop=True).copy()
-    for name, values in head_scores(head, fs.features, info).items():
+    for name, values in head_scores(head, fs, info).items():
         table[name] = values
     for row in table[table["error"] != ""].head(20).itertuples():
         LOG.warning(f"not scored: row {row.Index} ({getattr(row, 'image_id', '?')}): {row.error}")

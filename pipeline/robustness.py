@@ -57,7 +57,7 @@ class RobustnessResult:
 def score_views(run_dir: str | Path, options: RobustnessOptions) -> tuple[pd.DataFrame, Any, list[str]]:
     """Rows of the split under every view, scored: (image_id, view, label, prob, verdict frame; the head's
     calibration; the report's header lines)."""
-    from aigi.pipeline.rows import hold_choice, load_rows
+    from aigi.pipeline.rows import select
     from aigi.pipeline.scoring import open_run, score_features
 
     run = open_run(run_dir, caches=options.caches, weights=options.weights)
@@ -65,8 +65,7 @@ def score_views(run_dir: str | Path, options: RobustnessOptions) -> tuple[pd.Dat
     split = data.test if options.split is None else options.split
     where = {k: v for k, v in data.where.items() if k != "view"}
     where = {**where, "view": views} if split == "all" else {**where, "view": views, data.split_column: split}
-    hold = hold_choice(run.caches, data, inputs=run.inputs, where=where)  # in memory or streamed
-    fs = load_rows(run.caches, inputs=run.inputs, where=where, domains=data.domains, hold=hold)
+    fs = select(run.caches, data, inputs=run.inputs, where=where)  # in memory or streamed
     have = set(fs.column("view").astype(str)) if len(fs) else set()
     missing = [v for v in views if v not in have]
     if missing:
@@ -77,11 +76,11 @@ def score_views(run_dir: str | Path, options: RobustnessOptions) -> tuple[pd.Dat
         )
     frame = fs.meta[["image_id", "view", "label"]].reset_index(drop=True).copy()
     frame["label"] = frame["label"].astype(np.int64)
-    scored = score_features(run.head, run.info, fs.features)
+    scored = score_features(run.head, run.info, fs)
     frame["logit"], frame["prob"], frame["verdict"] = scored.logit, scored.p_fake, scored.verdict
     cal = scored.calibration
     context = [f"head `{run.info['name']}` from `{run.run_dir}`",
-               f"rows: split {split}, views {', '.join(views)}, {len(fs)} rows {hold.why}",
+               f"rows: split {split}, views {', '.join(views)}, {len(fs)} rows {fs.held}",
                f"calibration: {cal.method}, threshold {cal.threshold:.6g} ({cal.threshold_policy})"
                + ("" if cal.band is None else f", unsure band ({cal.band[0]:.4g}, {cal.band[1]:.4g})"),
                *[f"warning: {n}" for n in run.notes]]  # fmt: skip

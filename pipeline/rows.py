@@ -1,32 +1,261 @@
-"""Where a run's rows come from: open its caches, plan which feature comes from which cache, load and join the rows,
-and split them into training and validation rows; the run config and cache fingerprints a head recorded. Used by
-`aigi train`, `aigi eval`, `aigi calibrate`, `aigi robustness` and `aigi predict`.
+"""A run's rows: open its caches, choose how to hold the rows (memory budget, `data.stream`), load and join them,
+split them into training and validation rows; the run config and cache fingerprints a head recorded. Used by
+`aigi train`, `aigi eval`, `aigi calibrate`, `aigi robustness`, `aigi predict` and `aigi ablate`.
+
+The rows themselves are `common.rows.Rows`: a `cache.FeatureSet` in memory, or a `cache.FeatureStream` (one cache)
+/ `cache.JoinedStream` (several) streamed from disk. The choice between them is made here, once per selection
+(`hold_choice`): `data.stream: auto` (the default) keeps the selected rows in memory as float32 when that copy fits
+the memory budget, as float16 when only the stored float16 copy fits, and streams them otherwise; `true` always
+streams, `false` never does. `data.memory_budget` (bytes, or text such as "1.5GB") defaults to half of the memory
+this process may still take (`available_ram`: the RAM available now, within the process's own limits and its
+cgroup's). Several caches are joined on (image_id, view); `data.join.max_dropped` bounds the share of rows a join
+may drop (default 0: a row missing in one cache is an error naming the count).
 
 Validation policy: the rows with split == val when the caches have any; otherwise a seeded `data.val_fraction` of
 the training pairs (pair_id, or image_id for unpaired rows), so a real and its aligned fakes stay together.
+
+Whoever runs several stages on the same rows (the ablation runner) passes a `RowStore`: the caches are opened and
+each selection is read once for as long as the caller keeps the store. Nothing is kept between calls otherwise.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+import logging
+import os
+import resource
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from aigi.common import grammar
+
+LOG = logging.getLogger(__name__)
 GROUP_COLUMNS = ("source", "domain")
+DEFAULT_RAM_FRACTION = 0.5
+UNKNOWN_RAM = 8 * 10**9
+MAX_KEPT = 4  # row selections a RowStore keeps (the most recent ones)
 
 
-def open_caches(paths: Mapping[str, str]) -> dict[str, Any]:
-    """Open every cache of a run: alias -> `cache.Cache`."""
+# ----------------------------------------------------------------------------------------------------------------
+# the memory budget and the choice
+
+
+def available_ram(*, proc: Path = Path("/proc"), cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
+    """Bytes this process may still take: the RAM available now (MemAvailable), bounded by its own limits (RLIMIT_AS
+    minus its address space, RLIMIT_DATA minus its data segment) and by its cgroup's memory limit minus the cgroup's
+    usage (v1 or v2, every level up to the root); 8 GB when nothing can be read."""
+    status = _proc_values(proc / "self" / "status")
+    room = [_proc_values(proc / "meminfo").get("MemAvailable")]
+    for limit, used in ((resource.RLIMIT_AS, "VmSize"), (getattr(resource, "RLIMIT_DATA", None), "VmData")):
+        soft = resource.getrlimit(limit)[0] if limit is not None else resource.RLIM_INFINITY
+        if soft != resource.RLIM_INFINITY and soft > 0:
+            room.append(max(0, soft - status.get(used, 0)))
+    room.append(_cgroup_room(proc / "self" / "cgroup", cgroup_root))
+    known = [r for r in room if r is not None]
+    return min(known) if known else UNKNOWN_RAM
+
+
+def _proc_values(path: Path) -> dict[str, int]:
+    """`Key: N kB` lines of a /proc file as bytes (empty when it cannot be read)."""
+    out = {}
+    try:
+        for line in path.read_text(encoding="ascii", errors="replace").splitlines():
+            key, _, rest = line.partition(":")
+            parts = rest.split()
+            if len(parts) == 2 and parts[1] == "kB" and parts[0].isdigit():
+                out[key] = int(parts[0]) * 1024
+    except OSError:
+        pass
+    return out
+
+
+def _cgroup_room(self_cgroup: Path, root: Path) -> int | None:
+    """The least (limit - usage) of this process's memory cgroup and its ancestors, None without a limit."""
+    try:
+        lines = self_cgroup.read_text(encoding="ascii").splitlines()
+    except OSError:
+        return None
+    found = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":  # v2
+            found.append((root, path, "memory.max", "memory.current"))
+        elif "memory" in controllers.split(","):  # v1
+            found.append((root / "memory", path, "memory.limit_in_bytes", "memory.usage_in_bytes"))
+    rooms = []
+    for base, path, limit_name, usage_name in found:
+        here = base / path.lstrip("/")
+        here = here if here.is_dir() else base  # a cgroup namespace: the mount is this process's own cgroup
+        while True:
+            limit, usage = _read_int(here / limit_name), _read_int(here / usage_name)
+            if limit is not None and limit < 2**60 and usage is not None:
+                rooms.append(max(0, limit - usage))
+            if here == base or not here.is_relative_to(base):
+                break
+            here = here.parent
+    return min(rooms) if rooms else None
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        text = path.read_text(encoding="ascii").strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None  # "max" (v2): no limit
+
+
+def parse_budget(value: Any) -> int:
+    """Bytes from `data.memory_budget` (`aigi.common.grammar.parse_budget`): None or auto = half of
+    `available_ram()`."""
+    if value is None or (isinstance(value, str) and value.strip().lower() == "auto"):
+        return grammar.parse_budget(value, default=int(available_ram() * DEFAULT_RAM_FRACTION))
+    return grammar.parse_budget(value, default=0)
+
+
+def gb(n: float) -> str:
+    """A byte count for people: GB, MB or kB."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n / 1e3:.1f} kB"
+
+
+@dataclass(frozen=True)
+class Choice:
+    """How a set of rows is held: "float32" / "float16" in memory, or "stream"; `why` is the sentence shown."""
+
+    mode: str
+    why: str
+    budget: int = 0
+
+
+def choose(*, rows: int, row_values: int, stored: str, stream: Any, budget: int) -> Choice:
+    """Pick in memory (float32 / float16) or streamed for `rows` rows of `row_values` feature values each."""
+    f32, f16 = rows * row_values * 4, rows * row_values * 2
+    sizes = f"float32 copy {gb(f32)}, memory budget {gb(budget)}"
+    mode = grammar.parse_stream(stream)
+    if mode is True:
+        return Choice("stream", f"streamed from disk (data.stream: true; {sizes})", budget)
+    if f32 <= budget:
+        return Choice("float32", f"in memory as float32 ({sizes})", budget)
+    if stored == "float16" and (f16 <= budget or mode is False):
+        return Choice("float16", f"in memory as stored float16 {gb(f16)} ({sizes})", budget)
+    if mode is False:
+        return Choice("float32", f"in memory as float32 although over budget (data.stream: false; {sizes})", budget)
+    return Choice("stream", f"streamed from disk: the in-memory copy would exceed the budget ({sizes})", budget)
+
+
+def row_values(dims: Mapping[str, Sequence[int]]) -> int:
+    """Feature values per row."""
+    return int(sum(int(np.prod(s)) for s in dims.values()))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# caches and selections kept for a caller
+
+
+class RowStore:
+    """Opened caches and loaded row selections, kept for as long as the caller holds this object.
+
+    The ablation runner keeps one per worker: its runs open each cache and read each selection once. A cache whose
+    files change is opened again; the `MAX_KEPT` most recent selections are kept. `counts` says how many
+    selections reached this process from disk ("loaded": read now, or read ahead by `ahead()` and used here for
+    the first time, e.g. by a process forked after reading them) and how many were found here again ("reused").
+    """
+
+    def __init__(self) -> None:
+        self.caches: dict[str, tuple[tuple, Any]] = {}
+        self.sets: dict[tuple, Any] = {}
+        self.counts = {"loaded": 0, "reused": 0}
+        self.unused: set[tuple] = set()  # read ahead, not used yet
+        self.reading_ahead = False
+
+    @contextlib.contextmanager
+    def ahead(self) -> Iterator[RowStore]:
+        """Read selections ahead of their use (counted when they are first used)."""
+        self.reading_ahead = True
+        try:
+            yield self
+        finally:
+            self.reading_ahead = False
+
+    def cache(self, path: str | Path, open_cache: Callable[[Any], Any]) -> Any:
+        """`open_cache(path)` once per cache folder while none of its files changed."""
+        folder = os.path.realpath(path)
+        stamp = _folder_stamp(folder)
+        hit = self.caches.get(folder)
+        if hit is None or hit[0] != stamp:
+            hit = self.caches[folder] = (stamp, open_cache(path))
+        return hit[1]
+
+    def rows(self, key: tuple, load: Callable[[], Any]) -> Any:
+        """`load()` once per `key`."""
+        if key not in self.sets:
+            while len(self.sets) >= MAX_KEPT:
+                self.unused.discard(old := next(iter(self.sets)))
+                self.sets.pop(old)
+            self.sets[key] = load()
+            if self.reading_ahead:
+                self.unused.add(key)
+                return self.sets[key]
+        elif self.reading_ahead:
+            return self.sets[key]
+        elif key in self.unused:
+            self.unused.discard(key)
+        else:
+            self.counts["reused"] += 1
+            return self.sets[key]
+        self.counts["loaded"] += 1
+        return self.sets[key]
+
+
+def _folder_stamp(folder: str) -> tuple:
+    """Every file under `folder` with its size and modification time: changes when the cache's content does."""
+    out = []
+    for root, _dirs, files in os.walk(folder):
+        for name in files:
+            try:
+                st = os.stat(os.path.join(root, name))
+            except OSError:  # removed meanwhile
+                continue
+            out.append((root, name, st.st_size, st.st_mtime_ns))
+    return tuple(sorted(out))
+
+
+def cache_key(caches: Mapping[str, Any]) -> tuple:
+    """What identifies the opened caches' content: path, fingerprint, row count and files' mtimes."""
+    out = []
+    for alias, c in sorted(caches.items()):
+        mtimes = tuple(os.stat(p.path).st_mtime_ns for p in c.parts if hasattr(p, "path") and p.path.is_file())
+        out.append((alias, str(c.path), c.fingerprint, len(c), mtimes))
+    return tuple(out)
+
+
+def same_rows(cfg: Any) -> str:
+    """What the runs that read the same rows share (one bank): the data section (caches, selection, splits,
+    holding, joining) and the fit device."""
+    import dataclasses
+
+    return repr((dataclasses.asdict(cfg.data), dict(cfg.fit).get("device", "auto")))
+
+
+def open_caches(paths: Mapping[str, str], *, store: RowStore | None = None) -> dict[str, Any]:
+    """Open every cache of a run: alias -> `cache.Cache` (through `store` when given: once while unchanged)."""
     from aigi import cache
-    from aigi.pipeline import streaming
 
     if not paths:
         raise ValueError("the run names no cache: set data.caches in the config or pass --cache PATH")
-    if streaming.REUSE:  # an ablation worker: the caches its previous runs opened, while unchanged
-        return {alias: streaming.reuse_cache(path, cache.open) for alias, path in paths.items()}
+    if store is not None:
+        return {alias: store.cache(path, cache.open) for alias, path in paths.items()}
     return {alias: cache.open(path) for alias, path in paths.items()}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# loading and joining
 
 
 def feature_plan(caches: Mapping[str, Any], inputs: Sequence[str]) -> dict[str, list[str]]:
@@ -42,20 +271,25 @@ def feature_plan(caches: Mapping[str, Any], inputs: Sequence[str]) -> dict[str, 
             have = {a: sorted(c.features) for a, c in caches.items()}
             what = "is in no cache" if not owners else f"is in several caches ({owners}); name it ALIAS/{feat}"
             raise ValueError(f"head input {name!r} {what}; the caches hold {have}")
-        plan[owners[0]].append(feat)
+        if feat not in plan[owners[0]]:
+            plan[owners[0]].append(feat)
     return {alias: feats for alias, feats in plan.items() if feats}
 
 
-def hold_choice(caches: Mapping[str, Any], data: Any, *, inputs: Sequence[str], where: Mapping[str, Any]) -> Any:
-    """How to hold the rows matching `where` (`pipeline.streaming.choose` with data.stream / data.memory_budget):
-    in memory as float32 or float16, or streamed (several caches are joined while streaming when they store one
-    dtype; caches of different dtypes are joined in memory)."""
+def selected(caches: Mapping[str, Any], inputs: Sequence[str], where: Mapping[str, Any]) -> int:
+    """Rows of the first cache the inputs read that match `where` (before any join)."""
     from aigi.cache.featureset import where_mask
-    from aigi.pipeline.streaming import Choice, choose, parse_budget, row_values
 
+    first = caches[next(iter(feature_plan(caches, inputs)))]
+    return int(np.count_nonzero(where_mask(first.meta(), dict(where)))) if where else len(first)
+
+
+def hold_choice(caches: Mapping[str, Any], data: Any, *, inputs: Sequence[str], where: Mapping[str, Any]) -> Choice:
+    """How to hold the rows matching `where` (`choose` with data.stream / data.memory_budget): in memory as float32
+    or float16, or streamed (several caches are joined while streaming when they store one dtype; caches of
+    different dtypes are joined in memory)."""
     plan = feature_plan(caches, inputs)
-    first = caches[next(iter(plan))]
-    rows = int(np.count_nonzero(where_mask(first.meta(), dict(where)))) if where else len(first)
+    rows = selected(caches, inputs, where)
     dims = {f"{a}/{f}": caches[a].features[f] for a, feats in plan.items() for f in feats}
     stored = "float16" if all(caches[a].dtype == "float16" for a in plan) else "float32"
     budget = parse_budget(getattr(data, "memory_budget", None))
@@ -77,76 +311,148 @@ def load_rows(
     inputs: Sequence[str],
     where: Mapping[str, Any],
     domains: str = "",
-    hold: Any = None,
+    hold: Choice | None = None,
+    join: Any = None,
+    store: RowStore | None = None,
 ) -> Any:
     """The rows matching `where` with the head's input features, joined across caches on (image_id, view).
 
     `domains` (data.domains) names an `aigi domains` table whose domain replaces each row's `domain` by image_id.
-    `hold` (a `hold_choice`) keeps them in memory as float32 (default) or float16, or streams them from the cache
-    (a `pipeline.streaming.StreamedSet`). Inside an ablation worker the rows of one selection are loaded once
-    (`pipeline.streaming.reuse_rows`). The choice's sentence is kept as the set's `held` attribute.
+    `hold` (a `hold_choice`) keeps them in memory as float32 (default) or float16 (a `cache.FeatureSet`), or
+    streams them from the cache (a `cache.FeatureStream` / `JoinedStream`). `join` (data.join) bounds the rows a
+    join of several caches may drop. With a `store`, a selection is read once. The choice's sentence is kept as the
+    rows' `held` attribute.
     """
-    from aigi.pipeline import streaming
-
     mode = "float32" if hold is None else hold.mode
-    load = lambda: _load(caches, inputs=inputs, where=where, domains=domains, hold=hold)  # noqa: E731
-    if streaming.REUSE and mode != "stream":
-        key = (streaming.cache_key(caches), tuple(inputs), repr(sorted(dict(where).items())), domains, mode)
-        fs = streaming.reuse_rows(key, load)
+    load = lambda: _load(caches, inputs=inputs, where=where, domains=domains, hold=hold, join=join)  # noqa: E731
+    if store is not None:
+        key = (cache_key(caches), tuple(inputs), repr(sorted(dict(where).items())), domains, mode, repr(join))
+        rows = store.rows(key, load)
     else:
-        fs = load()
-    fs.held = "" if hold is None else hold.why
-    return fs
+        rows = load()
+    rows.held = "" if hold is None else hold.why
+    return rows
 
 
-def _load(caches: Mapping[str, Any], *, inputs: Sequence[str], where: Mapping[str, Any], domains: str, hold: Any):
+def select(
+    caches: Mapping[str, Any],
+    data: Any,
+    *,
+    inputs: Sequence[str],
+    where: Mapping[str, Any],
+    store: RowStore | None = None,
+) -> Any:
+    """The rows matching `where` as a run's data section holds them (`hold_choice`, then `load_rows` with its
+    domains and join policy): one call for a stage that scores a selection."""
+    hold = hold_choice(caches, data, inputs=inputs, where=where)
+    return load_rows(caches, inputs=inputs, where=where, domains=data.domains, hold=hold, join=_join(data), store=store)
+
+
+def _load(
+    caches: Mapping[str, Any],
+    *,
+    inputs: Sequence[str],
+    where: Mapping[str, Any],
+    domains: str,
+    hold: Choice | None,
+    join: Any,
+) -> Any:
     from aigi import cache
 
     plan = feature_plan(caches, inputs)
     if hold is not None and hold.mode == "stream":
         from aigi.cache.stream import join_streams, open_stream, stream_buffer
-        from aigi.pipeline.streaming import StreamedSet
 
         size = stream_buffer(hold.budget)
-        streams = {a: open_stream(caches[a], feats, dict(where), buffer_bytes=size) for a, feats in plan.items()}
-        fs = StreamedSet(join_streams(streams))
+        parts = {a: open_stream(caches[a], feats, dict(where), buffer_bytes=size) for a, feats in plan.items()}
+        joined = join_streams(parts)
     else:
         dtype = "float32" if hold is None else hold.mode
-        sets = {alias: caches[alias].load(feats, where=dict(where), dtype=dtype) for alias, feats in plan.items()}
-        fs = next(iter(sets.values())) if len(sets) == 1 else cache.join(sets)
-    missing = [name for name in inputs if name not in fs.dims]
+        parts = {alias: caches[alias].load(feats, where=dict(where), dtype=dtype) for alias, feats in plan.items()}
+        joined = next(iter(parts.values())) if len(parts) == 1 else cache.join(parts)
+    if len(parts) > 1:
+        check_join({a: p.meta for a, p in parts.items()}, len(joined), join)
+    missing = [name for name in inputs if name not in joined.dims]
     if missing:
         raise ValueError(
-            f"after joining {list(plan)} the features are {sorted(fs.dims)}; inputs {missing} are "
+            f"after joining {list(plan)} the features are {sorted(joined.dims)}; inputs {missing} are "
             "missing (name them ALIAS/FEATURE when two caches share a name)"
         )
     if domains:
         from aigi.pipeline.domains import attach_domains
 
-        fs = attach_domains(fs, domains)
-    return fs
+        joined = attach_domains(joined, domains)
+    return joined
 
 
-def train_val_rows(caches: Mapping[str, Any], data: Any, *, inputs: Sequence[str]) -> tuple[Any, Any, str]:
-    """Training and validation FeatureSets of a run, following the validation policy (module docstring).
+def check_join(metas: Mapping[str, Any], kept: int, join: Any) -> None:
+    """Say how many rows a join of several caches dropped (the first cache's rows with no (image_id, view) match in
+    another), and refuse when that share exceeds `join.max_dropped` (data.join; None: 0)."""
+    from aigi.cache.featureset import KEY
+
+    aliases = list(metas)
+    first = metas[aliases[0]]
+    dropped = len(first) - kept
+    if dropped <= 0:
+        return
+    import pandas as pd
+
+    def keys(meta: Any) -> Any:
+        return pd.MultiIndex.from_frame(meta[list(KEY)].astype(str))
+
+    lacking = {a: int((~keys(first).isin(keys(metas[a]))).sum()) for a in aliases[1:]}
+    allowed = float(getattr(join, "max_dropped", 0.0) or 0.0)
+    share = dropped / max(len(first), 1)
+    what = (
+        f"joining caches {aliases} on (image_id, view) dropped {dropped} of the {len(first)} selected rows of "
+        f"{aliases[0]!r} ({share:.1%}; rows missing in {', '.join(f'{a!r}: {n}' for a, n in lacking.items())})"
+    )
+    if share > allowed:
+        raise ValueError(
+            f"{what}, more than data.join.max_dropped = {allowed:g}; extract the missing rows into every cache, or "
+            f"accept the loss with --set data.join.max_dropped={min(1.0, np.ceil(share * 100) / 100):g}"
+        )
+    LOG.info(f"{what}; within data.join.max_dropped = {allowed:g}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# training and validation rows
+
+
+def train_val_rows(
+    caches: Mapping[str, Any], data: Any, *, inputs: Sequence[str], store: RowStore | None = None
+) -> tuple[Any, Any, str]:
+    """Training and validation rows of a run, following the validation policy (module docstring): held as one
+    `hold_choice` over both says, each selection read directly (no copy of a larger one).
 
     Returns:
         (train, val or None, a sentence describing where val came from).
     """
     col = data.split_column
-    where = {**data.where, col: [data.train, data.val]}
-    hold = hold_choice(caches, data, inputs=inputs, where=where)
-    rows = load_rows(caches, inputs=inputs, where=where, domains=data.domains, hold=hold)
-    split = _strings(rows, col)
-    train, val = _checked_train(rows.subset(split == data.train), caches, data), rows.subset(split == data.val)
-    out = (train, val, _val_how(val, data)) if len(val) else _cut_val(train, data)
+    both = {**data.where, col: [data.train, data.val]}
+    hold = hold_choice(caches, data, inputs=inputs, where=both)
+    load = {"inputs": inputs, "domains": data.domains, "hold": hold, "join": _join(data)}
+
+    def read() -> tuple[Any, Any]:
+        train = _checked_train(load_rows(caches, where={**data.where, col: data.train}, **load), caches, data)
+        where = {**data.where, col: data.val}
+        return train, load_rows(caches, where=where, **load) if selected(caches, inputs, where) else None
+
+    if store is None:
+        train, val = read()
+    else:  # one selection of the store: the training and validation rows together
+        key = (cache_key(caches), tuple(inputs), repr(sorted(both.items())), data.domains, hold.mode, repr(_join(data)))
+        train, val = store.rows(key, read)
+    out = (train, val, _val_how(val, data)) if val is not None and len(val) else _cut_val(train, data)
     for part in out[:2]:
         if part is not None:
-            part.held = rows.held
+            part.held = hold.why
     return out
 
 
-def val_rows(caches: Mapping[str, Any], data: Any, *, inputs: Sequence[str]) -> tuple[Any, str]:
+def val_rows(
+    caches: Mapping[str, Any], data: Any, *, inputs: Sequence[str], store: RowStore | None = None
+) -> tuple[Any, str]:
     """Only the validation rows of a run (as `train_val_rows` picks them), loading the training rows only when the
     validation rows are a seeded share of them.
 
@@ -155,20 +461,28 @@ def val_rows(caches: Mapping[str, Any], data: Any, *, inputs: Sequence[str]) -> 
     """
     col = data.split_column
     where = {**data.where, col: data.val}
-    val = load_rows(
-        caches,
-        inputs=inputs,
-        where=where,
-        domains=data.domains,
-        hold=hold_choice(caches, data, inputs=inputs, where=where),
-    )
-    if len(val):
-        return val, _val_how(val, data)
-    where = {**data.where, col: data.train}
-    hold = hold_choice(caches, data, inputs=inputs, where=where)
-    train = load_rows(caches, inputs=inputs, where=where, domains=data.domains, hold=hold)
+    if selected(caches, inputs, where):
+        val = select(caches, data, inputs=inputs, where=where, store=store)
+        if len(val):
+            return val, _val_how(val, data)
+    train = select(caches, data, inputs=inputs, where={**data.where, col: data.train}, store=store)
     _, val, how = _cut_val(_checked_train(train, caches, data), data)
     return val, how
+
+
+def val_in_memory(val: Any, budget: Any) -> Any:
+    """Streamed validation rows small enough for a quarter of the budget, loaded (they are scored every epoch)."""
+    if val is None or val.arrays() is not None or val.nbytes("float32") * 4 > parse_budget(budget):
+        return val
+    from aigi import cache
+
+    out = cache.FeatureSet(val.load("float32"), val.meta)
+    out.held = getattr(val, "held", "")
+    return out
+
+
+def _join(data: Any) -> Any:
+    return getattr(data, "join", None)
 
 
 def _val_how(val: Any, data: Any) -> str:
@@ -233,6 +547,19 @@ def _strings(fs: Any, column: str) -> np.ndarray:
         if len(codes) and codes.min() >= 0:  # a missing value (code -1) takes the slow way, which spells it "<NA>"
             return np.asarray(uniques, dtype=object).astype(str)[codes]
     return fs.column(column).astype(str)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# what a trained head recorded
+
+
+def open_checked(
+    info: Mapping[str, Any], paths: Mapping[str, str], *, run_dir: Path, store: RowStore | None = None
+) -> tuple[dict[str, Any], list[str]]:
+    """A trained run's caches opened (`open_caches`) and checked against the fingerprints its head recorded
+    (`check_fingerprints`): the caches and the check's warnings."""
+    caches = open_caches(paths, store=store)
+    return caches, check_fingerprints(info, caches, run_dir=run_dir)
 
 
 def check_fingerprints(info: Mapping[str, Any], caches: Mapping[str, Any], *, run_dir: Path) -> list[str]:

@@ -67,7 +67,7 @@ def score_features(head: Any, info: Mapping[str, Any], features: Any) -> Scored:
     Args:
         head: the head (`nn.Module`; a `tail_*` head with its frozen tail).
         info: its head.json content (the calibration is read from it, checked).
-        features: name -> [N, ...] arrays, or a streamed set (`pipeline.streaming.StreamedSet`).
+        features: name -> [N, ...] arrays, or any `Rows` (`common.rows`: in memory or streamed).
     """
     from aigi import heads
 
@@ -107,6 +107,7 @@ class ScoringRun:
         config: the run config it was trained with, with the caller's replacements.
         caches: alias -> opened `cache.Cache`, fingerprints checked.
         notes: warnings of the fingerprint check (caches that could not be checked).
+        rows: caches and row selections the caller keeps for several runs (`pipeline.rows.RowStore`), or None.
     """
 
     run_dir: Path
@@ -115,6 +116,7 @@ class ScoringRun:
     config: RunConfig
     caches: dict[str, Any]
     notes: tuple[str, ...] = ()
+    rows: Any = None
 
     @property
     def inputs(self) -> list[str]:
@@ -130,6 +132,7 @@ def open_run(
     weights: Sequence[str] = (),
     config: RunConfig | None = None,
     trained: bool = False,
+    rows: Any = None,
 ) -> ScoringRun:
     """Load a run's head, its config (with replacements) and its caches (fingerprints checked).
 
@@ -140,8 +143,9 @@ def open_run(
         weights: `PATH` / `ALIAS=PATH` backbone weights for `tail_*` heads (they re-run the last blocks).
         config: the run's config when the caller holds it (the ablation runner); default: read from RUN_DIR.
         trained: refuse an imported head with an untrained stage (its scores mean nothing).
+        rows: a `pipeline.rows.RowStore` the caller keeps (the ablation runner): caches and rows read once.
     """
-    from aigi.pipeline.rows import check_fingerprints, open_caches, run_config
+    from aigi.pipeline.rows import open_checked, run_config
     from aigi.pipeline.tail import load_head
 
     run_dir = Path(run_dir)
@@ -152,9 +156,8 @@ def open_run(
             f"train stage 2 first: aigi train configs/gapl.yaml --init {run_dir} -o RUN_DIR, then evaluate RUN_DIR"
         )
     cfg = config_with(config if config is not None else run_config(run_dir, info), run_dir, caches=caches, where=where)
-    opened = open_caches(cfg.data.caches)
-    notes = check_fingerprints(info, opened, run_dir=run_dir)
-    return ScoringRun(run_dir, head, dict(info), cfg, opened, tuple(notes))
+    opened, notes = open_checked(info, cfg.data.caches, run_dir=run_dir, store=rows)
+    return ScoringRun(run_dir, head, dict(info), cfg, opened, tuple(notes), rows)
 
 
 def config_with(cfg: RunConfig, run_dir: Path, *, caches: Sequence[str] = (), where: Sequence[str] = ()) -> RunConfig:
@@ -175,19 +178,18 @@ def score_rows(run: ScoringRun, fs: Any, *, columns: Sequence[str] = SCORE_COLUM
     cols = [c for c in dict.fromkeys(columns) if c in fs.meta.columns]
     frame = fs.meta[cols].reset_index(drop=True).copy()
     frame["label"] = frame["label"].astype(np.int64)
-    scored = score_features(run.head, run.info, fs.features)
+    scored = score_features(run.head, run.info, fs)
     frame["logit"], frame["score"], frame["verdict"] = scored.logit, scored.p_fake, scored.verdict
     return frame
 
 
 def split_rows(run: ScoringRun, split: str) -> Any:
     """The rows of `split` (or every row for "all") with the run's filters; an error naming the splits present."""
-    from aigi.pipeline.rows import check_where, hold_choice, load_rows
+    from aigi.pipeline.rows import check_where, select
 
     data = run.config.data
     rows_where = dict(data.where) if split == "all" else {**data.where, data.split_column: split}
-    hold = hold_choice(run.caches, data, inputs=run.inputs, where=rows_where)  # in memory, float16 or streamed
-    fs = load_rows(run.caches, inputs=run.inputs, where=rows_where, domains=data.domains, hold=hold)
+    fs = select(run.caches, data, inputs=run.inputs, where=rows_where, store=run.rows)  # in memory or streamed
     if len(fs) == 0:
         check_where(run.caches, data.where, flag="--where")
         present = sorted({str(v) for c in run.caches.values() for v in c.meta().get(data.split_column, [])})
@@ -203,10 +205,10 @@ def validation_logits(run: ScoringRun) -> tuple[np.ndarray | None, np.ndarray | 
     from aigi import heads
     from aigi.pipeline.rows import val_rows
 
-    val, how = val_rows(run.caches, run.config.data, inputs=run.inputs)
+    val, how = val_rows(run.caches, run.config.data, inputs=run.inputs, store=run.rows)
     if val is None or len(val) == 0:
         return None, None, how
-    return heads.logits(run.head, val.features), val.labels.astype(np.int64), how
+    return heads.logits(run.head, val), val.labels.astype(np.int64), how
 
 
 def pick_threshold(run: ScoringRun, rule: ThresholdRule) -> tuple[float, str]:

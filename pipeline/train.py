@@ -1,15 +1,21 @@
-"""The train stage: run config + feature cache(s) -> a fitted head in RUN_DIR (rows: `pipeline.rows`)."""
+"""The train stage: run config(s) + feature cache(s) -> fitted heads in their run folders, several at once as a head
+bank (`heads.fit_many`; rows: `pipeline.rows`)."""
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
+from collections.abc import MutableMapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from aigi.pipeline.config import RunConfig
+from aigi.pipeline.rows import RowStore
 from aigi.pipeline.timing import Stages
+
+LOG = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -93,81 +99,187 @@ def initial_head(
 
 
 def train_run(
-    cfg: RunConfig, run_dir: str | Path, options: TrainOptions = TrainOptions(), *, stages: Stages | None = None
+    cfg: RunConfig,
+    run_dir: str | Path,
+    options: TrainOptions = TrainOptions(),
+    *,
+    stages: Stages | None = None,
+    rows: RowStore | None = None,
+    stage_store: MutableMapping[str, dict] | None = None,
 ) -> TrainResult:
-    """Fit the head of `cfg` (a `pipeline.config.RunConfig`) and save it with its metadata in `run_dir`.
+    """Fit the head of `cfg` (a `pipeline.config.RunConfig`) and save it with its metadata in `run_dir`: a bank of
+    one (`train_bank`).
 
     Rows stay in memory or are streamed from the cache as `data.stream` / `data.memory_budget` decide
-    (`pipeline.rows.hold_choice`). In an ablation worker (`pipeline.streaming.REUSE`) the rows are loaded once per
-    process and stages that heads share (the frozen experts of gating / concat / mean) are trained once.
+    (`pipeline.rows.hold_choice`).
 
     Args:
         cfg: the run config.
         run_dir: where head.json, head.safetensors and config.yaml are written (replaced).
         options: `--init` and `--weights` (`TrainOptions`).
         stages: a timer whose marks the caller started (`aigi train` times reading the config too).
+        rows: caches and row selections kept by the caller for several runs (`pipeline.rows.RowStore`).
+        stage_store: finished shareable stages kept by the caller for several runs (`heads.FolderStages`).
     """
+    return train_bank([(cfg, run_dir)], options, stages=stages, rows=rows, stage_store=stage_store)[0]
+
+
+def train_bank(
+    runs: Sequence[tuple[RunConfig, str | Path]],
+    options: TrainOptions = TrainOptions(),
+    *,
+    stages: Stages | None = None,
+    rows: RowStore | None = None,
+    stage_store: MutableMapping[str, dict] | None = None,
+    errors: str = "raise",
+) -> list[TrainResult | Exception]:
+    """Fit the heads of several run configs as banks (`heads.fit_many`): the rows of a bank are read once, each
+    batch fed to every head, shared stages trained once; each head is saved in its run directory as `train_run`
+    saves it, and trained exactly as alone (see docs/HEAD_BANK.md). Runs needing different caches or rows (another
+    data section) go to separate banks, said in one line.
+
+    Args:
+        runs: (run config, run directory) pairs.
+        options: `--init` and `--weights`, for every run.
+        stages: a timer (its marks: open, load, fit, write).
+        rows: caches and row selections kept by the caller (`pipeline.rows.RowStore`).
+        stage_store: finished shareable stages kept by the caller (default: the bank's own).
+        errors: "raise" (the first failing run ends the call) or "keep" (a failing run's entry is its exception).
+
+    Returns:
+        One entry per run, in order: its `TrainResult`, or with errors="keep" the exception it failed with.
+    """
+    from aigi.pipeline.rows import same_rows
+
+    banks: dict[str, list[int]] = {}
+    for i, (cfg, _) in enumerate(runs):
+        banks.setdefault(same_rows(cfg), []).append(i)
+    if len(banks) > 1:
+        LOG.info(f"train: {len(runs)} heads in {len(banks)} banks (their runs read different caches or rows)")
+    out: list[TrainResult | Exception | None] = [None] * len(runs)
+    for idx in banks.values():
+        done = _train_bank([runs[i] for i in idx], options, stages or Stages(start=False), rows, stage_store, errors)
+        for i, result in zip(idx, done, strict=True):
+            out[i] = result
+    return out
+
+
+def _train_bank(
+    runs: Sequence[tuple[RunConfig, str | Path]],
+    options: TrainOptions,
+    stages: Stages,
+    rows: RowStore | None,
+    stage_store: MutableMapping[str, dict] | None,
+    errors: str,
+) -> list[TrainResult | Exception]:
+    """`train_bank` for runs of one data section."""
+    from aigi import heads
+    from aigi.pipeline.rows import cache_key, groups_of, open_caches, train_val_rows, val_in_memory
+
+    data = runs[0][0].data
+    caches = open_caches(data.caches, store=rows)
+    stages.mark("open")
+    inputs = list(dict.fromkeys(name for cfg, _ in runs for name in cfg.head.inputs))
+    train, val, val_how = train_val_rows(caches, data, inputs=inputs, store=rows)
+    val = val_in_memory(val, data.memory_budget)
+    stages.mark("load")
+    built = [_guard(errors, _member, cfg, Path(run_dir), caches, train, val, val_how, options) for cfg, run_dir in runs]
+    members = [b for b in built if not isinstance(b, Exception)]
+    store = {} if stage_store is None else stage_store
+    start = time.perf_counter()
+    rows_kw = {"X_val": val, "y_val": None if val is None else val.labels, "groups": groups_of(train),
+               "groups_val": None if val is None else groups_of(val), "stage_store": store,
+               "data_key": repr((cache_key(caches), data))}  # fmt: skip
+    if len(members) == 1 and errors == "raise":  # one head: a bank of one
+        m = members[0].member
+        histories = [heads.fit(m.head, train, train.labels, cfg=m.cfg, **rows_kw)]
+    else:
+        histories = heads.fit_many([m.member for m in members], train, train.labels, errors=errors, **rows_kw)
+    fit_seconds = time.perf_counter() - start
+    stages.mark("fit")
+    for m, history in zip(members, histories, strict=True):
+        m.history = history
+    out = []
+    for b in built:
+        if isinstance(b, Exception) or isinstance(b.history, Exception):
+            out.append(b if isinstance(b, Exception) else b.history)
+        else:
+            out.append(_guard(errors, _save, b, caches, train, val, val_how, dict(stages.seconds)))
+    stages.mark("write")
+    LOG.debug(f"bank of {len(members)} heads fitted in {fit_seconds:.1f} s")
+    return out
+
+
+def _guard(errors: str, fn: Any, *args: Any) -> Any:
+    try:
+        return fn(*args)
+    except Exception as err:
+        if errors == "raise":
+            raise
+        return err
+
+
+@dataclass
+class _Built:
+    """A run of a bank: its config, folder, head and member, the head it started from, its fit history."""
+
+    cfg: RunConfig
+    run_dir: Path
+    member: Any
+    started_from: dict | None
+    resolved: dict
+    history: Any = None
+
+
+def _member(
+    cfg: RunConfig, run_dir: Path, caches: dict, train: Any, val: Any, val_how: str, options: TrainOptions
+) -> _Built:
+    """A run's head, built (or loaded with --init) and checked, as a bank member."""
     from aigi import heads
     from aigi.common.grammar import parse_aliased
-    from aigi.pipeline import streaming
-    from aigi.pipeline.config import save_config, to_dict
-    from aigi.pipeline.metrics import binary_metrics
-    from aigi.pipeline.rows import groups_of, open_caches, train_val_rows
+    from aigi.pipeline.config import to_dict
     from aigi.pipeline.tail import frozen_tail
 
-    stages = stages or Stages(start=False)
-    resolved = to_dict(cfg)
-    caches = open_caches(cfg.data.caches)
-    stages.mark("open")
-    train, val, val_how = train_val_rows(caches, cfg.data, inputs=cfg.head.inputs)
     if cfg.calibration and val is None:
         raise ValueError(
             f"the config asks for calibration but the run has no validation rows ({val_how}); set "
             "data.val_fraction (e.g. --set data.val_fraction=0.1) or give the cache rows with split == val"
         )
-    val = _val_in_memory(val, cfg.data.memory_budget)
-    stages.mark("load")
     fit_cfg = heads.FitConfig(**cfg.fit)
     specs = {a: c.spec for a, c in caches.items()}
     frozen = frozen_tail(cfg.head.name, cfg.head.inputs, specs, parse_aliased(list(options.weights), list(caches)))
-    head, started_from = initial_head(cfg, train.dims, seed=fit_cfg.seed, init=options.init, frozen=frozen)
-    share = {}
-    if streaming.REUSE:
-        share = {"stage_store": streaming.stage_store(), "data_key": repr((streaming.cache_key(caches), cfg.data))}
+    dims = {k: v for k, v in train.dims.items() if k in cfg.head.inputs}
+    head, started_from = initial_head(cfg, dims, seed=fit_cfg.seed, init=options.init, frozen=frozen)
+    member = heads.Member(head, fit_cfg, name=f"{cfg.head.name} ({run_dir.name})")
+    return _Built(cfg, run_dir, member, started_from, to_dict(cfg))
+
+
+def _save(b: _Built, caches: dict, train: Any, val: Any, val_how: str, seconds: dict) -> TrainResult:
+    """Validation metrics, calibration, head.json + weights and config.yaml of one fitted run."""
+    from aigi import heads
+    from aigi.pipeline.config import save_config
+    from aigi.pipeline.metrics import binary_metrics
+
     start = time.perf_counter()
-    history = heads.fit(
-        head,
-        train.features,
-        train.labels,
-        cfg=fit_cfg,
-        X_val=None if val is None else val.features,
-        y_val=None if val is None else val.labels,
-        groups=groups_of(train),
-        groups_val=None if val is None else groups_of(val),
-        **share,
-    )
-    seconds = time.perf_counter() - start
+    cfg, head = b.cfg, b.member.head
     val_metrics = None
     if val is not None:
-        val_metrics = binary_metrics(val.labels, heads.predict(head, val.features), threshold=0.5)
-    stages.mark("fit")
-    meta = _run_meta(cfg, caches, resolved, history=history, train=train, val=val, val_how=val_how,
-                     val_metrics=val_metrics, started_from=started_from)  # fmt: skip
+        val_metrics = binary_metrics(val.labels, heads.predict(head, val), threshold=0.5)
+    meta = _run_meta(cfg, caches, b.resolved, history=b.history, train=train, val=val, val_how=val_how,
+                     val_metrics=val_metrics, started_from=b.started_from)  # fmt: skip
     calibration = _fit_calibration(cfg, head, val)
-    run_dir = Path(run_dir)
-    heads.save(head, run_dir, meta=meta, calibration=calibration)
-    save_config(resolved, run_dir)
-    stages.mark("write")
+    heads.save(head, b.run_dir, meta=meta, calibration=calibration)
+    save_config(b.resolved, b.run_dir)
     return TrainResult(
         head=cfg.head.name,
         train_rows=len(train),
         val_rows=meta["val_rows"],
-        seconds=seconds,
+        seconds=b.history["seconds"],
         val_metrics=val_metrics,
-        run_dir=run_dir,
-        dims=train.dims,
+        run_dir=b.run_dir,
+        dims={k: v for k, v in train.dims.items() if k in cfg.head.inputs},
         held=meta["rows_held"],
-        stages=dict(stages.seconds),
+        stages={**seconds, "fit": b.history["seconds"], "write": time.perf_counter() - start},
     )
 
 
@@ -213,15 +325,4 @@ def _fit_calibration(cfg: RunConfig, head: Any, val: Any) -> Any:
     from aigi.pipeline.config import CalibrationSpec
 
     spec = CalibrationSpec(**cfg.calibration)
-    return heads.fit_calibration(heads.logits(head, val.features), val.labels, **spec.fit_kwargs())
-
-
-def _val_in_memory(val: Any, budget: Any) -> Any:
-    """Streamed validation rows small enough for a quarter of the budget, loaded (scored every epoch)."""
-    from aigi.pipeline.streaming import StreamedSet, parse_budget
-
-    if not isinstance(val, StreamedSet) or val.stream.nbytes("float32") * 4 > parse_budget(budget):
-        return val
-    from aigi import cache
-
-    return cache.FeatureSet(val.stream.load("float32"), val.meta)
+    return heads.fit_calibration(heads.logits(head, val), val.labels, **spec.fit_kwargs())

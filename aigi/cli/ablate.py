@@ -30,11 +30,16 @@ restarted with the same config redoes no finished run. At the end: DIR/results.p
 DIR/summary.md (mean +- std over seeds, one row per setting, best first) and DIR/summary.png (with the `plots`
 extra).
 
-Parallelism: --jobs N runs N processes (joblib, loky) with cores // N torch threads each; --workers N runs on a
-dask LocalCluster of N processes; --scheduler tcp://HOST:PORT on an existing dask cluster (its workers need the
-project installed and the caches and DIR on shared storage). A worker process serves all its runs: it reads each
-selection of rows once (result.json's `row_sets`: read / reused), and heads that train the same frozen experts
-(gating, concat, mean) train them once per seed (DIR/shared_stages).
+Banks: runs that read the same rows train together as head banks (docs/HEAD_BANK.md): the rows are read once,
+every plain linear head of one fit setting steps as one batched matmul, the heads of a seed that share frozen
+experts (gating, concat, mean) train them once (DIR/shared_stages), and any other run is a bank of its own. A run
+that fails (a NaN loss, stage rows of one class) is listed with its reason at the end of summary.md (and in its
+RUN_DIR/error.json); the others finish, and a re-run tries it again.
+
+Parallelism: --jobs N runs the banks on N worker processes with cores // N torch threads each, each taking the
+next bank when it finishes one (forked after the rows are read, sharing them; loky processes where fork is not
+available); --workers N runs them on a dask LocalCluster of N processes; --scheduler tcp://HOST:PORT on an existing
+dask cluster (its workers need the project installed and the caches and DIR on shared storage).
 """
 
 
@@ -74,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         run_ablation,
     )
     from aigi.pipeline.evaluate import EvalOptions, evaluate_run
-    from aigi.pipeline.train import TrainOptions, train_run
+    from aigi.pipeline.train import TrainOptions, train_bank, train_run
 
     options = AblateOptions(jobs=args.jobs, workers=args.workers, scheduler=args.scheduler)
     plan = load_ablation(
@@ -89,12 +94,14 @@ def run(args: argparse.Namespace) -> int:
     weights = tuple(args.weights)
     check_can_run(plan, options, weights=weights)
     steps = RunSteps(train=train_run, evaluate=evaluate_run, train_options=TrainOptions(weights=weights),
-                     eval_options=EvalOptions(weights=weights, plots=False))  # fmt: skip
+                     eval_options=EvalOptions(weights=weights, plots=False), train_bank=train_bank)  # fmt: skip
     start = time.perf_counter()
     out = run_ablation(plan, args.out, steps, options)
     best = out.summary.iloc[0]
+    for failed in out.failed:
+        print(f"ablate: run {failed['run_id']} failed: {failed['error']}", file=sys.stderr)
     print(
-        f"ablate: {len(plan.runs)} runs ({out.ran} ran, {out.skipped} already done) in "
+        f"ablate: {len(plan.runs)} runs ({out.ran} ran, {out.skipped} already done, {len(out.failed)} failed) in "
         f"{time.perf_counter() - start:.1f} s; best by {plan.sort_by}: {best['setting']} "
         f"({100 * best[f'{plan.sort_by}.mean']:.2f}) -> {out.files['summary']}"
     )

@@ -168,11 +168,11 @@ def test_fast_linear_step_on_float16_batches_in_blocks_matches_autograd(monkeypa
 
 def _fast_and_autograd(X, y, cfg: heads.FitConfig, monkeypatch) -> list:
     """(weight, bias, history) of a linear head fitted with the fast step, then with autograd."""
-    import aigi.heads.train as train
+    import aigi.heads.bank as bank
 
     results = []
     for fast in (True, False):
-        monkeypatch.setattr(train, "FAST_LINEAR", fast)
+        monkeypatch.setattr(bank, "FAST_LINEAR", fast)
         head = heads.build("linear", inputs="x", in_dim=12)
         hist = heads.fit(head, X, y, cfg=cfg)
         results.append((head.linear.weight.detach().clone(), head.linear.bias.detach().clone(), hist))

@@ -158,9 +158,6 @@ def test_ablation_runs_share_the_experts_and_equal_lone_runs(store, tmp_path) ->
     assert [s.get("reused", False) for s in done["history"]["stages"]] == [True, True, False]
     result = json.loads((tmp_path / "abl" / "runs" / concat.run_id / "result.json").read_text())
     assert set(result["stage_seconds"]) == {"open", "load", "fit", "write", "eval"}
-    from aigi.pipeline import streaming
-
-    streaming.REUSE, streaming.STAGE_DIR = False, None  # a lone run in this process: nothing reused
     train_run(parse_config(concat.config), tmp_path / "alone")
     alone, _ = heads.load(tmp_path / "alone")
     shared_head, _ = heads.load(tmp_path / "abl" / "runs" / concat.run_id)

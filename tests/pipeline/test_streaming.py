@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import io
+import logging
 
 import numpy as np
 import pytest
 
 from aigi import cache
 from aigi.cache.stream import open_stream
-from aigi.pipeline import streaming
-from aigi.pipeline.streaming import Reporting, StreamedSet, choose, parse_budget
+from aigi.pipeline import rows as streaming
+from aigi.pipeline.rows import choose, parse_budget
 from tests.heads.test_stream_fit import write_cache
 
 
@@ -41,22 +42,30 @@ def test_choice_by_hand() -> None:
 
 def test_streamed_set_subset_meta_and_progress(tmp_path) -> None:
     store = cache.open(write_cache(tmp_path / "c", 3000, 8, shard_size=700))
-    fs = StreamedSet(open_stream(store, ["x"], {"split": "train"}))
+    fs = open_stream(store, ["x"], {"split": "train"})
     ref = store.load(["x"], where={"split": "train"})
     assert len(fs) == len(ref) and fs.dims == {"x": (8,)}
     np.testing.assert_array_equal(fs.labels, ref.labels)
     meta = fs.meta.assign(domain=np.where(fs.labels == 1, "d1", "d0"))
-    with_domain = StreamedSet(fs.features, meta)  # the constructor attach_domains uses: type(fs)(features, meta)
+    with_domain = fs.with_meta(meta)  # what attach_domains uses
     half = with_domain.subset(np.arange(len(fs)) % 2 == 1)
     np.testing.assert_array_equal(half.column("domain"), meta["domain"].to_numpy()[1::2])
-    np.testing.assert_array_equal(half.stream.load("float32")["x"], ref.features["x"][1::2])
+    np.testing.assert_array_equal(half.load("float32")["x"], ref.features["x"][1::2])
     every = with_domain.subset(np.ones(len(fs), dtype=bool))  # every row in order: the same stream, no copy
-    assert every.stream is with_domain.stream and every.meta is with_domain.meta
+    assert every is with_domain and every.meta is with_domain.meta
     np.testing.assert_array_equal(every.column("domain"), meta["domain"].to_numpy())
     backwards = with_domain.subset(np.arange(len(fs))[::-1])  # a subset keeps stream order
     np.testing.assert_array_equal(backwards.column("domain"), meta["domain"].to_numpy())
     out = io.StringIO()
-    seen = sum(len(p) for _, p in Reporting(half.stream, out).batches(100))
+    handler, log = logging.StreamHandler(out), logging.getLogger("aigi.progress")
+    level = log.level
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        seen = sum(len(p) for _, p in half.batches(100))  # a stream reports its passes as progress lines
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
     assert seen == len(half)
     line = out.getvalue().strip().splitlines()[-1]
     assert line.startswith(f"stream: {len(half):,}/{len(half):,} rows in ") and "rows/s" in line and "GB/s" in line
