@@ -424,8 +424,8 @@ def _predict_cache(head_dir: Path, cache_path: str | Path, options: PredictOptio
     """`predict_cache` on a head folder (`name`: how the user named it)."""
     from aigi import cache
     from aigi.pipeline import tail
-    from aigi.pipeline.scoring import check_cache
     from aigi.pipeline.rows import choose, parse_budget, row_values
+    from aigi.pipeline.scoring import check_cache
 
     head, info = tail.load_head(head_dir, options.weights)  # with the tail a `tail_*` head runs on tokens
     warn_demo_head(info, name)
