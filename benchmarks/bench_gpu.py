@@ -4,9 +4,10 @@ For each backbone, built with random weights in its real architecture (nothing i
 - the bare forward (`Extractor.run` on synthetic normalised tensors already on the device) at the best batch size of
   a few it tries, and the same with `torch.compile`;
 - the extract stage (`aigi extract`'s library call, default settings: decoding workers, two batches in flight,
-  bf16 autocast) over JPEG photos it writes first (made from the photos the installed packages ship), with Pillow
-  decoding in the workers (`--decode cpu`) and with JPEGs decoded on the GPU (`--decode device`): images/s after the
-  start-up (the backbone is built once and reused by both), and the ratio to the bare forward;
+  bf16 autocast; shards of 256 rows, batches of the bare forward's best size) over JPEG photos it writes first (made
+  from the photos the installed packages ship), with Pillow decoding in the workers (`--decode cpu`) and with JPEGs
+  decoded on the GPU (`--decode device`): its steady images/s (between the first and the last shard written), the
+  images/s after the start-up (the backbone is built once and reused by both), and the ratio steady / bare forward;
 - FLOP per image (torch's FLOP counter), achieved TFLOP/s and MFU against the device's dense bf16 peak (PEAK_TFLOPS,
   from NVIDIA's datasheets), peak GPU memory of the bare forward, and the CPU decode rate alone (a Pool with one
   process per core running the decoding workers' own per-image function).
@@ -150,7 +151,8 @@ def cpu_decode_rate(transform: Any, paths: list[str], ids: list[str]) -> float:
 
 
 def extract_rate(options: Any, decode: str) -> dict:
-    """The extract stage over the JPEGs into a fresh cache: images/s after its start-up, and the start-up."""
+    """The extract stage over the JPEGs into a fresh cache: its steady images/s (between the first and the last shard
+    written), its images/s after the start-up (workers starting and the first batches included), the start-up."""
     import shutil
 
     from aigi.pipeline.extract import extract_features
@@ -158,8 +160,8 @@ def extract_rate(options: Any, decode: str) -> dict:
     shutil.rmtree(options.cache, ignore_errors=True)
     result = extract_features(replace(options, decode=decode))
     assert result.rows > 0, "nothing was extracted"
-    return {"img_s": result.extract_rate, "startup_s": result.startup_seconds, "rows": result.rows,
-            "errors": result.errors}  # fmt: skip
+    return {"img_s": result.steady_rate, "img_s_after_startup": result.extract_rate,
+            "startup_s": result.startup_seconds, "rows": result.rows, "errors": result.errors}  # fmt: skip
 
 
 def measure_backbone(name: str, args: argparse.Namespace, data: dict, tmp: Path) -> tuple[dict, Any]:
@@ -167,9 +169,16 @@ def measure_backbone(name: str, args: argparse.Namespace, data: dict, tmp: Path)
     from aigi.pipeline.extract import ExtractOptions, get_extractor
 
     arch = SMOKE_ARCH[name] if args.cpu_smoke else {}
-    options = ExtractOptions(manifest=data["manifest"], backbone=name, cache=str(tmp / f"cache-{name}"),
-                             random_weights=True, batch_size=args.extract_batch or 32, arch=arch,
-                             device="cpu" if args.cpu_smoke else "cuda")  # fmt: skip
+    options = ExtractOptions(
+        manifest=data["manifest"],
+        backbone=name,
+        cache=str(tmp / f"cache-{name}"),
+        random_weights=True,
+        batch_size=args.extract_batch or 32,
+        arch=arch,
+        shard_size=8 if args.cpu_smoke else 256,
+        device="cpu" if args.cpu_smoke else "cuda",
+    )
     start = time.perf_counter()
     ex = get_extractor(options)
     record: dict[str, Any] = {"build_s": time.perf_counter() - start, "dtype": ex.spec.dtype,

@@ -167,6 +167,15 @@ class ExtractResult:
         seconds = self.seconds - self.startup_seconds
         return (self.rows + self.errors) / seconds if seconds > 0 else float("nan")
 
+    @property
+    def steady_rate(self) -> float:
+        """Images per second between the first and the last shard this run wrote (the pipeline full: no start-up, no
+        warm-up of the workers); NaN with fewer than two shards."""
+        times = sorted((r["written_at"], r["rows"] + r["errors"]) for r in self.done if "written_at" in r)
+        if len(times) < 2 or times[-1][0] <= times[0][0]:
+            return float("nan")
+        return sum(n for _, n in times[1:]) / (times[-1][0] - times[0][0])
+
 
 # ---------------------------------------------------------------------------------------------------- planning
 

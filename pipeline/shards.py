@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -166,7 +167,8 @@ class ShardWriter:
             try:
                 index = self.feed.tasks[pos][0]
                 self.writer.write_shard(index, meta, feats, errors)
-                record = {"shard": index, "rows": len(meta), "errors": len(errors), "skipped": False}
+                record = {"shard": index, "rows": len(meta), "errors": len(errors), "skipped": False,
+                          "written_at": time.time()}  # fmt: skip
                 changed = sum(e["reason"].startswith(CHANGED) for e in errors)
                 self.feed.records[pos] = {**record, "changed": changed} if changed else record
                 self.feed.release(pos)
