@@ -174,13 +174,19 @@ def collate_items(items: list[Item]) -> dict[str, Any]:
 
 
 class ThreadLoader:
-    """Batches made by a pool of threads (Pillow, hashlib and torch release the GIL while they work), in order."""
+    """Batches made by a pool of threads (Pillow, hashlib and torch release the GIL while they work), in order; their
+    tensors pinned when `pin` (for a GPU)."""
 
-    def __init__(self, dataset: Any, batches: Iterable[list[int]], *, threads: int, collate: Callable) -> None:
-        self.dataset, self.batches, self.threads, self.collate = dataset, batches, threads, collate
+    def __init__(
+        self, dataset: Any, batches: Iterable[list[int]], *, threads: int, collate: Callable, pin: bool = False
+    ) -> None:
+        self.dataset, self.batches, self.threads, self.collate, self.pin = dataset, batches, threads, collate, pin
 
     def _make(self, rows: list[int]) -> Any:
-        return self.collate([self.dataset[i] for i in rows])
+        batch = self.collate([self.dataset[i] for i in rows])
+        if self.pin:
+            batch = {k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        return batch
 
     def __iter__(self) -> Iterator[Any]:
         pool = ThreadPoolExecutor(self.threads, thread_name_prefix="aigi-decode")
@@ -211,7 +217,7 @@ def make_loader(dataset: Any, batches: Iterable[list[int]], *, workers: int, thr
     from torch.utils.data import DataLoader
 
     if workers and (threads or in_daemon()):
-        return ThreadLoader(dataset, batches, threads=workers, collate=collate_items)
+        return ThreadLoader(dataset, batches, threads=workers, collate=collate_items, pin=pin)
     return DataLoader(
         dataset,
         batch_sampler=batches,

@@ -211,16 +211,21 @@ def extract_shards(
         items, feed, workers=settings.workers, threads=settings.threads, pin=extractor.device.type == "cuda"
     )
     runner = FeatureRunner(extractor, ids=ids, paths=paths, depth=settings.depth)
-    tuner = ThreadTuner(_torch_threads()) if settings.tune_threads and settings.workers else None
-    out = ShardWriter(writer, feed)
-    collector = ShardCollector(tasks, feed.offsets, extractor.feature_shapes, out.put)
+    tuner = out = None
     try:
-        for got in run_batches(loader, runner, tuner):
+        batches = iter(loader)  # decoding processes start (fork) before the writer thread does
+        tuner = ThreadTuner(_torch_threads()) if settings.tune_threads and settings.workers else None
+        out = ShardWriter(writer, feed)
+        collector = ShardCollector(tasks, feed.offsets, extractor.feature_shapes, out.put)
+        for got in run_batches(batches, runner, tuner):
             collector.add(got.rows, got.values, got.failed)
             count(len(got.rows) + len(got.failed))
         out.close()
     finally:
-        out.close(raise_error=False)
+        if out is not None:
+            out.close(raise_error=False)
+        if tuner is not None:
+            tuner.close()
         feed.release_all()
     if runner.decoded["cpu_fallback"]:
         LOG.info(f"{runner.decoded['cpu_fallback']} JPEG(s) the device could not decode were decoded by Pillow")
