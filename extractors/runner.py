@@ -155,14 +155,17 @@ class FeatureRunner:
 
 class ThreadTuner:
     """On a CPU device, where decoding workers and the forward share the cores: the forward runs on one torch thread
-    while the loop waits for images (decoding is the bottleneck; more threads would only take cores from it), on
-    `threads` while images wait for the forward. Decided every `window` batches from the time spent waiting."""
+    while the loop waits for images (decoding is the bottleneck; more threads would only take cores from it). When
+    images wait for the forward instead, `threads` are tried for a window of batches and kept only if the loop's
+    images/s rose by a tenth (on a loaded machine more threads can be slower); a failed trial is not repeated for
+    `cooldown` windows. Decided every `window` batches from the loop's own timings."""
 
-    def __init__(self, threads: int, *, window: int = 4) -> None:
-        self.threads, self.window = max(1, threads), window
+    def __init__(self, threads: int, *, window: int = 4, cooldown: int = 16) -> None:
+        self.threads, self.window, self.cooldown = max(1, threads), window, cooldown
         self.original = torch.get_num_threads()
         self.wait = self.busy = 0.0
-        self.seen = 0
+        self.images = self.seen = self.rest = 0
+        self.trial_base: float | None = None  # the images/s on one thread while `threads` are on trial
         torch.set_num_threads(1)
 
     @property
@@ -170,20 +173,31 @@ class ThreadTuner:
         """The torch threads the forward runs on now."""
         return torch.get_num_threads()
 
-    def observe(self, wait_s: float, busy_s: float) -> None:
-        """Account one batch: seconds waiting for it, seconds forwarding it."""
+    def observe(self, wait_s: float, busy_s: float, images: int = 1) -> None:
+        """Account one batch of `images`: seconds waiting for it, seconds forwarding it."""
         self.seen += 1
         if self.seen == 1:  # the first batch waits for the workers to start
             return
-        self.wait, self.busy = self.wait + wait_s, self.busy + busy_s
-        if (self.seen - 1) % self.window:
-            return
-        starved = self.wait / max(self.wait + self.busy, 1e-9)
-        if starved > 0.2 and self.current > 1:
+        self.wait, self.busy, self.images = self.wait + wait_s, self.busy + busy_s, self.images + images
+        if (self.seen - 1) % self.window == 0:
+            self._decide(self.images / max(self.wait + self.busy, 1e-9), self.wait / max(self.wait + self.busy, 1e-9))
+            self.wait = self.busy = 0.0
+            self.images = 0
+
+    def _decide(self, rate: float, starved: float) -> None:
+        if self.current == 1:
+            if self.rest:
+                self.rest -= 1
+            elif starved < 0.05 and self.threads > 1:  # the forward is the bottleneck: try more threads
+                self.trial_base = rate
+                torch.set_num_threads(self.threads)
+        elif self.trial_base is not None:  # the trial's window: keep the threads only if they paid
+            if rate < 1.1 * self.trial_base:
+                torch.set_num_threads(1)
+                self.rest = self.cooldown
+            self.trial_base = None
+        elif starved > 0.2:  # decoding became the bottleneck
             torch.set_num_threads(1)
-        elif starved < 0.05 and self.current < self.threads:
-            torch.set_num_threads(self.threads)
-        self.wait = self.busy = 0.0
 
     def close(self) -> None:
         """Give torch its threads back."""
@@ -202,7 +216,7 @@ def run_batches(loader: Iterable, runner: FeatureRunner, tuner: ThreadTuner | No
                 break
             done = runner.submit(batch)
             if tuner is not None:
-                tuner.observe(got - start, time.perf_counter() - got)
+                tuner.observe(got - start, time.perf_counter() - got, len(batch["rows"]) + len(batch["jpeg_rows"]))
             yield from done
         yield from runner.flush()
     finally:

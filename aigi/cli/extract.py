@@ -57,7 +57,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=ExtractOptions.shard_size,
         help="rows per shard (the unit of resume and distribution)",
     )
-    p.add_argument("--batch-size", type=int, default=ExtractOptions.batch_size)
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=ExtractOptions.batch_size,
+        help="images per forward (on a GPU as many as memory allows; a forward that runs out of memory is halved)",
+    )
     p.add_argument(
         "--num-workers",
         default=ExtractOptions.num_workers,

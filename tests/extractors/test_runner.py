@@ -114,16 +114,29 @@ def test_batches_in_flight_come_back_in_order(tiny, files) -> None:
     assert [f.rows for f in run.flush()] == [[3], [4]] and not run.pending
 
 
-def test_thread_tuner_gives_the_forward_threads_only_when_it_is_the_bottleneck() -> None:
+def test_thread_tuner_gives_the_forward_threads_only_when_they_pay() -> None:
     before = torch.get_num_threads()
-    tuner = ThreadTuner(4, window=2)
+    tuner = ThreadTuner(4, window=2, cooldown=2)
     try:
         assert tuner.current == 1  # decoding is the usual bottleneck on a CPU: start lean
-        for _ in range(3):  # the first batch (workers starting) is not counted
-            tuner.observe(0.0, 1.0)  # never waiting for images: the forward is the bottleneck
+        tuner.observe(5.0, 1.0, 10)  # the first batch (workers starting) is not counted
+        for _ in range(2):
+            tuner.observe(0.0, 1.0, 10)  # never waiting for images: the forward is the bottleneck, 10 img/s
+        assert tuner.current == 4  # on trial
+        for _ in range(2):
+            tuner.observe(0.0, 1.0, 10)  # no faster with 4 threads (a loaded machine): back to one
+        assert tuner.current == 1
+        for _ in range(4):
+            tuner.observe(0.0, 1.0, 10)  # resting: no new trial for `cooldown` windows
+        assert tuner.current == 1
+        for _ in range(2):
+            tuner.observe(0.0, 1.0, 10)
+        assert tuner.current == 4  # tried again
+        for _ in range(2):
+            tuner.observe(0.0, 0.5, 10)  # twice as fast: kept
         assert tuner.current == 4
         for _ in range(2):
-            tuner.observe(0.5, 1.0)  # waiting a third of the time: decoding is
+            tuner.observe(0.5, 0.5, 10)  # waiting half of the time: decoding is the bottleneck again
         assert tuner.current == 1
     finally:
         tuner.close()
