@@ -131,6 +131,12 @@ def gflop_per_image(ex: Any) -> float:
     return counter.get_total_flops() / 1e9
 
 
+def _one_thread() -> None:
+    import torch
+
+    torch.set_num_threads(1)  # as in a DataLoader worker: one process per core, one thread each
+
+
 def _decode_one(args: tuple[Any, str, str]) -> bool:
     items_transform, path, image_id = args
     from aigi.extractors.loader import ImageItems
@@ -143,7 +149,7 @@ def cpu_decode_rate(transform: Any, paths: list[str], ids: list[str]) -> float:
     from aigi.extractors.loader import available_cores
 
     jobs = [(transform, p, i) for p, i in zip(paths, ids)]
-    with Pool(available_cores()) as pool:
+    with Pool(available_cores(), initializer=_one_thread) as pool:
         pool.map(_decode_one, jobs[:32])
         start = time.perf_counter()
         assert all(pool.map(_decode_one, jobs, chunksize=16))
@@ -273,7 +279,7 @@ def print_table(out: dict) -> None:
         bare, cpu_, dev = r["bare"], r["extract_cpu_decode"], r["extract_device_decode"]
         mfu = "-" if bare.get("mfu") is None else f"{100 * bare['mfu']:.0f} %"
         mfu_e = "-" if dev.get("mfu") is None else f"{100 * dev['mfu']:.0f} %"
-        print(f"| {name} | {r['gflop_per_image']:.1f} | {bare['img_s']:.0f} ({bare['batch']}) | {mfu} | "
+        print(f"| {name} | {r['gflop_per_image']:.4g} | {bare['img_s']:.0f} ({bare['batch']}) | {mfu} | "
               f"{cell(r, 'compiled', 'img_s', '{:.0f}')} | {cpu_['img_s']:.0f} ({cpu_['ratio_to_bare']:.2f}) | "
               f"{dev['img_s']:.0f} ({dev['ratio_to_bare']:.2f}) | {mfu_e} | {r['cpu_decode_img_s']:.0f} | "
               f"{bare.get('peak_mem_gb', float('nan')):.1f} |")  # fmt: skip
