@@ -53,23 +53,6 @@ def auto_workers(device_type: str, *, devices: int = 1) -> int:
     return min(share, MAX_WORKERS)
 
 
-def parse_workers(value: int | str) -> int | str:
-    """`auto` or a count >= 0 (what `--num-workers` accepts).
-
-    Raises:
-        ValueError: anything else.
-    """
-    if str(value).strip() == "auto":
-        return "auto"
-    try:
-        count = int(str(value).strip())
-    except ValueError:
-        count = -1
-    if count < 0:
-        raise ValueError(f"--num-workers must be auto or a count >= 0, got {value!r}")
-    return count
-
-
 def changed_since_indexed(data: bytes, image_id: str) -> str:
     """The reason an image is refused when its bytes' sha256 is no longer its image_id ('' when it is, or when the
     id is not a sha256: a manifest made by hand)."""

@@ -155,15 +155,16 @@ class FeatureRunner:
 
 class ThreadTuner:
     """On a CPU device, where decoding workers and the forward share the cores: the forward runs on one torch thread
-    while the loop waits for images (decoding is the bottleneck; more threads would only take cores from it). When
-    images wait for the forward instead, `threads` are tried for a window of batches and kept only if the loop's
-    images/s rose by a tenth (on a loaded machine more threads can be slower); a failed trial is not repeated for
-    `cooldown` windows. Decided every `window` batches from the loop's own timings."""
+    while the loop waits for images (decoding is the bottleneck; more threads would only take cores from it). More
+    threads are tried for a window of batches only when images wait for the forward and its one thread had a core
+    to itself (its CPU time near its wall time: the workers idle, no other load), and kept only if the loop's images/s
+    rose by a tenth (on a loaded machine more threads are slower); a failed trial rests `cooldown` windows. Decided
+    every `window` batches from the loop's own timings."""
 
     def __init__(self, threads: int, *, window: int = 4, cooldown: int = 16) -> None:
         self.threads, self.window, self.cooldown = max(1, threads), window, cooldown
         self.original = torch.get_num_threads()
-        self.wait = self.busy = 0.0
+        self.wait = self.busy = self.cpu = 0.0
         self.images = self.seen = self.rest = 0
         self.trial_base: float | None = None  # the images/s on one thread while `threads` are on trial
         torch.set_num_threads(1)
@@ -173,22 +174,25 @@ class ThreadTuner:
         """The torch threads the forward runs on now."""
         return torch.get_num_threads()
 
-    def observe(self, wait_s: float, busy_s: float, images: int = 1) -> None:
-        """Account one batch of `images`: seconds waiting for it, seconds forwarding it."""
+    def observe(self, wait_s: float, busy_s: float, images: int = 1, cpu_s: float | None = None) -> None:
+        """Account one batch of `images`: seconds waiting for it, seconds forwarding it, and the CPU seconds of this
+        thread while forwarding (None: as many as `busy_s`)."""
         self.seen += 1
         if self.seen == 1:  # the first batch waits for the workers to start
             return
         self.wait, self.busy, self.images = self.wait + wait_s, self.busy + busy_s, self.images + images
+        self.cpu += busy_s if cpu_s is None else cpu_s
         if (self.seen - 1) % self.window == 0:
-            self._decide(self.images / max(self.wait + self.busy, 1e-9), self.wait / max(self.wait + self.busy, 1e-9))
-            self.wait = self.busy = 0.0
+            total = max(self.wait + self.busy, 1e-9)
+            self._decide(self.images / total, self.wait / total, self.cpu / max(self.busy, 1e-9))
+            self.wait = self.busy = self.cpu = 0.0
             self.images = 0
 
-    def _decide(self, rate: float, starved: float) -> None:
+    def _decide(self, rate: float, starved: float, own_core: float) -> None:
         if self.current == 1:
             if self.rest:
                 self.rest -= 1
-            elif starved < 0.05 and self.threads > 1:  # the forward is the bottleneck: try more threads
+            elif starved < 0.05 and own_core > 0.9 and self.threads > 1:  # the forward is the bottleneck, cores free
                 self.trial_base = rate
                 torch.set_num_threads(self.threads)
         elif self.trial_base is not None:  # the trial's window: keep the threads only if they paid
@@ -211,12 +215,13 @@ def run_batches(loader: Iterable, runner: FeatureRunner, tuner: ThreadTuner | No
         while True:
             start = time.perf_counter()
             batch = next(source, None)
-            got = time.perf_counter()
+            got, cpu = time.perf_counter(), time.thread_time()
             if batch is None:
                 break
             done = runner.submit(batch)
             if tuner is not None:
-                tuner.observe(got - start, time.perf_counter() - got, len(batch["rows"]) + len(batch["jpeg_rows"]))
+                images = len(batch["rows"]) + len(batch["jpeg_rows"])
+                tuner.observe(got - start, time.perf_counter() - got, images, time.thread_time() - cpu)
             yield from done
         yield from runner.flush()
     finally:

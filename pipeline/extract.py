@@ -282,8 +282,8 @@ def get_extractor(cfg: ExtractOptions) -> Any:
     runs in the channels_last layout, compiled when `cfg.compile`."""
     from aigi import extractors
 
-    key = json.dumps([cfg.backbone, cfg.weights, cfg.features, cfg.preprocess, cfg.device, cfg.dtype, cfg.arch,
-                      cfg.compile])  # fmt: skip
+    fields = (cfg.backbone, cfg.weights, cfg.features, cfg.preprocess, cfg.device, cfg.dtype, cfg.arch, cfg.compile)
+    key = json.dumps(fields)
     if key not in _EXTRACTORS:
         _EXTRACTORS.clear()  # one backbone in memory at a time
         extractor = extractors.build(cfg.backbone, **cfg.extractor_kwargs())

@@ -121,6 +121,9 @@ def test_thread_tuner_gives_the_forward_threads_only_when_they_pay() -> None:
         assert tuner.current == 1  # decoding is the usual bottleneck on a CPU: start lean
         tuner.observe(5.0, 1.0, 10)  # the first batch (workers starting) is not counted
         for _ in range(2):
+            tuner.observe(0.0, 1.0, 10, 0.6)  # images waiting, but the forward shares its core: no trial
+        assert tuner.current == 1
+        for _ in range(2):
             tuner.observe(0.0, 1.0, 10)  # never waiting for images: the forward is the bottleneck, 10 img/s
         assert tuner.current == 4  # on trial
         for _ in range(2):
