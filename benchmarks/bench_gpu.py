@@ -285,7 +285,8 @@ def print_table(out: dict) -> None:
               f"{bare.get('peak_mem_gb', float('nan')):.1f} |")  # fmt: skip
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
+    """Run the benchmark (`argv`: the command line's arguments); returns what it wrote."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cpu-smoke", action="store_true", help="tiny models, small images, on the CPU (under a minute)")
     ap.add_argument("--backbones", default=",".join(BACKBONES))
@@ -294,7 +295,7 @@ def main() -> None:
     ap.add_argument("--extract-batch", type=int, default=0, help="extract batch size (default: the best bare one)")
     ap.add_argument("--budget-s", type=float, default=450.0, help="no compiled forward starts after this")
     ap.add_argument("--out", default=None)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     args.images = args.images or (48 if args.cpu_smoke else 5000)
     args.seconds = args.seconds or (0.2 if args.cpu_smoke else 1.5)
     if not args.cpu_smoke:
@@ -308,6 +309,7 @@ def main() -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=1))
     print(f"wrote {path} ({out['seconds']:.0f} s)")
+    return out
 
 
 if __name__ == "__main__":
