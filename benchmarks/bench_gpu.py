@@ -13,7 +13,7 @@ For each backbone, built with random weights in its real architecture (nothing i
   process per core running the decoding workers' own per-image function).
 The compiled forwards run last, while the time budget (`--budget-s`) lasts; one skipped is recorded as skipped.
 
-Usage: python benchmarks/bench_gpu.py                 (one GPU; about 6 minutes on an H100, under 8)
+Usage: python benchmarks/bench_gpu.py                 (one GPU; built to finish within 8 minutes on an H100)
        python benchmarks/bench_gpu.py --cpu-smoke     (the same code paths on tiny models and small images, CPU)
 Prints a table and writes benchmarks/out/bench_gpu.json (bench_gpu_smoke.json for the smoke run).
 """
@@ -58,6 +58,7 @@ PEAK_TFLOPS = {
 }
 PEAK_SOURCE = "NVIDIA datasheets, dense BF16 tensor-core TFLOP/s (no sparsity); V100: FP16"
 BACKBONES = ("clip-l14", "clip-l14-336", "aim-v1-3b")
+COMPILE_ALLOWANCE_S = 100.0  # what one compiled measurement may take (compiling included) before the budget ends
 BATCHES = {"clip-l14": (64, 128, 256, 512), "clip-l14-336": (32, 64, 128, 256), "aim-v1-3b": (16, 32, 64, 128)}
 # the smoke run: the same architectures, tiny (tests/extractors/tiny.py's sizes)
 SMOKE_ARCH = {
@@ -250,7 +251,7 @@ def run(args: argparse.Namespace) -> dict:
             print(f"{name}: measured ({time.perf_counter() - started:.0f} s)", flush=True)
         for name, ex in built.items():
             left = args.budget_s - (time.perf_counter() - started)
-            if left < (0 if args.cpu_smoke else 90):
+            if left < (0 if args.cpu_smoke else COMPILE_ALLOWANCE_S):
                 out["backbones"][name]["compiled"] = {"skipped": f"time budget ({left:.0f} s left)"}
                 continue
             add_compiled(out["backbones"][name], ex, args)
@@ -293,7 +294,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--images", type=int, default=None, help="JPEGs to write (default 5000; smoke: 48)")
     ap.add_argument("--seconds", type=float, default=None, help="seconds per forward measurement (default 1.5)")
     ap.add_argument("--extract-batch", type=int, default=0, help="extract batch size (default: the best bare one)")
-    ap.add_argument("--budget-s", type=float, default=450.0, help="no compiled forward starts after this")
+    ap.add_argument(
+        "--budget-s", type=float, default=420.0, help="no compiled forward starts unless it can end by then"
+    )
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     args.images = args.images or (48 if args.cpu_smoke else 5000)
