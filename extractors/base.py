@@ -94,6 +94,7 @@ class Extractor:
         self.model = model.eval().requires_grad_(False).to(device)
         self.transform = transform
         self.device = device
+        self.channels_last = False
         self._forward = forward
 
     @property
@@ -101,16 +102,31 @@ class Extractor:
         """Per-row shape of each requested feature, e.g. {"l23.cls": (1024,)}."""
         return dict(zip(self.spec.features, self.spec.dims))
 
-    def __call__(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Features of a preprocessed batch [B, 3, H, W], float32 on the CPU."""
-        batch = batch.to(self.device, non_blocking=True)
+    def tune(self, *, channels_last: bool = False, compile: bool | str = False) -> None:
+        """Speed knobs that keep the features: `channels_last` memory layout (the convolutions of a GPU prefer it) and
+        `torch.compile` of the forward (True: inductor; a string names another backend, e.g. "eager"), compiled on
+        the first batch, and once more for the first batch of another size (the batch size then stays dynamic)."""
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)
+            self.channels_last = True
+        if compile:
+            self._forward = torch.compile(self._forward, backend="inductor" if compile is True else compile)
+
+    def run(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Features of a normalised batch already on the device, float32, left there (nothing waits for them)."""
+        if self.channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
             if self.spec.dtype == "fp32":
                 out = self._forward(batch)
             else:
                 with torch.autocast(device_type=self.device.type, dtype=_DTYPES[self.spec.dtype]):
                     out = self._forward(batch)
-        return {name: out[name].float().cpu() for name in self.spec.features}
+            return {name: out[name].float() for name in self.spec.features}
+
+    def __call__(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Features of a preprocessed batch [B, 3, H, W], float32 on the CPU."""
+        return {name: value.cpu() for name, value in self.run(batch.to(self.device, non_blocking=True)).items()}
 
     def __repr__(self) -> str:
         return f"Extractor({self.spec.name}, features={list(self.spec.features)}, device={self.device})"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
 
@@ -22,15 +23,35 @@ class ImageLoadError(ValueError):
         self.reason = reason
 
 
-def _open(path: Path) -> Image.Image:
+def read_image_bytes(path: str | Path) -> bytes:
+    """The bytes of an image file, read once (decode them with `decode_image`, hash them for the image_id).
+
+    Raises:
+        ImageLoadError: a missing or empty file, or one that cannot be read.
+    """
+    path = Path(path)
     if not path.is_file():
         raise ImageLoadError(path, "no such file")
-    if path.stat().st_size == 0:
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise ImageLoadError(path, f"cannot read: {err}") from None
+    if not data:
         raise ImageLoadError(path, "empty file (0 bytes)")
+    return data
+
+
+def _open(path: Path, data: bytes | None = None) -> Image.Image:
+    """PIL's lazy open of `path` (or of its bytes `data`, read already), refusing decompression bombs."""
+    if data is None:
+        if not path.is_file():
+            raise ImageLoadError(path, "no such file")
+        if path.stat().st_size == 0:
+            raise ImageLoadError(path, "empty file (0 bytes)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(path)
+            img = Image.open(path if data is None else io.BytesIO(data))
             if img.width * img.height > MAX_PIXELS:
                 raise ImageLoadError(path, f"decompression bomb: {img.width}x{img.height} exceeds {MAX_PIXELS} px")
             return img
@@ -66,7 +87,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         img = Image.fromarray(np.clip(arr * (255.0 if arr.max(initial=0) <= 1.0 else 1.0), 0, 255).astype(np.uint8))
     elif img.mode == "P" or img.mode == "PA":
         img = img.convert("RGBA")
-    return img.convert("RGB")
+    return img if img.mode == "RGB" else img.convert("RGB")  # an RGB image is not copied
 
 
 def load_image(path: str | Path) -> Image.Image:
@@ -75,20 +96,35 @@ def load_image(path: str | Path) -> Image.Image:
     Handles CMYK, 16-bit, palette and alpha images (alpha is dropped), animated files (first frame) and
     EXIF rotation; raises ImageLoadError for missing, empty, truncated, non-image and oversized files.
     """
-    path = Path(path)
-    img = _open(path)
+    return _decode(Path(path), None)
+
+
+def decode_image(data: bytes, path: str | Path = "<bytes>") -> Image.Image:
+    """`load_image` of a file's bytes read already (`read_image_bytes`); `path` names it in errors."""
+    if not data:
+        raise ImageLoadError(path, "empty file (0 bytes)")
+    return _decode(Path(path), data)
+
+
+def _decode(path: Path, data: bytes | None) -> Image.Image:
+    img = _open(path, data)
+    out = None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # palette-transparency and EXIF warnings are handled here
             if getattr(img, "n_frames", 1) > 1:
                 img.seek(0)
             img.load()
-            img = ImageOps.exif_transpose(img) or img
-            return _to_rgb(img)
+            ImageOps.exif_transpose(img, in_place=True)
+            out = _to_rgb(img)
+            if out is img and getattr(img, "n_frames", 1) > 1:  # keep no file of a multi-frame image open
+                out = img.copy()
+            return out
     except ImageLoadError:
         raise
     except (OSError, SyntaxError, ValueError) as err:
         reason = "truncated file" if "truncated" in str(err) else f"cannot decode: {err}"
         raise ImageLoadError(path, reason) from None
     finally:
-        img.close()
+        if out is not img:
+            img.close()

@@ -10,6 +10,14 @@
   (sum of absolute differences to the right, down and both diagonal neighbours, over RGB) is largest; images whose
   width or height is under `size` are squashed to size x size (bilinear) instead. The windows are drawn from a
   generator seeded by the image_id, so a feature is reproducible; ties go to the first window drawn.
+
+Each policy is `pixels` (the geometry on a PIL image, uint8 [3, size, size]) then `normalize` (x / 255, minus mean,
+over std, on any device). `pixels_from_tensor` is the same geometry on uint8 pixels already decoded on a device
+(JPEGs decoded by nvjpeg), where it matches: `center_crop` exactly (same decoded pixels, same crop), `resize` with the
+bilinear filter to one level per pixel (torchvision's antialiased filter in float32, rounded; Pillow computes in fixed
+point). Bicubic resizes (Pillow rounds between its horizontal and vertical passes: up to 12 levels apart), nearest
+ones (torch and Pillow pick other source pixels), the upscale of `center_crop:small=resize` and `rich_patch` decode on
+the CPU.
 """
 
 from __future__ import annotations
@@ -57,33 +65,96 @@ def parse_policy(text: str) -> tuple[str, dict[str, Any]]:
     return name, params
 
 
-def _normalize(img: Image.Image, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
-    return TF.normalize(TF.to_tensor(img), mean, std)
+def rgb(img: Image.Image) -> Image.Image:
+    """The image in RGB mode (an RGB image itself, not a copy)."""
+    return img if img.mode == "RGB" else img.convert("RGB")
 
 
-class Resize:
+def to_pixels(img: Image.Image) -> torch.Tensor:
+    """An RGB PIL image as a uint8 tensor [3, H, W] (what `TF.to_tensor` makes before scaling to 0-1)."""
+    return torch.from_numpy(np.array(img, np.uint8, copy=True)).permute(2, 0, 1).contiguous()
+
+
+def _to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """A float tensor of pixel values rounded and clamped to uint8 (what a uint8 resize rounds to)."""
+    return x.round_().clamp_(0, 255).to(torch.uint8)
+
+
+class _Policy:
+    """What every policy shares: the split of its transform into pixels (geometry, uint8) and normalisation.
+
+    `policy(img, image_id)` == `policy.normalize(policy.pixels(img, image_id))`, bit for bit what
+    `TF.normalize(TF.to_tensor(...))` gives: the decoding workers send uint8 pixels (4x fewer bytes) and the
+    normalisation runs once per batch where the batch is, on the extraction device.
+    """
+
+    size: int
+    mean: tuple
+    std: tuple
+
+    def tensor_ok(self, width: int, height: int) -> bool:
+        """Whether `pixels_from_tensor` gives this image's `pixels` (to one level per pixel; see the module doc)."""
+        return False
+
+    def pixels_from_tensor(self, pixels: torch.Tensor, image_id: str = "") -> torch.Tensor:
+        """The policy's pixels from decoded uint8 pixels [3, H, W] on any device (only where `tensor_ok`)."""
+        raise NotImplementedError(f"{type(self).__name__} measures its crop on the CPU: decode there")
+
+    def pixels(self, img: Image.Image, image_id: str = "") -> torch.Tensor:  # pragma: no cover - abstract
+        """The policy's uint8 [3, size, size] pixels of an RGB image."""
+        raise NotImplementedError
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 pixels [..., 3, H, W] on any device -> float32 (x / 255 - mean) / std on that device."""
+        mean = torch.as_tensor(self.mean, dtype=torch.float32, device=pixels.device).view(-1, 1, 1)
+        std = torch.as_tensor(self.std, dtype=torch.float32, device=pixels.device).view(-1, 1, 1)
+        return pixels.to(torch.float32, copy=True).div_(255).sub_(mean).div_(std)  # in place: no temporary batch
+
+    def __call__(self, img: Image.Image, image_id: str = "") -> torch.Tensor:
+        return self.normalize(self.pixels(img, image_id))
+
+
+class Resize(_Policy):
     """Squash the whole image to size x size, then normalise."""
 
     def __init__(self, *, size: int, mean: tuple, std: tuple, interpolation: str = "bilinear") -> None:
         self.size, self.mean, self.std, self.interpolation = size, tuple(mean), tuple(std), interpolation
 
-    def __call__(self, img: Image.Image, image_id: str = "") -> torch.Tensor:
+    def pixels(self, img: Image.Image, image_id: str = "") -> torch.Tensor:
+        """The image resized with Pillow's antialiased filter, as uint8 [3, size, size]."""
         mode = InterpolationMode(self.interpolation)
-        img = TF.resize(img.convert("RGB"), [self.size, self.size], interpolation=mode, antialias=True)
-        return _normalize(img, self.mean, self.std)
+        return to_pixels(TF.resize(rgb(img), [self.size, self.size], interpolation=mode, antialias=True))
+
+    def tensor_ok(self, width: int, height: int) -> bool:
+        """The bilinear resize matches Pillow's (to one level); bicubic and nearest do not: they stay on the CPU."""
+        return self.interpolation == "bilinear"
+
+    def pixels_from_tensor(self, pixels: torch.Tensor, image_id: str = "") -> torch.Tensor:
+        """The bilinear resize of decoded uint8 pixels [3, H, W] (any device) in float32, rounded back to uint8."""
+        mode = InterpolationMode.BILINEAR
+        return _to_uint8(TF.resize(pixels.float(), [self.size, self.size], interpolation=mode, antialias=True))
 
 
-class CenterCrop:
+class CenterCrop(_Policy):
     """The central size x size pixels without resizing; smaller images are padded or upscaled (see module doc)."""
 
     def __init__(self, *, size: int, mean: tuple, std: tuple, small: str = "pad") -> None:
         self.size, self.mean, self.std, self.small = size, tuple(mean), tuple(std), small
 
-    def __call__(self, img: Image.Image, image_id: str = "") -> torch.Tensor:
-        img = img.convert("RGB")
+    def pixels(self, img: Image.Image, image_id: str = "") -> torch.Tensor:
+        """The central crop (padded with black, or upscaled first) as uint8 [3, size, size]."""
+        img = rgb(img)
         if self.small == "resize" and min(img.size) < self.size:
             img = TF.resize(img, self.size, interpolation=InterpolationMode.BICUBIC, antialias=True)
-        return _normalize(TF.center_crop(img, [self.size, self.size]), self.mean, self.std)
+        return to_pixels(TF.center_crop(img, [self.size, self.size]))
+
+    def tensor_ok(self, width: int, height: int) -> bool:
+        """A crop (or black padding) is exact; the bicubic upscale of a small image stays on the CPU."""
+        return self.small == "pad" or min(width, height) >= self.size
+
+    def pixels_from_tensor(self, pixels: torch.Tensor, image_id: str = "") -> torch.Tensor:
+        """The same crop of decoded uint8 pixels [3, H, W] (any device), padded with black like Pillow's."""
+        return TF.center_crop(pixels, [self.size, self.size]).contiguous()
 
 
 def _window_sums(diff: np.ndarray, ys: np.ndarray, xs: np.ndarray, h: int, w: int) -> np.ndarray:
@@ -143,8 +214,8 @@ def seed_from_id(image_id: str) -> int:
     return int.from_bytes(hashlib.sha256(image_id.encode("utf-8")).digest()[:8], "little")
 
 
-class RichPatch:
-    """UAR's texture-rich crop (see module doc), seeded by image_id."""
+class RichPatch(_Policy):
+    """UAR's texture-rich crop (see module doc), seeded by image_id; it measures the pixels on the CPU."""
 
     def __init__(self, *, size: int, mean: tuple, std: tuple, crops: int = 192) -> None:
         self.size, self.mean, self.std, self.crops = size, tuple(mean), tuple(std), crops
@@ -157,18 +228,18 @@ class RichPatch:
         rng = np.random.default_rng(seed_from_id(image_id))
         ys = rng.integers(0, h - self.size + 1, self.crops)
         xs = rng.integers(0, w - self.size + 1, self.crops)
-        rgb = img if img.mode == "RGB" else img.convert("RGB")
-        best = int(np.argmax(crop_fluctuations(np.asarray(rgb), ys, xs, self.size)))
+        best = int(np.argmax(crop_fluctuations(np.asarray(rgb(img)), ys, xs, self.size)))
         return int(ys[best]), int(xs[best])
 
-    def __call__(self, img: Image.Image, image_id: str = "") -> torch.Tensor:
-        img = img if img.mode == "RGB" else img.convert("RGB")
+    def pixels(self, img: Image.Image, image_id: str = "") -> torch.Tensor:
+        """The chosen crop (or the squashed small image) as uint8 [3, size, size]."""
+        img = rgb(img)
         box = self.crop_box(img, image_id)
         if box is None:
             img = TF.resize(img, [self.size, self.size], interpolation=InterpolationMode.BILINEAR, antialias=True)
         else:
             img = img.crop((box[1], box[0], box[1] + self.size, box[0] + self.size))
-        return _normalize(img, self.mean, self.std)
+        return to_pixels(img)
 
 
 def make_transform(policy: str, params: dict[str, Any]) -> Resize | CenterCrop | RichPatch:

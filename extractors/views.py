@@ -30,7 +30,7 @@ _QUALITY = ("jpeg", "webp")
 def apply_view(img: Image.Image, view: str) -> Image.Image:
     """The perturbed RGB image for `view` (see the module doc); `orig` returns the image unchanged."""
     kind, value = parse_view(view)
-    img = img.convert("RGB")
+    img = img if img.mode == "RGB" else img.convert("RGB")
     if kind == "orig":
         return img
     if kind in _QUALITY:

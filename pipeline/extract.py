@@ -7,11 +7,10 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from aigi.common.extras import require
@@ -25,6 +24,7 @@ KEY_COLUMNS = ["image_id", "view"]
 FORMATS = ("h5", "parquet")
 DTYPES = ("auto", "fp32", "bf16", "fp16")
 STORE_DTYPES = ("float16", "float32")
+DECODES = ("auto", "cpu", "device")
 
 
 @dataclass(frozen=True)
@@ -47,13 +47,20 @@ class ExtractOptions:
         fmt: the shard format, h5 or parquet.
         shard_size: rows per shard (the unit of resume and distribution).
         batch_size: images per forward.
-        num_workers: DataLoader processes decoding images.
+        num_workers: processes decoding images, "auto" (this device's share of the cores, see
+            `extractors.loader.auto_workers`) or a count (0: decode in this process, between forwards).
         device: auto (CUDA when present), cpu, cuda, cuda:1, ...
         dtype: the compute dtype (auto, fp32, bf16, fp16).
         store_dtype: the dtype the cache stores (recorded in the fingerprint); float32 keeps the forward's values.
         workers: run the shards on a local dask cluster of this many processes (0: in this process).
         scheduler: run the shards on an existing dask cluster, e.g. tcp://host:8786.
         arch: architecture keywords of the extractor (e.g. a timm model's).
+        decode: where JPEGs are decoded: "device" (in batches on the extraction device: nvjpeg on CUDA, torchvision's
+            decoder on the CPU), "cpu" (Pillow in the workers), "auto" (device on CUDA, else cpu). Other formats,
+            views other than orig and files the device refuses are decoded by Pillow.
+        compile: `torch.compile` the backbone's forward.
+        devices: one worker per device on a local dask cluster: "all" (every visible GPU) or a list
+            ("cuda:0,cuda:1"; "cpu,cpu" runs two CPU workers); the devices split the shards through their claims.
     """
 
     manifest: str
@@ -68,18 +75,22 @@ class ExtractOptions:
     fmt: str = "h5"
     shard_size: int = 1024
     batch_size: int = 32
-    num_workers: int = 0
+    num_workers: int | str = "auto"
     device: str = "auto"
     dtype: str = "auto"
     store_dtype: str = "float16"
     workers: int = 0
     scheduler: str | None = None
     arch: dict = field(default_factory=dict)
+    decode: str = "auto"
+    compile: bool = False
+    devices: str | None = None
 
     def __post_init__(self) -> None:
         """Checks the weights choice; paths as text, the root resolved (the manifest's folder by default), views in
         their canonical spelling."""
         check_weights_choice(self.weights, self.random_weights)
+        check_run_choices(self)
         fixed = {
             "manifest": str(self.manifest),
             "cache": str(self.cache),
@@ -87,14 +98,15 @@ class ExtractOptions:
             "weights": None if self.weights is None else str(self.weights),
             "features": None if self.features is None else tuple(self.features),
             "views": tuple(parse_views(self.views)),
+            "num_workers": parse_workers(self.num_workers),
         }
         for name, value in fixed.items():
             object.__setattr__(self, name, value)
 
     @property
     def on_dask(self) -> bool:
-        """Whether the shards run on dask (`workers` or `scheduler` given)."""
-        return bool(self.workers or self.scheduler)
+        """Whether the shards run on dask (`workers`, `scheduler` or `devices` given)."""
+        return bool(self.workers or self.scheduler or self.devices)
 
     def extractor_kwargs(self) -> dict:
         """The keywords of `extractors.build` besides the backbone's name."""
@@ -112,11 +124,13 @@ class ExtractOptions:
 @dataclass
 class ExtractResult:
     """What `extract_features` did: one record per shard of the job (`shard`, `rows`, `errors`, `skipped`, and
-    `elsewhere` when another running process extracts it), the seconds taken and the cache."""
+    `elsewhere` when another running process extracts it), the seconds taken, of which `startup_seconds` before the
+    extraction began (manifest, plan, and in one process the backbone's build), and the cache."""
 
     shards: list[dict]
     seconds: float
     cache: str
+    startup_seconds: float = 0.0
 
     @property
     def done(self) -> list[dict]:
@@ -145,8 +159,23 @@ class ExtractResult:
 
     @property
     def rate(self) -> float:
-        """Images (written or failed) per second."""
+        """Images (written or failed) per second, start-up included."""
         return (self.rows + self.errors) / self.seconds if self.seconds > 0 else float("nan")
+
+    @property
+    def extract_rate(self) -> float:
+        """Images (written or failed) per second of extraction (decoding, forward, writing: after the start-up)."""
+        seconds = self.seconds - self.startup_seconds
+        return (self.rows + self.errors) / seconds if seconds > 0 else float("nan")
+
+    @property
+    def steady_rate(self) -> float:
+        """Images per second between the first and the last shard this run wrote (the pipeline full: no start-up, no
+        warm-up of the workers); NaN with fewer than two shards."""
+        times = sorted((r["written_at"], r["rows"] + r["errors"]) for r in self.done if "written_at" in r)
+        if len(times) < 2 or times[-1][0] <= times[0][0]:
+            return float("nan")
+        return sum(n for _, n in times[1:]) / (times[-1][0] - times[0][0])
 
 
 # ---------------------------------------------------------------------------------------------------- planning
@@ -217,52 +246,50 @@ def shard_tasks(plan: dict, rows: pd.DataFrame) -> list[tuple[int, pd.DataFrame]
 # ---------------------------------------------------------------------------------------------------- running
 
 
-class ImageRows:
-    """A map-style dataset over manifest rows: decode, apply the view, preprocess; failures carry their reason."""
+def parse_workers(value: int | str) -> int | str:
+    """`auto` or a count >= 0 (what `--num-workers` accepts).
 
-    def __init__(self, rows: pd.DataFrame, *, root: str, transform: Callable[[Any, str], Any]) -> None:
-        self.paths = [str(Path(root) / p) for p in rows["path"].astype(str)]
-        self.ids = rows["image_id"].astype(str).tolist()
-        self.views = rows["view"].astype(str).tolist()
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> tuple[int, Any, str]:
-        from aigi.extractors import apply_view
-        from aigi.extractors.images import ImageLoadError, load_image
-
-        try:
-            img = apply_view(load_image(self.paths[i]), self.views[i])
-            return i, self.transform(img, self.ids[i]), ""
-        except ImageLoadError as err:
-            return i, None, err.reason
-        except Exception as err:  # a broken file must never stop the run: record it
-            return i, None, f"{type(err).__name__}: {err}"
+    Raises:
+        ValueError: anything else.
+    """
+    if str(value).strip() == "auto":
+        return "auto"
+    try:
+        count = int(str(value).strip())
+    except ValueError:
+        count = -1
+    if count < 0:
+        raise ValueError(f"--num-workers must be auto or a count >= 0, got {value!r}")
+    return count
 
 
-def collate_rows(items: list) -> tuple[list[int], Any, list[tuple[int, str]]]:
-    """Stack the images that decoded; keep (row, reason) for the ones that did not."""
-    import torch
-
-    ok = [(i, t) for i, t, _ in items if t is not None]
-    failed = [(i, reason) for i, t, reason in items if t is None]
-    batch = torch.stack([t for _, t in ok]) if ok else None
-    return [i for i, _ in ok], batch, failed
+def check_run_choices(cfg: ExtractOptions) -> None:
+    """Refuse settings that exclude each other (one line naming the fix)."""
+    if cfg.decode not in DECODES:
+        raise ValueError(f"--decode must be one of {', '.join(DECODES)}, got {cfg.decode!r}")
+    if cfg.devices is not None and (cfg.workers or cfg.scheduler):
+        raise ValueError("--devices runs its own local cluster; give --devices or --workers / --scheduler, not both")
+    if cfg.devices is not None and str(cfg.device) != "auto":
+        raise ValueError("give --device (one device) or --devices (one worker per device), not both")
+    if cfg.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {cfg.batch_size}")
 
 
 _EXTRACTORS: dict[str, object] = {}
 
 
 def get_extractor(cfg: ExtractOptions) -> Any:
-    """Build the backbone once per process and configuration (dask workers reuse it across shard tasks)."""
+    """Build the backbone once per process and configuration (dask workers reuse it across shard tasks); on a GPU it
+    runs in the channels_last layout, compiled when `cfg.compile`."""
     from aigi import extractors
 
-    key = json.dumps([cfg.backbone, cfg.weights, cfg.features, cfg.preprocess, cfg.device, cfg.dtype, cfg.arch])
+    fields = (cfg.backbone, cfg.weights, cfg.features, cfg.preprocess, cfg.device, cfg.dtype, cfg.arch, cfg.compile)
+    key = json.dumps(fields)
     if key not in _EXTRACTORS:
         _EXTRACTORS.clear()  # one backbone in memory at a time
-        _EXTRACTORS[key] = extractors.build(cfg.backbone, **cfg.extractor_kwargs())
+        extractor = extractors.build(cfg.backbone, **cfg.extractor_kwargs())
+        extractor.tune(channels_last=extractor.device.type == "cuda", compile=cfg.compile)
+        _EXTRACTORS[key] = extractor
     return _EXTRACTORS[key]
 
 
@@ -296,77 +323,43 @@ def _writer(cfg: ExtractOptions, extractor: Any) -> Any:
     )
 
 
-def _features_of(rows: pd.DataFrame, done: list[tuple[int, dict]], shapes: dict) -> dict[str, np.ndarray]:
-    feats = {}
-    for name, shape in shapes.items():
-        arr = np.zeros((len(done), *shape), dtype=np.float32)
-        for j, (_, out) in enumerate(done):
-            arr[j] = out[name]
-        feats[name] = arr
-    return feats
+def stream_settings(cfg: ExtractOptions, extractor: Any, *, devices: int = 1, threads: bool = False) -> Any:
+    """How this process decodes and forwards: `auto` workers resolved for its device (and `devices` sharing the
+    machine), JPEGs decoded on a CUDA device unless `--decode cpu`, two batches in flight on a GPU."""
+    from aigi.extractors.loader import auto_workers
+    from aigi.pipeline.shards import StreamSettings
 
-
-def _shard_payload(
-    rows: pd.DataFrame, done: list[tuple[int, dict]], failed: list[tuple[int, str]], shapes: dict
-) -> tuple[pd.DataFrame, dict[str, np.ndarray], list[dict]]:
-    """The meta rows, features (in row order) and error records of a shard's extracted and failed rows."""
-    done.sort(key=lambda t: t[0])
-    meta = rows.iloc[[i for i, _ in done]].reset_index(drop=True)
-    errors = [
-        {
-            "image_id": str(rows["image_id"].iat[i]),
-            "path": str(rows["path"].iat[i]),
-            "view": str(rows["view"].iat[i]),
-            "reason": reason,
-        }
-        for i, reason in sorted(failed)
-    ]
-    return meta, _features_of(rows, done, shapes), errors
+    kind = extractor.device.type
+    workers = auto_workers(kind, devices=devices) if cfg.num_workers == "auto" else int(cfg.num_workers)
+    return StreamSettings(
+        root=cfg.root,
+        batch_size=cfg.batch_size,
+        workers=workers,
+        threads=threads,
+        decode_on_device=cfg.decode == "device" or (cfg.decode == "auto" and kind == "cuda"),
+        depth=2 if kind == "cuda" else 0,
+        tune_threads=kind == "cpu",
+    )
 
 
 def run_shard(
     cfg: ExtractOptions, index: int, rows: pd.DataFrame, on_images: Callable[[int], None] | None = None
 ) -> dict:
-    """Extract one shard and write it atomically; a finished shard is skipped. Returns counts for the summary."""
+    """Extract one shard (a dask task of `--workers` / `--scheduler`; decoding in threads, as a dask worker may not
+    start processes) and write it atomically; a finished shard is skipped. Returns counts for the summary."""
+    from aigi.pipeline.shards import extract_shards
+
     extractor = get_extractor(cfg)
-    writer = _writer(cfg, extractor)
-    if writer.shard_done(index):
-        return {"shard": index, "rows": len(rows), "errors": 0, "skipped": True}
-    claim = writer.claim_shard(index)  # another live process of the same job may be extracting it
-    if claim is None:
-        return {"shard": index, "rows": len(rows), "errors": 0, "skipped": True, "elsewhere": True}
-    try:
-        meta, feats, errors = _extract_rows(cfg, extractor, rows, on_images)
-        writer.write_shard(index, meta, feats, errors)
-    finally:
-        claim.unlink(missing_ok=True)
-    return {"shard": index, "rows": len(meta), "errors": len(errors), "skipped": False}
+    settings = stream_settings(cfg, extractor, threads=True)
+    if cfg.num_workers == "auto":  # this worker's share of the machine: the threads dask gave it
+        settings = replace(settings, workers=max(1, _torch_threads()))
+    return extract_shards(extractor, _writer(cfg, extractor), [(index, rows)], settings, on_images)[0]
 
 
-def _extract_rows(
-    cfg: ExtractOptions, extractor: Any, rows: pd.DataFrame, on_images: Callable[[int], None] | None
-) -> tuple[pd.DataFrame, dict[str, np.ndarray], list[dict]]:
-    """Decode, forward and collect one shard's rows: (meta, features, error records)."""
+def _torch_threads() -> int:
     import torch
-    from torch.utils.data import DataLoader
 
-    loader = DataLoader(
-        ImageRows(rows, root=cfg.root, transform=extractor.transform),
-        batch_size=cfg.batch_size,
-        num_workers=cfg.num_workers,
-        collate_fn=collate_rows,
-        persistent_workers=False,
-        pin_memory=torch.cuda.is_available(),
-    )
-    done, failed = [], []
-    for idx, batch, bad in loader:
-        failed.extend(bad)
-        if batch is not None:
-            out = {k: v.float().cpu().numpy() for k, v in extractor(batch).items()}
-            done.extend((i, {k: v[j] for k, v in out.items()}) for j, i in enumerate(idx))
-        if on_images is not None:
-            on_images(len(idx) + len(bad))
-    return _shard_payload(rows, done, failed, extractor.feature_shapes)
+    return torch.get_num_threads()
 
 
 def prepare(cfg: ExtractOptions) -> tuple[list[tuple[int, pd.DataFrame]], dict]:
@@ -389,18 +382,14 @@ def prepare(cfg: ExtractOptions) -> tuple[list[tuple[int, pd.DataFrame]], dict]:
 
 
 def run_local(cfg: ExtractOptions, tasks: list[tuple[int, pd.DataFrame]]) -> list[dict]:
-    """Run the shard tasks in this process, reporting progress over images."""
+    """Run the shard tasks in this process (decoding workers beside it), reporting progress over images."""
+    from aigi.pipeline.shards import extract_shards
+
     extractor = get_extractor(cfg)
-    _writer(cfg, extractor)  # writes or checks cache.json before any work (fingerprint guard)
-    results = []
+    writer = _writer(cfg, extractor)  # writes or checks cache.json before any work (fingerprint guard)
     total = sum(len(r) for _, r in tasks)
     with progress(total=total, unit="img", desc=f"extract {cfg.backbone}", delay_s=SHORT_WORK_S) as bar:
-        for index, rows in tasks:
-            res = run_shard(cfg, index, rows, on_images=bar.update)
-            if res["skipped"]:
-                bar.update(len(rows))
-            results.append(res)
-    return results
+        return extract_shards(extractor, writer, tasks, stream_settings(cfg, extractor), on_images=bar.update)
 
 
 def run_dask(cfg: ExtractOptions, tasks: list[tuple[int, pd.DataFrame]]) -> list[dict]:
@@ -417,6 +406,80 @@ def run_dask(cfg: ExtractOptions, tasks: list[tuple[int, pd.DataFrame]]) -> list
     ):
         sizes = {key: len(args[2]) for key, args in keyed}
         return map_tasks(client, run_shard, keyed, resources=resources, on_done=lambda k, _: bar.update(sizes[k]))
+
+
+def device_worker(cfg: ExtractOptions, devices: list[str], tasks: list[tuple[int, pd.DataFrame]]) -> dict:
+    """A dask task of `--devices`: this worker's device (worker k of the cluster drives `devices[k]`) extracts every
+    shard of the plan it can claim. A user's mistake comes back as {"error": message}, not retried."""
+    from distributed import get_worker
+
+    from aigi.pipeline.shards import extract_shards
+
+    device = devices[int(get_worker().name) % len(devices)]
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.set_device(device)  # before anything touches CUDA: no context on another GPU
+    mine = replace(cfg, device=device, devices=None)
+    try:
+        extractor = get_extractor(mine)
+        writer = _writer(mine, extractor)
+        settings = stream_settings(mine, extractor, devices=len(devices))
+        return {"device": device, "records": extract_shards(extractor, writer, tasks, settings)}
+    except ValueError as err:
+        return {"device": device, "error": str(err)}
+
+
+def merge_records(tasks: list[tuple[int, pd.DataFrame]], per_worker: list[list[dict]]) -> list[dict]:
+    """One record per shard from every worker's records: the worker that extracted it, else the first record."""
+    merged = []
+    for pos in range(len(tasks)):
+        records = [records[pos] for records in per_worker]
+        mine = [r for r in records if not r["skipped"]]
+        merged.append(mine[0] if mine else records[0])
+    return merged
+
+
+def run_devices(cfg: ExtractOptions, tasks: list[tuple[int, pd.DataFrame]]) -> list[dict]:
+    """`--devices`: one dask worker per device on this machine, each running `device_worker` over the whole plan;
+    the shard claims split the shards between them. Progress follows the shards committed."""
+    from aigi.common.device import parse_devices
+
+    devices = parse_devices(cfg.devices)
+    if len(devices) == 1:
+        return run_local(replace(cfg, device=devices[0], devices=None), tasks)
+    from aigi.pipeline.distributed import device_cluster, poll_tasks, task_key
+
+    total = sum(len(rows) for _, rows in tasks)
+    keyed = [(task_key("extract", cfg.cache, f"device{k}"), (cfg, devices, tasks)) for k in range(len(devices))]
+    desc = f"extract {cfg.backbone} ({len(devices)} devices)"
+    with (
+        device_cluster(len(devices)) as client,
+        progress(total=total, unit="img", desc=desc, delay_s=SHORT_WORK_S) as bar,
+    ):
+        committed = _commit_counter(cfg.cache, tasks, bar.update)
+        results = poll_tasks(client, device_worker, keyed, resources={"DEVICE": 1}, every=committed)
+    errors = [r["error"] for r in results if "error" in r]
+    if errors:
+        raise ValueError(errors[0])
+    return merge_records(tasks, [r["records"] for r in results])
+
+
+def _commit_counter(cache_dir: str, tasks: list[tuple[int, pd.DataFrame]], update: Callable[[int], None]) -> Callable:
+    """A callable that reports the rows of the shards committed since it last ran."""
+    from aigi.cache.writer import read_index
+
+    sizes = {f"{index:05d}": len(rows) for index, rows in tasks}
+    seen: set[str] = set()
+
+    def count() -> None:
+        for name in read_index(Path(cache_dir)) or {}:
+            stem = name.split(".")[0]
+            if stem in sizes and stem not in seen:
+                seen.add(stem)
+                update(sizes[stem])
+
+    return count
 
 
 def check_weights_choice(weights: str | None, random_weights: bool) -> None:
@@ -474,11 +537,21 @@ def extract_features(options: ExtractOptions) -> ExtractResult:
             failed (what the run wrote is then removed).
     """
     if options.on_dask:
-        require("dask.distributed", needed_for="--workers / --scheduler")  # before anything is written
+        require("dask.distributed", needed_for="--workers / --scheduler / --devices")  # before anything is written
     start = time.perf_counter()
     tasks, plan = prepare(options)
     if plan.get("skipped_already_cached"):
         LOG.warning(f"{plan['skipped_already_cached']} row(s) already in the cache are not extracted again")
-    results = run_dask(options, tasks) if options.on_dask else run_local(options, tasks)
+    if not options.on_dask:
+        _writer(options, get_extractor(options))  # the backbone built, cache.json written or checked
+    ready = time.perf_counter()
+    if options.devices:
+        results = run_devices(options, tasks)
+    else:
+        results = run_dask(options, tasks) if options.on_dask else run_local(options, tasks)
     fail_if_all_failed(options, tasks)
-    return ExtractResult(results, time.perf_counter() - start, options.cache)
+    changed = sum(r.get("changed", 0) for r in results)
+    if changed:
+        LOG.warning(f"{changed} image(s) changed on disk since they were indexed and were not extracted (see "
+                    "shards/*.errors.json); re-run `aigi index`, then `aigi extract`, to include them")  # fmt: skip
+    return ExtractResult(results, time.perf_counter() - start, options.cache, startup_seconds=ready - start)

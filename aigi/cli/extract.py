@@ -6,7 +6,15 @@ import argparse
 
 from aigi.cli._options import EXTRACT_WEIGHTS_HELP, add_device_argument
 from aigi.common.grammar import VIEW_FORMS
-from aigi.pipeline.extract import DTYPES, FORMATS, STORE_DTYPES, ExtractOptions, ExtractResult, extract_features
+from aigi.pipeline.extract import (
+    DECODES,
+    DTYPES,
+    FORMATS,
+    STORE_DTYPES,
+    ExtractOptions,
+    ExtractResult,
+    extract_features,
+)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -49,11 +57,32 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=ExtractOptions.shard_size,
         help="rows per shard (the unit of resume and distribution)",
     )
-    p.add_argument("--batch-size", type=int, default=ExtractOptions.batch_size)
     p.add_argument(
-        "--num-workers", type=int, default=ExtractOptions.num_workers, help="DataLoader processes decoding images"
+        "--batch-size",
+        type=int,
+        default=ExtractOptions.batch_size,
+        help="images per forward (on a GPU as many as memory allows; a forward that runs out of memory is halved)",
+    )
+    p.add_argument(
+        "--num-workers",
+        default=ExtractOptions.num_workers,
+        help="processes decoding images beside the forward: auto (this device's share of the cores: all of them on "
+        "a CPU, one fewer on a GPU, at most 32) or a count (0: decode between forwards)",
     )
     add_device_argument(p)
+    p.add_argument(
+        "--devices",
+        help="one worker per device on a local dask cluster, splitting the shards: all (every visible GPU) or a "
+        "list, e.g. cuda:0,cuda:1",
+    )
+    p.add_argument(
+        "--decode",
+        default=ExtractOptions.decode,
+        choices=DECODES,
+        help="where JPEGs are decoded: device (batched nvjpeg on a GPU), cpu (Pillow in the workers), auto (device "
+        "on a GPU); other files, views and JPEGs the device refuses use Pillow",
+    )
+    p.add_argument("--compile", action="store_true", help="torch.compile the backbone (pays off on long GPU runs)")
     p.add_argument("--dtype", default=ExtractOptions.dtype, choices=DTYPES, help="compute dtype")
     p.add_argument(
         "--store-dtype",
@@ -86,6 +115,9 @@ def options_from_args(args: argparse.Namespace) -> ExtractOptions:
         store_dtype=args.store_dtype,
         workers=args.workers,
         scheduler=args.scheduler,
+        decode=args.decode,
+        compile=args.compile,
+        devices=args.devices,
     )
 
 
@@ -100,5 +132,6 @@ def summary_line(result: ExtractResult) -> str:
     other = f", {result.elsewhere} being extracted by another running process" if result.elsewhere else ""
     return (
         f"extracted {result.rows} rows into {len(result.done)} shard(s) ({result.already_done} already done{other}), "
-        f"{result.errors} image(s) failed (see shards/*.errors.json), {result.rate:.1f} img/s; cache: {result.cache}"
+        f"{result.errors} image(s) failed (see shards/*.errors.json), {result.rate:.1f} img/s "
+        f"({result.extract_rate:.1f} img/s after {result.startup_seconds:.1f} s of start-up); cache: {result.cache}"
     )
