@@ -95,7 +95,7 @@ def import_gapl_head(
     meta = {
         "imported_from": {"kind": "gapl", **{k: {"file": p.name, "sha256": sha256_file(p)} for k, p in files.items()}},
         "untrained": "stage 2 (attention and classifier)",
-        "note": f"train stage 2 before scoring: aigi train configs/gapl.yaml --init {out} -o RUN_DIR",
+        "note": "train stage 2 before scoring: aigi train configs/gapl.yaml --init HEAD_DIR -o RUN_DIR",
     }
     heads.save(head, out, meta=meta)
     return ImportedHead(Path(out), "prototype", feature, head.cfg.in_dim, meta)

@@ -7,7 +7,8 @@ import errno
 import json
 from pathlib import Path
 
-from aigi.cli._options import add_json_argument, add_output_argument
+from aigi.cli._options import add_json_argument, add_out_argument, cache_inputs
+from aigi.common.outputs import check_output, committed
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -35,7 +36,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     repair.set_defaults(func=run_repair)
     compact = sub.add_parser("compact", help="write one self-describing .h5 with every row")
     compact.add_argument("path", type=Path)
-    add_output_argument(compact, "the .h5 file to write")
+    add_out_argument(compact, metavar="FILE.h5", text="the .h5 file to write (outside the cache)")
     compact.set_defaults(func=run_compact)
     return p
 
@@ -126,6 +127,10 @@ def run_compact(args: argparse.Namespace) -> int:
     """Entry point of `aigi cache compact`."""
     from aigi import cache
 
-    out = cache.compact(args.path, args.output)
-    print(f"wrote {out} ({len(cache.open(out))} rows)")
+    out = check_output(args.out, kind="file", inputs=cache_inputs([args.path]), overwrite=args.overwrite)
+    if Path(args.out).suffix not in (".h5", ".hdf5"):
+        raise ValueError(f"-o {args.out}: a compacted cache is an HDF5 file; end its name in .h5")
+    with committed(out):
+        written = cache.compact(args.path, out.path)
+    print(f"wrote {args.out} ({len(cache.open(written))} rows)")
     return 0

@@ -42,11 +42,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of `aigi calibrate`."""
+    from aigi.common.outputs import target_lock
     from aigi.pipeline.calibrate import CalibrateOptions, calibrate_run
     from aigi.pipeline.config import CalibrationSpec
 
     spec = CalibrationSpec(method=args.method, threshold=args.threshold, band=args.band)
-    s = calibrate_run(args.run_dir, CalibrateOptions(spec=spec, caches=tuple(args.cache), weights=tuple(args.weights)))
+    with target_lock(args.run_dir, option="RUN_DIR"):  # one writer of the run at a time (train, calibrate)
+        s = calibrate_run(args.run_dir, CalibrateOptions(spec=spec, caches=tuple(args.cache),
+                                                         weights=tuple(args.weights)))  # fmt: skip
     cal, v = s.calibration, s.val
     band = "no band" if cal["band"] is None else f"unsure band ({cal['band'][0]:.4g}, {cal['band'][1]:.4g})"
     print(

@@ -71,6 +71,9 @@ def run(args: argparse.Namespace) -> int:
         ablate=not args.no_ablate,
         seed=args.seed,
     )
+    from aigi.cli._options import folder_output
+
+    folder_output(args.out)
     report = run_demo(args.out, options, run_command=main)
     print("\nThe same flow on your own images and a real backbone:")
     for cmd in real_flow_commands():

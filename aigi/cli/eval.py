@@ -7,12 +7,16 @@ import argparse
 import sys
 
 from aigi.cli._options import (
+    REPORT_FILES,
     add_cache_argument,
     add_out_argument,
     add_run_dir_argument,
     add_split_argument,
     add_weights_argument,
+    cache_inputs,
+    run_input,
 )
+from aigi.common.outputs import Output, check_output, committed
 
 EVAL_HELP = """\
 Scores the rows of one split with a trained head and writes report.md, metrics.csv, metrics.json,
@@ -96,6 +100,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     return p
 
 
+def report_output(args: argparse.Namespace) -> Output:
+    """The checked report folder -o of `aigi eval` / `aigi robustness` (never the run's files or its caches)."""
+    inputs = run_input(args.run_dir) + cache_inputs(args.cache)
+    return check_output(args.out, kind="folder", inputs=inputs, overwrite=args.overwrite, owned=REPORT_FILES)
+
+
 def run(args: argparse.Namespace) -> int:
     """Entry point of `aigi eval`: the per-group report, or with --views the robustness report."""
     if args.views:
@@ -106,7 +116,8 @@ def run(args: argparse.Namespace) -> int:
     options = EvalOptions(split=args.split, by=args.by, threshold=args.threshold, reals=args.reals,
                           bootstrap=args.bootstrap, seed=args.seed, where=tuple(args.where), caches=tuple(args.cache),
                           weights=tuple(args.weights))  # fmt: skip
-    result = evaluate_run(args.run_dir, args.out, options).metrics
+    with committed(report_output(args)) as stage:
+        result = evaluate_run(args.run_dir, stage, options).metrics
     m = result["mean"]
     print(f"data: {m['n']} rows {result['rows_held']}")
     pct = lambda v: "n/a" if v is None else f"{100 * v:.2f}"
@@ -131,7 +142,8 @@ def run_views(args: argparse.Namespace) -> int:
 
     options = RobustnessOptions(views=tuple(parse_views(args.views)), split=args.split, caches=tuple(args.cache),
                                 weights=tuple(args.weights))  # fmt: skip
-    table = robustness_run(args.run_dir, args.out, options).table
+    with committed(report_output(args)) as stage:
+        table = robustness_run(args.run_dir, stage, options).table
     for row in table.to_dict("records"):
         flips = (
             ""

@@ -158,12 +158,17 @@ def stage_config(args: argparse.Namespace) -> FakesConfig:
 
 def run(args: argparse.Namespace) -> int:
     """`aigi fakes KIND`: check the options and the manifest, load the kind's model, make the fakes, print a line."""
+    from aigi.cli._options import folder_output
     from aigi.common.grammar import parse_format
+    from aigi.common.outputs import Input, check_output
     from aigi.fakes.registry import fake_kind
     from aigi.pipeline.fakes import make_fakes
 
     kind = fake_kind(args.fakes_command)
     parse_format(args.format)  # fail before loading a model
+    folder_output(args.out, [Input(args.manifest, "the manifest")])
+    if args.output_manifest is not None:
+        check_output(args.output_manifest, kind="file", resumable=True, option="--output-manifest")
     options = options_from_args(kind.options, args)
     result = make_fakes(kind.name, options, stage_config(args))
     print(result.summary())

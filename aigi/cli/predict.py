@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import pandas as pd
 
-from aigi.cli._options import add_device_argument, add_output_argument, add_where_argument
+from aigi.cli._options import add_device_argument, add_out_argument, add_where_argument, cache_inputs, run_input
+from aigi.common import outputs
 from aigi.pipeline.predict import PredictOptions, check_output, predict_cache, predict_images, write_table
 
 SHOWN_CACHE_ROWS = 20
@@ -52,9 +54,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     add_device_argument(p)
     p.add_argument("--batch-size", type=int, default=PredictOptions.batch_size)
-    add_output_argument(
-        p, "write all rows (scores, gates, errors) to this .csv, .json or .parquet file", required=False, as_path=False
-    )
+    add_out_argument(p, metavar="FILE", text="write all rows (scores, gates, errors) to this .csv, .json or .parquet "
+                     "file", required=False)  # fmt: skip
     p.set_defaults(func=run)
     return p
 
@@ -75,19 +76,21 @@ def options_from_args(args: argparse.Namespace) -> PredictOptions:
 def run(args: argparse.Namespace) -> int:
     """Entry point of `aigi predict`."""
     options = options_from_args(args)
-    check_output(args.output)
+    check_output(args.out)
+    out = scores_output(args)
     if not args.images and not args.cache:
         raise ValueError("give image files/folders to score, or --cache PATH to score cached features")
     if args.cache:
-        return report_cache(args, options)
+        return report_cache(args, options, out)
     table = predict_images(args.head_dir, args.images, options)
     good, bad = table[table["error"] == ""], table[table["error"] != ""]
     extra = [c for c in table.columns if c.startswith(("gate.", "expert."))]
     with pd.option_context("display.max_colwidth", 80, "display.width", 200):
         print(good[["path", "p_fake", "verdict", *extra]].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    if args.output:
-        write_table(table, args.output)
-        print(f"wrote {len(table)} rows to {args.output}", file=sys.stderr)
+    if out is not None:
+        with outputs.committed(out):
+            write_table(table, args.out)
+        print(f"wrote {len(table)} rows to {args.out}", file=sys.stderr)
     counts = good["verdict"].value_counts()
     verdicts = ", ".join(
         f"{int(counts.get(v, 0))} {v}" for v in ("fake", "real", "unsure") if v in counts or v != "unsure"
@@ -96,7 +99,16 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def report_cache(args: argparse.Namespace, options: PredictOptions) -> int:
+def scores_output(args: argparse.Namespace) -> outputs.Output | None:
+    """The checked -o file of `aigi predict` (never the run's files, a cache or an image it scores), or None."""
+    if not args.out:
+        return None
+    images = [outputs.Input(Path(i), "the image", reserved=()) for i in args.images]
+    inputs = run_input(args.head_dir) + cache_inputs(args.cache) + images
+    return outputs.check_output(args.out, kind="file", inputs=inputs, overwrite=args.overwrite)
+
+
+def report_cache(args: argparse.Namespace, options: PredictOptions, out: outputs.Output | None) -> int:
     """`aigi predict --cache`: score the cache's rows, show the first of them, write them all to -o."""
     paths = [c.partition("=")[2] if "=" in c else c for c in args.cache]
     if len(paths) != 1:
@@ -109,9 +121,10 @@ def report_cache(args: argparse.Namespace, options: PredictOptions) -> int:
         print(shown.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     if len(table) > SHOWN_CACHE_ROWS:
         more = len(table) - SHOWN_CACHE_ROWS
-        print(f"... {more:,} more rows" + ("" if args.output else " (write them all with -o FILE.csv)"))
-    if args.output:
-        write_table(table, args.output)
-        print(f"wrote {len(table)} rows to {args.output}", file=sys.stderr)
+        print(f"... {more:,} more rows" + ("" if args.out else " (write them all with -o FILE.csv)"))
+    if out is not None:
+        with outputs.committed(out):
+            write_table(table, args.out)
+        print(f"wrote {len(table)} rows to {args.out}", file=sys.stderr)
     print(f"{len(table):,} cached row(s) scored", file=sys.stderr)
     return 0
