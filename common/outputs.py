@@ -5,8 +5,8 @@ a config, ...). `check_output` refuses, each time with one line naming the path 
 
   - an empty or absurd target: `/`, a name with a NUL byte or longer than a file name may be, a folder where a file
     is expected and the reverse, a special file (a FIFO, a device), a parent folder that is a file or not writable;
-  - a target that is one of the command's inputs, lies inside one, or holds one (a report may go into a new
-    sub-folder of the run it reads, never onto the run's own files);
+  - a target that is one of the command's inputs or lies inside one (a report may go into a new sub-folder of the
+    run it reads, never onto the run's own files), or that holds one and would be replaced;
   - an existing target without `--overwrite` (an empty folder is not "existing"), and a folder holding files that
     the command does not write (it would mix them with its own).
 
@@ -123,7 +123,7 @@ def check_output(
     target = _absolute(shown, option)
     _check_place(target, shown, option)
     for given in inputs:
-        _check_input(target, shown, given, option)
+        _check_input(target, shown, given, option, replaced=not resumable)
     out = Output(target, shown, kind, bool(overwrite), tuple(owned), option)
     if resumable:
         _check_kind(out)
@@ -165,8 +165,9 @@ def _check_place(target: Path, shown: str, option: str) -> None:
         )  # fmt: skip
 
 
-def _check_input(target: Path, shown: str, given: Input, option: str) -> None:
-    """Refuse a target that is, lies inside (outside its allowed places) or holds one of the command's inputs."""
+def _check_input(target: Path, shown: str, given: Input, option: str, *, replaced: bool) -> None:
+    """Refuse a target that is or lies inside one of the command's inputs (outside its allowed places), and one
+    that holds an input when the target may be `replaced` (a resumed folder only ever gains files)."""
     source = Path(os.path.realpath(os.path.expanduser(os.fspath(given.path))))
     fix = f"choose {option} outside it"
     if target == source:
@@ -175,7 +176,7 @@ def _check_input(target: Path, shown: str, given: Input, option: str) -> None:
         first = target.relative_to(source).parts[0]
         if given.reserved is None or first in given.reserved or first.startswith("."):
             raise ValueError(f"{option} {shown} lies inside {given.what} {given.path} this command reads; {fix}")
-    elif source.is_relative_to(target):
+    elif replaced and source.is_relative_to(target):
         raise ValueError(
             f"{option} {shown} holds {given.what} {given.path} this command reads; choose a new {option} that does not"
         )

@@ -115,8 +115,9 @@ def test_a_damaged_record_of_an_intact_shard_keeps_its_rows(tmp_path, capsys, da
     all_rows_intact(tmp_path / "c", meta, feats)
 
 
-def test_an_empty_index_adopts_every_intact_shard(tmp_path, capsys):
-    meta, feats = make(tmp_path / "c")
+@pytest.mark.parametrize("fmt", ["h5", "parquet"])
+def test_an_empty_index_adopts_every_intact_shard(tmp_path, capsys, fmt):
+    meta, feats = make(tmp_path / "c", fmt=fmt)
     (tmp_path / "c" / "index.json").write_text('{"shards": {}}')
     out = repaired(tmp_path / "c", capsys)
     assert "adopted 3 intact shard(s)" in out
@@ -207,6 +208,31 @@ def test_a_fifo_among_the_shards_neither_blocks_nor_stays(tmp_path, capsys):
     repaired(tmp_path / "c", capsys)
     assert not (tmp_path / "c" / "shards" / "00007.h5").exists()
     all_rows_intact(tmp_path / "c", meta, feats)
+
+
+def test_a_shard_that_links_outside_is_moved_as_a_link_and_its_target_untouched(tmp_path, capsys):
+    meta, feats = make(tmp_path / "c")
+    outside = tmp_path / "outside.h5"
+    outside.write_bytes(b"someone else's data")
+    (tmp_path / "c" / "shards" / "00009.h5").symlink_to(outside)
+    out = repaired(tmp_path / "c", capsys)
+    assert "removed 1 stray file(s)" in out
+    assert outside.read_bytes() == b"someone else's data"
+    moved = list((tmp_path / "c" / "quarantine").rglob("00009.h5"))
+    assert len(moved) == 1 and moved[0].is_symlink()
+    all_rows_intact(tmp_path / "c", meta, feats)
+
+
+def test_a_copied_shard_of_the_same_rows_is_taken_out_a_new_one_is_adopted(tmp_path, capsys):
+    meta, feats = make(tmp_path / "c")
+    shards = tmp_path / "c" / "shards"
+    shutil.copy(shards / "00001.h5", shards / "00011.h5")  # the same rows again: nothing to adopt
+    extra, extra_feats = rows(3, start=100)
+    cache.CacheWriter(tmp_path / "c", spec=SPEC, features=FEATURES).write_shard(12, extra, extra_feats)
+    edit_index(tmp_path / "c", lambda s: s.pop("00012.h5"))  # an interrupted commit of new rows
+    out = repaired(tmp_path / "c", capsys)
+    assert "adopted 1 intact shard(s)" in out and "removed 1 stray file(s)" in out
+    assert cache.verify(tmp_path / "c")["rows"] == N + 3
 
 
 # ------------------------------------------------------------------------------------------ killed, then re-run

@@ -292,3 +292,59 @@ def test_a_special_file_is_no_output(world, tmp_path, capsys):
     os.mkfifo(fifo)  # writing it would block until a reader comes
     user_error(capsys, "predict", world["run"], "--cache", world["cache"], "-o", fifo, "--overwrite",
                words=("not a regular file",))  # fmt: skip
+
+
+# ------------------------------------------------------------------------------ more of the same kinds
+
+
+def test_domains_never_rewrites_its_manifest_and_needs_overwrite(world, tmp_path, capsys):
+    manifest = cache.write_manifest(cache.open(world["cache"]).meta().drop(columns="view"), tmp_path / "m.parquet")
+    before = manifest.read_bytes()
+    base = ["domains", "--cache", world["cache"], "--k", "2", "--manifest", manifest]
+    user_error(capsys, *base, "-o", manifest, "--overwrite", words=("the file", "outside"))
+    assert manifest.read_bytes() == before
+    assert cli(capsys, *base, "-o", tmp_path / "m2.parquet")[0] == 0
+    user_error(capsys, *base, "-o", tmp_path / "m2.parquet", words=("already exists", "--overwrite"))
+
+
+def test_a_link_into_the_cache_is_the_cache(world, tmp_path, capsys, untouched):
+    (tmp_path / "link").symlink_to(world["cache"] / "shards")
+    user_error(capsys, "cache", "compact", world["cache"], "-o", tmp_path / "link" / "all.h5", words=("inside",))
+    user_error(capsys, "eval", world["run"], "-o", tmp_path / "link", "--overwrite", words=("inside",))
+
+
+def test_predict_never_writes_over_an_image_it_scores(world, tmp_path, capsys):
+    img = photo(tmp_path / "imgs" / "a.png", 0).rename(tmp_path / "imgs" / "a.csv")  # named like a table
+    before = img.read_bytes()
+    user_error(capsys, "predict", world["run"], img, "-o", img, "--overwrite", words=("the image",))
+    assert img.read_bytes() == before
+
+
+def test_ablate_and_import_and_fakes_refuse_absurd_or_inner_targets(world, tmp_path, capsys, untouched):
+    user_error(capsys, "ablate", world["config"], "-o", world["cache"] / "abl", words=("inside the cache",))
+    uar_folder(tmp_path / "npy", n=2)
+    user_error(capsys, "import", "uar", tmp_path / "npy", "--cache", "/", words=("root folder",))
+    manifest = cache.write_manifest(cache.open(world["cache"]).meta().drop(columns="view"), tmp_path / "m.parquet")
+    user_error(capsys, "fakes", "sr", "--manifest", manifest, "--weights", tmp_path / "w.pth", "-o", "/",
+               words=("root folder",))  # fmt: skip
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "notes.txt").write_text("x")
+    user_error(capsys, "extract", "--manifest", manifest, "--backbone", "timm:vit_tiny_patch16_224",
+               "--random-weights", "--cache", tmp_path / "home", words=("not a feature cache",))  # fmt: skip
+    assert sorted(os.listdir(tmp_path / "home")) == ["notes.txt"]
+
+
+def test_calibrate_waits_for_no_one_while_the_run_is_written(world, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(world["run"], run)
+    before = snapshot(run)
+    with TargetLock(run, str(run)):
+        user_error(capsys, "calibrate", run, words=("being written",))
+    assert snapshot(run) == before
+
+
+def test_training_from_a_run_into_that_run_is_refused(world, capsys, untouched):
+    user_error(capsys, "train", world["config"], "--init", world["run"], "-o", world["run"], "--overwrite",
+               words=(" is the run",))  # fmt: skip
