@@ -100,7 +100,7 @@ def _npy_header(path: str | Path) -> tuple[tuple[int, ...], np.dtype]:
         except (ValueError, EOFError, SyntaxError) as err:
             raise ValueError(f"{path}: not a .npy file ({' '.join(str(err).split())[:120]})") from None
         if dtype.hasobject:
-            raise ValueError(f"{path}: refused, it holds Python objects that need pickle to load; save plain numbers")
+            raise ValueError(f"{path}: refused, it needs pickle to load (it holds Python objects); save plain numbers")
         size, data = os.fstat(fh.fileno()).st_size, fh.tell()
     want = math.prod(shape) * dtype.itemsize
     if want != size - data:

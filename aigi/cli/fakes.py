@@ -109,7 +109,7 @@ def add_kind_parser(sub: argparse._SubParsersAction, kind: FakeKind) -> None:
     p = sub.add_parser(kind.name, help=kind.help, description=FAKES_HELP + weights)
     p.add_argument("--manifest", type=Path, required=True, help="manifest.parquet (or .csv) listing the real images")
     add_dataclass_options(p, kind.options, names=AFTER_MANIFEST)
-    p.add_argument("-o", "--out", type=Path, required=True, action=_OutOnce, metavar="DIR",
+    p.add_argument("-o", "--out", "--output", dest="out", type=Path, required=True, action=_OutOnce, metavar="DIR",
                    help="output folder for the images")  # fmt: skip
     add_dataclass_options(p, kind.options, names=AFTER_OUT)
     p.add_argument("--output-manifest", type=Path, default=None, help="new manifest (default: update --manifest)")
