@@ -127,10 +127,41 @@ def fit_many(
 
 
 def predict(head: Any, X: Any) -> Any:
-    """P(fake) per row, a float64 numpy array."""
+    """P(fake) per row, a float64 numpy array.
+
+    Raises:
+        ValueError: when `X` (one array, or feature name -> array) is not rows of finite numbers of the head's width.
+    """
     from aigi import heads
 
+    _check_rows(head, X)
     return heads.predict(head, X)
+
+
+def _check_rows(head: Any, X: Any) -> None:
+    """The arrays a head scores: numbers, [N, D] for a head on vectors (D its width), every value finite."""
+    import numpy as np
+
+    cfg = getattr(head, "cfg", None)
+    inputs = tuple(getattr(cfg, "inputs", ()) or ())
+    arrays = X if isinstance(X, Mapping) else {inputs[0] if len(inputs) == 1 else "X": X}
+    widths = getattr(cfg, "in_dims", None) or ([getattr(cfg, "in_dim", None)] * len(inputs) if inputs else [])
+    vector = {n: w for n, w in zip(inputs, widths) if w is not None}
+    for name, value in arrays.items():
+        if not hasattr(value, "shape") and not isinstance(value, list | tuple):
+            continue  # a batch source (streamed rows): checked where it is read
+        arr = value.detach().cpu().numpy() if hasattr(value, "detach") else np.asarray(value)
+        where = f"X[{name!r}]" if isinstance(X, Mapping) else "X"
+        if arr.dtype.kind not in "fiub":
+            raise ValueError(f"{where} holds {arr.dtype} values; features are numbers")
+        if arr.ndim < 2 or (name in vector and (arr.ndim != 2 or arr.shape[1] != vector[name])):
+            width = vector.get(name, "D")
+            raise ValueError(
+                f"{where} has shape {arr.shape}; the head scores rows [N, {width}] (one row x: x.reshape(1, -1))"
+            )
+        bad = ~np.isfinite(arr.reshape(len(arr), -1)).all(axis=1) if arr.dtype.kind == "f" else None
+        if bad is not None and bad.any():
+            raise ValueError(f"{where} holds NaN/inf in {int(bad.sum())} row(s) (first: row {int(np.argmax(bad))})")
 
 
 def save_head(head: Any, directory: str | Path, *, meta: Mapping[str, Any] | None = None) -> Path:
@@ -162,10 +193,33 @@ def predict_images(head_dir: str | Path, images: Any, **options: Any) -> Any:
 
 
 def evaluate(labels: Any, scores: Any, *, threshold: float = 0.5) -> dict[str, Any]:
-    """ACC at `threshold`, real ACC, fake ACC, AP and AUC of one group of rows (`pipeline.metrics.binary_metrics`)."""
+    """ACC at `threshold`, real ACC, fake ACC, AP and AUC of one group of rows (`pipeline.metrics.binary_metrics`).
+
+    Raises:
+        ValueError: labels other than 0 / 1, scores outside [0, 1] or not finite, arrays of other shapes.
+    """
+    import numpy as np
+
     from aigi.pipeline.metrics import binary_metrics
 
-    return binary_metrics(labels, scores, threshold=threshold)
+    y, p = np.asarray(labels), np.asarray(scores)
+    if y.ndim != 1 or p.shape != y.shape:
+        raise ValueError(f"labels and scores must be 1-D arrays of one length; got shapes {y.shape} and {p.shape}")
+    if y.dtype.kind not in "iubf" or not np.isin(y, (0, 1)).all():
+        odd = np.unique(y[~np.isin(y, (0, 1))] if y.dtype.kind in "iubf" else y)[:5].tolist()
+        raise ValueError(f"labels must be 0 (real) or 1 (fake); got also {odd}")
+    if p.dtype.kind not in "iubf":
+        raise ValueError(f"scores must be numbers (P(fake) in [0, 1]); got {p.dtype} values")
+    if not np.isfinite(p).all():
+        raise ValueError(f"scores must be P(fake) in [0, 1]; got NaN/inf in {int((~np.isfinite(p)).sum())} row(s)")
+    if ((p < 0) | (p > 1)).any():
+        raise ValueError(
+            f"scores must be P(fake) in [0, 1]; got values from {p.min():.4g} to {p.max():.4g} (apply a sigmoid "
+            "to logits)"
+        )
+    if not 0.0 <= float(threshold) <= 1.0:
+        raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+    return binary_metrics(y, p, threshold=threshold)
 
 
 def presets() -> list[str]:

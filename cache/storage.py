@@ -8,6 +8,7 @@ UAR `.npy` files. `Cache`, `FeatureStream` and the cache tools read, map and ver
 from __future__ import annotations
 
 import json
+import stat
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
@@ -133,12 +134,18 @@ class Storage(ABC):
         """
         if self.broken:
             return [f"{self.path}: {self.broken}"], None
-        if self.record is not None and self.digest() != self.record.get(DIGEST):
+        try:
+            changed = self.record is not None and self.digest() != self.record.get(DIGEST)
+        except PermissionError as err:  # not damage: repair leaves such a file alone
+            return [f"{self.path}: cannot be read ({err.strerror}); fix its permissions"], None
+        if changed:
             return [f"{self.path}: bytes differ from the digest recorded at commit (changed or damaged file)"], None
         features = {k: tuple(v) for k, v in self.header["features"].items()}
         try:
             meta = self.meta()
             feats = self.read(list(features))
+        except PermissionError as err:  # not damage: repair leaves such a file alone
+            return [f"{self.path}: cannot be read ({err.strerror}); fix its permissions"], None
         except Exception as err:  # any unreadable shard is a problem to list, not a crash
             return [f"{self.path}: unreadable ({type(err).__name__}: {err})"], None
         problems = []
@@ -178,9 +185,13 @@ class ShardFile(Storage):
         self.errors_file, self.validate = errors_file, validate
         self.broken = ""
         try:
+            if not stat.S_ISREG(self.path.stat().st_mode):  # a folder, or a FIFO whose read would block
+                raise ValueError("not a regular file")
             self.n = self.count_rows(self.path)
         except FileNotFoundError:
             self.n, self.broken = 0, f"recorded in {INDEX_JSON} but missing"
+        except PermissionError as err:
+            self.n, self.broken = 0, f"cannot be read ({err.strerror}); fix its permissions"
         except Exception as err:  # reported when read, and listed by verify
             self.n, self.broken = 0, f"{type(err).__name__}: {err}"
         if record is not None and not self.broken:

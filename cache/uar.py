@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import os
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -66,14 +68,53 @@ def scan_uar(root: str | Path, *, source: str | None = None) -> pd.DataFrame:
 
 def _npy_files(root: Path) -> list[str]:
     """Paths (relative, "/"-separated) of the `.npy` files directly inside any `0_real`/`1_fake` folder below root
-    (one directory walk, following directory links like `Path.rglob`)."""
-    out = []
-    for dirpath, _, filenames in os.walk(root, followlinks=True):
+    (one directory walk, following directory links like `Path.rglob`, each folder visited once: a link loop ends)."""
+    out, seen = [], set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        st = os.stat(dirpath)
+        if (st.st_dev, st.st_ino) in seen:
+            dirnames[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
         if os.path.basename(dirpath) not in LABEL_DIRS:
             continue
         rel = Path(dirpath).relative_to(root).as_posix()
         out.extend(f"{rel}/{name}" for name in filenames if name.endswith(".npy"))
     return out
+
+
+def _npy_header(path: str | Path) -> tuple[tuple[int, ...], np.dtype]:
+    """The shape and dtype a `.npy` file's header declares, checked against the file: a regular file whose size
+    holds that many values (a forged header claiming a huge shape is refused before anything is allocated).
+
+    Raises:
+        ValueError: naming the file and what is wrong.
+    """
+    with open(path, "rb", buffering=0, opener=_nonblocking) as fh:
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+            raise ValueError(f"{path}: not a regular file (a FIFO, socket or device); only .npy files are imported")
+        try:
+            version = np.lib.format.read_magic(fh)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read(fh)
+        except (ValueError, EOFError, SyntaxError) as err:
+            raise ValueError(f"{path}: not a .npy file ({' '.join(str(err).split())[:120]})") from None
+        if dtype.hasobject:
+            raise ValueError(f"{path}: refused, it needs pickle to load (it holds Python objects); save plain numbers")
+        size, data = os.fstat(fh.fileno()).st_size, fh.tell()
+    want = math.prod(shape) * dtype.itemsize
+    if want != size - data:
+        what = "truncated" if want > size - data else "longer than its header says"
+        raise ValueError(
+            f"{path}: its header declares shape {shape} ({want:,} bytes) but the file holds {size - data:,} bytes of "
+            f"data ({what}); re-create it"
+        )
+    return shape, dtype
+
+
+def _nonblocking(path: str, flags: int) -> int:
+    """Open without blocking on a FIFO (the file is checked to be a regular one before it is read)."""
+    return os.open(path, flags | getattr(os, "O_NONBLOCK", 0))
 
 
 def load_npy(path: str | Path, *, dim: int | None = None) -> np.ndarray:
@@ -83,10 +124,13 @@ def load_npy(path: str | Path, *, dim: int | None = None) -> np.ndarray:
         ValueError: naming the file for pickled/unreadable files, wrong shapes, other dims than `dim`, NaN/inf.
     """
     try:
+        _npy_header(path)  # raises naming the file: not a regular file, objects, truncated or forged header
         arr = np.load(path, allow_pickle=False)
-    except ValueError as err:
-        raise ValueError(f"{path}: refused, it needs pickle to load ({err}); save plain numeric arrays") from None
-    except (OSError, EOFError) as err:
+    except OSError as err:
+        raise ValueError(f"{path}: not a readable .npy file ({err})") from None
+    except (ValueError, EOFError) as err:
+        if str(err).startswith(str(path)):
+            raise
         raise ValueError(f"{path}: not a readable .npy file ({err})") from None
     if not isinstance(arr, np.ndarray) or not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
         raise ValueError(f"{path}: holds {getattr(arr, 'dtype', type(arr))}, expected real numbers")
@@ -106,7 +150,9 @@ def _npy_layout(path: str) -> tuple[bytes, np.dtype, int] | None:
     """(header bytes, dtype, data bytes) of a plain numeric `(1, D)`/`(D,)` `.npy`, parsed by numpy without
     unpickling; None when the file is anything else."""
     try:
-        with open(path, "rb") as fh:
+        with open(path, "rb", opener=_nonblocking) as fh:
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                return None
             version = np.lib.format.read_magic(fh)
             read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
             shape, fortran, dtype = read(fh)
@@ -153,8 +199,9 @@ def _fill(out: np.ndarray, files: list[str], span: tuple[int, int], layout, dim:
         raw = b""
         if layout is not None:
             try:
-                with open(files[i], "rb", buffering=0) as fh:
-                    raw = fh.read(len(head) + nbytes + 1)
+                with open(files[i], "rb", buffering=0, opener=_nonblocking) as fh:
+                    regular = stat.S_ISREG(os.fstat(fh.fileno()).st_mode)
+                    raw = fh.read(len(head) + nbytes + 1) if regular else b""
             except OSError:
                 raw = b""
         if len(raw) == len(head) + nbytes and raw.startswith(head):

@@ -34,10 +34,30 @@ def sha256_file(path: str | Path) -> str:
     return _SHA_CACHE[key]
 
 
+# A name longer than this (in bytes) is shortened in the names of its hidden siblings, so that `.NAME.TAG` stays
+# within the 255 bytes a file name may have: its first bytes, `~` and 8 hex digits of its sha256.
+LONG_NAME_BYTES = 150
+KEPT_NAME_BYTES = 130
+
+
+def sibling_prefix(path: str | Path) -> str:
+    """The start of every hidden sibling name of `path`: `.NAME.` (a long NAME shortened, see LONG_NAME_BYTES)."""
+    name = Path(path).name
+    raw = os.fsencode(name)
+    if len(raw) > LONG_NAME_BYTES:
+        name = os.fsdecode(raw[:KEPT_NAME_BYTES]) + "~" + hashlib.sha256(raw).hexdigest()[:8]
+    return f".{name}."
+
+
+def sibling(path: str | Path, tag: str) -> Path:
+    """A hidden sibling of `path` named `.NAME.TAG`, a valid file name whatever the length of NAME."""
+    path = Path(path)
+    return path.with_name(sibling_prefix(path) + tag)
+
+
 def temp_name(path: str | Path) -> Path:
     """A hidden temporary sibling of `path`, unique per host and process (`.NAME.tmp-HOST-PID`; readers skip it)."""
-    path = Path(path)
-    return path.with_name(f".{path.name}.tmp-{socket.gethostname()}-{os.getpid()}")
+    return sibling(path, f"tmp-{socket.gethostname()}-{os.getpid()}")
 
 
 _HINTS = {
@@ -100,3 +120,14 @@ def atomic_write(path: str | Path, data: bytes | str, *, fsync: bool = False) ->
             fh.flush()
             os.fsync(fh.fileno())
     return Path(path)
+
+
+# Words of torch's weights-only loader when a file asks to run code (a pickled global), as opposed to bytes that are
+# no pickle at all (random or damaged bytes: "invalid load key", "Unsupported operand", "truncated", ...).
+_CODE_WORDS = ("Unsupported global", "not an allowed global", "Unsupported class")
+
+
+def asks_to_run_code(err: BaseException) -> bool:
+    """True when a weights-only `torch.load` refused `err`'s file because unpickling it would run code; False when
+    the file is damaged or of another format."""
+    return any(word in str(err) for word in _CODE_WORDS)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -259,14 +260,19 @@ def parse_aliased(items: Sequence[str], aliases: Sequence[str], *, option: str =
     """`[ALIAS=]VALUE` items -> {alias: value} over `aliases`: a bare VALUE serves the only alias; with several, each
     item names its alias (`--weights clip=a.pth --weights aim=b`)."""
     out: dict[str, str | None] = {a: None for a in aliases}
+    known = ", ".join(aliases) or "none"
     for item in items:
         alias, sep, value = str(item).partition("=")
         if sep and alias in out:
             out[alias] = value
+        elif sep and alias and "/" not in alias and os.sep not in alias and not os.path.exists(item):
+            raise ValueError(
+                f"{option} {item!r}: {alias!r} is none of the aliases here ({known}); give {option} "
+                f"{aliases[0] if aliases else 'ALIAS'}=VALUE, or the bare VALUE when there is one alias"
+            )
         elif len(aliases) == 1:
             out[aliases[0]] = str(item)
         else:
-            known = ", ".join(aliases) or "none"
             raise ValueError(f"{option} {item!r}: give {option} ALIAS=VALUE for each of {len(aliases)} ({known})")
     return out
 

@@ -24,6 +24,8 @@ from aigi.common.hub import HubName, WeightsUnavailable, check_sha256, hub_file,
 if TYPE_CHECKING:
     import torch
 
+from aigi.common.files import asks_to_run_code
+
 _WRAPPER_KEYS = ("state_dict", "model", "module", "params")
 
 
@@ -92,7 +94,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
-    except pickle.UnpicklingError:  # weights_only refuses pickled code
+    except pickle.UnpicklingError as err:  # weights_only refuses pickled code; random bytes are no pickle at all
+        if not asks_to_run_code(err):
+            raise ValueError(f"{path}: not a weights file (damaged, or another format); {fix}") from None
         raise ValueError(f"{path}: cannot be read as plain weights, reading it would run pickled code; {fix}") from None
     except Exception as err:  # zip errors, truncated or text files
         reason = " ".join(str(err).split())[:160]

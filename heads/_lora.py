@@ -79,6 +79,38 @@ def site_shape(module: nn.Module) -> tuple[int, int, bool]:
     raise TypeError(f"LoRA goes on nn.Linear or pointwise (1x1, stride 1, groups 1) nn.Conv2d, not {module}")
 
 
+ADAPTER_BYTES_PER_PARAMETER = 16  # float32 value, gradient and Adam's two moments
+ADAPTER_MEMORY_SHARE = 0.5  # adapters may take at most this share of the memory available when the head is built
+
+
+def check_adapter_size(shapes: Mapping[str, tuple[int, int, bool]], *, rank: int, experts: int) -> None:
+    """Refuse a rank beyond the adapted layers' widths, and adapters whose training state does not fit in memory.
+
+    An update B A of rank r has rank <= min(in, out), so a larger r only costs memory; the adapters' parameters,
+    gradients and Adam state must fit in ADAPTER_MEMORY_SHARE of the memory available now.
+
+    Raises:
+        ValueError: naming the layer and the largest rank it takes, or the memory needed and available.
+    """
+    import psutil
+
+    narrow = min(shapes.items(), key=lambda kv: min(kv[1][:2]), default=None)
+    if narrow is not None and rank > min(narrow[1][:2]):
+        width = min(narrow[1][:2])
+        raise ValueError(
+            f"LoRA rank {rank} exceeds the width {width} of the adapted layer {narrow[0]} (an update of rank r needs "
+            f"r <= min(in, out)); set head.rank to at most {width}"
+        )
+    parameters = experts * rank * sum(i + o for i, o, _ in shapes.values())
+    need, free = parameters * ADAPTER_BYTES_PER_PARAMETER, psutil.virtual_memory().available
+    if need > ADAPTER_MEMORY_SHARE * free:
+        raise ValueError(
+            f"LoRA adapters of rank {rank} x {experts} expert(s) hold {parameters:,} parameters: {need / 1e9:.1f} GB "
+            f"with their gradients and optimizer state, more than {ADAPTER_MEMORY_SHARE:.0%} of the "
+            f"{free / 1e9:.1f} GB of memory available; lower head.rank or the number of experts"
+        )
+
+
 class LoraExperts(nn.Module):
     """E experts, each a LoraPair at every (block, target) site of the tail, added by forward hooks on its Linears.
 
@@ -115,6 +147,7 @@ class LoraExperts(nn.Module):
                 width_in, width_out, channels = site_shape(module)
                 shapes[key] = (width_in, width_out if start is None else stop - start, channels)
                 sites.setdefault(module, []).append((key, start, stop))
+        check_adapter_size(shapes, rank=rank, experts=experts)
         self.experts = nn.ModuleList(
             nn.ModuleDict({k: LoraPair(i, o, rank, channels=c) for k, (i, o, c) in shapes.items()})
             for _ in range(experts)

@@ -128,6 +128,15 @@ def _fill_dims(cfg_cls: type, values: dict[str, Any], dims: Mapping[str, Any] | 
     if not ({"in_dim", "in_dims"} & names):
         return values
     widths = [_width(dims[i]) for i in values["inputs"]]
+    wanted = {"in_dims": tuple(widths), "in_dim": widths[0] if len(set(widths)) == 1 else None}
+    for key in ("in_dim", "in_dims"):
+        value = values.get(key) if key in names else None
+        found = tuple(value) if isinstance(value, list | tuple) else value
+        if value is not None and wanted[key] is not None and found != wanted[key]:
+            raise ValueError(
+                f"head.{key}={found!r}, but the input feature(s) {list(values['inputs'])} of the cache are "
+                f"{wanted[key]!r} wide; leave {key} out (it is filled from the cache)"
+            )
     if "in_dims" in names and "in_dims" not in values:
         values["in_dims"] = tuple(widths)
     if "in_dim" in names and "in_dim" not in values:

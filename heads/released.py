@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from aigi.common.files import asks_to_run_code
 from aigi.heads._registry import build
 
 
@@ -20,14 +21,29 @@ def _load_tensor_file(path: str | Path) -> Any:
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; pass the released .pth/.pt file")
     try:
-        return torch.load(path, weights_only=True, map_location="cpu")
-    except pickle.UnpicklingError:
+        value = torch.load(path, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as err:
+        if not asks_to_run_code(err):
+            raise ValueError(
+                f"{path} is not a torch tensor file (damaged, or another format); pass the released file"
+            ) from None
         raise ValueError(
             f"{path}: refused, it needs pickled code to load (weights-only loading); pass the released tensor file"
         ) from None
     except Exception as err:  # torch raises several types for a non-torch file
         reason = " ".join(str(err).split())[:160]
         raise ValueError(f"{path} is not a plain torch tensor file ({type(err).__name__}: {reason})") from None
+    _refuse_sparse(value, path)
+    return value
+
+
+def _refuse_sparse(value: Any, path: str | Path, depth: int = 0) -> None:
+    """Refuse sparse (or other non-strided) tensors anywhere in a loaded file: heads hold dense weights."""
+    if isinstance(value, Tensor) and value.layout != torch.strided:
+        raise ValueError(f"{path} holds {value.layout} tensors; save dense ones (tensor.to_dense())")
+    if isinstance(value, dict) and depth < 4:
+        for item in value.values():
+            _refuse_sparse(item, path, depth + 1)
 
 
 _PROBE_PREFIXES = ("", "linear.", "fc.")

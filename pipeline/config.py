@@ -27,6 +27,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -217,6 +218,7 @@ def _check_values(cfg: RunConfig, *, source: str) -> None:
     from aigi.common.grammar import parse_size
     from aigi.pipeline.metrics import REAL_POLICIES
 
+    _check_numbers(cfg, source=source)
     if not 0.0 <= cfg.data.val_fraction < 1.0:
         raise ValueError(f"{source}: data.val_fraction must be in [0, 1), got {cfg.data.val_fraction}")
     if not 0.0 <= cfg.data.join.max_dropped <= 1.0:
@@ -237,20 +239,115 @@ def _check_values(cfg: RunConfig, *, source: str) -> None:
         raise ValueError(f"{source}: {err}") from None
 
 
+MAX_LR = 1e3  # a learning rate beyond this overflows the optimizer's float32 state or diverges at once
+MAX_SEED = 2**32 - 1  # numpy's and torch's generators take seeds up to this everywhere
+MAX_COUNT = 2**31 - 1  # epochs, batch sizes, ... (larger ones overflow the tensors' int32 indices or never end)
+
+
+def _check_numbers(cfg: RunConfig, *, source: str) -> None:
+    """Numbers the fit loop and the generators cannot take: NaN/inf, a learning rate out of (0, MAX_LR], a seed
+    out of [0, MAX_SEED], a count beyond MAX_COUNT."""
+    for key, value in cfg.fit.items():
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        if not math.isfinite(value):
+            raise ValueError(f"{source}: fit.{key} must be a finite number, got {value}")
+        if isinstance(value, int) and key != "seed" and abs(value) > MAX_COUNT:
+            raise ValueError(f"{source}: fit.{key} = {value} is out of range (at most {MAX_COUNT:,})")
+    lr = cfg.fit.get("lr")
+    if isinstance(lr, int | float) and not 0 < lr <= MAX_LR:
+        raise ValueError(f"{source}: fit.lr must be a number in (0, {MAX_LR:g}], got {lr:g}")
+    for key, seed in (("fit.seed", cfg.fit.get("seed")), ("data.val_seed", cfg.data.val_seed)):
+        if isinstance(seed, int) and not 0 <= seed <= MAX_SEED:
+            raise ValueError(f"{source}: {key} must be an integer in [0, {MAX_SEED}], got {seed}")
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # files and overrides
+
+
+# Limits on what a YAML file may hold: configs are a few levels deep and a few hundred values; a file nested deeper
+# or whose aliases (`*name` repeats the value anchored `&name`) expand to more values is refused before it is used.
+MAX_YAML_DEPTH = 64
+MAX_YAML_VALUES = 100_000
+
+
+def _expanded_size(root: Any) -> int:
+    """The number of nodes of a composed YAML document with every alias expanded (each distinct node visited once).
+
+    Raises:
+        yaml.composer.ComposerError: an alias that contains itself, or more than MAX_YAML_VALUES nodes.
+    """
+    import yaml
+
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def size(node: Any) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in open_nodes:
+            raise yaml.composer.ComposerError(
+                None, None, "an alias refers to a value that contains it", node.start_mark
+            )
+        open_nodes.add(key)
+        children = node.value if isinstance(node, yaml.SequenceNode) else []
+        if isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        total = 1 + sum(size(child) for child in children)
+        open_nodes.discard(key)
+        if total > MAX_YAML_VALUES:
+            raise yaml.composer.ComposerError(
+                None, None, f"it expands to more than {MAX_YAML_VALUES:,} values (through &anchors and *aliases)",
+                node.start_mark,
+            )  # fmt: skip
+        sizes[key] = total
+        return total
+
+    return size(root)
 
 
 def _yaml_classes() -> tuple[type, type]:
     """yaml's SafeLoader / SafeDumper that also treat `1e-3` (no dot: YAML 1.1 keeps it a string) as a float.
 
-    The loader reads a bare 1e-3 as a number and a quoted '1e-3' as text; the dumper quotes such strings, so a
-    written config reads back equal.
+    The loader reads a bare 1e-3 as a number and a quoted '1e-3' as text, refuses a key given twice in one mapping,
+    nesting deeper than MAX_YAML_DEPTH and aliases expanding to more than MAX_YAML_VALUES values; the dumper quotes
+    such strings, so a written config reads back equal.
     """
     import yaml
 
     class Loader(yaml.SafeLoader):
-        pass
+        depth = 0
+
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            if self.depth >= MAX_YAML_DEPTH:
+                mark = self.peek_event().start_mark
+                raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_YAML_DEPTH} levels", mark)
+            self.depth += 1
+            try:
+                return super().compose_node(parent, index)
+            finally:
+                self.depth -= 1
+
+        def get_single_node(self) -> Any:
+            node = super().get_single_node()
+            if node is not None:
+                _expanded_size(node)
+            return node
+
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            seen: set[Any] = set()
+            for key_node, _ in node.value if isinstance(node, yaml.MappingNode) else []:
+                if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                    continue
+                key = self.construct_object(key_node)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"the key {key!r} is given twice in one mapping; keep one", key_node.start_mark
+                    )
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
 
     class Dumper(yaml.SafeDumper):
         pass
@@ -261,7 +358,8 @@ def _yaml_classes() -> tuple[type, type]:
 
 
 def parse_yaml(text: str) -> Any:
-    """YAML text as plain data (`yaml.safe_load` rules, plus `1e-3` read as a number)."""
+    """YAML text as plain data (`yaml.safe_load` rules, plus `1e-3` read as a number; see `_yaml_classes` for the
+    limits on depth, aliases and repeated keys)."""
     import yaml
 
     return yaml.load(text, Loader=_yaml_classes()[0])  # noqa: S506 - a SafeLoader subclass: builds plain data only

@@ -192,6 +192,7 @@ def _write_rows(writer: Any, todo: pd.DataFrame, dim: int, *, desc: str, show: b
         for i, chunk in enumerate(chunks):
             feats, ok, bad = pending.result()
             pending = reader.submit(load, i + 1) if i + 1 < len(chunks) else None
+            feats, ok, bad = _in_range(feats, ok, bad, chunk, writer.dtype)
             errors = [
                 {"image_id": chunk["image_id"].iat[i], "path": chunk["path"].iat[i], "reason": why} for i, why in bad
             ]
@@ -199,6 +200,26 @@ def _write_rows(writer: Any, todo: pd.DataFrame, dim: int, *, desc: str, show: b
             failed += errors
             bar.update(len(chunk))
     return failed
+
+
+def _in_range(
+    feats: np.ndarray, ok: np.ndarray, bad: list[tuple[int, str]], chunk: pd.DataFrame, dtype: str
+) -> tuple[np.ndarray, np.ndarray, list[tuple[int, str]]]:
+    """Move the loaded rows whose values the cache's stored dtype cannot hold (beyond float16's range) to the failed
+    ones, each named, so that one such file does not stop the import."""
+    limit = float(np.finfo(dtype).max)
+    over = np.abs(feats).max(axis=1, initial=0.0) > limit if len(feats) else np.zeros(0, dtype=bool)
+    if not over.any():
+        return feats, ok, bad
+    loaded = np.flatnonzero(ok)
+    ok = ok.copy()
+    for row in np.flatnonzero(over):
+        pos = int(loaded[row])
+        ok[pos] = False
+        peak = float(np.abs(feats[row]).max())
+        bad.append((pos, f"{chunk['file'].iat[pos]}: holds {peak:.4g}, beyond the {dtype} range of this cache "
+                         f"(+-{limit:g}); import into a float32 cache (--dtype float32)"))  # fmt: skip
+    return feats[~over], ok, sorted(bad)
 
 
 def safe_component(name: object) -> str:

@@ -24,6 +24,7 @@ PACK_SUFFIX = ".aigi"
 PACK_FORMAT = "aigi-head-pack"
 MEMBERS = ("head.json", "head.safetensors")
 EVAL_NAME = "eval.json"
+PACK_FILES = ("head.json", "head.safetensors", EVAL_NAME)  # what a packed folder holds
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,8 @@ FORMAT_ERROR_MODULES = ("yaml", "safetensors", "safetensors_rust", "_pickle", "p
 OS_HINTS = {
     errno.ENOSPC: "the disk is full: free space and re-run (finished parts are kept)",
     errno.EDQUOT: "the disk quota is exceeded: free space and re-run",
-    errno.EACCES: "permission denied: choose a folder you may write to",
+    errno.EACCES: "permission denied: check its permissions, or choose a path you may read and write",
+    errno.EPERM: "operation not permitted: check its permissions, or choose another path",
     errno.EROFS: "the file system is read-only",
 }
 # Commands that keep their finished work when interrupted and resume it when re-run: what they keep.

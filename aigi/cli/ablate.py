@@ -8,7 +8,14 @@ import sys
 import time
 from pathlib import Path
 
-from aigi.cli._options import add_cache_argument, add_out_argument, add_set_argument, add_weights_argument
+from aigi.cli._options import (
+    add_cache_argument,
+    add_out_argument,
+    add_set_argument,
+    add_weights_argument,
+    cache_inputs,
+    folder_output,
+)
 
 ABLATE_HELP = """\
 An ablation config is a run config (the schema of `aigi train` presets: head, fit, data, eval) plus:
@@ -52,7 +59,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("config", type=Path, help="ablation YAML (run config + variants/grid/seeds) or preset name")
-    add_out_argument(p, metavar="DIR", text="ablation directory")
+    add_out_argument(p, metavar="DIR", text="ablation directory (re-running resumes in it)", overwrite=False)
     p.add_argument("--jobs", type=int, default=1, metavar="N", help="local processes (joblib loky; default 1)")
     dist = p.add_mutually_exclusive_group()
     dist.add_argument("--workers", type=int, default=0, metavar="N", help="run on a dask LocalCluster of N processes")
@@ -86,6 +93,9 @@ def run(args: argparse.Namespace) -> int:
         args.config, overrides=args.overrides, caches=args.cache, seeds=args.seeds, sort_by=args.sort_by
     )
     check_inputs_exist(plan)
+    data = plan.runs[0].parsed.data if plan.runs else None
+    folder_output(args.out, cache_inputs(data.caches.values() if data else []))
+    args.out = Path(args.out)
     if args.dry_run:
         for r in plan.runs:
             state = "done" if read_result(args.out / "runs" / r.run_id) is not None else "todo"

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 from pathlib import Path
 
-from aigi.cli._options import add_json_argument, add_output_argument
+from aigi.cli._options import add_json_argument, add_out_argument, cache_inputs
+from aigi.common.outputs import check_output, committed
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -34,7 +36,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     repair.set_defaults(func=run_repair)
     compact = sub.add_parser("compact", help="write one self-describing .h5 with every row")
     compact.add_argument("path", type=Path)
-    add_output_argument(compact, "the .h5 file to write")
+    add_out_argument(compact, metavar="FILE.h5", text="the .h5 file to write (outside the cache)")
     compact.set_defaults(func=run_compact)
     return p
 
@@ -89,22 +91,35 @@ def run_verify(args: argparse.Namespace) -> int:
 
 
 def run_repair(args: argparse.Namespace) -> int:
-    """Entry point of `aigi cache repair`: repair, then verify."""
+    """Entry point of `aigi cache repair`: repair, say what moved where, then verify."""
     from aigi import cache
 
     result = cache.repair(args.path)
     dropped = result["dropped_shards"]
-    rows = sum(dropped.values()) + result["repeated_rows_dropped"]
     print(
         f"repaired {args.path}: dropped {len(dropped)} damaged or missing shard(s) ({sum(dropped.values())} rows), "
         f"{result['repeated_rows_dropped']} repeated row(s) ({len(result['rewritten'])} shard(s) rewritten), "
-        f"removed {len(result['removed'])} stray file(s)"
+        f"removed {len(result['removed'])} stray file(s), adopted {len(result['adopted'])} intact shard(s) "
+        "missing from the index"
     )
+    for key, what in (("rebuilt", "rebuilt"), ("index_entries_dropped", "damaged index entries dropped")):
+        if result[key]:
+            print(f"  {what}: {', '.join(sorted(result[key]))}")
     if dropped:
         print(f"  dropped: {', '.join(sorted(dropped))}")
         print("  re-run the same `aigi extract` or `aigi import uar` to re-create their rows (both resume)")
+    if result["quarantine"]:
+        print(f"  moved out of the cache, not deleted: {result['quarantine']} (delete it once you have looked)")
+    if result["unreadable"]:
+        raise PermissionError(
+            errno.EACCES, f"left {len(result['unreadable'])} shard(s) it may not read as they are "
+            f"({', '.join(result['unreadable'][:3])}): fix their permissions, then re-run `aigi cache repair`",
+            str(args.path),
+        )  # fmt: skip
     verified = cache.verify(args.path)
-    print(f"ok: {verified['rows']} rows in {verified['shards']} shard(s)" + ("" if rows else " (nothing to repair)"))
+    done = any(result[k] for k in ("dropped_shards", "repeated_rows_dropped", "removed", "adopted", "rebuilt",
+                                   "index_entries_dropped"))  # fmt: skip
+    print(f"ok: {verified['rows']} rows in {verified['shards']} shard(s)" + ("" if done else " (nothing to repair)"))
     return 0
 
 
@@ -112,6 +127,10 @@ def run_compact(args: argparse.Namespace) -> int:
     """Entry point of `aigi cache compact`."""
     from aigi import cache
 
-    out = cache.compact(args.path, args.output)
-    print(f"wrote {out} ({len(cache.open(out))} rows)")
+    out = check_output(args.out, kind="file", inputs=cache_inputs([args.path]), overwrite=args.overwrite)
+    if Path(args.out).suffix not in (".h5", ".hdf5"):
+        raise ValueError(f"-o {args.out}: a compacted cache is an HDF5 file; end its name in .h5")
+    with committed(out):
+        written = cache.compact(args.path, out.path)
+    print(f"wrote {args.out} ({len(cache.open(written))} rows)")
     return 0

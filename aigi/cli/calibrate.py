@@ -4,9 +4,18 @@ its validation rows (`pipeline.calibrate`)."""
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
-from aigi.cli._options import add_cache_argument, add_run_dir_argument, add_weights_argument
+from aigi.cli._options import (
+    RUN_FILES,
+    add_cache_argument,
+    add_out_argument,
+    add_run_dir_argument,
+    add_weights_argument,
+    cache_inputs,
+    run_input,
+)
 
 CALIBRATE_HELP = """\
 Fits, on the run's validation rows (the rows `aigi train` held out: split == val, or its seeded val_fraction
@@ -40,8 +49,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--method", choices=("temperature", "platt", "none"), default="temperature")
     p.add_argument("--threshold", default="0.5", help="a number, val_acc or fpr:A (default 0.5)")
     p.add_argument("--band", default="none", help="none, coverage:C or error:A (default none)")
-    p.add_argument("-o", "--out", type=Path, default=None, metavar="NEW_RUN_DIR",
-                   help="write the calibrated head here (a copy of the run's files)")  # fmt: skip
+    add_out_argument(p, metavar="NEW_RUN_DIR", text="write the calibrated head here (a copy of the run's files)",
+                     required=False)  # fmt: skip
     p.add_argument("--in-place", action="store_true", help="rewrite RUN_DIR/head.json instead of writing to -o")
     add_cache_argument(p)
     add_weights_argument(p)
@@ -55,18 +64,28 @@ def _pct(value: float | None) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of `aigi calibrate`."""
+    from aigi.common.outputs import check_output, committed, target_lock
     from aigi.pipeline.calibrate import CalibrateOptions, calibrate_run
     from aigi.pipeline.config import CalibrationSpec
 
     spec = CalibrationSpec(method=args.method, threshold=args.threshold, band=args.band)
-    options = CalibrateOptions(spec=spec, caches=tuple(args.cache), weights=tuple(args.weights), out=args.out,
-                               in_place=args.in_place)  # fmt: skip
-    s = calibrate_run(args.run_dir, options)
+    options = CalibrateOptions(spec=spec, caches=tuple(args.cache), weights=tuple(args.weights),
+                               out=None if args.out is None else Path(args.out), in_place=args.in_place)  # fmt: skip
+    if options.in_place:
+        with target_lock(args.run_dir, option="RUN_DIR"):  # one writer of the run at a time (train, calibrate)
+            s = calibrate_run(args.run_dir, options)
+        written = Path(args.run_dir)
+    else:
+        inputs = run_input(args.run_dir) + cache_inputs(args.cache)
+        out = check_output(args.out, kind="folder", inputs=inputs, overwrite=args.overwrite, owned=RUN_FILES)
+        with committed(out) as stage:
+            s = calibrate_run(args.run_dir, replace(options, out=stage))
+        written = Path(args.out)
     cal, before, after = s.calibration, s.val["before"], s.val["after"]
     band = "no band" if cal["band"] is None else f"unsure band ({cal['band'][0]:.4g}, {cal['band'][1]:.4g})"
     print(
         f"calibrate: {cal['method']} on {s.val_rows} val rows; threshold {cal['threshold']:.6g} "
-        f"({cal['threshold_policy']}), {band} -> {s.run_dir}/head.json"
+        f"({cal['threshold_policy']}), {band} -> {written}/head.json"
     )
     print(
         "validation (%), before (sigmoid, 0.5) -> after: "

@@ -29,7 +29,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         description=DEMO_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("-o", "--out", type=Path, default=Path("demo_out"), help="output folder (default demo_out)")
+    p.add_argument("-o", "--out", "--output", dest="out", type=Path, default=Path("demo_out"),
+                   help="output folder (default demo_out)")  # fmt: skip
     p.add_argument("--quick", action="store_true", help="small size (80 crops instead of 240, one seed): a few minutes")
     p.add_argument(
         "--vae-weights",
@@ -71,6 +72,9 @@ def run(args: argparse.Namespace) -> int:
         ablate=not args.no_ablate,
         seed=args.seed,
     )
+    from aigi.cli._options import folder_output
+
+    folder_output(args.out)
     report = run_demo(args.out, options, run_command=main)
     print("\nThe same flow on your own images and a real backbone:")
     for cmd in real_flow_commands():

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from aigi.cli._options import add_output_argument
+from aigi.cli._options import add_out_argument, cache_inputs
+from aigi.common.outputs import Input, check_output, committed
 from aigi.pipeline.domains import DomainsOptions, DomainsResult, write_domains
 
 DOMAINS_HELP = """\
@@ -47,8 +48,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--view", default=default.view, help="view representing each image (default orig)")
     p.add_argument("--seed", type=int, default=default.seed, help="k-means seed (default 0)")
     p.add_argument("--manifest", type=Path, help="write the domains into a copy of this manifest (to -o)")
-    p.add_argument("--overwrite", action="store_true", help="with --manifest: replace non-empty domains too")
-    add_output_argument(p, "domains table (.parquet), or the new manifest", long="--out")
+    add_out_argument(p, metavar="FILE", text="domains table (.parquet), or the new manifest", overwrite=False)
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing -o file; with --manifest also replace non-empty domains",
+    )
     p.set_defaults(func=run)
     return p
 
@@ -64,7 +69,10 @@ def run(args: argparse.Namespace) -> int:
         manifest=args.manifest,
         overwrite=args.overwrite,
     )
-    print(summary(write_domains(args.cache, args.out, options)))
+    inputs = cache_inputs([args.cache]) + [Input(f, "the file") for f in (args.manifest, args.text_weights) if f]
+    out = check_output(args.out, kind="file", inputs=inputs, overwrite=args.overwrite)
+    with committed(out):
+        print(summary(write_domains(args.cache, args.out, options)))
     return 0
 
 

@@ -7,12 +7,16 @@ import argparse
 import sys
 
 from aigi.cli._options import (
+    REPORT_FILES,
     add_cache_argument,
     add_out_argument,
     add_run_dir_argument,
     add_split_argument,
     add_weights_argument,
+    cache_inputs,
+    run_input,
 )
+from aigi.common.outputs import Output, check_output, committed
 
 EVAL_HELP = """\
 Scores the rows of one split with a trained head and writes report.md, metrics.csv, metrics.json,
@@ -97,6 +101,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     return p
 
 
+def report_output(args: argparse.Namespace) -> Output:
+    """The checked report folder -o of `aigi eval` / `aigi robustness` (never the run's files or its caches)."""
+    inputs = run_input(args.run_dir) + cache_inputs(args.cache)
+    return check_output(args.out, kind="folder", inputs=inputs, overwrite=args.overwrite, owned=REPORT_FILES)
+
+
 def run(args: argparse.Namespace) -> int:
     """Entry point of `aigi eval`: the per-group report, or with --views the robustness report."""
     if args.views:
@@ -107,10 +117,11 @@ def run(args: argparse.Namespace) -> int:
     options = EvalOptions(split=args.split, by=args.by, threshold=args.threshold, reals=args.reals,
                           bootstrap=args.bootstrap, seed=args.seed, where=tuple(args.where), caches=tuple(args.cache),
                           weights=tuple(args.weights))  # fmt: skip
-    evaluated = evaluate_run(args.run_dir, args.out, options)
-    result = evaluated.metrics
+    out = report_output(args)
+    with committed(out) as stage:
+        result = evaluate_run(args.run_dir, stage, options).metrics
     if args.json:
-        print((evaluated.out_dir / "metrics.json").read_text(), end="")
+        print((out.path / "metrics.json").read_text(), end="")
         return 0
     m, pooled = result["mean"], result["pooled"]
     if not getattr(args, "quiet", False):
@@ -139,7 +150,8 @@ def run_views(args: argparse.Namespace) -> int:
 
     options = RobustnessOptions(views=tuple(parse_views(args.views)), split=args.split, caches=tuple(args.cache),
                                 weights=tuple(args.weights))  # fmt: skip
-    table = robustness_run(args.run_dir, args.out, options).table
+    with committed(report_output(args)) as stage:
+        table = robustness_run(args.run_dir, stage, options).table
     for row in table.to_dict("records"):
         flips = (
             ""

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from aigi.cli._options import EXTRACT_WEIGHTS_HELP, add_device_argument
+from aigi.cli._options import EXTRACT_WEIGHTS_HELP, add_device_argument, cache_output
 from aigi.common.grammar import VIEW_FORMS
+from aigi.common.outputs import Input
 from aigi.pipeline.extract import (
     DECODES,
     DTYPES,
@@ -123,6 +124,8 @@ def options_from_args(args: argparse.Namespace) -> ExtractOptions:
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of `aigi extract`."""
+    inputs = [Input(f, "the file") for f in (args.manifest, args.weights) if f]
+    cache_output(args.cache, inputs)
     print(summary_line(extract_features(options_from_args(args))))
     return 0
 

@@ -109,7 +109,7 @@ def add_kind_parser(sub: argparse._SubParsersAction, kind: FakeKind) -> None:
     p = sub.add_parser(kind.name, help=kind.help, description=FAKES_HELP + weights)
     p.add_argument("--manifest", type=Path, required=True, help="manifest.parquet (or .csv) listing the real images")
     add_dataclass_options(p, kind.options, names=AFTER_MANIFEST)
-    p.add_argument("-o", "--out", type=Path, required=True, action=_OutOnce, metavar="DIR",
+    p.add_argument("-o", "--out", "--output", dest="out", type=Path, required=True, action=_OutOnce, metavar="DIR",
                    help="output folder for the images")  # fmt: skip
     add_dataclass_options(p, kind.options, names=AFTER_OUT)
     p.add_argument("--output-manifest", type=Path, default=None, help="new manifest (default: update --manifest)")
@@ -158,12 +158,17 @@ def stage_config(args: argparse.Namespace) -> FakesConfig:
 
 def run(args: argparse.Namespace) -> int:
     """`aigi fakes KIND`: check the options and the manifest, load the kind's model, make the fakes, print a line."""
+    from aigi.cli._options import folder_output
     from aigi.common.grammar import parse_format
+    from aigi.common.outputs import Input, check_output
     from aigi.fakes.registry import fake_kind
     from aigi.pipeline.fakes import make_fakes
 
     kind = fake_kind(args.fakes_command)
     parse_format(args.format)  # fail before loading a model
+    folder_output(args.out, [Input(args.manifest, "the manifest")])
+    if args.output_manifest is not None:
+        check_output(args.output_manifest, kind="file", resumable=True, option="--output-manifest")
     options = options_from_args(kind.options, args)
     result = make_fakes(kind.name, options, stage_config(args))
     print(result.summary())

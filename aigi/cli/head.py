@@ -7,7 +7,8 @@ import argparse
 import json
 from pathlib import Path
 
-from aigi.cli._options import add_json_argument, add_output_argument
+from aigi.cli._options import RUN_FILES, add_json_argument, add_out_argument, cache_inputs, run_input
+from aigi.common.outputs import Input, Output, check_output, committed
 from aigi.pipeline.released import describe_head, import_gapl_head, import_linear_head, import_uar_head
 
 SHOWN_APART = ("format", "version", "name", "config", "inputs", "parameters", "buffers")
@@ -28,21 +29,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     lin.add_argument("file", type=Path, help="the probe's state dict")
     lin.add_argument("--feature", required=True, help="the feature it was trained on (UnivFD: proj, UAR: probe)")
-    add_output_argument(lin, "head directory to write", long="--out")
+    add_out_argument(lin, metavar="HEAD_DIR", text="head directory to write")
     lin.add_argument("--cache", type=Path, help="a cache holding that feature: its fingerprint and spec are recorded")
     lin.add_argument("--fake-class", type=int, choices=(0, 1), default=1, help="fake row of a 2-row head (1)")
     lin.set_defaults(func=run_import_linear)
 
     uar = sub.add_parser("import-uar", help="UAR's released linear classifier (.pth) -> an aigi `linear` head")
     uar.add_argument("file", type=Path, help="UAR state dict with linear.weight (1, D) and linear.bias (1,)")
-    add_output_argument(uar, "head directory to write", long="--out")
+    add_out_argument(uar, metavar="HEAD_DIR", text="head directory to write")
     uar.add_argument("--feature", default="probe", help="input feature name the head reads (default: probe)")
     uar.set_defaults(func=run_import_uar)
 
     gapl = sub.add_parser("import-gapl", help="GAPL's projection + prototypes -> an aigi `prototype` head")
     gapl.add_argument("--stage1", type=Path, required=True, help="GAPL pretrained/stage1.pt (128 x D projection)")
     gapl.add_argument("--prototypes", type=Path, required=True, help="GAPL prototype/pca_3type_num64.pt (64 x 128)")
-    add_output_argument(gapl, "head directory to write", long="--out")
+    add_out_argument(gapl, metavar="HEAD_DIR", text="head directory to write")
     gapl.add_argument("--feature", default="pooler", help="input feature name (default: pooler, CLIP-L/14 224)")
     gapl.set_defaults(func=run_import_gapl)
 
@@ -54,6 +55,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     info.set_defaults(func=run_info)
     add_pack_parser(sub)
     return parser
+
+
+def head_output(args: argparse.Namespace, *files: Path) -> Output:
+    """The checked head folder -o of `aigi head import-*` (an existing head or run needs --overwrite)."""
+    inputs = [Input(f, "the file") for f in files] + cache_inputs([args.cache] if getattr(args, "cache", None) else [])
+    return check_output(args.out, kind="folder", inputs=inputs, overwrite=args.overwrite, owned=RUN_FILES)
 
 
 def add_pack_parser(sub: argparse._SubParsersAction) -> None:
@@ -68,7 +75,7 @@ def add_pack_parser(sub: argparse._SubParsersAction) -> None:
         "has the backbone's weights.",
     )
     pack.add_argument("run_dir", type=Path, help="directory written by `aigi train` (or `aigi calibrate -o`)")
-    pack.add_argument("-o", "--out", type=Path, required=True, metavar="HEAD.aigi|FOLDER", help="where to write it")
+    add_out_argument(pack, metavar="HEAD.aigi|FOLDER", text="where to write it (a file ending in .aigi, or a folder)")
     pack.add_argument("--weights", action="append", default=[], metavar="[ALIAS=]FILE",
                       help="the backbone weights file: its name is recorded (its sha256 is checked)")  # fmt: skip
     pack.add_argument(
@@ -85,37 +92,44 @@ def run_pack(args: argparse.Namespace) -> int:
     """Entry point of `aigi head pack`."""
     from aigi import heads
     from aigi.common.grammar import parse_aliased
-    from aigi.pipeline.pack import pack_head
+    from aigi.pipeline.pack import PACK_FILES, PACK_SUFFIX, pack_head
 
     specs = heads.read_info(args.run_dir).get("extractor_spec") or {}
     weights = {a: w for a, w in parse_aliased(list(args.weights), list(specs)).items() if w is not None}
-    result = pack_head(args.run_dir, args.out, weights=weights, eval_dir=args.eval)
+    inputs = run_input(args.run_dir) + ([Input(args.eval, "the eval report")] if args.eval else [])
+    kind = "file" if str(args.out).endswith(PACK_SUFFIX) else "folder"
+    out = check_output(args.out, kind=kind, inputs=inputs, overwrite=args.overwrite, owned=PACK_FILES)
+    with committed(out) as stage:
+        result = pack_head(args.run_dir, stage, weights=weights, eval_dir=args.eval)
     for alias, entry in result.weights.items():
         print(f"backbone {alias}: {entry['backbone']}, weights sha256 {entry['sha256'][:16]}…: {entry['how']}")
-    print(f"wrote {result.out} ({result.kind}{', with the eval table' if result.has_eval else ', no eval table'})")
+    print(f"wrote {args.out} ({result.kind}{', with the eval table' if result.has_eval else ', no eval table'})")
     return 0
 
 
 def run_import_linear(args: argparse.Namespace) -> int:
     """Entry point of `aigi head import-linear`."""
-    head = import_linear_head(args.file, args.out, feature=args.feature, fake_class=args.fake_class, cache=args.cache)
-    print(f"wrote {head.out} (linear head on '{head.feature}', {head.dim}-d)")
+    with committed(head_output(args, args.file)) as stage:
+        head = import_linear_head(args.file, stage, feature=args.feature, fake_class=args.fake_class, cache=args.cache)
+    print(f"wrote {args.out} (linear head on '{head.feature}', {head.dim}-d)")
     return 0
 
 
 def run_import_uar(args: argparse.Namespace) -> int:
     """Entry point of `aigi head import-uar`."""
-    head = import_uar_head(args.file, args.out, feature=args.feature)
-    print(f"wrote {head.out} (linear head on '{head.feature}', {head.dim}-d)")
+    with committed(head_output(args, args.file)) as stage:
+        head = import_uar_head(args.file, stage, feature=args.feature)
+    print(f"wrote {args.out} (linear head on '{head.feature}', {head.dim}-d)")
     return 0
 
 
 def run_import_gapl(args: argparse.Namespace) -> int:
     """Entry point of `aigi head import-gapl`."""
-    head = import_gapl_head(args.stage1, args.prototypes, args.out, feature=args.feature)
+    with committed(head_output(args, args.stage1, args.prototypes)) as stage:
+        head = import_gapl_head(args.stage1, args.prototypes, stage, feature=args.feature)
     print(
-        f"wrote {head.out} (prototype head on '{head.feature}'); its stage 2 is untrained: "
-        f"aigi train configs/gapl.yaml --init {head.out} -o RUN_DIR trains it"
+        f"wrote {args.out} (prototype head on '{head.feature}'); its stage 2 is untrained: "
+        f"aigi train configs/gapl.yaml --init {args.out} -o RUN_DIR trains it"
     )
     return 0
 
@@ -131,7 +145,7 @@ def add_pull_parser(sub: argparse._SubParsersAction) -> None:
         "cached hub files are used. An entry without an importer is fetched and checked, not imported.",
     )
     pull.add_argument("name", help="the zoo entry (aigi zoo lists them)")
-    add_output_argument(pull, "head directory to write", long="--out")
+    add_out_argument(pull, metavar="HEAD_DIR", text="head directory to write")
     pull.add_argument("--cache", help="linear heads: a cache holding the feature; its fingerprint is recorded")
     pull.add_argument(
         "--sha256",
@@ -150,7 +164,10 @@ def run_pull(args: argparse.Namespace) -> int:
     from aigi.pipeline.zoo import PullOptions, pull_head
 
     options = PullOptions(cache=args.cache, sha256=tuple(args.sha256), no_verify=args.no_verify, zoo=args.zoo)
-    result = pull_head(args.name, args.out, options)
+    inputs = cache_inputs([args.cache] if args.cache else [])
+    out = check_output(args.out, kind="folder", inputs=inputs, overwrite=args.overwrite, owned=RUN_FILES)
+    with committed(out) as stage:
+        result = pull_head(args.name, stage, options)
     for role, path in result.files.items():
         check = "matches the pin" if result.checked[role] else "NOT checked (--no-verify)"
         print(f"{role}: {path.name} sha256 {result.sha256[role]} ({check})")
@@ -158,10 +175,10 @@ def run_pull(args: argparse.Namespace) -> int:
     if head is None:
         print(f"{entry.name}: {entry.note or 'no aigi importer'}; files: " + ", ".join(map(str, result.files.values())))
         return 0
-    print(f"wrote {head.out} ({head.name} head on '{head.feature}', {head.dim}-d; licence: {entry.licence})")
+    print(f"wrote {args.out} ({head.name} head on '{head.feature}', {head.dim}-d; licence: {entry.licence})")
     print(f"it scores a cache made with: {entry.extract_command()}")
     if head.name == "prototype":
-        print(f"its stage 2 is untrained: aigi train configs/gapl.yaml --init {head.out} -o RUN_DIR trains it")
+        print(f"its stage 2 is untrained: aigi train configs/gapl.yaml --init {args.out} -o RUN_DIR trains it")
     return 0
 
 

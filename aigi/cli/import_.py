@@ -6,7 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from aigi.cli._options import add_split_arguments
+from aigi.cli._options import add_split_arguments, cache_output
+from aigi.common.outputs import Input
 from aigi.pipeline.importers import DTYPES, FORMATS, ImportOptions, import_uar
 
 
@@ -51,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         extractor=args.extractor,
     )
-    stats = import_uar(args.folder, args.cache, options)
+    cache = cache_output(args.cache, [Input(args.folder, "the import folder")])
+    stats = import_uar(args.folder, cache, options)
     print(
         f"imported {stats['written']} of {stats['files']} files ({stats['dim']}-d) into {args.cache}"
         + (f"; {stats['skipped_present']} already present" if stats["skipped_present"] else "")

@@ -6,7 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from aigi.cli._options import add_output_argument, add_split_arguments
+from aigi.cli._options import add_out_argument, add_split_arguments
+from aigi.common.outputs import Input, check_output, committed
 from aigi.pipeline.index import LAYOUTS, IndexOptions, IndexResult, index_images
 
 
@@ -16,7 +17,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "index", help="build manifest.parquet from a folder of images", description=__doc__.split(":", 1)[1].strip()
     )
     p.add_argument("root", type=Path, help="the dataset folder")
-    add_output_argument(p, "manifest file to write (.parquet)")
+    add_out_argument(p, metavar="MANIFEST", text="manifest file to write (.parquet)")
     p.add_argument(
         "--layout",
         choices=LAYOUTS,
@@ -60,7 +61,10 @@ def options_from_args(args: argparse.Namespace) -> IndexOptions:
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of `aigi index`."""
-    report(index_images(args.root, args.output, options_from_args(args)))
+    inputs = [Input(args.root, "the image folder", reserved=())] + ([Input(args.csv, "the CSV")] if args.csv else [])
+    out = check_output(args.out, kind="file", inputs=inputs, overwrite=args.overwrite)
+    with committed(out):
+        report(index_images(args.root, args.out, options_from_args(args)))
     return 0
 
 

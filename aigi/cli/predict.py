@@ -8,7 +8,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from aigi.cli._options import add_device_argument, add_output_argument, add_where_argument
+from aigi.cli._options import (
+    REPORT_FILES,
+    add_device_argument,
+    add_out_argument,
+    add_where_argument,
+    cache_inputs,
+    run_input,
+)
+from aigi.common import outputs
 from aigi.pipeline.predict import PredictOptions, check_output, predict_cache, predict_images, write_table
 
 SHOWN_CACHE_ROWS = 20
@@ -54,16 +62,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     add_device_argument(p)
     p.add_argument("--batch-size", type=int, default=PredictOptions.batch_size)
-    add_output_argument(
-        p, "write all rows (scores, gates, errors) to this .csv, .json or .parquet file", required=False, as_path=False
-    )
+    add_out_argument(p, metavar="FILE", text="write all rows (scores, gates, errors) to this .csv, .json or .parquet "
+                     "file", required=False)  # fmt: skip
     p.add_argument("--json", action="store_true", help="print every row as JSON (a list of records) instead of a table")
     p.add_argument(
         "--report",
-        type=Path,
         metavar="DIR",
         help="also write DIR/report.html (a gallery of thumbnails sortable by P(fake), verdicts marked), report.md "
-        "and scores.csv",
+        "and scores.csv (an existing DIR needs --overwrite)",
     )
     p.set_defaults(func=run)
     return p
@@ -85,27 +91,30 @@ def options_from_args(args: argparse.Namespace) -> PredictOptions:
 def run(args: argparse.Namespace) -> int:
     """Entry point of `aigi predict`."""
     options = options_from_args(args)
-    check_output(args.output)
+    check_output(args.out)
+    out, report = scores_output(args), report_output(args)
     if not args.images and not args.cache:
         raise ValueError("give image files/folders to score, or --cache PATH to score cached features")
     if args.cache:
-        return report_cache(args, options)
+        return report_cache(args, options, out)
     table = predict_images(args.head_dir, args.images, options)
     good, bad = table[table["error"] == ""], table[table["error"] != ""]
     if args.json:
         print(table.to_json(orient="records", indent=1))
-    elif not (args.output or args.report):  # with a file to read, stdout keeps to the summary
+    elif not (args.out or args.report):  # with a file to read, stdout keeps to the summary
         extra = [c for c in table.columns if c.startswith(("gate.", "expert."))]
         with pd.option_context("display.max_colwidth", 60, "display.width", 120):
             print(good[["path", "p_fake", "verdict", *extra]].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    if args.output:
-        write_table(table, args.output)
-        print(f"wrote {len(table)} rows to {args.output}", file=sys.stderr)
-    if args.report:
+    if out is not None:
+        with outputs.committed(out):
+            write_table(table, args.out)
+        print(f"wrote {len(table)} rows to {args.out}", file=sys.stderr)
+    if report is not None:
         from aigi.pipeline.report import write_predict_report
 
-        files = write_predict_report(args.report, table, head=str(args.head_dir))
-        print(f"report: {files['report.html']}", file=sys.stderr)
+        with outputs.committed(report) as stage:
+            write_predict_report(stage, table, head=str(args.head_dir))
+        print(f"report: {Path(args.report) / 'report.html'}", file=sys.stderr)
     counts = good["verdict"].value_counts()
     verdicts = ", ".join(
         f"{int(counts.get(v, 0))} {v}" for v in ("fake", "real", "unsure") if v in counts or v != "unsure"
@@ -114,7 +123,26 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def report_cache(args: argparse.Namespace, options: PredictOptions) -> int:
+def scores_output(args: argparse.Namespace) -> outputs.Output | None:
+    """The checked -o file of `aigi predict` (never the run's files, a cache or an image it scores), or None."""
+    if not args.out:
+        return None
+    images = [outputs.Input(Path(i), "the image", reserved=()) for i in args.images]
+    inputs = run_input(args.head_dir) + cache_inputs(args.cache) + images
+    return outputs.check_output(args.out, kind="file", inputs=inputs, overwrite=args.overwrite)
+
+
+def report_output(args: argparse.Namespace) -> outputs.Output | None:
+    """The checked --report folder of `aigi predict` (never the run's files, a cache or an image it scores), or None."""
+    if not args.report:
+        return None
+    images = [outputs.Input(Path(i), "the image", reserved=()) for i in args.images]
+    inputs = run_input(args.head_dir) + cache_inputs(args.cache) + images
+    return outputs.check_output(args.report, kind="folder", inputs=inputs, overwrite=args.overwrite, owned=REPORT_FILES,
+                                option="--report")  # fmt: skip
+
+
+def report_cache(args: argparse.Namespace, options: PredictOptions, out: outputs.Output | None) -> int:
     """`aigi predict --cache`: score the cache's rows, show the first of them, write them all to -o."""
     paths = [c.partition("=")[2] if "=" in c else c for c in args.cache]
     if len(paths) != 1:
@@ -124,16 +152,17 @@ def report_cache(args: argparse.Namespace, options: PredictOptions) -> int:
     print(f"data: {scored.rows:,} rows {scored.rows_held}", file=sys.stderr)
     if args.json:
         print(table.to_json(orient="records", indent=1))
-    elif not args.output:
+    elif not args.out:
         cols = [c for c in ("image_id", "source", "label", "p_fake", "verdict") if c in table.columns]
         with pd.option_context("display.max_colwidth", 40, "display.width", 120):
             shown = table[cols].head(SHOWN_CACHE_ROWS)
             print(shown.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
         if len(table) > SHOWN_CACHE_ROWS:
             print(f"... {len(table) - SHOWN_CACHE_ROWS:,} more rows (write them all with -o FILE.csv)")
-    if args.output:
-        write_table(table, args.output)
-        print(f"wrote {len(table)} rows to {args.output}", file=sys.stderr)
+    if out is not None:
+        with outputs.committed(out):
+            write_table(table, args.out)
+        print(f"wrote {len(table)} rows to {args.out}", file=sys.stderr)
     not_scored = int((table["error"] != "").sum())
     print(f"{len(table) - not_scored:,} cached row(s) scored" + (f", {not_scored} not scored (NaN/inf features)"
           if not_scored else ""), file=sys.stderr)  # fmt: skip

@@ -5,7 +5,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from aigi.cli._options import add_cache_argument, add_out_argument, add_set_argument, add_weights_argument
+from aigi.cli._options import (
+    RUN_FILES,
+    add_cache_argument,
+    add_out_argument,
+    add_set_argument,
+    add_weights_argument,
+    cache_inputs,
+    run_input,
+)
+from aigi.common.outputs import Input, check_output, committed
 
 TRAIN_HELP = """\
 Trains the head a run config names on the rows of its cache(s) with split == train and writes RUN_DIR/head.json +
@@ -32,7 +41,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     add_set_argument(p)
     add_weights_argument(p)
     add_out_argument(p, metavar="RUN_DIR", text="where to write the head")
-    p.add_argument("--overwrite", action="store_true", help="replace the head already in RUN_DIR")
     p.add_argument(
         "--init",
         type=Path,
@@ -48,13 +56,17 @@ def run(args: argparse.Namespace) -> int:
     """Entry point of `aigi train`."""
     from aigi.pipeline.config import load_config
     from aigi.pipeline.timing import Stages
-    from aigi.pipeline.train import TrainOptions, check_run_dir, train_run
+    from aigi.pipeline.train import TrainOptions, train_run
 
     stages = Stages()
-    check_run_dir(args.out, overwrite=args.overwrite)
     cfg = load_config(args.config, overrides=args.overrides, caches=args.cache)
+    inputs = cache_inputs(cfg.data.caches.values()) + ([Input(Path(cfg.data.domains), "the domains table")]
+                                                       if cfg.data.domains else [])  # fmt: skip
+    inputs += run_input(args.init) if args.init else []
+    out = check_output(args.out, kind="folder", inputs=inputs, overwrite=args.overwrite, owned=RUN_FILES)
     stages.mark("config")
-    s = train_run(cfg, args.out, TrainOptions(init=args.init, weights=tuple(args.weights)), stages=stages)
+    with committed(out) as stage:
+        s = train_run(cfg, stage, TrainOptions(init=args.init, weights=tuple(args.weights)), stages=stages)
     dims = ", ".join(f"{k}: {'x'.join(map(str, v))}" for k, v in s.dims.items())
     vm = s.val_metrics
     val = (

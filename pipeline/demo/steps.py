@@ -338,7 +338,7 @@ def step_heads(state: DemoState, runs: dict[str, dict[str, Any]]) -> None:
         cfg_path = write_yaml(state.out / "configs" / f"{name}.yaml", runs[name])
         run_dir = state.out / "runs" / name
         aigi(state, ["train", str(cfg_path), "-o", str(run_dir), "--overwrite"])  # a re-run trains again
-        aigi(state, ["eval", str(run_dir), "-o", str(run_dir / "eval")])
+        aigi(state, ["eval", str(run_dir), "-o", str(run_dir / "eval"), "--overwrite"])
         results[name] = json.loads((run_dir / "eval" / "metrics.json").read_text())
     state.facts["heads"] = results
 

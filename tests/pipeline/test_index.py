@@ -26,7 +26,7 @@ def img(path: Path, size=(12, 8), fmt="PNG") -> Path:
 def index(root: Path, tmp_path: Path, *args: str):
     """Index `root` into a manifest beside it; rows keyed by their path relative to `root` (checked to resolve)."""
     out = tmp_path / "manifest.parquet"
-    assert main(["index", str(root), "-o", str(out), *args]) == 0
+    assert main(["index", str(root), "-o", str(out), "--overwrite", *args]) == 0  # one manifest, several calls
     m = cache.read_manifest(out)
     assert all((out.parent / p).is_file() for p in m["path"])  # paths are relative to the manifest's folder
     m["path"] = [Path(os.path.relpath(out.parent / p, root)).as_posix() for p in m["path"]]
