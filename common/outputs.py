@@ -329,7 +329,11 @@ def committed(out: Output) -> Iterator[Path]:
             shutil.rmtree(stage, ignore_errors=True)
             stage.mkdir()
             try:
-                yield stage
+                try:
+                    yield stage
+                except OSError as err:
+                    _name_target(err, stage, out.path)
+                    raise
                 _commit(stage, out)
             finally:
                 shutil.rmtree(stage, ignore_errors=True)
@@ -338,6 +342,14 @@ def committed(out: Output) -> Iterator[Path]:
             with contextlib.suppress(OSError):
                 folder.rmdir()
         raise
+
+
+def _name_target(err: OSError, stage: Path, target: Path) -> None:
+    """Make an error about a file in the staging folder name that file's place in the target the user gave."""
+    for attr in ("filename", "filename2"):
+        name = getattr(err, attr, None)
+        if isinstance(name, str) and name.startswith(str(stage) + os.sep):
+            setattr(err, attr, str(target) + name[len(str(stage)) :])
 
 
 def _make_parents(folder: Path) -> list[Path]:

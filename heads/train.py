@@ -77,9 +77,9 @@ class FitConfig:
             "early_stop": (_number(self.early_stop) and self.early_stop >= 0, "an integer >= 0"),
             "label_smoothing": (_number(self.label_smoothing) and 0 <= self.label_smoothing < 1, "in [0, 1)"),
         }
-        bad = [f"{k}={getattr(self, k)!r} (valid: {valid})" for k, (ok, valid) in checks.items() if not ok]
+        bad = [f"fit.{k}={getattr(self, k)!r} (valid: {valid})" for k, (ok, valid) in checks.items() if not ok]
         if bad:
-            raise ValueError(f"invalid FitConfig (the config's `fit` section) value(s): {'; '.join(bad)}")
+            raise ValueError(f"invalid value(s) of the config's `fit` section (FitConfig): {'; '.join(bad)}")
 
 
 def _number(value: object) -> bool:

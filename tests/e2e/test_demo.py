@@ -153,7 +153,7 @@ def test_heads_separate_the_fakes_and_the_report_says_so(demo):
         for name, g in groups.items():
             # each fake source is scored with the test reals: recompute its AUC from the saved scores
             rows = pd.concat([reals, scores[scores["source"] == name]])
-            auc = roc_auc_score(rows["label"], rows["score"])
+            auc = roc_auc_score(rows["label"], rows["logit"])  # ranking metrics read the raw logit (no ties)
             assert g["auc"] == pytest.approx(auc, abs=1e-9) and g["n"] == len(rows)
             assert auc > head_floor, f"{head} on {name}: AUC {auc:.3f}"
             row = f"| `{head}` | `{name}` | {g['n']} | {100 * g['acc']:.1f} |"

@@ -63,7 +63,7 @@ def test_an_explicit_threshold_overrides_the_stored_one(run: dict) -> None:
     rep = run["tmp"] / "rep2"
     assert main(["eval", str(run["run"]), "--threshold", "0.5", "-o", str(rep)]) == 0
     assert json.loads((rep / "metrics.json").read_text())["threshold"] == 0.5
-    assert main(["eval", str(run["run"]), "-o", str(rep)]) == 0
+    assert main(["eval", str(run["run"]), "-o", str(rep), "--overwrite"]) == 0
     assert json.loads((rep / "metrics.json").read_text())["threshold"] == 0.9
     heads.save_calibration(run["run"], None)
 

@@ -93,7 +93,7 @@ def test_repeated_manifest_rows_are_refused_with_their_paths(tmp_path, capsys):
     with pytest.raises(ValueError, match="repeat a path"):
         cache.write_manifest(rows.assign(image_id=["a", "b", "d", "c"], path=["p", "q", "p", "r"]), tmp_path / "o.pq")
     args = ["extract", "--manifest", str(tmp_path / "m.csv"), "--backbone", "timm:resnet18", "--random-weights",
-            "--cache", str(tmp_path)]  # fmt: skip
+            "--cache", str(tmp_path / "cache")]  # fmt: skip
     assert main(args) == 2
     assert "rows repeat a image_id" in capsys.readouterr().err
 

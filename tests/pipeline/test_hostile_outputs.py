@@ -341,7 +341,7 @@ def test_calibrate_waits_for_no_one_while_the_run_is_written(world, tmp_path, ca
     shutil.copytree(world["run"], run)
     before = snapshot(run)
     with TargetLock(run, str(run)):
-        user_error(capsys, "calibrate", run, words=("being written",))
+        user_error(capsys, "calibrate", run, "--in-place", words=("being written",))
     assert snapshot(run) == before
 
 

@@ -209,7 +209,7 @@ def test_conventions_json_quiet_usage_and_a_narrow_stdout(run: dict, tmp_path: P
     assert len(rows) == len(cache.open(run["cache"])) and {"logit", "p_fake", "verdict"} <= set(rows[0])
     assert main(["eval", str(run["run"]), "-o", str(tmp_path / "e"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["pooled"]["n"] > 0
-    assert main(["--quiet", "eval", str(run["run"]), "-o", str(tmp_path / "e")]) == 0
+    assert main(["--quiet", "eval", str(run["run"]), "-o", str(tmp_path / "e"), "--overwrite"]) == 0
     assert "data:" not in capsys.readouterr().out  # the notes are silenced; the result line stays
     assert main(["predict", str(run["run"]), "--cache", str(run["cache"]), "-o", str(tmp_path / "x.csv")]) == 0
     assert max(map(len, capsys.readouterr().out.splitlines() or [""])) <= 120
