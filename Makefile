@@ -16,7 +16,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check aigi common cache extractors fakes heads pipeline tests benchmarks
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra -n auto --dist loadfile
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check aigi common cache extractors fakes heads pipeline tests benchmarks
