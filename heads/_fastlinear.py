@@ -9,6 +9,23 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+
+class Scratch:
+    """Widens blocks to float32 in one reused buffer (a fresh allocation per block costs page faults: ~10x slower);
+    a float32 block is returned as it is."""
+
+    def __init__(self) -> None:
+        self.buffer: Tensor | None = None
+
+    def __call__(self, xk: Tensor) -> Tensor:
+        if xk.dtype == torch.float32:
+            return xk
+        buf = self.buffer
+        if buf is None or buf.shape[0] < xk.shape[0] or buf.shape[1:] != xk.shape[1:] or buf.device != xk.device:
+            buf = self.buffer = torch.empty(xk.shape, dtype=torch.float32, device=xk.device)
+        return buf[: xk.shape[0]].copy_(xk)
+
+
 BLOCK_BYTES = 4 << 20  # float32 bytes of a batch block: stays in the CPU cache (measured: 4 MB beat 1 MB by 15%)
 
 
@@ -30,7 +47,7 @@ class LinearAdamStep:
         self.m = [torch.zeros_like(p) for p in self.params]
         self.v = [torch.zeros_like(p) for p in self.params]
         self.t = 0
-        self._scratch: Tensor | None = None
+        self._float = Scratch()
 
     @torch.no_grad()
     def __call__(self, x: Mapping[str, Tensor], target: Tensor, weight: Tensor | None) -> Tensor:
@@ -58,14 +75,6 @@ class LinearAdamStep:
             per_row = per_row * weight
         self._adam([gw, r.sum().reshape(1)])
         return per_row.mean()
-
-    def _float(self, xk: Tensor) -> Tensor:
-        """A block as float32: itself, or widened into a reused scratch buffer."""
-        if xk.dtype == torch.float32:
-            return xk
-        if self._scratch is None or self._scratch.shape[0] < xk.shape[0] or self._scratch.shape[1:] != xk.shape[1:]:
-            self._scratch = torch.empty(xk.shape, dtype=torch.float32, device=xk.device)
-        return self._scratch[: xk.shape[0]].copy_(xk)
 
     def _adam(self, grads: list[Tensor]) -> None:
         beta1, beta2 = self.betas

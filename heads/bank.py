@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from aigi.common.device import resolve_device
 from aigi.common.metrics import average_precision
-from aigi.heads._fastlinear import BLOCK_BYTES, LinearAdamStep
+from aigi.heads._fastlinear import BLOCK_BYTES, LinearAdamStep, Scratch
 from aigi.heads.train import (
     Feed,
     FitConfig,
@@ -628,7 +628,7 @@ class LinearStack:
         self.t = torch.tensor([float(s.t) for s in steps], dtype=torch.float64)
         self.wd = torch.tensor([float(s.weight_decay) for s in steps])
         self.decoupled = torch.tensor([bool(s.decoupled) for s in steps])
-        self._scratch: Tensor | None = None
+        self._float = Scratch()
 
     @torch.no_grad()
     def __call__(self, x: dict[str, Tensor], targets: Tensor, weights: Tensor | None) -> Tensor:
@@ -653,13 +653,6 @@ class LinearStack:
             per_row = per_row * weights
         self._adam([gw, gb])
         return per_row.mean(0)
-
-    def _float(self, xk: Tensor) -> Tensor:
-        if xk.dtype == torch.float32:
-            return xk
-        if self._scratch is None or self._scratch.shape[0] < xk.shape[0] or self._scratch.shape[1:] != xk.shape[1:]:
-            self._scratch = torch.empty(xk.shape, dtype=torch.float32, device=xk.device)
-        return self._scratch[: xk.shape[0]].copy_(xk)
 
     def _adam(self, grads: list[Tensor]) -> None:
         beta1, beta2 = self.steps[0].betas

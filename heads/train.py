@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from aigi.common.rows import ArrayRows, Rows, is_rows
+from aigi.heads._fastlinear import Scratch
 
 Groups = Mapping[str, np.ndarray] | None
 StageForward = Callable[[dict[str, Tensor], dict[str, Tensor]], "Tensor | tuple[Tensor, Tensor]"]
@@ -202,7 +203,8 @@ def check_finite(X: Mapping[str, np.ndarray], *, what: str = "X") -> None:
 
 
 class _Widen:
-    """Copies batches into reused float32 buffers (a fresh allocation per batch costs page faults: ~10x slower)."""
+    """Copies each feature's batches into its own reused float32 buffer on the CPU (`_fastlinear.Scratch`); on a GPU
+    a batch is moved and widened in one step."""
 
     def __init__(self, device: torch.device) -> None:
         self.device, self.buffers, self.reuse = device, {}, device.type == "cpu"
@@ -210,12 +212,7 @@ class _Widen:
     def __call__(self, name: str, x: Tensor) -> Tensor:
         if not self.reuse:
             return x.to(self.device, dtype=torch.float32)
-        buf = self.buffers.get(name)
-        if buf is None or buf.shape[0] < x.shape[0] or buf.shape[1:] != x.shape[1:]:
-            buf = self.buffers[name] = torch.empty(x.shape, dtype=torch.float32)
-        out = buf[: x.shape[0]]
-        out.copy_(x)
-        return out
+        return self.buffers.setdefault(name, Scratch())(x)
 
 
 def memory_tensors(X: Mapping[str, np.ndarray], device: torch.device) -> dict[str, Tensor]:
