@@ -160,14 +160,15 @@ def parse(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `aigi` console script; returns the process exit code."""
+def main(argv: list[str] | None = None, *, nested: bool = False) -> int:
+    """Entry point of the `aigi` console script; returns the process exit code. `nested`: called by another command
+    in the same process (`aigi demo`): its timings leave out the process's start-up."""
     argv = sys.argv[1:] if argv is None else list(argv)
     quiet = "--quiet" in argv
     argv = [a for a in argv if a != "--quiet"]
     configure_output(quiet=quiet)
     args = parse(argv)
-    args.quiet = quiet
+    args.quiet, args.nested = quiet, nested
     try:
         code = args.func(args)
         sys.stdout.flush()

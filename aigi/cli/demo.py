@@ -4,6 +4,7 @@ through this command line's `main`)."""
 from __future__ import annotations
 
 import argparse
+import functools
 from pathlib import Path
 
 DEMO_HELP = """\
@@ -75,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     from aigi.cli._options import folder_output
 
     folder_output(args.out)
-    report = run_demo(args.out, options, run_command=main)
+    report = run_demo(args.out, options, run_command=functools.partial(main, nested=True))
     print("\nThe same flow on your own images and a real backbone:")
     for cmd in real_flow_commands():
         print("  " + cmd)

@@ -46,7 +46,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument(
         "--stream", default=PredictOptions.stream, help="with --cache: stream the features (true, false, auto)"
     )
-    p.add_argument("--memory-budget", help="with --cache: memory for features, e.g. 1.5GB (default: half of what the process may still take)")
+    p.add_argument(
+        "--memory-budget",
+        help="with --cache: memory for features, e.g. 1.5GB (default: half of what the process may still take)",
+    )
     p.add_argument(
         "--weights",
         action="append",

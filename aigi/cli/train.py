@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     from aigi.pipeline.timing import Stages
     from aigi.pipeline.train import TrainOptions, train_run
 
-    stages = Stages()
+    stages = Stages(start=not getattr(args, "nested", False))  # a nested command's process started long ago
     cfg = load_config(args.config, overrides=args.overrides, caches=args.cache)
     inputs = cache_inputs(cfg.data.caches.values()) + ([Input(Path(cfg.data.domains), "the domains table")]
                                                        if cfg.data.domains else [])  # fmt: skip
