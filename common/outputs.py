@@ -171,14 +171,14 @@ def _check_input(target: Path, shown: str, given: Input, option: str, *, replace
     source = Path(os.path.realpath(os.path.expanduser(os.fspath(given.path))))
     fix = f"choose {option} outside it"
     if target == source:
-        raise ValueError(f"{option} {shown} is {given.what} {given.path} this command reads; {fix}")
+        raise ValueError(f"{option} {shown} is {given.what} this command reads ({given.path}); {fix}")
     if target.is_relative_to(source):
         first = target.relative_to(source).parts[0]
         if given.reserved is None or first in given.reserved or first.startswith("."):
-            raise ValueError(f"{option} {shown} lies inside {given.what} {given.path} this command reads; {fix}")
+            raise ValueError(f"{option} {shown} lies inside {given.what} this command reads ({given.path}); {fix}")
     elif replaced and source.is_relative_to(target):
         raise ValueError(
-            f"{option} {shown} holds {given.what} {given.path} this command reads; choose a new {option} that does not"
+            f"{option} {shown} holds {given.what} this command reads ({given.path}); choose a new {option} that does not"
         )
 
 
