@@ -178,7 +178,8 @@ def _check_input(target: Path, shown: str, given: Input, option: str, *, replace
             raise ValueError(f"{option} {shown} lies inside {given.what} this command reads ({given.path}); {fix}")
     elif replaced and source.is_relative_to(target):
         raise ValueError(
-            f"{option} {shown} holds {given.what} this command reads ({given.path}); choose a new {option} that does not"
+            f"{option} {shown} holds {given.what} this command reads ({given.path}); "
+            f"choose a new {option} that does not"
         )
 
 
