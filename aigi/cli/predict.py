@@ -99,6 +99,9 @@ def run(args: argparse.Namespace) -> int:
     if not args.images and not args.cache:
         raise ValueError("give image files/folders to score, or --cache PATH to score cached features")
     if args.cache:
+        if report is not None:
+            raise ValueError("--report draws a gallery of the scored image files; with --cache write the rows with "
+                             "-o FILE.csv (or score the images themselves)")  # fmt: skip
         return report_cache(args, options, out)
     table = predict_images(args.head_dir, args.images, options)
     good, bad = table[table["error"] == ""], table[table["error"] != ""]

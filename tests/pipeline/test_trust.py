@@ -222,6 +222,15 @@ def test_conventions_json_quiet_usage_and_a_narrow_stdout(run: dict, tmp_path: P
     assert callable(aigi.predict_images) and "head, info = aigi.load_head" in aigi.load_head.__doc__
 
 
+def test_predict_cache_with_a_report_folder_is_one_line_and_writes_nothing(run: dict, tmp_path: Path, capsys) -> None:
+    """The gallery needs image files: `--cache` with `--report` used to score the rows and skip the report unsaid."""
+    argv = ["predict", str(run["run"]), "--cache", str(run["cache"]), "--report", str(tmp_path / "rep")]
+    assert main(argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "--report" in lines[0] and "-o FILE.csv" in lines[0], lines
+    assert not (tmp_path / "rep").exists()
+
+
 def test_a_packed_head_holds_no_absolute_path_and_scores_the_same(run: dict, tmp_path: Path) -> None:
     assert main(["eval", str(run["run"]), "-o", str(run["run"] / "eval")]) == 0
     assert main(["head", "pack", str(run["run"]), "-o", str(tmp_path / "h.aigi")]) == 0
