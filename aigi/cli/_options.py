@@ -14,7 +14,7 @@ from aigi.common.outputs import Input, check_output
 # The files a command writes into its output folder (glob patterns of relative paths): an existing folder of that
 # kind is replaced with --overwrite (stale files of the kind removed, other files kept).
 RUN_FILES = ("head.json", "head.safetensors", "config.yaml")  # a run or head folder (train, head import-*)
-REPORT_FILES = ("*.md", "*.json", "*.csv", "*.parquet", "*.png")  # a report folder (eval, robustness)
+REPORT_FILES = ("*.md", "*.html", "*.json", "*.csv", "*.parquet", "*.png")  # a report folder (eval, predict)
 EXPORT_FILES = ("*/0_real/*.npy", "*/1_fake/*.npy")  # an exported .npy folder
 OVERWRITE_HELP = (
     "replace an existing -o (atomically; in a folder, files of other kinds are kept); an output inside one of the "

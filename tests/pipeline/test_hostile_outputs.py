@@ -348,3 +348,15 @@ def test_calibrate_waits_for_no_one_while_the_run_is_written(world, tmp_path, ca
 def test_training_from_a_run_into_that_run_is_refused(world, capsys, untouched):
     user_error(capsys, "train", world["config"], "--init", world["run"], "-o", world["run"], "--overwrite",
                words=(" is the run",))  # fmt: skip
+
+
+def test_a_report_folder_holding_only_its_html_is_a_report_folder(tmp_path):
+    """report.html is a report's own file: a folder holding it needs --overwrite, and is not 'other files'."""
+    from aigi.cli._options import REPORT_FILES
+
+    rep = tmp_path / "rep"
+    rep.mkdir()
+    (rep / "report.html").write_text("<html></html>")
+    with pytest.raises(FileExistsError, match="pass --overwrite"):
+        check_output(rep, kind="folder", overwrite=False, owned=REPORT_FILES)
+    assert check_output(rep, kind="folder", overwrite=True, owned=REPORT_FILES).path == rep
