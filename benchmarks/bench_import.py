@@ -54,11 +54,14 @@ def timed(cmd: list[str]) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--uar", type=Path, required=True, help="UAR sample folder (0_real/, 1_fake/)")
+    shared = Path(os.environ.get("AIGI_SHARED", ROOT.parent / "shared"))
+    p.add_argument("--uar", type=Path, default=shared / "data" / "uar_sample", help="UAR sample (0_real/, 1_fake/)")
     p.add_argument("--work", type=Path, default=Path("bench_work/import"))
     p.add_argument("--copies", type=int, default=5)
     p.add_argument("--repeat", type=int, default=3)
     args = p.parse_args(argv)
+    if not args.uar.is_dir():
+        raise SystemExit(f"{args.uar} is absent: pass --uar FOLDER (UAR's 0_real/1_fake .npy features)")
     args.work.mkdir(parents=True, exist_ok=True)
     folder = make_folder(args.uar, args.work, args.copies)
     files = sum(1 for _ in folder.rglob("*.npy"))

@@ -56,10 +56,13 @@ def sets(work: Path, uar: Path) -> dict[str, tuple[Path, dict]]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--uar", type=Path, required=True)
+    shared = Path(os.environ.get("AIGI_SHARED", ROOT.parent / "shared"))
+    p.add_argument("--uar", type=Path, default=shared / "data" / "uar_sample", help="UAR sample (0_real/, 1_fake/)")
     p.add_argument("--work", type=Path, default=Path("bench_work/stream_vs_memory"))
     p.add_argument("--repeat", type=int, default=2)
     args = p.parse_args(argv)
+    if not args.uar.is_dir():
+        raise SystemExit(f"{args.uar} is absent: pass --uar FOLDER (UAR's 0_real/1_fake .npy features)")
     args.work.mkdir(parents=True, exist_ok=True)
     rows = []
     for name, (store, cfg) in sets(args.work, args.uar).items():
