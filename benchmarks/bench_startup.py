@@ -75,7 +75,8 @@ def run(cmd: list[str], code: Path, cwd: Path | None = None) -> tuple[float, str
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--uar", type=Path, required=True)
+    shared = Path(os.environ.get("AIGI_SHARED", ROOT.parent / "shared"))
+    p.add_argument("--uar", type=Path, default=shared / "data" / "uar_sample", help="UAR sample (0_real/, 1_fake/)")
     p.add_argument("--work", type=Path, default=Path("bench_work/startup"))
     p.add_argument("--code", type=Path, default=ROOT)
     p.add_argument("--label", default="")
@@ -87,6 +88,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if not args.uar.is_dir():
+        raise SystemExit(f"{args.uar} is absent: pass --uar FOLDER (UAR's 0_real/1_fake .npy features)")
     args.work.mkdir(parents=True, exist_ok=True)
     folder = make_folder(args.uar, args.work, args.copies)
     store = args.work / "cache"
