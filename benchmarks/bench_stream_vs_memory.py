@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
                 run = args.work / f"run_{stream}"
                 argv = ["train", str(config), "--set", f"data.stream={stream}", "-o", str(run), "--overwrite"]
                 walls.append(aigi(*argv))
-            aigi("eval", str(run), "--by", "split", "-o", str(run / "eval"))
+            aigi("eval", str(run), "--by", "split", "-o", str(run / "eval"), "--overwrite")
             m = json.loads((run / "eval" / "metrics.json").read_text())["mean"]
             fit = json.loads((run / "head.json").read_text())["history"]["seconds"]
             rows.append({"set": name, "streamed": stream == "true", "acc": 100 * m["acc"], "auc": 100 * m["auc"],
