@@ -13,16 +13,12 @@ import yaml
 from aigi import cache, heads
 from aigi.cli import main
 from aigi.pipeline.metrics import brier, ece, oracle_acc, tpr_at_fpr
-from tests.pipeline.test_train_eval import make_cache, write_config
+from tests.pipeline.test_train_eval import train_linear_run
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    tmp = tmp_path_factory.mktemp("evalcal")
-    store = make_cache(tmp / "cache", ratios={"train": 0.5, "val": 0.25, "test": 0.25})
-    cfg = write_config(tmp / "run.yaml", head={"name": "linear", "inputs": ["f"]}, caches={"syn": str(store)})
-    assert main(["train", str(cfg), "-o", str(tmp / "run")]) == 0
-    return {"run": tmp / "run", "cache": store, "tmp": tmp, "cfg": cfg}
+    return train_linear_run(tmp_path_factory.mktemp("evalcal"), {"train": 0.5, "val": 0.25, "test": 0.25})
 
 
 def test_eval_uses_the_stored_calibration_and_reports_coverage(run: dict) -> None:

@@ -63,14 +63,17 @@ def manual_scores(run: Path, x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-logits[:, 0]))
 
 
+def train_linear_run(tmp: Path, ratios: dict[str, float]) -> dict:
+    """A linear head trained by `aigi train` on a synthetic cache split by `ratios`: {tmp, cache, cfg, run}."""
+    store = make_cache(tmp / "cache", ratios=ratios)
+    cfg = write_config(tmp / "run.yaml", head={"name": "linear", "inputs": ["f"]}, caches={"syn": str(store)})
+    assert main(["train", str(cfg), "-o", str(tmp / "run")]) == 0
+    return {"tmp": tmp, "cache": store, "cfg": cfg, "run": tmp / "run"}
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    tmp_path = tmp_path_factory.mktemp("trained")
-    store = make_cache(tmp_path / "cache", ratios={"train": 0.6, "val": 0.2, "test": 0.2})
-    cfg = write_config(tmp_path / "run.yaml", head={"name": "linear", "inputs": ["f"]}, caches={"syn": str(store)})
-    run = tmp_path / "run"
-    assert main(["train", str(cfg), "-o", str(run)]) == 0
-    return {"cache": store, "run": run, "tmp": tmp_path}
+    return train_linear_run(tmp_path_factory.mktemp("trained"), {"train": 0.6, "val": 0.2, "test": 0.2})
 
 
 def test_train_writes_head_with_metadata(trained: dict) -> None:

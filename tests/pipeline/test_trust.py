@@ -16,7 +16,7 @@ from aigi import cache, heads
 from aigi.cli import main
 from aigi.heads.calibration import Calibration, conformal_high, fit_calibration
 from aigi.pipeline.metrics import binary_metrics, eer, group_metrics
-from tests.pipeline.test_train_eval import make_cache, write_config
+from tests.pipeline.test_train_eval import make_cache, train_linear_run
 
 CAL = Calibration(method="temperature", temperature=1.7, threshold=0.6, band=(0.3, 0.8))
 
@@ -24,12 +24,9 @@ CAL = Calibration(method="temperature", temperature=1.7, threshold=0.6, band=(0.
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A linear head on a synthetic cache (train / val / test), calibrated with a temperature, threshold and band."""
-    tmp = tmp_path_factory.mktemp("trust")
-    store = make_cache(tmp / "cache", ratios={"train": 0.5, "val": 0.3, "test": 0.2})
-    cfg = write_config(tmp / "run.yaml", head={"name": "linear", "inputs": ["f"]}, caches={"syn": str(store)})
-    assert main(["train", str(cfg), "-o", str(tmp / "run")]) == 0
-    heads.save_calibration(tmp / "run", CAL)
-    return {"tmp": tmp, "run": tmp / "run", "cache": store, "cfg": cfg}
+    trained = train_linear_run(tmp_path_factory.mktemp("trust"), {"train": 0.5, "val": 0.3, "test": 0.2})
+    heads.save_calibration(trained["run"], CAL)
+    return trained
 
 
 # ------------------------------------------------------------------------------------- item 1: one scoring path
